@@ -1,0 +1,264 @@
+//! Durable state that only moves forward.
+//!
+//! Contract: a watermark advances only after the sink reported every document read up to it as
+//! durable in Elasticsearch. Delivery is at-least-once; documents are idempotent by `_id`, so
+//! re-reading after a crash is harmless. The file is replaced atomically (temp file, fsync,
+//! rename, fsync of the directory), so a crash leaves either the old state or the new one.
+
+mod lock;
+
+pub use lock::InstanceLock;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// The state format this build writes; it refuses to read newer ones.
+pub const STATE_VERSION: u32 = 1;
+
+/// One change feed of the source: a table whose changed rows lead to films to re-index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    FilmWork,
+    Genre,
+    Person,
+    GenreFilmWork,
+    PersonFilmWork,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 5] =
+        [Stream::FilmWork, Stream::Genre, Stream::Person, Stream::GenreFilmWork, Stream::PersonFilmWork];
+
+    pub fn table(self) -> &'static str {
+        match self {
+            Stream::FilmWork => "film_work",
+            Stream::Genre => "genre",
+            Stream::Person => "person",
+            Stream::GenreFilmWork => "genre_film_work",
+            Stream::PersonFilmWork => "person_film_work",
+        }
+    }
+}
+
+/// The last row of a stream known to be loaded: keyset position (timestamp, id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Watermark {
+    pub ts: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    /// The index these watermarks were loaded into: state is refused for another index.
+    pub index: String,
+    pub watermarks: BTreeMap<Stream, Watermark>,
+}
+
+impl State {
+    pub fn new(index: &str) -> State {
+        State { version: STATE_VERSION, index: index.to_string(), watermarks: BTreeMap::new() }
+    }
+
+    pub fn watermark(&self, stream: Stream) -> Option<Watermark> {
+        self.watermarks.get(&stream).copied()
+    }
+
+    /// Moves a stream forward; refuses to move it back (that would re-deliver or, worse, mean
+    /// two writers disagree about progress).
+    pub fn try_advance(&mut self, stream: Stream, to: Watermark) -> Result<(), String> {
+        match self.watermarks.get(&stream) {
+            Some(current) if to < *current => Err(format!(
+                "watermark of {} would move back from {} {} to {} {}",
+                stream.table(),
+                current.ts,
+                current.id,
+                to.ts,
+                to.id
+            )),
+            _ => {
+                self.watermarks.insert(stream, to);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The state file and its lock, held for the life of the process.
+#[derive(Debug)]
+pub struct Checkpoint {
+    path: PathBuf,
+    state: State,
+    _lock: InstanceLock,
+}
+
+impl Checkpoint {
+    /// Takes the instance lock, then reads the state (or starts empty when there is no file).
+    pub fn open(path: &Path, index: &str) -> Result<Checkpoint> {
+        if let Some(dir) = parent(path) {
+            fs::create_dir_all(dir)
+                .map_err(|source| Error::Io { context: "cannot create state directory", path: dir.to_path_buf(), source })?;
+        }
+        let lock = InstanceLock::acquire(&lock_path(path))?;
+        let state = match fs::read(path) {
+            Ok(bytes) => parse_state(path, &bytes, index)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::new(index),
+            Err(source) => return Err(Error::Io { context: "cannot read state file", path: path.to_path_buf(), source }),
+        };
+        Ok(Checkpoint { path: path.to_path_buf(), state, _lock: lock })
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Advances one stream and makes it durable before returning.
+    pub fn commit(&mut self, stream: Stream, to: Watermark) -> Result<()> {
+        let mut next = self.state.clone();
+        next.try_advance(stream, to).map_err(|reason| Error::State { path: self.path.clone(), reason })?;
+        write_atomically(&self.path, &next)?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// Sets several streams at once, durably (used for the starting positions of a first load).
+    pub fn commit_many(&mut self, marks: &[(Stream, Watermark)]) -> Result<()> {
+        let mut next = self.state.clone();
+        for (stream, to) in marks {
+            next.try_advance(*stream, *to).map_err(|reason| Error::State { path: self.path.clone(), reason })?;
+        }
+        write_atomically(&self.path, &next)?;
+        self.state = next;
+        Ok(())
+    }
+}
+
+fn parent(path: &Path) -> Option<&Path> {
+    path.parent().filter(|p| !p.as_os_str().is_empty())
+}
+
+pub fn lock_path(state: &Path) -> PathBuf {
+    let mut name = state.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    state.with_file_name(name)
+}
+
+fn parse_state(path: &Path, bytes: &[u8], index: &str) -> Result<State> {
+    let bad = |reason: String| Error::State { path: path.to_path_buf(), reason };
+    // Read the version first, so a newer format is refused as such, not as "corrupt".
+    let probe: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        bad(format!("is not valid JSON ({e}); it may be corrupt: restore it from a backup, or delete it to reload everything"))
+    })?;
+    match probe.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(STATE_VERSION) => {}
+        Some(v) if v > u64::from(STATE_VERSION) => {
+            return Err(bad(format!(
+                "was written by a newer pg2es (state version {v}, this build reads {STATE_VERSION}); upgrade pg2es"
+            )))
+        }
+        _ => return Err(bad("has no known state version; it may be corrupt: restore it, or delete it to reload everything".into())),
+    }
+    let state: State = serde_json::from_value(probe)
+        .map_err(|e| bad(format!("is not a pg2es state ({e}); restore it, or delete it to reload everything")))?;
+    if state.index != index {
+        return Err(bad(format!(
+            "holds progress for index '{}', not '{index}'; use another ETL_STATE_FILE for this index",
+            state.index
+        )));
+    }
+    Ok(state)
+}
+
+fn write_atomically(path: &Path, state: &State) -> Result<()> {
+    let io = |context: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| Error::Io { context, path: p, source }
+    };
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::State { path: path.to_path_buf(), reason: e.to_string() })?;
+    let mut file = File::create(&tmp).map_err(io("cannot create", &tmp))?;
+    file.write_all(&bytes).map_err(io("cannot write", &tmp))?;
+    file.sync_all().map_err(io("cannot fsync", &tmp))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(io("cannot rename state file onto", path))?;
+    // The rename is durable only once the directory entry is.
+    let dir = parent(path).unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("cannot fsync directory", dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn wm(secs: i64, id: u128) -> Watermark {
+        Watermark { ts: Utc.timestamp_opt(secs, 0).unwrap(), id: Uuid::from_u128(id) }
+    }
+
+    #[test]
+    fn watermarks_only_move_forward() {
+        let mut s = State::new("movies");
+        s.try_advance(Stream::Person, wm(10, 5)).unwrap();
+        s.try_advance(Stream::Person, wm(10, 6)).unwrap();
+        s.try_advance(Stream::Person, wm(10, 6)).unwrap();
+        assert!(s.try_advance(Stream::Person, wm(10, 4)).is_err());
+        assert!(s.try_advance(Stream::Person, wm(9, 9)).is_err());
+        s.try_advance(Stream::Genre, wm(1, 1)).unwrap();
+        assert_eq!(s.watermark(Stream::Person), Some(wm(10, 6)));
+    }
+
+    #[test]
+    fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join("s.json");
+        {
+            let mut c = Checkpoint::open(&path, "movies").unwrap();
+            c.commit(Stream::FilmWork, wm(100, 1)).unwrap();
+            c.commit_many(&[(Stream::Genre, wm(5, 2)), (Stream::Person, wm(6, 3))]).unwrap();
+        }
+        let c = Checkpoint::open(&path, "movies").unwrap();
+        assert_eq!(c.state().watermark(Stream::FilmWork), Some(wm(100, 1)));
+        assert_eq!(c.state().watermark(Stream::Person), Some(wm(6, 3)));
+        assert!(!path.with_extension("tmp").exists());
+    }
+
+    #[test]
+    fn a_second_holder_is_refused_until_the_first_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let first = Checkpoint::open(&path, "movies").unwrap();
+        let err = Checkpoint::open(&path, "movies").unwrap_err();
+        assert!(matches!(err, Error::AlreadyRunning { .. }), "{err}");
+        drop(first);
+        Checkpoint::open(&path, "movies").unwrap();
+    }
+
+    #[test]
+    fn corrupt_newer_and_foreign_states_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        for (content, expect) in [
+            ("{not json", "not valid JSON"),
+            ("{\"version\": 99, \"index\": \"movies\", \"watermarks\": {}}", "newer pg2es"),
+            ("{\"index\": \"movies\"}", "no known state version"),
+            ("{\"version\": 1, \"index\": \"movies\", \"watermarks\": {\"film_work\": 3}}", "not a pg2es state"),
+            ("{\"version\": 1, \"index\": \"films\", \"watermarks\": {}}", "index 'films'"),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            let err = Checkpoint::open(&path, "movies").unwrap_err().to_string();
+            assert!(err.contains(expect), "{content}: {err}");
+            // Refusing must not touch the file.
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+        }
+    }
+}

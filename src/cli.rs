@@ -1,0 +1,29 @@
+//! Command line: subcommands and their flags. Settings themselves come from the environment and
+//! the optional config file (see `config.rs`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "pg2es", version, about = "Keeps an Elasticsearch index in step with PostgreSQL")]
+pub struct Cli {
+    /// TOML file with settings (keys are the lower-case environment variable names).
+    #[arg(long, global = true, env = "PG2ES_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load every change into the index, then keep doing so every ETL_CYCLE_SEC (the default).
+    Run {
+        /// One pass over every change, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Show the effective settings, secrets masked, and exit.
+    PrintConfig,
+}

@@ -1,0 +1,602 @@
+//! Typed configuration from environment variables and an optional TOML file.
+//!
+//! Precedence: built-in default < config file < environment. `Config::from_sources` only parses
+//! and checks values; it never connects anywhere. Secrets are wrapped in [`Secret`] so that
+//! neither `Debug` nor `print-config` can show them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// One setting: its environment variable, default and meaning. The README table mirrors this.
+pub struct Setting {
+    pub env: &'static str,
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+    pub secret: bool,
+}
+
+const fn setting(env: &'static str, default: Option<&'static str>, help: &'static str) -> Setting {
+    Setting { env, default, help, secret: false }
+}
+
+pub const SETTINGS: &[Setting] = &[
+    setting("PG_DSN", Some("postgres://app@127.0.0.1:5432/movies"), "Postgres connection string (URL or key=value form)"),
+    Setting { env: "PG_PASSWORD", default: None, help: "Postgres password; overrides the one in PG_DSN", secret: true },
+    setting("PG_PASSWORD_FILE", None, "file holding the Postgres password (Docker secrets)"),
+    setting("PG_SCHEMA", Some("content"), "schema of the source tables"),
+    setting("ES_URL", Some("http://127.0.0.1:9200"), "Elasticsearch or OpenSearch base URL"),
+    setting("ES_INDEX", Some("movies"), "target index"),
+    setting("ES_SCHEMA_FILE", Some("../shared/fixtures/movies/es_schema.json"), "index definition (body of PUT /<index>) used when the index is absent"),
+    setting("ES_USERNAME", None, "Elasticsearch basic-auth user"),
+    Setting { env: "ES_PASSWORD", default: None, help: "Elasticsearch basic-auth password", secret: true },
+    Setting { env: "ES_API_KEY", default: None, help: "Elasticsearch API key (base64 id:key), instead of basic auth", secret: true },
+    setting("ES_BULK_MAX_BYTES", Some("8388608"), "largest bulk request body in bytes"),
+    setting("ETL_BATCH_SIZE", Some("500"), "rows read per query and documents per bulk request"),
+    setting("ETL_CYCLE_SEC", Some("10"), "pause between two cycles in continuous mode (seconds, may be fractional)"),
+    setting("ETL_STATE_FILE", Some("state/pg2es-state.json"), "durable watermarks; a .lock file beside it keeps one instance"),
+    setting("ETL_DEAD_LETTER_FILE", Some("state/pg2es-dead-letter.jsonl"), "documents Elasticsearch rejected for good (JSON lines)"),
+    setting("ETL_TIMESTAMP_COLUMN", Some("auto"), "change-tracking column: auto, or a name such as updated_at or modified"),
+    setting("ETL_BACKOFF_INITIAL_MS", Some("200"), "first retry delay after a connection loss"),
+    setting("ETL_BACKOFF_MAX_SEC", Some("30"), "cap of the retry delay"),
+    setting("LOG_FORMAT", Some("text"), "text or json"),
+];
+
+/// A value that must never reach a log line.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Which column tells that a row changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimestampColumn {
+    /// Detect per table: `updated_at`, then `modified`; link tables fall back to `created_at`, `created`.
+    Auto,
+    Named(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub pg: tokio_postgres::Config,
+    pub pg_schema: String,
+    pub es_url: reqwest::Url,
+    pub es_index: String,
+    pub es_schema_file: PathBuf,
+    pub es_auth: EsAuth,
+    pub bulk_max_bytes: usize,
+    pub batch_size: usize,
+    pub cycle: Duration,
+    pub state_file: PathBuf,
+    pub dead_letter_file: PathBuf,
+    pub timestamp_column: TimestampColumn,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub enum EsAuth {
+    None,
+    Basic { username: String, password: Secret },
+    ApiKey(Secret),
+}
+
+/// Where a raw value came from, for error messages.
+#[derive(Debug, Clone)]
+enum Origin {
+    Default,
+    File(PathBuf),
+    Env,
+}
+
+#[derive(Debug, Clone)]
+struct Raw {
+    value: String,
+    origin: Origin,
+}
+
+/// Raw values by environment-variable name, before parsing.
+#[derive(Debug, Default)]
+pub struct Sources {
+    values: BTreeMap<&'static str, Raw>,
+}
+
+impl Sources {
+    /// Defaults, then the file (if any), then the given environment.
+    pub fn gather(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Sources> {
+        let mut sources = Sources::default();
+        for s in SETTINGS {
+            if let Some(d) = s.default {
+                sources.values.insert(s.env, Raw { value: d.to_string(), origin: Origin::Default });
+            }
+        }
+        if let Some(path) = file {
+            sources.read_file(path)?;
+        }
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        for s in SETTINGS {
+            if let Some(v) = env.get(s.env) {
+                sources.values.insert(s.env, Raw { value: v.clone(), origin: Origin::Env });
+            }
+        }
+        // Names users of the course's Python ETL already have in their .env files.
+        for (legacy, modern) in [("ES_HOST", "ES_URL"), ("BATCH_SIZE", "ETL_BATCH_SIZE")] {
+            if let (Some(v), false) = (env.get(legacy), env.contains_key(modern)) {
+                sources.values.insert(modern, Raw { value: v.clone(), origin: Origin::Env });
+            }
+        }
+        sources.legacy_db_vars(&env);
+        Ok(sources)
+    }
+
+    fn read_file(&mut self, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            Error::Config(format!("config file {} is not valid TOML: {}", path.display(), e.message()))
+        })?;
+        for (key, value) in table {
+            let Some(s) = SETTINGS.iter().find(|s| s.env.eq_ignore_ascii_case(&key)) else {
+                return Err(Error::Config(format!(
+                    "config file {}: unknown key '{key}'; known keys are the lower-case names of the environment variables (see `pg2es print-config`)",
+                    path.display()
+                )));
+            };
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(Error::Config(format!(
+                        "config file {}: key '{key}' must be a string or a number, not {}",
+                        path.display(),
+                        other.type_str()
+                    )))
+                }
+            };
+            self.values.insert(s.env, Raw { value, origin: Origin::File(path.to_path_buf()) });
+        }
+        Ok(())
+    }
+
+    /// DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD of the course's ETL override parts of PG_DSN.
+    fn legacy_db_vars(&mut self, env: &BTreeMap<String, String>) {
+        if let Some(p) = env.get("DB_PASSWORD") {
+            if !env.contains_key("PG_PASSWORD") {
+                self.values.insert("PG_PASSWORD", Raw { value: p.clone(), origin: Origin::Env });
+            }
+        }
+        for key in ["DB_HOST", "DB_PORT", "DB_NAME", "DB_USER"] {
+            if let Some(v) = env.get(key) {
+                self.values.insert(key, Raw { value: v.clone(), origin: Origin::Env });
+            }
+        }
+    }
+
+    fn get(&self, env: &str) -> Option<&Raw> {
+        self.values.get(env)
+    }
+
+    fn describe(&self, env: &str) -> String {
+        match self.get(env).map(|r| &r.origin) {
+            Some(Origin::File(p)) => format!("{env} (from {})", p.display()),
+            Some(Origin::Default) => format!("{env} (default)"),
+            _ => env.to_string(),
+        }
+    }
+
+    fn bad(&self, env: &str, expected: &str) -> Error {
+        let shown = match SETTINGS.iter().find(|s| s.env == env) {
+            Some(s) if s.secret => "***".to_string(),
+            _ => self.get(env).map(|r| r.value.clone()).unwrap_or_default(),
+        };
+        Error::Config(format!("{}='{shown}': expected {expected}", self.describe(env)))
+    }
+
+    fn string(&self, env: &str) -> Option<String> {
+        self.get(env).map(|r| r.value.trim().to_string()).filter(|v| !v.is_empty())
+    }
+
+    fn number<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
+        &self,
+        env: &str,
+        min: T,
+        max: T,
+        what: &str,
+    ) -> Result<T> {
+        let raw = self.string(env).ok_or_else(|| self.bad(env, what))?;
+        match raw.parse::<T>() {
+            Ok(v) if v >= min && v <= max => Ok(v),
+            _ => Err(self.bad(env, &format!("{what} from {min} to {max}"))),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment and the optional file, then validates. No I/O beyond reading them.
+    pub fn load(file: Option<&Path>) -> Result<Config> {
+        Config::from_sources(&Sources::gather(file, std::env::vars())?)
+    }
+
+    pub fn from_sources(src: &Sources) -> Result<Config> {
+        let mut pg = parse_pg(src)?;
+        let password = match (src.string("PG_PASSWORD"), src.string("PG_PASSWORD_FILE")) {
+            (Some(p), _) => Some(p),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(&file)
+                    .map_err(|e| Error::Config(format!("PG_PASSWORD_FILE='{file}': cannot read it: {e}")))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        if let Some(p) = password {
+            pg.password(p);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("pg2es");
+        }
+        pg.connect_timeout(Duration::from_secs(10));
+
+        let pg_schema = src.string("PG_SCHEMA").unwrap_or_default();
+        if !is_identifier(&pg_schema) {
+            return Err(src.bad("PG_SCHEMA", "a plain identifier such as content (letters, digits, _)"));
+        }
+
+        let es_url_raw = src.string("ES_URL").unwrap_or_default();
+        let es_url = reqwest::Url::parse(&es_url_raw)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| src.bad("ES_URL", "an http:// or https:// URL such as http://127.0.0.1:9200"))?;
+
+        let es_index = src.string("ES_INDEX").unwrap_or_default();
+        if !is_valid_index_name(&es_index) {
+            return Err(src.bad(
+                "ES_INDEX",
+                "a lower-case index name without spaces or any of \\/*?\"<>|,# and not starting with -, _ or +",
+            ));
+        }
+
+        let es_auth = match (src.string("ES_API_KEY"), src.string("ES_USERNAME"), src.string("ES_PASSWORD")) {
+            (Some(_), Some(_), _) => {
+                return Err(Error::Config(
+                    "ES_API_KEY and ES_USERNAME are both set: choose one way to authenticate".into(),
+                ))
+            }
+            (Some(key), None, _) => EsAuth::ApiKey(Secret::new(key)),
+            (None, Some(username), password) => {
+                EsAuth::Basic { username, password: Secret::new(password.unwrap_or_default()) }
+            }
+            (None, None, Some(_)) => {
+                return Err(Error::Config("ES_PASSWORD is set but ES_USERNAME is not: set both".into()))
+            }
+            (None, None, None) => EsAuth::None,
+        };
+
+        let cycle_sec: f64 = src.number("ETL_CYCLE_SEC", 0.0, 86_400.0, "a number of seconds")?;
+        if cycle_sec <= 0.0 {
+            return Err(src.bad("ETL_CYCLE_SEC", "a number of seconds greater than 0"));
+        }
+
+        let timestamp_column = match src.string("ETL_TIMESTAMP_COLUMN").as_deref() {
+            None | Some("auto") => TimestampColumn::Auto,
+            Some(name) if is_identifier(name) => TimestampColumn::Named(name.to_string()),
+            Some(_) => return Err(src.bad("ETL_TIMESTAMP_COLUMN", "auto, or a column name such as updated_at or modified")),
+        };
+
+        let log_format = match src.string("LOG_FORMAT").as_deref() {
+            Some("text") | None => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(src.bad("LOG_FORMAT", "text or json")),
+        };
+
+        let backoff_initial = Duration::from_millis(src.number("ETL_BACKOFF_INITIAL_MS", 1u64, 60_000, "a whole number of milliseconds")?);
+        let backoff_max = Duration::from_secs(src.number("ETL_BACKOFF_MAX_SEC", 1u64, 3_600, "a whole number of seconds")?);
+        if backoff_max < backoff_initial {
+            return Err(src.bad("ETL_BACKOFF_MAX_SEC", "a cap not smaller than ETL_BACKOFF_INITIAL_MS"));
+        }
+
+        Ok(Config {
+            pg,
+            pg_schema,
+            es_url,
+            es_index,
+            es_schema_file: PathBuf::from(src.string("ES_SCHEMA_FILE").unwrap_or_default()),
+            es_auth,
+            bulk_max_bytes: src.number("ES_BULK_MAX_BYTES", 1024usize, 1 << 30, "a whole number of bytes")?,
+            batch_size: src.number("ETL_BATCH_SIZE", 1usize, 100_000, "a whole number")?,
+            cycle: Duration::from_secs_f64(cycle_sec),
+            state_file: path_setting(src, "ETL_STATE_FILE")?,
+            dead_letter_file: path_setting(src, "ETL_DEAD_LETTER_FILE")?,
+            timestamp_column,
+            backoff_initial,
+            backoff_max,
+            log_format,
+        })
+    }
+
+    /// The effective settings, secrets masked: what `pg2es print-config` shows.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let hosts: Vec<String> = self
+            .pg
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .collect();
+        let line = |out: &mut String, k: &str, v: &dyn fmt::Display| out.push_str(&format!("{k:<22} {v}\n"));
+        line(&mut out, "postgres host", &hosts.join(","));
+        line(&mut out, "postgres port", &self.pg.get_ports().first().copied().unwrap_or(5432));
+        line(&mut out, "postgres database", &self.pg.get_dbname().unwrap_or("(user name)"));
+        line(&mut out, "postgres user", &self.pg.get_user().unwrap_or("(none)"));
+        line(&mut out, "postgres password", &if self.pg.get_password().is_some() { "***" } else { "(none)" });
+        line(&mut out, "PG_SCHEMA", &self.pg_schema);
+        line(&mut out, "ES_URL", &self.es_url);
+        line(&mut out, "ES_INDEX", &self.es_index);
+        line(&mut out, "ES_SCHEMA_FILE", &self.es_schema_file.display());
+        let auth = match &self.es_auth {
+            EsAuth::None => "none".to_string(),
+            EsAuth::Basic { username, .. } => format!("basic, user {username}, password ***"),
+            EsAuth::ApiKey(_) => "api key ***".to_string(),
+        };
+        line(&mut out, "elasticsearch auth", &auth);
+        line(&mut out, "ES_BULK_MAX_BYTES", &self.bulk_max_bytes);
+        line(&mut out, "ETL_BATCH_SIZE", &self.batch_size);
+        line(&mut out, "ETL_CYCLE_SEC", &self.cycle.as_secs_f64());
+        line(&mut out, "ETL_STATE_FILE", &self.state_file.display());
+        line(&mut out, "ETL_DEAD_LETTER_FILE", &self.dead_letter_file.display());
+        let ts = match &self.timestamp_column {
+            TimestampColumn::Auto => "auto".to_string(),
+            TimestampColumn::Named(n) => n.clone(),
+        };
+        line(&mut out, "ETL_TIMESTAMP_COLUMN", &ts);
+        line(&mut out, "ETL_BACKOFF_INITIAL_MS", &self.backoff_initial.as_millis());
+        line(&mut out, "ETL_BACKOFF_MAX_SEC", &self.backoff_max.as_secs());
+        out
+    }
+}
+
+fn parse_pg(src: &Sources) -> Result<tokio_postgres::Config> {
+    let dsn = src.string("PG_DSN").ok_or_else(|| src.bad("PG_DSN", "a connection string"))?;
+    let mut pg: tokio_postgres::Config = dsn.parse().map_err(|_| {
+        // The parser's message may quote the DSN, password included: say what is expected instead.
+        Error::Config(format!(
+            "{}: not a valid connection string; expected postgres://user@host:port/dbname or 'host=... dbname=...'",
+            src.describe("PG_DSN")
+        ))
+    })?;
+    let port = match src.string("DB_PORT") {
+        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| src.bad("DB_PORT", "a port number from 1 to 65535"))?),
+        None => None,
+    };
+    let host = src.string("DB_HOST");
+    if host.is_some() || port.is_some() {
+        pg = replace_host_port(pg, host.as_deref(), port);
+    }
+    if let Some(d) = src.string("DB_NAME") {
+        pg.dbname(d);
+    }
+    if let Some(u) = src.string("DB_USER") {
+        pg.user(u);
+    }
+    if pg.get_hosts().is_empty() {
+        pg.host("127.0.0.1");
+    }
+    Ok(pg)
+}
+
+/// tokio_postgres::Config only appends hosts and ports; DB_HOST and DB_PORT replace them, so
+/// start a fresh config and copy over what the DSN set.
+fn replace_host_port(old: tokio_postgres::Config, host: Option<&str>, port: Option<u16>) -> tokio_postgres::Config {
+    let mut pg = tokio_postgres::Config::new();
+    match host {
+        Some(h) => {
+            pg.host(h);
+        }
+        None => {
+            for h in old.get_hosts() {
+                match h {
+                    tokio_postgres::config::Host::Tcp(h) => pg.host(h),
+                    #[cfg(unix)]
+                    tokio_postgres::config::Host::Unix(p) => pg.host_path(p),
+                };
+            }
+        }
+    }
+    match port {
+        Some(p) => {
+            pg.port(p);
+        }
+        None => {
+            for p in old.get_ports() {
+                pg.port(*p);
+            }
+        }
+    }
+    if let Some(u) = old.get_user() {
+        pg.user(u);
+    }
+    if let Some(d) = old.get_dbname() {
+        pg.dbname(d);
+    }
+    if let Some(p) = old.get_password() {
+        pg.password(p);
+    }
+    if let Some(a) = old.get_application_name() {
+        pg.application_name(a);
+    }
+    if let Some(o) = old.get_options() {
+        pg.options(o);
+    }
+    pg.ssl_mode(old.get_ssl_mode());
+    pg
+}
+
+fn path_setting(src: &Sources, env: &str) -> Result<PathBuf> {
+    let v = src.string(env).ok_or_else(|| src.bad(env, "a file path"))?;
+    Ok(PathBuf::from(v))
+}
+
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.len() <= 63
+}
+
+fn is_valid_index_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s != "."
+        && s != ".."
+        && !s.starts_with(['-', '_', '+'])
+        && s.chars().all(|c| !c.is_ascii_uppercase() && !c.is_whitespace() && !"\\/*?\"<>|,#:".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(env: &[(&str, &str)]) -> Result<Config> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::from_sources(&Sources::gather(None, env)?)
+    }
+
+    fn err(env: &[(&str, &str)]) -> String {
+        config(env).expect_err("config should be refused").to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.es_index, "movies");
+        assert_eq!(c.batch_size, 500);
+        assert_eq!(c.cycle, Duration::from_secs(10));
+        assert_eq!(c.pg.get_dbname(), Some("movies"));
+        assert_eq!(c.timestamp_column, TimestampColumn::Auto);
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("ETL_BATCH_SIZE", "abc"),
+            ("ETL_BATCH_SIZE", "0"),
+            ("ETL_CYCLE_SEC", "-1"),
+            ("ETL_CYCLE_SEC", "0"),
+            ("ETL_CYCLE_SEC", "soon"),
+            ("ES_URL", "localhost:9200"),
+            ("ES_URL", "ftp://x"),
+            ("ES_INDEX", "Movies"),
+            ("ES_INDEX", "_x"),
+            ("ES_BULK_MAX_BYTES", "12"),
+            ("PG_SCHEMA", "content; drop"),
+            ("ETL_TIMESTAMP_COLUMN", "updated at"),
+            ("ETL_BACKOFF_MAX_SEC", "0"),
+            ("ETL_BACKOFF_INITIAL_MS", "x"),
+            ("LOG_FORMAT", "xml"),
+            ("DB_PORT", "99999"),
+            ("PG_DSN", "postgres://user:pa ss@[bad"),
+        ];
+        for (var, value) in cases {
+            let msg = err(&[(var, value)]);
+            assert!(msg.contains(var), "{var}={value}: {msg}");
+            assert!(msg.contains("expected"), "{var}={value}: {msg}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = config(&[
+            ("PG_DSN", "postgres://app:hunter2@db:5432/movies"),
+            ("ES_USERNAME", "elastic"),
+            ("ES_PASSWORD", "s3cr3t-es"),
+        ])
+        .unwrap();
+        let rendered = c.render();
+        let debug = format!("{c:?}");
+        for text in [&rendered, &debug] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(!text.contains("s3cr3t-es"), "{text}");
+        }
+        assert!(rendered.contains("postgres host          db"));
+        let bad = err(&[("PG_DSN", "postgres://app:hunter2@db:5432/movies?sslmode=bogus")]);
+        assert!(!bad.contains("hunter2"), "{bad}");
+    }
+
+    #[test]
+    fn course_variables_override_the_dsn() {
+        let c = config(&[
+            ("DB_HOST", "pg.internal"),
+            ("DB_PORT", "6432"),
+            ("DB_NAME", "catalog"),
+            ("DB_USER", "etl"),
+            ("DB_PASSWORD", "pw"),
+            ("ES_HOST", "http://es:9200"),
+        ])
+        .unwrap();
+        assert_eq!(c.pg.get_dbname(), Some("catalog"));
+        assert_eq!(c.pg.get_user(), Some("etl"));
+        assert_eq!(c.pg.get_ports(), &[6432]);
+        assert_eq!(c.pg.get_password(), Some(&b"pw"[..]));
+        assert_eq!(c.es_url.as_str(), "http://es:9200/");
+        assert!(matches!(&c.pg.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "pg.internal"));
+    }
+
+    #[test]
+    fn file_values_sit_between_defaults_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pg2es.toml");
+        std::fs::write(&path, "etl_batch_size = 50\nes_index = \"films\"\n").unwrap();
+        let env = vec![("ES_INDEX".to_string(), "movies_v2".to_string())];
+        let c = Config::from_sources(&Sources::gather(Some(&path), env).unwrap()).unwrap();
+        assert_eq!(c.batch_size, 50);
+        assert_eq!(c.es_index, "movies_v2");
+
+        std::fs::write(&path, "etl_batch_size = \"many\"\n").unwrap();
+        let e = Config::from_sources(&Sources::gather(Some(&path), vec![]).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("ETL_BATCH_SIZE") && e.contains("pg2es.toml"), "{e}");
+
+        std::fs::write(&path, "batch = 5\n").unwrap();
+        let e = Sources::gather(Some(&path), vec![]).unwrap_err().to_string();
+        assert!(e.contains("unknown key 'batch'"), "{e}");
+    }
+
+    #[test]
+    fn auth_combinations() {
+        assert!(err(&[("ES_PASSWORD", "x")]).contains("ES_USERNAME"));
+        assert!(err(&[("ES_API_KEY", "k"), ("ES_USERNAME", "u")]).contains("choose one"));
+        assert!(matches!(config(&[("ES_API_KEY", "k")]).unwrap().es_auth, EsAuth::ApiKey(_)));
+    }
+}

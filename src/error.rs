@@ -1,0 +1,195 @@
+//! Error kinds, and the one place that decides whether an error is worth retrying.
+
+use std::path::PathBuf;
+
+use tokio_postgres::error::SqlState;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a failed operation was waiting for: named in the logs while we back off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Postgres,
+    Elasticsearch,
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Service::Postgres => "postgres",
+            Service::Elasticsearch => "elasticsearch",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is missing or malformed. The message names the variable and what is expected.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    #[error("postgres: {context}: {source}")]
+    Postgres {
+        context: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The source tables do not look like the catalog we know how to read.
+    #[error("postgres schema: {0}")]
+    SourceSchema(String),
+
+    #[error("elasticsearch: {context}: {source}")]
+    ElasticsearchTransport {
+        context: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+
+    #[error("elasticsearch answered {status} to {context}: {body}")]
+    ElasticsearchStatus {
+        context: &'static str,
+        status: u16,
+        body: String,
+    },
+
+    /// Items of a bulk request kept failing with retryable statuses (429, 5xx).
+    #[error("elasticsearch kept rejecting {count} documents with retryable statuses (last: {last_reason})")]
+    BulkRetriesExhausted { count: usize, last_reason: String },
+
+    #[error("elasticsearch index '{index}' exists with a different mapping ({difference}); delete the index or point ES_INDEX at a new name")]
+    MappingConflict { index: String, difference: String },
+
+    #[error("state file {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+
+    #[error("another pg2es instance is running with state file lock {path} (pid {holder}); stop it first or use another ETL_STATE_FILE")]
+    AlreadyRunning { path: PathBuf, holder: String },
+
+    #[error("{context} {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("shutdown requested")]
+    Shutdown,
+}
+
+/// The retry decision for an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Transient: wait for this service to come back, with backoff.
+    WaitFor(Service),
+    /// Retrying cannot help: the operator has to change something.
+    GiveUp,
+}
+
+impl Error {
+    pub fn postgres(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
+        move |source| Error::Postgres { context, source }
+    }
+
+    pub fn es_transport(context: &'static str) -> impl FnOnce(reqwest::Error) -> Error {
+        move |source| Error::ElasticsearchTransport { context, source }
+    }
+
+    /// The one place that maps an error to a retry decision.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Postgres { source, .. } => match source.code() {
+                // No SQLSTATE: the connection could not be made, or broke (I/O, closed).
+                None => Retry::WaitFor(Service::Postgres),
+                Some(code) if postgres_code_is_transient(code) => Retry::WaitFor(Service::Postgres),
+                Some(_) => Retry::GiveUp,
+            },
+            Error::ElasticsearchTransport { source, .. } => {
+                if source.is_builder() || source.is_decode() || source.is_redirect() {
+                    Retry::GiveUp
+                } else {
+                    Retry::WaitFor(Service::Elasticsearch)
+                }
+            }
+            Error::ElasticsearchStatus { status, .. } => {
+                if status_is_transient(*status) {
+                    Retry::WaitFor(Service::Elasticsearch)
+                } else {
+                    Retry::GiveUp
+                }
+            }
+            Error::BulkRetriesExhausted { .. } => Retry::WaitFor(Service::Elasticsearch),
+            Error::Config(_)
+            | Error::SourceSchema(_)
+            | Error::MappingConflict { .. }
+            | Error::State { .. }
+            | Error::AlreadyRunning { .. }
+            | Error::Io { .. }
+            | Error::Shutdown => Retry::GiveUp,
+        }
+    }
+
+    /// A hint for the operator, shown next to fatal errors.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Error::Postgres { source, .. } => match source.code() {
+                Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+                    Some("check the user and password in PG_DSN / PG_PASSWORD")
+                }
+                Some(c) if *c == SqlState::INVALID_CATALOG_NAME => Some("the database in PG_DSN does not exist"),
+                Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::UNDEFINED_COLUMN => {
+                    Some("check PG_SCHEMA and ETL_TIMESTAMP_COLUMN against the source tables")
+                }
+                _ => None,
+            },
+            Error::ElasticsearchStatus { status: 401 | 403, .. } => {
+                Some("check ES_USERNAME / ES_PASSWORD or ES_API_KEY")
+            }
+            _ => None,
+        }
+    }
+}
+
+fn postgres_code_is_transient(code: &SqlState) -> bool {
+    let code = code.code();
+    // 08: connection exception; 53: insufficient resources; 57P01-03: shutdown / starting up;
+    // 40001 / 40P01: serialization failure / deadlock.
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+}
+
+/// HTTP statuses worth retrying: throttling and server-side trouble.
+pub fn status_is_transient(status: u16) -> bool {
+    status == 429 || (500..600).contains(&status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_statuses_are_classified() {
+        for s in [429, 500, 502, 503, 504] {
+            assert!(status_is_transient(s), "{s}");
+        }
+        for s in [200, 400, 401, 403, 404, 409, 413] {
+            assert!(!status_is_transient(s), "{s}");
+        }
+        let e = Error::ElasticsearchStatus { context: "bulk", status: 503, body: String::new() };
+        assert_eq!(e.retry(), Retry::WaitFor(Service::Elasticsearch));
+        let e = Error::ElasticsearchStatus { context: "bulk", status: 401, body: String::new() };
+        assert_eq!(e.retry(), Retry::GiveUp);
+        assert!(e.hint().is_some());
+    }
+
+    #[test]
+    fn postgres_codes_are_classified() {
+        assert!(postgres_code_is_transient(&SqlState::ADMIN_SHUTDOWN));
+        assert!(postgres_code_is_transient(&SqlState::CONNECTION_FAILURE));
+        assert!(postgres_code_is_transient(&SqlState::TOO_MANY_CONNECTIONS));
+        assert!(!postgres_code_is_transient(&SqlState::INVALID_PASSWORD));
+        assert!(!postgres_code_is_transient(&SqlState::UNDEFINED_COLUMN));
+    }
+}

@@ -1,0 +1,18 @@
+//! pg2es keeps an Elasticsearch index in step with a PostgreSQL database.
+//!
+//! Data flows one way: [`source`] (Postgres) -> [`transform`] (pure) -> [`sink`]
+//! (Elasticsearch) -> [`checkpoint`] (durable state), wired by [`pipeline`].
+
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod pipeline;
+pub mod retry;
+pub mod shutdown;
+pub mod sink;
+pub mod source;
+pub mod transform;
+
+pub use config::Config;
+pub use error::{Error, Result};

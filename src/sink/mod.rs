@@ -1,0 +1,316 @@
+//! Elasticsearch (or OpenSearch): index bootstrap, bulk loading, response classification.
+//!
+//! Contract with the pipeline: `load` returns only when every document it was given is either
+//! stored (acknowledged by Elasticsearch) or written to the dead-letter file; only then may the
+//! watermark advance. Documents carry `_id` = film id, so loading one twice is harmless.
+
+pub mod bulk;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{Method, Url};
+use serde_json::Value;
+
+use crate::config::{Config, EsAuth};
+use crate::error::{Error, Result};
+use crate::retry::{retry, RetryPolicy};
+use crate::shutdown::Shutdown;
+use bulk::{BulkItemOutcome, BulkResponse, EncodedDoc};
+
+/// Attempts for items answered 429/5xx before the whole batch is handed back as transient.
+const MAX_ITEM_ATTEMPTS: u32 = 8;
+
+pub struct ElasticsearchSink {
+    http: reqwest::Client,
+    base: Url,
+    index: String,
+    max_docs: usize,
+    max_bytes: usize,
+    dead_letter: PathBuf,
+    retry: RetryPolicy,
+    auth: EsAuth,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexBootstrap {
+    Created,
+    Existing,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LoadReport {
+    pub stored: usize,
+    pub dead_lettered: usize,
+    pub retried_items: usize,
+}
+
+impl ElasticsearchSink {
+    /// Builds the client; no request is sent.
+    pub fn new(config: &Config) -> Result<ElasticsearchSink> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .map_err(Error::es_transport("build http client"))?;
+        let mut base = config.es_url.clone();
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        Ok(ElasticsearchSink {
+            http,
+            base,
+            index: config.es_index.clone(),
+            max_docs: config.batch_size,
+            max_bytes: config.bulk_max_bytes,
+            dead_letter: config.dead_letter_file.clone(),
+            retry: RetryPolicy { initial: config.backoff_initial, cap: config.backoff_max },
+            auth: config.es_auth.clone(),
+        })
+    }
+
+    pub fn index(&self) -> &str {
+        &self.index
+    }
+
+    fn url(&self, path: &str) -> Url {
+        // `path` is built from a validated index name and fixed API paths.
+        self.base.join(path).unwrap_or_else(|_| self.base.clone())
+    }
+
+    async fn send(&self, method: Method, path: &str, context: &'static str, body: Option<(Vec<u8>, &'static str)>) -> Result<(u16, Vec<u8>)> {
+        let mut req = self.http.request(method, self.url(path));
+        req = match &self.auth {
+            EsAuth::None => req,
+            EsAuth::Basic { username, password } => req.basic_auth(username, Some(password.expose())),
+            EsAuth::ApiKey(key) => {
+                let mut v = HeaderValue::from_str(&format!("ApiKey {}", key.expose()))
+                    .map_err(|_| Error::Config("ES_API_KEY holds characters not allowed in an HTTP header".into()))?;
+                v.set_sensitive(true);
+                req.header(AUTHORIZATION, v)
+            }
+        };
+        if let Some((body, content_type)) = body {
+            req = req.header(CONTENT_TYPE, content_type).body(body);
+        }
+        let resp = req.send().await.map_err(Error::es_transport(context))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(Error::es_transport(context))?;
+        Ok((status, bytes.to_vec()))
+    }
+
+    /// Like `send`, but any status other than 2xx is an error carrying the body.
+    async fn send_ok(&self, method: Method, path: &str, context: &'static str, body: Option<(Vec<u8>, &'static str)>) -> Result<Vec<u8>> {
+        let (status, bytes) = self.send(method, path, context, body).await?;
+        if (200..300).contains(&status) {
+            Ok(bytes)
+        } else {
+            Err(Error::ElasticsearchStatus { context, status, body: truncate(&bytes) })
+        }
+    }
+
+    /// Creates the index from its definition when absent; refuses an existing one whose mapping
+    /// differs from the definition's.
+    pub async fn ensure_index(&self, definition: &Value) -> Result<IndexBootstrap> {
+        let (status, _) = self.send(Method::HEAD, &self.index, "check index", None).await?;
+        let outcome = match status {
+            200 => IndexBootstrap::Existing,
+            404 => {
+                let body = serde_json::to_vec(definition).map_err(|e| Error::Config(e.to_string()))?;
+                let (status, resp) = self.send(Method::PUT, &self.index, "create index", Some((body, "application/json"))).await?;
+                match status {
+                    200..=299 => {
+                        tracing::info!(index = %self.index, "created index");
+                        return Ok(IndexBootstrap::Created);
+                    }
+                    // Another writer created it between our two requests: compare below.
+                    400 if String::from_utf8_lossy(&resp).contains("resource_already_exists_exception") => IndexBootstrap::Existing,
+                    _ => return Err(Error::ElasticsearchStatus { context: "create index", status, body: truncate(&resp) }),
+                }
+            }
+            s => return Err(Error::ElasticsearchStatus { context: "check index", status: s, body: String::new() }),
+        };
+        let raw = self.send_ok(Method::GET, &format!("{}/_mapping", self.index), "read mapping", None).await?;
+        let actual: Value = serde_json::from_slice(&raw)
+            .map_err(|e| Error::ElasticsearchStatus { context: "read mapping", status: 200, body: e.to_string() })?;
+        let actual = actual.as_object().and_then(|o| o.values().next()).and_then(|v| v.get("mappings")).cloned().unwrap_or(Value::Null);
+        let expected = definition.get("mappings").cloned().unwrap_or(Value::Null);
+        if let Some(difference) = first_difference("mappings", &expected, &actual) {
+            return Err(Error::MappingConflict { index: self.index.clone(), difference });
+        }
+        Ok(outcome)
+    }
+
+    /// Loads documents; see the module contract.
+    pub async fn load(&self, docs: &[EncodedDoc], shutdown: &Shutdown) -> Result<LoadReport> {
+        let mut report = LoadReport::default();
+        for range in bulk::chunk(docs, self.max_docs, self.max_bytes) {
+            self.load_chunk(&docs[range], shutdown, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    async fn load_chunk(&self, docs: &[EncodedDoc], shutdown: &Shutdown, report: &mut LoadReport) -> Result<()> {
+        let mut pending: Vec<&EncodedDoc> = docs.iter().collect();
+        let mut delays = self.retry.delays();
+        for attempt in 1..=MAX_ITEM_ATTEMPTS {
+            let body: Vec<u8> = pending.iter().flat_map(|d| d.lines.iter().copied()).collect();
+            let raw = retry(&self.retry, shutdown, "bulk", || {
+                self.send_ok(Method::POST, "_bulk", "bulk", Some((body.clone(), "application/x-ndjson")))
+            })
+            .await?;
+            let resp: BulkResponse = serde_json::from_slice(&raw)
+                .map_err(|e| Error::ElasticsearchStatus { context: "bulk", status: 200, body: format!("unreadable response: {e}") })?;
+            let outcomes = bulk::classify(&resp, pending.len())
+                .map_err(|e| Error::ElasticsearchStatus { context: "bulk", status: 200, body: e })?;
+            let mut again = Vec::new();
+            let mut last_reason = String::new();
+            let mut rejected = Vec::new();
+            for (doc, outcome) in pending.into_iter().zip(outcomes) {
+                match outcome {
+                    BulkItemOutcome::Stored => report.stored += 1,
+                    BulkItemOutcome::Retry { reason } => {
+                        last_reason = reason;
+                        again.push(doc);
+                    }
+                    BulkItemOutcome::Rejected { status, reason } => rejected.push((doc.id.as_str(), status, reason)),
+                }
+            }
+            if !rejected.is_empty() {
+                write_dead_letters(&self.dead_letter, &self.index, &rejected)?;
+                report.dead_lettered += rejected.len();
+                tracing::warn!(count = rejected.len(), file = %self.dead_letter.display(), first_reason = %rejected[0].2, "documents rejected by elasticsearch, written to dead-letter file");
+            }
+            if again.is_empty() {
+                return Ok(());
+            }
+            report.retried_items += again.len();
+            let delay = delays.next().unwrap_or(self.retry.cap);
+            tracing::warn!(waiting_for = "elasticsearch", count = again.len(), attempt, retry_in_ms = delay.as_millis() as u64, reason = %last_reason, "bulk items throttled or failed, retrying them");
+            if attempt == MAX_ITEM_ATTEMPTS {
+                return Err(Error::BulkRetriesExhausted { count: again.len(), last_reason });
+            }
+            if shutdown.sleep(delay).await {
+                return Err(Error::Shutdown);
+            }
+            pending = again;
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    /// Makes recent writes visible to search (tests and `make demo` summaries).
+    pub async fn refresh(&self) -> Result<()> {
+        self.send_ok(Method::POST, &format!("{}/_refresh", self.index), "refresh", None).await.map(|_| ())
+    }
+
+    pub async fn count(&self) -> Result<u64> {
+        let raw = self.send_ok(Method::GET, &format!("{}/_count", self.index), "count", None).await?;
+        let v: Value = serde_json::from_slice(&raw)
+            .map_err(|e| Error::ElasticsearchStatus { context: "count", status: 200, body: e.to_string() })?;
+        Ok(v.get("count").and_then(Value::as_u64).unwrap_or(0))
+    }
+}
+
+/// Reads the index definition (body of `PUT /<index>`): settings and mappings.
+pub fn read_index_definition(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Config(format!("ES_SCHEMA_FILE='{}': cannot read it ({e}); set ES_SCHEMA_FILE to the index definition JSON", path.display()))
+    })?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Config(format!("ES_SCHEMA_FILE='{}': not valid JSON ({e})", path.display())))?;
+    if !v.get("mappings").is_some_and(Value::is_object) {
+        return Err(Error::Config(format!(
+            "ES_SCHEMA_FILE='{}': expected an object with \"mappings\" (the body of PUT /<index>)",
+            path.display()
+        )));
+    }
+    Ok(v)
+}
+
+fn write_dead_letters(path: &Path, index: &str, rejected: &[(&str, u16, String)]) -> Result<()> {
+    let io = |source| Error::Io { context: "cannot write dead-letter file", path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+    let time = chrono::Utc::now().to_rfc3339();
+    let mut buf = Vec::new();
+    for (id, status, reason) in rejected {
+        let line = serde_json::json!({ "id": id, "index": index, "status": status, "reason": reason, "time": time });
+        serde_json::to_writer(&mut buf, &line).map_err(|e| io(e.into()))?;
+        buf.push(b'\n');
+    }
+    file.write_all(&buf).map_err(io)?;
+    // The watermark moves past these documents next: the record of them must be on disk first.
+    file.sync_data().map_err(io)
+}
+
+/// The first place where `actual` differs from `expected`, as "path: expected X, found Y".
+pub fn first_difference(path: &str, expected: &Value, actual: &Value) -> Option<String> {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            for (k, ev) in e {
+                match a.get(k) {
+                    None => return Some(format!("{path}.{k}: expected {ev}, found nothing")),
+                    Some(av) => {
+                        if let Some(d) = first_difference(&format!("{path}.{k}"), ev, av) {
+                            return Some(d);
+                        }
+                    }
+                }
+            }
+            a.keys().find(|k| !e.contains_key(*k)).map(|k| format!("{path}.{k}: not in ES_SCHEMA_FILE, found {}", a[k]))
+        }
+        // Elasticsearch may echo scalars as strings ("strict", "true"): compare their text.
+        (e, a) if e == a || scalar_text(e).is_some() && scalar_text(e) == scalar_text(a) => None,
+        (e, a) => Some(format!("{path}: expected {e}, found {a}")),
+    }
+}
+
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn truncate(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    if s.len() > 500 {
+        let cut = (0..=500).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+        format!("{}…", &s[..cut])
+    } else {
+        s.into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn mapping_differences_are_located() {
+        let e = json!({"dynamic": "strict", "properties": {"title": {"type": "text", "analyzer": "ru_en"}}});
+        assert_eq!(first_difference("mappings", &e, &e.clone()), None);
+        let a = json!({"dynamic": "strict", "properties": {"title": {"type": "keyword"}}});
+        let d = first_difference("mappings", &e, &a).unwrap();
+        assert!(d.starts_with("mappings.properties.title."), "{d}");
+        let a = json!({"dynamic": "strict", "properties": {"title": {"type": "text", "analyzer": "ru_en"}, "extra": {"type": "keyword"}}});
+        let d = first_difference("mappings", &e, &a).unwrap();
+        assert!(d.contains("properties.extra"), "{d}");
+        let a = json!({"dynamic": "strict", "properties": {}});
+        assert!(first_difference("mappings", &e, &a).unwrap().contains("found nothing"));
+        assert_eq!(first_difference("m", &json!({"x": true}), &json!({"x": "true"})), None);
+    }
+
+    #[test]
+    fn truncation_keeps_utf8_whole() {
+        let s = "ё".repeat(400);
+        let t = truncate(s.as_bytes());
+        assert!(t.ends_with('…') && t.len() <= 504);
+    }
+}

@@ -1,0 +1,136 @@
+//! Postgres: finds what changed since the saved watermarks and reads the affected films.
+//!
+//! Five change streams (film_work, genre, person and the two link tables) are each read in keyset
+//! order on `(timestamp, id)`: rows with equal timestamps across a page boundary are neither
+//! skipped nor read twice. A changed genre or person fans out to every film it is linked to.
+
+mod queries;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+use crate::checkpoint::{Stream, Watermark};
+use crate::config::TimestampColumn;
+use crate::error::{Error, Result};
+use crate::transform::{FilmWork, PersonLink};
+
+pub use queries::Layout;
+
+/// A connected source with its queries prepared for the detected layout.
+pub struct PgSource {
+    client: Client,
+    layout: Layout,
+    statements: queries::Statements,
+}
+
+/// One page of changed rows of one stream.
+#[derive(Debug)]
+pub struct ChangePage {
+    pub stream: Stream,
+    /// Films to re-index because of this page (deduplicated, sorted).
+    pub film_ids: Vec<Uuid>,
+    /// Position of the last row of the page: the stream's watermark once the films are loaded.
+    pub last: Watermark,
+    pub rows: usize,
+}
+
+impl PgSource {
+    pub async fn connect(pg: &tokio_postgres::Config, schema: &str, ts: &TimestampColumn) -> Result<PgSource> {
+        let (client, connection) = pg.connect(NoTls).await.map_err(Error::postgres("connect"))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "postgres connection ended");
+            }
+        });
+        let layout = Layout::detect(&client, schema, ts).await?;
+        let statements = queries::Statements::prepare(&client, &layout).await?;
+        Ok(PgSource { client, layout, statements })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// The next page of changes of `stream` after `after` (all rows when `None`).
+    pub async fn next_page(&self, stream: Stream, after: Option<Watermark>, limit: usize) -> Result<Option<ChangePage>> {
+        let limit = limit as i64;
+        let rows = match after {
+            Some(w) => self
+                .client
+                .query(self.statements.page_after(stream), &[&w.ts, &w.id, &limit])
+                .await
+                .map_err(Error::postgres("read changed rows"))?,
+            None => self
+                .client
+                .query(self.statements.page_first(stream), &[&limit])
+                .await
+                .map_err(Error::postgres("read changed rows"))?,
+        };
+        let Some(last_row) = rows.last() else { return Ok(None) };
+        let last = Watermark { ts: last_row.try_get(0).map_err(Error::postgres("read ts"))?, id: last_row.try_get(1).map_err(Error::postgres("read id"))? };
+        let mut ids: Vec<Uuid> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            ids.push(r.try_get(2).map_err(Error::postgres("read row key"))?);
+        }
+        let mut film_ids = match stream {
+            Stream::FilmWork | Stream::GenreFilmWork | Stream::PersonFilmWork => ids,
+            Stream::Genre | Stream::Person => {
+                let fanned = self
+                    .client
+                    .query(self.statements.fan_out(stream), &[&ids])
+                    .await
+                    .map_err(Error::postgres("find films of changed rows"))?;
+                fanned.iter().map(|r| r.try_get(0)).collect::<Result<Vec<Uuid>, _>>().map_err(Error::postgres("read film id"))?
+            }
+        };
+        film_ids.sort_unstable();
+        film_ids.dedup();
+        Ok(Some(ChangePage { stream, film_ids, last, rows: rows.len() }))
+    }
+
+    /// The newest position of a stream now, or `None` for an empty table.
+    pub async fn head(&self, stream: Stream) -> Result<Option<Watermark>> {
+        let row = self
+            .client
+            .query_opt(self.statements.head(stream), &[])
+            .await
+            .map_err(Error::postgres("read newest change"))?;
+        match row {
+            None => Ok(None),
+            Some(r) => {
+                let ts: DateTime<Utc> = r.try_get(0).map_err(Error::postgres("read ts"))?;
+                let id: Uuid = r.try_get(1).map_err(Error::postgres("read id"))?;
+                Ok(Some(Watermark { ts, id }))
+            }
+        }
+    }
+
+    /// Reads the films with these ids, with their genres and people. Films that no longer exist
+    /// are simply absent from the result.
+    pub async fn films(&self, ids: &[Uuid]) -> Result<Vec<FilmWork>> {
+        let rows = self
+            .client
+            .query(&self.statements.films, &[&ids])
+            .await
+            .map_err(Error::postgres("read films"))?;
+        rows.iter().map(film_from_row).collect()
+    }
+}
+
+fn film_from_row(row: &tokio_postgres::Row) -> Result<FilmWork> {
+    let ctx = Error::postgres;
+    let persons: tokio_postgres::types::Json<Vec<PersonLink>> = row.try_get("persons").map_err(ctx("read persons"))?;
+    Ok(FilmWork {
+        id: row.try_get("id").map_err(ctx("read film id"))?,
+        title: row.try_get("title").map_err(ctx("read title"))?,
+        description: row.try_get("description").map_err(ctx("read description"))?,
+        rating: row.try_get("rating").map_err(ctx("read rating"))?,
+        genres: row.try_get::<_, Vec<Option<String>>>("genres").map_err(ctx("read genres"))?.into_iter().flatten().collect(),
+        persons: persons.0,
+    })
+}

@@ -1,0 +1,245 @@
+//! The SQL of the source, prepared once per connection.
+//!
+//! Table and column names cannot be bind parameters, so they come from `information_schema`
+//! (validated identifiers, quoted) and every value is a parameter. Timestamps are compared as
+//! `timestamptz` so both `timestamp` and `timestamptz` columns work with the same code; btree
+//! cross-type comparison keeps the `(ts, id)` indexes usable.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tokio_postgres::{Client, Statement};
+
+use crate::checkpoint::Stream;
+use crate::config::{is_identifier, TimestampColumn};
+use crate::error::{Error, Result};
+
+/// Which timestamp column each table tracks changes with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub schema: String,
+    pub timestamps: BTreeMap<Stream, String>,
+}
+
+const COLUMNS_SQL: &str = "SELECT table_name::text, column_name::text, data_type::text \
+     FROM information_schema.columns WHERE table_schema = $1 AND table_name = ANY($2)";
+
+/// Columns the documents are built from, per table.
+fn required_columns(stream: Stream) -> &'static [&'static str] {
+    match stream {
+        Stream::FilmWork => &["id", "title", "description", "rating"],
+        Stream::Genre => &["id", "name"],
+        Stream::Person => &["id", "full_name"],
+        Stream::GenreFilmWork => &["id", "genre_id", "film_work_id"],
+        Stream::PersonFilmWork => &["id", "film_work_id", "person_id", "role"],
+    }
+}
+
+impl Layout {
+    pub async fn detect(client: &Client, schema: &str, wanted: &TimestampColumn) -> Result<Layout> {
+        let tables: Vec<&str> = Stream::ALL.iter().map(|s| s.table()).collect();
+        let rows = client
+            .query(COLUMNS_SQL, &[&schema, &tables])
+            .await
+            .map_err(Error::postgres("read table columns"))?;
+        let mut columns: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for r in rows {
+            let (table, column, ty): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            columns.entry(table).or_default().insert(column, ty);
+        }
+        Layout::choose(schema, &columns, wanted)
+    }
+
+    /// Picks the timestamp column per table; pure, so it is unit-tested on both catalog layouts.
+    pub fn choose(
+        schema: &str,
+        columns: &BTreeMap<String, BTreeMap<String, String>>,
+        wanted: &TimestampColumn,
+    ) -> Result<Layout> {
+        let mut timestamps = BTreeMap::new();
+        for stream in Stream::ALL {
+            let table = stream.table();
+            let Some(cols) = columns.get(table) else {
+                return Err(Error::SourceSchema(format!(
+                    "table {schema}.{table} not found; check PG_SCHEMA and that the catalog's tables exist"
+                )));
+            };
+            let missing: Vec<&str> = required_columns(stream).iter().copied().filter(|c| !cols.contains_key(*c)).collect();
+            if !missing.is_empty() {
+                return Err(Error::SourceSchema(format!("table {schema}.{table} lacks column(s) {}", missing.join(", "))));
+            }
+            if cols.get("id").map(String::as_str) != Some("uuid") {
+                return Err(Error::SourceSchema(format!("{schema}.{table}.id must be of type uuid")));
+            }
+            let is_link = matches!(stream, Stream::GenreFilmWork | Stream::PersonFilmWork);
+            let mut candidates: Vec<&str> = match wanted {
+                TimestampColumn::Named(n) => vec![n.as_str()],
+                TimestampColumn::Auto => vec!["updated_at", "modified"],
+            };
+            // Many installations give link tables only a creation time: a link row is never
+            // edited in place, only added or removed, so its creation time is its change time.
+            if is_link {
+                candidates.extend(["created_at", "created"]);
+            }
+            let chosen = candidates.iter().find(|c| {
+                cols.get(**c).is_some_and(|ty| ty == "timestamp with time zone" || ty == "timestamp without time zone")
+            });
+            match chosen {
+                Some(c) if is_identifier(c) => {
+                    timestamps.insert(stream, c.to_string());
+                }
+                _ => {
+                    return Err(Error::SourceSchema(format!(
+                        "table {schema}.{table} has no timestamp column among {}; set ETL_TIMESTAMP_COLUMN to the column that records changes",
+                        candidates.join(", ")
+                    )))
+                }
+            }
+        }
+        Ok(Layout { schema: schema.to_string(), timestamps })
+    }
+
+    fn ts(&self, stream: Stream) -> &str {
+        &self.timestamps[&stream]
+    }
+
+    pub fn describe(&self) -> String {
+        let set: BTreeSet<String> = self.timestamps.iter().map(|(s, c)| format!("{}.{c}", s.table())).collect();
+        set.into_iter().collect::<Vec<_>>().join(" ")
+    }
+}
+
+pub struct Statements {
+    page_first: BTreeMap<Stream, Statement>,
+    page_after: BTreeMap<Stream, Statement>,
+    head: BTreeMap<Stream, Statement>,
+    fan_out: BTreeMap<Stream, Statement>,
+    pub films: Statement,
+}
+
+impl Statements {
+    pub async fn prepare(client: &Client, layout: &Layout) -> Result<Statements> {
+        let s = &layout.schema;
+        let prep = |sql: String| async move { client.prepare(&sql).await.map_err(Error::postgres("prepare query")) };
+        let mut st = Statements {
+            page_first: BTreeMap::new(),
+            page_after: BTreeMap::new(),
+            head: BTreeMap::new(),
+            fan_out: BTreeMap::new(),
+            films: prep(films_sql(s)).await?,
+        };
+        for stream in Stream::ALL {
+            let (table, ts) = (stream.table(), layout.ts(stream));
+            let key = match stream {
+                Stream::GenreFilmWork | Stream::PersonFilmWork => "film_work_id",
+                _ => "id",
+            };
+            let select = format!(r#"SELECT "{ts}"::timestamptz, id, "{key}" FROM "{s}"."{table}""#);
+            let order = format!(r#"ORDER BY "{ts}", id"#);
+            st.page_first.insert(stream, prep(format!(r#"{select} WHERE "{ts}" IS NOT NULL {order} LIMIT $1"#)).await?);
+            st.page_after.insert(
+                stream,
+                prep(format!(r#"{select} WHERE ("{ts}", id) > ($1::timestamptz, $2::uuid) {order} LIMIT $3"#)).await?,
+            );
+            st.head.insert(
+                stream,
+                prep(format!(
+                    r#"SELECT "{ts}"::timestamptz, id FROM "{s}"."{table}" WHERE "{ts}" IS NOT NULL ORDER BY "{ts}" DESC, id DESC LIMIT 1"#
+                ))
+                .await?,
+            );
+        }
+        st.fan_out.insert(
+            Stream::Genre,
+            prep(format!(r#"SELECT DISTINCT film_work_id FROM "{s}".genre_film_work WHERE genre_id = ANY($1::uuid[])"#)).await?,
+        );
+        st.fan_out.insert(
+            Stream::Person,
+            prep(format!(r#"SELECT DISTINCT film_work_id FROM "{s}".person_film_work WHERE person_id = ANY($1::uuid[])"#)).await?,
+        );
+        Ok(st)
+    }
+
+    pub fn page_first(&self, s: Stream) -> &Statement {
+        &self.page_first[&s]
+    }
+    pub fn page_after(&self, s: Stream) -> &Statement {
+        &self.page_after[&s]
+    }
+    pub fn head(&self, s: Stream) -> &Statement {
+        &self.head[&s]
+    }
+    pub fn fan_out(&self, s: Stream) -> &Statement {
+        &self.fan_out[&s]
+    }
+}
+
+/// One row per film: its own columns, its genre names, and its people as a JSON array.
+fn films_sql(s: &str) -> String {
+    format!(
+        r#"SELECT fw.id, fw.title::text AS title, fw.description::text AS description, fw.rating::float8 AS rating,
+    ARRAY(SELECT g.name::text FROM "{s}".genre_film_work gfw JOIN "{s}".genre g ON g.id = gfw.genre_id
+          WHERE gfw.film_work_id = fw.id) AS genres,
+    COALESCE((SELECT json_agg(json_build_object('id', p.id, 'name', p.full_name::text, 'role', pfw.role::text))
+              FROM "{s}".person_film_work pfw JOIN "{s}".person p ON p.id = pfw.person_id
+              WHERE pfw.film_work_id = fw.id), '[]'::json) AS persons
+FROM "{s}".film_work fw
+WHERE fw.id = ANY($1::uuid[])"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(cols: &[(&str, &str)]) -> BTreeMap<String, String> {
+        cols.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect()
+    }
+
+    fn catalog(ts: &str, link_ts: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+        let tz = "timestamp with time zone";
+        let mut m = BTreeMap::new();
+        m.insert("film_work".into(), table(&[("id", "uuid"), ("title", "text"), ("description", "text"), ("rating", "double precision"), (ts, tz)]));
+        m.insert("genre".into(), table(&[("id", "uuid"), ("name", "text"), (ts, tz)]));
+        m.insert("person".into(), table(&[("id", "uuid"), ("full_name", "text"), (ts, tz)]));
+        m.insert("genre_film_work".into(), table(&[("id", "uuid"), ("genre_id", "uuid"), ("film_work_id", "uuid"), (link_ts, tz)]));
+        m.insert(
+            "person_film_work".into(),
+            table(&[("id", "uuid"), ("film_work_id", "uuid"), ("person_id", "uuid"), ("role", "text"), (link_ts, tz)]),
+        );
+        m
+    }
+
+    #[test]
+    fn detects_updated_at_layout() {
+        let l = Layout::choose("content", &catalog("updated_at", "updated_at"), &TimestampColumn::Auto).unwrap();
+        assert!(l.timestamps.values().all(|c| c == "updated_at"));
+    }
+
+    #[test]
+    fn detects_modified_layout_with_created_only_links() {
+        let l = Layout::choose("content", &catalog("modified", "created"), &TimestampColumn::Auto).unwrap();
+        assert_eq!(l.timestamps[&Stream::FilmWork], "modified");
+        assert_eq!(l.timestamps[&Stream::PersonFilmWork], "created");
+        assert_eq!(l.timestamps[&Stream::GenreFilmWork], "created");
+    }
+
+    #[test]
+    fn named_column_must_exist() {
+        let e = Layout::choose("content", &catalog("updated_at", "updated_at"), &TimestampColumn::Named("modified".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ETL_TIMESTAMP_COLUMN") && e.contains("film_work"), "{e}");
+    }
+
+    #[test]
+    fn missing_table_and_column_are_named() {
+        let mut c = catalog("updated_at", "updated_at");
+        c.remove("genre");
+        let e = Layout::choose("content", &c, &TimestampColumn::Auto).unwrap_err().to_string();
+        assert!(e.contains("content.genre not found"), "{e}");
+        let mut c = catalog("updated_at", "updated_at");
+        c.get_mut("person").unwrap().remove("full_name");
+        let e = Layout::choose("content", &c, &TimestampColumn::Auto).unwrap_err().to_string();
+        assert!(e.contains("full_name"), "{e}");
+    }
+}

@@ -1,0 +1,256 @@
+//! Rows -> documents. Pure functions, no I/O.
+//!
+//! One [`FilmWork`] (a film with its genres and people, as the source reads it) becomes one
+//! [`MovieDocument`] (the shape of the `movies` index). The value `N/A` means "unknown" in the
+//! catalog: it never reaches the index.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A film as read from Postgres, with its links already joined.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilmWork {
+    pub id: Uuid,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub rating: Option<f64>,
+    pub genres: Vec<String>,
+    pub persons: Vec<PersonLink>,
+}
+
+/// One row of `person_film_work` joined with `person`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PersonLink {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    pub id: Uuid,
+    pub name: String,
+}
+
+/// The document stored in the index, `_id` = `id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MovieDocument {
+    pub id: Uuid,
+    pub imdb_rating: Option<f64>,
+    pub genre: Vec<String>,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub director: Vec<String>,
+    pub actors_names: Vec<String>,
+    pub writers_names: Vec<String>,
+    pub actors: Vec<Person>,
+    pub writers: Vec<Person>,
+}
+
+/// Roles the document knows. Anything else is counted and left out of the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Actor,
+    Director,
+    Writer,
+}
+
+fn role(raw: Option<&str>) -> Option<Role> {
+    match raw.map(str::trim) {
+        Some(r) if r.eq_ignore_ascii_case("actor") => Some(Role::Actor),
+        Some(r) if r.eq_ignore_ascii_case("director") => Some(Role::Director),
+        Some(r) if r.eq_ignore_ascii_case("writer") => Some(Role::Writer),
+        _ => None,
+    }
+}
+
+/// What the transform left out of a document, for the cycle's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TransformNotes {
+    pub unknown_roles: usize,
+}
+
+/// `None` for missing, blank and `N/A` values; the text otherwise.
+fn known(value: Option<&str>) -> Option<String> {
+    let v = value?;
+    let t = v.trim();
+    if t.is_empty() || t.eq_ignore_ascii_case("n/a") {
+        None
+    } else {
+        Some(v.to_string())
+    }
+}
+
+/// Ratings outside what a rating can be (NaN, infinities) are unknown rather than an error that
+/// would stop the load: `serde_json` cannot encode them.
+fn known_rating(r: Option<f64>) -> Option<f64> {
+    r.filter(|r| r.is_finite())
+}
+
+pub fn to_document(film: &FilmWork) -> (MovieDocument, TransformNotes) {
+    let mut notes = TransformNotes::default();
+    let mut genre: Vec<String> = film.genres.iter().filter_map(|g| known(Some(g))).collect();
+    genre.sort();
+    genre.dedup();
+
+    let mut actors = Vec::new();
+    let mut writers = Vec::new();
+    let mut directors = Vec::new();
+    for link in &film.persons {
+        let Some(name) = known(link.name.as_deref()) else { continue };
+        let person = Person { id: link.id, name };
+        match role(link.role.as_deref()) {
+            Some(Role::Actor) => actors.push(person),
+            Some(Role::Writer) => writers.push(person),
+            Some(Role::Director) => directors.push(person),
+            None => notes.unknown_roles += 1,
+        }
+    }
+    for people in [&mut actors, &mut writers, &mut directors] {
+        // Joins can repeat a person; order by name so a document is the same however rows came.
+        people.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        people.dedup_by(|a, b| a.id == b.id);
+    }
+    let names = |people: &[Person]| -> Vec<String> { people.iter().map(|p| p.name.clone()).collect() };
+
+    let doc = MovieDocument {
+        id: film.id,
+        imdb_rating: known_rating(film.rating),
+        genre,
+        title: known(film.title.as_deref()),
+        description: known(film.description.as_deref()),
+        director: names(&directors),
+        actors_names: names(&actors),
+        writers_names: names(&writers),
+        actors,
+        writers,
+    };
+    (doc, notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uuid(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn link(n: u128, name: &str, role: &str) -> PersonLink {
+        PersonLink { id: uuid(n), name: Some(name.into()), role: Some(role.into()) }
+    }
+
+    fn film() -> FilmWork {
+        FilmWork {
+            id: uuid(1),
+            title: Some("Star Wars".into()),
+            description: Some("A long time ago".into()),
+            rating: Some(8.6),
+            genres: vec!["Sci-Fi".into(), "Action".into()],
+            persons: vec![
+                link(10, "Mark Hamill", "actor"),
+                link(11, "Carrie Fisher", "actor"),
+                link(12, "George Lucas", "director"),
+                link(12, "George Lucas", "writer"),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_full_film_becomes_a_document() {
+        let (doc, notes) = to_document(&film());
+        assert_eq!(notes, TransformNotes::default());
+        assert_eq!(doc.id, uuid(1));
+        assert_eq!(doc.imdb_rating, Some(8.6));
+        assert_eq!(doc.genre, vec!["Action", "Sci-Fi"]);
+        assert_eq!(doc.director, vec!["George Lucas"]);
+        assert_eq!(doc.actors_names, vec!["Carrie Fisher", "Mark Hamill"]);
+        assert_eq!(doc.writers_names, vec!["George Lucas"]);
+        assert_eq!(doc.actors[0], Person { id: uuid(11), name: "Carrie Fisher".into() });
+        assert_eq!(doc.writers, vec![Person { id: uuid(12), name: "George Lucas".into() }]);
+    }
+
+    #[test]
+    fn empty_roles_are_empty_lists_not_null() {
+        let f = FilmWork { persons: vec![], genres: vec![], ..film() };
+        let (doc, _) = to_document(&f);
+        let json = serde_json::to_value(&doc).unwrap();
+        for field in ["director", "actors_names", "writers_names", "actors", "writers", "genre"] {
+            assert_eq!(json[field], serde_json::json!([]), "{field}");
+        }
+    }
+
+    #[test]
+    fn not_available_never_reaches_the_document() {
+        let f = FilmWork {
+            title: Some("N/A".into()),
+            description: Some(" n/a ".into()),
+            rating: None,
+            genres: vec!["N/A".into(), "Drama".into()],
+            persons: vec![link(10, "N/A", "actor"), link(11, "Ann", "director"), link(12, "N/A", "writer")],
+            ..film()
+        };
+        let (doc, _) = to_document(&f);
+        let text = serde_json::to_string(&doc).unwrap();
+        assert!(!text.to_lowercase().contains("n/a"), "{text}");
+        assert_eq!(doc.title, None);
+        assert_eq!(doc.description, None);
+        assert_eq!(doc.genre, vec!["Drama"]);
+        assert_eq!(doc.director, vec!["Ann"]);
+        assert!(doc.actors.is_empty() && doc.writers.is_empty());
+        assert_eq!(serde_json::to_value(&doc).unwrap()["imdb_rating"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn duplicates_from_joins_collapse() {
+        let mut f = film();
+        f.persons.extend(f.persons.clone());
+        f.genres.extend(f.genres.clone());
+        let (doc, _) = to_document(&f);
+        assert_eq!(doc, to_document(&film()).0);
+    }
+
+    #[test]
+    fn row_order_does_not_change_the_document() {
+        let mut f = film();
+        f.persons.reverse();
+        f.genres.reverse();
+        assert_eq!(to_document(&f).0, to_document(&film()).0);
+    }
+
+    #[test]
+    fn unknown_roles_and_missing_names_are_left_out_and_counted() {
+        let f = FilmWork {
+            persons: vec![
+                link(10, "Kim", "producer"),
+                PersonLink { id: uuid(11), name: Some("Lee".into()), role: None },
+                PersonLink { id: uuid(12), name: None, role: Some("actor".into()) },
+                link(13, "Pat", " Actor "),
+            ],
+            ..film()
+        };
+        let (doc, notes) = to_document(&f);
+        assert_eq!(notes.unknown_roles, 2);
+        assert_eq!(doc.actors_names, vec!["Pat"]);
+    }
+
+    #[test]
+    fn odd_ratings_and_text_survive_encoding() {
+        for rating in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let (doc, _) = to_document(&FilmWork { rating: Some(rating), ..film() });
+            assert_eq!(doc.imdb_rating, None);
+        }
+        let odd = "Ёжик в тумане \u{0000} \u{202e} 🎬 \"quoted\" \\ back";
+        let (doc, _) = to_document(&FilmWork { title: Some(odd.into()), ..film() });
+        let back: MovieDocument = serde_json::from_str(&serde_json::to_string(&doc).unwrap()).unwrap();
+        assert_eq!(back.title.as_deref(), Some(odd));
+    }
+
+    #[test]
+    fn same_name_different_people_are_both_kept() {
+        let f = FilmWork { persons: vec![link(10, "Sam", "actor"), link(11, "Sam", "actor")], ..film() };
+        let (doc, _) = to_document(&f);
+        assert_eq!(doc.actors.len(), 2);
+        assert_eq!(doc.actors_names, vec!["Sam", "Sam"]);
+    }
+}
