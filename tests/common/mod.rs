@@ -1,0 +1,187 @@
+//! Harness for integration tests against the real stack (`scripts/stack.sh up`).
+//!
+//! Each test gets its own database, cloned from the `movies_ref` template that
+//! `scripts/load-dump.sh` leaves, and its own index, so tests run in parallel. A missing service
+//! fails the test with a message; nothing is skipped.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pg2es::checkpoint::Checkpoint;
+use pg2es::config::{Config, Sources};
+use pg2es::pipeline::{self, CycleReport, Mode};
+use pg2es::shutdown::Shutdown;
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+
+pub fn pg_admin_dsn() -> String {
+    std::env::var("PG2ES_TEST_PG_DSN").unwrap_or_else(|_| "postgres://app:123qwe@127.0.0.1:5432/postgres".into())
+}
+
+pub fn es_url() -> String {
+    std::env::var("PG2ES_TEST_ES_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
+}
+
+pub fn os_url() -> String {
+    std::env::var("PG2ES_TEST_OS_URL").unwrap_or_else(|_| "http://127.0.0.1:9201".into())
+}
+
+pub fn schema_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/movies/es_schema.json")
+}
+
+pub async fn connect(dsn: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(dsn, NoTls).await.unwrap_or_else(|e| {
+        panic!("cannot reach Postgres at {dsn}: {e}. Start the stack with `make stack-up` (or scripts/stack.sh up)")
+    });
+    tokio::spawn(conn);
+    client
+}
+
+pub struct TestEnv {
+    pub name: String,
+    pub db: Client,
+    pub dsn: String,
+    pub es: String,
+    pub index: String,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl TestEnv {
+    /// A fresh copy of the reference catalog and an empty index named after the test.
+    pub async fn new(name: &str) -> TestEnv {
+        TestEnv::on(name, &es_url()).await
+    }
+
+    pub async fn on(name: &str, es: &str) -> TestEnv {
+        let admin = connect(&pg_admin_dsn()).await;
+        let db_name = format!("pg2es_t_{name}");
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await.unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db_name} TEMPLATE movies_ref"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot clone template movies_ref ({e}); run scripts/load-dump.sh first"));
+        let dsn = replace_db(&pg_admin_dsn(), &db_name);
+        let db = connect(&dsn).await;
+        let http = reqwest::Client::new();
+        let index = format!("pg2es_t_{name}");
+        let env = TestEnv {
+            name: name.to_string(),
+            db,
+            dsn,
+            es: es.to_string(),
+            index,
+            dir: tempfile::tempdir().unwrap(),
+            http,
+            extra_env: Vec::new(),
+        };
+        env.delete_index().await;
+        env
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.path().join("state.json")
+    }
+
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = [
+            ("PG_DSN", self.dsn.clone()),
+            ("ES_URL", self.es.clone()),
+            ("ES_INDEX", self.index.clone()),
+            ("ES_SCHEMA_FILE", schema_file().display().to_string()),
+            ("ETL_STATE_FILE", self.state_file().display().to_string()),
+            ("ETL_DEAD_LETTER_FILE", self.dir.path().join("dead.jsonl").display().to_string()),
+            ("ETL_CYCLE_SEC", "0.2".to_string()),
+            ("ETL_BACKOFF_INITIAL_MS", "50".to_string()),
+            ("ETL_BACKOFF_MAX_SEC", "2".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        v.extend(self.extra_env.iter().cloned());
+        v
+    }
+
+    pub fn config(&self) -> Config {
+        Config::from_sources(&Sources::gather(None, self.env_vars()).unwrap()).unwrap()
+    }
+
+    /// One pass of the pipeline, in-process.
+    pub async fn run_once(&self) -> CycleReport {
+        let (_trigger, shutdown) = Shutdown::new();
+        let mut reports = pipeline::run(&self.config(), Mode::Once, &shutdown).await.expect("pipeline run");
+        assert_eq!(reports.len(), 1);
+        self.refresh().await;
+        reports.remove(0)
+    }
+
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint::open(&self.state_file(), &self.index).unwrap()
+    }
+
+    pub async fn refresh(&self) {
+        let r = self.http.post(format!("{}/{}/_refresh", self.es, self.index)).send().await;
+        r.unwrap_or_else(|e| panic!("cannot reach Elasticsearch at {}: {e}; start the stack with `make stack-up`", self.es));
+    }
+
+    pub async fn count(&self) -> u64 {
+        let v: Value = self.http.get(format!("{}/{}/_count", self.es, self.index)).send().await.unwrap().json().await.unwrap();
+        v["count"].as_u64().unwrap_or_else(|| panic!("no count in {v}"))
+    }
+
+    pub async fn doc(&self, id: &str) -> Value {
+        let v: Value = self.http.get(format!("{}/{}/_doc/{id}", self.es, self.index)).send().await.unwrap().json().await.unwrap();
+        assert_eq!(v["found"], Value::Bool(true), "document {id} not found: {v}");
+        v["_source"].clone()
+    }
+
+    pub async fn delete_index(&self) {
+        let r = self.http.delete(format!("{}/{}", self.es, self.index)).send().await;
+        r.unwrap_or_else(|e| panic!("cannot reach Elasticsearch at {}: {e}; start the stack with `make stack-up`", self.es));
+    }
+
+    pub async fn sql(&self, sql: &str) -> u64 {
+        self.db.execute(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        self.db.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    }
+
+    /// Drops the database and the index (not on panic: the next run starts by dropping them).
+    pub async fn cleanup(self) {
+        self.delete_index().await;
+        drop(self.db);
+        let admin = connect(&pg_admin_dsn()).await;
+        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS pg2es_t_{} WITH (FORCE)", self.name)).await;
+    }
+}
+
+fn replace_db(dsn: &str, db: &str) -> String {
+    match dsn.rsplit_once('/') {
+        Some((head, tail)) => {
+            let query = tail.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+            format!("{head}/{db}{query}")
+        }
+        None => panic!("PG2ES_TEST_PG_DSN must be a URL such as postgres://app:123qwe@127.0.0.1:5432/postgres"),
+    }
+}
+
+/// Polls `check` until it is true, at most `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not true after {limit:?}");
+}

@@ -1,0 +1,169 @@
+//! The pipeline against the real stack: full load, incremental changes, restart, both layouts.
+
+mod common;
+
+use common::TestEnv;
+use pg2es::checkpoint::Stream;
+use serde_json::json;
+
+const FILM_ONE_WRITER: &str = "24eafcd7-1018-4951-9e17-583e2554ef0a";
+const FILM_NO_DIRECTOR: &str = "479f20b0-58d1-4f16-8944-9b82f5b1f22a";
+
+#[tokio::test]
+async fn full_load_gives_one_document_per_film() {
+    let env = TestEnv::new("full_load").await;
+    let report = env.run_once().await;
+    assert_eq!(report.rows[&Stream::FilmWork], 999);
+    assert_eq!(report.stored, 999);
+    assert_eq!(report.dead_lettered, 0);
+    assert_eq!(env.count().await, 999);
+
+    let doc = env.doc(FILM_ONE_WRITER).await;
+    assert_eq!(doc["writers_names"], json!(["Craig Hutchinson"]));
+    assert_eq!(doc["id"], json!(FILM_ONE_WRITER));
+    let doc = env.doc(FILM_NO_DIRECTOR).await;
+    assert_eq!(doc["director"], json!([]));
+    for field in ["genre", "actors_names", "writers_names", "actors", "writers"] {
+        assert!(doc[field].is_array(), "{field} must be a list: {doc}");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_restart_resumes_without_reloading() {
+    let env = TestEnv::new("restart").await;
+    assert_eq!(env.run_once().await.stored, 999);
+    let again = env.run_once().await;
+    assert_eq!(again.stored, 0, "{again:?}");
+    assert_eq!(again.rows.values().sum::<usize>(), 0, "{again:?}");
+    env.cleanup().await;
+}
+
+/// Each kind of change re-indexes exactly the films it affects on the next cycle.
+#[tokio::test]
+async fn changes_reindex_exactly_the_affected_films() {
+    let env = TestEnv::new("incremental").await;
+    env.run_once().await;
+
+    // A film's own row.
+    env.sql(&format!("UPDATE content.film_work SET title = 'Renamed film', updated_at = now() WHERE id = '{FILM_ONE_WRITER}'")).await;
+    let r = env.run_once().await;
+    assert_eq!((r.rows.get(&Stream::FilmWork).copied(), r.films), (Some(1), 1), "{r:?}");
+    assert_eq!(env.doc(FILM_ONE_WRITER).await["title"], json!("Renamed film"));
+
+    // A person's name: every film of that person.
+    let person = "Craig Hutchinson";
+    let films = env
+        .scalar_i64(&format!(
+            "SELECT count(DISTINCT pfw.film_work_id) FROM content.person_film_work pfw JOIN content.person p ON p.id = pfw.person_id WHERE p.full_name = '{person}'"
+        ))
+        .await as usize;
+    assert!(films >= 1);
+    env.sql(&format!("UPDATE content.person SET full_name = 'Craig Renamed', updated_at = now() WHERE full_name = '{person}'")).await;
+    let r = env.run_once().await;
+    assert_eq!((r.rows.get(&Stream::Person).copied(), r.films), (Some(1), films), "{r:?}");
+    assert_eq!(env.doc(FILM_ONE_WRITER).await["writers_names"], json!(["Craig Renamed"]));
+
+    // A genre's name: every film of that genre.
+    let films = env
+        .scalar_i64("SELECT count(*) FROM content.genre_film_work gfw JOIN content.genre g ON g.id = gfw.genre_id WHERE g.name = 'Documentary'")
+        .await as usize;
+    assert!(films >= 1);
+    env.sql("UPDATE content.genre SET name = 'Docs', updated_at = now() WHERE name = 'Documentary'").await;
+    let r = env.run_once().await;
+    assert_eq!((r.rows.get(&Stream::Genre).copied(), r.films), (Some(1), films), "{r:?}");
+    let hits: serde_json::Value = env
+        .http
+        .post(format!("{}/{}/_count", env.es, env.index))
+        .json(&json!({"query": {"term": {"genre": "Docs"}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hits["count"], json!(films));
+
+    // A new link row: the one film it links.
+    env.sql(&format!(
+        "INSERT INTO content.person_film_work (id, film_work_id, person_id, role, created_at, updated_at)
+         SELECT gen_random_uuid(), '{FILM_NO_DIRECTOR}', id, 'director', now(), now() FROM content.person WHERE full_name = 'Mark Hamill'"
+    ))
+    .await;
+    let r = env.run_once().await;
+    assert_eq!((r.rows.get(&Stream::PersonFilmWork).copied(), r.films), (Some(1), 1), "{r:?}");
+    assert_eq!(env.doc(FILM_NO_DIRECTOR).await["director"], json!(["Mark Hamill"]));
+
+    // Nothing changed: nothing read.
+    let r = env.run_once().await;
+    assert_eq!(r.films, 0, "{r:?}");
+    env.cleanup().await;
+}
+
+/// Every film shares one timestamp, and pages are smaller than the table: keyset pagination on
+/// (timestamp, id) must read each film exactly once.
+#[tokio::test]
+async fn equal_timestamps_across_pages_are_read_once() {
+    let mut env = TestEnv::new("equal_ts").await;
+    env.sql("UPDATE content.film_work SET updated_at = '2024-01-01 00:00:00+00'").await;
+    env.extra_env.push(("ETL_BATCH_SIZE".into(), "7".into()));
+    let r = env.run_once().await;
+    assert_eq!(r.rows[&Stream::FilmWork], 999, "{r:?}");
+    assert_eq!(r.films, 999);
+    assert_eq!(env.count().await, 999);
+
+    // Later rows with the very same timestamp, but larger ids than the watermark, are still seen.
+    let last = env.checkpoint().state().watermark(Stream::FilmWork).unwrap();
+    env.sql(&format!(
+        "INSERT INTO content.film_work (id, title, rating, type, created_at, updated_at) VALUES ('ffffffff-ffff-4fff-8fff-ffffffffffff', 'Late', 5.0, 'movie', now(), '{}')",
+        last.ts.to_rfc3339()
+    ))
+    .await;
+    let r = env.run_once().await;
+    assert_eq!(r.rows.get(&Stream::FilmWork).copied(), Some(1), "{r:?}");
+    assert_eq!(env.count().await, 1000);
+    env.cleanup().await;
+}
+
+/// The layout of many installations: `modified` on the main tables, only `created` on links.
+#[tokio::test]
+async fn modified_and_created_layout_is_detected() {
+    let env = TestEnv::new("modified_layout").await;
+    env.db
+        .batch_execute(
+            "ALTER TABLE content.film_work RENAME COLUMN updated_at TO modified;
+             ALTER TABLE content.film_work RENAME COLUMN created_at TO created;
+             ALTER TABLE content.genre RENAME COLUMN updated_at TO modified;
+             ALTER TABLE content.person RENAME COLUMN updated_at TO modified;
+             ALTER TABLE content.genre_film_work DROP COLUMN updated_at;
+             ALTER TABLE content.genre_film_work RENAME COLUMN created_at TO created;
+             ALTER TABLE content.person_film_work DROP COLUMN updated_at;
+             ALTER TABLE content.person_film_work RENAME COLUMN created_at TO created;",
+        )
+        .await
+        .unwrap();
+    assert_eq!(env.run_once().await.stored, 999);
+
+    env.sql(&format!(
+        "INSERT INTO content.genre_film_work (id, genre_id, film_work_id, created)
+         SELECT gen_random_uuid(), g.id, '{FILM_NO_DIRECTOR}', now() FROM content.genre g
+         WHERE g.id NOT IN (SELECT genre_id FROM content.genre_film_work WHERE film_work_id = '{FILM_NO_DIRECTOR}') LIMIT 1"
+    ))
+    .await;
+    let r = env.run_once().await;
+    assert_eq!((r.rows.get(&Stream::GenreFilmWork).copied(), r.films), (Some(1), 1), "{r:?}");
+
+    env.sql("UPDATE content.person SET full_name = 'Someone Else', modified = now() WHERE full_name = 'Mark Hamill'").await;
+    let r = env.run_once().await;
+    assert_eq!(r.rows.get(&Stream::Person).copied(), Some(1), "{r:?}");
+    assert!(r.films >= 1);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn full_load_into_opensearch() {
+    let env = TestEnv::on("opensearch", &common::os_url()).await;
+    assert_eq!(env.run_once().await.stored, 999);
+    assert_eq!(env.count().await, 999);
+    env.cleanup().await;
+}
