@@ -1,0 +1,407 @@
+#!/usr/bin/env bash
+# Local service stack for pg2es: PostgreSQL (Debian cluster), Elasticsearch 7.10.2 and
+# OpenSearch 2.19 (embedded JVMs built from tools/search-engine), all on 127.0.0.1.
+#
+#   scripts/stack.sh up     [pg|es|os|all]   install what is missing, configure, start, wait until ready
+#   scripts/stack.sh down   [pg|es|os|all]   stop (data is kept)
+#   scripts/stack.sh start  [pg|es|os|all]   start an installed service (no install, no build), wait until ready
+#   scripts/stack.sh stop   [pg|es|os|all]   stop a service, keep its data
+#   scripts/stack.sh status [pg|es|os|all]   one line per service; exit 3 if one is down
+#   scripts/stack.sh clean                   stop all, delete .stack/es and .stack/os
+#
+# Environment: PG_PORT (5432), ES_PORT (9200), OS_PORT (9201), ES_TRANSPORT_PORT (9300),
+# OS_TRANSPORT_PORT (9301), SEARCH_HEAP (1g), ES_START_TIMEOUT / OS_START_TIMEOUT (120 s),
+# PG_START_TIMEOUT (30 s), STOP_TIMEOUT (60 s), JAVA (java).
+# State, pid files and logs live in .stack/ (logs in .stack/logs/).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STACK_DIR=$ROOT/.stack
+LOG_DIR=$STACK_DIR/logs
+ENGINES_DIR=$ROOT/tools/search-engine
+
+PG_PORT=${PG_PORT:-5432}
+PG_CLUSTER=main
+PG_USER=app
+PG_PASSWORD=123qwe
+PG_DB=movies
+ES_PORT=${ES_PORT:-9200}
+OS_PORT=${OS_PORT:-9201}
+ES_TRANSPORT_PORT=${ES_TRANSPORT_PORT:-9300}
+OS_TRANSPORT_PORT=${OS_TRANSPORT_PORT:-9301}
+SEARCH_HEAP=${SEARCH_HEAP:-1g}
+ES_START_TIMEOUT=${ES_START_TIMEOUT:-120}
+OS_START_TIMEOUT=${OS_START_TIMEOUT:-120}
+PG_START_TIMEOUT=${PG_START_TIMEOUT:-30}
+STOP_TIMEOUT=${STOP_TIMEOUT:-60}
+JAVA=${JAVA:-java}
+
+say() { printf 'stack: %s\n' "$*"; }
+die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
+
+# Print the failure, the log path and its tail, then exit non-zero.
+fail_with_log() {
+  local service=$1 log=$2 message=$3
+  {
+    printf 'stack: error: %s: %s\n' "$service" "$message"
+    printf 'stack: log file: %s (last 30 lines)\n' "$log"
+    tail -n 30 "$log" 2>/dev/null | sed 's/^/    /' || true
+  } >&2
+  exit 1
+}
+
+now() { date +%s; }
+
+apt_install() {
+  say "installing Debian packages: $*"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 9>&-
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+
+pg_dsn() { echo "postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"; }
+
+pg_installed() {
+  command -v pg_ctlcluster >/dev/null 2>&1 && compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null
+}
+
+# Version of the "main" cluster, or empty when there is none.
+pg_cluster_version() {
+  pg_lsclusters -h 2>/dev/null | awk -v c="$PG_CLUSTER" '$2 == c { v = $1 } END { print v }'
+}
+
+pg_newest_server_version() {
+  local bin
+  bin=$(printf '%s\n' /usr/lib/postgresql/*/bin/postgres | sort -t/ -k5,5n | tail -n 1)
+  [ -x "$bin" ] || return 1
+  basename "$(dirname "$(dirname "$bin")")"
+}
+
+pg_log_file() { echo "/var/log/postgresql/postgresql-$1-$PG_CLUSTER.log"; }
+
+pg_ready() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT" -t 2 >/dev/null 2>&1; }
+
+pg_running() {
+  local ver=$1
+  pg_lsclusters -h 2>/dev/null | awk -v v="$ver" -v c="$PG_CLUSTER" '$1 == v && $2 == c { print $4 }' | grep -q online
+}
+
+as_postgres() { (cd / && runuser -u postgres -- "$@"); }
+
+pg_psql() { as_postgres psql -X -q -v ON_ERROR_STOP=1 -p "$PG_PORT" "$@"; }
+
+# Write our settings to conf.d (included last by Debian's postgresql.conf); prints "changed" when it did.
+pg_configure() {
+  local ver=$1 dir want
+  dir=/etc/postgresql/$ver/$PG_CLUSTER
+  grep -Eq "^[[:space:]]*include_dir[[:space:]]*=[[:space:]]*'conf\.d'" "$dir/postgresql.conf" \
+    || echo "include_dir = 'conf.d'" >> "$dir/postgresql.conf"
+  want="# written by scripts/stack.sh (pg2es local stack); each setting needs a restart
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+wal_level = logical
+max_replication_slots = 10
+max_wal_senders = 10"
+  if [ "$(cat "$dir/conf.d/pg2es.conf" 2>/dev/null)" != "$want" ]; then
+    mkdir -p "$dir/conf.d"
+    printf '%s\n' "$want" > "$dir/conf.d/pg2es.conf"
+    chown postgres:postgres "$dir/conf.d" "$dir/conf.d/pg2es.conf"
+    echo changed
+  fi
+}
+
+# Debian's default pg_hba.conf allows scram-sha-256 from 127.0.0.1; add the lines if someone removed them.
+pg_ensure_hba() {
+  local ver=$1 hba changed=''
+  hba=/etc/postgresql/$ver/$PG_CLUSTER/pg_hba.conf
+  if ! grep -Eq '^[[:space:]]*host[[:space:]]+all[[:space:]]+(all|app)[[:space:]]+127\.0\.0\.1/32[[:space:]]+(md5|scram-sha-256)' "$hba"; then
+    echo "host    all             $PG_USER             127.0.0.1/32            scram-sha-256" >> "$hba"
+    changed=1
+  fi
+  if ! grep -Eq '^[[:space:]]*host[[:space:]]+replication[[:space:]]+(all|app)[[:space:]]+127\.0\.0\.1/32[[:space:]]+(md5|scram-sha-256)' "$hba"; then
+    echo "host    replication     $PG_USER             127.0.0.1/32            scram-sha-256" >> "$hba"
+    changed=1
+  fi
+  if [ -n "$changed" ]; then say "pg: added password auth for 127.0.0.1 to $hba"; fi
+  [ -n "$changed" ]
+}
+
+pg_wait_ready() {
+  local ver=$1 started=$2 deadline=$(( $2 + PG_START_TIMEOUT ))
+  until pg_ready; do
+    if [ "$(now)" -ge "$deadline" ]; then
+      fail_with_log pg "$(pg_log_file "$ver")" "not ready on 127.0.0.1:$PG_PORT after ${PG_START_TIMEOUT}s"
+    fi
+    sleep 0.5
+  done
+}
+
+pg_start() {
+  local ver started
+  pg_installed || die "pg: PostgreSQL is not installed; run: scripts/stack.sh up pg"
+  ver=$(pg_cluster_version)
+  [ -n "$ver" ] || die "pg: no cluster '$PG_CLUSTER'; run: scripts/stack.sh up pg"
+  mkdir -p "$LOG_DIR"
+  ln -sfn "$(pg_log_file "$ver")" "$LOG_DIR/pg.log"
+  started=$(now)
+  if ! pg_running "$ver"; then
+    timeout "$PG_START_TIMEOUT" pg_ctlcluster "$ver" "$PG_CLUSTER" start 9>&- \
+      || fail_with_log pg "$(pg_log_file "$ver")" "pg_ctlcluster $ver $PG_CLUSTER start failed"
+  fi
+  pg_wait_ready "$ver" "$started"
+  say "pg up in $(( $(now) - started ))s: $(pg_dsn)"
+}
+
+pg_stop() {
+  local ver
+  pg_installed || { say "pg: not installed"; return 0; }
+  ver=$(pg_cluster_version)
+  if [ -z "$ver" ] || ! pg_running "$ver"; then say "pg: already stopped"; return 0; fi
+  timeout "$STOP_TIMEOUT" pg_ctlcluster "$ver" "$PG_CLUSTER" stop -m fast \
+    || fail_with_log pg "$(pg_log_file "$ver")" "did not stop within ${STOP_TIMEOUT}s"
+  say "pg stopped"
+}
+
+pg_up() {
+  local ver changed started
+  if ! pg_installed; then apt_install postgresql; fi
+  ver=$(pg_cluster_version)
+  if [ -z "$ver" ]; then
+    ver=$(pg_newest_server_version) || die "pg: no PostgreSQL server binary found after install"
+    say "pg: creating cluster $ver/$PG_CLUSTER"
+    pg_createcluster "$ver" "$PG_CLUSTER" >/dev/null 9>&-
+  fi
+  changed=$(pg_configure "$ver")
+  if pg_ensure_hba "$ver" && pg_running "$ver"; then
+    timeout "$PG_START_TIMEOUT" pg_ctlcluster "$ver" "$PG_CLUSTER" reload
+  fi
+  if [ -n "$changed" ] && pg_running "$ver"; then
+    say "pg: configuration changed, restarting $ver/$PG_CLUSTER"
+    started=$(now)
+    timeout "$(( PG_START_TIMEOUT + STOP_TIMEOUT ))" pg_ctlcluster "$ver" "$PG_CLUSTER" restart 9>&- \
+      || fail_with_log pg "$(pg_log_file "$ver")" "restart failed"
+  fi
+  pg_start
+  pg_psql -d postgres <<SQL
+DO \$\$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_USER') THEN
+    CREATE ROLE $PG_USER LOGIN SUPERUSER REPLICATION PASSWORD '$PG_PASSWORD';
+  ELSE
+    ALTER ROLE $PG_USER LOGIN SUPERUSER REPLICATION PASSWORD '$PG_PASSWORD';
+  END IF;
+END
+\$\$;
+SQL
+  if [ -z "$(pg_psql -d postgres -tA -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" ]; then
+    say "pg: creating database $PG_DB"
+    pg_psql -d postgres -c "CREATE DATABASE $PG_DB OWNER $PG_USER"
+  fi
+  [ "$(PGCONNECT_TIMEOUT=5 psql -X -tA "$(pg_dsn)" -c 'show wal_level')" = logical ] \
+    || die "pg: wal_level is not logical after restart"
+}
+
+pg_status() {
+  if pg_ready; then echo "pg  up    $(pg_dsn)"; else echo "pg  down  $(pg_dsn)"; return 1; fi
+}
+
+# ------------------------------------------------- Elasticsearch / OpenSearch
+
+# engine_<field> NAME: es or os.
+engine_dir() { case $1 in es) echo "$ENGINES_DIR/elasticsearch" ;; os) echo "$ENGINES_DIR/opensearch" ;; esac; }
+engine_main() { case $1 in es) echo dev.pg2es.searchengine.EsNode ;; os) echo dev.pg2es.searchengine.OsNode ;; esac; }
+engine_port() { case $1 in es) echo "$ES_PORT" ;; os) echo "$OS_PORT" ;; esac; }
+engine_transport_port() { case $1 in es) echo "$ES_TRANSPORT_PORT" ;; os) echo "$OS_TRANSPORT_PORT" ;; esac; }
+engine_timeout() { case $1 in es) echo "$ES_START_TIMEOUT" ;; os) echo "$OS_START_TIMEOUT" ;; esac; }
+engine_url() { echo "http://127.0.0.1:$(engine_port "$1")"; }
+engine_pid_file() { echo "$STACK_DIR/$1.pid"; }
+engine_log() { echo "$LOG_DIR/$1.log"; }
+engine_classpath_file() { echo "$(engine_dir "$1")/target/classpath.txt"; }
+
+# Pid of our running JVM for this engine, or nothing.
+engine_pid() {
+  local pid_file pid
+  pid_file=$(engine_pid_file "$1")
+  [ -f "$pid_file" ] || return 0
+  pid=$(cat "$pid_file")
+  if [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF "$(engine_main "$1")"; then
+    echo "$pid"
+  fi
+}
+
+engine_ready() {
+  curl -sf -o /dev/null --max-time 5 "$(engine_url "$1")/_cluster/health?wait_for_status=yellow&timeout=2s"
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+engine_build_needed() {
+  local dir cp_file
+  dir=$(engine_dir "$1")
+  cp_file=$(engine_classpath_file "$1")
+  [ -f "$cp_file" ] || return 0
+  [ -n "$(find "$dir/pom.xml" "$dir/src" -newer "$cp_file" -print -quit)" ]
+}
+
+engine_build() {
+  local name=$1 dir started
+  dir=$(engine_dir "$name")
+  command -v "$JAVA" >/dev/null 2>&1 || apt_install openjdk-17-jdk-headless
+  command -v mvn >/dev/null 2>&1 || apt_install maven
+  engine_build_needed "$name" || return 0
+  say "$name: building $dir (the first Maven download takes a while)"
+  started=$(now)
+  mvn -B -q -f "$dir/pom.xml" package dependency:build-classpath \
+    -Dmdep.outputFile="$(engine_classpath_file "$name")" >"$LOG_DIR/$name-build.log" 2>&1 \
+    || fail_with_log "$name" "$LOG_DIR/$name-build.log" "maven build failed in $dir"
+  say "$name: built in $(( $(now) - started ))s"
+  if [ -n "$(engine_pid "$name")" ]; then
+    say "$name: still running the previous build; restart it with: scripts/stack.sh stop $name && scripts/stack.sh start $name"
+  fi
+}
+
+engine_wait_ready() {
+  local name=$1 pid=$2 started=$3 deadline
+  deadline=$(( started + $(engine_timeout "$name") ))
+  until engine_ready "$name"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      fail_with_log "$name" "$(engine_log "$name")" "the JVM (pid $pid) exited during startup"
+    fi
+    if [ "$(now)" -ge "$deadline" ]; then
+      fail_with_log "$name" "$(engine_log "$name")" "not ready at $(engine_url "$name") after $(engine_timeout "$name")s (JVM pid $pid still running)"
+    fi
+    sleep 1
+  done
+}
+
+engine_start() {
+  local name=$1 dir cp_file pid log started
+  dir=$(engine_dir "$name")
+  cp_file=$(engine_classpath_file "$name")
+  log=$(engine_log "$name")
+  [ -f "$cp_file" ] || die "$name: not built yet; run: scripts/stack.sh up $name"
+  started=$(now)
+  pid=$(engine_pid "$name")
+  if [ -z "$pid" ]; then
+    if port_in_use "$(engine_port "$name")"; then
+      die "$name: port $(engine_port "$name") is in use by a process this script did not start"
+    fi
+    mkdir -p "$LOG_DIR" "$STACK_DIR/$name"
+    if [ -f "$log" ]; then mv -f "$log" "$log.1"; fi
+    # setsid: the JVM outlives the caller's session; exec keeps $! the JVM's pid.
+    ( cd "$ROOT" && exec setsid "$JAVA" -Xms"$SEARCH_HEAP" -Xmx"$SEARCH_HEAP" \
+        -Dlog4j.shutdownHookEnabled=false -Dlog4j2.disable.jmx=true \
+        -cp "$dir/target/classes:$(cat "$cp_file")" "$(engine_main "$name")" \
+        "$(engine_port "$name")" "$(engine_transport_port "$name")" "$STACK_DIR/$name" "pg2es-$name" \
+        >"$log" 2>&1 </dev/null 9>&- ) &
+    pid=$!
+    echo "$pid" > "$(engine_pid_file "$name")"
+  fi
+  engine_wait_ready "$name" "$pid" "$started"
+  say "$name up in $(( $(now) - started ))s: $(engine_url "$name") (pid $pid, log $log)"
+}
+
+engine_stop() {
+  local name=$1 pid deadline
+  pid=$(engine_pid "$name")
+  if [ -z "$pid" ]; then
+    rm -f "$(engine_pid_file "$name")"
+    say "$name: already stopped"
+    return 0
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  deadline=$(( $(now) + STOP_TIMEOUT ))
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ "$(now)" -ge "$deadline" ]; then
+      say "$name: pid $pid still running after ${STOP_TIMEOUT}s, sending SIGKILL (log $(engine_log "$name"))"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 1
+      break
+    fi
+    sleep 0.2
+  done
+  rm -f "$(engine_pid_file "$name")"
+  say "$name stopped"
+}
+
+engine_up() {
+  engine_build "$1"
+  engine_start "$1"
+}
+
+engine_status() {
+  local name=$1 version
+  version=$(curl -sf --max-time 5 "$(engine_url "$name")" | sed -n 's/.*"number" *: *"\([^"]*\)".*/\1/p' || true)
+  if [ -n "$version" ]; then
+    echo "$name  up    $(engine_url "$name") (version $version)"
+  else
+    echo "$name  down  $(engine_url "$name")"
+    return 1
+  fi
+}
+
+# ---------------------------------------------------------------------- main
+
+usage() {
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+services() {
+  case $1 in
+    all) echo pg es os ;;
+    pg | es | os) echo "$1" ;;
+    *) return 1 ;;
+  esac
+}
+
+run() {
+  local action=$1 service
+  shift
+  for service in "$@"; do
+    case $service in
+      pg) "pg_$action" ;;
+      es | os) "engine_$action" "$service" ;;
+    esac
+  done
+}
+
+main() {
+  if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; fi
+  local command=$1 targets rc=0 service
+  targets=$(services "${2:-all}") || usage
+
+  if [ "$command" = status ]; then
+    for service in $targets; do
+      case $service in
+        pg) pg_status || rc=3 ;;
+        *) engine_status "$service" || rc=3 ;;
+      esac
+    done
+    return "$rc"
+  fi
+
+  [ "$(id -u)" -eq 0 ] || die "run as root (it manages the system PostgreSQL)"
+  mkdir -p "$LOG_DIR"
+  # One stack.sh at a time changes state. Daemons started below get fd 9 closed (9>&-)
+  # so they do not hold this lock after the script exits.
+  exec 9>"$STACK_DIR/.lock"
+  flock -w 600 9 || die "another scripts/stack.sh is still running (lock $STACK_DIR/.lock)"
+
+  # shellcheck disable=SC2086 # $targets is a list of plain words
+  case $command in
+    up) run up $targets ;;
+    start) run start $targets ;;
+    down | stop) run stop $targets ;;
+    clean)
+      [ $# -eq 1 ] || usage
+      run stop pg es os
+      rm -rf "$STACK_DIR/es" "$STACK_DIR/os"
+      say "deleted $STACK_DIR/es and $STACK_DIR/os"
+      ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"
