@@ -164,7 +164,7 @@ pg_stop() {
 }
 
 pg_up() {
-  local ver changed started
+  local ver changed
   if ! pg_installed; then apt_install postgresql; fi
   ver=$(pg_cluster_version)
   if [ -z "$ver" ]; then
@@ -178,7 +178,6 @@ pg_up() {
   fi
   if [ -n "$changed" ] && pg_running "$ver"; then
     say "pg: configuration changed, restarting $ver/$PG_CLUSTER"
-    started=$(now)
     timeout "$(( PG_START_TIMEOUT + STOP_TIMEOUT ))" pg_ctlcluster "$ver" "$PG_CLUSTER" restart 9>&- \
       || fail_with_log pg "$(pg_log_file "$ver")" "restart failed"
   fi
