@@ -132,6 +132,13 @@ impl TestEnv {
         v["count"].as_u64().unwrap_or_else(|| panic!("no count in {v}"))
     }
 
+    /// The count after a refresh, or `None` while the index does not exist yet.
+    pub async fn try_count(&self) -> Option<u64> {
+        let _ = self.http.post(format!("{}/{}/_refresh", self.es, self.index)).send().await;
+        let r = self.http.get(format!("{}/{}/_count", self.es, self.index)).send().await.ok()?;
+        r.json::<Value>().await.ok()?["count"].as_u64()
+    }
+
     pub async fn doc(&self, id: &str) -> Value {
         let v: Value = self.http.get(format!("{}/{}/_doc/{id}", self.es, self.index)).send().await.unwrap().json().await.unwrap();
         assert_eq!(v["found"], Value::Bool(true), "document {id} not found: {v}");

@@ -1,0 +1,152 @@
+//! The `pg2es` binary as an operator meets it: exit codes, messages, one instance, signals.
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+
+fn pg2es(env: &[(String, String)], args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pg2es"));
+    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).envs(env.iter().cloned());
+    cmd
+}
+
+fn output(env: &[(String, String)], args: &[&str]) -> Output {
+    pg2es(env, args).output().expect("run pg2es")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Waits for a child to exit, at most `limit`; kills it and fails otherwise.
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("pg2es did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig} failed");
+}
+
+#[test]
+fn bad_settings_exit_2_naming_the_variable() {
+    for (var, value) in [("ETL_BATCH_SIZE", "lots"), ("ES_URL", "localhost"), ("ETL_CYCLE_SEC", "-3"), ("PG_SCHEMA", "a b")] {
+        let o = output(&[(var.to_string(), value.to_string())], &["run", "--once"]);
+        assert_eq!(o.status.code(), Some(2), "{var}={value}: {}", stderr(&o));
+        assert!(stderr(&o).contains(var), "{var}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn print_config_masks_secrets() {
+    let env = vec![
+        ("PG_DSN".to_string(), "postgres://app:pg-secret-1@db:5432/movies".to_string()),
+        ("ES_USERNAME".to_string(), "elastic".to_string()),
+        ("ES_PASSWORD".to_string(), "es-secret-2".to_string()),
+    ];
+    let o = output(&env, &["print-config"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(all.contains("postgres host          db"), "{all}");
+    assert!(!all.contains("pg-secret-1") && !all.contains("es-secret-2"), "{all}");
+}
+
+#[tokio::test]
+async fn a_missing_schema_file_is_a_clear_config_error() {
+    let env = TestEnv::new("bin_schema_file").await;
+    let mut vars = env.env_vars();
+    vars.push(("ES_SCHEMA_FILE".into(), "/nonexistent/es_schema.json".into()));
+    let o = output(&vars, &["run", "--once"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("ES_SCHEMA_FILE"), "{}", stderr(&o));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn one_instance_per_state_file_and_sigterm_exits_cleanly() {
+    let env = TestEnv::new("bin_lock").await;
+    let vars = env.env_vars();
+    let mut first = pg2es(&vars, &["run"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // The first instance is up once it has loaded the catalog.
+    common::eventually(Duration::from_secs(60), "first instance loads 999 documents", || async { env.try_count().await == Some(999) })
+    .await;
+
+    let second = output(&vars, &["run", "--once"]);
+    assert_eq!(second.status.code(), Some(3), "{}", stderr(&second));
+    assert!(stderr(&second).contains("another pg2es instance"), "{}", stderr(&second));
+
+    signal(&first, "-TERM");
+    let status = wait_exit(&mut first, Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(first.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(log.contains("pg2es stopped"), "{log}");
+
+    // The lock went with the process: a new run starts and finds nothing left to do.
+    let again = output(&vars, &["run", "--once"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stderr(&again).contains("stored=0"), "{}", stderr(&again));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_lock_left_by_a_killed_process_does_not_block() {
+    let env = TestEnv::new("bin_kill_lock").await;
+    let vars = env.env_vars();
+    let mut first = pg2es(&vars, &["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    common::eventually(Duration::from_secs(30), "state file written", || async { env.state_file().exists() }).await;
+    signal(&first, "-KILL");
+    wait_exit(&mut first, Duration::from_secs(10));
+    let o = output(&vars, &["run", "--once"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    env.refresh().await;
+    assert_eq!(env.count().await, 999);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_index_with_another_mapping_is_refused() {
+    let env = TestEnv::new("bin_mapping").await;
+    let r = env
+        .http
+        .put(format!("{}/{}", env.es, env.index))
+        .json(&serde_json::json!({"mappings": {"properties": {"title": {"type": "keyword"}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let o = output(&env.env_vars(), &["run", "--once"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("different mapping") && err.contains("mappings."), "{err}");
+    // Nothing was written into the foreign index.
+    env.refresh().await;
+    assert_eq!(env.count().await, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn wrong_postgres_password_is_fatal_with_a_hint() {
+    let env = TestEnv::new("bin_pg_auth").await;
+    let mut vars = env.env_vars();
+    vars.push(("PG_PASSWORD".into(), "definitely-wrong".into()));
+    let o = output(&vars, &["run", "--once"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("password"), "{err}");
+    assert!(!err.contains("definitely-wrong"), "{err}");
+    env.cleanup().await;
+}
