@@ -213,6 +213,7 @@ engine_main() { case $1 in es) echo dev.pg2es.searchengine.EsNode ;; os) echo de
 engine_port() { case $1 in es) echo "$ES_PORT" ;; os) echo "$OS_PORT" ;; esac; }
 engine_transport_port() { case $1 in es) echo "$ES_TRANSPORT_PORT" ;; os) echo "$OS_TRANSPORT_PORT" ;; esac; }
 engine_timeout() { case $1 in es) echo "$ES_START_TIMEOUT" ;; os) echo "$OS_START_TIMEOUT" ;; esac; }
+engine_expected_version() { case $1 in es) echo '"number" : "7.10.2"' ;; os) echo '"distribution" : "opensearch"' ;; esac; }
 engine_url() { echo "http://127.0.0.1:$(engine_port "$1")"; }
 engine_pid_file() { echo "$STACK_DIR/$1.pid"; }
 engine_log() { echo "$LOG_DIR/$1.log"; }
@@ -284,7 +285,12 @@ engine_start() {
   pid=$(engine_pid "$name")
   if [ -z "$pid" ]; then
     if port_in_use "$(engine_port "$name")"; then
-      die "$name: port $(engine_port "$name") is in use by a process this script did not start"
+      # Another checkout's node (or the user's own) of the expected engine: use it as it is.
+      if engine_ready "$name" && curl -sf --max-time 5 "$(engine_url "$name")" | grep -q "$(engine_expected_version "$name")"; then
+        say "$name: reusing the node already answering on $(engine_url "$name") (not started by this checkout)"
+        return 0
+      fi
+      die "$name: port $(engine_port "$name") is in use by a process this script did not start, and it is not a ready $(engine_expected_version "$name") node"
     fi
     mkdir -p "$LOG_DIR" "$STACK_DIR/$name"
     if [ -f "$log" ]; then mv -f "$log" "$log.1"; fi
