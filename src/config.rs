@@ -593,6 +593,15 @@ mod tests {
         assert!(e.contains("unknown key 'batch'"), "{e}");
     }
 
+    /// The README's configuration table is the operator's reference: every setting must be there.
+    #[test]
+    fn readme_documents_every_setting() {
+        let readme = include_str!("../README.md");
+        for s in SETTINGS {
+            assert!(readme.contains(&format!("`{}`", s.env)), "README lacks {}", s.env);
+        }
+    }
+
     #[test]
     fn auth_combinations() {
         assert!(err(&[("ES_PASSWORD", "x")]).contains("ES_USERNAME"));
