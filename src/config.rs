@@ -40,6 +40,8 @@ pub const SETTINGS: &[Setting] = &[
     setting("ETL_STATE_FILE", Some("state/pg2es-state.json"), "durable watermarks; a .lock file beside it keeps one instance"),
     setting("ETL_DEAD_LETTER_FILE", Some("state/pg2es-dead-letter.jsonl"), "documents Elasticsearch rejected for good (JSON lines)"),
     setting("ETL_TIMESTAMP_COLUMN", Some("auto"), "change-tracking column: auto, or a name such as updated_at or modified"),
+    setting("ETL_CLOCK_SKEW_MS", Some("1000"), "how far the clocks that write change timestamps may lag Postgres' clock"),
+    setting("ETL_MAX_TX_SEC", Some("60"), "longest write transaction expected, used only when open transactions cannot be seen (no pg_read_all_stats)"),
     setting("ETL_BACKOFF_INITIAL_MS", Some("200"), "first retry delay after a connection loss"),
     setting("ETL_BACKOFF_MAX_SEC", Some("30"), "cap of the retry delay"),
     setting("LOG_FORMAT", Some("text"), "text or json"),
@@ -95,6 +97,15 @@ pub struct Config {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub log_format: LogFormat,
+    pub commit_horizon: HorizonPolicy,
+}
+
+/// How far behind "now" a watermark must stay so that no transaction still open can commit rows
+/// older than it (see `source::Horizon`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HorizonPolicy {
+    pub clock_skew: Duration,
+    pub max_transaction: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -340,6 +351,10 @@ impl Config {
             backoff_initial,
             backoff_max,
             log_format,
+            commit_horizon: HorizonPolicy {
+                clock_skew: Duration::from_millis(src.number("ETL_CLOCK_SKEW_MS", 0u64, 3_600_000, "a whole number of milliseconds")?),
+                max_transaction: Duration::from_secs(src.number("ETL_MAX_TX_SEC", 0u64, 86_400, "a whole number of seconds")?),
+            },
         })
     }
 
@@ -382,6 +397,8 @@ impl Config {
             TimestampColumn::Named(n) => n.clone(),
         };
         line(&mut out, "ETL_TIMESTAMP_COLUMN", &ts);
+        line(&mut out, "ETL_CLOCK_SKEW_MS", &self.commit_horizon.clock_skew.as_millis());
+        line(&mut out, "ETL_MAX_TX_SEC", &self.commit_horizon.max_transaction.as_secs());
         line(&mut out, "ETL_BACKOFF_INITIAL_MS", &self.backoff_initial.as_millis());
         line(&mut out, "ETL_BACKOFF_MAX_SEC", &self.backoff_max.as_secs());
         out

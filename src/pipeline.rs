@@ -15,7 +15,7 @@ use crate::error::{Error, Result, Retry};
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 use crate::sink::{bulk, read_index_definition, ElasticsearchSink};
-use crate::source::PgSource;
+use crate::source::{Horizon, PgSource};
 use crate::transform::{to_document, FilmWork};
 
 /// Batches read ahead of the writer. Small: memory stays flat however large the tables are.
@@ -71,7 +71,7 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
                 Some(s) if !s.is_closed() => s,
                 _ => connect_source(config, &policy, shutdown).await?,
             };
-            let report = run_cycle(&src, &sink, &mut checkpoint, config.batch_size, shutdown).await;
+            let report = run_cycle(&src, &sink, &mut checkpoint, config, shutdown).await;
             source = Some(src);
             report
         }
@@ -117,6 +117,18 @@ async fn connect_source(config: &Config, policy: &RetryPolicy, shutdown: &Shutdo
     Ok(src)
 }
 
+fn log_horizon(h: &Horizon) {
+    if !h.exact {
+        tracing::warn!(horizon = %h.at, "cannot see other sessions' open transactions: watermarks stay ETL_MAX_TX_SEC behind; grant pg_read_all_stats to read less again");
+    }
+    if let Some((pid, since)) = h.held_by {
+        let age = chrono::Utc::now().signed_duration_since(since);
+        if age > chrono::Duration::seconds(60) {
+            tracing::warn!(pid, since = %since, age_sec = age.num_seconds(), "an open transaction holds watermarks back; changes after its start are re-read every cycle until it ends");
+        }
+    }
+}
+
 fn log_cycle(r: &CycleReport, elapsed: Duration) {
     let rows = |s: Stream| r.rows.get(&s).copied().unwrap_or(0);
     tracing::info!(
@@ -139,17 +151,20 @@ pub async fn run_cycle(
     source: &PgSource,
     sink: &ElasticsearchSink,
     checkpoint: &mut Checkpoint,
-    batch_size: usize,
+    config: &Config,
     shutdown: &Shutdown,
 ) -> Result<CycleReport> {
+    // Before reading anything: whatever is not visible yet will be stamped after this point.
+    let horizon = source.horizon(&config.commit_horizon).await?;
+    log_horizon(&horizon);
     if checkpoint.state().watermarks.is_empty() {
-        start_first_load(source, checkpoint).await?;
+        start_first_load(source, checkpoint, &horizon).await?;
     }
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let start = checkpoint.state().clone();
     let (read, written) = tokio::join!(
-        read_changes(source, &start.watermarks, batch_size, tx, shutdown),
-        write_batches(rx, sink, checkpoint, shutdown),
+        read_changes(source, &start.watermarks, config.batch_size, tx, shutdown),
+        write_batches(rx, sink, checkpoint, &horizon, shutdown),
     );
     // A writer error is the cause when both failed: the reader only saw the channel close.
     let mut report = written?;
@@ -161,11 +176,11 @@ pub async fn run_cycle(
 /// A first load reads every film anyway, so the other streams start at their newest row instead
 /// of re-indexing every film once per genre, person and link. Their positions are read before the
 /// films are, so a change committed during the load is still seen by the next cycle.
-async fn start_first_load(source: &PgSource, checkpoint: &mut Checkpoint) -> Result<()> {
+async fn start_first_load(source: &PgSource, checkpoint: &mut Checkpoint, horizon: &Horizon) -> Result<()> {
     let mut marks = Vec::new();
     for stream in [Stream::Genre, Stream::Person, Stream::GenreFilmWork, Stream::PersonFilmWork] {
         if let Some(head) = source.head(stream).await? {
-            marks.push((stream, head));
+            marks.push((stream, horizon.cap(head)));
         }
     }
     checkpoint.commit_many(&marks)?;
@@ -217,6 +232,7 @@ async fn write_batches(
     mut rx: mpsc::Receiver<Batch>,
     sink: &ElasticsearchSink,
     checkpoint: &mut Checkpoint,
+    horizon: &Horizon,
     shutdown: &Shutdown,
 ) -> Result<CycleReport> {
     let mut report = CycleReport::default();
@@ -233,7 +249,10 @@ async fn write_batches(
         report.stored += loaded.stored;
         report.dead_lettered += loaded.dead_lettered;
         if let Some((stream, mark)) = batch.completes {
-            checkpoint.commit(stream, mark)?;
+            let target = horizon.cap(mark);
+            if checkpoint.state().watermark(stream).is_none_or(|current| target > current) {
+                checkpoint.commit(stream, target)?;
+            }
         }
         if shutdown.is_triggered() {
             report.interrupted = true;

@@ -167,3 +167,31 @@ async fn full_load_into_opensearch() {
     assert_eq!(env.count().await, 999);
     env.cleanup().await;
 }
+
+/// A transaction that stamps its rows before a cycle and commits after it: polling on
+/// `ts > last_seen` would skip its rows for good. Two real sessions.
+#[tokio::test]
+async fn a_transaction_committing_after_a_cycle_is_not_missed() {
+    let env = TestEnv::new("late_commit").await;
+    env.run_once().await;
+
+    let slow = common::connect(&env.dsn).await;
+    slow.batch_execute(&format!(
+        "BEGIN; UPDATE content.film_work SET title = 'Committed late', updated_at = now() WHERE id = '{FILM_NO_DIRECTOR}'"
+    ))
+    .await
+    .unwrap();
+    // Meanwhile another session commits a later change, and a cycle loads it.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    env.sql(&format!("UPDATE content.film_work SET title = 'Committed early', updated_at = now() WHERE id = '{FILM_ONE_WRITER}'")).await;
+    let r = env.run_once().await;
+    assert_eq!(r.films, 1, "{r:?}");
+    assert_eq!(env.doc(FILM_ONE_WRITER).await["title"], json!("Committed early"));
+
+    // The slow transaction commits with a timestamp older than what the cycle read.
+    slow.batch_execute("COMMIT").await.unwrap();
+    let r = env.run_once().await;
+    assert!(r.films >= 1, "{r:?}");
+    assert_eq!(env.doc(FILM_NO_DIRECTOR).await["title"], json!("Committed late"));
+    env.cleanup().await;
+}

@@ -11,7 +11,7 @@ use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
 use crate::checkpoint::{Stream, Watermark};
-use crate::config::TimestampColumn;
+use crate::config::{HorizonPolicy, TimestampColumn};
 use crate::error::{Error, Result};
 use crate::transform::{FilmWork, PersonLink};
 
@@ -110,6 +110,17 @@ impl PgSource {
         }
     }
 
+    /// The commit horizon now: every row that is not yet visible to us will carry a change
+    /// timestamp at or after it. Read before the changes themselves.
+    pub async fn horizon(&self, policy: &HorizonPolicy) -> Result<Horizon> {
+        let row = self.client.query_one(queries::HORIZON_SQL, &[]).await.map_err(Error::postgres("read open transactions"))?;
+        let now: DateTime<Utc> = row.try_get(0).map_err(Error::postgres("read clock"))?;
+        let oldest: Option<DateTime<Utc>> = row.try_get(1).map_err(Error::postgres("read open transactions"))?;
+        let held_by: Option<i32> = row.try_get(2).map_err(Error::postgres("read open transactions"))?;
+        let sees_all: bool = row.try_get(3).map_err(Error::postgres("read role"))?;
+        Ok(Horizon::compute(now, oldest.zip(held_by), sees_all, policy))
+    }
+
     /// Reads the films with these ids, with their genres and people. Films that no longer exist
     /// are simply absent from the result.
     pub async fn films(&self, ids: &[Uuid]) -> Result<Vec<FilmWork>> {
@@ -119,6 +130,82 @@ impl PgSource {
             .await
             .map_err(Error::postgres("read films"))?;
         rows.iter().map(film_from_row).collect()
+    }
+}
+
+/// The point a watermark may not pass in this cycle.
+///
+/// A transaction still open when a cycle starts may commit later rows whose timestamps are older
+/// than anything the cycle reads (Django stamps rows before it commits; `now()` is the start of
+/// the transaction). Polling `ts > last_seen` would skip them for good. So the committed
+/// watermark never moves past the start of the oldest open transaction (minus the writers' clock
+/// skew): rows after it are read again next cycle, which is harmless because loads are idempotent.
+/// Without the right to see other sessions, a fixed window (`ETL_MAX_TX_SEC`) stands in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    pub at: DateTime<Utc>,
+    /// The open transaction holding the horizon back: backend pid and start.
+    pub held_by: Option<(i32, DateTime<Utc>)>,
+    /// False when open transactions of other roles could not be seen.
+    pub exact: bool,
+}
+
+impl Horizon {
+    pub fn compute(now: DateTime<Utc>, oldest: Option<(DateTime<Utc>, i32)>, sees_all: bool, policy: &HorizonPolicy) -> Horizon {
+        let skew = chrono::Duration::from_std(policy.clock_skew).unwrap_or(chrono::Duration::MAX);
+        let window = chrono::Duration::from_std(policy.max_transaction).unwrap_or(chrono::Duration::MAX);
+        let (base, held_by) = match oldest {
+            Some((start, pid)) if start < now => (start, Some((pid, start))),
+            _ => (now, None),
+        };
+        let mut at = base.checked_sub_signed(skew).unwrap_or(base);
+        if !sees_all {
+            at = at.min(now.checked_sub_signed(window).unwrap_or(now));
+        }
+        Horizon { at, held_by, exact: sees_all }
+    }
+
+    /// The furthest a stream may advance: rows at the horizon itself are read again.
+    pub fn cap(&self, mark: Watermark) -> Watermark {
+        mark.min(Watermark { ts: self.at, id: Uuid::nil() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use std::time::Duration;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
+    }
+
+    const POLICY: HorizonPolicy = HorizonPolicy { clock_skew: Duration::from_secs(1), max_transaction: Duration::from_secs(60) };
+
+    #[test]
+    fn horizon_stops_at_the_oldest_open_transaction() {
+        let h = Horizon::compute(t(100), Some((t(40), 7)), true, &POLICY);
+        assert_eq!(h.at, t(39));
+        assert_eq!(h.held_by, Some((7, t(40))));
+        let h = Horizon::compute(t(100), None, true, &POLICY);
+        assert_eq!((h.at, h.held_by), (t(99), None));
+    }
+
+    #[test]
+    fn without_visibility_a_fixed_window_stands_in() {
+        let h = Horizon::compute(t(100), None, false, &POLICY);
+        assert_eq!(h.at, t(40));
+        assert!(!h.exact);
+    }
+
+    #[test]
+    fn cap_keeps_rows_at_the_horizon_for_the_next_cycle() {
+        let h = Horizon::compute(t(100), None, true, &POLICY);
+        let later = Watermark { ts: t(99), id: Uuid::from_u128(5) };
+        assert_eq!(h.cap(later), Watermark { ts: t(99), id: Uuid::nil() });
+        let earlier = Watermark { ts: t(50), id: Uuid::from_u128(5) };
+        assert_eq!(h.cap(earlier), earlier);
     }
 }
 

@@ -13,6 +13,15 @@ use crate::checkpoint::Stream;
 use crate::config::{is_identifier, TimestampColumn};
 use crate::error::{Error, Result};
 
+/// The clock, the oldest open transaction of another client session, and whether this role can
+/// see every session's transactions (others' `xact_start` reads as NULL without pg_read_all_stats).
+pub const HORIZON_SQL: &str = "SELECT clock_timestamp(), a.xact_start, a.pid, \
+       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') \
+     FROM (SELECT 1) one \
+     LEFT JOIN LATERAL (SELECT xact_start, pid FROM pg_stat_activity \
+                        WHERE pid <> pg_backend_pid() AND datname = current_database() AND xact_start IS NOT NULL AND backend_type = 'client backend' \
+                        ORDER BY xact_start LIMIT 1) a ON true";
+
 /// Which timestamp column each table tracks changes with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
