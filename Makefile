@@ -14,11 +14,12 @@ CARGO       ?= cargo
 # Settings for running pg2es against the local stack.
 LOCAL_ENV = PG_DSN=$(PG_MOVIES) ES_SCHEMA_FILE=$(SHARED)/fixtures/movies/es_schema.json
 
-.PHONY: help demo test test-unit test-integration acceptance stack-up stack-down stack-status db build check-tools clean
+.PHONY: help demo test test-faults test-unit test-integration acceptance stack-up stack-down stack-status db build check-tools clean
 
 help:
 	@echo "make demo        start the local stack, load the catalog, run one pass of pg2es, show the index"
 	@echo "make test        unit + integration tests on the real stack, and the Postman suite on ES and OpenSearch"
+	@echo "make test-faults kills, outages and bad bulk items against the real stack (stops services)"
 	@echo "make stack-up    start Postgres, Elasticsearch and OpenSearch on 127.0.0.1 (installs what is missing)"
 	@echo "make stack-down  stop them (data is kept)"
 
@@ -60,7 +61,12 @@ test-unit:
 
 test-integration:
 	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_OS_URL=$(OS_URL) \
-		$(CARGO) test --locked --tests -- --test-threads=2
+		$(CARGO) test --locked --test '*' -- --test-threads=2
+
+# Crashes and outages: these stop and start the shared services, so they run alone, one at a time.
+test-faults: check-tools db
+	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_OS_URL=$(OS_URL) \
+		$(CARGO) test --locked --features fault-tests --test faults -- --test-threads=1 --nocapture
 
 # The course's Postman suite on a fresh `movies` index, on each engine.
 acceptance:

@@ -195,3 +195,32 @@ async fn a_transaction_committing_after_a_cycle_is_not_missed() {
     assert_eq!(env.doc(FILM_NO_DIRECTOR).await["title"], json!("Committed late"));
     env.cleanup().await;
 }
+
+/// A document Elasticsearch refuses for good (a 40 kB title is an immense term for the keyword
+/// sub-field `title.raw`) goes to the dead-letter file; the rest loads and the watermark moves on.
+#[tokio::test]
+async fn a_document_refused_for_good_is_dead_lettered_and_the_load_goes_on() {
+    let env = TestEnv::new("dead_letter").await;
+    let long_title = "Ж".repeat(20_000);
+    env.sql(&format!("UPDATE content.film_work SET title = '{long_title}' WHERE id = '{FILM_NO_DIRECTOR}'")).await;
+    let r = env.run_once().await;
+    assert_eq!((r.stored, r.dead_lettered), (998, 1), "{r:?}");
+    assert_eq!(env.count().await, 998);
+
+    let dead = std::fs::read_to_string(env.dir.path().join("dead.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{dead}");
+    assert_eq!(lines[0]["id"], json!(FILM_NO_DIRECTOR));
+    assert_eq!(lines[0]["index"], json!(env.index));
+    assert_eq!(lines[0]["status"], json!(400));
+    assert!(lines[0]["reason"].as_str().unwrap().contains("immense term"), "{dead}");
+    assert!(lines[0]["time"].is_string());
+
+    // The watermark moved past it: the next cycle does not retry it forever.
+    assert_eq!(env.run_once().await.films, 0);
+    // Fixing the row brings the film in.
+    env.sql(&format!("UPDATE content.film_work SET title = 'Fixed', updated_at = now() WHERE id = '{FILM_NO_DIRECTOR}'")).await;
+    assert_eq!(env.run_once().await.stored, 1);
+    assert_eq!(env.count().await, 999);
+    env.cleanup().await;
+}

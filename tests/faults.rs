@@ -1,0 +1,229 @@
+//! Crashes and outages against the real stack. These stop and start the shared services, so they
+//! run alone (`make test-faults`, one thread). Every loop is bounded in count and time, and every
+//! test ends with `verify`: Elasticsearch must hold exactly what Postgres says.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use pg2es::retry::RetryPolicy;
+use pg2es::shutdown::Shutdown;
+
+const FILM: &str = "24eafcd7-1018-4951-9e17-583e2554ef0a";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn stack(action: &str, service: &str) {
+    let status = Command::new(repo().join("scripts/stack.sh")).args([action, service]).status().expect("run scripts/stack.sh");
+    assert!(status.success(), "scripts/stack.sh {action} {service} failed");
+}
+
+fn spawn(env: &TestEnv, log: &Path) -> Child {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_pg2es"))
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .envs(env.env_vars())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("spawn pg2es")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig}");
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(start.elapsed() < limit, "pg2es did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One pass with the binary, to completion.
+fn run_once(env: &TestEnv) {
+    let o = Command::new(env!("CARGO_BIN_EXE_pg2es"))
+        .args(["run", "--once"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.env_vars())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+async fn assert_consistent(env: &TestEnv) {
+    env.refresh().await;
+    let (_t, shutdown) = Shutdown::new();
+    let report = pg2es::verify::verify(&env.config(), &shutdown).await.expect("verify");
+    assert!(report.is_consistent(), "Elasticsearch differs from Postgres: {report:?}");
+    let films = env.scalar_i64("SELECT count(*) FROM content.film_work").await as u64;
+    assert_eq!(env.count().await, films);
+}
+
+/// Tiny deterministic generator; the seed is printed so a failure can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Changes films, persons, genres and links while pg2es runs, until told to stop (bounded).
+async fn mutate(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>) -> usize {
+    let db = common::connect(&dsn).await;
+    let mut rng = Rng(seed | 1);
+    let mut done = 0;
+    while !*stop.borrow() && done < 5_000 {
+        let n = rng.below(1000);
+        let sql = match rng.below(4) {
+            0 => format!("UPDATE content.film_work SET title = 'Film {n}', updated_at = now() WHERE id = (SELECT id FROM content.film_work ORDER BY id OFFSET {} LIMIT 1)", n % 999),
+            1 => format!("UPDATE content.person SET full_name = 'Person {n}', updated_at = now() WHERE id = (SELECT id FROM content.person ORDER BY id OFFSET {} LIMIT 1)", n * 4 % 4166),
+            2 => format!("UPDATE content.genre SET name = 'Genre {}', updated_at = now() WHERE id = (SELECT id FROM content.genre ORDER BY id OFFSET {} LIMIT 1)", n % 26, n % 26),
+            _ => format!(
+                "INSERT INTO content.person_film_work (id, film_work_id, person_id, role, created_at, updated_at)
+                 SELECT gen_random_uuid(), (SELECT id FROM content.film_work ORDER BY id OFFSET {} LIMIT 1),
+                        (SELECT id FROM content.person ORDER BY id OFFSET {} LIMIT 1), 'actor', now(), now()",
+                n % 999,
+                n * 7 % 4166
+            ),
+        };
+        db.execute(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        done += 1;
+        tokio::time::sleep(Duration::from_millis(20 + rng.below(80))).await;
+    }
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_sigkill_at_random_moments() {
+    let mut env = TestEnv::new("fault_kill").await;
+    env.extra_env.push(("ETL_BATCH_SIZE".into(), "40".into()));
+    env.extra_env.push(("ETL_CYCLE_SEC".into(), "0.2".into()));
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    println!("kill test seed {seed}");
+    let mut rng = Rng(seed | 1);
+    let log = env.dir.path().join("pg2es.log");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mutator = tokio::spawn(mutate(env.dsn.clone(), seed, stop_rx));
+    let started = Instant::now();
+    let mut kills = 0;
+    // 22 kills, the first ones during the initial load; bounded to 3 minutes in all.
+    while kills < 22 && started.elapsed() < Duration::from_secs(180) {
+        let mut child = spawn(&env, &log);
+        let alive = Duration::from_millis(150 + rng.below(1500));
+        tokio::time::sleep(alive).await;
+        signal(&child, "-KILL");
+        wait_exit(&mut child, Duration::from_secs(10));
+        kills += 1;
+    }
+    stop_tx.send(true).unwrap();
+    let changes = mutator.await.unwrap();
+    println!("kills survived: {kills}, changes made meanwhile: {changes}");
+    assert_eq!(kills, 22);
+
+    run_once(&env);
+    assert_consistent(&env).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_load_exits_cleanly_and_keeps_state_consistent() {
+    let mut env = TestEnv::new("fault_term").await;
+    env.extra_env.push(("ETL_BATCH_SIZE".into(), "10".into()));
+    let log = env.dir.path().join("pg2es.log");
+    let mut child = spawn(&env, &log);
+    common::eventually(Duration::from_secs(60), "some documents loaded", || async { env.try_count().await.unwrap_or(0) > 0 }).await;
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("pg2es stopped"), "{text}");
+    let loaded = env.try_count().await.unwrap_or(0);
+    println!("documents loaded before SIGTERM: {loaded}");
+    // The state file is whole and resumable.
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(env.state_file()).unwrap()).unwrap();
+    assert_eq!(state["version"], serde_json::json!(1));
+    run_once(&env);
+    assert_consistent(&env).await;
+    env.cleanup().await;
+}
+
+/// Counts the failed attempts the log reports while waiting for `service`.
+fn attempts(log: &Path, service: &str) -> usize {
+    let text = std::fs::read_to_string(log).unwrap();
+    text.lines().filter(|l| l.contains(&format!("waiting_for={service}"))).count()
+}
+
+async fn outage(service: &str, stack_name: &str) {
+    let mut env = TestEnv::new(&format!("fault_outage_{stack_name}")).await;
+    let policy = RetryPolicy { initial: Duration::from_millis(200), cap: Duration::from_secs(4) };
+    env.extra_env.push(("ETL_BACKOFF_INITIAL_MS".into(), "200".into()));
+    env.extra_env.push(("ETL_BACKOFF_MAX_SEC".into(), "4".into()));
+    env.extra_env.push(("ETL_CYCLE_SEC".into(), "0.5".into()));
+    let log = env.dir.path().join("pg2es.log");
+    let mut child = spawn(&env, &log);
+    common::eventually(Duration::from_secs(60), "initial load", || async { env.try_count().await == Some(999) }).await;
+
+    // A change made just before the outage must arrive after it.
+    env.sql(&format!("UPDATE content.film_work SET title = 'During the outage', updated_at = now() WHERE id = '{FILM}'")).await;
+    let down_at = Instant::now();
+    stack("stop", stack_name);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    stack("start", stack_name);
+    let outage = down_at.elapsed();
+
+    env.db = common::connect(&env.dsn).await;
+    common::eventually(Duration::from_secs(90), "change loaded after the outage", || async {
+        env.refresh().await;
+        let v: serde_json::Value =
+            env.http.get(format!("{}/{}/_doc/{FILM}", env.es, env.index)).send().await.unwrap().json().await.unwrap();
+        v["_source"]["title"] == serde_json::json!("During the outage")
+    })
+    .await;
+    let recovered = down_at.elapsed();
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+
+    let made = attempts(&log, service);
+    // Every failed attempt is one log line; the policy allows at most this many in the window
+    // (plus one for the cycle that noticed the loss). A retry storm would be thousands.
+    let allowed = policy.max_attempts_within(recovered) + 1;
+    println!("{service} outage of {outage:?} (recovered after {recovered:?}): {made} failed attempts, policy allows {allowed}");
+    assert!(made >= 3, "{service}: expected pg2es to wait with retries, saw {made} attempts");
+    assert!(made <= allowed, "{service}: {made} attempts in {recovered:?}, more than the backoff allows ({allowed})");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(&format!("{service} unavailable, retrying")), "the log must say what it waits for");
+    assert_consistent(&env).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_is_waited_out_without_a_retry_storm() {
+    outage("postgres", "pg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_outage_is_waited_out_without_a_retry_storm() {
+    outage("elasticsearch", "es").await;
+}
