@@ -39,6 +39,7 @@ pub struct CycleReport {
     pub stored: usize,
     pub dead_lettered: usize,
     pub unknown_roles: usize,
+    pub bad_ratings: usize,
     /// Shutdown came before every change was loaded.
     pub interrupted: bool,
 }
@@ -140,6 +141,7 @@ fn log_cycle(r: &CycleReport, elapsed: Duration) {
         stored = r.stored,
         dead_lettered = r.dead_lettered,
         unknown_roles = r.unknown_roles,
+        bad_ratings = r.bad_ratings,
         elapsed_ms = elapsed.as_millis() as u64,
         interrupted = r.interrupted,
         "cycle done"
@@ -241,6 +243,10 @@ async fn write_batches(
         for film in &batch.films {
             let (doc, notes) = to_document(film);
             report.unknown_roles += notes.unknown_roles;
+            report.bad_ratings += notes.bad_ratings;
+            if notes.bad_ratings > 0 {
+                tracing::warn!(film = %doc.id, rating = ?film.rating, "rating cannot be stored in the index, loaded as unknown");
+            }
             let id = doc.id.to_string();
             docs.push(bulk::encode(sink.index(), &id, &doc).map_err(|e| Error::Config(format!("cannot encode film {id}: {e}")))?);
         }

@@ -224,3 +224,47 @@ async fn a_document_refused_for_good_is_dead_lettered_and_the_load_goes_on() {
     assert_eq!(env.count().await, 999);
     env.cleanup().await;
 }
+
+/// Rows a careless admin or another installation can produce: NULL title (where the column allows
+/// it), a 1 MB description, odd Unicode, ratings out of range or NaN, unknown roles, N/A values.
+/// Each gets a document; nothing stops the load.
+#[tokio::test]
+async fn odd_rows_are_loaded_without_stopping() {
+    let env = TestEnv::new("odd_rows").await;
+    let ids: Vec<String> = (1..=6).map(|i| format!("00000000-0000-4000-8000-00000000000{i}")).collect();
+    env.db
+        .batch_execute(&format!(
+            "ALTER TABLE content.film_work ALTER COLUMN title DROP NOT NULL;
+             INSERT INTO content.film_work (id, title, description, rating, type) VALUES
+               ('{}', NULL, 'no title', 5, 'movie'),
+               ('{}', 'Long', repeat('long text ', 100000), 7, 'movie'),
+               ('{}', E'Ёжик \\u202e 🎬 \"q\" \\\\ tab\\tend', 'unicode', 'NaN', 'movie'),
+               ('{}', 'Out of range', 'N/A', 1e300, 'movie'),
+               ('{}', 'N/A', 'negative', -3, 'movie'),
+               ('{}', 'Roles', NULL, NULL, 'movie');
+             INSERT INTO content.person (id, full_name) VALUES
+               ('00000000-0000-4000-8000-0000000000a1', 'Pat Producer'),
+               ('00000000-0000-4000-8000-0000000000a2', 'N/A');
+             INSERT INTO content.person_film_work (id, film_work_id, person_id, role) VALUES
+               (gen_random_uuid(), '{}', '00000000-0000-4000-8000-0000000000a1', 'producer'),
+               (gen_random_uuid(), '{}', '00000000-0000-4000-8000-0000000000a2', 'actor');",
+            ids[0], ids[1], ids[2], ids[3], ids[4], ids[5], ids[5], ids[5]
+        ))
+        .await
+        .unwrap();
+    let r = env.run_once().await;
+    assert_eq!((r.stored, r.dead_lettered), (1005, 0), "{r:?}");
+    assert_eq!((r.unknown_roles, r.bad_ratings), (1, 2), "{r:?}");
+    assert_eq!(env.doc(&ids[0]).await["title"], json!(null));
+    assert_eq!(env.doc(&ids[1]).await["description"].as_str().unwrap().len(), 1_000_000);
+    let odd = env.doc(&ids[2]).await;
+    assert_eq!(odd["title"], json!("Ёжик \u{202e} 🎬 \"q\" \\ tab\tend"));
+    assert_eq!(odd["imdb_rating"], json!(null));
+    let far = env.doc(&ids[3]).await;
+    assert_eq!((&far["imdb_rating"], &far["description"]), (&json!(null), &json!(null)));
+    assert_eq!(env.doc(&ids[4]).await["imdb_rating"], json!(-3.0));
+    assert_eq!(env.doc(&ids[4]).await["title"], json!(null));
+    let roles = env.doc(&ids[5]).await;
+    assert_eq!((&roles["actors"], &roles["director"]), (&json!([]), &json!([])));
+    env.cleanup().await;
+}

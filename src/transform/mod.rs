@@ -68,6 +68,8 @@ fn role(raw: Option<&str>) -> Option<Role> {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TransformNotes {
     pub unknown_roles: usize,
+    /// Ratings the index cannot store (NaN, infinite, beyond the `float` range): left unknown.
+    pub bad_ratings: usize,
 }
 
 /// `None` for missing, blank and `N/A` values; the text otherwise.
@@ -81,10 +83,16 @@ fn known(value: Option<&str>) -> Option<String> {
     }
 }
 
-/// Ratings outside what a rating can be (NaN, infinities) are unknown rather than an error that
-/// would stop the load: `serde_json` cannot encode them.
-fn known_rating(r: Option<f64>) -> Option<f64> {
-    r.filter(|r| r.is_finite())
+/// `imdb_rating` is a `float` field: NaN, infinities and values beyond f32 are refused by
+/// Elasticsearch (and NaN cannot be JSON). Such a rating is unknown; the film still loads.
+fn known_rating(r: Option<f64>, notes: &mut TransformNotes) -> Option<f64> {
+    let r = r?;
+    if r.is_finite() && r.abs() <= f64::from(f32::MAX) {
+        Some(r)
+    } else {
+        notes.bad_ratings += 1;
+        None
+    }
 }
 
 pub fn to_document(film: &FilmWork) -> (MovieDocument, TransformNotes) {
@@ -115,7 +123,7 @@ pub fn to_document(film: &FilmWork) -> (MovieDocument, TransformNotes) {
 
     let doc = MovieDocument {
         id: film.id,
-        imdb_rating: known_rating(film.rating),
+        imdb_rating: known_rating(film.rating, &mut notes),
         genre,
         title: known(film.title.as_deref()),
         description: known(film.description.as_deref()),
@@ -236,9 +244,13 @@ mod tests {
 
     #[test]
     fn odd_ratings_and_text_survive_encoding() {
-        for rating in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-            let (doc, _) = to_document(&FilmWork { rating: Some(rating), ..film() });
-            assert_eq!(doc.imdb_rating, None);
+        for rating in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e300, -1e39] {
+            let (doc, notes) = to_document(&FilmWork { rating: Some(rating), ..film() });
+            assert_eq!((doc.imdb_rating, notes.bad_ratings), (None, 1), "{rating}");
+        }
+        for rating in [-3.0, 0.0, 15.5, 3.0e38] {
+            let (doc, notes) = to_document(&FilmWork { rating: Some(rating), ..film() });
+            assert_eq!((doc.imdb_rating, notes.bad_ratings), (Some(rating), 0), "{rating}");
         }
         let odd = "Ёжик в тумане \u{0000} \u{202e} 🎬 \"quoted\" \\ back";
         let (doc, _) = to_document(&FilmWork { title: Some(odd.into()), ..film() });
@@ -252,5 +264,66 @@ mod tests {
         let (doc, _) = to_document(&f);
         assert_eq!(doc.actors.len(), 2);
         assert_eq!(doc.actors_names, vec!["Sam", "Sam"]);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = Option<String>> {
+            prop_oneof![
+                Just(None),
+                Just(Some("N/A".to_string())),
+                Just(Some(String::new())),
+                any::<String>().prop_map(Some),
+                "[a-zA-Zа-яА-ЯёЁ ]{0,12}".prop_map(Some),
+            ]
+        }
+
+        fn person() -> impl Strategy<Value = PersonLink> {
+            (0u128..8, text(), prop_oneof![Just(Some("actor".to_string())), Just(Some("writer".to_string())), Just(Some("director".to_string())), text()])
+                .prop_map(|(id, name, role)| PersonLink { id: Uuid::from_u128(id), name, role })
+        }
+
+        fn film() -> impl Strategy<Value = FilmWork> {
+            (text(), text(), any::<Option<f64>>(), proptest::collection::vec(any::<String>(), 0..6), proptest::collection::vec(person(), 0..12))
+                .prop_map(|(title, description, rating, genres, persons)| FilmWork {
+                    id: Uuid::from_u128(1),
+                    title,
+                    description,
+                    rating,
+                    genres,
+                    persons,
+                })
+        }
+
+        proptest! {
+            /// Whatever the rows hold: the document encodes, lists are lists, N/A never appears
+            /// as a value, names match people, and row order or repetition does not matter.
+            #[test]
+            fn any_film_becomes_a_valid_document(f in film()) {
+                let (doc, notes) = to_document(&f);
+                let json = serde_json::to_value(&doc).expect("document encodes");
+                for field in ["genre", "director", "actors_names", "writers_names", "actors", "writers"] {
+                    prop_assert!(json[field].is_array(), "{} is not a list", field);
+                }
+                let is_na = |s: &str| s.trim().eq_ignore_ascii_case("n/a");
+                prop_assert!(doc.title.as_deref().is_none_or(|t| !is_na(t)));
+                prop_assert!(doc.description.as_deref().is_none_or(|t| !is_na(t)));
+                prop_assert!(doc.genre.iter().chain(&doc.director).chain(&doc.actors_names).chain(&doc.writers_names).all(|s| !is_na(s) && !s.trim().is_empty()));
+                prop_assert_eq!(doc.actors_names.clone(), doc.actors.iter().map(|p| p.name.clone()).collect::<Vec<_>>());
+                prop_assert_eq!(doc.writers_names.clone(), doc.writers.iter().map(|p| p.name.clone()).collect::<Vec<_>>());
+                prop_assert!(doc.imdb_rating.is_none_or(|r| r.is_finite() && r.abs() <= f64::from(f32::MAX)));
+                let placed = doc.actors.len() + doc.writers.len() + doc.director.len();
+                prop_assert!(placed + notes.unknown_roles <= f.persons.len());
+
+                let mut shuffled = f.clone();
+                shuffled.persons.reverse();
+                shuffled.genres.reverse();
+                shuffled.persons.extend(f.persons.iter().cloned());
+                shuffled.genres.extend(f.genres.iter().cloned());
+                prop_assert_eq!(to_document(&shuffled).0, doc);
+            }
+        }
     }
 }
