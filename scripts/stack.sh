@@ -8,6 +8,7 @@
 #   scripts/stack.sh stop   [pg|es|os|all]   stop a service, keep its data
 #   scripts/stack.sh status [pg|es|os|all]   one line per service; exit 3 if one is down
 #   scripts/stack.sh clean                   stop all, delete .stack/es and .stack/os
+#   scripts/stack.sh pg-ca-file              path of the CA that signed Postgres' TLS certificate
 #
 # Environment: PG_PORT (5432), ES_PORT (9200), OS_PORT (9201), ES_TRANSPORT_PORT (9300),
 # OS_TRANSPORT_PORT (9301), SEARCH_HEAP (1g), ES_START_TIMEOUT / OS_START_TIMEOUT (120 s),
@@ -92,9 +93,33 @@ as_postgres() { (cd / && runuser -u postgres -- "$@"); }
 pg_psql() { as_postgres psql -X -q -v ON_ERROR_STOP=1 -p "$PG_PORT" "$@"; }
 
 # Write our settings to conf.d (included last by Debian's postgresql.conf); prints "changed" when it did.
+# A local CA and a server certificate for 127.0.0.1, kept beside the cluster's configuration
+# (machine-level like the cluster itself, so every checkout trusts the same CA). Tests use the CA
+# to check that pg2es verifies the server; clients that do not ask for TLS are unaffected.
+pg_tls() {
+  local dir=$1/pg2es-tls
+  [ -f "$dir/server.key" ] && [ -f "$dir/ca.pem" ] && return 0
+  command -v openssl >/dev/null || apt_install openssl
+  mkdir -p "$dir"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=pg2es local CA" \
+    -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$dir/server.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$dir/server.ext" -out "$dir/server.pem" 2>/dev/null
+  chown -R postgres:postgres "$dir"
+  chmod 600 "$dir/server.key" "$dir/ca.key"
+  chmod 644 "$dir/ca.pem" "$dir/server.pem"
+  chmod 755 "$dir"
+  say "pg: TLS certificate for 127.0.0.1 signed by $dir/ca.pem"
+}
+
+pg_ca_file() { ls /etc/postgresql/*/"$PG_CLUSTER"/pg2es-tls/ca.pem 2>/dev/null | head -n 1; }
+
 pg_configure() {
   local ver=$1 dir want
   dir=/etc/postgresql/$ver/$PG_CLUSTER
+  pg_tls "$dir"
   grep -Eq "^[[:space:]]*include_dir[[:space:]]*=[[:space:]]*'conf\.d'" "$dir/postgresql.conf" \
     || echo "include_dir = 'conf.d'" >> "$dir/postgresql.conf"
   want="# written by scripts/stack.sh (pg2es local stack); each setting needs a restart
@@ -102,7 +127,10 @@ listen_addresses = '127.0.0.1'
 port = $PG_PORT
 wal_level = logical
 max_replication_slots = 10
-max_wal_senders = 10"
+max_wal_senders = 10
+ssl = on
+ssl_cert_file = '$dir/pg2es-tls/server.pem'
+ssl_key_file = '$dir/pg2es-tls/server.key'"
   if [ "$(cat "$dir/conf.d/pg2es.conf" 2>/dev/null)" != "$want" ]; then
     mkdir -p "$dir/conf.d"
     printf '%s\n' "$want" > "$dir/conf.d/pg2es.conf"
@@ -376,6 +404,11 @@ main() {
   if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; fi
   local command=$1 targets rc=0 service
   targets=$(services "${2:-all}") || usage
+
+  if [ "$command" = pg-ca-file ]; then
+    pg_ca_file
+    return 0
+  fi
 
   if [ "$command" = status ]; then
     for service in $targets; do

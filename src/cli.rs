@@ -26,4 +26,11 @@ pub enum Command {
     },
     /// Show the effective settings, secrets masked, and exit.
     PrintConfig,
+    /// Compare the index with Postgres: list missing, stale and extra documents; exit 1 if any.
+    /// Only reads, so it can run next to `pg2es run`.
+    Verify {
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }

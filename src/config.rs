@@ -27,10 +27,12 @@ pub const SETTINGS: &[Setting] = &[
     setting("PG_DSN", Some("postgres://app@127.0.0.1:5432/movies"), "Postgres connection string (URL or key=value form)"),
     Setting { env: "PG_PASSWORD", default: None, help: "Postgres password; overrides the one in PG_DSN", secret: true },
     setting("PG_PASSWORD_FILE", None, "file holding the Postgres password (Docker secrets)"),
+    setting("PG_CA_FILE", None, "PEM CA certificates that sign the Postgres server's certificate (with sslmode=require)"),
     setting("PG_SCHEMA", Some("content"), "schema of the source tables"),
     setting("ES_URL", Some("http://127.0.0.1:9200"), "Elasticsearch or OpenSearch base URL"),
     setting("ES_INDEX", Some("movies"), "target index"),
     setting("ES_SCHEMA_FILE", Some("../shared/fixtures/movies/es_schema.json"), "index definition (body of PUT /<index>) used when the index is absent"),
+    setting("ES_CA_FILE", None, "PEM CA certificates for an https ES_URL, added to the public roots"),
     setting("ES_USERNAME", None, "Elasticsearch basic-auth user"),
     Setting { env: "ES_PASSWORD", default: None, help: "Elasticsearch basic-auth password", secret: true },
     Setting { env: "ES_API_KEY", default: None, help: "Elasticsearch API key (base64 id:key), instead of basic auth", secret: true },
@@ -83,11 +85,13 @@ pub enum TimestampColumn {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub pg: tokio_postgres::Config,
+    pub pg_ca_file: Option<PathBuf>,
     pub pg_schema: String,
     pub es_url: reqwest::Url,
     pub es_index: String,
     pub es_schema_file: PathBuf,
     pub es_auth: EsAuth,
+    pub es_ca_file: Option<PathBuf>,
     pub bulk_max_bytes: usize,
     pub batch_size: usize,
     pub cycle: Duration,
@@ -335,13 +339,19 @@ impl Config {
             return Err(src.bad("ETL_BACKOFF_MAX_SEC", "a cap not smaller than ETL_BACKOFF_INITIAL_MS"));
         }
 
+        let pg_ca_file = src.string("PG_CA_FILE").map(PathBuf::from);
+        if pg_ca_file.is_some() && pg.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+            return Err(src.bad("PG_CA_FILE", "to be used with sslmode=require in PG_DSN (add ?sslmode=require)"));
+        }
         Ok(Config {
             pg,
+            pg_ca_file,
             pg_schema,
             es_url,
             es_index,
             es_schema_file: PathBuf::from(src.string("ES_SCHEMA_FILE").unwrap_or_default()),
             es_auth,
+            es_ca_file: src.string("ES_CA_FILE").map(PathBuf::from),
             bulk_max_bytes: src.number("ES_BULK_MAX_BYTES", 1024usize, 1 << 30, "a whole number of bytes")?,
             batch_size: src.number("ETL_BATCH_SIZE", 1usize, 100_000, "a whole number")?,
             cycle: Duration::from_secs_f64(cycle_sec),
@@ -377,6 +387,12 @@ impl Config {
         line(&mut out, "postgres database", &self.pg.get_dbname().unwrap_or("(user name)"));
         line(&mut out, "postgres user", &self.pg.get_user().unwrap_or("(none)"));
         line(&mut out, "postgres password", &if self.pg.get_password().is_some() { "***" } else { "(none)" });
+        let tls = match (self.pg.get_ssl_mode(), &self.pg_ca_file) {
+            (tokio_postgres::config::SslMode::Require, Some(ca)) => format!("required, CA {}", ca.display()),
+            (tokio_postgres::config::SslMode::Require, None) => "required, public web roots".to_string(),
+            _ => "off (add sslmode=require to PG_DSN)".to_string(),
+        };
+        line(&mut out, "postgres tls", &tls);
         line(&mut out, "PG_SCHEMA", &self.pg_schema);
         line(&mut out, "ES_URL", &self.es_url);
         line(&mut out, "ES_INDEX", &self.es_index);
@@ -387,6 +403,9 @@ impl Config {
             EsAuth::ApiKey(_) => "api key ***".to_string(),
         };
         line(&mut out, "elasticsearch auth", &auth);
+        if let Some(ca) = &self.es_ca_file {
+            line(&mut out, "ES_CA_FILE", &ca.display());
+        }
         line(&mut out, "ES_BULK_MAX_BYTES", &self.bulk_max_bytes);
         line(&mut out, "ETL_BATCH_SIZE", &self.batch_size);
         line(&mut out, "ETL_CYCLE_SEC", &self.cycle.as_secs_f64());

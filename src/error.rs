@@ -28,7 +28,7 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
-    #[error("postgres: {context}: {source}")]
+    #[error("postgres: {context}: {}", causes(.source))]
     Postgres {
         context: &'static str,
         #[source]
@@ -100,6 +100,8 @@ impl Error {
     pub fn retry(&self) -> Retry {
         match self {
             Error::Postgres { source, .. } => match source.code() {
+                // A certificate the client refuses will be refused again: the operator must act.
+                None if tls_failure(source) => Retry::GiveUp,
                 // No SQLSTATE: the connection could not be made, or broke (I/O, closed).
                 None => Retry::WaitFor(Service::Postgres),
                 Some(code) if postgres_code_is_transient(code) => Retry::WaitFor(Service::Postgres),
@@ -133,6 +135,9 @@ impl Error {
     /// A hint for the operator, shown next to fatal errors.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
+            Error::Postgres { source, .. } if tls_failure(source) => {
+                Some("the Postgres server's TLS certificate was refused: set PG_CA_FILE to the CA that signed it")
+            }
             Error::Postgres { source, .. } => match source.code() {
                 Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
                     Some("check the user and password in PG_DSN / PG_PASSWORD")
@@ -149,6 +154,39 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// An error and its causes on one line: tokio-postgres keeps the useful part (why the handshake
+/// or the connection failed) in the source chain.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// True when a rustls error (a refused certificate, a failed handshake) is among the causes.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn postgres_code_is_transient(code: &SqlState) -> bool {

@@ -1,7 +1,8 @@
 //! pg2es keeps an Elasticsearch index in step with a PostgreSQL database.
 //!
 //! Data flows one way: [`source`] (Postgres) -> [`transform`] (pure) -> [`sink`]
-//! (Elasticsearch) -> [`checkpoint`] (durable state), wired by [`pipeline`].
+//! (Elasticsearch) -> [`checkpoint`] (durable state), wired by [`pipeline`]. [`verify`] reads both
+//! ends and reports where the index differs from Postgres.
 
 pub mod checkpoint;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod transform;
+pub mod verify;
 
 pub use config::Config;
 pub use error::{Error, Result};

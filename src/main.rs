@@ -6,11 +6,12 @@ use tracing_subscriber::EnvFilter;
 use pg2es::cli::{Cli, Command};
 use pg2es::config::LogFormat;
 use pg2es::pipeline::{self, Mode};
+use pg2es::verify::{self, VerifyReport};
 use pg2es::{shutdown, Config, Error};
 
 fn main() -> ExitCode {
     match try_main() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             tracing::error!(error = %e, "pg2es failed");
             eprintln!("pg2es: error: {e}");
@@ -31,7 +32,7 @@ fn exit_code(e: &Error) -> u8 {
     }
 }
 
-fn try_main() -> pg2es::Result<()> {
+fn try_main() -> pg2es::Result<ExitCode> {
     let cli = Cli::parse();
     // Settings are checked before anything starts: a bad value never reaches the runtime.
     let config = Config::load(cli.config.as_deref())?;
@@ -39,11 +40,23 @@ fn try_main() -> pg2es::Result<()> {
     let mode = match cli.command.unwrap_or(Command::Run { once: false }) {
         Command::PrintConfig => {
             print!("{}", config.render());
-            return Ok(());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Verify { json } => {
+            let config = &config;
+            let report = with_runtime(|shutdown| async move { verify::verify(config, &shutdown).await })?;
+            return print_verify(&report, &config.es_index, json);
         }
         Command::Run { once: true } => Mode::Once,
         Command::Run { once: false } => Mode::Continuous,
     };
+    let config = &config;
+    with_runtime(|shutdown| async move { pipeline::run(config, mode, &shutdown).await })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `task` on a new runtime, with shutdown on SIGINT and SIGTERM.
+fn with_runtime<T, F: std::future::Future<Output = pg2es::Result<T>>>(task: impl FnOnce(shutdown::Shutdown) -> F) -> pg2es::Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,8 +64,23 @@ fn try_main() -> pg2es::Result<()> {
     runtime.block_on(async {
         let (trigger, shutdown) = shutdown::Shutdown::new();
         shutdown::on_signals(trigger);
-        pipeline::run(&config, mode, &shutdown).await.map(|_| ())
+        task(shutdown).await
     })
+}
+
+/// The report on stdout; 1 with a one-line summary on stderr when the index differs.
+fn print_verify(report: &VerifyReport, index: &str, json: bool) -> pg2es::Result<ExitCode> {
+    if json {
+        let text = serde_json::to_string_pretty(report).map_err(|e| Error::Config(format!("cannot encode the report: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", report.render());
+    }
+    if report.is_consistent() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("pg2es: index {index} differs from postgres: {}", report.summary());
+    Ok(ExitCode::FAILURE)
 }
 
 fn init_tracing(format: LogFormat) {

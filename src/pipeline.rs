@@ -15,7 +15,7 @@ use crate::error::{Error, Result, Retry};
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 use crate::sink::{bulk, read_index_definition, ElasticsearchSink};
-use crate::source::{Horizon, PgSource};
+use crate::source::{Horizon, PgSource, PgTls};
 use crate::transform::{to_document, FilmWork};
 
 /// Batches read ahead of the writer. Small: memory stays flat however large the tables are.
@@ -110,8 +110,9 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
 }
 
 async fn connect_source(config: &Config, policy: &RetryPolicy, shutdown: &Shutdown) -> Result<PgSource> {
+    let tls = PgTls::from_config(config)?;
     let src = retry(policy, shutdown, "connect to postgres", || {
-        PgSource::connect(&config.pg, &config.pg_schema, &config.timestamp_column)
+        PgSource::connect(&config.pg, &tls, &config.pg_schema, &config.timestamp_column)
     })
     .await?;
     tracing::info!(schema = %config.pg_schema, change_columns = %src.layout().describe(), "connected to postgres");

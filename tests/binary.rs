@@ -150,3 +150,64 @@ async fn wrong_postgres_password_is_fatal_with_a_hint() {
     assert!(!err.contains("definitely-wrong"), "{err}");
     env.cleanup().await;
 }
+
+fn pg_ca_file() -> String {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh")).arg("pg-ca-file").output().unwrap();
+    let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(!path.is_empty(), "no Postgres CA: run scripts/stack.sh up pg");
+    path
+}
+
+/// TLS to Postgres: with the CA that signed the server's certificate the load runs over TLS;
+/// without it (public roots only) the server is refused, so the certificate really is checked.
+#[tokio::test]
+async fn postgres_over_tls_verifies_the_server() {
+    let env = TestEnv::new("bin_pg_tls").await;
+    let mut vars = env.env_vars();
+    let dsn = format!("{}?sslmode=require&application_name=pg2es_tls_test", env.dsn);
+    vars.push(("PG_DSN".into(), dsn.clone()));
+
+    let refused = output(&vars, &["run", "--once"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).to_lowercase().contains("certificate"), "{}", stderr(&refused));
+
+    vars.push(("PG_CA_FILE".into(), pg_ca_file()));
+    let mut child = pg2es(&vars, &["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    common::eventually(Duration::from_secs(60), "load over tls", || async { env.try_count().await == Some(999) }).await;
+    let row = env
+        .db
+        .query_one("SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'pg2es_tls_test'", &[])
+        .await
+        .unwrap();
+    let all_tls: Option<bool> = row.get(0);
+    assert_eq!(all_tls, Some(true), "pg2es's sessions must be encrypted");
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    env.cleanup().await;
+}
+
+/// Debug logs of a whole run, and its errors, never carry a password.
+#[tokio::test]
+async fn passwords_never_reach_the_logs() {
+    let env = TestEnv::new("bin_secret_logs").await;
+    let mut vars = env.env_vars();
+    // The test cluster has no auth: the header is sent and ignored, which is what we need to see it is not logged.
+    vars.push(("ES_USERNAME".into(), "elastic".into()));
+    vars.push(("ES_PASSWORD".into(), "es-pass-7c1e".into()));
+    vars.push(("RUST_LOG".into(), "debug".into()));
+    let o = output(&vars, &["run", "--once"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pg_password = "123qwe";
+    assert!(env.dsn.contains(pg_password), "the harness DSN carries the password");
+    let log = stderr(&o);
+    assert!(log.len() > 1000, "expected a debug log");
+    assert!(!log.contains("es-pass-7c1e") && !log.contains(pg_password), "{log}");
+
+    let mut wrong = env.env_vars();
+    wrong.push(("PG_PASSWORD".into(), "wrong-pass-9f2a".into()));
+    wrong.push(("RUST_LOG".into(), "debug".into()));
+    let o = output(&wrong, &["run", "--once"]);
+    assert!(!o.status.success());
+    assert!(!stderr(&o).contains("wrong-pass-9f2a"), "{}", stderr(&o));
+    env.cleanup().await;
+}

@@ -49,7 +49,19 @@ pub struct LoadReport {
 impl ElasticsearchSink {
     /// Builds the client; no request is sent.
     pub fn new(config: &Config) -> Result<ElasticsearchSink> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &config.es_ca_file {
+            let bad = |why: String| Error::Config(format!("ES_CA_FILE='{}': {why}", path.display()));
+            let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it ({e})")))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(format!("not PEM certificates ({e})")))?;
+            if certs.is_empty() {
+                return Err(bad("holds no certificate; expected a PEM file of CA certificates".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .connect_timeout(std::time::Duration::from_secs(10))
             .timeout(std::time::Duration::from_secs(120))
             .build()
@@ -210,6 +222,75 @@ impl ElasticsearchSink {
             .map_err(|e| Error::ElasticsearchStatus { context: "count", status: 200, body: e.to_string() })?;
         Ok(v.get("count").and_then(Value::as_u64).unwrap_or(0))
     }
+
+    /// Up to `size` documents that have an `id`, sorted by it (keyword order), after the one whose
+    /// `id` is `after`. `size` is at most `index.max_result_window` (10 000 by default).
+    pub async fn documents_after(&self, after: Option<&str>, size: usize, shutdown: &Shutdown) -> Result<Vec<StoredDocument>> {
+        let mut query = serde_json::json!({
+            "size": size,
+            "sort": [{ "id": "asc" }],
+            "_source": true,
+            "track_total_hits": false,
+            "query": { "exists": { "field": "id" } },
+        });
+        if let Some(after) = after {
+            query["search_after"] = serde_json::json!([after]);
+        }
+        Ok(self.search(&query, "read documents", shutdown).await?.hits.hits)
+    }
+
+    /// How many documents have no `id` (they cannot be sorted by it), and the `_id` of the first
+    /// `limit` of them.
+    pub async fn documents_without_id(&self, limit: usize, shutdown: &Shutdown) -> Result<(u64, Vec<String>)> {
+        let query = serde_json::json!({
+            "size": limit,
+            "_source": false,
+            "track_total_hits": true,
+            "query": { "bool": { "must_not": { "exists": { "field": "id" } } } },
+        });
+        let hits = self.search(&query, "find documents without id", shutdown).await?.hits;
+        let ids = hits.hits.into_iter().map(|h| h.id).collect();
+        Ok((hits.total.map_or(0, |t| t.value), ids))
+    }
+
+    async fn search(&self, query: &Value, context: &'static str, shutdown: &Shutdown) -> Result<SearchResponse> {
+        let body = serde_json::to_vec(query).map_err(|e| Error::Config(e.to_string()))?;
+        let path = format!("{}/_search", self.index);
+        let raw = retry(&self.retry, shutdown, context, || {
+            self.send_ok(Method::POST, &path, context, Some((body.clone(), "application/json")))
+        })
+        .await?;
+        serde_json::from_slice(&raw)
+            .map_err(|e| Error::ElasticsearchStatus { context, status: 200, body: format!("unreadable response: {e}") })
+    }
+}
+
+/// One hit of a search: the document as it was sent, and its sort value (the `id` keyword).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct StoredDocument {
+    #[serde(rename = "_id")]
+    pub id: String,
+    #[serde(rename = "_source", default)]
+    pub source: Value,
+    #[serde(default)]
+    pub sort: Vec<Value>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SearchResponse {
+    hits: SearchHits,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SearchHits {
+    #[serde(default)]
+    total: Option<TotalHits>,
+    hits: Vec<StoredDocument>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct TotalHits {
+    value: u64,
 }
 
 /// Reads the index definition (body of `PUT /<index>`): settings and mappings.
@@ -305,6 +386,19 @@ mod tests {
         let a = json!({"dynamic": "strict", "properties": {}});
         assert!(first_difference("mappings", &e, &a).unwrap().contains("found nothing"));
         assert_eq!(first_difference("m", &json!({"x": true}), &json!({"x": "true"})), None);
+    }
+
+    #[test]
+    fn a_bad_ca_file_names_es_ca_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for path in [dir.path().join("missing.pem"), empty] {
+            let env = vec![("ES_CA_FILE".to_string(), path.display().to_string())];
+            let config = Config::from_sources(&crate::config::Sources::gather(None, env).unwrap()).unwrap();
+            let err = ElasticsearchSink::new(&config).err().expect("refused").to_string();
+            assert!(err.contains("ES_CA_FILE"), "{err}");
+        }
     }
 
     #[test]

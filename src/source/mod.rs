@@ -11,7 +11,7 @@ use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
 use crate::checkpoint::{Stream, Watermark};
-use crate::config::{HorizonPolicy, TimestampColumn};
+use crate::config::{Config, HorizonPolicy, TimestampColumn};
 use crate::error::{Error, Result};
 use crate::transform::{FilmWork, PersonLink};
 
@@ -36,13 +36,19 @@ pub struct ChangePage {
 }
 
 impl PgSource {
-    pub async fn connect(pg: &tokio_postgres::Config, schema: &str, ts: &TimestampColumn) -> Result<PgSource> {
-        let (client, connection) = pg.connect(NoTls).await.map_err(Error::postgres("connect"))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "postgres connection ended");
+    pub async fn connect(pg: &tokio_postgres::Config, tls: &PgTls, schema: &str, ts: &TimestampColumn) -> Result<PgSource> {
+        let client = match tls {
+            PgTls::Off => {
+                let (client, connection) = pg.connect(NoTls).await.map_err(Error::postgres("connect"))?;
+                tokio::spawn(drive(connection));
+                client
             }
-        });
+            PgTls::Rustls(make) => {
+                let (client, connection) = pg.connect(make.clone()).await.map_err(Error::postgres("connect with tls"))?;
+                tokio::spawn(drive(connection));
+                client
+            }
+        };
         let layout = Layout::detect(&client, schema, ts).await?;
         let statements = queries::Statements::prepare(&client, &layout).await?;
         Ok(PgSource { client, layout, statements })
@@ -131,6 +137,65 @@ impl PgSource {
             .map_err(Error::postgres("read films"))?;
         rows.iter().map(film_from_row).collect()
     }
+
+    /// Up to `limit` films with ids after `after`, in id order (uuid byte order), read the same
+    /// way as [`PgSource::films`]. Keyset paging: each page is one index range scan.
+    pub async fn films_after(&self, after: Uuid, limit: usize) -> Result<Vec<FilmWork>> {
+        let rows = self
+            .client
+            .query(&self.statements.films_after, &[&after, &(limit as i64)])
+            .await
+            .map_err(Error::postgres("read films in id order"))?;
+        rows.iter().map(film_from_row).collect()
+    }
+}
+
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "postgres connection ended");
+    }
+}
+
+/// How to reach Postgres: TLS with rustls when the DSN says `sslmode=require`, the server's
+/// certificate always verified (against `PG_CA_FILE`, or the public web roots); plain otherwise.
+#[derive(Clone)]
+pub enum PgTls {
+    Off,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl PgTls {
+    pub fn from_config(config: &Config) -> Result<PgTls> {
+        if config.pg.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+            return Ok(PgTls::Off);
+        }
+        let roots = match &config.pg_ca_file {
+            Some(path) => read_roots("PG_CA_FILE", path)?,
+            None => rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("cannot set up TLS for Postgres: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(PgTls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(tls)))
+    }
+}
+
+/// CA certificates from a PEM file, for the setting `var`.
+fn read_roots(var: &str, path: &std::path::Path) -> Result<rustls::RootCertStore> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let bad = |why: String| Error::Config(format!("{var}='{}': {why}", path.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(format!("cannot read it ({e}); expected a PEM file of CA certificates")))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| bad(format!("not a PEM certificate ({e})")))?;
+        roots.add(cert).map_err(|e| bad(format!("unusable certificate ({e})")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("holds no certificate; expected a PEM file of CA certificates".into()));
+    }
+    Ok(roots)
 }
 
 /// The point a watermark may not pass in this cycle.

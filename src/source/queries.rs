@@ -123,6 +123,8 @@ pub struct Statements {
     head: BTreeMap<Stream, Statement>,
     fan_out: BTreeMap<Stream, Statement>,
     pub films: Statement,
+    /// The next page of films in id order after a given id: the same rows as `films`, for `verify`.
+    pub films_after: Statement,
 }
 
 impl Statements {
@@ -134,7 +136,8 @@ impl Statements {
             page_after: BTreeMap::new(),
             head: BTreeMap::new(),
             fan_out: BTreeMap::new(),
-            films: prep(films_sql(s)).await?,
+            films: prep(films_sql(s, "WHERE fw.id = ANY($1::uuid[])")).await?,
+            films_after: prep(films_sql(s, "WHERE fw.id > $1 ORDER BY fw.id LIMIT $2")).await?,
         };
         for stream in Stream::ALL {
             let (table, ts) = (stream.table(), layout.ts(stream));
@@ -182,8 +185,9 @@ impl Statements {
     }
 }
 
-/// One row per film: its own columns, its genre names, and its people as a JSON array.
-fn films_sql(s: &str) -> String {
+/// One row per film: its own columns, its genre names, and its people as a JSON array; `filter`
+/// picks the films (a fixed clause, values are parameters).
+fn films_sql(s: &str, filter: &str) -> String {
     format!(
         r#"SELECT fw.id, fw.title::text AS title, fw.description::text AS description, fw.rating::float8 AS rating,
     ARRAY(SELECT g.name::text FROM "{s}".genre_film_work gfw JOIN "{s}".genre g ON g.id = gfw.genre_id
@@ -192,7 +196,7 @@ fn films_sql(s: &str) -> String {
               FROM "{s}".person_film_work pfw JOIN "{s}".person p ON p.id = pfw.person_id
               WHERE pfw.film_work_id = fw.id), '[]'::json) AS persons
 FROM "{s}".film_work fw
-WHERE fw.id = ANY($1::uuid[])"#
+{filter}"#
     )
 }
 

@@ -1,0 +1,417 @@
+//! `pg2es verify`: compares the index with what the transform would make of Postgres now.
+//!
+//! Both sides are read in id order, one page at a time, and merge-joined, so memory holds at most
+//! a page of each however large the tables are. Films come from Postgres by keyset on
+//! `film_work.id`; documents come from Elasticsearch sorted on the `id` keyword, with
+//! `search_after`. Postgres orders uuids by their bytes and Elasticsearch orders keywords by their
+//! UTF-8 bytes: for the canonical lowercase text of a uuid the two orders agree, which is what the
+//! join relies on. A document whose `id` is not the canonical text of its `_id` has no place in
+//! that order: it is counted as extra (and its film, if there is one, as missing).
+//!
+//! Neither side is a snapshot: a long transaction would hold back the commit horizon of a running
+//! pipeline. Against a live pipeline, films changed during the check can show as stale; a second
+//! run tells. Verify only reads, and takes no lock.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fmt::Write;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::retry::{retry, RetryPolicy};
+use crate::shutdown::Shutdown;
+use crate::sink::ElasticsearchSink;
+use crate::source::{PgSource, PgTls};
+use crate::transform::{to_document, FilmWork};
+
+/// Ids listed per kind of difference; the counts are always complete.
+pub const SAMPLE_SIZE: usize = 20;
+
+/// Elasticsearch refuses a larger `size` unless `index.max_result_window` is raised.
+const MAX_SEARCH_SIZE: usize = 10_000;
+
+/// What verify found. Consistent when nothing is missing, stale or extra.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct VerifyReport {
+    /// Films read from Postgres.
+    pub checked: u64,
+    /// Films without a document.
+    pub missing: Discrepancies<String>,
+    /// Documents that differ from what the transform makes of their film now.
+    pub stale: Discrepancies<StaleDocument>,
+    /// Documents (by `_id`) whose film is not in Postgres.
+    pub extra: Discrepancies<String>,
+}
+
+/// A count, and the first [`SAMPLE_SIZE`] of what was counted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Discrepancies<T> {
+    pub count: u64,
+    pub first: Vec<T>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StaleDocument {
+    pub id: String,
+    /// The first field (in name order) whose stored value differs.
+    pub field: String,
+}
+
+impl<T> Default for Discrepancies<T> {
+    fn default() -> Self {
+        Discrepancies { count: 0, first: Vec::new() }
+    }
+}
+
+impl<T> Discrepancies<T> {
+    /// Counts `count` more, keeping as many of `items` as the sample still has room for.
+    fn add(&mut self, count: u64, items: impl IntoIterator<Item = T>) {
+        self.count += count;
+        let room = SAMPLE_SIZE.saturating_sub(self.first.len());
+        self.first.extend(items.into_iter().take(room));
+    }
+
+    fn record(&mut self, item: T) {
+        self.add(1, [item]);
+    }
+}
+
+impl VerifyReport {
+    pub fn is_consistent(&self) -> bool {
+        self.missing.count == 0 && self.stale.count == 0 && self.extra.count == 0
+    }
+
+    /// One line: the three counts.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} missing, {} stale, {} extra of {} films checked",
+            self.missing.count, self.stale.count, self.extra.count, self.checked
+        )
+    }
+
+    /// A short table for a person: counts, then the first ids of each kind.
+    pub fn render(&self) -> String {
+        const IDS_AT: usize = 20;
+        let mut out = format!("{:<8} {:>9}  first ids\n{:<8} {:>9}\n", "", "count", "checked", self.checked);
+        let stale = self.stale.first.iter().map(|s| format!("{}  ({})", s.id, s.field)).collect();
+        for (kind, count, ids) in [
+            ("missing", self.missing.count, self.missing.first.clone()),
+            ("stale", self.stale.count, stale),
+            ("extra", self.extra.count, self.extra.first.clone()),
+        ] {
+            let row = format!("{kind:<8} {count:>9}  {}", ids.first().map_or("", String::as_str));
+            let _ = writeln!(out, "{}", row.trim_end());
+            for id in ids.iter().skip(1) {
+                let _ = writeln!(out, "{:IDS_AT$}{id}", "");
+            }
+            if count > ids.len() as u64 {
+                let _ = writeln!(out, "{:IDS_AT$}… {} more", "", count - ids.len() as u64);
+            }
+        }
+        out
+    }
+}
+
+/// Reads both sides and compares them; see the module notes.
+pub async fn verify(config: &Config, shutdown: &Shutdown) -> Result<VerifyReport> {
+    let started = Instant::now();
+    let sink = ElasticsearchSink::new(config)?;
+    let mut films = FilmPages::new(config, shutdown)?;
+    let mut documents = DocumentPages::new(&sink, config.batch_size.min(MAX_SEARCH_SIZE), shutdown);
+    tracing::info!(index = %config.es_index, page_size = config.batch_size, "verifying index against postgres");
+
+    let mut report = VerifyReport::default();
+    let (mut expected, mut stored) = (VecDeque::new(), VecDeque::new());
+    while !(films.done && documents.done && expected.is_empty() && stored.is_empty()) {
+        if shutdown.is_triggered() {
+            return Err(Error::Shutdown);
+        }
+        tokio::try_join!(films.fill(&mut expected), documents.fill(&mut stored, &mut report.extra))?;
+        join(&mut expected, &mut stored, films.done, documents.done, &mut report);
+    }
+    let (count, ids) = sink.documents_without_id(SAMPLE_SIZE, shutdown).await?;
+    report.extra.add(count, ids);
+
+    tracing::info!(
+        checked = report.checked,
+        missing = report.missing.count,
+        stale = report.stale.count,
+        extra = report.extra.count,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "verify done"
+    );
+    Ok(report)
+}
+
+/// A document in the join: the film id it stands for, and its source.
+#[derive(Debug, Clone, PartialEq)]
+struct OrderedDoc {
+    id: Uuid,
+    source: Value,
+}
+
+/// Compares the heads of both sides for as long as each side either has a document or is
+/// finished; returns when one side needs its next page.
+fn join(expected: &mut VecDeque<OrderedDoc>, stored: &mut VecDeque<OrderedDoc>, films_done: bool, docs_done: bool, report: &mut VerifyReport) {
+    loop {
+        let ahead = match (expected.front(), stored.front()) {
+            (Some(e), Some(s)) => e.id.cmp(&s.id),
+            (Some(_), None) if docs_done => std::cmp::Ordering::Less,
+            (None, Some(_)) if films_done => std::cmp::Ordering::Greater,
+            _ => return,
+        };
+        match ahead {
+            std::cmp::Ordering::Less => {
+                let Some(film) = expected.pop_front() else { return };
+                report.checked += 1;
+                tracing::debug!(film = %film.id, "document missing");
+                report.missing.record(film.id.to_string());
+            }
+            std::cmp::Ordering::Greater => {
+                let Some(doc) = stored.pop_front() else { return };
+                tracing::debug!(document = %doc.id, "document without film");
+                report.extra.record(doc.id.to_string());
+            }
+            std::cmp::Ordering::Equal => {
+                let (Some(film), Some(doc)) = (expected.pop_front(), stored.pop_front()) else { return };
+                report.checked += 1;
+                if let Some(field) = first_difference(&film.source, &doc.source) {
+                    tracing::debug!(film = %film.id, field = %field, "document stale");
+                    report.stale.record(StaleDocument { id: film.id.to_string(), field });
+                }
+            }
+        }
+    }
+}
+
+/// The first top-level field, in name order, where `stored` differs from `expected`.
+fn first_difference(expected: &Value, stored: &Value) -> Option<String> {
+    let (Some(e), Some(s)) = (expected.as_object(), stored.as_object()) else {
+        return (!same_value(expected, stored)).then(|| "_source".to_string());
+    };
+    let fields: BTreeSet<&String> = e.keys().chain(s.keys()).collect();
+    fields
+        .into_iter()
+        .find(|f| !matches!((e.get(*f), s.get(*f)), (Some(a), Some(b)) if same_value(a, b)))
+        .cloned()
+}
+
+/// Exact equality, except that numbers (the rating) may differ by rounding.
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64().zip(y.as_f64()).is_some_and(|(x, y)| (x - y).abs() < 1e-9),
+        _ => a == b,
+    }
+}
+
+/// Films in id order, as documents, a page at a time. Reconnects when the connection breaks: a
+/// keyset page can simply be read again.
+struct FilmPages<'a> {
+    config: &'a Config,
+    tls: PgTls,
+    policy: RetryPolicy,
+    shutdown: &'a Shutdown,
+    source: Mutex<Option<PgSource>>,
+    /// The last film read. Films sort after the nil uuid, which no catalog uses as an id.
+    after: Uuid,
+    done: bool,
+}
+
+impl<'a> FilmPages<'a> {
+    fn new(config: &'a Config, shutdown: &'a Shutdown) -> Result<FilmPages<'a>> {
+        Ok(FilmPages {
+            config,
+            tls: PgTls::from_config(config)?,
+            policy: RetryPolicy { initial: config.backoff_initial, cap: config.backoff_max },
+            shutdown,
+            source: Mutex::new(None),
+            after: Uuid::nil(),
+            done: false,
+        })
+    }
+
+    async fn fill(&mut self, out: &mut VecDeque<OrderedDoc>) -> Result<()> {
+        if self.done || !out.is_empty() {
+            return Ok(());
+        }
+        let films = retry(&self.policy, self.shutdown, "read films", || self.read_page(self.after)).await?;
+        self.done = films.len() < self.config.batch_size;
+        for film in &films {
+            let (doc, _) = to_document(film);
+            let source = serde_json::to_value(&doc).map_err(|e| Error::Config(format!("cannot encode film {}: {e}", film.id)))?;
+            out.push_back(OrderedDoc { id: film.id, source });
+            self.after = film.id;
+        }
+        Ok(())
+    }
+
+    async fn read_page(&self, after: Uuid) -> Result<Vec<FilmWork>> {
+        let mut slot = self.source.lock().await;
+        let source = match slot.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => PgSource::connect(&self.config.pg, &self.tls, &self.config.pg_schema, &self.config.timestamp_column).await?,
+        };
+        let films = source.films_after(after, self.config.batch_size).await;
+        *slot = Some(source);
+        films
+    }
+}
+
+/// Documents in `id` order, a page at a time.
+struct DocumentPages<'a> {
+    sink: &'a ElasticsearchSink,
+    size: usize,
+    shutdown: &'a Shutdown,
+    /// The sort value of the last document read: where the next page starts.
+    after: Option<String>,
+    last_placed: Option<Uuid>,
+    done: bool,
+}
+
+impl<'a> DocumentPages<'a> {
+    fn new(sink: &'a ElasticsearchSink, size: usize, shutdown: &'a Shutdown) -> DocumentPages<'a> {
+        DocumentPages { sink, size, shutdown, after: None, last_placed: None, done: false }
+    }
+
+    /// Reads the next page into `out`; documents that have no place in uuid order go to `unplaced`.
+    async fn fill(&mut self, out: &mut VecDeque<OrderedDoc>, unplaced: &mut Discrepancies<String>) -> Result<()> {
+        if self.done || !out.is_empty() {
+            return Ok(());
+        }
+        let page = self.sink.documents_after(self.after.as_deref(), self.size, self.shutdown).await?;
+        self.done = page.len() < self.size;
+        for doc in page {
+            let out_of_order = |why: String| Error::ElasticsearchStatus { context: "read documents", status: 200, body: why };
+            let Some(Value::String(key)) = doc.sort.first() else {
+                return Err(out_of_order(format!("document {} came without its id as sort value", doc.id)));
+            };
+            self.after = Some(key.clone());
+            let Some(id) = placed(key, &doc.id) else {
+                tracing::debug!(document = %doc.id, id = %key, "document id is not the canonical uuid of its _id");
+                unplaced.record(doc.id);
+                continue;
+            };
+            if self.last_placed.is_some_and(|last| id <= last) {
+                return Err(out_of_order(format!("documents are not in uuid order at id {key}; is the id field sorted with a normalizer?")));
+            }
+            self.last_placed = Some(id);
+            out.push_back(OrderedDoc { id, source: doc.source });
+        }
+        Ok(())
+    }
+}
+
+/// The film a document stands for in the join: its `id` must be the canonical (lowercase,
+/// hyphenated) text of a uuid, so that its keyword order is the uuid order, and equal its `_id`.
+fn placed(key: &str, doc_id: &str) -> Option<Uuid> {
+    let id = Uuid::parse_str(key).ok()?;
+    (key == doc_id && id.to_string() == key).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(n: u128, title: &str) -> OrderedDoc {
+        let id = Uuid::from_u128(n);
+        OrderedDoc { id, source: json!({ "id": id.to_string(), "title": title, "imdb_rating": 7.1 }) }
+    }
+
+    fn id(n: u128) -> String {
+        Uuid::from_u128(n).to_string()
+    }
+
+    #[test]
+    fn join_sorts_out_missing_stale_and_extra() {
+        let mut expected: VecDeque<_> = [doc(1, "a"), doc(2, "b"), doc(4, "d"), doc(6, "f")].into();
+        let mut stored: VecDeque<_> = [doc(2, "b"), doc(3, "c"), doc(4, "changed"), doc(7, "g")].into();
+        let mut report = VerifyReport::default();
+        join(&mut expected, &mut stored, true, true, &mut report);
+        assert!(expected.is_empty() && stored.is_empty());
+        assert_eq!(report.checked, 4);
+        assert_eq!(report.missing.first, [id(1), id(6)]);
+        assert_eq!(report.extra.first, [id(3), id(7)]);
+        assert_eq!(report.stale.first, [StaleDocument { id: id(4), field: "title".into() }]);
+        assert!(!report.is_consistent());
+    }
+
+    #[test]
+    fn join_waits_for_the_next_page_of_an_unfinished_side() {
+        let mut expected: VecDeque<_> = [doc(1, "a"), doc(5, "e")].into();
+        let mut stored: VecDeque<_> = [doc(1, "a")].into();
+        let mut report = VerifyReport::default();
+        join(&mut expected, &mut stored, false, false, &mut report);
+        // Film 5 may still come on the next page of documents: not missing yet.
+        assert_eq!(expected, [doc(5, "e")]);
+        assert_eq!((report.checked, report.missing.count), (1, 0));
+        stored.push_back(doc(5, "e"));
+        join(&mut expected, &mut stored, true, false, &mut report);
+        assert!(report.is_consistent());
+        assert_eq!(report.checked, 2);
+    }
+
+    #[test]
+    fn counts_go_on_past_the_sample() {
+        let mut expected: VecDeque<_> = (1..=30).map(|n| doc(n, "x")).collect();
+        let mut report = VerifyReport::default();
+        join(&mut expected, &mut VecDeque::new(), true, true, &mut report);
+        assert_eq!(report.missing.count, 30);
+        assert_eq!(report.missing.first.len(), SAMPLE_SIZE);
+        assert!(report.render().contains("… 10 more"), "{}", report.render());
+    }
+
+    #[test]
+    fn differences_name_the_first_field() {
+        let e = json!({ "id": "x", "imdb_rating": 7.1, "title": "t", "genre": ["a"] });
+        assert_eq!(first_difference(&e, &e.clone()), None);
+        assert_eq!(first_difference(&e, &json!({ "id": "x", "imdb_rating": 7.1 + 1e-12, "title": "t", "genre": ["a"] })), None);
+        assert_eq!(first_difference(&e, &json!({ "id": "x", "imdb_rating": 7.2, "title": "u", "genre": ["a"] })).as_deref(), Some("imdb_rating"));
+        assert_eq!(first_difference(&e, &json!({ "id": "x", "imdb_rating": "7.1", "title": "t", "genre": ["a"] })).as_deref(), Some("imdb_rating"));
+        assert_eq!(first_difference(&e, &json!({ "id": "x", "imdb_rating": 7.1, "title": "t" })).as_deref(), Some("genre"));
+        let more = json!({ "id": "x", "imdb_rating": 7.1, "title": "t", "genre": ["a"], "zzz": 1 });
+        assert_eq!(first_difference(&e, &more).as_deref(), Some("zzz"));
+        assert_eq!(first_difference(&json!({ "title": null }), &json!({})).as_deref(), Some("title"));
+    }
+
+    #[test]
+    fn only_canonical_ids_equal_to_their_id_are_placed() {
+        let u = "0312ed51-8833-413f-bff5-0e139c11264a";
+        assert_eq!(placed(u, u), Uuid::parse_str(u).ok());
+        assert_eq!(placed(&u.to_uppercase(), &u.to_uppercase()), None);
+        assert_eq!(placed(&u.replace('-', ""), &u.replace('-', "")), None);
+        assert_eq!(placed(u, "other"), None);
+        assert_eq!(placed("not a uuid", "not a uuid"), None);
+    }
+
+    /// The join relies on keyword (byte) order of the canonical text being uuid order.
+    #[test]
+    fn canonical_text_order_is_uuid_order() {
+        let mut ids: Vec<Uuid> = (0..500u128).map(|n| Uuid::from_u128(n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))).collect();
+        ids.push(Uuid::max());
+        let mut by_text = ids.clone();
+        by_text.sort_by_key(|u| u.to_string());
+        ids.sort();
+        assert_eq!(ids, by_text);
+    }
+
+    #[test]
+    fn report_renders_and_serializes() {
+        let mut report = VerifyReport { checked: 999, ..VerifyReport::default() };
+        assert!(report.is_consistent());
+        report.stale.record(StaleDocument { id: id(4), field: "title".into() });
+        report.extra.record(id(9));
+        let table = report.render();
+        assert!(table.contains(&format!("{}  (title)", id(4))), "{table}");
+        assert!(table.lines().any(|l| l.starts_with("checked") && l.ends_with("999")), "{table}");
+        assert_eq!(report.summary(), "0 missing, 1 stale, 1 extra of 999 films checked");
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["stale"]["first"][0]["field"], "title");
+        assert_eq!(v["extra"]["count"], 1);
+    }
+}
