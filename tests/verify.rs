@@ -1,0 +1,134 @@
+//! `pg2es verify` against the real stack: a clean load, then each kind of difference, made by
+//! writing to Elasticsearch or Postgres behind the pipeline's back.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::TestEnv;
+use pg2es::shutdown::Shutdown;
+use pg2es::verify::{verify, StaleDocument, VerifyReport};
+use serde_json::{json, Value};
+
+async fn check(env: &TestEnv) -> VerifyReport {
+    let (_trigger, shutdown) = Shutdown::new();
+    verify(&env.config(), &shutdown).await.expect("verify")
+}
+
+/// Sends a request to the test's index and fails on any status but 2xx.
+async fn es(env: &TestEnv, method: reqwest::Method, path: &str, body: Option<Value>) {
+    let mut req = env.http.request(method, format!("{}/{}/{path}", env.es, env.index));
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("reach elasticsearch");
+    let status = resp.status();
+    assert!(status.is_success(), "{path}: {status} {}", resp.text().await.unwrap_or_default());
+}
+
+async fn film_id(env: &TestEnv, sql: &str) -> String {
+    env.db.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+async fn random_uuid(env: &TestEnv) -> String {
+    film_id(env, "SELECT gen_random_uuid()::text").await
+}
+
+#[tokio::test]
+async fn a_postgres_change_not_yet_loaded_is_stale() {
+    let env = TestEnv::new("verify_pg_change").await;
+    env.run_once().await;
+    let report = check(&env).await;
+    assert!(report.is_consistent(), "{report:?}");
+    assert_eq!(report.checked, 999);
+
+    let film = film_id(&env, "SELECT id::text FROM content.film_work ORDER BY id LIMIT 1 OFFSET 500").await;
+    env.sql(&format!("UPDATE content.film_work SET title = 'Changed in postgres', updated_at = now() WHERE id = '{film}'")).await;
+    let report = check(&env).await;
+    assert_eq!(report.stale.count, 1, "{report:?}");
+    assert_eq!(report.stale.first, [StaleDocument { id: film.clone(), field: "title".into() }]);
+    assert_eq!((report.missing.count, report.extra.count, report.checked), (0, 0, 999));
+
+    // The pipeline's next cycle is what verify said was owed.
+    env.run_once().await;
+    assert!(check(&env).await.is_consistent());
+    env.cleanup().await;
+}
+
+/// Pages of 7: the differences sit on both sides of a page boundary and at the very end.
+#[tokio::test]
+async fn small_pages_find_each_difference_by_id() {
+    let mut env = TestEnv::new("verify_pages").await;
+    env.extra_env.push(("ETL_BATCH_SIZE".into(), "7".into()));
+    env.run_once().await;
+    let report = check(&env).await;
+    assert!(report.is_consistent(), "{report:?}");
+    assert_eq!(report.checked, 999);
+
+    let end_of_page = film_id(&env, "SELECT id::text FROM content.film_work ORDER BY id LIMIT 1 OFFSET 6").await;
+    let start_of_page = film_id(&env, "SELECT id::text FROM content.film_work ORDER BY id LIMIT 1 OFFSET 7").await;
+    let last = film_id(&env, "SELECT id::text FROM content.film_work ORDER BY id DESC LIMIT 1").await;
+    let (stray, no_id) = (random_uuid(&env).await, random_uuid(&env).await);
+    es(&env, reqwest::Method::DELETE, &format!("_doc/{end_of_page}"), None).await;
+    es(&env, reqwest::Method::DELETE, &format!("_doc/{last}"), None).await;
+    es(&env, reqwest::Method::POST, &format!("_update/{start_of_page}"), Some(json!({"doc": {"title": "Edited in the index"}}))).await;
+    es(&env, reqwest::Method::PUT, &format!("_doc/{stray}"), Some(json!({"id": stray, "title": "Not a film"}))).await;
+    es(&env, reqwest::Method::PUT, &format!("_doc/{no_id}"), Some(json!({"title": "No id field"}))).await;
+    env.refresh().await;
+
+    let report = check(&env).await;
+    assert_eq!(report.checked, 999);
+    assert_eq!(report.missing.count, 2, "{report:?}");
+    assert_eq!(report.missing.first, [end_of_page, last]);
+    assert_eq!(report.stale.count, 1, "{report:?}");
+    assert_eq!(report.stale.first, [StaleDocument { id: start_of_page, field: "title".into() }]);
+    assert_eq!(report.extra.count, 2, "{report:?}");
+    let mut extra = report.extra.first.clone();
+    extra.sort();
+    let mut want = vec![stray, no_id];
+    want.sort();
+    assert_eq!(extra, want);
+    env.cleanup().await;
+}
+
+fn pg2es(env: &TestEnv, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pg2es"));
+    cmd.args(args).env_clear().envs(env.env_vars());
+    cmd
+}
+
+fn run(env: &TestEnv, args: &[&str]) -> Output {
+    pg2es(env, args).output().expect("run pg2es")
+}
+
+/// The binary's exit code says whether the index is consistent, and verify takes no lock: it
+/// runs while `pg2es run` holds the state file.
+#[tokio::test]
+async fn the_binary_exits_1_on_a_difference_beside_a_running_pipeline() {
+    let env = TestEnv::new("verify_bin").await;
+    let mut pipeline = pg2es(&env, &["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start pg2es run");
+    common::eventually(Duration::from_secs(60), "the running pipeline loads 999 documents", || async {
+        env.try_count().await == Some(999)
+    })
+    .await;
+
+    let clean = run(&env, &["verify"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&clean.stdout), String::from_utf8_lossy(&clean.stderr));
+    assert_eq!(clean.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.lines().any(|l| l.starts_with("checked") && l.ends_with(" 999")), "{stdout}");
+
+    let film = film_id(&env, "SELECT id::text FROM content.film_work ORDER BY id LIMIT 1").await;
+    es(&env, reqwest::Method::DELETE, &format!("_doc/{film}"), None).await;
+    env.refresh().await;
+    let differs = run(&env, &["verify", "--json"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&differs.stdout), String::from_utf8_lossy(&differs.stderr));
+    assert_eq!(differs.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("differs from postgres: 1 missing, 0 stale, 0 extra of 999 films checked"), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    assert_eq!(report["missing"], json!({"count": 1, "first": [film]}));
+
+    let _ = pipeline.kill();
+    let _ = pipeline.wait();
+    env.cleanup().await;
+}
