@@ -95,10 +95,11 @@ async fn mutate(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>
     let mut done = 0;
     while !*stop.borrow() && done < 5_000 {
         let n = rng.below(1000);
-        let sql = match rng.below(4) {
+        // No genre renames here: each re-indexes hundreds of films and would heal exactly the
+        // losses this test exists to catch (genre fan-out has its own test).
+        let sql = match rng.below(3) {
             0 => format!("UPDATE content.film_work SET title = 'Film {n}', updated_at = now() WHERE id = (SELECT id FROM content.film_work ORDER BY id OFFSET {} LIMIT 1)", n % 999),
             1 => format!("UPDATE content.person SET full_name = 'Person {n}', updated_at = now() WHERE id = (SELECT id FROM content.person ORDER BY id OFFSET {} LIMIT 1)", n * 4 % 4166),
-            2 => format!("UPDATE content.genre SET name = 'Genre {}', updated_at = now() WHERE id = (SELECT id FROM content.genre ORDER BY id OFFSET {} LIMIT 1)", n % 26, n % 26),
             _ => format!(
                 "INSERT INTO content.person_film_work (id, film_work_id, person_id, role, created_at, updated_at)
                  SELECT gen_random_uuid(), (SELECT id FROM content.film_work ORDER BY id OFFSET {} LIMIT 1),
