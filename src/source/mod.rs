@@ -236,6 +236,19 @@ impl Horizon {
     }
 }
 
+fn film_from_row(row: &tokio_postgres::Row) -> Result<FilmWork> {
+    let ctx = Error::postgres;
+    let persons: tokio_postgres::types::Json<Vec<PersonLink>> = row.try_get("persons").map_err(ctx("read persons"))?;
+    Ok(FilmWork {
+        id: row.try_get("id").map_err(ctx("read film id"))?,
+        title: row.try_get("title").map_err(ctx("read title"))?,
+        description: row.try_get("description").map_err(ctx("read description"))?,
+        rating: row.try_get("rating").map_err(ctx("read rating"))?,
+        genres: row.try_get::<_, Vec<Option<String>>>("genres").map_err(ctx("read genres"))?.into_iter().flatten().collect(),
+        persons: persons.0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,17 +285,4 @@ mod tests {
         let earlier = Watermark { ts: t(50), id: Uuid::from_u128(5) };
         assert_eq!(h.cap(earlier), earlier);
     }
-}
-
-fn film_from_row(row: &tokio_postgres::Row) -> Result<FilmWork> {
-    let ctx = Error::postgres;
-    let persons: tokio_postgres::types::Json<Vec<PersonLink>> = row.try_get("persons").map_err(ctx("read persons"))?;
-    Ok(FilmWork {
-        id: row.try_get("id").map_err(ctx("read film id"))?,
-        title: row.try_get("title").map_err(ctx("read title"))?,
-        description: row.try_get("description").map_err(ctx("read description"))?,
-        rating: row.try_get("rating").map_err(ctx("read rating"))?,
-        genres: row.try_get::<_, Vec<Option<String>>>("genres").map_err(ctx("read genres"))?.into_iter().flatten().collect(),
-        persons: persons.0,
-    })
 }
