@@ -26,7 +26,6 @@ const fn setting(env: &'static str, default: Option<&'static str>, help: &'stati
 pub const SETTINGS: &[Setting] = &[
     setting("PG_DSN", Some("postgres://app@127.0.0.1:5432/movies"), "Postgres connection string (URL or key=value form)"),
     Setting { env: "PG_PASSWORD", default: None, help: "Postgres password; overrides the one in PG_DSN", secret: true },
-    setting("PG_PASSWORD_FILE", None, "file holding the Postgres password (Docker secrets)"),
     setting("PG_CA_FILE", None, "PEM CA certificates that sign the Postgres server's certificate (with sslmode=require)"),
     setting("PG_SCHEMA", Some("content"), "schema of the source tables"),
     setting("ES_URL", Some("http://127.0.0.1:9200"), "Elasticsearch or OpenSearch base URL"),
@@ -167,7 +166,25 @@ impl Sources {
             }
         }
         sources.legacy_db_vars(&env);
+        sources.secret_files(&env)?;
         Ok(sources)
+    }
+
+    /// `<SECRET>_FILE` (Docker and Kubernetes secrets): the secret is read from that file unless
+    /// the variable itself is set.
+    fn secret_files(&mut self, env: &BTreeMap<String, String>) -> Result<()> {
+        for s in SETTINGS.iter().filter(|s| s.secret) {
+            let var = format!("{}_FILE", s.env);
+            let Some(path) = env.get(&var) else { continue };
+            if env.contains_key(s.env) {
+                continue;
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("{var}='{path}': cannot read it ({e}); expected a file holding the secret")))?;
+            let value = text.trim_end_matches(['\n', '\r']).to_string();
+            self.values.insert(s.env, Raw { value, origin: Origin::Env });
+        }
+        Ok(())
     }
 
     fn read_file(&mut self, path: &Path) -> Result<()> {
@@ -263,17 +280,7 @@ impl Config {
 
     pub fn from_sources(src: &Sources) -> Result<Config> {
         let mut pg = parse_pg(src)?;
-        let password = match (src.string("PG_PASSWORD"), src.string("PG_PASSWORD_FILE")) {
-            (Some(p), _) => Some(p),
-            (None, Some(file)) => Some(
-                std::fs::read_to_string(&file)
-                    .map_err(|e| Error::Config(format!("PG_PASSWORD_FILE='{file}': cannot read it: {e}")))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            ),
-            (None, None) => None,
-        };
-        if let Some(p) = password {
+        if let Some(p) = src.string("PG_PASSWORD") {
             pg.password(p);
         }
         if pg.get_application_name().is_none() {
@@ -636,6 +643,24 @@ mod tests {
         for s in SETTINGS {
             assert!(readme.contains(&format!("`{}`", s.env)), "README lacks {}", s.env);
         }
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pg, es) = (dir.path().join("pg"), dir.path().join("es"));
+        std::fs::write(&pg, "pg-from-file\n").unwrap();
+        std::fs::write(&es, "es-from-file").unwrap();
+        let c = config(&[
+            ("PG_PASSWORD_FILE", pg.to_str().unwrap()),
+            ("ES_USERNAME", "elastic"),
+            ("ES_PASSWORD_FILE", es.to_str().unwrap()),
+        ])
+        .unwrap();
+        assert_eq!(c.pg.get_password(), Some(&b"pg-from-file"[..]));
+        assert!(matches!(&c.es_auth, EsAuth::Basic { password, .. } if password.expose() == "es-from-file"));
+        let e = err(&[("ES_API_KEY_FILE", "/nonexistent/key")]);
+        assert!(e.contains("ES_API_KEY_FILE"), "{e}");
     }
 
     #[test]
