@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
+use common::{signal, wait_exit, TestEnv};
 use pg2es::retry::RetryPolicy;
 use pg2es::shutdown::Shutdown;
 
@@ -37,21 +37,7 @@ fn spawn(env: &TestEnv, log: &Path) -> Child {
         .expect("spawn pg2es")
 }
 
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
-    assert!(ok, "kill {sig}");
-}
 
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(start.elapsed() < limit, "pg2es did not exit within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// One pass with the binary, to completion.
 fn run_once(env: &TestEnv) {
