@@ -25,7 +25,7 @@ help:
 
 check-tools:
 	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found; install Rust (https://rustup.rs) and retry" >&2; exit 1; }
-	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+	@command -v curl >/dev/null && command -v socat >/dev/null || { apt-get update -qq && apt-get install -y -qq curl socat; }
 	@[ -r $(SHARED)/fixtures/movies/movies_db_dump.sql ] || { echo "make: $(SHARED) not found; set SHARED=path/to/shared" >&2; exit 1; }
 
 stack-up:

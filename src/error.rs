@@ -39,7 +39,7 @@ pub enum Error {
     #[error("postgres schema: {0}")]
     SourceSchema(String),
 
-    #[error("elasticsearch: {context}: {source}")]
+    #[error("elasticsearch: {context}: {}", causes(.source))]
     ElasticsearchTransport {
         context: &'static str,
         #[source]
@@ -108,7 +108,7 @@ impl Error {
                 Some(_) => Retry::GiveUp,
             },
             Error::ElasticsearchTransport { source, .. } => {
-                if source.is_builder() || source.is_decode() || source.is_redirect() {
+                if source.is_builder() || source.is_decode() || source.is_redirect() || tls_failure(source) {
                     Retry::GiveUp
                 } else {
                     Retry::WaitFor(Service::Elasticsearch)
@@ -148,6 +148,9 @@ impl Error {
                 }
                 _ => None,
             },
+            Error::ElasticsearchTransport { source, .. } if tls_failure(source) => {
+                Some("Elasticsearch's TLS certificate was refused: set ES_CA_FILE to the CA that signed it")
+            }
             Error::ElasticsearchStatus { status: 401 | 403, .. } => {
                 Some("check ES_USERNAME / ES_PASSWORD or ES_API_KEY")
             }
@@ -179,12 +182,12 @@ fn tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
         if c.downcast_ref::<rustls::Error>().is_some() {
             return true;
         }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) {
-                return true;
-            }
-        }
-        cause = c.source();
+        // `io::Error::source()` skips the error it wraps (hyper and tokio-rustls nest rustls's
+        // error in two of them): step into the wrapped error instead.
+        cause = match c.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
     }
     false
 }

@@ -193,3 +193,46 @@ async fn passwords_never_reach_the_logs() {
     assert!(!stderr(&o).contains("wrong-pass-9f2a"), "{}", stderr(&o));
     env.cleanup().await;
 }
+
+/// A TLS endpoint in front of the real Elasticsearch (socat, with the project CA's certificate for
+/// 127.0.0.1): with ES_CA_FILE the load goes through and is checked; without it the certificate is
+/// refused at once with a hint, not retried forever.
+#[tokio::test]
+async fn elasticsearch_over_tls_verifies_the_server() {
+    let env = TestEnv::new("bin_es_tls").await;
+    let ca = pg_ca_file();
+    let dir = std::path::Path::new(&ca).parent().unwrap();
+    let port = 9443;
+    let es_port = env.es.rsplit(':').next().unwrap().to_string();
+    let mut proxy = Command::new("socat")
+        .arg(format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+            dir.join("server.pem").display(),
+            dir.join("server.key").display()
+        ))
+        .arg(format!("TCP:127.0.0.1:{es_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat (installed by make check-tools)");
+    common::eventually(Duration::from_secs(10), "tls proxy listening", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+
+    let mut vars = env.env_vars();
+    vars.push(("ES_URL".into(), format!("https://127.0.0.1:{port}")));
+    let refused = output(&vars, &["run", "--once"]);
+    let err = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains("ES_CA_FILE") && err.to_lowercase().contains("certificate"), "{err}");
+
+    vars.push(("ES_CA_FILE".into(), ca.clone()));
+    let o = output(&vars, &["run", "--once"]);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert!(o.status.success(), "{}", stderr(&o));
+    env.refresh().await;
+    assert_eq!(env.count().await, 999);
+    env.cleanup().await;
+}
