@@ -1,6 +1,7 @@
 //! Crashes and outages against the real stack. These stop and start the shared services, so they
 //! run alone (`make test-faults`, one thread). Every loop is bounded in count and time, and every
 //! test ends with `verify`: Elasticsearch must hold exactly what Postgres says.
+#![cfg(feature = "fault-tests")]
 
 mod common;
 
