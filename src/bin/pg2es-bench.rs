@@ -1,0 +1,252 @@
+//! Benchmark helpers for `make bench` (bench/run.sh, BENCHMARKS.md).
+//!
+//! Configured like pg2es itself (ES_URL, ES_SCHEMA_FILE, ETL_BATCH_SIZE, ES_BULK_MAX_BYTES, PG_DSN,
+//! PG_SCHEMA ...), with the index given by `--index`. Each subcommand prints one JSON line.
+//!
+//! - `dump`: the documents of an index pg2es loaded, as NDJSON, re-encoded by pg2es's own
+//!   `MovieDocument`, so the bytes are the ones pg2es sends.
+//! - `replay`: the ceiling. Loads a dump into a fresh index through `_bulk`, with pg2es's encoding
+//!   and chunking, every request body built before the clock starts.
+//! - `visibility`: renames a person in Postgres and polls the index until every film of theirs
+//!   carries the new name (run it beside a continuous `pg2es run`).
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use pg2es::shutdown::Shutdown;
+use pg2es::sink::{bulk, read_index_definition, ElasticsearchSink};
+use pg2es::transform::MovieDocument;
+use pg2es::Config;
+
+type BenchResult<T> = Result<T, String>;
+
+/// Documents per search request while dumping (at most index.max_result_window).
+const DUMP_PAGE: usize = 5000;
+/// Pause between two polls of the index in `visibility`.
+const POLL_EVERY: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Parser)]
+#[command(name = "pg2es-bench", about = "Benchmark helpers for pg2es; settings from the same environment as pg2es")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write every document of INDEX as one NDJSON line, sorted by id.
+    Dump {
+        #[arg(long)]
+        index: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load an NDJSON dump into a fresh INDEX (named bench_*; dropped first) from ES_SCHEMA_FILE.
+    Replay {
+        #[arg(long)]
+        index: String,
+        #[arg(long)]
+        file: PathBuf,
+        /// Bulk requests in flight at once (pg2es has 1).
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+    },
+    /// Rename PERSON_ID and time until EXPECT documents of INDEX show the new name.
+    Visibility {
+        #[arg(long)]
+        index: String,
+        #[arg(long)]
+        person_id: uuid::Uuid,
+        #[arg(long)]
+        expect: u64,
+        #[arg(long, default_value_t = 120.0)]
+        timeout_sec: f64,
+    },
+}
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pg2es-bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> BenchResult<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(None).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("cannot start runtime: {e}"))?;
+    let report = runtime.block_on(async {
+        match cli.command {
+            Command::Dump { index, out } => {
+                config.es_index = index;
+                dump(&config, &out).await
+            }
+            Command::Replay { index, file, concurrency } => {
+                config.es_index = index;
+                replay(&config, &file, concurrency.max(1)).await
+            }
+            Command::Visibility { index, person_id, expect, timeout_sec } => {
+                config.es_index = index;
+                visibility(&config, person_id, expect, Duration::from_secs_f64(timeout_sec)).await
+            }
+        }
+    })?;
+    println!("{report}");
+    Ok(())
+}
+
+async fn dump(config: &Config, out: &PathBuf) -> BenchResult<Value> {
+    let sink = ElasticsearchSink::new(config).map_err(|e| e.to_string())?;
+    let (_trigger, shutdown) = Shutdown::new();
+    // pg2es does not wait for a refresh; without one the last second of its writes is not searchable.
+    sink.refresh().await.map_err(|e| e.to_string())?;
+    let file = std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let mut writer = BufWriter::new(file);
+    let mut after: Option<String> = None;
+    let mut docs = 0usize;
+    loop {
+        let page = sink.documents_after(after.as_deref(), DUMP_PAGE, &shutdown).await.map_err(|e| e.to_string())?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.source.get("id").and_then(Value::as_str).unwrap_or(&last.id).to_string());
+        for hit in page {
+            let doc: MovieDocument = serde_json::from_value(hit.source)
+                .map_err(|e| format!("document {} is not a pg2es document: {e}", hit.id))?;
+            serde_json::to_writer(&mut writer, &doc).map_err(|e| e.to_string())?;
+            writer.write_all(b"\n").map_err(|e| e.to_string())?;
+            docs += 1;
+        }
+    }
+    writer.flush().map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    Ok(json!({ "index": config.es_index, "docs": docs, "file": out }))
+}
+
+async fn replay(config: &Config, file: &PathBuf, concurrency: usize) -> BenchResult<Value> {
+    if !config.es_index.starts_with("bench_") {
+        return Err(format!("replay drops and recreates its index: name it bench_*, not {}", config.es_index));
+    }
+    // Everything but the requests themselves happens before the clock starts.
+    let reader = std::io::BufReader::new(std::fs::File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?);
+    let mut encoded = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let doc: MovieDocument = serde_json::from_str(&line).map_err(|e| format!("{}:{}: {e}", file.display(), n + 1))?;
+        encoded.push(bulk::encode(&config.es_index, &doc.id.to_string(), &doc).map_err(|e| e.to_string())?);
+    }
+    let bodies: Vec<Vec<u8>> =
+        bulk::chunk(&encoded, config.batch_size, config.bulk_max_bytes).into_iter().map(|r| bulk::body(&encoded[r])).collect();
+    let (docs, requests, bytes) = (encoded.len(), bodies.len(), bodies.iter().map(Vec::len).sum::<usize>());
+    if docs == 0 {
+        return Err(format!("{} holds no document", file.display()));
+    }
+    drop(encoded);
+
+    let http = reqwest::Client::new();
+    let base = config.es_url.as_str().trim_end_matches('/');
+    let index_url = format!("{base}/{}", config.es_index);
+    send(&http, Method::DELETE, &index_url, None, &[200, 404]).await?;
+    let definition = read_index_definition(&config.es_schema_file).map_err(|e| e.to_string())?;
+    send(&http, Method::PUT, &index_url, Some(definition.to_string().into_bytes()), &[200]).await?;
+
+    let bulk_url = format!("{base}/_bulk");
+    let started = Instant::now();
+    let stored: usize = stream::iter(bodies)
+        .map(|body| bulk_request(&http, &bulk_url, body))
+        .buffer_unordered(concurrency)
+        .try_fold(0, |sum, n| async move { Ok(sum + n) })
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+
+    send(&http, Method::POST, &format!("{index_url}/_refresh"), None, &[200]).await?;
+    let count = send(&http, Method::GET, &format!("{index_url}/_count"), None, &[200]).await?;
+    let count = count.get("count").and_then(Value::as_u64).unwrap_or(0);
+    if stored != docs || count != docs as u64 {
+        return Err(format!("replay stored {stored} and the index counts {count} of {docs} documents"));
+    }
+    Ok(json!({
+        "index": config.es_index, "docs": docs, "requests": requests, "bytes": bytes,
+        "batch_size": config.batch_size, "concurrency": concurrency,
+        "seconds": seconds, "docs_per_sec": docs as f64 / seconds,
+    }))
+}
+
+/// One `_bulk` request; every item must be stored. Returns the number of items.
+async fn bulk_request(http: &reqwest::Client, url: &str, body: Vec<u8>) -> BenchResult<usize> {
+    let resp = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("bulk request failed: {e}"))?;
+    let status = resp.status();
+    let raw = resp.bytes().await.map_err(|e| format!("bulk response unreadable: {e}"))?;
+    let parsed: bulk::BulkResponse = serde_json::from_slice(&raw)
+        .map_err(|e| format!("bulk answered {status}: {e}: {}", String::from_utf8_lossy(&raw[..raw.len().min(300)])))?;
+    if parsed.errors {
+        let first = parsed.items.iter().flat_map(|i| i.values()).find_map(|i| i.error.clone());
+        return Err(format!("bulk items failed, first: {}", first.unwrap_or_default()));
+    }
+    Ok(parsed.items.len())
+}
+
+/// A JSON request that must answer one of `ok`; returns the body as JSON (null if not JSON).
+async fn send(http: &reqwest::Client, method: Method, url: &str, body: Option<Vec<u8>>, ok: &[u16]) -> BenchResult<Value> {
+    let mut req = http.request(method.clone(), url);
+    if let Some(body) = body {
+        req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+    }
+    let resp = req.send().await.map_err(|e| format!("{method} {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let raw = resp.bytes().await.map_err(|e| format!("{method} {url}: {e}"))?;
+    if !ok.contains(&status) {
+        return Err(format!("{method} {url} answered {status}: {}", String::from_utf8_lossy(&raw[..raw.len().min(300)])));
+    }
+    Ok(serde_json::from_slice(&raw).unwrap_or(Value::Null))
+}
+
+async fn visibility(config: &Config, person_id: uuid::Uuid, expect: u64, timeout: Duration) -> BenchResult<Value> {
+    let (client, connection) = config.pg.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot connect to postgres: {e}"))?;
+    tokio::spawn(connection);
+    // One word only letters, unique per run, so the analyzer keeps it whole and no old document matches.
+    let stamp = chrono::Utc::now().timestamp_millis();
+    let word: String = (0..10).map(|i| char::from(b'a' + ((stamp / 26i64.pow(i)) % 26) as u8)).collect();
+    let name = format!("Renamed {word}");
+    let sql = format!(r#"UPDATE "{}".person SET full_name = $1, updated_at = now() WHERE id = $2"#, config.pg_schema);
+    let updated = client.execute(&sql, &[&name, &person_id]).await.map_err(|e| format!("cannot rename person: {e}"))?;
+    if updated != 1 {
+        return Err(format!("person {person_id} not found"));
+    }
+    // Autocommit: the rename is committed when execute returns.
+    let committed = Instant::now();
+
+    let http = reqwest::Client::new();
+    let url = format!("{}/{}/_count", config.es_url.as_str().trim_end_matches('/'), config.es_index);
+    let query = json!({ "query": { "multi_match": {
+        "query": name, "type": "phrase", "fields": ["director", "actors_names", "writers_names"] } } });
+    let mut first_visible = None;
+    loop {
+        let answer = send(&http, Method::POST, &url, Some(query.to_string().into_bytes()), &[200]).await?;
+        let count = answer.get("count").and_then(Value::as_u64).unwrap_or(0);
+        let elapsed = committed.elapsed().as_secs_f64();
+        if count > 0 && first_visible.is_none() {
+            first_visible = Some(elapsed);
+        }
+        if count >= expect {
+            return Ok(json!({ "person": person_id, "name": name, "docs": count, "first_visible_sec": first_visible, "all_visible_sec": elapsed }));
+        }
+        if committed.elapsed() > timeout {
+            return Err(format!("after {elapsed:.1} s only {count} of {expect} documents show the new name"));
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
