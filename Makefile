@@ -82,3 +82,11 @@ acceptance:
 clean:
 	$(CARGO) clean
 	rm -rf state
+
+# Benchmarks (BENCHMARKS.md): ceiling, full load, incremental runs and visibility on the local stack,
+# for each size in BENCH_FILMS (`BENCH_FILMS=1000000 make bench` for a million films).
+BENCH_FILMS ?= 10000 100000
+.PHONY: bench
+bench: check-tools stack-up
+	BENCH_FILMS="$(BENCH_FILMS)" BENCH_COMMAND="BENCH_FILMS='$(BENCH_FILMS)' make bench" ES_URL=$(ES_URL) \
+		ES_SCHEMA_FILE=$(SHARED)/fixtures/movies/es_schema.json bench/run.sh

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Writes BENCHMARKS.md from the results bench/run.sh measured (bench/out/results-<N>.json)."""
+
+import argparse
+import datetime
+import json
+import subprocess
+
+
+def sh(command):
+    try:
+        return subprocess.run(command, shell=True, capture_output=True, text=True, check=False).stdout.strip("\n")
+    except OSError as e:
+        return f"({e})"
+
+
+def machine():
+    return {
+        "nproc": sh("nproc"),
+        "cpu": sh("lscpu | grep 'Model name' | sed 's/Model name: *//'"),
+        "memory": sh("free -g | awk '/^Mem:/ {print $2 \" GiB total, \" $7 \" GiB available\"}'"),
+        "kernel": sh("uname -srm"),
+        "postgres": sh("psql -X -At -d postgres -c 'SHOW server_version'"),
+        "elasticsearch": sh("curl -s \"${ES_URL:-http://127.0.0.1:9200}\" | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"version\"][\"number\"])'"),
+        "free": sh("free -g"),
+    }
+
+
+def mib(kb):
+    return f"{kb / 1024:.0f} MiB"
+
+
+def run_row(name, run, what):
+    return f"| {name} | {run['wall_sec']:.2f} s | {run['stored']} docs re-indexed ({what}); cycle {run['cycle_ms'] / 1000:.2f} s, CPU {run['cpu_sec']:.2f} s |"
+
+
+def table(r):
+    c, f = r["ceiling"], r["full"]
+    full_rate = r["films"] / f["wall_sec"]
+    v = r["visibility"]
+    rows = [
+        "| measure | value | detail |",
+        "|---|---|---|",
+        f"| ceiling: `_bulk` replay of pg2es's documents | {c['docs_per_sec']:,.0f} docs/s | {c['docs']} docs in {c['seconds']:.2f} s, "
+        f"{c['requests']} requests of ≤ {c['batch_size']} docs ({c['bytes'] / 2**20:.0f} MiB), {c['concurrency']} in flight |",
+        f"| pg2es full load | {full_rate:,.0f} docs/s | {f['stored']} docs in {f['wall_sec']:.2f} s wall (the cycle itself {f['cycle_ms'] / 1000:.2f} s) |",
+        f"| ratio pg2es / ceiling | {full_rate / c['docs_per_sec']:.2f} | |",
+        f"| pg2es peak RSS (full load) | {mib(f['peak_rss_kb'])} | `/usr/bin/time -v`, maximum resident set size |",
+        f"| pg2es CPU, user + sys (full load) | {f['cpu_sec']:.2f} s | {f['cpu_sec'] / f['wall_sec'] * 100:.0f} % of one core over the load |",
+        run_row("incremental: 1 % of films touched", r["incremental"], f"{r['touched']} films updated in one transaction"),
+        run_row("incremental: fan-out person renamed", r["fanout"], f"the person is in {r['fanout_films']} films"),
+        f"| continuous mode (`ETL_CYCLE_SEC=1`): rename to visible | {v['all_visible_sec']:.2f} s | from the commit until all {v['docs']} films "
+        f"match the new name in search; the first after {v['first_visible_sec']:.2f} s |",
+    ]
+    p = r.get("pgsync")
+    if p is None:
+        rows.append("| PGSync | not run | `BENCH_PGSYNC=1` runs it |")
+    elif "error" in p:
+        rows.append(f"| PGSync | failed | {p['error']} |")
+    else:
+        rows.append(f"| PGSync full load | {p['docs_per_sec']:,.0f} docs/s | {p['docs']} docs in {p['wall_sec']:.2f} s; "
+                    f"ratio to the ceiling {p['docs_per_sec'] / c['docs_per_sec']:.2f} |")
+        rows.append(f"| PGSync peak RSS | {mib(p['peak_rss_kb'])} | CPU {p['cpu_sec']:.2f} s |")
+    return "\n".join(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--command", required=True, help="the command that produced the results")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--pgsync-note", default="", help="text of the PGSync section")
+    ap.add_argument("results", nargs="+")
+    args = ap.parse_args()
+    results = [json.load(open(p)) for p in args.results]
+    m = machine()
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    parts = [
+        "# Benchmarks",
+        "",
+        f"Measured {now} with `{args.command}` (written by `bench/run.sh`; every number below is a "
+        "measurement of that one run, nothing is estimated).",
+        "",
+        "**Only ratios from the same run mean anything.** The machine is a shared 2-core box: Postgres, "
+        "Elasticsearch, pg2es and other people's test runs all compete for the same cores, so absolute "
+        "rates move from one run to the next.",
+        "",
+        "## Machine",
+        "",
+        f"- `nproc`: {m['nproc']}; CPU (`lscpu`): {m['cpu']}",
+        f"- memory (`free -g`): {m['memory']}",
+        f"- kernel: {m['kernel']}",
+        f"- PostgreSQL {m['postgres']}, Elasticsearch {m['elasticsearch']} (single node, local stack of `scripts/stack.sh`)",
+        "",
+        "```",
+        "$ free -g",
+        m["free"],
+        "```",
+        "",
+    ]
+    for r in results:
+        parts += [
+            f"## {r['films']:,} films",
+            "",
+            f"Catalog: `bench/gen.sh {r['films']} {r['seed']}` in {r['gen_sec']:.0f} s — {r['gen'].split(' s: ', 1)[-1]}",
+            "",
+            table(r),
+            "",
+        ]
+    parts += [
+        "## What is measured",
+        "",
+        "- **Catalog**: `bench/gen.sh N SEED` builds database `bench_<N>` with `sql/schema.sql` and a synthetic "
+        "catalog in the reference dataset's shape (26 genres, ~2.2 genre and ~5.8 person links per film, roles "
+        "actor/director/writer about 59/14/27 %, ~1.4 films per person, 10 % Cyrillic text, 25 % of descriptions "
+        "and 2 % of ratings NULL), generated in SQL from hashes of the row number, so the same N and seed give "
+        "the same rows. One person (`f0f0f0f0-0000-4000-8000-000000000001`) is in min(10 000, N) films.",
+        "- **Ceiling**: pg2es loads the catalog once into a scratch index; `pg2es-bench dump` writes its documents "
+        "(re-encoded with pg2es's own `MovieDocument`, so the bytes are those pg2es sends); `pg2es-bench replay` "
+        "builds every `_bulk` body in memory with pg2es's encoding and chunking (`ETL_BATCH_SIZE` docs, "
+        "`ES_BULK_MAX_BYTES`), then times sending them into a fresh index from `es_schema.json`, with as many "
+        "requests in flight as pg2es has (1; `BENCH_CONCURRENCY` changes it). This is Elasticsearch's own ingest "
+        "rate for these documents with this batch size.",
+        "- **pg2es full load**: `pg2es run --once` (release build) into a fresh index created beforehand, as "
+        "the replay's is, under `/usr/bin/time -v`; the rate is films / wall time of the whole process "
+        "(start, connect, read, transform, load).",
+        "- **Incremental**: from the state of the full load, `UPDATE ... SET updated_at = now()` of 1 % of films "
+        "in one transaction, then `pg2es run --once`; then the fan-out person renamed, then `pg2es run --once`. "
+        "Each change is committed 2 s before the run, past pg2es's commit horizon (`ETL_CLOCK_SKEW_MS` = 1 s), "
+        "so the run after it does not read it again.",
+        "- **Continuous mode**: `pg2es run` with `ETL_CYCLE_SEC=1`; once its first cycle is done, "
+        "`pg2es-bench visibility` renames the fan-out person and polls `_count` every 50 ms for documents whose "
+        "names match the new one. This includes the index's `refresh_interval` (1 s).",
+        "",
+        "Reproduce: `make bench` (10 000 and 100 000 films), `BENCH_FILMS=1000000 make bench` for a million. "
+        "Logs and raw results of the last run are in `bench/out/`.",
+        "",
+    ]
+    if args.pgsync_note:
+        parts += ["## PGSync", "", args.pgsync_note, ""]
+    with open(args.out, "w") as f:
+        f.write("\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()

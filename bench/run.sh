@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# The pg2es benchmark (BENCHMARKS.md): for each catalog size, on the running local stack,
+#   1. a synthetic catalog in database bench_<N> (bench/gen.sh)
+#   2. the ceiling: pg2es's documents replayed through _bulk into a fresh index (pg2es-bench replay)
+#   3. pg2es full load into a fresh index: docs/s, peak RSS, CPU seconds
+#   4. incremental runs: 1 % of films touched, then the fan-out person renamed
+#   5. continuous mode: seconds from the rename's commit until every film shows the new name
+#   6. PGSync on the same catalog (bench/pgsync.sh), when BENCH_PGSYNC=1
+# then writes BENCHMARKS.md (bench/report.py). Everything it creates is named bench_<N>*; it is
+# dropped at the end, and before starting in case a previous run was interrupted.
+# Usage: bench/run.sh [N ...]   (default $BENCH_FILMS, else "10000 100000"; 10k and 1M work too)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+out=bench/out
+export ES_URL=${ES_URL:-http://127.0.0.1:9200}
+export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-app} PGPASSWORD=${PGPASSWORD:-123qwe}
+export ES_SCHEMA_FILE=${ES_SCHEMA_FILE:-$root/../shared/fixtures/movies/es_schema.json}
+export ETL_BATCH_SIZE=${ETL_BATCH_SIZE:-500}
+export LOG_FORMAT=json RUST_LOG=${RUST_LOG:-info}
+concurrency=${BENCH_CONCURRENCY:-1}
+seed=${BENCH_SEED:-42}
+report=${BENCH_REPORT:-BENCHMARKS.md}
+fanout_person=f0f0f0f0-0000-4000-8000-000000000001
+read -r -a sizes <<< "${*:-${BENCH_FILMS:-10000 100000}}"
+
+say() { echo "bench: $*" >&2; }
+die() { say "$*"; exit 1; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+films_of() { # 10k -> 10000, 1M -> 1000000
+  local v=${1,,}
+  case $v in
+    *k) v=$(( ${v%k} * 1000 )) ;;
+    *m) v=$(( ${v%m} * 1000000 )) ;;
+  esac
+  [[ $v =~ ^[1-9][0-9]*$ ]] || die "catalog size '$1' is not a number of films (10000, 10k, 1M)"
+  echo "$v"
+}
+psql_bench() { psql -X -v ON_ERROR_STOP=1 -q -At -d "bench_$n" "$@"; }
+
+for tool in curl jq psql python3; do command -v $tool >/dev/null || die "$tool not found"; done
+[ -x /usr/bin/time ] || { say "installing GNU time"; apt-get install -y -qq time >/dev/null; }
+[ -r "$ES_SCHEMA_FILE" ] || die "cannot read $ES_SCHEMA_FILE (set ES_SCHEMA_FILE or SHARED)"
+curl -sf "$ES_URL" >/dev/null || die "no Elasticsearch at $ES_URL (scripts/stack.sh up)"
+psql -X -d postgres -Atc 'SELECT 1' >/dev/null || die "no Postgres at $PGHOST:$PGPORT (scripts/stack.sh up)"
+
+for i in "${!sizes[@]}"; do sizes[i]=$(films_of "${sizes[i]}"); done
+
+cleanup() { # the indices and the database of one size
+  local n=$1
+  curl -s -o /dev/null -XDELETE "$ES_URL/bench_${n}_*"
+  psql -X -q -d postgres -c "DROP DATABASE IF EXISTS bench_$n WITH (FORCE)" 2>/dev/null || true
+  rm -f "$out/$n/docs.ndjson"
+}
+cleanup_all() { for n in "${sizes[@]}"; do cleanup "$n"; done; }
+trap cleanup_all EXIT
+
+say "building (cargo build --release --locked)"
+cargo build --release --locked --quiet
+mkdir -p "$out"
+
+# run_pg2es LABEL INDEX [ENV=VALUE ...]: `pg2es run --once` under /usr/bin/time; prints the wall seconds.
+run_pg2es() {
+  local label=$1 index=$2; shift 2
+  local started wall
+  started=$(now)
+  env PG_DSN="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/bench_$n" ES_INDEX="$index" \
+      ETL_STATE_FILE="$dir/$index-state.json" ETL_DEAD_LETTER_FILE="$dir/$index-dead-letter.jsonl" "$@" \
+      /usr/bin/time -v -o "$dir/$label.time" target/release/pg2es run --once 2>"$dir/$label.log" \
+    || die "pg2es failed ($label), see $dir/$label.log"
+  wall=$(since "$started")
+  # Docs re-indexed and the cycle's own time, from the per-cycle log lines.
+  jq -s --argjson wall "$wall" --arg name "$label" '
+      map(select(.fields.message == "cycle done").fields)
+      | { run: $name, wall_sec: $wall, films: (map(.films) | add), stored: (map(.stored) | add),
+          dead_lettered: (map(.dead_lettered) | add), cycle_ms: (map(.elapsed_ms) | add) }' "$dir/$label.log" \
+    | jq --arg rss "$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/$label.time")" \
+         --arg user "$(awk -F': ' '/User time/ {print $2}' "$dir/$label.time")" \
+         --arg sys "$(awk -F': ' '/System time/ {print $2}' "$dir/$label.time")" \
+         '. + { peak_rss_kb: ($rss | tonumber), cpu_sec: (($user | tonumber) + ($sys | tonumber)) }' > "$dir/$label.json"
+  say "$label: $(jq -c . "$dir/$label.json")"
+}
+
+fresh_index() { # create INDEX from ES_SCHEMA_FILE, dropping a previous one
+  curl -s -o /dev/null -XDELETE "$ES_URL/$1"
+  curl -sf -o /dev/null -XPUT "$ES_URL/$1" -H 'content-type: application/json' --data-binary @"$ES_SCHEMA_FILE" || die "cannot create index $1"
+}
+
+for n in "${sizes[@]}"; do
+  dir=$out/$n
+  cleanup "$n"
+  rm -rf "$dir" && mkdir -p "$dir"
+  say "== $n films =="
+
+  started=$(now)
+  bench/gen.sh "$n" "$seed" | tee "$dir/gen.txt" >&2
+  gen_sec=$(since "$started")
+
+  # The documents pg2es produces, dumped from a scratch load, then replayed as the ceiling.
+  run_pg2es scratch "bench_${n}_docs"
+  target/release/pg2es-bench dump --index "bench_${n}_docs" --out "$dir/docs.ndjson" >"$dir/dump.json"
+  curl -s -o /dev/null -XDELETE "$ES_URL/bench_${n}_docs"
+  target/release/pg2es-bench replay --index "bench_${n}_ceiling" --file "$dir/docs.ndjson" --concurrency "$concurrency" >"$dir/ceiling.json"
+  say "ceiling: $(cat "$dir/ceiling.json")"
+  curl -s -o /dev/null -XDELETE "$ES_URL/bench_${n}_ceiling"
+  rm -f "$dir/docs.ndjson"
+
+  # Full load into a fresh index (created beforehand, as the replay's is).
+  fresh_index "bench_${n}_pg2es"
+  run_pg2es full "bench_${n}_pg2es"
+  indexed=$(curl -sf -XPOST "$ES_URL/bench_${n}_pg2es/_refresh" >/dev/null && curl -sf "$ES_URL/bench_${n}_pg2es/_count" | jq .count)
+  [ "$indexed" = "$n" ] || die "the full load left $indexed documents for $n films"
+
+  # Each change is committed 2 s before the run, past pg2es's commit horizon (ETL_CLOCK_SKEW_MS,
+  # 1 s): otherwise the next run would read it again.
+  touched=$(( (n + 99) / 100 ))
+  psql_bench -c "UPDATE content.film_work SET updated_at = now() WHERE id IN (SELECT id FROM content.film_work ORDER BY id LIMIT $touched)"
+  sleep 2
+  run_pg2es incremental "bench_${n}_pg2es"
+
+  fanout_films=$(psql_bench -c "SELECT count(DISTINCT film_work_id) FROM content.person_film_work WHERE person_id = '$fanout_person'")
+  psql_bench -c "UPDATE content.person SET full_name = 'Fanout Renamed', updated_at = now() WHERE id = '$fanout_person'"
+  sleep 2
+  run_pg2es fanout "bench_${n}_pg2es"
+
+  # Continuous mode: pg2es polls every second; rename once its first cycle is done.
+  env PG_DSN="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/bench_$n" ES_INDEX="bench_${n}_pg2es" ETL_CYCLE_SEC=1 \
+      ETL_STATE_FILE="$dir/bench_${n}_pg2es-state.json" ETL_DEAD_LETTER_FILE="$dir/continuous-dead-letter.jsonl" \
+      target/release/pg2es run 2>"$dir/continuous.log" &
+  pg2es_pid=$!
+  for _ in $(seq 600); do grep -q '"cycle done"' "$dir/continuous.log" && break; sleep 0.1; done
+  grep -q '"cycle done"' "$dir/continuous.log" || { kill -TERM "$pg2es_pid"; die "continuous pg2es did no cycle in 60 s"; }
+  PG_DSN="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/bench_$n" target/release/pg2es-bench visibility \
+      --index "bench_${n}_pg2es" --person-id "$fanout_person" --expect "$fanout_films" >"$dir/visibility.json" \
+    || { kill -TERM "$pg2es_pid"; die "the rename did not become visible, see $dir/continuous.log"; }
+  kill -TERM "$pg2es_pid"
+  wait "$pg2es_pid" || die "continuous pg2es did not stop cleanly, see $dir/continuous.log"
+  say "visibility: $(cat "$dir/visibility.json")"
+
+  pgsync='null'
+  if [ "${BENCH_PGSYNC:-0}" = 1 ]; then
+    bench/pgsync.sh "$n" "$dir" >"$dir/pgsync.json" 2>"$dir/pgsync.log" || true
+    pgsync=$(jq -c . "$dir/pgsync.json" 2>/dev/null || echo null)
+    say "pgsync: $pgsync"
+  fi
+
+  jq -n --argjson films "$n" --argjson seed "$seed" --argjson gen_sec "$gen_sec" --arg gen "$(cat "$dir/gen.txt")" \
+        --argjson touched "$touched" --argjson fanout_films "$fanout_films" \
+        --slurpfile ceiling "$dir/ceiling.json" --slurpfile full "$dir/full.json" \
+        --slurpfile incremental "$dir/incremental.json" --slurpfile fanout "$dir/fanout.json" \
+        --slurpfile visibility "$dir/visibility.json" --argjson pgsync "$pgsync" \
+        '{ films: $films, seed: $seed, gen_sec: $gen_sec, gen: $gen, touched: $touched, fanout_films: $fanout_films,
+           ceiling: $ceiling[0], full: $full[0], incremental: $incremental[0], fanout: $fanout[0],
+           visibility: $visibility[0], pgsync: $pgsync }' > "$out/results-$n.json"
+  cleanup "$n"
+done
+
+results=()
+for n in "${sizes[@]}"; do results+=("$out/results-$n.json"); done
+python3 bench/report.py --command "${BENCH_COMMAND:-bench/run.sh ${sizes[*]}}" --out "$report" "${results[@]}"
+say "wrote $report"
