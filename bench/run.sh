@@ -5,7 +5,7 @@
 #   3. pg2es full load into a fresh index: docs/s, peak RSS, CPU seconds
 #   4. incremental runs: 1 % of films touched, then the fan-out person renamed
 #   5. continuous mode: seconds from the rename's commit until every film shows the new name
-#   6. PGSync on the same catalog (bench/pgsync.sh), when BENCH_PGSYNC=1
+#   6. PGSync, a peer, on the same catalog (bench/pgsync.sh; BENCH_PGSYNC=0 skips it)
 # then writes BENCHMARKS.md (bench/report.py). Everything it creates is named bench_<N>*; it is
 # dropped at the end, and before starting in case a previous run was interrupted.
 # Usage: bench/run.sh [N ...]   (default $BENCH_FILMS, else "10000 100000"; 10k and 1M work too)
@@ -50,6 +50,8 @@ for i in "${!sizes[@]}"; do sizes[i]=$(films_of "${sizes[i]}"); done
 cleanup() { # the indices and the database of one size
   local n=$1
   curl -s -o /dev/null -XDELETE "$ES_URL/bench_${n}_*"
+  # PGSync's replication slot, if its run was interrupted: it would block the drop and keep WAL.
+  psql -X -q -d "bench_$n" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database()" >/dev/null 2>&1 || true
   psql -X -q -d postgres -c "DROP DATABASE IF EXISTS bench_$n WITH (FORCE)" 2>/dev/null || true
   rm -f "$out/$n/docs.ndjson"
 }
@@ -139,7 +141,7 @@ for n in "${sizes[@]}"; do
   say "visibility: $(cat "$dir/visibility.json")"
 
   pgsync='null'
-  if [ "${BENCH_PGSYNC:-0}" = 1 ]; then
+  if [ "${BENCH_PGSYNC:-1}" = 1 ]; then
     bench/pgsync.sh "$n" "$dir" >"$dir/pgsync.json" 2>"$dir/pgsync.log" || true
     pgsync=$(jq -c . "$dir/pgsync.json" 2>/dev/null || echo null)
     say "pgsync: $pgsync"
