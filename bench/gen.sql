@@ -6,7 +6,7 @@
 -- Shape (reference: 999 films, 26 genres, 2231 genre links, 5783 person links, 4166 persons):
 --   26 genres; 1-4 genres per film (mean 2.2); 2-10 person links per film (mean 5.8), roles
 --   actor/director/writer 59/14/27 %; persons = regular links / 1.4, each in 1 or 2 films;
---   titles 2-4 words, descriptions ~200 chars (25 % NULL), 10 % of titles, descriptions and
+--   titles 2-5 words, descriptions ~200 chars (25 % NULL), 10 % of titles, descriptions and
 --   names Cyrillic; ratings 0-10 (2 % NULL). One known person, the fan-out person
 --   f0f0f0f0-0000-4000-8000-000000000001, is an actor in films 1..min(10000, n).
 \set ON_ERROR_STOP on

@@ -5,9 +5,13 @@
 # (docs/s, peak RSS, CPU, how many sampled documents equal pg2es's in bench_<N>_pg2es).
 # Installs PGSync into bench/.venv and Redis from Debian (run on 127.0.0.1:$BENCH_REDIS_PORT for
 # this script only) when they are missing.
-# Usage: bench/pgsync.sh N DIR   (env as bench/run.sh sets it: ES_URL, PG*, ES_SCHEMA_FILE, ETL_BATCH_SIZE)
+# Usage: bench/pgsync.sh N DIR   (after bench/run.sh's full load of N: bench_<N> and bench_<N>_pg2es exist)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-app} PGPASSWORD=${PGPASSWORD:-123qwe}
+ES_URL=${ES_URL:-http://127.0.0.1:9200}
+ES_SCHEMA_FILE=${ES_SCHEMA_FILE:-$root/../shared/fixtures/movies/es_schema.json}
+ETL_BATCH_SIZE=${ETL_BATCH_SIZE:-500}
 n=${1:?usage: bench/pgsync.sh N DIR}
 dir=$(cd "${2:?usage: bench/pgsync.sh N DIR}" && pwd)
 db=bench_$n index=bench_${n}_pgsync
