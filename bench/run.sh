@@ -62,7 +62,8 @@ say "building (cargo build --release --locked)"
 cargo build --release --locked --quiet
 mkdir -p "$out"
 
-# run_pg2es LABEL INDEX [ENV=VALUE ...]: `pg2es run --once` under /usr/bin/time; prints the wall seconds.
+# run_pg2es LABEL INDEX [ENV=VALUE ...]: `pg2es run --once` under /usr/bin/time; writes $dir/LABEL.json
+# (wall seconds, docs re-indexed, cycle time, peak RSS, CPU seconds).
 run_pg2es() {
   local label=$1 index=$2; shift 2
   local started wall
