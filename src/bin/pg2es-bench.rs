@@ -142,9 +142,9 @@ async fn replay(config: &Config, file: &PathBuf, concurrency: usize) -> BenchRes
         let doc: MovieDocument = serde_json::from_str(&line).map_err(|e| format!("{}:{}: {e}", file.display(), n + 1))?;
         encoded.push(bulk::encode(&config.es_index, &doc.id.to_string(), &doc).map_err(|e| e.to_string())?);
     }
-    let bodies: Vec<Vec<u8>> =
+    let bodies: Vec<bytes::Bytes> =
         bulk::chunk(&encoded, config.batch_size, config.bulk_max_bytes).into_iter().map(|r| bulk::body(&encoded[r])).collect();
-    let (docs, requests, bytes) = (encoded.len(), bodies.len(), bodies.iter().map(Vec::len).sum::<usize>());
+    let (docs, requests, bytes) = (encoded.len(), bodies.len(), bodies.iter().map(bytes::Bytes::len).sum::<usize>());
     if docs == 0 {
         return Err(format!("{} holds no document", file.display()));
     }
@@ -180,7 +180,7 @@ async fn replay(config: &Config, file: &PathBuf, concurrency: usize) -> BenchRes
 }
 
 /// One `_bulk` request; every item must be stored. Returns the number of items.
-async fn bulk_request(http: &reqwest::Client, url: &str, body: Vec<u8>) -> BenchResult<usize> {
+async fn bulk_request(http: &reqwest::Client, url: &str, body: bytes::Bytes) -> BenchResult<usize> {
     let resp = http
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")

@@ -123,11 +123,7 @@ impl Checkpoint {
 
     /// Advances one stream and makes it durable before returning.
     pub fn commit(&mut self, stream: Stream, to: Watermark) -> Result<()> {
-        let mut next = self.state.clone();
-        next.try_advance(stream, to).map_err(|reason| Error::State { path: self.path.clone(), reason })?;
-        write_atomically(&self.path, &next)?;
-        self.state = next;
-        Ok(())
+        self.commit_many(&[(stream, to)])
     }
 
     /// Sets several streams at once, durably (used for the starting positions of a first load).

@@ -44,12 +44,13 @@ pub fn chunk(docs: &[EncodedDoc], max_docs: usize, max_bytes: usize) -> Vec<std:
     ranges
 }
 
-pub fn body(docs: &[EncodedDoc]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(docs.iter().map(|d| d.lines.len()).sum());
+/// One `_bulk` request body. `Bytes`, so that sending it again on a retry copies nothing.
+pub fn body<'a>(docs: impl IntoIterator<Item = &'a EncodedDoc> + Clone) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(docs.clone().into_iter().map(|d| d.lines.len()).sum());
     for d in docs {
         out.extend_from_slice(&d.lines);
     }
-    out
+    out.into()
 }
 
 #[derive(Debug, Deserialize)]

@@ -91,7 +91,7 @@ impl ElasticsearchSink {
         self.base.join(path).unwrap_or_else(|_| self.base.clone())
     }
 
-    async fn send(&self, method: Method, path: &str, context: &'static str, body: Option<(Vec<u8>, &'static str)>) -> Result<(u16, Vec<u8>)> {
+    async fn send(&self, method: Method, path: &str, context: &'static str, body: Option<(bytes::Bytes, &'static str)>) -> Result<(u16, Vec<u8>)> {
         let mut req = self.http.request(method, self.url(path));
         req = match &self.auth {
             EsAuth::None => req,
@@ -113,7 +113,7 @@ impl ElasticsearchSink {
     }
 
     /// Like `send`, but any status other than 2xx is an error carrying the body.
-    async fn send_ok(&self, method: Method, path: &str, context: &'static str, body: Option<(Vec<u8>, &'static str)>) -> Result<Vec<u8>> {
+    async fn send_ok(&self, method: Method, path: &str, context: &'static str, body: Option<(bytes::Bytes, &'static str)>) -> Result<Vec<u8>> {
         let (status, bytes) = self.send(method, path, context, body).await?;
         if (200..300).contains(&status) {
             Ok(bytes)
@@ -130,7 +130,7 @@ impl ElasticsearchSink {
             200 => IndexBootstrap::Existing,
             404 => {
                 let body = serde_json::to_vec(definition).map_err(|e| Error::Config(e.to_string()))?;
-                let (status, resp) = self.send(Method::PUT, &self.index, "create index", Some((body, "application/json"))).await?;
+                let (status, resp) = self.send(Method::PUT, &self.index, "create index", Some((body.into(), "application/json"))).await?;
                 match status {
                     200..=299 => {
                         tracing::info!(index = %self.index, "created index");
@@ -167,7 +167,7 @@ impl ElasticsearchSink {
         let mut pending: Vec<&EncodedDoc> = docs.iter().collect();
         let mut delays = self.retry.delays();
         for attempt in 1..=MAX_ITEM_ATTEMPTS {
-            let body: Vec<u8> = pending.iter().flat_map(|d| d.lines.iter().copied()).collect();
+            let body = bulk::body(pending.iter().copied());
             let raw = retry(&self.retry, shutdown, "bulk", || {
                 self.send_ok(Method::POST, "_bulk", "bulk", Some((body.clone(), "application/x-ndjson")))
             })
@@ -216,13 +216,6 @@ impl ElasticsearchSink {
         self.send_ok(Method::POST, &format!("{}/_refresh", self.index), "refresh", None).await.map(|_| ())
     }
 
-    pub async fn count(&self) -> Result<u64> {
-        let raw = self.send_ok(Method::GET, &format!("{}/_count", self.index), "count", None).await?;
-        let v: Value = serde_json::from_slice(&raw)
-            .map_err(|e| Error::ElasticsearchStatus { context: "count", status: 200, body: e.to_string() })?;
-        Ok(v.get("count").and_then(Value::as_u64).unwrap_or(0))
-    }
-
     /// Up to `size` documents that have an `id`, sorted by it (keyword order), after the one whose
     /// `id` is `after`. `size` is at most `index.max_result_window` (10 000 by default).
     pub async fn documents_after(&self, after: Option<&str>, size: usize, shutdown: &Shutdown) -> Result<Vec<StoredDocument>> {
@@ -254,7 +247,7 @@ impl ElasticsearchSink {
     }
 
     async fn search(&self, query: &Value, context: &'static str, shutdown: &Shutdown) -> Result<SearchResponse> {
-        let body = serde_json::to_vec(query).map_err(|e| Error::Config(e.to_string()))?;
+        let body = bytes::Bytes::from(serde_json::to_vec(query).map_err(|e| Error::Config(e.to_string()))?);
         let path = format!("{}/_search", self.index);
         let raw = retry(&self.retry, shutdown, context, || {
             self.send_ok(Method::POST, &path, context, Some((body.clone(), "application/json")))
