@@ -7,6 +7,7 @@
 mod queries;
 
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
@@ -138,6 +139,29 @@ impl PgSource {
         rows.iter().map(film_from_row).collect()
     }
 
+    /// Every film in id order (after `after` when given), streamed: rows are decoded as they are
+    /// consumed, and the connection stops reading from the socket while the consumer is behind,
+    /// so memory does not grow with the table. Postgres holds one snapshot for the whole scan.
+    pub async fn scan_films(&self, after: Option<Uuid>) -> Result<impl futures_util::Stream<Item = Result<FilmWork>> + Send + 'static> {
+        let rows = match after {
+            Some(id) => self.client.query_raw(&self.statements.scan_after, [&id as &(dyn tokio_postgres::types::ToSql + Sync)]).await,
+            None => self.client.query_raw(&self.statements.scan_first, std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>()).await,
+        }
+        .map_err(Error::postgres("read every film"))?;
+        Ok(rows.map(|row| row.map_err(Error::postgres("read every film")).and_then(|r| film_from_row(&r))))
+    }
+
+    /// How many films a scan after `after` reads (for progress; a film with the nil id is not
+    /// counted).
+    pub async fn films_left(&self, after: Option<Uuid>) -> Result<u64> {
+        let row = self
+            .client
+            .query_one(&self.statements.count_after, &[&after.unwrap_or_else(Uuid::nil)])
+            .await
+            .map_err(Error::postgres("count films"))?;
+        Ok(row.try_get::<_, i64>(0).map_err(Error::postgres("count films"))?.max(0) as u64)
+    }
+
     /// Up to `limit` films with ids after `after`, in id order (uuid byte order), read the same
     /// way as [`PgSource::films`]. Keyset paging: each page is one index range scan.
     pub async fn films_after(&self, after: Uuid, limit: usize) -> Result<Vec<FilmWork>> {
@@ -236,16 +260,38 @@ impl Horizon {
     }
 }
 
+/// One row of the film queries (columns in `queries::FILM_COLUMNS` order) as a film.
 fn film_from_row(row: &tokio_postgres::Row) -> Result<FilmWork> {
     let ctx = Error::postgres;
-    let persons: tokio_postgres::types::Json<Vec<PersonLink>> = row.try_get("persons").map_err(ctx("read persons"))?;
+    let texts = |i: usize, what: &'static str| -> Result<Vec<Option<String>>> {
+        Ok(row.try_get::<_, Option<Vec<Option<String>>>>(i).map_err(ctx(what))?.unwrap_or_default())
+    };
+    let person_ids: Vec<Option<Uuid>> = row.try_get::<_, Option<Vec<Option<Uuid>>>>(5).map_err(ctx("read person ids"))?.unwrap_or_default();
+    let names = texts(6, "read person names")?;
+    let roles = texts(7, "read roles")?;
+    if names.len() != person_ids.len() || roles.len() != person_ids.len() {
+        return Err(Error::SourceSchema(format!(
+            "film {:?}: person ids, names and roles differ in number ({}, {}, {})",
+            row.try_get::<_, Uuid>(0).ok(),
+            person_ids.len(),
+            names.len(),
+            roles.len()
+        )));
+    }
+    let persons = person_ids
+        .into_iter()
+        .zip(names)
+        .zip(roles)
+        // Joined through the person's primary key: the id is never NULL.
+        .filter_map(|((id, name), role)| Some(PersonLink { id: id?, name, role }))
+        .collect();
     Ok(FilmWork {
-        id: row.try_get("id").map_err(ctx("read film id"))?,
-        title: row.try_get("title").map_err(ctx("read title"))?,
-        description: row.try_get("description").map_err(ctx("read description"))?,
-        rating: row.try_get("rating").map_err(ctx("read rating"))?,
-        genres: row.try_get::<_, Vec<Option<String>>>("genres").map_err(ctx("read genres"))?.into_iter().flatten().collect(),
-        persons: persons.0,
+        id: row.try_get(0).map_err(ctx("read film id"))?,
+        title: row.try_get(1).map_err(ctx("read title"))?,
+        description: row.try_get(2).map_err(ctx("read description"))?,
+        rating: row.try_get(3).map_err(ctx("read rating"))?,
+        genres: texts(4, "read genres")?.into_iter().flatten().collect(),
+        persons,
     })
 }
 

@@ -125,6 +125,11 @@ pub struct Statements {
     pub films: Statement,
     /// The next page of films in id order after a given id: the same rows as `films`, for `verify`.
     pub films_after: Statement,
+    /// Every film in id order, streamed, for the first full load; and the same after an id.
+    pub scan_first: Statement,
+    pub scan_after: Statement,
+    /// How many films a scan after an id has left (for progress).
+    pub count_after: Statement,
 }
 
 impl Statements {
@@ -138,6 +143,9 @@ impl Statements {
             fan_out: BTreeMap::new(),
             films: prep(films_sql(s, "WHERE fw.id = ANY($1::uuid[])")).await?,
             films_after: prep(films_sql(s, "WHERE fw.id > $1 ORDER BY fw.id LIMIT $2")).await?,
+            scan_first: prep(films_scan_sql(s, false)).await?,
+            scan_after: prep(films_scan_sql(s, true)).await?,
+            count_after: prep(format!(r#"SELECT count(*) FROM "{s}".film_work WHERE id > $1"#)).await?,
         };
         for stream in Stream::ALL {
             let (table, ts) = (stream.table(), layout.ts(stream));
@@ -185,18 +193,43 @@ impl Statements {
     }
 }
 
-/// One row per film: its own columns, its genre names, and its people as a JSON array; `filter`
-/// picks the films (a fixed clause, values are parameters).
+/// The columns every film query returns, read by position in `film_from_row`: the film's own
+/// columns, its genre names, and its people as three parallel arrays (id, name, role). Arrays
+/// decode in the binary protocol with no JSON parsing on either side.
+const FILM_COLUMNS: &str = "fw.id, fw.title::text, fw.description::text, fw.rating::float8, g.names, p.ids, p.names, p.roles";
+
+/// Films picked by `filter` (a fixed clause, values are parameters), each film's links looked up
+/// through the link tables' `film_work_id` indexes: cheap for a few hundred ids.
 fn films_sql(s: &str, filter: &str) -> String {
     format!(
-        r#"SELECT fw.id, fw.title::text AS title, fw.description::text AS description, fw.rating::float8 AS rating,
-    ARRAY(SELECT g.name::text FROM "{s}".genre_film_work gfw JOIN "{s}".genre g ON g.id = gfw.genre_id
-          WHERE gfw.film_work_id = fw.id) AS genres,
-    COALESCE((SELECT json_agg(json_build_object('id', p.id, 'name', p.full_name::text, 'role', pfw.role::text))
-              FROM "{s}".person_film_work pfw JOIN "{s}".person p ON p.id = pfw.person_id
-              WHERE pfw.film_work_id = fw.id), '[]'::json) AS persons
+        r#"SELECT {FILM_COLUMNS}
 FROM "{s}".film_work fw
+LEFT JOIN LATERAL (SELECT array_agg(g.name::text) AS names
+                   FROM "{s}".genre_film_work gfw JOIN "{s}".genre g ON g.id = gfw.genre_id
+                   WHERE gfw.film_work_id = fw.id) g ON true
+LEFT JOIN LATERAL (SELECT array_agg(p.id) AS ids, array_agg(p.full_name::text) AS names, array_agg(pfw.role::text) AS roles
+                   FROM "{s}".person_film_work pfw JOIN "{s}".person p ON p.id = pfw.person_id
+                   WHERE pfw.film_work_id = fw.id) p ON true
 {filter}"#
+    )
+}
+
+/// Every film in id order (after `$1` when `after`), for the first full load. The links are
+/// aggregated per film in whole-table joins the planner can merge or hash, instead of a lookup per
+/// film: measured on 100k films, 2.5 s of Postgres time against 9.6 s for the lookup form.
+fn films_scan_sql(s: &str, after: bool) -> String {
+    let (film, link) = if after { ("WHERE fw.id > $1", "WHERE l.film_work_id > $1") } else { ("", "") };
+    format!(
+        r#"SELECT {FILM_COLUMNS}
+FROM "{s}".film_work fw
+LEFT JOIN (SELECT l.film_work_id, array_agg(g.name::text) AS names
+           FROM "{s}".genre_film_work l JOIN "{s}".genre g ON g.id = l.genre_id
+           {link} GROUP BY l.film_work_id) g ON g.film_work_id = fw.id
+LEFT JOIN (SELECT l.film_work_id, array_agg(p.id) AS ids, array_agg(p.full_name::text) AS names, array_agg(l.role::text) AS roles
+           FROM "{s}".person_film_work l JOIN "{s}".person p ON p.id = l.person_id
+           {link} GROUP BY l.film_work_id) p ON p.film_work_id = fw.id
+{film}
+ORDER BY fw.id"#
     )
 }
 
