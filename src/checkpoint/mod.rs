@@ -20,8 +20,11 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
-/// The state format this build writes; it refuses to read newer ones.
-pub const STATE_VERSION: u32 = 1;
+/// The state format this build writes; it refuses to read newer ones. Version 2 added the first
+/// load's position (`snapshot`) and the index settings to restore (`tuned`); a version 1 file has
+/// neither and reads as such.
+pub const STATE_VERSION: u32 = 2;
+const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// One change feed of the source: a table whose changed rows lead to films to re-index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -62,11 +65,36 @@ pub struct State {
     /// The index these watermarks were loaded into: state is refused for another index.
     pub index: String,
     pub watermarks: BTreeMap<Stream, Watermark>,
+    /// The first full load, which reads every film in id order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshot>,
+    /// Index settings changed for the full load, with the values to put back (`None`: the
+    /// setting was not set on the index, and is reset to its default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned: Option<BTreeMap<String, Option<String>>>,
+}
+
+/// Progress of the first full load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Every film with an id up to this one is loaded (`None`: none yet).
+    pub after: Option<Uuid>,
+    pub done: bool,
 }
 
 impl State {
     pub fn new(index: &str) -> State {
-        State { version: STATE_VERSION, index: index.to_string(), watermarks: BTreeMap::new() }
+        State { version: STATE_VERSION, index: index.to_string(), ..State::default() }
+    }
+
+    /// True before anything was ever loaded: the next cycle starts the full load.
+    pub fn needs_full_load(&self) -> bool {
+        self.snapshot.is_none() && self.watermarks.is_empty()
+    }
+
+    /// The full load's position while it is under way.
+    pub fn snapshot_in_progress(&self) -> Option<Snapshot> {
+        self.snapshot.filter(|s| !s.done)
     }
 
     pub fn watermark(&self, stream: Stream) -> Option<Watermark> {
@@ -126,12 +154,60 @@ impl Checkpoint {
         self.commit_many(&[(stream, to)])
     }
 
-    /// Sets several streams at once, durably (used for the starting positions of a first load).
+    /// Sets several streams at once, durably.
     pub fn commit_many(&mut self, marks: &[(Stream, Watermark)]) -> Result<()> {
+        self.update(|next| {
+            for (stream, to) in marks {
+                next.try_advance(*stream, *to)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Starts the full load: every stream at the position given (its newest row), films from
+    /// the first id. Changes after those positions are read by the streams once the load is done.
+    pub fn begin_full_load(&mut self, marks: &[(Stream, Watermark)]) -> Result<()> {
+        self.update(|next| {
+            if !next.needs_full_load() {
+                return Err("a full load was already started".into());
+            }
+            next.snapshot = Some(Snapshot::default());
+            for (stream, to) in marks {
+                next.try_advance(*stream, *to)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Moves the full load forward: every film up to `after` (by id) is loaded; `done` when no
+    /// film is left.
+    pub fn advance_full_load(&mut self, to: Snapshot) -> Result<()> {
+        self.update(|next| match next.snapshot {
+            Some(current) if current.done => Err("the full load is already done".into()),
+            Some(current) if to.after < current.after => {
+                Err(format!("full load would move back from film {:?} to {:?}", current.after, to.after))
+            }
+            Some(_) => {
+                next.snapshot = Some(to);
+                Ok(())
+            }
+            None => Err("no full load under way".into()),
+        })
+    }
+
+    /// Records (or, with `None`, clears) the index settings to put back after the full load.
+    pub fn set_tuned(&mut self, tuned: Option<BTreeMap<String, Option<String>>>) -> Result<()> {
+        self.update(|next| {
+            next.tuned = tuned;
+            Ok(())
+        })
+    }
+
+    /// Applies `change` to a copy of the state, writes it, and only then adopts it.
+    fn update(&mut self, change: impl FnOnce(&mut State) -> Result<(), String>) -> Result<()> {
         let mut next = self.state.clone();
-        for (stream, to) in marks {
-            next.try_advance(*stream, *to).map_err(|reason| Error::State { path: self.path.clone(), reason })?;
-        }
+        change(&mut next).map_err(|reason| Error::State { path: self.path.clone(), reason })?;
+        next.version = STATE_VERSION;
         write_atomically(&self.path, &next)?;
         self.state = next;
         Ok(())
@@ -155,7 +231,7 @@ fn parse_state(path: &Path, bytes: &[u8], index: &str) -> Result<State> {
         bad(format!("is not valid JSON ({e}); it may be corrupt: restore it from a backup, or delete it to reload everything"))
     })?;
     match probe.get("version").and_then(|v| v.as_u64()) {
-        Some(v) if v == u64::from(STATE_VERSION) => {}
+        Some(v) if (u64::from(OLDEST_READABLE_VERSION)..=u64::from(STATE_VERSION)).contains(&v) => {}
         Some(v) if v > u64::from(STATE_VERSION) => {
             return Err(bad(format!(
                 "was written by a newer pg2es (state version {v}, this build reads {STATE_VERSION}); upgrade pg2es"
@@ -226,6 +302,50 @@ mod tests {
         assert_eq!(c.state().watermark(Stream::FilmWork), Some(wm(100, 1)));
         assert_eq!(c.state().watermark(Stream::Person), Some(wm(6, 3)));
         assert!(!path.with_extension("tmp").exists());
+    }
+
+    #[test]
+    fn the_full_load_moves_forward_durably_and_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let mut c = Checkpoint::open(&path, "movies").unwrap();
+        assert!(c.state().needs_full_load());
+        c.begin_full_load(&[(Stream::Genre, wm(5, 2))]).unwrap();
+        assert!(!c.state().needs_full_load());
+        assert!(c.begin_full_load(&[]).is_err(), "a second start is refused");
+        c.advance_full_load(Snapshot { after: Some(Uuid::from_u128(9)), done: false }).unwrap();
+        let back = c.advance_full_load(Snapshot { after: Some(Uuid::from_u128(3)), done: false }).unwrap_err();
+        assert!(back.to_string().contains("move back"), "{back}");
+        let mut tuned = BTreeMap::new();
+        tuned.insert("index.refresh_interval".to_string(), Some("1s".to_string()));
+        tuned.insert("index.number_of_replicas".to_string(), None);
+        c.set_tuned(Some(tuned.clone())).unwrap();
+        drop(c);
+        let mut c = Checkpoint::open(&path, "movies").unwrap();
+        assert_eq!(c.state().snapshot_in_progress(), Some(Snapshot { after: Some(Uuid::from_u128(9)), done: false }));
+        assert_eq!(c.state().tuned, Some(tuned));
+        assert_eq!(c.state().watermark(Stream::Genre), Some(wm(5, 2)));
+        c.advance_full_load(Snapshot { after: Some(Uuid::from_u128(9)), done: true }).unwrap();
+        assert_eq!(c.state().snapshot_in_progress(), None);
+        assert!(!c.state().needs_full_load());
+        assert!(c.advance_full_load(Snapshot { after: Some(Uuid::from_u128(10)), done: false }).is_err());
+    }
+
+    #[test]
+    fn a_version_1_state_reads_as_one_without_a_full_load_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        std::fs::write(
+            &path,
+            r#"{"version": 1, "index": "movies", "watermarks": {"film_work": {"ts": "2021-06-16T20:14:09Z", "id": "00000000-0000-0000-0000-000000000001"}}}"#,
+        )
+        .unwrap();
+        let mut c = Checkpoint::open(&path, "movies").unwrap();
+        assert_eq!(c.state().snapshot, None);
+        assert!(!c.state().needs_full_load());
+        c.commit(Stream::Genre, wm(5, 2)).unwrap();
+        let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(written["version"], STATE_VERSION);
     }
 
     #[test]
