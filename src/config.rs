@@ -36,6 +36,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { env: "ES_PASSWORD", default: None, help: "Elasticsearch basic-auth password", secret: true },
     Setting { env: "ES_API_KEY", default: None, help: "Elasticsearch API key (base64 id:key), instead of basic auth", secret: true },
     setting("ES_BULK_MAX_BYTES", Some("8388608"), "largest bulk request body in bytes"),
+    setting("ES_BULK_CONCURRENCY", Some("2"), "bulk requests in flight at once (progress is still saved in order)"),
     setting("ETL_BATCH_SIZE", Some("500"), "rows read per query and documents per bulk request"),
     setting("ETL_CYCLE_SEC", Some("10"), "pause between two cycles in continuous mode (seconds, may be fractional)"),
     setting("ETL_STATE_FILE", Some("state/pg2es-state.json"), "durable watermarks; a .lock file beside it keeps one instance"),
@@ -92,6 +93,7 @@ pub struct Config {
     pub es_auth: EsAuth,
     pub es_ca_file: Option<PathBuf>,
     pub bulk_max_bytes: usize,
+    pub bulk_concurrency: usize,
     pub batch_size: usize,
     pub cycle: Duration,
     pub state_file: PathBuf,
@@ -360,6 +362,7 @@ impl Config {
             es_auth,
             es_ca_file: src.string("ES_CA_FILE").map(PathBuf::from),
             bulk_max_bytes: src.number("ES_BULK_MAX_BYTES", 1024usize, 1 << 30, "a whole number of bytes")?,
+            bulk_concurrency: src.number("ES_BULK_CONCURRENCY", 1usize, 64, "a whole number of requests")?,
             batch_size: src.number("ETL_BATCH_SIZE", 1usize, 100_000, "a whole number")?,
             cycle: Duration::from_secs_f64(cycle_sec),
             state_file: path_setting(src, "ETL_STATE_FILE")?,
@@ -414,6 +417,7 @@ impl Config {
             line(&mut out, "ES_CA_FILE", &ca.display());
         }
         line(&mut out, "ES_BULK_MAX_BYTES", &self.bulk_max_bytes);
+        line(&mut out, "ES_BULK_CONCURRENCY", &self.bulk_concurrency);
         line(&mut out, "ETL_BATCH_SIZE", &self.batch_size);
         line(&mut out, "ETL_CYCLE_SEC", &self.cycle.as_secs_f64());
         line(&mut out, "ETL_STATE_FILE", &self.state_file.display());
@@ -564,6 +568,7 @@ mod tests {
             ("ES_INDEX", "Movies"),
             ("ES_INDEX", "_x"),
             ("ES_BULK_MAX_BYTES", "12"),
+            ("ES_BULK_CONCURRENCY", "0"),
             ("PG_SCHEMA", "content; drop"),
             ("ETL_TIMESTAMP_COLUMN", "updated at"),
             ("ETL_BACKOFF_MAX_SEC", "0"),

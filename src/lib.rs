@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod pipeline;
+pub mod progress;
 pub mod retry;
 pub mod shutdown;
 pub mod sink;

@@ -1,20 +1,28 @@
 //! Wires source -> transform -> sink -> checkpoint.
 //!
 //! Within a cycle the reader (Postgres) and the writer (Elasticsearch) run at once, joined by a
-//! bounded channel. Each batch carries the watermark it completes; the writer commits it only
-//! after the sink has stored (or dead-lettered) every document of the batch, in order.
+//! bounded channel. The writer keeps up to `ES_BULK_CONCURRENCY` batches loading at once, but
+//! takes their results in the order they were read: each batch carries the position it
+//! completes, committed only after the sink stored (or dead-lettered) every document of it and of
+//! every batch before it.
+//!
+//! The first cycle is a full load: every film in id order through one streamed query, with the
+//! index's refresh and replicas off until it is done. Each table's change stream starts at its
+//! newest row, so changes made during the load are read after it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::checkpoint::{Checkpoint, Stream, Watermark};
+use crate::checkpoint::{Checkpoint, Snapshot, State, Stream, Watermark};
 use crate::config::Config;
 use crate::error::{Error, Result, Retry};
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
-use crate::sink::{bulk, read_index_definition, ElasticsearchSink};
+use crate::progress::Progress;
+use crate::sink::{bulk, read_index_definition, ElasticsearchSink, LoadReport};
 use crate::source::{Horizon, PgSource, PgTls};
 use crate::transform::{to_document, FilmWork};
 
@@ -47,12 +55,22 @@ pub struct CycleReport {
 /// The reader's message to the writer.
 struct Batch {
     films: Vec<FilmWork>,
-    /// Set on the last batch of a page: the stream may advance to here once the batch is stored.
-    completes: Option<(Stream, Watermark)>,
+    /// What may be saved once this batch (and every one before it) is stored.
+    completes: Option<Completes>,
 }
 
+enum Completes {
+    /// The last batch of a page of changes: the stream may advance to here.
+    Stream(Stream, Watermark),
+    /// The full load has loaded every film up to here.
+    FullLoad(Snapshot),
+}
+
+/// Index settings during a full load: no refresh, no replicas (they are copied once at the end).
+pub const FULL_LOAD_SETTINGS: [(&str, &str); 2] = [("index.refresh_interval", "-1"), ("index.number_of_replicas", "0")];
+
 /// Runs until shutdown (continuous) or after one full pass (once). Fatal errors return; transient
-/// ones are waited out with backoff.
+/// ones are waited out with backoff. The index has its own settings again when this returns.
 pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec<CycleReport>> {
     // The lock comes first: a second instance must not even touch Elasticsearch.
     let mut checkpoint = Checkpoint::open(&config.state_file, &config.es_index)?;
@@ -61,7 +79,23 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
     let policy = RetryPolicy { initial: config.backoff_initial, cap: config.backoff_max };
     let bootstrap = retry(&policy, shutdown, "check index", || sink.ensure_index(&definition)).await?;
     tracing::info!(index = %config.es_index, url = %config.es_url, bootstrap = ?bootstrap, state = %config.state_file.display(), "pg2es started");
+    let outcome = run_cycles(config, mode, shutdown, &sink, &mut checkpoint, &policy).await;
+    // A full load cut short (shutdown, a fatal error) leaves the index searchable while stopped.
+    if let Err(e) = restore_settings(&sink, &mut checkpoint, shutdown).await {
+        tracing::warn!(error = %e, "could not put the index settings back; the next start does");
+    }
+    tracing::info!("pg2es stopped");
+    outcome
+}
 
+async fn run_cycles(
+    config: &Config,
+    mode: Mode,
+    shutdown: &Shutdown,
+    sink: &ElasticsearchSink,
+    checkpoint: &mut Checkpoint,
+    policy: &RetryPolicy,
+) -> Result<Vec<CycleReport>> {
     let mut source: Option<PgSource> = None;
     let mut delays = policy.delays();
     let mut reports = Vec::new();
@@ -70,9 +104,9 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
         let outcome = async {
             let src = match source.take() {
                 Some(s) if !s.is_closed() => s,
-                _ => connect_source(config, &policy, shutdown).await?,
+                _ => connect_source(config, policy, shutdown).await?,
             };
-            let report = run_cycle(&src, &sink, &mut checkpoint, config, shutdown).await;
+            let report = run_cycle(&src, sink, checkpoint, config, shutdown).await;
             source = Some(src);
             report
         }
@@ -105,7 +139,6 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
             break;
         }
     }
-    tracing::info!("pg2es stopped");
     Ok(reports)
 }
 
@@ -160,47 +193,95 @@ pub async fn run_cycle(
     // Before reading anything: whatever is not visible yet will be stamped after this point.
     let horizon = source.horizon(&config.commit_horizon).await?;
     log_horizon(&horizon);
-    if checkpoint.state().watermarks.is_empty() {
-        start_first_load(source, checkpoint, &horizon).await?;
+    if checkpoint.state().needs_full_load() {
+        begin_full_load(source, checkpoint, &horizon).await?;
     }
+    let progress = match checkpoint.state().snapshot_in_progress() {
+        Some(_) => {
+            tune_for_full_load(sink, checkpoint, shutdown).await?;
+            Some(Progress::for_stderr())
+        }
+        // Left tuned by a crash after its full load was done.
+        None => {
+            restore_settings(sink, checkpoint, shutdown).await?;
+            None
+        }
+    };
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let start = checkpoint.state().clone();
     let (read, written) = tokio::join!(
-        read_changes(source, &start.watermarks, config.batch_size, tx, shutdown),
-        write_batches(rx, sink, checkpoint, &horizon, shutdown),
+        read_changes(source, &start, config.batch_size, tx, shutdown, progress.as_ref()),
+        write_batches(rx, sink, checkpoint, &horizon, config.bulk_concurrency, shutdown, progress.as_ref()),
     );
+    drop(progress);
     // A writer error is the cause when both failed: the reader only saw the channel close.
     let mut report = written?;
     report.rows = read?;
     report.interrupted |= shutdown.is_triggered();
+    // The full load is over, or stopped by shutdown: the index gets its own settings back.
+    restore_settings(sink, checkpoint, shutdown).await?;
     Ok(report)
 }
 
-/// A first load reads every film anyway, so the other streams start at their newest row instead
-/// of re-indexing every film once per genre, person and link. Their positions are read before the
-/// films are, so a change committed during the load is still seen by the next cycle.
-async fn start_first_load(source: &PgSource, checkpoint: &mut Checkpoint, horizon: &Horizon) -> Result<()> {
+/// A full load reads every film anyway, so every stream starts at its newest row instead of
+/// re-indexing each film once per genre, person and link. The positions are read before the
+/// films are, so a change committed during the load is still read after it.
+async fn begin_full_load(source: &PgSource, checkpoint: &mut Checkpoint, horizon: &Horizon) -> Result<()> {
     let mut marks = Vec::new();
-    for stream in [Stream::Genre, Stream::Person, Stream::GenreFilmWork, Stream::PersonFilmWork] {
+    for stream in Stream::ALL {
         if let Some(head) = source.head(stream).await? {
             marks.push((stream, horizon.cap(head)));
         }
     }
-    checkpoint.commit_many(&marks)?;
-    tracing::info!(streams = marks.len(), "first load: related tables start at their newest row, every film is read");
+    checkpoint.begin_full_load(&marks)?;
+    tracing::info!("full load: every film is read in id order; each table's changes are read from its newest row once it is done");
+    Ok(())
+}
+
+/// Turns refresh and replicas off for the full load, after saving the values to put back.
+async fn tune_for_full_load(sink: &ElasticsearchSink, checkpoint: &mut Checkpoint, shutdown: &Shutdown) -> Result<()> {
+    if checkpoint.state().tuned.is_some() {
+        // A crash during the full load left them off, and the originals on disk.
+        return Ok(());
+    }
+    let keys: Vec<&str> = FULL_LOAD_SETTINGS.iter().map(|(k, _)| *k).collect();
+    let original = sink.settings(&keys, shutdown).await?;
+    // On disk first: a crash after the change still knows what to put back.
+    checkpoint.set_tuned(Some(original.clone()))?;
+    let fast = FULL_LOAD_SETTINGS.iter().map(|(k, v)| (k.to_string(), Some(v.to_string()))).collect();
+    sink.put_settings(&fast, shutdown).await?;
+    tracing::info!(settings = ?FULL_LOAD_SETTINGS, restore = ?original, "index tuned for the full load");
+    Ok(())
+}
+
+/// Puts back the settings `tune_for_full_load` changed, then makes the load visible to search.
+async fn restore_settings(sink: &ElasticsearchSink, checkpoint: &mut Checkpoint, shutdown: &Shutdown) -> Result<()> {
+    let Some(original) = checkpoint.state().tuned.clone() else { return Ok(()) };
+    sink.put_settings(&original, shutdown).await?;
+    sink.refresh().await?;
+    checkpoint.set_tuned(None)?;
+    tracing::info!(settings = ?original, "index settings restored");
     Ok(())
 }
 
 async fn read_changes(
     source: &PgSource,
-    start: &BTreeMap<Stream, Watermark>,
+    start: &State,
     batch_size: usize,
     tx: mpsc::Sender<Batch>,
     shutdown: &Shutdown,
+    progress: Option<&Progress>,
 ) -> Result<BTreeMap<Stream, usize>> {
     let mut rows = BTreeMap::new();
+    if let Some(snapshot) = start.snapshot_in_progress() {
+        let (films, finished) = read_full_load(source, snapshot, batch_size, &tx, shutdown, progress).await?;
+        rows.insert(Stream::FilmWork, films);
+        if !finished {
+            return Ok(rows);
+        }
+    }
     for stream in Stream::ALL {
-        let mut cursor = start.get(&stream).copied();
+        let mut cursor = start.watermark(stream);
         loop {
             if shutdown.is_triggered() {
                 return Ok(rows);
@@ -211,14 +292,14 @@ async fn read_changes(
             let last_chunk = chunks.len().saturating_sub(1);
             if chunks.is_empty() {
                 // Changed rows linked to no film: nothing to load, but the position still moves.
-                if tx.send(Batch { films: Vec::new(), completes: Some((stream, page.last)) }).await.is_err() {
+                if !send(&tx, Vec::new(), Some(Completes::Stream(stream, page.last))).await {
                     return Ok(rows);
                 }
             }
             for (i, ids) in chunks.into_iter().enumerate() {
                 let films = source.films(ids).await?;
-                let completes = (i == last_chunk).then_some((stream, page.last));
-                if tx.send(Batch { films, completes }).await.is_err() {
+                let completes = (i == last_chunk).then_some(Completes::Stream(stream, page.last));
+                if !send(&tx, films, completes).await {
                     return Ok(rows);
                 }
             }
@@ -231,39 +312,112 @@ async fn read_changes(
     Ok(rows)
 }
 
+/// Sends a batch; false when the writer has stopped.
+async fn send(tx: &mpsc::Sender<Batch>, films: Vec<FilmWork>, completes: Option<Completes>) -> bool {
+    tx.send(Batch { films, completes }).await.is_ok()
+}
+
+/// Streams every film after the full load's position, in id order, as batches. Returns the films
+/// read and whether the load reached its end.
+async fn read_full_load(
+    source: &PgSource,
+    from: Snapshot,
+    batch_size: usize,
+    tx: &mpsc::Sender<Batch>,
+    shutdown: &Shutdown,
+    progress: Option<&Progress>,
+) -> Result<(usize, bool)> {
+    if let Some(p) = progress {
+        p.start(source.films_left(from.after).await?);
+    }
+    let films = source.scan_films(from.after).await?;
+    futures_util::pin_mut!(films);
+    let mut read = 0;
+    let mut after = from.after;
+    let mut batch = Vec::with_capacity(batch_size);
+    while let Some(film) = films.next().await {
+        let film = film?;
+        after = Some(film.id);
+        batch.push(film);
+        read += 1;
+        if batch.len() == batch_size {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+            let position = Completes::FullLoad(Snapshot { after, done: false });
+            if !send(tx, full, Some(position)).await || shutdown.is_triggered() {
+                return Ok((read, false));
+            }
+        }
+    }
+    let finished = send(tx, batch, Some(Completes::FullLoad(Snapshot { after, done: true }))).await;
+    Ok((read, finished))
+}
+
+/// What loading one batch did.
+struct Loaded {
+    films: usize,
+    load: LoadReport,
+    unknown_roles: usize,
+    bad_ratings: usize,
+    completes: Option<Completes>,
+}
+
+/// Transforms, encodes and loads one batch.
+async fn load_batch(batch: Batch, sink: &ElasticsearchSink, shutdown: &Shutdown) -> Result<Loaded> {
+    let mut docs = Vec::with_capacity(batch.films.len());
+    let (mut unknown_roles, mut bad_ratings) = (0, 0);
+    for film in &batch.films {
+        let (doc, notes) = to_document(film);
+        unknown_roles += notes.unknown_roles;
+        bad_ratings += notes.bad_ratings;
+        if notes.bad_ratings > 0 {
+            tracing::warn!(film = %doc.id, rating = ?film.rating, "rating cannot be stored in the index, loaded as unknown");
+        }
+        let id = doc.id.to_string();
+        docs.push(bulk::encode(sink.index(), &id, &doc).map_err(|e| Error::Config(format!("cannot encode film {id}: {e}")))?);
+    }
+    let films = batch.films.len();
+    drop(batch.films);
+    let load = sink.load(&docs, shutdown).await?;
+    Ok(Loaded { films, load, unknown_roles, bad_ratings, completes: batch.completes })
+}
+
 async fn write_batches(
     mut rx: mpsc::Receiver<Batch>,
     sink: &ElasticsearchSink,
     checkpoint: &mut Checkpoint,
     horizon: &Horizon,
+    concurrency: usize,
     shutdown: &Shutdown,
+    progress: Option<&Progress>,
 ) -> Result<CycleReport> {
     let mut report = CycleReport::default();
-    while let Some(batch) = rx.recv().await {
-        let mut docs = Vec::with_capacity(batch.films.len());
-        for film in &batch.films {
-            let (doc, notes) = to_document(film);
-            report.unknown_roles += notes.unknown_roles;
-            report.bad_ratings += notes.bad_ratings;
-            if notes.bad_ratings > 0 {
-                tracing::warn!(film = %doc.id, rating = ?film.rating, "rating cannot be stored in the index, loaded as unknown");
+    // Up to `concurrency` batches load at once; `buffered` hands their results back in order.
+    // After shutdown no new batch starts; the ones under way finish and are saved.
+    let mut loads = futures_util::stream::poll_fn(|cx| rx.poll_recv(cx))
+        .take_while(|_| std::future::ready(!shutdown.is_triggered()))
+        .map(|batch| load_batch(batch, sink, shutdown))
+        .buffered(concurrency.max(1));
+    while let Some(loaded) = loads.next().await {
+        let loaded = loaded?;
+        report.films += loaded.films;
+        report.stored += loaded.load.stored;
+        report.dead_lettered += loaded.load.dead_lettered;
+        report.unknown_roles += loaded.unknown_roles;
+        report.bad_ratings += loaded.bad_ratings;
+        match loaded.completes {
+            Some(Completes::Stream(stream, mark)) => {
+                let target = horizon.cap(mark);
+                if checkpoint.state().watermark(stream).is_none_or(|current| target > current) {
+                    checkpoint.commit(stream, target)?;
+                }
             }
-            let id = doc.id.to_string();
-            docs.push(bulk::encode(sink.index(), &id, &doc).map_err(|e| Error::Config(format!("cannot encode film {id}: {e}")))?);
-        }
-        let loaded = sink.load(&docs, shutdown).await?;
-        report.films += batch.films.len();
-        report.stored += loaded.stored;
-        report.dead_lettered += loaded.dead_lettered;
-        if let Some((stream, mark)) = batch.completes {
-            let target = horizon.cap(mark);
-            if checkpoint.state().watermark(stream).is_none_or(|current| target > current) {
-                checkpoint.commit(stream, target)?;
+            Some(Completes::FullLoad(position)) => {
+                checkpoint.advance_full_load(position)?;
+                if let Some(p) = progress {
+                    p.advance(loaded.films as u64);
+                }
             }
-        }
-        if shutdown.is_triggered() {
-            report.interrupted = true;
-            break;
+            None => {}
         }
     }
     Ok(report)

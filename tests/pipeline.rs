@@ -105,8 +105,10 @@ async fn changes_reindex_exactly_the_affected_films() {
 #[tokio::test]
 async fn equal_timestamps_across_pages_are_read_once() {
     let mut env = TestEnv::new("equal_ts").await;
-    env.sql("UPDATE content.film_work SET updated_at = '2024-01-01 00:00:00+00'").await;
     env.extra_env.push(("ETL_BATCH_SIZE".into(), "7".into()));
+    assert_eq!(env.run_once().await.films, 999);
+    // Every film changed in one transaction: one timestamp for all, read in pages of 7.
+    env.sql("UPDATE content.film_work SET updated_at = now()").await;
     let r = env.run_once().await;
     assert_eq!(r.rows[&Stream::FilmWork], 999, "{r:?}");
     assert_eq!(r.films, 999);
@@ -122,6 +124,106 @@ async fn equal_timestamps_across_pages_are_read_once() {
     let r = env.run_once().await;
     assert_eq!(r.rows.get(&Stream::FilmWork).copied(), Some(1), "{r:?}");
     assert_eq!(env.count().await, 1000);
+    env.cleanup().await;
+}
+
+/// The full load runs with refresh and replicas off, and the index has the settings of its
+/// schema again when it is done.
+#[tokio::test]
+async fn the_full_load_tunes_the_index_and_puts_its_settings_back() {
+    let mut env = TestEnv::new("tuned_load").await;
+    env.extra_env.push(("ETL_BATCH_SIZE".into(), "10".into()));
+    env.extra_env.push(("ES_BULK_CONCURRENCY".into(), "1".into()));
+    // The index as the schema makes it, before pg2es starts.
+    let schema = std::fs::read(common::schema_file()).unwrap();
+    let created = env.http.put(format!("{}/{}", env.es, env.index)).header("content-type", "application/json").body(schema).send().await.unwrap();
+    assert!(created.status().is_success(), "{}", created.text().await.unwrap());
+    let before = env.settings().await;
+    assert_eq!(before["index.refresh_interval"], json!("1s"));
+
+    // Watch the settings while the load runs (bounded: it ends with the load, or after 60 s).
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = {
+        let (http, url) = (env.http.clone(), format!("{}/{}/_settings?flat_settings=true", env.es, env.index));
+        tokio::spawn(async move {
+            let mut seen = std::collections::BTreeSet::new();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            while done_rx.try_recv().is_err() && tokio::time::Instant::now() < deadline {
+                if let Ok(r) = http.get(&url).send().await {
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    let s = v.as_object().and_then(|o| o.values().next()).map(|i| i["settings"].clone()).unwrap_or_default();
+                    seen.insert((s["index.refresh_interval"].to_string(), s["index.number_of_replicas"].to_string()));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            seen
+        })
+    };
+    let r = env.run_once().await;
+    let _ = done_tx.send(());
+    let seen = watcher.await.unwrap();
+    assert_eq!((r.films, r.stored), (999, 999), "{r:?}");
+    assert!(seen.contains(&("\"-1\"".to_string(), "\"0\"".to_string())), "never saw the load settings: {seen:?}");
+
+    let after = env.settings().await;
+    assert_eq!(after["index.refresh_interval"], before["index.refresh_interval"]);
+    assert_eq!(after["index.number_of_replicas"], before["index.number_of_replicas"]);
+    let state = env.checkpoint().state().clone();
+    assert_eq!(state.tuned, None);
+    assert!(state.snapshot.is_some_and(|s| s.done), "{state:?}");
+    // Visible at once: the restore refreshes.
+    assert_eq!(env.count().await, 999);
+    env.cleanup().await;
+}
+
+/// A crash in the middle of the full load: the next run loads only the films after the saved
+/// position, and puts back the settings the crashed run had changed.
+#[tokio::test]
+async fn a_full_load_cut_short_resumes_after_its_last_film_and_restores_the_index() {
+    let env = TestEnv::new("resume_load").await;
+    assert_eq!(env.run_once().await.stored, 999);
+    // Make the state what a crash after 400 films leaves: the position, the saved settings, and
+    // the index still tuned.
+    let ids: Vec<uuid::Uuid> =
+        env.db.query("SELECT id FROM content.film_work ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(env.state_file()).unwrap()).unwrap();
+    state["snapshot"] = json!({ "after": ids[399], "done": false });
+    state["tuned"] = json!({ "index.refresh_interval": "1s", "index.number_of_replicas": null });
+    std::fs::write(env.state_file(), serde_json::to_vec(&state).unwrap()).unwrap();
+    let tuned = env.http.put(format!("{}/{}/_settings", env.es, env.index)).json(&json!({"index.refresh_interval": "-1"})).send().await.unwrap();
+    assert!(tuned.status().is_success());
+    // The films after the position were lost with the crash.
+    for id in &ids[400..] {
+        let _ = env.http.delete(format!("{}/{}/_doc/{id}", env.es, env.index)).send().await.unwrap();
+    }
+    env.refresh().await;
+    assert_eq!(env.count().await, 400);
+
+    let r = env.run_once().await;
+    assert_eq!((r.rows[&Stream::FilmWork], r.stored), (599, 599), "only the films after the position: {r:?}");
+    assert_eq!(env.count().await, 999);
+    assert_eq!(env.settings().await["index.refresh_interval"], json!("1s"));
+    let state = env.checkpoint().state().clone();
+    assert_eq!((state.tuned, state.snapshot.map(|s| (s.after, s.done))), (None, Some((Some(ids[998]), true))));
+    env.cleanup().await;
+}
+
+/// Several bulk requests in flight: every film loaded, the load's position saved in order.
+#[tokio::test]
+async fn concurrent_bulk_requests_load_every_film() {
+    let mut env = TestEnv::new("concurrent").await;
+    env.extra_env.push(("ETL_BATCH_SIZE".into(), "7".into()));
+    env.extra_env.push(("ES_BULK_CONCURRENCY".into(), "8".into()));
+    let r = env.run_once().await;
+    assert_eq!((r.films, r.stored), (999, 999), "{r:?}");
+    assert_eq!(env.count().await, 999);
+    // A fan-out through the change streams, also loaded with 8 requests in flight.
+    env.sql("UPDATE content.genre SET name = name || ' x', updated_at = now()").await;
+    let r = env.run_once().await;
+    assert_eq!(r.rows[&Stream::Genre], 26, "{r:?}");
+    let (_trigger, shutdown) = pg2es::shutdown::Shutdown::new();
+    let report = pg2es::verify::verify(&env.config(), &shutdown).await.unwrap();
+    assert!(report.is_consistent(), "{report:?}");
     env.cleanup().await;
 }
 

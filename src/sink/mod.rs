@@ -6,6 +6,7 @@
 
 pub mod bulk;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -209,6 +210,35 @@ impl ElasticsearchSink {
             pending = again;
         }
         unreachable!("the loop returns on its last attempt")
+    }
+
+    /// The current values of some index settings (flat names such as `index.refresh_interval`);
+    /// `None` for a setting not set on the index (it has its default).
+    pub async fn settings(&self, keys: &[&str], shutdown: &Shutdown) -> Result<BTreeMap<String, Option<String>>> {
+        let path = format!("{}/_settings?flat_settings=true", self.index);
+        let raw = retry(&self.retry, shutdown, "read index settings", || self.send_ok(Method::GET, &path, "read index settings", None)).await?;
+        let all: Value = serde_json::from_slice(&raw)
+            .map_err(|e| Error::ElasticsearchStatus { context: "read index settings", status: 200, body: format!("unreadable response: {e}") })?;
+        // Keyed by the concrete index name (ES_INDEX may be an alias of it).
+        let settings = all.as_object().and_then(|o| o.values().next()).and_then(|v| v.get("settings"));
+        Ok(keys
+            .iter()
+            .map(|k| {
+                let value = settings.and_then(|s| s.get(*k)).and_then(scalar_text);
+                (k.to_string(), value)
+            })
+            .collect())
+    }
+
+    /// Sets index settings; `None` resets a setting to its default.
+    pub async fn put_settings(&self, values: &BTreeMap<String, Option<String>>, shutdown: &Shutdown) -> Result<()> {
+        let body = bytes::Bytes::from(serde_json::to_vec(values).map_err(|e| Error::Config(e.to_string()))?);
+        let path = format!("{}/_settings", self.index);
+        retry(&self.retry, shutdown, "change index settings", || {
+            self.send_ok(Method::PUT, &path, "change index settings", Some((body.clone(), "application/json")))
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Makes recent writes visible to search (tests and `make demo` summaries).

@@ -130,6 +130,12 @@ impl TestEnv {
         r.unwrap_or_else(|e| panic!("cannot reach Elasticsearch at {}: {e}; start the stack with `make stack-up`", self.es));
     }
 
+    /// The index's own settings, flat (`index.refresh_interval`, ...).
+    pub async fn settings(&self) -> Value {
+        let v: Value = self.http.get(format!("{}/{}/_settings?flat_settings=true", self.es, self.index)).send().await.unwrap().json().await.unwrap();
+        v[&self.index]["settings"].clone()
+    }
+
     pub async fn count(&self) -> u64 {
         let v: Value = self.http.get(format!("{}/{}/_count", self.es, self.index)).send().await.unwrap().json().await.unwrap();
         v["count"].as_u64().unwrap_or_else(|| panic!("no count in {v}"))

@@ -1,0 +1,143 @@
+//! Progress of the full load: a bar with rate and ETA when stderr is a terminal (indicatif),
+//! otherwise one log line every [`LOG_EVERY_BATCHES`] batches.
+//!
+//! Log lines go through [`StderrWriter`], which hides the bar while a line is written, so the
+//! two never overwrite each other.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Without a terminal, a progress line every this many batches.
+pub const LOG_EVERY_BATCHES: u64 = 20;
+
+/// The bar on screen, if any: the log writer suspends it.
+static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    state: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: u64,
+    done: u64,
+    batches: u64,
+    started: Option<Instant>,
+}
+
+impl Progress {
+    /// A bar when `terminal`, log lines otherwise.
+    pub fn new(terminal: bool) -> Progress {
+        let bar = terminal.then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("full load {bar:40} {pos}/{len} films  {per_sec}  ETA {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Progress { bar, state: Mutex::new(Counts::default()) }
+    }
+
+    /// For the process's stderr.
+    pub fn for_stderr() -> Progress {
+        Progress::new(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    }
+
+    /// The load begins with `total` films to go.
+    pub fn start(&self, total: u64) {
+        if let Ok(mut c) = self.state.lock() {
+            *c = Counts { total, started: Some(Instant::now()), ..Counts::default() };
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.reset();
+            if let Ok(mut slot) = BAR.lock() {
+                *slot = Some(bar.clone());
+            }
+        }
+        tracing::info!(films = total, "full load started");
+    }
+
+    /// `films` more are loaded (and their progress saved).
+    pub fn advance(&self, films: u64) {
+        let Ok(mut c) = self.state.lock() else { return };
+        c.done += films;
+        c.batches += 1;
+        if let Some(bar) = &self.bar {
+            bar.inc(films);
+        } else if c.batches % LOG_EVERY_BATCHES == 0 {
+            let elapsed = c.started.map_or(Duration::ZERO, |s| s.elapsed());
+            let (rate, eta) = rate_and_eta(c.done, c.total, elapsed);
+            tracing::info!(films = c.done, of = c.total, films_per_sec = rate, eta_sec = eta, "full load progress");
+        }
+    }
+
+    /// The load is over (done or interrupted): the bar goes away.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+            if let Ok(mut slot) = BAR.lock() {
+                *slot = None;
+            }
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Films per second so far, and seconds left at that rate (`None` before any film is loaded).
+pub fn rate_and_eta(done: u64, total: u64, elapsed: Duration) -> (u64, Option<u64>) {
+    let secs = elapsed.as_secs_f64();
+    if done == 0 || secs <= 0.0 {
+        return (0, None);
+    }
+    let rate = done as f64 / secs;
+    (rate.round() as u64, Some((total.saturating_sub(done) as f64 / rate).ceil() as u64))
+}
+
+/// The log's writer: stderr, with the progress bar hidden while a line is written.
+#[derive(Clone, Copy, Default)]
+pub struct StderrWriter;
+
+impl Write for StderrWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bar = BAR.lock().ok().and_then(|b| b.clone());
+        match bar {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf)).map(|_| buf.len()),
+            None => std::io::stderr().write_all(buf).map(|_| buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for StderrWriter {
+    type Writer = StderrWriter;
+
+    fn make_writer(&'a self) -> StderrWriter {
+        StderrWriter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_and_eta_follow_the_counts() {
+        assert_eq!(rate_and_eta(0, 100, Duration::from_secs(3)), (0, None));
+        assert_eq!(rate_and_eta(50, 100, Duration::from_secs(5)), (10, Some(5)));
+        assert_eq!(rate_and_eta(100, 100, Duration::from_secs(5)), (20, Some(0)));
+    }
+}
