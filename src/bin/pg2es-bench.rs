@@ -6,7 +6,10 @@
 //! - `dump`: the documents of an index pg2es loaded, as NDJSON, re-encoded by pg2es's own
 //!   `MovieDocument`, so the bytes are the ones pg2es sends.
 //! - `replay`: the ceiling. Loads a dump into a fresh index through `_bulk`, with pg2es's encoding
-//!   and chunking, every request body built before the clock starts.
+//!   and chunking, every request body built before the clock starts, and the index settings pg2es
+//!   uses for a full load; the clock stops once the settings are back and the index refreshed,
+//!   as pg2es's full load does. `--gzip` sends the bodies gzip-compressed (compressed before the
+//!   clock starts too: what it saves is Elasticsearch's side only).
 //! - `visibility`: renames a person in Postgres and polls the index until every film of theirs
 //!   carries the new name (run it beside a continuous `pg2es run`).
 
@@ -20,6 +23,7 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use pg2es::pipeline::FULL_LOAD_SETTINGS;
 use pg2es::shutdown::Shutdown;
 use pg2es::sink::{bulk, read_index_definition, ElasticsearchSink};
 use pg2es::transform::MovieDocument;
@@ -54,9 +58,12 @@ enum Command {
         index: String,
         #[arg(long)]
         file: PathBuf,
-        /// Bulk requests in flight at once (pg2es has 1).
-        #[arg(long, default_value_t = 1)]
-        concurrency: usize,
+        /// Bulk requests in flight at once (default: ES_BULK_CONCURRENCY, as pg2es).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Send the bodies gzip-compressed (Content-Encoding: gzip).
+        #[arg(long)]
+        gzip: bool,
     },
     /// Rename PERSON_ID and time until EXPECT documents of INDEX show the new name.
     Visibility {
@@ -91,9 +98,10 @@ fn try_main() -> BenchResult<()> {
                 config.es_index = index;
                 dump(&config, &out).await
             }
-            Command::Replay { index, file, concurrency } => {
+            Command::Replay { index, file, concurrency, gzip } => {
                 config.es_index = index;
-                replay(&config, &file, concurrency.max(1)).await
+                let concurrency = concurrency.unwrap_or(config.bulk_concurrency).max(1);
+                replay(&config, &file, concurrency, gzip).await
             }
             Command::Visibility { index, person_id, expect, timeout_sec } => {
                 config.es_index = index;
@@ -130,7 +138,7 @@ async fn dump(config: &Config, out: &PathBuf) -> BenchResult<Value> {
     Ok(json!({ "index": config.es_index, "docs": docs, "file": out }))
 }
 
-async fn replay(config: &Config, file: &PathBuf, concurrency: usize) -> BenchResult<Value> {
+async fn replay(config: &Config, file: &PathBuf, concurrency: usize, gzip: bool) -> BenchResult<Value> {
     if !config.es_index.starts_with("bench_") {
         return Err(format!("replay drops and recreates its index: name it bench_*, not {}", config.es_index));
     }
@@ -149,6 +157,8 @@ async fn replay(config: &Config, file: &PathBuf, concurrency: usize) -> BenchRes
         return Err(format!("{} holds no document", file.display()));
     }
     drop(encoded);
+    let bodies: Vec<bytes::Bytes> = if gzip { bodies.iter().map(|b| gzip_body(b)).collect::<BenchResult<_>>()? } else { bodies };
+    let sent_bytes = bodies.iter().map(bytes::Bytes::len).sum::<usize>();
 
     let http = reqwest::Client::new();
     let base = config.es_url.as_str().trim_end_matches('/');
@@ -156,34 +166,44 @@ async fn replay(config: &Config, file: &PathBuf, concurrency: usize) -> BenchRes
     send(&http, Method::DELETE, &index_url, None, &[200, 404]).await?;
     let definition = read_index_definition(&config.es_schema_file).map_err(|e| e.to_string())?;
     send(&http, Method::PUT, &index_url, Some(definition.to_string().into_bytes()), &[200]).await?;
+    // The settings pg2es gives a full load, and the values it puts back after.
+    let sink = ElasticsearchSink::new(config).map_err(|e| e.to_string())?;
+    let (_trigger, shutdown) = Shutdown::new();
+    let keys: Vec<&str> = FULL_LOAD_SETTINGS.iter().map(|(k, _)| *k).collect();
+    let original = sink.settings(&keys, &shutdown).await.map_err(|e| e.to_string())?;
+    let fast = FULL_LOAD_SETTINGS.iter().map(|(k, v)| (k.to_string(), Some(v.to_string()))).collect();
+    sink.put_settings(&fast, &shutdown).await.map_err(|e| e.to_string())?;
 
     let bulk_url = format!("{base}/_bulk");
     let started = Instant::now();
     let stored: usize = stream::iter(bodies)
-        .map(|body| bulk_request(&http, &bulk_url, body))
+        .map(|body| bulk_request(&http, &bulk_url, body, gzip))
         .buffer_unordered(concurrency)
         .try_fold(0, |sum, n| async move { Ok(sum + n) })
         .await?;
-    let seconds = started.elapsed().as_secs_f64();
-
+    let bulk_seconds = started.elapsed().as_secs_f64();
+    sink.put_settings(&original, &shutdown).await.map_err(|e| e.to_string())?;
     send(&http, Method::POST, &format!("{index_url}/_refresh"), None, &[200]).await?;
+    let seconds = started.elapsed().as_secs_f64();
     let count = send(&http, Method::GET, &format!("{index_url}/_count"), None, &[200]).await?;
     let count = count.get("count").and_then(Value::as_u64).unwrap_or(0);
     if stored != docs || count != docs as u64 {
         return Err(format!("replay stored {stored} and the index counts {count} of {docs} documents"));
     }
     Ok(json!({
-        "index": config.es_index, "docs": docs, "requests": requests, "bytes": bytes,
-        "batch_size": config.batch_size, "concurrency": concurrency,
-        "seconds": seconds, "docs_per_sec": docs as f64 / seconds,
+        "index": config.es_index, "docs": docs, "requests": requests, "bytes": bytes, "sent_bytes": sent_bytes,
+        "batch_size": config.batch_size, "concurrency": concurrency, "gzip": gzip,
+        "seconds": seconds, "bulk_seconds": bulk_seconds, "docs_per_sec": docs as f64 / seconds,
     }))
 }
 
 /// One `_bulk` request; every item must be stored. Returns the number of items.
-async fn bulk_request(http: &reqwest::Client, url: &str, body: bytes::Bytes) -> BenchResult<usize> {
-    let resp = http
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+async fn bulk_request(http: &reqwest::Client, url: &str, body: bytes::Bytes, gzip: bool) -> BenchResult<usize> {
+    let mut req = http.post(url).header(reqwest::header::CONTENT_TYPE, "application/x-ndjson");
+    if gzip {
+        req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
+    }
+    let resp = req
         .body(body)
         .send()
         .await
@@ -197,6 +217,13 @@ async fn bulk_request(http: &reqwest::Client, url: &str, body: bytes::Bytes) -> 
         return Err(format!("bulk items failed, first: {}", first.unwrap_or_default()));
     }
     Ok(parsed.items.len())
+}
+
+/// A body compressed as pg2es would (fast level: on a 2-core machine CPU is the scarce thing).
+fn gzip_body(body: &[u8]) -> BenchResult<bytes::Bytes> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+    enc.write_all(body).map_err(|e| e.to_string())?;
+    Ok(enc.finish().map_err(|e| e.to_string())?.into())
 }
 
 /// A JSON request that must answer one of `ok`; returns the body as JSON (null if not JSON).
