@@ -24,7 +24,7 @@ use crate::shutdown::Shutdown;
 use crate::progress::Progress;
 use crate::sink::{bulk, read_index_definition, ElasticsearchSink, LoadReport};
 use crate::source::{Horizon, PgSource, PgTls};
-use crate::transform::{to_document, FilmWork};
+use crate::transform::{into_document, FilmWork};
 
 /// Batches read ahead of the writer. Small: memory stays flat however large the tables are.
 const CHANNEL_DEPTH: usize = 4;
@@ -363,20 +363,20 @@ struct Loaded {
 
 /// Transforms, encodes and loads one batch.
 async fn load_batch(batch: Batch, sink: &ElasticsearchSink, shutdown: &Shutdown) -> Result<Loaded> {
-    let mut docs = Vec::with_capacity(batch.films.len());
+    let films = batch.films.len();
+    let mut docs = Vec::with_capacity(films);
     let (mut unknown_roles, mut bad_ratings) = (0, 0);
-    for film in &batch.films {
-        let (doc, notes) = to_document(film);
+    for film in batch.films {
+        let rating = film.rating;
+        let (doc, notes) = into_document(film);
         unknown_roles += notes.unknown_roles;
         bad_ratings += notes.bad_ratings;
         if notes.bad_ratings > 0 {
-            tracing::warn!(film = %doc.id, rating = ?film.rating, "rating cannot be stored in the index, loaded as unknown");
+            tracing::warn!(film = %doc.id, rating = ?rating, "rating cannot be stored in the index, loaded as unknown");
         }
         let id = doc.id.to_string();
         docs.push(bulk::encode(sink.index(), &id, &doc).map_err(|e| Error::Config(format!("cannot encode film {id}: {e}")))?);
     }
-    let films = batch.films.len();
-    drop(batch.films);
     let load = sink.load(&docs, shutdown).await?;
     Ok(Loaded { films, load, unknown_roles, bad_ratings, completes: batch.completes })
 }

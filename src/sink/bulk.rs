@@ -16,9 +16,13 @@ pub struct EncodedDoc {
 }
 
 pub fn encode<T: serde::Serialize>(index: &str, id: &str, doc: &T) -> serde_json::Result<EncodedDoc> {
-    let mut lines = Vec::with_capacity(512);
-    serde_json::to_writer(&mut lines, &serde_json::json!({ "index": { "_index": index, "_id": id } }))?;
-    lines.push(b'\n');
+    let mut lines = Vec::with_capacity(1024);
+    // The action line written directly: no map built per document.
+    lines.extend_from_slice(b"{\"index\":{\"_index\":");
+    serde_json::to_writer(&mut lines, index)?;
+    lines.extend_from_slice(b",\"_id\":");
+    serde_json::to_writer(&mut lines, id)?;
+    lines.extend_from_slice(b"}}\n");
     serde_json::to_writer(&mut lines, doc)?;
     lines.push(b'\n');
     Ok(EncodedDoc { id: id.to_string(), lines })
@@ -51,6 +55,15 @@ pub fn body<'a>(docs: impl IntoIterator<Item = &'a EncodedDoc> + Clone) -> bytes
         out.extend_from_slice(&d.lines);
     }
     out.into()
+}
+
+/// The top of a `_bulk` response: whether any item failed, and how many items there are, read
+/// without building the items (the common case needs nothing more).
+#[derive(Debug, Deserialize)]
+pub struct BulkSummary {
+    #[serde(default)]
+    pub errors: bool,
+    pub items: Vec<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,7 +142,9 @@ mod tests {
     fn encoding_is_two_ndjson_lines() {
         let e = encode("movies", "a1", &serde_json::json!({"title": "x\ny"})).unwrap();
         let text = String::from_utf8(e.lines).unwrap();
-        assert_eq!(text, "{\"index\":{\"_id\":\"a1\",\"_index\":\"movies\"}}\n{\"title\":\"x\\ny\"}\n");
+        assert_eq!(text, "{\"index\":{\"_index\":\"movies\",\"_id\":\"a1\"}}\n{\"title\":\"x\\ny\"}\n");
+        let action: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(action, serde_json::json!({"index": {"_index": "movies", "_id": "a1"}}));
     }
 
     /// A real response of Elasticsearch 7.10.2 to a bulk request against the `movies` mapping:

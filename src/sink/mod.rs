@@ -173,6 +173,12 @@ impl ElasticsearchSink {
                 self.send_ok(Method::POST, "_bulk", "bulk", Some((body.clone(), "application/x-ndjson")))
             })
             .await?;
+            let unreadable = |e: serde_json::Error| Error::ElasticsearchStatus { context: "bulk", status: 200, body: format!("unreadable response: {e}") };
+            let summary: bulk::BulkSummary = serde_json::from_slice(&raw).map_err(unreadable)?;
+            if !summary.errors && summary.items.len() == pending.len() {
+                report.stored += pending.len();
+                return Ok(());
+            }
             let resp: BulkResponse = serde_json::from_slice(&raw)
                 .map_err(|e| Error::ElasticsearchStatus { context: "bulk", status: 200, body: format!("unreadable response: {e}") })?;
             let outcomes = bulk::classify(&resp, pending.len())

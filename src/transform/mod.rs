@@ -72,17 +72,6 @@ pub struct TransformNotes {
     pub bad_ratings: usize,
 }
 
-/// `None` for missing, blank and `N/A` values; the text otherwise.
-fn known(value: Option<&str>) -> Option<String> {
-    let v = value?;
-    let t = v.trim();
-    if t.is_empty() || t.eq_ignore_ascii_case("n/a") {
-        None
-    } else {
-        Some(v.to_string())
-    }
-}
-
 /// `imdb_rating` is a `float` field: NaN, infinities and values beyond f32 are refused by
 /// Elasticsearch (and NaN cannot be JSON). Such a rating is unknown; the film still loads.
 fn known_rating(r: Option<f64>, notes: &mut TransformNotes) -> Option<f64> {
@@ -95,17 +84,36 @@ fn known_rating(r: Option<f64>, notes: &mut TransformNotes) -> Option<f64> {
     }
 }
 
+/// `None` for missing, blank and `N/A` values; the text otherwise, moved as it is (no copy)
+/// when it needs no trimming.
+fn known(value: Option<String>) -> Option<String> {
+    let v = value?;
+    let t = v.trim();
+    if t.is_empty() || t.eq_ignore_ascii_case("n/a") {
+        None
+    } else if t.len() == v.len() {
+        Some(v)
+    } else {
+        Some(t.to_string())
+    }
+}
+
 pub fn to_document(film: &FilmWork) -> (MovieDocument, TransformNotes) {
+    into_document(film.clone())
+}
+
+/// Like [`to_document`], moving the film's text into the document instead of copying it.
+pub fn into_document(film: FilmWork) -> (MovieDocument, TransformNotes) {
     let mut notes = TransformNotes::default();
-    let mut genre: Vec<String> = film.genres.iter().filter_map(|g| known(Some(g))).collect();
+    let mut genre: Vec<String> = film.genres.into_iter().filter_map(|g| known(Some(g))).collect();
     genre.sort();
     genre.dedup();
 
     let mut actors = Vec::new();
     let mut writers = Vec::new();
     let mut directors = Vec::new();
-    for link in &film.persons {
-        let Some(name) = known(link.name.as_deref()) else { continue };
+    for link in film.persons {
+        let Some(name) = known(link.name) else { continue };
         let person = Person { id: link.id, name };
         match role(link.role.as_deref()) {
             Some(Role::Actor) => actors.push(person),
@@ -125,8 +133,8 @@ pub fn to_document(film: &FilmWork) -> (MovieDocument, TransformNotes) {
         id: film.id,
         imdb_rating: known_rating(film.rating, &mut notes),
         genre,
-        title: known(film.title.as_deref()),
-        description: known(film.description.as_deref()),
+        title: known(film.title),
+        description: known(film.description),
         director: names(&directors),
         actors_names: names(&actors),
         writers_names: names(&writers),
