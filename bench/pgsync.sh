@@ -40,7 +40,7 @@ curl -sf -o /dev/null -XPUT "$ES_URL/$index" -H 'content-type: application/json'
 
 export PYTHONPATH=$root/bench/pgsync PG_HOST=$PGHOST PG_PORT=$PGPORT PG_USER=$PGUSER PG_PASSWORD=$PGPASSWORD
 export ELASTICSEARCH_URL=$ES_URL REDIS_HOST=127.0.0.1 REDIS_PORT=$redis_port CHECKPOINT_PATH=$dir
-export ELASTICSEARCH_CHUNK_SIZE=$ETL_BATCH_SIZE ELASTICSEARCH_THREAD_COUNT=1 ELASTICSEARCH_QUEUE_SIZE=1
+export ELASTICSEARCH_CHUNK_SIZE=$ETL_BATCH_SIZE ELASTICSEARCH_THREAD_COUNT=${ES_BULK_CONCURRENCY:-2} ELASTICSEARCH_QUEUE_SIZE=${ES_BULK_CONCURRENCY:-2}
 cd "$dir"
 "$venv/bin/bootstrap" --config "$dir/pgsync-schema.json" >"$dir/pgsync-bootstrap.log" 2>&1 \
   || fail "pgsync bootstrap failed: $(tail -c 300 "$dir/pgsync-bootstrap.log" | tr '\n' ' ')"

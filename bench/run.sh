@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The pg2es benchmark (BENCHMARKS.md): for each catalog size, on the running local stack,
 #   1. a synthetic catalog in database bench_<N> (bench/gen.sh)
-#   2. the ceiling: pg2es's documents replayed through _bulk into a fresh index (pg2es-bench replay)
+#   2. the ceiling: pg2es's documents replayed through _bulk into a fresh index (pg2es-bench replay),
+#      plain and gzip-compressed; and the full load's query alone (pg2es-bench scan-cost)
 #   3. pg2es full load into a fresh index: docs/s, peak RSS, CPU seconds
 #   4. incremental runs: 1 % of films touched, then the fan-out person renamed
 #   5. continuous mode: seconds from the rename's commit until every film shows the new name
@@ -18,7 +19,8 @@ export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-app} 
 export ES_SCHEMA_FILE=${ES_SCHEMA_FILE:-$root/../shared/fixtures/movies/es_schema.json}
 export ETL_BATCH_SIZE=${ETL_BATCH_SIZE:-500}
 export LOG_FORMAT=json RUST_LOG=${RUST_LOG:-info}
-concurrency=${BENCH_CONCURRENCY:-1}
+# Bulk requests in flight, for pg2es, the replay and PGSync alike (pg2es's default unless set).
+export ES_BULK_CONCURRENCY=${BENCH_CONCURRENCY:-${ES_BULK_CONCURRENCY:-2}}
 seed=${BENCH_SEED:-42}
 report=${BENCH_REPORT:-BENCHMARKS.md}
 fanout_person=f0f0f0f0-0000-4000-8000-000000000001
@@ -104,10 +106,14 @@ for n in "${sizes[@]}"; do
   run_pg2es scratch "bench_${n}_docs"
   target/release/pg2es-bench dump --index "bench_${n}_docs" --out "$dir/docs.ndjson" >"$dir/dump.json"
   curl -s -o /dev/null -XDELETE "$ES_URL/bench_${n}_docs"
-  target/release/pg2es-bench replay --index "bench_${n}_ceiling" --file "$dir/docs.ndjson" --concurrency "$concurrency" >"$dir/ceiling.json"
+  target/release/pg2es-bench replay --index "bench_${n}_ceiling" --file "$dir/docs.ndjson" >"$dir/ceiling.json"
   say "ceiling: $(cat "$dir/ceiling.json")"
+  target/release/pg2es-bench replay --index "bench_${n}_ceiling" --file "$dir/docs.ndjson" --gzip >"$dir/ceiling-gzip.json"
+  say "ceiling, gzip bodies: $(cat "$dir/ceiling-gzip.json")"
   curl -s -o /dev/null -XDELETE "$ES_URL/bench_${n}_ceiling"
   rm -f "$dir/docs.ndjson"
+  PG_DSN="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/bench_$n" target/release/pg2es-bench scan-cost >"$dir/scan-cost.json"
+  say "full load query alone: $(cat "$dir/scan-cost.json")"
 
   # Full load into a fresh index (created beforehand, as the replay's is).
   fresh_index "bench_${n}_pg2es"
@@ -150,11 +156,12 @@ for n in "${sizes[@]}"; do
 
   jq -n --argjson films "$n" --argjson seed "$seed" --argjson gen_sec "$gen_sec" --arg gen "$(cat "$dir/gen.txt")" \
         --argjson touched "$touched" --argjson fanout_films "$fanout_films" \
-        --slurpfile ceiling "$dir/ceiling.json" --slurpfile full "$dir/full.json" \
+        --slurpfile ceiling "$dir/ceiling.json" --slurpfile ceiling_gzip "$dir/ceiling-gzip.json" \
+        --slurpfile scan "$dir/scan-cost.json" --slurpfile full "$dir/full.json" \
         --slurpfile incremental "$dir/incremental.json" --slurpfile fanout "$dir/fanout.json" \
         --slurpfile visibility "$dir/visibility.json" --argjson pgsync "$pgsync" \
         '{ films: $films, seed: $seed, gen_sec: $gen_sec, gen: $gen, touched: $touched, fanout_films: $fanout_films,
-           ceiling: $ceiling[0], full: $full[0], incremental: $incremental[0], fanout: $fanout[0],
+           ceiling: $ceiling[0], ceiling_gzip: $ceiling_gzip[0], scan: $scan[0], full: $full[0], incremental: $incremental[0], fanout: $fanout[0],
            visibility: $visibility[0], pgsync: $pgsync }' > "$out/results-$n.json"
   cleanup "$n"
 done

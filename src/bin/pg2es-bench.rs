@@ -10,6 +10,8 @@
 //!   uses for a full load; the clock stops once the settings are back and the index refreshed,
 //!   as pg2es's full load does. `--gzip` sends the bodies gzip-compressed (compressed before the
 //!   clock starts too: what it saves is Elasticsearch's side only).
+//! - `scan-cost`: the full load's query alone under `EXPLAIN ANALYZE`: Postgres's time to the first
+//!   row and in all, without pg2es or Elasticsearch competing for the cores.
 //! - `visibility`: renames a person in Postgres and polls the index until every film of theirs
 //!   carries the new name (run it beside a continuous `pg2es run`).
 
@@ -65,6 +67,8 @@ enum Command {
         #[arg(long)]
         gzip: bool,
     },
+    /// Run the full load's query alone under EXPLAIN ANALYZE: Postgres's share of a full load.
+    ScanCost,
     /// Rename PERSON_ID and time until EXPECT documents of INDEX show the new name.
     Visibility {
         #[arg(long)]
@@ -103,6 +107,7 @@ fn try_main() -> BenchResult<()> {
                 let concurrency = concurrency.unwrap_or(config.bulk_concurrency).max(1);
                 replay(&config, &file, concurrency, gzip).await
             }
+            Command::ScanCost => scan_cost(&config).await,
             Command::Visibility { index, person_id, expect, timeout_sec } => {
                 config.es_index = index;
                 visibility(&config, person_id, expect, Duration::from_secs_f64(timeout_sec)).await
@@ -239,6 +244,21 @@ async fn send(http: &reqwest::Client, method: Method, url: &str, body: Option<Ve
         return Err(format!("{method} {url} answered {status}: {}", String::from_utf8_lossy(&raw[..raw.len().min(300)])));
     }
     Ok(serde_json::from_slice(&raw).unwrap_or(Value::Null))
+}
+
+async fn scan_cost(config: &Config) -> BenchResult<Value> {
+    let (client, connection) = config.pg.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot connect to postgres: {e}"))?;
+    tokio::spawn(connection);
+    let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", pg2es::source::full_load_sql(&config.pg_schema));
+    let row = client.query_one(&sql, &[]).await.map_err(|e| format!("cannot explain the full load's query: {e}"))?;
+    let plan: tokio_postgres::types::Json<Value> = row.try_get(0).map_err(|e| e.to_string())?;
+    let top = &plan.0[0];
+    let ms = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    Ok(json!({
+        "execution_sec": ms(&top["Execution Time"]) / 1000.0,
+        "first_row_sec": ms(&top["Plan"]["Actual Startup Time"]) / 1000.0,
+        "rows": top["Plan"]["Actual Rows"],
+    }))
 }
 
 async fn visibility(config: &Config, person_id: uuid::Uuid, expect: u64, timeout: Duration) -> BenchResult<Value> {

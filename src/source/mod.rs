@@ -18,6 +18,11 @@ use crate::transform::{FilmWork, PersonLink};
 
 pub use queries::Layout;
 
+/// The full load's query (every film in id order), for measuring it on its own.
+pub fn full_load_sql(schema: &str) -> String {
+    queries::films_scan_sql(schema, false)
+}
+
 /// A connected source with its queries prepared for the detected layout.
 pub struct PgSource {
     client: Client,
