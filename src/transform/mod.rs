@@ -84,17 +84,15 @@ fn known_rating(r: Option<f64>, notes: &mut TransformNotes) -> Option<f64> {
     }
 }
 
-/// `None` for missing, blank and `N/A` values; the text otherwise, moved as it is (no copy)
-/// when it needs no trimming.
+/// `None` for missing, blank and `N/A` values; the text otherwise, exactly as stored (moved,
+/// not copied).
 fn known(value: Option<String>) -> Option<String> {
     let v = value?;
     let t = v.trim();
     if t.is_empty() || t.eq_ignore_ascii_case("n/a") {
         None
-    } else if t.len() == v.len() {
-        Some(v)
     } else {
-        Some(t.to_string())
+        Some(v)
     }
 }
 
@@ -264,6 +262,20 @@ mod tests {
         let (doc, _) = to_document(&FilmWork { title: Some(odd.into()), ..film() });
         let back: MovieDocument = serde_json::from_str(&serde_json::to_string(&doc).unwrap()).unwrap();
         assert_eq!(back.title.as_deref(), Some(odd));
+    }
+
+    #[test]
+    fn text_is_kept_exactly_as_stored() {
+        let f = FilmWork {
+            title: Some(" Padded title ".into()),
+            description: Some("ends with a space ".into()),
+            persons: vec![link(10, " Mark Hamill", "actor")],
+            ..film()
+        };
+        let (doc, _) = to_document(&f);
+        assert_eq!(doc.title.as_deref(), Some(" Padded title "));
+        assert_eq!(doc.description.as_deref(), Some("ends with a space "));
+        assert_eq!(doc.actors_names, vec![" Mark Hamill".to_string()]);
     }
 
     #[test]
