@@ -132,7 +132,15 @@ async fn survives_sigkill_at_random_moments() {
 
     run_once(&env);
     assert_consistent(&env).await;
+    // Kills during the full load left the index tuned; the run after them put its settings back.
+    assert_settings_restored(&env).await;
     env.cleanup().await;
+}
+
+async fn assert_settings_restored(env: &TestEnv) {
+    assert_eq!(env.settings().await["index.refresh_interval"], serde_json::json!("1s"));
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(env.state_file()).unwrap()).unwrap();
+    assert!(state.get("tuned").is_none(), "{state}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +159,9 @@ async fn sigterm_mid_load_exits_cleanly_and_keeps_state_consistent() {
     println!("documents loaded before SIGTERM: {loaded}");
     // The state file is whole and resumable.
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(env.state_file()).unwrap()).unwrap();
-    assert_eq!(state["version"], serde_json::json!(1));
+    assert_eq!(state["version"], serde_json::json!(pg2es::checkpoint::STATE_VERSION));
+    // Stopped mid-load, the index has its own settings back.
+    assert_settings_restored(&env).await;
     run_once(&env);
     assert_consistent(&env).await;
     env.cleanup().await;
