@@ -253,7 +253,7 @@ engine_pid() {
   pid_file=$(engine_pid_file "$1")
   [ -f "$pid_file" ] || return 0
   pid=$(cat "$pid_file")
-  if [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF "$(engine_main "$1")"; then
+  if [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -qF "$(engine_main "$1")"; then
     echo "$pid"
   fi
 }
