@@ -87,6 +87,28 @@ run_pg2es() {
   say "$label: $(jq -c . "$dir/$label.json")"
 }
 
+# CPU accounting, to see what shares the cores during a load. cpu_snapshot prints clock ticks used
+# so far by Elasticsearch (the JVM of scripts/stack.sh, from its pid file), by Postgres (every
+# `postgres` process, plus the postmaster's reaped children: backends that have exited), and the
+# machine's busy and idle ticks (/proc/stat). cpu_delta BEFORE AFTER turns two into JSON seconds.
+es_pid_file=${ES_PID_FILE:-.stack/es.pid}
+proc_ticks() { # PID FIELDS: sum of /proc/PID/stat fields, counted after "(comm) "
+  sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk -v f="$2" '{ n = split(f, i, ","); t = 0; for (k = 1; k <= n; k++) t += $i[k]; print t }'
+}
+cpu_snapshot() {
+  local es=0 pg=0 pid postmaster
+  if [ -f "$es_pid_file" ]; then es=$(proc_ticks "$(cat "$es_pid_file")" 12,13); fi
+  for pid in $(pgrep -x postgres); do pg=$(( pg + $(proc_ticks "$pid" 12,13 || echo 0) )); done
+  postmaster=$(pgrep -o -x postgres) && pg=$(( pg + $(proc_ticks "$postmaster" 14,15) ))
+  echo "${es:-0} $pg $(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)"
+}
+cpu_delta() {
+  jq -n --argjson hz "$(getconf CLK_TCK)" --arg a "$1" --arg b "$2" '
+    [$a, $b] | map(split(" ") | map(tonumber)) as [$x, $y]
+    | [range(4)] | map(($y[.] - $x[.]) / $hz) as [$es, $pg, $busy, $idle]
+    | { es_cpu_sec: $es, pg_cpu_sec: $pg, machine_busy_sec: $busy, machine_idle_sec: $idle }'
+}
+
 fresh_index() { # create INDEX from ES_SCHEMA_FILE, dropping a previous one
   curl -s -o /dev/null -XDELETE "$ES_URL/$1"
   curl -sf -o /dev/null -XPUT "$ES_URL/$1" -H 'content-type: application/json' --data-binary @"$ES_SCHEMA_FILE" || die "cannot create index $1"
@@ -106,7 +128,9 @@ for n in "${sizes[@]}"; do
   run_pg2es scratch "bench_${n}_docs"
   target/release/pg2es-bench dump --index "bench_${n}_docs" --out "$dir/docs.ndjson" >"$dir/dump.json"
   curl -s -o /dev/null -XDELETE "$ES_URL/bench_${n}_docs"
+  before=$(cpu_snapshot)
   target/release/pg2es-bench replay --index "bench_${n}_ceiling" --file "$dir/docs.ndjson" >"$dir/ceiling.json"
+  cpu_delta "$before" "$(cpu_snapshot)" >"$dir/ceiling-cpu.json"
   say "ceiling: $(cat "$dir/ceiling.json")"
   target/release/pg2es-bench replay --index "bench_${n}_ceiling" --file "$dir/docs.ndjson" --gzip >"$dir/ceiling-gzip.json"
   say "ceiling, gzip bodies: $(cat "$dir/ceiling-gzip.json")"
@@ -117,7 +141,10 @@ for n in "${sizes[@]}"; do
 
   # Full load into a fresh index (created beforehand, as the replay's is).
   fresh_index "bench_${n}_pg2es"
+  before=$(cpu_snapshot)
   run_pg2es full "bench_${n}_pg2es"
+  cpu_delta "$before" "$(cpu_snapshot)" >"$dir/full-cpu.json"
+  say "cpu during the ceiling: $(jq -c . "$dir/ceiling-cpu.json"); during pg2es's load: $(jq -c . "$dir/full-cpu.json")"
   indexed=$(curl -sf -XPOST "$ES_URL/bench_${n}_pg2es/_refresh" >/dev/null && curl -sf "$ES_URL/bench_${n}_pg2es/_count" | jq .count)
   [ "$indexed" = "$n" ] || die "the full load left $indexed documents for $n films"
 
@@ -160,8 +187,10 @@ for n in "${sizes[@]}"; do
         --slurpfile scan "$dir/scan-cost.json" --slurpfile full "$dir/full.json" \
         --slurpfile incremental "$dir/incremental.json" --slurpfile fanout "$dir/fanout.json" \
         --slurpfile visibility "$dir/visibility.json" --argjson pgsync "$pgsync" \
+        --slurpfile ceiling_cpu "$dir/ceiling-cpu.json" --slurpfile full_cpu "$dir/full-cpu.json" \
         '{ films: $films, seed: $seed, gen_sec: $gen_sec, gen: $gen, touched: $touched, fanout_films: $fanout_films,
            ceiling: $ceiling[0], ceiling_gzip: $ceiling_gzip[0], scan: $scan[0], full: $full[0], incremental: $incremental[0], fanout: $fanout[0],
+           ceiling_cpu: $ceiling_cpu[0], full_cpu: $full_cpu[0],
            visibility: $visibility[0], pgsync: $pgsync }' > "$out/results-$n.json"
   cleanup "$n"
 done
