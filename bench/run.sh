@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The pg2es benchmark (BENCHMARKS.md): for each catalog size, on the running local stack,
 #   1. a synthetic catalog in database bench_<N> (bench/gen.sh)
-#   2. the ceiling: pg2es's documents replayed through _bulk into a fresh index (pg2es-bench replay),
-#      plain and gzip-compressed; and the full load's query alone (pg2es-bench scan-cost)
+#   2. the ceiling: pg2es's documents replayed through _bulk into a fresh index (pg2es-bench replay):
+#      plain (best of two), then gzip-compressed; and the full load's query alone (pg2es-bench scan-cost)
 #   3. pg2es full load into a fresh index: docs/s, peak RSS, CPU seconds
 #   4. incremental runs: 1 % of films touched, then the fan-out person renamed
 #   5. continuous mode: seconds from the rename's commit until every film shows the new name
@@ -128,9 +128,16 @@ for n in "${sizes[@]}"; do
   run_pg2es scratch "bench_${n}_docs"
   target/release/pg2es-bench dump --index "bench_${n}_docs" --out "$dir/docs.ndjson" >"$dir/dump.json"
   curl -s -o /dev/null -XDELETE "$ES_URL/bench_${n}_docs"
-  before=$(cpu_snapshot)
-  target/release/pg2es-bench replay --index "bench_${n}_ceiling" --file "$dir/docs.ndjson" >"$dir/ceiling.json"
-  cpu_delta "$before" "$(cpu_snapshot)" >"$dir/ceiling-cpu.json"
+  # Best of two replays: the first may run in a JVM still warming up (the first size after
+  # Elasticsearch starts), which would make the ceiling look lower than it is.
+  for try in 1 2; do
+    before=$(cpu_snapshot)
+    target/release/pg2es-bench replay --index "bench_${n}_ceiling" --file "$dir/docs.ndjson" >"$dir/ceiling-$try.json"
+    cpu_delta "$before" "$(cpu_snapshot)" >"$dir/ceiling-cpu-$try.json"
+  done
+  best=$(jq -s 'if .[0].docs_per_sec >= .[1].docs_per_sec then 1 else 2 end' "$dir/ceiling-1.json" "$dir/ceiling-2.json")
+  jq -s '.[0] + { tries: map(.docs_per_sec) }' "$dir/ceiling-$best.json" "$dir/ceiling-$(( 3 - best )).json" >"$dir/ceiling.json"
+  cp "$dir/ceiling-cpu-$best.json" "$dir/ceiling-cpu.json"
   say "ceiling: $(cat "$dir/ceiling.json")"
   target/release/pg2es-bench replay --index "bench_${n}_ceiling" --file "$dir/docs.ndjson" --gzip >"$dir/ceiling-gzip.json"
   say "ceiling, gzip bodies: $(cat "$dir/ceiling-gzip.json")"
