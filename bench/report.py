@@ -88,6 +88,12 @@ def machine_cores():
     return sh("nproc") or "2"
 
 
+def slow_ceiling(r):
+    """Elasticsearch spent clearly more CPU on the replay than on the same documents during pg2es's load."""
+    cc, fc = r.get("ceiling_cpu"), r.get("full_cpu")
+    return bool(cc and fc) and cc["es_cpu_sec"] - fc["es_cpu_sec"] > 0.10 * cc["es_cpu_sec"]
+
+
 def reading(results):
     """Where the full load's time goes, from the CPU each process used: why the ratio is what it is."""
     lines = []
@@ -106,9 +112,17 @@ def reading(results):
             f"Postgres's query ({fc['pg_cpu_sec']:.1f} s) and pg2es ({f['cpu_sec']:.1f} s). With {cores} cores, that CPU alone needs "
             f"{bound:.1f} s: at best a ratio of {c['seconds'] / bound:.2f} for a load that keeps every core busy. The load took "
             f"{f['wall_sec']:.1f} s, with {fc['machine_idle_sec']:.1f} core-seconds idle. Part of that idle time comes before the query's "
-            f"first row (after {r['scan']['first_row_sec']:.1f} s when Postgres runs alone): Postgres is sorting the links on one core and "
+            f"first row (after {r['scan']['first_row_sec']:.1f} s when Postgres runs alone): Postgres is joining and sorting the links and "
             f"Elasticsearch has nothing to index yet."
         )
+        # The same documents should cost Elasticsearch about the same CPU in both: when the replay
+        # cost clearly more, the ceiling ran slow in this run and the ratio flatters pg2es.
+        if slow_ceiling(r):
+            lines[-1] += (
+                f" **Caution:** Elasticsearch spent {-es_more / fc['es_cpu_sec']:.0%} more CPU on the replay than on the same "
+                f"documents during pg2es's load, so the ceiling ran slow in this run and this ratio is higher than a steady ceiling "
+                f"would give: do not read it as the target met."
+            )
     if not lines:
         return []
     return [
@@ -124,6 +138,10 @@ def reading(results):
         "With Postgres and Elasticsearch on their own machines, as in production, the query and pg2es do not take "
         "Elasticsearch's CPU, and this bound does not apply.",
         "",
+        "The ceiling itself moves between runs on this shared machine (the 1M replay has ranged from about 8,900 to 12,000 "
+        "docs/s across runs while pg2es's own rate stayed near 8,500), more than the gap to the target: one run's ratio "
+        "near 0.90 proves nothing either way.",
+        "",
     ]
 
 
@@ -136,7 +154,7 @@ def targets(results):
         rows.append(f"| {name} | " + " | ".join(cell(r) for r in results) + " |")
 
     rate = lambda r: r["films"] / r["full"]["wall_sec"]
-    line("pg2es ≥ 0.90 of the ceiling (at 1M)", lambda r: f"{rate(r) / r['ceiling']['docs_per_sec']:.2f}")
+    line("pg2es ≥ 0.90 of the ceiling (at 1M)", lambda r: f"{rate(r) / r['ceiling']['docs_per_sec']:.2f}" + (" (slow ceiling: see below)" if slow_ceiling(r) else ""))
     line("pg2es ≥ 3× PGSync", lambda r: f"{rate(r) / r['pgsync']['docs_per_sec']:.1f}×" if r.get("pgsync") and "docs_per_sec" in r["pgsync"] else "not run")
     line("peak RSS < 64 MB", lambda r: mib(r["full"]["peak_rss_kb"]))
     line("fan-out of 10k films visible ≤ 5 s (1 s cycle)", lambda r: f"{r['visibility']['all_visible_sec']:.2f} s")
@@ -157,7 +175,7 @@ def main():
         "# Benchmarks",
         "",
         f"Measured {now} with `{args.command}` (written by `bench/run.sh`; every number below is a "
-        "measurement of that one run, nothing is estimated).",
+        "measurement of that one run, nothing is estimated, except where a sentence names earlier runs).",
         "",
         "**Only ratios from the same run mean anything.** The machine is a shared 2-core box: Postgres, "
         "Elasticsearch, pg2es and other people's test runs all compete for the same cores, so absolute "
