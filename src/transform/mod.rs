@@ -1,8 +1,22 @@
 //! Rows -> documents. Pure functions, no I/O.
 //!
 //! One [`FilmWork`] (a film with its genres and people, as the source reads it) becomes one
-//! [`MovieDocument`] (the shape of the `movies` index). The value `N/A` means "unknown" in the
-//! catalog: it never reaches the index.
+//! [`MovieDocument`] (the shape of the `movies` index). The rules (also in the README, "The
+//! document"):
+//!
+//! - **Unknown text.** A title, description, genre name or person name that is missing, empty,
+//!   whitespace only or `N/A` (any case, any padding) is unknown: `title` and `description` are
+//!   `null`, and the genre or person is left out of its list. Unknown never reaches the index as
+//!   text.
+//! - **Known text is kept exactly as stored**, padding included: the transform never trims or
+//!   rewrites what it keeps.
+//! - **Roles** are matched after trimming and ignoring ASCII case: `Director`, ` director ` and
+//!   `DIRECTOR` all count as director. A person with any other role (`producer`), or none, is left
+//!   out of the document and reported in [`TransformNotes`] (counted, and the distinct roles
+//!   named, so the caller logs one line per film).
+//! - **Lists** are never null, duplicates from joins collapse (by id), and people are ordered by
+//!   name then id, genres by name, so a document does not depend on row order.
+//! - **Ratings** the index's `float` field cannot hold (NaN, infinite, beyond `f32`) are unknown.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -47,7 +61,7 @@ pub struct MovieDocument {
     pub writers: Vec<Person>,
 }
 
-/// Roles the document knows. Anything else is counted and left out of the document.
+/// Roles the document knows. Anything else is left out of the document and reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Actor,
@@ -64,12 +78,31 @@ fn role(raw: Option<&str>) -> Option<Role> {
     }
 }
 
-/// What the transform left out of a document, for the cycle's counters.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What the transform left out of a document, for the cycle's counters and a log line per film.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TransformNotes {
+    /// People left out because their role is not actor, director or writer (or is missing).
     pub unknown_roles: usize,
+    /// The distinct roles behind `unknown_roles`, trimmed and lowercased, sorted; a missing or
+    /// blank role is [`NO_ROLE`]. Empty when every role was known.
+    pub unknown_role_names: Vec<String>,
+    /// People with a known role left out because their name is unknown (blank, `N/A`).
+    pub nameless_people: usize,
     /// Ratings the index cannot store (NaN, infinite, beyond the `float` range): left unknown.
     pub bad_ratings: usize,
+}
+
+/// How [`TransformNotes::unknown_role_names`] shows a missing or blank role.
+pub const NO_ROLE: &str = "(none)";
+
+impl TransformNotes {
+    fn unknown_role(&mut self, raw: Option<&str>) {
+        self.unknown_roles += 1;
+        let name = raw.map(str::trim).filter(|r| !r.is_empty()).map_or_else(|| NO_ROLE.to_string(), str::to_lowercase);
+        if let Err(at) = self.unknown_role_names.binary_search(&name) {
+            self.unknown_role_names.insert(at, name);
+        }
+    }
 }
 
 /// `imdb_rating` is a `float` field: NaN, infinities and values beyond f32 are refused by
@@ -84,8 +117,8 @@ fn known_rating(r: Option<f64>, notes: &mut TransformNotes) -> Option<f64> {
     }
 }
 
-/// `None` for missing, blank and `N/A` values; the text otherwise, exactly as stored (moved,
-/// not copied).
+/// `None` for missing, empty, whitespace-only and `N/A` values; the text otherwise, exactly as
+/// stored (moved, not copied).
 fn known(value: Option<String>) -> Option<String> {
     let v = value?;
     let t = v.trim();
@@ -111,13 +144,20 @@ pub fn into_document(film: FilmWork) -> (MovieDocument, TransformNotes) {
     let mut writers = Vec::new();
     let mut directors = Vec::new();
     for link in film.persons {
-        let Some(name) = known(link.name) else { continue };
+        // The role first: a link with an unknown role is reported as such whatever its name.
+        let Some(role) = role(link.role.as_deref()) else {
+            notes.unknown_role(link.role.as_deref());
+            continue;
+        };
+        let Some(name) = known(link.name) else {
+            notes.nameless_people += 1;
+            continue;
+        };
         let person = Person { id: link.id, name };
-        match role(link.role.as_deref()) {
-            Some(Role::Actor) => actors.push(person),
-            Some(Role::Writer) => writers.push(person),
-            Some(Role::Director) => directors.push(person),
-            None => notes.unknown_roles += 1,
+        match role {
+            Role::Actor => actors.push(person),
+            Role::Writer => writers.push(person),
+            Role::Director => directors.push(person),
         }
     }
     for people in [&mut actors, &mut writers, &mut directors] {
@@ -245,7 +285,72 @@ mod tests {
         };
         let (doc, notes) = to_document(&f);
         assert_eq!(notes.unknown_roles, 2);
+        assert_eq!(notes.unknown_role_names, [NO_ROLE, "producer"]);
+        assert_eq!(notes.nameless_people, 1);
         assert_eq!(doc.actors_names, vec!["Pat"]);
+        assert!(doc.director.is_empty() && doc.writers.is_empty());
+    }
+
+    #[test]
+    fn blank_text_is_unknown_in_every_field() {
+        let f = FilmWork {
+            title: Some("   ".into()),
+            description: Some("\t\n ".into()),
+            genres: vec![String::new(), "  ".into(), "Drama".into()],
+            persons: vec![link(10, "   ", "writer"), link(11, "", "actor"), link(12, " \u{a0}", "director"), link(13, "Ann", "writer")],
+            ..film()
+        };
+        let (doc, notes) = to_document(&f);
+        assert_eq!((doc.title, doc.description), (None, None));
+        assert_eq!(doc.genre, vec!["Drama"]);
+        assert_eq!(doc.writers, vec![Person { id: uuid(13), name: "Ann".into() }]);
+        assert!(doc.actors.is_empty() && doc.director.is_empty());
+        assert_eq!(notes, TransformNotes { nameless_people: 3, ..TransformNotes::default() });
+    }
+
+    #[test]
+    fn roles_match_ignoring_case_and_padding() {
+        let f = FilmWork {
+            persons: vec![
+                link(10, "Ann", "Director"),
+                link(11, "Bob", " director "),
+                link(12, "Cid", "DIRECTOR"),
+                link(13, "Dee", "\twriter\n"),
+                link(14, "Eve", "Actor"),
+            ],
+            ..film()
+        };
+        let (doc, notes) = to_document(&f);
+        assert_eq!(notes, TransformNotes::default());
+        assert_eq!(doc.director, vec!["Ann", "Bob", "Cid"]);
+        assert_eq!((doc.writers_names, doc.actors_names), (vec!["Dee".to_string()], vec!["Eve".to_string()]));
+    }
+
+    #[test]
+    fn unknown_roles_are_named_once_per_film() {
+        let f = FilmWork {
+            persons: vec![
+                link(10, "Kim", "producer"),
+                link(11, "Kim", " Producer "),
+                link(12, "Lou", "PRODUCER"),
+                link(13, "Max", "composer"),
+                link(14, "Ned", "  "),
+                PersonLink { id: uuid(15), name: Some("Oli".into()), role: None },
+                link(16, "N/A", "producer"),
+                link(17, "Ann", "director"),
+            ],
+            ..film()
+        };
+        let (doc, notes) = to_document(&f);
+        assert_eq!(notes.unknown_roles, 7);
+        assert_eq!(notes.unknown_role_names, [NO_ROLE, "composer", "producer"]);
+        assert_eq!(notes.nameless_people, 0);
+        assert_eq!(doc.director, vec!["Ann"]);
+        assert!(doc.actors.is_empty() && doc.writers.is_empty());
+        let text = serde_json::to_string(&doc).unwrap();
+        for name in ["Kim", "Lou", "Max", "Ned", "Oli"] {
+            assert!(!text.contains(name), "{name} in {text}");
+        }
     }
 
     #[test]
@@ -335,7 +440,9 @@ mod tests {
                 prop_assert_eq!(doc.writers_names.clone(), doc.writers.iter().map(|p| p.name.clone()).collect::<Vec<_>>());
                 prop_assert!(doc.imdb_rating.is_none_or(|r| r.is_finite() && r.abs() <= f64::from(f32::MAX)));
                 let placed = doc.actors.len() + doc.writers.len() + doc.director.len();
-                prop_assert!(placed + notes.unknown_roles <= f.persons.len());
+                prop_assert!(placed + notes.unknown_roles + notes.nameless_people <= f.persons.len());
+                prop_assert_eq!(notes.unknown_roles == 0, notes.unknown_role_names.is_empty());
+                prop_assert!(notes.unknown_role_names.windows(2).all(|w| w[0] < w[1]), "not sorted and distinct");
 
                 let mut shuffled = f.clone();
                 shuffled.persons.reverse();
