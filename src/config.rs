@@ -35,10 +35,11 @@ pub const SETTINGS: &[Setting] = &[
     setting("ES_USERNAME", None, "Elasticsearch basic-auth user"),
     Setting { env: "ES_PASSWORD", default: None, help: "Elasticsearch basic-auth password", secret: true },
     Setting { env: "ES_API_KEY", default: None, help: "Elasticsearch API key (base64 id:key), instead of basic auth", secret: true },
+    setting("ES_TIMEOUT_SEC", Some("30"), "time limit of one request to Elasticsearch (a bulk request gets 1 s more per 256 KiB of body); a timeout is retried like an outage"),
     setting("ES_BULK_MAX_BYTES", Some("8388608"), "largest bulk request body in bytes"),
     setting("ES_BULK_CONCURRENCY", Some("2"), "bulk requests in flight at once (progress is still saved in order)"),
     setting("ETL_BATCH_SIZE", Some("500"), "rows read per query and documents per bulk request"),
-    setting("ETL_CYCLE_SEC", Some("10"), "pause between two cycles in continuous mode (seconds, may be fractional)"),
+    setting("ETL_CYCLE_SEC", Some("10"), "pause between two cycles in continuous mode (seconds, from 0.1 to 86400, may be fractional)"),
     setting("ETL_STATE_FILE", Some("state/pg2es-state.json"), "durable watermarks; a .lock file beside it keeps one instance"),
     setting("ETL_DEAD_LETTER_FILE", Some("state/pg2es-dead-letter.jsonl"), "documents Elasticsearch rejected for good (JSON lines)"),
     setting("ETL_TIMESTAMP_COLUMN", Some("auto"), "change-tracking column: auto, or a name such as updated_at or modified"),
@@ -92,6 +93,7 @@ pub struct Config {
     pub es_schema_file: PathBuf,
     pub es_auth: EsAuth,
     pub es_ca_file: Option<PathBuf>,
+    pub es_timeout: Duration,
     pub bulk_max_bytes: usize,
     pub bulk_concurrency: usize,
     pub batch_size: usize,
@@ -325,10 +327,8 @@ impl Config {
             (None, None, None) => EsAuth::None,
         };
 
-        let cycle_sec: f64 = src.number("ETL_CYCLE_SEC", 0.0, 86_400.0, "a number of seconds")?;
-        if cycle_sec <= 0.0 {
-            return Err(src.bad("ETL_CYCLE_SEC", "a number of seconds greater than 0"));
-        }
+        // Below a tenth of a second the loop would mostly poll an idle database.
+        let cycle_sec: f64 = src.number("ETL_CYCLE_SEC", 0.1, 86_400.0, "a number of seconds")?;
 
         let timestamp_column = match src.string("ETL_TIMESTAMP_COLUMN").as_deref() {
             None | Some("auto") => TimestampColumn::Auto,
@@ -361,6 +361,7 @@ impl Config {
             es_schema_file: PathBuf::from(src.string("ES_SCHEMA_FILE").unwrap_or_default()),
             es_auth,
             es_ca_file: src.string("ES_CA_FILE").map(PathBuf::from),
+            es_timeout: Duration::from_secs(src.number("ES_TIMEOUT_SEC", 1u64, 3_600, "a whole number of seconds")?),
             bulk_max_bytes: src.number("ES_BULK_MAX_BYTES", 1024usize, 1 << 30, "a whole number of bytes")?,
             bulk_concurrency: src.number("ES_BULK_CONCURRENCY", 1usize, 64, "a whole number of requests")?,
             batch_size: src.number("ETL_BATCH_SIZE", 1usize, 100_000, "a whole number")?,
@@ -416,6 +417,7 @@ impl Config {
         if let Some(ca) = &self.es_ca_file {
             line(&mut out, "ES_CA_FILE", &ca.display());
         }
+        line(&mut out, "ES_TIMEOUT_SEC", &self.es_timeout.as_secs());
         line(&mut out, "ES_BULK_MAX_BYTES", &self.bulk_max_bytes);
         line(&mut out, "ES_BULK_CONCURRENCY", &self.bulk_concurrency);
         line(&mut out, "ETL_BATCH_SIZE", &self.batch_size);
@@ -582,6 +584,17 @@ mod tests {
             assert!(msg.contains(var), "{var}={value}: {msg}");
             assert!(msg.contains("expected"), "{var}={value}: {msg}");
         }
+    }
+
+    /// One range and one message, whatever is wrong with the value.
+    #[test]
+    fn cycle_has_one_range_with_a_floor() {
+        for value in ["0", "-1", "1e-9", "0.09", "86401", "NaN", "inf", "soon"] {
+            let msg = err(&[("ETL_CYCLE_SEC", value)]);
+            assert_eq!(msg, format!("invalid configuration: ETL_CYCLE_SEC='{value}': expected a number of seconds from 0.1 to 86400"));
+        }
+        assert_eq!(config(&[("ETL_CYCLE_SEC", "0.1")]).unwrap().cycle, Duration::from_millis(100));
+        assert_eq!(config(&[("ETL_CYCLE_SEC", "86400")]).unwrap().cycle, Duration::from_secs(86_400));
     }
 
     #[test]
