@@ -8,7 +8,7 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{HumanCount, ProgressBar, ProgressState, ProgressStyle};
 
 /// Without a terminal, a progress line every this many batches.
 pub const LOG_EVERY_BATCHES: u64 = 20;
@@ -34,10 +34,7 @@ impl Progress {
     pub fn new(terminal: bool) -> Progress {
         let bar = terminal.then(|| {
             let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template("full load {bar:40} {pos}/{len} films  {per_sec}  ETA {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+            bar.set_style(bar_style().unwrap_or_else(|_| ProgressStyle::default_bar()));
             bar
         });
         Progress { bar, state: Mutex::new(Counts::default()) }
@@ -104,6 +101,20 @@ pub fn rate_and_eta(done: u64, total: u64, elapsed: Duration) -> (u64, Option<u6
     (rate.round() as u64, Some((total.saturating_sub(done) as f64 / rate).ceil() as u64))
 }
 
+fn bar_style() -> Result<ProgressStyle, indicatif::style::TemplateError> {
+    let rate = |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = w.write_str(&rate_text(state.per_sec()));
+    };
+    Ok(ProgressStyle::with_template("full load {bar:40} {pos}/{len} films  {rate}  ETA {eta}")?.with_key("rate", rate))
+}
+
+/// A rate as the bar shows it: whole films per second, thousands separated (`11,919/s`);
+/// indicatif's own `{per_sec}` shows four decimals.
+pub fn rate_text(per_sec: f64) -> String {
+    // `as` saturates, and maps NaN (no time elapsed yet) to 0.
+    format!("{}/s", HumanCount(per_sec.round() as u64))
+}
+
 /// The log's writer: stderr, with the progress bar hidden while a line is written.
 #[derive(Clone, Copy, Default)]
 pub struct StderrWriter;
@@ -139,5 +150,15 @@ mod tests {
         assert_eq!(rate_and_eta(0, 100, Duration::from_secs(3)), (0, None));
         assert_eq!(rate_and_eta(50, 100, Duration::from_secs(5)), (10, Some(5)));
         assert_eq!(rate_and_eta(100, 100, Duration::from_secs(5)), (20, Some(0)));
+    }
+
+    #[test]
+    fn the_bar_shows_whole_films_per_second() {
+        assert_eq!(rate_text(11_919.2915), "11,919/s");
+        assert_eq!(rate_text(11_919.5), "11,920/s");
+        assert_eq!(rate_text(0.4), "0/s");
+        assert_eq!(rate_text(f64::NAN), "0/s");
+        assert_eq!(rate_text(1_234_567.0), "1,234,567/s");
+        assert!(bar_style().is_ok(), "the bar's template does not parse");
     }
 }
