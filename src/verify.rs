@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
-use crate::sink::ElasticsearchSink;
+use crate::sink::{read_index_definition, ElasticsearchSink};
 use crate::source::{PgSource, PgTls};
 use crate::transform::{to_document, FilmWork};
 
@@ -121,6 +121,8 @@ impl VerifyReport {
 pub async fn verify(config: &Config, shutdown: &Shutdown) -> Result<VerifyReport> {
     let started = Instant::now();
     let sink = ElasticsearchSink::new(config)?;
+    // A missing index or another mapping is said as such, not as the first search's error.
+    sink.check_index(&read_index_definition(&config.es_schema_file)?, shutdown).await?;
     let mut films = FilmPages::new(config, shutdown)?;
     let mut documents = DocumentPages::new(&sink, config.batch_size.min(MAX_SEARCH_SIZE), shutdown);
     tracing::info!(index = %config.es_index, page_size = config.batch_size, "verifying index against postgres");

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::TestEnv;
 use pg2es::shutdown::Shutdown;
 use pg2es::verify::{verify, StaleDocument, VerifyReport};
+use pg2es::Error;
 use serde_json::{json, Value};
 
 async fn check(env: &TestEnv) -> VerifyReport {
@@ -130,5 +131,48 @@ async fn the_binary_exits_1_on_a_difference_beside_a_running_pipeline() {
 
     let _ = pipeline.kill();
     let _ = pipeline.wait();
+    env.cleanup().await;
+}
+
+/// Without an index there is nothing to compare: verify says so and what to do, through the
+/// library and the binary, instead of Elasticsearch's `index_not_found_exception`.
+#[tokio::test]
+async fn a_missing_index_is_named_with_a_hint() {
+    let env = TestEnv::new("verify_no_index").await;
+    let (_trigger, shutdown) = Shutdown::new();
+    let err = verify(&env.config(), &shutdown).await.expect_err("verify without an index");
+    assert!(matches!(err, Error::ElasticsearchStatus { status: 404, .. }), "{err:?}");
+    let want = format!("index '{}' does not exist: run `pg2es run` first, or check ES_URL and ES_INDEX", env.index);
+    assert!(err.to_string().contains(&want), "{err}");
+
+    let out = run(&env, &["verify"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&want), "{stderr}");
+    assert!(!stderr.contains("index_not_found_exception") && !stderr.contains('{'), "raw elasticsearch json: {stderr}");
+    env.cleanup().await;
+}
+
+/// An index made with another mapping (here `id` as text, which cannot be sorted on) is refused
+/// with the first path that differs from ES_SCHEMA_FILE, as `pg2es run` refuses it.
+#[tokio::test]
+async fn an_index_with_another_mapping_names_the_first_difference() {
+    let env = TestEnv::new("verify_other_mapping").await;
+    let mut definition: Value = serde_json::from_str(&std::fs::read_to_string(common::schema_file()).unwrap()).unwrap();
+    definition["mappings"]["properties"]["id"] = json!({"type": "text"});
+    let resp = env.http.put(format!("{}/{}", env.es, env.index)).json(&definition).send().await.expect("reach elasticsearch");
+    assert!(resp.status().is_success(), "create index: {}", resp.text().await.unwrap_or_default());
+
+    let (_trigger, shutdown) = Shutdown::new();
+    let err = verify(&env.config(), &shutdown).await.expect_err("verify against another mapping");
+    let Error::MappingConflict { index, difference } = &err else { panic!("not a mapping conflict: {err:?}") };
+    assert_eq!(index, &env.index);
+    assert_eq!(difference, r#"mappings.properties.id.type: expected "keyword", found "text""#);
+
+    let out = run(&env, &["verify"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("index '{}' exists with a different mapping (mappings.properties.id.type", env.index)), "{stderr}");
+    assert!(!stderr.contains("exception"), "raw elasticsearch json: {stderr}");
     env.cleanup().await;
 }
