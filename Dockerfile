@@ -3,6 +3,8 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The movies index definition is built into the binary (include_str!).
+COPY schema ./schema
 RUN cargo build --release --locked --bin pg2es
 
 FROM debian:bookworm-slim
@@ -12,7 +14,6 @@ USER pg2es
 WORKDIR /var/lib/pg2es
 ENV ETL_STATE_FILE=/var/lib/pg2es/state.json \
     ETL_DEAD_LETTER_FILE=/var/lib/pg2es/dead-letter.jsonl \
-    ES_SCHEMA_FILE=/etc/pg2es/es_schema.json \
     LOG_FORMAT=json
 ENTRYPOINT ["pg2es"]
 CMD ["run"]

@@ -30,7 +30,7 @@ pub const SETTINGS: &[Setting] = &[
     setting("PG_SCHEMA", Some("content"), "schema of the source tables"),
     setting("ES_URL", Some("http://127.0.0.1:9200"), "Elasticsearch or OpenSearch base URL"),
     setting("ES_INDEX", Some("movies"), "target index"),
-    setting("ES_SCHEMA_FILE", Some("../shared/fixtures/movies/es_schema.json"), "index definition (body of PUT /<index>) used when the index is absent"),
+    setting("ES_SCHEMA_FILE", None, "index definition (body of PUT /<index>) used when the index is absent; the movies definition built into pg2es when unset"),
     setting("ES_CA_FILE", None, "PEM CA certificates for an https ES_URL, added to the public roots"),
     setting("ES_USERNAME", None, "Elasticsearch basic-auth user"),
     Setting { env: "ES_PASSWORD", default: None, help: "Elasticsearch basic-auth password", secret: true },
@@ -75,6 +75,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// The movies index definition (a copy of the catalog's `es_schema.json`), built into the binary
+/// so that pg2es runs from any directory and in a container without a mount.
+pub const MOVIES_INDEX_DEFINITION: &str = include_str!("../schema/movies.es.json");
+
+/// Where the body of `PUT /<index>` comes from when the index is absent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexDefinition {
+    /// [`MOVIES_INDEX_DEFINITION`].
+    Builtin,
+    /// The file named by `ES_SCHEMA_FILE`.
+    File(PathBuf),
+}
+
+impl fmt::Display for IndexDefinition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IndexDefinition::Builtin => f.write_str("(built-in movies definition)"),
+            IndexDefinition::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// Which column tells that a row changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimestampColumn {
@@ -90,7 +112,7 @@ pub struct Config {
     pub pg_schema: String,
     pub es_url: reqwest::Url,
     pub es_index: String,
-    pub es_schema_file: PathBuf,
+    pub es_schema_file: IndexDefinition,
     pub es_auth: EsAuth,
     pub es_ca_file: Option<PathBuf>,
     pub es_timeout: Duration,
@@ -358,7 +380,10 @@ impl Config {
             pg_schema,
             es_url,
             es_index,
-            es_schema_file: PathBuf::from(src.string("ES_SCHEMA_FILE").unwrap_or_default()),
+            es_schema_file: match src.string("ES_SCHEMA_FILE") {
+                Some(path) => IndexDefinition::File(PathBuf::from(path)),
+                None => IndexDefinition::Builtin,
+            },
             es_auth,
             es_ca_file: src.string("ES_CA_FILE").map(PathBuf::from),
             es_timeout: Duration::from_secs(src.number("ES_TIMEOUT_SEC", 1u64, 3_600, "a whole number of seconds")?),
@@ -407,7 +432,7 @@ impl Config {
         line(&mut out, "PG_SCHEMA", &self.pg_schema);
         line(&mut out, "ES_URL", &self.es_url);
         line(&mut out, "ES_INDEX", &self.es_index);
-        line(&mut out, "ES_SCHEMA_FILE", &self.es_schema_file.display());
+        line(&mut out, "ES_SCHEMA_FILE", &self.es_schema_file);
         let auth = match &self.es_auth {
             EsAuth::None => "none".to_string(),
             EsAuth::Basic { username, .. } => format!("basic, user {username}, password ***"),
@@ -595,6 +620,17 @@ mod tests {
         }
         assert_eq!(config(&[("ETL_CYCLE_SEC", "0.1")]).unwrap().cycle, Duration::from_millis(100));
         assert_eq!(config(&[("ETL_CYCLE_SEC", "86400")]).unwrap().cycle, Duration::from_secs(86_400));
+    }
+
+    /// The built-in definition is the catalog's own: a changed fixture must be copied into
+    /// schema/movies.es.json. Reads the shared fixtures, so it fails (not skips) without them.
+    #[test]
+    fn builtin_index_definition_is_the_shared_fixture() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/movies/es_schema.json");
+        let shared = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}; the shared fixtures are needed"));
+        assert!(MOVIES_INDEX_DEFINITION == shared, "schema/movies.es.json differs from {path}: copy it again");
+        assert_eq!(config(&[]).unwrap().es_schema_file, IndexDefinition::Builtin);
+        assert_eq!(config(&[("ES_SCHEMA_FILE", "/etc/x.json")]).unwrap().es_schema_file, IndexDefinition::File("/etc/x.json".into()));
     }
 
     #[test]

@@ -236,3 +236,21 @@ async fn elasticsearch_over_tls_verifies_the_server() {
     assert_eq!(env.count().await, 999);
     env.cleanup().await;
 }
+
+/// Without ES_SCHEMA_FILE the index is created from the definition built into the binary, so
+/// pg2es runs from any working directory.
+#[tokio::test]
+async fn the_builtin_index_definition_works_from_any_directory() {
+    let env = TestEnv::new("bin_builtin_schema").await;
+    let vars: Vec<(String, String)> = env.env_vars().into_iter().filter(|(k, _)| k != "ES_SCHEMA_FILE").collect();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let o = pg2es(&vars, &["run", "--once"]).current_dir(elsewhere.path()).output().expect("run pg2es");
+    assert!(o.status.success(), "{}", stderr(&o));
+    env.refresh().await;
+    assert_eq!(env.count().await, 999);
+    let mapping: serde_json::Value =
+        env.http.get(format!("{}/{}/_mapping", env.es, env.index)).send().await.unwrap().json().await.unwrap();
+    let expected: serde_json::Value = serde_json::from_str(pg2es::config::MOVIES_INDEX_DEFINITION).unwrap();
+    assert_eq!(mapping[&env.index]["mappings"], expected["mappings"], "the index has the movies mapping");
+    env.cleanup().await;
+}
