@@ -74,7 +74,8 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("shutdown requested")]
+    /// SIGINT/SIGTERM came before the work was done.
+    #[error("stopped by SIGINT/SIGTERM before the pass was complete; progress up to the last stored batch is kept")]
     Shutdown,
 }
 

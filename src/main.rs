@@ -13,7 +13,11 @@ fn main() -> ExitCode {
     match try_main() {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!(error = %e, "pg2es failed");
+            if matches!(e, Error::Shutdown) {
+                tracing::warn!("pg2es stopped before its pass was complete");
+            } else {
+                tracing::error!(error = %e, "pg2es failed");
+            }
             eprintln!("pg2es: error: {e}");
             if let Some(hint) = e.hint() {
                 eprintln!("pg2es: hint: {hint}");
@@ -23,14 +27,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// 2: bad configuration; 3: another instance holds the state; 1: anything else.
+/// 2: bad configuration; 3: another instance holds the state; 4: stopped by SIGINT/SIGTERM
+/// before a `run --once` pass or a `verify` was complete; 1: anything else.
 fn exit_code(e: &Error) -> u8 {
     match e {
         Error::Config(_) => 2,
         Error::AlreadyRunning { .. } => 3,
+        Error::Shutdown => INTERRUPTED,
         _ => 1,
     }
 }
+
+/// A pass that was asked to finish (`run --once`, `verify`) and was stopped before it did: not
+/// a success, and not a failure of pg2es either. Progress up to the last stored batch is kept.
+const INTERRUPTED: u8 = 4;
 
 fn try_main() -> pg2es::Result<ExitCode> {
     let cli = Cli::parse();
@@ -51,8 +61,15 @@ fn try_main() -> pg2es::Result<ExitCode> {
         Command::Run { once: false } => Mode::Continuous,
     };
     let config = &config;
-    with_runtime(|shutdown| async move { pipeline::run(config, mode, &shutdown).await })?;
-    Ok(ExitCode::SUCCESS)
+    let outcome = with_runtime(|shutdown| async move { pipeline::run(config, mode, &shutdown).await });
+    match (mode, outcome) {
+        // A service stops on SIGTERM: that is how it is meant to end, wherever it was.
+        (Mode::Continuous, Ok(_) | Err(Error::Shutdown)) => Ok(ExitCode::SUCCESS),
+        // One pass was asked for: only a whole pass is a success.
+        (Mode::Once, Ok(reports)) if reports.last().is_some_and(|r| !r.interrupted) => Ok(ExitCode::SUCCESS),
+        (Mode::Once, Ok(_)) => Err(Error::Shutdown),
+        (_, Err(e)) => Err(e),
+    }
 }
 
 /// Runs `task` on a new runtime, with shutdown on SIGINT and SIGTERM.

@@ -101,7 +101,8 @@ async fn run_cycles(
     let mut reports = Vec::new();
     loop {
         let started = Instant::now();
-        let outcome = async {
+        // Bounded: a server that stops answering mid-cycle cannot hold a stop back.
+        let outcome = shutdown.bounded(async {
             let src = match source.take() {
                 Some(s) if !s.is_closed() => s,
                 _ => connect_source(config, policy, shutdown).await?,
@@ -109,7 +110,7 @@ async fn run_cycles(
             let report = run_cycle(&src, sink, checkpoint, config, shutdown).await;
             source = Some(src);
             report
-        }
+        })
         .await;
         match outcome {
             Ok(report) => {

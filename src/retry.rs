@@ -48,7 +48,8 @@ impl RetryPolicy {
 }
 
 /// Runs `op` until it succeeds, gives up on a non-transient error, or shutdown is requested.
-/// Each wait is logged with what it waits for.
+/// Each wait is logged with what it waits for. An attempt still under way when shutdown comes
+/// gets the shutdown grace period, then is abandoned.
 pub async fn retry<T, F, Fut>(policy: &RetryPolicy, shutdown: &Shutdown, what: &'static str, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -57,13 +58,14 @@ where
     let mut delays = policy.delays();
     let mut attempt: u32 = 1;
     loop {
-        match op().await {
+        match shutdown.bounded(op()).await {
             Ok(v) => {
                 if attempt > 1 {
                     tracing::info!(operation = what, attempts = attempt, "recovered");
                 }
                 return Ok(v);
             }
+            Err(Error::Shutdown) => return Err(Error::Shutdown),
             Err(e) => {
                 let Retry::WaitFor(service) = e.retry() else { return Err(e) };
                 let delay = delays.next().unwrap_or(policy.cap);

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+/// How long requests under way may still take after SIGINT/SIGTERM before they are abandoned
+/// (nothing is lost: what they would have saved is read again at the next start).
+pub const GRACE: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone)]
 pub struct Shutdown {
     rx: watch::Receiver<bool>,
@@ -37,6 +41,22 @@ impl Shutdown {
         let mut rx = self.rx.clone();
         if rx.wait_for(|t| *t).await.is_err() {
             std::future::pending::<()>().await;
+        }
+    }
+
+    /// Resolves `grace` after shutdown was requested: work under way may finish within it (a
+    /// bulk request already sent, a state write), but nothing waits on the network past it.
+    pub async fn expired(&self, grace: Duration) {
+        self.wait().await;
+        tokio::time::sleep(grace).await;
+    }
+
+    /// Runs `work` to completion, or until [`Shutdown::expired`]; then `Err(Error::Shutdown)`.
+    /// However long a server takes to answer (or never does), a stop takes at most `GRACE`.
+    pub async fn bounded<T>(&self, work: impl std::future::Future<Output = crate::Result<T>>) -> crate::Result<T> {
+        tokio::select! {
+            r = work => r,
+            _ = self.expired(GRACE) => Err(crate::Error::Shutdown),
         }
     }
 

@@ -10,6 +10,7 @@ mod inspect;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
@@ -24,6 +25,19 @@ use bulk::{BulkItemOutcome, BulkResponse, EncodedDoc};
 /// Attempts for items answered 429/5xx before the whole batch is handed back as transient.
 const MAX_ITEM_ATTEMPTS: u32 = 8;
 
+/// Time to open a connection: a server that does not accept within it is treated as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Slowest ingest rate a healthy node is expected to keep up while reading a bulk body: the
+/// time limit of a bulk request grows by one second per this many bytes.
+const BULK_BYTES_PER_SEC: usize = 256 * 1024;
+
+/// The time limit of a request with a body of `body_len` bytes: `base` plus one second per
+/// `BULK_BYTES_PER_SEC`, so a large bulk request on a slow node is not cut off and retried forever.
+fn timeout_for(base: Duration, body_len: usize) -> Duration {
+    base + Duration::from_secs((body_len / BULK_BYTES_PER_SEC) as u64)
+}
+
 pub struct ElasticsearchSink {
     http: reqwest::Client,
     base: Url,
@@ -33,6 +47,8 @@ pub struct ElasticsearchSink {
     dead_letter: PathBuf,
     retry: RetryPolicy,
     auth: EsAuth,
+    /// Time limit of one request (a bulk request gets more, see `timeout_for`).
+    timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +80,7 @@ impl ElasticsearchSink {
             }
         }
         let http = builder
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .timeout(std::time::Duration::from_secs(120))
+            .connect_timeout(config.es_timeout.min(CONNECT_TIMEOUT))
             .build()
             .map_err(Error::es_transport("build http client"))?;
         let mut base = config.es_url.clone();
@@ -81,6 +96,7 @@ impl ElasticsearchSink {
             dead_letter: config.dead_letter_file.clone(),
             retry: RetryPolicy { initial: config.backoff_initial, cap: config.backoff_max },
             auth: config.es_auth.clone(),
+            timeout: config.es_timeout,
         })
     }
 
@@ -105,6 +121,8 @@ impl ElasticsearchSink {
                 req.header(AUTHORIZATION, v)
             }
         };
+        let body_len = body.as_ref().map_or(0, |(b, _)| b.len());
+        req = req.timeout(timeout_for(self.timeout, body_len));
         if let Some((body, content_type)) = body {
             req = req.header(CONTENT_TYPE, content_type).body(body);
         }
@@ -438,3 +456,11 @@ mod tests {
         assert!(t.ends_with('…') && t.len() <= 504);
     }
 }
+    #[test]
+    fn bulk_requests_get_more_time_by_size() {
+        let base = Duration::from_secs(30);
+        assert_eq!(timeout_for(base, 0), base);
+        assert_eq!(timeout_for(base, 100), base);
+        assert_eq!(timeout_for(base, 8 << 20), Duration::from_secs(62));
+    }
+

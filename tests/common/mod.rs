@@ -222,3 +222,25 @@ pub fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::proce
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The `pg2es` binary with exactly these environment variables (and PATH).
+pub fn pg2es_command(env: &[(String, String)], args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pg2es"));
+    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).envs(env.iter().cloned());
+    cmd
+}
+
+/// Starts the binary with stderr appended to `log` (read it while the process runs).
+pub fn spawn_logged(env: &[(String, String)], args: &[&str], log: &std::path::Path) -> std::process::Child {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    pg2es_command(env, args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(file))
+        .spawn()
+        .expect("spawn pg2es")
+}
+
+/// Waits until `log` contains `text`, at most `limit`.
+pub async fn log_shows(log: &std::path::Path, text: &str, limit: Duration) {
+    eventually(limit, &format!("log shows {text:?}"), || async { std::fs::read_to_string(log).is_ok_and(|l| l.contains(text)) }).await;
+}

@@ -1,0 +1,115 @@
+//! Every failure a clear, bounded outcome: servers that never answer, stops during outages,
+//! exit codes that follow one rule.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::{log_shows, signal, spawn_logged, wait_exit, TestEnv};
+
+/// A TCP server that accepts connections and never answers, for at most `life`.
+fn silent_server(life: Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut held = Vec::new();
+        while start.elapsed() < life && held.len() < 1000 {
+            match listener.accept() {
+                Ok((socket, _)) => held.push(socket),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    url
+}
+
+/// An address where nothing listens: connections are refused at once.
+fn closed_port() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("127.0.0.1:{port}")
+}
+
+fn set(vars: &mut Vec<(String, String)>, key: &str, value: &str) {
+    vars.retain(|(k, _)| k != key);
+    vars.push((key.to_string(), value.to_string()));
+}
+
+#[tokio::test]
+async fn an_elasticsearch_that_never_answers_times_out_and_sigterm_is_honoured() {
+    let env = TestEnv::new("out_silent_es").await;
+    let mut vars = env.env_vars();
+    set(&mut vars, "ES_URL", &silent_server(Duration::from_secs(60)));
+    set(&mut vars, "ES_TIMEOUT_SEC", "1");
+    let log = env.dir.path().join("pg2es.log");
+    let mut child = spawn_logged(&vars, &["run", "--once"], &log);
+    // The timeout is an outage: logged with what it waits for, and retried.
+    log_shows(&log, "waiting_for=elasticsearch", Duration::from_secs(20)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("timed out"), "{text}");
+    let asked = Instant::now();
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(8), "SIGTERM took {took:?} to be honoured");
+    assert_eq!(status.code(), Some(4), "an interrupted --once is not a success");
+    env.cleanup().await;
+}
+
+/// One rule: a continuous `run` stopped by SIGTERM exits 0; a `run --once` or a `verify` stopped
+/// before it was complete exits 4, whichever service it was waiting for.
+#[tokio::test]
+async fn exit_codes_after_sigterm_follow_one_rule() {
+    let env = TestEnv::new("out_exit_codes").await;
+    let es_down = {
+        let mut v = env.env_vars();
+        set(&mut v, "ES_URL", &format!("http://{}", closed_port()));
+        v
+    };
+    let pg_down = {
+        let mut v = env.env_vars();
+        set(&mut v, "PG_DSN", &format!("postgres://app:123qwe@{}/movies", closed_port()));
+        v
+    };
+    let cases: [(&str, &Vec<(String, String)>, &[&str], i32); 5] = [
+        ("elasticsearch", &es_down, &["run", "--once"], 4),
+        ("postgres", &pg_down, &["run", "--once"], 4),
+        ("elasticsearch", &es_down, &["verify"], 4),
+        ("elasticsearch", &es_down, &["run"], 0),
+        ("postgres", &pg_down, &["run"], 0),
+    ];
+    for (i, (waiting_for, vars, args, code)) in cases.into_iter().enumerate() {
+        let log = env.dir.path().join(format!("case{i}.log"));
+        let mut child = spawn_logged(vars, args, &log);
+        log_shows(&log, &format!("waiting_for={waiting_for}"), Duration::from_secs(30)).await;
+        signal(&child, "-TERM");
+        let status = wait_exit(&mut child, Duration::from_secs(10));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(code), "{args:?} waiting for {waiting_for}: {text}");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_once_pass_interrupted_during_the_full_load_exits_4_and_resumes() {
+    let mut env = TestEnv::new("out_once_mid_load").await;
+    env.extra_env.push(("ETL_BATCH_SIZE".into(), "5".into()));
+    env.extra_env.push(("ES_BULK_CONCURRENCY".into(), "1".into()));
+    let log = env.dir.path().join("pg2es.log");
+    let mut child = spawn_logged(&env.env_vars(), &["run", "--once"], &log);
+    common::eventually(Duration::from_secs(60), "some documents loaded", || async { env.try_count().await.unwrap_or(0) > 0 }).await;
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    let loaded = env.try_count().await.unwrap_or(0);
+    assert!(loaded < 999, "the pass finished before SIGTERM ({loaded} documents): make the batches smaller");
+    assert_eq!(status.code(), Some(4), "{}", std::fs::read_to_string(&log).unwrap());
+    let again = common::pg2es_command(&env.env_vars(), &["run", "--once"]).output().unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    env.refresh().await;
+    assert_eq!(env.count().await, 999);
+    env.cleanup().await;
+}
