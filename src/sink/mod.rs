@@ -341,18 +341,25 @@ struct TotalHits {
     value: u64,
 }
 
-/// Reads the index definition (body of `PUT /<index>`): settings and mappings.
-pub fn read_index_definition(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::Config(format!("ES_SCHEMA_FILE='{}': cannot read it ({e}); set ES_SCHEMA_FILE to the index definition JSON", path.display()))
-    })?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Config(format!("ES_SCHEMA_FILE='{}': not valid JSON ({e})", path.display())))?;
+/// Reads the index definition (body of `PUT /<index>`): settings and mappings, from
+/// `ES_SCHEMA_FILE` or the movies definition built into the binary.
+pub fn read_index_definition(source: &crate::config::IndexDefinition) -> Result<Value> {
+    use crate::config::{IndexDefinition, MOVIES_INDEX_DEFINITION};
+    let (text, name) = match source {
+        IndexDefinition::Builtin => (MOVIES_INDEX_DEFINITION.to_string(), "the built-in movies index definition".to_string()),
+        IndexDefinition::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::Config(format!(
+                    "ES_SCHEMA_FILE='{}': cannot read it ({e}); set ES_SCHEMA_FILE to the index definition JSON, or unset it for the built-in movies definition",
+                    path.display()
+                ))
+            })?;
+            (text, format!("ES_SCHEMA_FILE='{}'", path.display()))
+        }
+    };
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Config(format!("{name}: not valid JSON ({e})")))?;
     if !v.get("mappings").is_some_and(Value::is_object) {
-        return Err(Error::Config(format!(
-            "ES_SCHEMA_FILE='{}': expected an object with \"mappings\" (the body of PUT /<index>)",
-            path.display()
-        )));
+        return Err(Error::Config(format!("{name}: expected an object with \"mappings\" (the body of PUT /<index>)")));
     }
     Ok(v)
 }
