@@ -11,6 +11,9 @@
 //! Neither side is a snapshot: a long transaction would hold back the commit horizon of a running
 //! pipeline. Against a live pipeline, films changed during the check can show as stale; a second
 //! run tells. Verify only reads, and takes no lock.
+//!
+//! While deletes are not propagated, a film deleted in Postgres stays in the index (extra), and a
+//! deleted link stays in its film's document (stale): the report's hints say so.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt::Write;
@@ -35,8 +38,9 @@ pub const SAMPLE_SIZE: usize = 20;
 /// Elasticsearch refuses a larger `size` unless `index.max_result_window` is raised.
 const MAX_SEARCH_SIZE: usize = 10_000;
 
-/// What verify found. Consistent when nothing is missing, stale or extra.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// What verify found. Consistent when nothing is missing, stale or extra. Serialized with its
+/// [`hints`](VerifyReport::hints).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct VerifyReport {
     /// Films read from Postgres.
     pub checked: u64,
@@ -94,7 +98,35 @@ impl VerifyReport {
         )
     }
 
-    /// A short table for a person: counts, then the first ids of each kind.
+    /// Why each kind of difference found usually happens, and what to do about it.
+    pub fn hints(&self) -> Vec<String> {
+        let documents = |n: u64| if n == 1 { "document" } else { "documents" };
+        let mut hints = Vec::new();
+        if self.missing.count > 0 {
+            let n = self.missing.count;
+            hints.push(format!(
+                "{n} missing {}: films not loaded yet; `pg2es run` loads them at its next cycle (a film whose change column is NULL is read only by a full load)",
+                documents(n)
+            ));
+        }
+        if self.stale.count > 0 {
+            let n = self.stale.count;
+            hints.push(format!(
+                "{n} stale {}: a change not loaded yet (run verify again after pg2es's next cycle), or a genre or person link deleted in Postgres, which stays in the document until deletes are propagated (see README, 'Deletes')",
+                documents(n)
+            ));
+        }
+        if self.extra.count > 0 {
+            let n = self.extra.count;
+            hints.push(format!(
+                "{n} extra {}: films deleted in Postgres stay in the index until deletes are propagated (see README, 'Deletes')",
+                documents(n)
+            ));
+        }
+        hints
+    }
+
+    /// A short table for a person: counts, then the first ids of each kind, then the hints.
     pub fn render(&self) -> String {
         const IDS_AT: usize = 20;
         let mut out = format!("{:<8} {:>9}  first ids\n{:<8} {:>9}\n", "", "count", "checked", self.checked);
@@ -113,7 +145,23 @@ impl VerifyReport {
                 let _ = writeln!(out, "{:IDS_AT$}… {} more", "", count - ids.len() as u64);
             }
         }
+        for hint in self.hints() {
+            let _ = writeln!(out, "hint: {hint}");
+        }
         out
+    }
+}
+
+impl Serialize for VerifyReport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("VerifyReport", 5)?;
+        s.serialize_field("checked", &self.checked)?;
+        s.serialize_field("missing", &self.missing)?;
+        s.serialize_field("stale", &self.stale)?;
+        s.serialize_field("extra", &self.extra)?;
+        s.serialize_field("hints", &self.hints())?;
+        s.end()
     }
 }
 
@@ -415,5 +463,26 @@ mod tests {
         let v = serde_json::to_value(&report).unwrap();
         assert_eq!(v["stale"]["first"][0]["field"], "title");
         assert_eq!(v["extra"]["count"], 1);
+        assert_eq!(v["hints"], serde_json::to_value(report.hints()).unwrap());
+    }
+
+    #[test]
+    fn hints_say_why_for_each_kind_found() {
+        let mut report = VerifyReport { checked: 999, ..VerifyReport::default() };
+        assert!(report.hints().is_empty());
+        assert!(!report.render().contains("hint"), "{}", report.render());
+        report.extra.add(2, [id(8), id(9)]);
+        assert_eq!(
+            report.hints(),
+            ["2 extra documents: films deleted in Postgres stay in the index until deletes are propagated (see README, 'Deletes')"]
+        );
+        report.stale.record(StaleDocument { id: id(4), field: "actors".into() });
+        report.missing.record(id(5));
+        let hints = report.hints();
+        assert_eq!(hints.len(), 3, "{hints:?}");
+        assert!(hints[0].starts_with("1 missing document: films not loaded yet"), "{}", hints[0]);
+        assert!(hints[1].starts_with("1 stale document: a change not loaded yet") && hints[1].contains("link deleted"), "{}", hints[1]);
+        let table = report.render();
+        assert!(table.lines().rev().take(3).all(|l| l.starts_with("hint: ")), "{table}");
     }
 }

@@ -90,6 +90,38 @@ async fn small_pages_find_each_difference_by_id() {
     let mut want = vec![stray, no_id];
     want.sort();
     assert_eq!(extra, want);
+    let table = report.render();
+    assert!(table.contains("hint: 2 extra documents: films deleted in Postgres stay in the index until deletes are propagated"), "{table}");
+    assert!(table.contains("hint: 1 stale document: a change not loaded yet"), "{table}");
+    assert!(table.contains("hint: 2 missing documents: films not loaded yet"), "{table}");
+    env.cleanup().await;
+}
+
+/// Deletes are not propagated yet: a film deleted in Postgres stays in the index, and a person
+/// taken off a film stays in its document. Verify finds both and says why.
+#[tokio::test]
+async fn deletes_in_postgres_show_as_extra_and_stale_with_the_reason() {
+    const DELETES_HINT: &str = "films deleted in Postgres stay in the index until deletes are propagated (see README, 'Deletes')";
+    let env = TestEnv::new("verify_deletes").await;
+    env.run_once().await;
+    let deleted = film_id(&env, "SELECT id::text FROM content.film_work ORDER BY id LIMIT 1 OFFSET 10").await;
+    let unlinked = film_id(&env, "SELECT film_work_id::text FROM content.person_film_work WHERE role = 'actor' ORDER BY film_work_id LIMIT 1").await;
+    env.sql(&format!("DELETE FROM content.film_work WHERE id = '{deleted}'")).await;
+    env.sql(&format!("DELETE FROM content.person_film_work WHERE film_work_id = '{unlinked}' AND role = 'actor'")).await;
+    env.run_once().await;
+
+    let report = check(&env).await;
+    assert_eq!(report.extra.first, [deleted], "{report:?}");
+    assert_eq!(report.stale.first, [StaleDocument { id: unlinked, field: "actors".into() }], "{report:?}");
+    assert_eq!((report.missing.count, report.checked), (0, 998));
+    let hints = report.hints();
+    assert!(hints.contains(&format!("1 extra document: {DELETES_HINT}")), "{hints:?}");
+    assert!(hints.iter().any(|h| h.starts_with("1 stale document:") && h.contains("link deleted in Postgres")), "{hints:?}");
+
+    let out = run(&env, &["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("verify --json prints JSON");
+    assert_eq!(json["hints"], json!(hints));
     env.cleanup().await;
 }
 
