@@ -105,7 +105,11 @@ async fn run_cycles(
         let outcome = shutdown.bounded(async {
             let src = match source.take() {
                 Some(s) if !s.is_closed() => s,
-                _ => connect_source(config, policy, shutdown).await?,
+                _ => {
+                    let src = connect_source(config, policy, shutdown).await?;
+                    checkpoint.bind_source(&src.identity(&config.pg_schema).await?)?;
+                    src
+                }
             };
             let report = run_cycle(&src, sink, checkpoint, config, shutdown).await;
             source = Some(src);

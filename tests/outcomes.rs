@@ -113,3 +113,41 @@ async fn a_once_pass_interrupted_during_the_full_load_exits_4_and_resumes() {
     assert_eq!(env.count().await, 999);
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_state_file_is_refused_for_another_database() {
+    let first = TestEnv::new("out_state_db_a").await;
+    let second = TestEnv::new("out_state_db_b").await;
+    second.sql("DELETE FROM content.person_film_work").await;
+    second.sql("DELETE FROM content.genre_film_work").await;
+    second.sql("DELETE FROM content.film_work WHERE id IN (SELECT id FROM content.film_work ORDER BY id LIMIT 500)").await;
+    let o = common::pg2es_command(&first.env_vars(), &["run", "--once"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The same state file and index, another database.
+    let mut vars = first.env_vars();
+    set(&mut vars, "PG_DSN", &second.dsn);
+    let before = std::fs::read(first.state_file()).unwrap();
+    let o = common::pg2es_command(&vars, &["run", "--once"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("database 'pg2es_t_out_state_db_a'") && err.contains("database 'pg2es_t_out_state_db_b'"), "{err}");
+    assert!(err.contains("ETL_STATE_FILE"), "{err}");
+    assert_eq!(std::fs::read(first.state_file()).unwrap(), before, "the refused state is left as it was");
+    first.refresh().await;
+    assert_eq!(first.count().await, 999, "nothing from the other database reached the index");
+    second.cleanup().await;
+    first.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_state_that_cannot_be_written_is_refused_before_elasticsearch_is_touched() {
+    let env = TestEnv::new("out_state_unwritable").await;
+    // Where the state's temp file goes there is a directory: no state can be saved.
+    std::fs::create_dir(env.state_file().with_extension("tmp")).unwrap();
+    let o = common::pg2es_command(&env.env_vars(), &["run", "--once"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("state.tmp"), "{err}");
+    assert_eq!(env.try_count().await, None, "the index was not even created");
+    env.cleanup().await;
+}

@@ -64,6 +64,10 @@ pub struct State {
     pub version: u32,
     /// The index these watermarks were loaded into: state is refused for another index.
     pub index: String,
+    /// The database these watermarks were read from: state is refused for another one. Absent
+    /// in files written before it was recorded; the first connection records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceIdentity>,
     pub watermarks: BTreeMap<Stream, Watermark>,
     /// The first full load, which reads every film in id order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,6 +76,23 @@ pub struct State {
     /// setting was not set on the index, and is reset to its default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuned: Option<BTreeMap<String, Option<String>>>,
+}
+
+/// Which database a state belongs to. Watermarks and the full load's position mean nothing in
+/// another database, even one with the same tables: loading from it would mix two catalogs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceIdentity {
+    /// `pg_control_system().system_identifier`: the cluster (a restore into a new cluster or a
+    /// pg_upgrade gets a new one; a streaming replica keeps it).
+    pub system_identifier: String,
+    pub database: String,
+    pub schema: String,
+}
+
+impl std::fmt::Display for SourceIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "database '{}', schema '{}' of cluster {}", self.database, self.schema, self.system_identifier)
+    }
 }
 
 /// Progress of the first full load.
@@ -142,7 +163,33 @@ impl Checkpoint {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::new(index),
             Err(source) => return Err(Error::Io { context: "cannot read state file", path: path.to_path_buf(), source }),
         };
+        // Written once now: a state that cannot be saved (read-only, immutable, a full disk) is
+        // refused before anything reaches the index, not after the first batch.
+        let mut state = state;
+        state.version = STATE_VERSION;
+        write_atomically(path, &state)?;
         Ok(Checkpoint { path: path.to_path_buf(), state, _lock: lock })
+    }
+
+    /// Ties the state to the database it is read from: records it the first time, and refuses a
+    /// state that belongs to another database.
+    pub fn bind_source(&mut self, source: &SourceIdentity) -> Result<()> {
+        match &self.state.source {
+            Some(bound) if bound == source => Ok(()),
+            Some(bound) => Err(Error::State {
+                path: self.path.clone(),
+                reason: format!(
+                    "holds progress read from {bound}, not from {source}; use another ETL_STATE_FILE for this database, or check PG_DSN and PG_SCHEMA (after a restore or pg_upgrade of the same data, delete the state file to reload everything)"
+                ),
+            }),
+            None => {
+                let source = source.clone();
+                self.update(|next| {
+                    next.source = Some(source);
+                    Ok(())
+                })
+            }
+        }
     }
 
     pub fn state(&self) -> &State {
@@ -258,10 +305,19 @@ fn write_atomically(path: &Path, state: &State) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::State { path: path.to_path_buf(), reason: e.to_string() })?;
     let mut file = File::create(&tmp).map_err(io("cannot create", &tmp))?;
-    file.write_all(&bytes).map_err(io("cannot write", &tmp))?;
-    file.sync_all().map_err(io("cannot fsync", &tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io("cannot rename state file onto", path))?;
+    let written = file
+        .write_all(&bytes)
+        .map_err(io("cannot write", &tmp))
+        .and_then(|()| file.sync_all().map_err(io("cannot fsync", &tmp)))
+        .and_then(|()| {
+            drop(file);
+            fs::rename(&tmp, path).map_err(io("cannot rename state file onto", path))
+        });
+    if let Err(e) = written {
+        // Nothing is left behind: the old state stays as it was.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     // The rename is durable only once the directory entry is.
     let dir = parent(path).unwrap_or(Path::new("."));
     File::open(dir).and_then(|d| d.sync_all()).map_err(io("cannot fsync directory", dir))?;
@@ -346,6 +402,47 @@ mod tests {
         c.commit(Stream::Genre, wm(5, 2)).unwrap();
         let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(written["version"], STATE_VERSION);
+    }
+
+    fn identity(database: &str) -> SourceIdentity {
+        SourceIdentity { system_identifier: "7642011472967116994".into(), database: database.into(), schema: "content".into() }
+    }
+
+    #[test]
+    fn a_state_is_bound_to_its_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let mut c = Checkpoint::open(&path, "movies").unwrap();
+        c.bind_source(&identity("movies")).unwrap();
+        c.bind_source(&identity("movies")).unwrap();
+        drop(c);
+        let mut c = Checkpoint::open(&path, "movies").unwrap();
+        assert_eq!(c.state().source, Some(identity("movies")));
+        let before = std::fs::read(&path).unwrap();
+        let err = c.bind_source(&identity("other")).unwrap_err().to_string();
+        assert!(err.contains("database 'movies'") && err.contains("database 'other'") && err.contains("ETL_STATE_FILE"), "{err}");
+        let mut cluster = identity("movies");
+        cluster.system_identifier = "1".into();
+        assert!(c.bind_source(&cluster).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), before, "a refused binding leaves the file alone");
+    }
+
+    #[test]
+    fn a_state_that_cannot_be_written_is_refused_at_open_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The state path is a directory: the rename onto it fails after the temp file was written.
+        let path = dir.path().join("s.json");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("occupied"), "x").unwrap();
+        let state = State::new("movies");
+        let err = write_atomically(&path, &state).unwrap_err().to_string();
+        assert!(err.contains("cannot rename"), "{err}");
+        assert!(!path.with_extension("tmp").exists(), "temp file left behind");
+        // At open, before anything else happens.
+        let other = dir.path().join("t.json");
+        std::fs::create_dir(other.with_extension("tmp")).unwrap();
+        let err = Checkpoint::open(&other, "movies").unwrap_err().to_string();
+        assert!(err.contains("cannot create"), "{err}");
     }
 
     #[test]

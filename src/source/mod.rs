@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
-use crate::checkpoint::{Stream, Watermark};
+use crate::checkpoint::{SourceIdentity, Stream, Watermark};
 use crate::config::{Config, HorizonPolicy, TimestampColumn};
 use crate::error::{Error, Result};
 use crate::transform::{FilmWork, PersonLink};
@@ -66,6 +66,20 @@ impl PgSource {
 
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
+    }
+
+    /// Which database this is: the state file is tied to it.
+    pub async fn identity(&self, schema: &str) -> Result<SourceIdentity> {
+        let row = self
+            .client
+            .query_one("SELECT system_identifier::text, current_database()::text FROM pg_control_system()", &[])
+            .await
+            .map_err(Error::postgres("read the database's identity"))?;
+        Ok(SourceIdentity {
+            system_identifier: row.try_get(0).map_err(Error::postgres("read system identifier"))?,
+            database: row.try_get(1).map_err(Error::postgres("read database name"))?,
+            schema: schema.to_string(),
+        })
     }
 
     /// The next page of changes of `stream` after `after` (all rows when `None`).
