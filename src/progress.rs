@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn the_bar_shows_whole_films_per_second() {
-        assert_eq!(rate_text(11_919.2915), "11,919/s");
+        assert_eq!(rate_text(11_919.291_5), "11,919/s");
         assert_eq!(rate_text(11_919.5), "11,920/s");
         assert_eq!(rate_text(0.4), "0/s");
         assert_eq!(rate_text(f64::NAN), "0/s");
