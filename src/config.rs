@@ -38,6 +38,7 @@ pub const SETTINGS: &[Setting] = &[
     setting("ES_TIMEOUT_SEC", Some("30"), "time limit of one request to Elasticsearch (a bulk request gets 1 s more per 256 KiB of body); a timeout is retried like an outage"),
     setting("ES_BULK_MAX_BYTES", Some("8388608"), "largest bulk request body in bytes"),
     setting("ES_BULK_CONCURRENCY", Some("2"), "bulk requests in flight at once (progress is still saved in order)"),
+    setting("ETL_DEAD_LETTER_MAX_RATIO", Some("0.5"), "above this share of documents refused for good (over the last 100, from 10 on), pg2es stops without saving progress instead of dead-lettering them: the mapping is wrong, not the rows; 1 turns the check off"),
     setting("ETL_BATCH_SIZE", Some("500"), "rows read per query and documents per bulk request"),
     setting("ETL_CYCLE_SEC", Some("10"), "pause between two cycles in continuous mode (seconds, from 0.1 to 86400, may be fractional)"),
     setting("ETL_STATE_FILE", Some("state/pg2es-state.json"), "durable watermarks; a .lock file beside it keeps one instance"),
@@ -118,6 +119,7 @@ pub struct Config {
     pub es_timeout: Duration,
     pub bulk_max_bytes: usize,
     pub bulk_concurrency: usize,
+    pub dead_letter_max_ratio: f64,
     pub batch_size: usize,
     pub cycle: Duration,
     pub state_file: PathBuf,
@@ -245,14 +247,15 @@ impl Sources {
         Ok(())
     }
 
-    /// DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD of the course's ETL override parts of PG_DSN.
+    /// DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD of the course's ETL override parts of
+    /// PG_DSN; libpq's PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD fill parts it leaves out.
     fn legacy_db_vars(&mut self, env: &BTreeMap<String, String>) {
         if let Some(p) = env.get("DB_PASSWORD") {
             if !env.contains_key("PG_PASSWORD") {
                 self.values.insert("PG_PASSWORD", Raw { value: p.clone(), origin: Origin::Env });
             }
         }
-        for key in ["DB_HOST", "DB_PORT", "DB_NAME", "DB_USER"] {
+        for key in ["DB_HOST", "DB_PORT", "DB_NAME", "DB_USER"].into_iter().chain(LIBPQ_VARS) {
             if let Some(v) = env.get(key) {
                 self.values.insert(key, Raw { value: v.clone(), origin: Origin::Env });
             }
@@ -306,13 +309,12 @@ impl Config {
 
     pub fn from_sources(src: &Sources) -> Result<Config> {
         let mut pg = parse_pg(src)?;
-        if let Some(p) = src.string("PG_PASSWORD") {
-            pg.password(p);
-        }
         if pg.get_application_name().is_none() {
             pg.application_name("pg2es");
         }
-        pg.connect_timeout(Duration::from_secs(10));
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(10));
+        }
 
         let pg_schema = src.string("PG_SCHEMA").unwrap_or_default();
         if !is_identifier(&pg_schema) {
@@ -389,6 +391,7 @@ impl Config {
             es_timeout: Duration::from_secs(src.number("ES_TIMEOUT_SEC", 1u64, 3_600, "a whole number of seconds")?),
             bulk_max_bytes: src.number("ES_BULK_MAX_BYTES", 1024usize, 1 << 30, "a whole number of bytes")?,
             bulk_concurrency: src.number("ES_BULK_CONCURRENCY", 1usize, 64, "a whole number of requests")?,
+            dead_letter_max_ratio: src.number("ETL_DEAD_LETTER_MAX_RATIO", 0.0f64, 1.0, "a share")?,
             batch_size: src.number("ETL_BATCH_SIZE", 1usize, 100_000, "a whole number")?,
             cycle: Duration::from_secs_f64(cycle_sec),
             state_file: path_setting(src, "ETL_STATE_FILE")?,
@@ -445,6 +448,7 @@ impl Config {
         line(&mut out, "ES_TIMEOUT_SEC", &self.es_timeout.as_secs());
         line(&mut out, "ES_BULK_MAX_BYTES", &self.bulk_max_bytes);
         line(&mut out, "ES_BULK_CONCURRENCY", &self.bulk_concurrency);
+        line(&mut out, "ETL_DEAD_LETTER_MAX_RATIO", &self.dead_letter_max_ratio);
         line(&mut out, "ETL_BATCH_SIZE", &self.batch_size);
         line(&mut out, "ETL_CYCLE_SEC", &self.cycle.as_secs_f64());
         line(&mut out, "ETL_STATE_FILE", &self.state_file.display());
@@ -462,6 +466,19 @@ impl Config {
     }
 }
 
+/// The parts of the Postgres connection that can come from several variables, in precedence
+/// order: course name (`DB_*`), then an explicit part of `PG_DSN`, then libpq's variable (`PG*`),
+/// then the built-in default DSN. The password is handled apart (see [`parse_pg`]).
+const PG_PARTS: [(&str, &str); 4] = [("DB_HOST", "PGHOST"), ("DB_PORT", "PGPORT"), ("DB_USER", "PGUSER"), ("DB_NAME", "PGDATABASE")];
+
+/// The environment variables of libpq that pg2es reads, as psql and other libpq-based tools do.
+pub const LIBPQ_VARS: [&str; 5] = ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"];
+
+/// Builds the Postgres connection from `PG_DSN`, `DB_*`, `PG*` and `PG_PASSWORD`.
+///
+/// Per part: `DB_*` > an explicit part of `PG_DSN` (set in the environment or the file) > `PG*`
+/// > the built-in default DSN. Password: `PG_PASSWORD` (or `DB_PASSWORD`, `PG_PASSWORD_FILE`) >
+/// the password in `PG_DSN` > `PGPASSWORD`, as libpq lets a connection string beat PGPASSWORD.
 fn parse_pg(src: &Sources) -> Result<tokio_postgres::Config> {
     let dsn = src.string("PG_DSN").ok_or_else(|| src.bad("PG_DSN", "a connection string"))?;
     let mut pg: tokio_postgres::Config = dsn.parse().map_err(|_| {
@@ -471,53 +488,93 @@ fn parse_pg(src: &Sources) -> Result<tokio_postgres::Config> {
             src.describe("PG_DSN")
         ))
     })?;
-    let port = match src.string("DB_PORT") {
-        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| src.bad("DB_PORT", "a port number from 1 to 65535"))?),
+    let dsn_is_default = matches!(src.get("PG_DSN").map(|r| &r.origin), Some(Origin::Default));
+    let dsn_sets_port = if is_url(&dsn) { url_names_a_port(&dsn) } else { !pg.get_ports().is_empty() };
+    let dsn_sets = [!pg.get_hosts().is_empty(), dsn_sets_port, pg.get_user().is_some(), pg.get_dbname().is_some()];
+    // The variable that supplies each part, when it is not the DSN's own.
+    let chosen: Vec<Option<(&'static str, String)>> = PG_PARTS
+        .iter()
+        .zip(dsn_sets)
+        .map(|((course, libpq), dsn_set)| {
+            let course = src.string(course).map(|v| (*course, v));
+            let libpq = src.string(libpq).filter(|_| dsn_is_default || !dsn_set).map(|v| (*libpq, v));
+            course.or(libpq)
+        })
+        .collect();
+    let hosts = chosen[0].as_ref().map(|(_, v)| v.split(',').map(|h| h.trim().to_string()).collect::<Vec<_>>());
+    let ports = match &chosen[1] {
+        Some((var, v)) => Some(
+            v.split(',')
+                .map(|p| p.trim().parse::<u16>().ok().filter(|p| *p > 0))
+                .collect::<Option<Vec<u16>>>()
+                .ok_or_else(|| src.bad(var, "a port number from 1 to 65535"))?,
+        ),
         None => None,
     };
-    let host = src.string("DB_HOST");
-    if host.is_some() || port.is_some() {
-        pg = replace_host_port(pg, host.as_deref(), port);
+    if hosts.is_some() || ports.is_some() {
+        pg = replace_hosts_ports(&pg, hosts.as_deref(), ports.as_deref());
     }
-    if let Some(d) = src.string("DB_NAME") {
-        pg.dbname(d);
+    if let Some((_, user)) = &chosen[2] {
+        pg.user(user);
     }
-    if let Some(u) = src.string("DB_USER") {
-        pg.user(u);
+    if let Some((_, dbname)) = &chosen[3] {
+        pg.dbname(dbname);
     }
-    if pg.get_hosts().is_empty() {
+    if let Some(p) = src.string("PG_PASSWORD") {
+        pg.password(p);
+    } else if let (None, Some(p)) = (pg.get_password(), src.string("PGPASSWORD")) {
+        pg.password(p);
+    }
+    if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
         pg.host("127.0.0.1");
     }
     Ok(pg)
 }
 
-/// tokio_postgres::Config only appends hosts and ports; DB_HOST and DB_PORT replace them, so
-/// start a fresh config and copy over what the DSN set.
-fn replace_host_port(old: tokio_postgres::Config, host: Option<&str>, port: Option<u16>) -> tokio_postgres::Config {
+fn is_url(dsn: &str) -> bool {
+    dsn.starts_with("postgres://") || dsn.starts_with("postgresql://")
+}
+
+/// Whether a URL DSN gives a port: tokio-postgres's parser puts 5432 in for a host without one,
+/// so the parsed config cannot tell.
+fn url_names_a_port(dsn: &str) -> bool {
+    let Some(rest) = dsn.strip_prefix("postgres://").or_else(|| dsn.strip_prefix("postgresql://")) else { return false };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, hosts)| hosts);
+    hosts.split(',').any(|h| {
+        // [::1]:5432: the port follows the bracket.
+        let after_host = if h.starts_with('[') { h.split_once(']').map_or("", |(_, rest)| rest) } else { h };
+        after_host.contains(':')
+    }) || rest.split_once('?').is_some_and(|(_, query)| query.split('&').any(|pair| pair.starts_with("port=")))
+}
+
+/// tokio_postgres::Config only appends hosts and ports; these replace them, so start a fresh
+/// config and copy over everything else the DSN set.
+fn replace_hosts_ports(old: &tokio_postgres::Config, hosts: Option<&[String]>, ports: Option<&[u16]>) -> tokio_postgres::Config {
+    use tokio_postgres::config::Host;
     let mut pg = tokio_postgres::Config::new();
-    match host {
-        Some(h) => {
-            pg.host(h);
+    match hosts {
+        Some(hosts) => {
+            for h in hosts {
+                pg.host(h);
+            }
         }
         None => {
             for h in old.get_hosts() {
                 match h {
-                    tokio_postgres::config::Host::Tcp(h) => pg.host(h),
+                    Host::Tcp(h) => pg.host(h),
                     #[cfg(unix)]
-                    tokio_postgres::config::Host::Unix(p) => pg.host_path(p),
+                    Host::Unix(p) => pg.host_path(p),
                 };
+            }
+            // hostaddr pairs with the DSN's own hosts; new hosts are resolved by name.
+            for a in old.get_hostaddrs() {
+                pg.hostaddr(*a);
             }
         }
     }
-    match port {
-        Some(p) => {
-            pg.port(p);
-        }
-        None => {
-            for p in old.get_ports() {
-                pg.port(*p);
-            }
-        }
+    for p in ports.unwrap_or(old.get_ports()) {
+        pg.port(*p);
     }
     if let Some(u) = old.get_user() {
         pg.user(u);
@@ -534,7 +591,24 @@ fn replace_host_port(old: tokio_postgres::Config, host: Option<&str>, port: Opti
     if let Some(o) = old.get_options() {
         pg.options(o);
     }
-    pg.ssl_mode(old.get_ssl_mode());
+    if let Some(t) = old.get_connect_timeout() {
+        pg.connect_timeout(*t);
+    }
+    if let Some(t) = old.get_tcp_user_timeout() {
+        pg.tcp_user_timeout(*t);
+    }
+    pg.keepalives(old.get_keepalives()).keepalives_idle(old.get_keepalives_idle());
+    if let Some(i) = old.get_keepalives_interval() {
+        pg.keepalives_interval(i);
+    }
+    if let Some(r) = old.get_keepalives_retries() {
+        pg.keepalives_retries(r);
+    }
+    pg.ssl_mode(old.get_ssl_mode())
+        .ssl_negotiation(old.get_ssl_negotiation())
+        .target_session_attrs(old.get_target_session_attrs())
+        .channel_binding(old.get_channel_binding())
+        .load_balance_hosts(old.get_load_balance_hosts());
     pg
 }
 
@@ -669,6 +743,62 @@ mod tests {
         assert_eq!(c.pg.get_password(), Some(&b"pw"[..]));
         assert_eq!(c.es_url.as_str(), "http://es:9200/");
         assert!(matches!(&c.pg.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "pg.internal"));
+    }
+
+    fn host(c: &Config) -> String {
+        match &c.pg.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        }
+    }
+
+    #[test]
+    fn libpq_variables_replace_the_builtin_dsn() {
+        let c = config(&[("PGHOST", "db.internal"), ("PGPORT", "6543"), ("PGUSER", "etl"), ("PGDATABASE", "catalog"), ("PGPASSWORD", "pw")]).unwrap();
+        assert_eq!(host(&c), "db.internal");
+        assert_eq!(c.pg.get_hosts().len(), 1);
+        assert_eq!(c.pg.get_ports(), &[6543]);
+        assert_eq!(c.pg.get_user(), Some("etl"));
+        assert_eq!(c.pg.get_dbname(), Some("catalog"));
+        assert_eq!(c.pg.get_password(), Some(&b"pw"[..]));
+        assert!(err(&[("PGPORT", "x")]).contains("PGPORT"));
+    }
+
+    #[test]
+    fn an_explicit_dsn_part_beats_libpq_variables() {
+        let libpq = [("PGHOST", "other"), ("PGPORT", "6543"), ("PGUSER", "etl"), ("PGDATABASE", "x"), ("PGPASSWORD", "env-pw")];
+        let with = |dsn: &'static str| {
+            let mut env = vec![("PG_DSN", dsn)];
+            env.extend(libpq);
+            config(&env).unwrap()
+        };
+        // The DSN names host, user and database; port and password come from PGPORT, PGPASSWORD.
+        let c = with("postgres://app@pg1/movies?application_name=mine&connect_timeout=3");
+        assert_eq!((host(&c).as_str(), c.pg.get_ports(), c.pg.get_user(), c.pg.get_dbname()), ("pg1", &[6543][..], Some("app"), Some("movies")));
+        assert_eq!(c.pg.get_password(), Some(&b"env-pw"[..]));
+        // Replacing the port kept the DSN's other options.
+        assert_eq!(c.pg.get_application_name(), Some("mine"));
+        assert_eq!(c.pg.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        // key=value form without a host: PGHOST fills it.
+        let c = with("dbname=movies user=app");
+        assert_eq!((host(&c).as_str(), c.pg.get_dbname()), ("other", Some("movies")));
+        // libpq's rule: a password in the connection string beats PGPASSWORD.
+        assert_eq!(with("postgres://app:dsn-pw@pg1/movies").pg.get_password(), Some(&b"dsn-pw"[..]));
+    }
+
+    #[test]
+    fn pg_password_and_course_names_beat_the_dsn() {
+        let c = config(&[
+            ("PG_DSN", "postgres://app:dsn-pw@pg1:5433/movies"),
+            ("PG_PASSWORD", "explicit"),
+            ("PGPASSWORD", "env-pw"),
+            ("DB_HOST", "a"),
+            ("PGHOST", "b"),
+        ])
+        .unwrap();
+        assert_eq!(c.pg.get_password(), Some(&b"explicit"[..]));
+        assert_eq!((host(&c).as_str(), c.pg.get_ports()), ("a", &[5433][..]));
     }
 
     #[test]

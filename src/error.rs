@@ -57,6 +57,11 @@ pub enum Error {
     #[error("elasticsearch kept rejecting {count} documents with retryable statuses (last: {last_reason})")]
     BulkRetriesExhausted { count: usize, last_reason: String },
 
+    /// Most documents of recent bulk requests were refused for good: the index definition does
+    /// not fit the documents, and dead-lettering them all would lose the catalog.
+    #[error("elasticsearch refused {rejected} of the last {sent} documents for good (first reason: {reason}); stopped without saving progress or dead-lettering them")]
+    SystematicRejection { rejected: usize, sent: usize, reason: String },
+
     #[error("elasticsearch index '{index}' exists with a different mapping ({difference}); delete the index or point ES_INDEX at a new name")]
     MappingConflict { index: String, difference: String },
 
@@ -91,6 +96,26 @@ pub enum Retry {
 impl Error {
     pub fn postgres(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
         move |source| Error::Postgres { context, source }
+    }
+
+    /// For connecting to Postgres. tokio-postgres reports a setting it lacks (no password when
+    /// the server asks for one) only when it connects; that is a configuration error (exit 2),
+    /// not an outage to wait out.
+    pub fn postgres_connect(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
+        move |source| {
+            // tokio-postgres exposes no error kind: "invalid configuration" is its Kind::Config,
+            // and the reason is the cause.
+            if source.to_string() != "invalid configuration" {
+                return Error::Postgres { context, source };
+            }
+            let why = std::error::Error::source(&source).map(|c| c.to_string()).unwrap_or_default();
+            if why == "password missing" {
+                return Error::Config(
+                    "postgres asks for a password and none is set: set PG_PASSWORD (or PG_PASSWORD_FILE, PGPASSWORD), or put it in PG_DSN".into(),
+                );
+            }
+            Error::Config(format!("PG_DSN: {why}"))
+        }
     }
 
     pub fn es_transport(context: &'static str) -> impl FnOnce(reqwest::Error) -> Error {
@@ -146,6 +171,7 @@ impl Error {
                 Some(c) if *c == SqlState::INVALID_CATALOG_NAME => Some("the database in PG_DSN does not exist"),
                 Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::UNDEFINED_COLUMN => {
                     Some("check PG_SCHEMA and ETL_TIMESTAMP_COLUMN against the source tables")
+            | Error::SystematicRejection { .. }
                 }
                 _ => None,
             },
@@ -172,6 +198,9 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
             text.push_str(&next);
         }
         cause = c.source();
+            Error::SystematicRejection { .. } => Some(
+                "the index mapping does not fit the documents: check ES_SCHEMA_FILE (or delete the index so pg2es creates it from its definition); ETL_DEAD_LETTER_MAX_RATIO=1 dead-letters them instead",
+            ),
     }
     text
 }

@@ -254,3 +254,31 @@ async fn the_builtin_index_definition_works_from_any_directory() {
     assert_eq!(mapping[&env.index]["mappings"], expected["mappings"], "the index has the movies mapping");
     env.cleanup().await;
 }
+
+/// The server asks for a password and none is set: a configuration error (exit 2, at once, naming
+/// the settings), not an outage to wait out. PGPASSWORD supplies it as for libpq-based tools.
+#[tokio::test]
+async fn a_missing_postgres_password_exits_2_at_once() {
+    let env = TestEnv::new("bin_pg_no_password").await;
+    let without_password = env.dsn.replacen(":123qwe@", "@", 1);
+    assert_ne!(without_password, env.dsn, "the harness DSN carries the password");
+    let mut vars: Vec<(String, String)> = env.env_vars().into_iter().filter(|(k, _)| k != "PG_DSN").collect();
+    vars.push(("PG_DSN".into(), without_password));
+    for args in [&["run", "--once"][..], &["run"][..]] {
+        let started = std::time::Instant::now();
+        let mut child = pg2es(&vars, args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let status = wait_exit(&mut child, Duration::from_secs(15));
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("PG_PASSWORD") && err.contains("PG_DSN"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{args:?} took {:?}", started.elapsed());
+    }
+
+    vars.push(("PGPASSWORD".into(), "123qwe".into()));
+    let o = output(&vars, &["run", "--once"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    env.refresh().await;
+    assert_eq!(env.count().await, 999);
+    env.cleanup().await;
+}

@@ -151,3 +151,24 @@ async fn a_state_that_cannot_be_written_is_refused_before_elasticsearch_is_touch
     assert_eq!(env.try_count().await, None, "the index was not even created");
     env.cleanup().await;
 }
+
+/// A mapping that refuses every document is not "bad rows": pg2es stops, saves no progress and
+/// does not empty the catalog into the dead-letter file.
+#[tokio::test]
+async fn a_mapping_that_refuses_every_document_stops_without_progress() {
+    let env = TestEnv::new("out_refuse_all").await;
+    let mut definition: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(common::schema_file()).unwrap()).unwrap();
+    definition["mappings"]["properties"]["title"] = serde_json::json!({"type": "integer"});
+    let schema = env.dir.path().join("bad_schema.json");
+    std::fs::write(&schema, definition.to_string()).unwrap();
+    let mut vars = env.env_vars();
+    set(&mut vars, "ES_SCHEMA_FILE", &schema.display().to_string());
+    let o = common::pg2es_command(&vars, &["run", "--once"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused") && err.contains("ES_SCHEMA_FILE"), "{err}");
+    assert!(!env.dir.path().join("dead.jsonl").exists(), "documents were dead-lettered");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(env.state_file()).unwrap()).unwrap();
+    assert!(state["snapshot"]["after"].is_null(), "the full load's position moved: {state}");
+    env.cleanup().await;
+}

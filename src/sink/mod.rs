@@ -7,7 +7,8 @@
 pub mod bulk;
 mod inspect;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,6 +50,45 @@ pub struct ElasticsearchSink {
     auth: EsAuth,
     /// Time limit of one request (a bulk request gets more, see `timeout_for`).
     timeout: Duration,
+    rejections: Mutex<RejectionWindow>,
+}
+
+/// Outcomes of the last documents sent, to tell bad rows (a few refused) from a bad mapping (most
+/// refused), which must stop the pipeline instead of emptying the catalog into the dead-letter file.
+#[derive(Debug)]
+struct RejectionWindow {
+    /// `true` for a document refused for good; the newest at the back.
+    recent: VecDeque<bool>,
+    max_ratio: f64,
+}
+
+/// Documents the rejection check looks back over, and the fewest it judges.
+const REJECTION_WINDOW: usize = 100;
+const REJECTION_MIN_SAMPLE: usize = 10;
+
+impl RejectionWindow {
+    fn new(max_ratio: f64) -> RejectionWindow {
+        RejectionWindow { recent: VecDeque::with_capacity(REJECTION_WINDOW), max_ratio }
+    }
+
+    /// Records a request's outcomes, or refuses them when, with the documents before them, too
+    /// many were refused: then `(rejected, sent)` over the window and the request.
+    fn record(&mut self, sent: usize, rejected: usize) -> std::result::Result<(), (usize, usize)> {
+        let before = self.recent.len().min(REJECTION_WINDOW.saturating_sub(sent));
+        let earlier = self.recent.iter().rev().take(before).filter(|r| **r).count();
+        let (total, refused) = (sent + before, rejected + earlier);
+        if self.max_ratio < 1.0 && total >= REJECTION_MIN_SAMPLE && refused as f64 > self.max_ratio * total as f64 {
+            return Err((refused, total));
+        }
+        let outcomes = std::iter::repeat_n(true, rejected).chain(std::iter::repeat_n(false, sent - rejected));
+        for o in outcomes.skip((sent).saturating_sub(REJECTION_WINDOW)) {
+            if self.recent.len() == REJECTION_WINDOW {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(o);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +137,7 @@ impl ElasticsearchSink {
             retry: RetryPolicy { initial: config.backoff_initial, cap: config.backoff_max },
             auth: config.es_auth.clone(),
             timeout: config.es_timeout,
+            rejections: Mutex::new(RejectionWindow::new(config.dead_letter_max_ratio)),
         })
     }
 
@@ -196,12 +237,14 @@ impl ElasticsearchSink {
             let summary: bulk::BulkSummary = serde_json::from_slice(&raw).map_err(unreadable)?;
             if !summary.errors && summary.items.len() == pending.len() {
                 report.stored += pending.len();
+                self.record_rejections(pending.len(), &[])?;
                 return Ok(());
             }
             let resp: BulkResponse = serde_json::from_slice(&raw)
                 .map_err(|e| Error::ElasticsearchStatus { context: "bulk", status: 200, body: format!("unreadable response: {e}") })?;
             let outcomes = bulk::classify(&resp, pending.len())
                 .map_err(|e| Error::ElasticsearchStatus { context: "bulk", status: 200, body: e })?;
+            let sent = pending.len();
             let mut again = Vec::new();
             let mut last_reason = String::new();
             let mut rejected = Vec::new();
@@ -215,6 +258,8 @@ impl ElasticsearchSink {
                     BulkItemOutcome::Rejected { status, reason } => rejected.push((doc.id.as_str(), status, reason)),
                 }
             }
+            // Judged on the documents settled by this response (stored or refused).
+            self.record_rejections(sent - again.len(), &rejected)?;
             if !rejected.is_empty() {
                 write_dead_letters(&self.dead_letter, &self.index, &rejected)?;
                 report.dead_lettered += rejected.len();
@@ -235,6 +280,16 @@ impl ElasticsearchSink {
             pending = again;
         }
         unreachable!("the loop returns on its last attempt")
+    }
+
+    /// Counts a response's settled documents; an error when most recent ones were refused.
+    fn record_rejections(&self, settled: usize, rejected: &[(&str, u16, String)]) -> Result<()> {
+        let mut window = self.rejections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        window.record(settled, rejected.len()).map_err(|(rejected_n, sent)| Error::SystematicRejection {
+            rejected: rejected_n,
+            sent,
+            reason: rejected.first().map(|r| r.2.clone()).unwrap_or_else(|| "earlier requests".into()),
+        })
     }
 
     /// The current values of some index settings (flat names such as `index.refresh_interval`);
@@ -457,10 +512,26 @@ mod tests {
     }
 
     #[test]
-    fn truncation_keeps_utf8_whole() {
-        let s = "ё".repeat(400);
-        let t = truncate(s.as_bytes());
-        assert!(t.ends_with('…') && t.len() <= 504);
+    fn a_few_refused_documents_are_bad_rows_most_are_a_bad_mapping() {
+        let mut w = RejectionWindow::new(0.5);
+        // One bad film alone, or among good ones: dead-lettered.
+        assert_eq!(w.record(1, 1), Ok(()));
+        assert_eq!(w.record(500, 1), Ok(()));
+        // A whole request refused.
+        assert_eq!(w.record(500, 500), Err((500, 500)));
+        // Small requests refused one after another add up over the window.
+        let mut w = RejectionWindow::new(0.5);
+        assert_eq!(w.record(3, 3), Ok(()));
+        assert_eq!(w.record(3, 3), Ok(()));
+        assert_eq!(w.record(3, 3), Ok(()));
+        assert_eq!(w.record(3, 3), Err((12, 12)));
+        // Good documents since then dilute older refusals.
+        let mut w = RejectionWindow::new(0.5);
+        assert_eq!(w.record(5, 5), Ok(()));
+        assert_eq!(w.record(100, 0), Ok(()));
+        assert_eq!(w.record(5, 5), Ok(()));
+        // 1 turns the check off.
+        assert_eq!(RejectionWindow::new(1.0).record(500, 500), Ok(()));
     }
 }
     #[test]

@@ -45,12 +45,12 @@ impl PgSource {
     pub async fn connect(pg: &tokio_postgres::Config, tls: &PgTls, schema: &str, ts: &TimestampColumn) -> Result<PgSource> {
         let client = match tls {
             PgTls::Off => {
-                let (client, connection) = pg.connect(NoTls).await.map_err(Error::postgres("connect"))?;
+                let (client, connection) = pg.connect(NoTls).await.map_err(Error::postgres_connect("connect"))?;
                 tokio::spawn(drive(connection));
                 client
             }
             PgTls::Rustls(make) => {
-                let (client, connection) = pg.connect(make.clone()).await.map_err(Error::postgres("connect with tls"))?;
+                let (client, connection) = pg.connect(make.clone()).await.map_err(Error::postgres_connect("connect with tls"))?;
                 tokio::spawn(drive(connection));
                 client
             }
