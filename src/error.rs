@@ -151,6 +151,7 @@ impl Error {
             Error::Config(_)
             | Error::SourceSchema(_)
             | Error::MappingConflict { .. }
+            | Error::SystematicRejection { .. }
             | Error::State { .. }
             | Error::AlreadyRunning { .. }
             | Error::Io { .. }
@@ -171,13 +172,15 @@ impl Error {
                 Some(c) if *c == SqlState::INVALID_CATALOG_NAME => Some("the database in PG_DSN does not exist"),
                 Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::UNDEFINED_COLUMN => {
                     Some("check PG_SCHEMA and ETL_TIMESTAMP_COLUMN against the source tables")
-            | Error::SystematicRejection { .. }
                 }
                 _ => None,
             },
             Error::ElasticsearchTransport { source, .. } if tls_failure(source) => {
                 Some("Elasticsearch's TLS certificate was refused: set ES_CA_FILE to the CA that signed it")
             }
+            Error::SystematicRejection { .. } => Some(
+                "the index mapping does not fit the documents: check ES_SCHEMA_FILE (or delete the index so pg2es creates it from its definition); ETL_DEAD_LETTER_MAX_RATIO=1 dead-letters them instead",
+            ),
             Error::ElasticsearchStatus { status: 401 | 403, .. } => {
                 Some("check ES_USERNAME / ES_PASSWORD or ES_API_KEY")
             }
@@ -198,9 +201,6 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
             text.push_str(&next);
         }
         cause = c.source();
-            Error::SystematicRejection { .. } => Some(
-                "the index mapping does not fit the documents: check ES_SCHEMA_FILE (or delete the index so pg2es creates it from its definition); ETL_DEAD_LETTER_MAX_RATIO=1 dead-letters them instead",
-            ),
     }
     text
 }

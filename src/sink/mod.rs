@@ -533,7 +533,7 @@ mod tests {
         // 1 turns the check off.
         assert_eq!(RejectionWindow::new(1.0).record(500, 500), Ok(()));
     }
-}
+
     #[test]
     fn bulk_requests_get_more_time_by_size() {
         let base = Duration::from_secs(30);
@@ -542,3 +542,10 @@ mod tests {
         assert_eq!(timeout_for(base, 8 << 20), Duration::from_secs(62));
     }
 
+    #[test]
+    fn truncation_keeps_utf8_whole() {
+        let s = "ё".repeat(400);
+        let t = truncate(s.as_bytes());
+        assert!(t.ends_with('…') && t.len() <= 504);
+    }
+}
