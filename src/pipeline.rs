@@ -78,7 +78,7 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
     let sink = ElasticsearchSink::new(config)?;
     let policy = RetryPolicy { initial: config.backoff_initial, cap: config.backoff_max };
     let bootstrap = retry(&policy, shutdown, "check index", || sink.ensure_index(&definition)).await?;
-    tracing::info!(index = %config.es_index, url = %config.es_url, bootstrap = ?bootstrap, state = %config.state_file.display(), "pg2es started");
+    tracing::info!(index = %config.es_index, url = %config.es_url, bootstrap = %bootstrap, state = %config.state_file.display(), "pg2es started");
     let outcome = run_cycles(config, mode, shutdown, &sink, &mut checkpoint, &policy).await;
     // A full load cut short (shutdown, a fatal error) leaves the index searchable while stopped.
     if let Err(e) = restore_settings(&sink, &mut checkpoint, shutdown).await {
@@ -255,8 +255,15 @@ async fn tune_for_full_load(sink: &ElasticsearchSink, checkpoint: &mut Checkpoin
     checkpoint.set_tuned(Some(original.clone()))?;
     let fast = FULL_LOAD_SETTINGS.iter().map(|(k, v)| (k.to_string(), Some(v.to_string()))).collect();
     sink.put_settings(&fast, shutdown).await?;
-    tracing::info!(settings = ?FULL_LOAD_SETTINGS, restore = ?original, "index tuned for the full load");
+    let during: BTreeMap<String, Option<String>> = FULL_LOAD_SETTINGS.iter().map(|(k, v)| (k.to_string(), Some(v.to_string()))).collect();
+    tracing::info!(settings = %settings_text(&during), restore = %settings_text(&original), "index tuned for the full load");
     Ok(())
+}
+
+/// Settings as an operator writes them: `index.number_of_replicas=1, index.refresh_interval=(default)`.
+fn settings_text(settings: &BTreeMap<String, Option<String>>) -> String {
+    let pairs: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("(default)"))).collect();
+    pairs.join(", ")
 }
 
 /// Puts back the settings `tune_for_full_load` changed, then makes the load visible to search.
@@ -265,7 +272,7 @@ async fn restore_settings(sink: &ElasticsearchSink, checkpoint: &mut Checkpoint,
     sink.put_settings(&original, shutdown).await?;
     sink.refresh().await?;
     checkpoint.set_tuned(None)?;
-    tracing::info!(settings = ?original, "index settings restored");
+    tracing::info!(settings = %settings_text(&original), "index settings restored");
     Ok(())
 }
 
@@ -376,8 +383,12 @@ async fn load_batch(batch: Batch, sink: &ElasticsearchSink, shutdown: &Shutdown)
         let (doc, notes) = into_document(film);
         unknown_roles += notes.unknown_roles;
         bad_ratings += notes.bad_ratings;
-        if notes.bad_ratings > 0 {
-            tracing::warn!(film = %doc.id, rating = ?rating, "rating cannot be stored in the index, loaded as unknown");
+        if let (true, Some(rating)) = (notes.bad_ratings > 0, rating) {
+            // As text: NaN and infinities are not JSON numbers.
+            tracing::warn!(film = %doc.id, rating = %rating, "rating cannot be stored in the index, loaded as unknown");
+        }
+        if !notes.unknown_role_names.is_empty() {
+            tracing::warn!(film = %doc.id, roles = %notes.unknown_role_names.join(","), people = notes.unknown_roles, "people with unknown roles left out of the document");
         }
         let id = doc.id.to_string();
         docs.push(bulk::encode(sink.index(), &id, &doc).map_err(|e| Error::Config(format!("cannot encode film {id}: {e}")))?);
@@ -426,4 +437,17 @@ async fn write_batches(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_logged_as_an_operator_writes_them() {
+        let mut s = BTreeMap::new();
+        s.insert("index.number_of_replicas".to_string(), Some("1".to_string()));
+        s.insert("index.refresh_interval".to_string(), None);
+        assert_eq!(settings_text(&s), "index.number_of_replicas=1, index.refresh_interval=(default)");
+    }
 }

@@ -172,3 +172,31 @@ async fn a_mapping_that_refuses_every_document_stops_without_progress() {
     assert!(state["snapshot"]["after"].is_null(), "the full load's position moved: {state}");
     env.cleanup().await;
 }
+
+/// JSON logs carry values as a user writes them: numbers as numbers, settings as `key=value`,
+/// nothing in Rust's debug notation.
+#[tokio::test]
+async fn json_logs_hold_plain_values() {
+    let env = TestEnv::new("out_json_logs").await;
+    let mut vars = env.env_vars();
+    set(&mut vars, "LOG_FORMAT", "json");
+    vars.push(("RUST_LOG".into(), "info".into()));
+    let o = common::pg2es_command(&vars, &["run", "--once"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!err.contains("Some(") && !err.contains("None"), "{err}");
+    let field = |message: &str, name: &str| -> serde_json::Value {
+        let event = events.iter().find(|e| e["fields"]["message"] == message).unwrap_or_else(|| panic!("no {message:?} in {err}"));
+        event["fields"][name].clone()
+    };
+    assert_eq!(field("cycle done", "stored"), serde_json::json!(999));
+    assert_eq!(field("pg2es started", "bootstrap"), serde_json::json!("created"));
+    let restore = field("index tuned for the full load", "restore");
+    assert!(restore.as_str().is_some_and(|r| r.contains("index.refresh_interval=1s")), "{restore}");
+    env.cleanup().await;
+}

@@ -97,6 +97,15 @@ pub enum IndexBootstrap {
     Existing,
 }
 
+impl std::fmt::Display for IndexBootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IndexBootstrap::Created => "created",
+            IndexBootstrap::Existing => "existing",
+        })
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LoadReport {
     pub stored: usize,
