@@ -13,7 +13,7 @@
 #   scripts/stack.sh java21             install (if missing) and print the Java 21 runtime the matrix uses
 #
 # SERVICE: pg, es, os, es8, es9, os3; all (pg es os, the default), matrix (the engines the
-# Makefile tests beyond those: es8), or
+# Makefile tests beyond those: es8 os3), or
 # everything (all of them).
 #
 # Environment: PG_PORT (5432), ES_PORT (9200), OS_PORT (9201), ES_TRANSPORT_PORT (9300),
@@ -362,6 +362,8 @@ system_cacerts() {
   done
 }
 
+system_java_home() { dirname "$(dirname "$(readlink -f "$(command -v "$JAVA")")")"; }
+
 engine_java() {
   if engine_needs_java21 "$1"; then echo "$(java21_home)/bin/java"; else echo "$JAVA"; fi
 }
@@ -438,6 +440,12 @@ engine_start() {
     else
       jvm_args+=(-cp "$dir/target/classes:$(cat "$cp_file")")
     fi
+    if [ "$name" = os3 ]; then
+      # Test fixture (tools/search-engine/opensearch3, ThaiBreakIteratorProvider): Thai word breaks for the
+      # jlinked Java 21 runtime, from the system JDK's data, so OpenSearch can build its thai analyzer.
+      jvm_args+=(-Djava.locale.providers=SPI,CLDR,COMPAT --add-opens java.base/sun.text=ALL-UNNAMED
+        -Dpg2es.thai.jdk="$(system_java_home)")
+    fi
     # setsid: the JVM outlives the caller's session; exec keeps $! the JVM's pid.
     ( cd "$ROOT" && exec setsid "$(engine_java "$name")" "${jvm_args[@]}" "$(engine_main "$name")" \
         "${node_args[@]}" >"$log" 2>&1 </dev/null 9>&- ) &
@@ -497,8 +505,8 @@ usage() {
 services() {
   case $1 in
     all) echo pg es os ;;
-    matrix) echo es8 ;;
-    everything) echo pg es os es8 ;;
+    matrix) echo es8 os3 ;;
+    everything) echo pg es os es8 os3 ;;
     pg | es | os | es8 | es9 | os3) echo "$1" ;;
     *) return 1 ;;
   esac
