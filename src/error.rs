@@ -65,6 +65,10 @@ pub enum Error {
     #[error("elasticsearch index '{index}' exists with a different mapping ({difference}); delete the index or point ES_INDEX at a new name")]
     MappingConflict { index: String, difference: String },
 
+    /// `ES_URL` leads to a search engine (or a server) pg2es does not work with.
+    #[error("{0}")]
+    UnsupportedEngine(String),
+
     #[error("state file {path}: {reason}")]
     State { path: PathBuf, reason: String },
 
@@ -152,6 +156,7 @@ impl Error {
             | Error::SourceSchema(_)
             | Error::MappingConflict { .. }
             | Error::SystematicRejection { .. }
+            | Error::UnsupportedEngine(_)
             | Error::State { .. }
             | Error::AlreadyRunning { .. }
             | Error::Io { .. }
@@ -178,6 +183,7 @@ impl Error {
             Error::ElasticsearchTransport { source, .. } if tls_failure(source) => {
                 Some("Elasticsearch's TLS certificate was refused: set ES_CA_FILE to the CA that signed it")
             }
+            Error::UnsupportedEngine(_) => Some("check ES_URL: it must lead to a supported Elasticsearch or OpenSearch (README, 'Engines')"),
             Error::SystematicRejection { .. } => Some(
                 "the index mapping does not fit the documents: check ES_SCHEMA_FILE (or delete the index so pg2es creates it from its definition); ETL_DEAD_LETTER_MAX_RATIO=1 dead-letters them instead",
             ),

@@ -77,8 +77,9 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
     let definition = read_index_definition(&config.es_schema_file)?;
     let sink = ElasticsearchSink::new(config)?;
     let policy = RetryPolicy { initial: config.backoff_initial, cap: config.backoff_max };
+    let engine = sink.engine(shutdown).await?;
     let bootstrap = retry(&policy, shutdown, "check index", || sink.ensure_index(&definition)).await?;
-    tracing::info!(index = %config.es_index, url = %config.es_url, bootstrap = %bootstrap, state = %config.state_file.display(), "pg2es started");
+    tracing::info!(index = %config.es_index, url = %config.es_url, engine = %engine, bootstrap = %bootstrap, state = %config.state_file.display(), "pg2es started");
     let outcome = run_cycles(config, mode, shutdown, &sink, &mut checkpoint, &policy).await;
     // A full load cut short (shutdown, a fatal error) leaves the index searchable while stopped.
     if let Err(e) = restore_settings(&sink, &mut checkpoint, shutdown).await {

@@ -170,6 +170,7 @@ pub async fn verify(config: &Config, shutdown: &Shutdown) -> Result<VerifyReport
     let started = Instant::now();
     let sink = ElasticsearchSink::new(config)?;
     // A missing index or another mapping is said as such, not as the first search's error.
+    sink.engine(shutdown).await?;
     sink.check_index(&read_index_definition(&config.es_schema_file)?, shutdown).await?;
     let mut films = FilmPages::new(config, shutdown)?;
     let mut documents = DocumentPages::new(&sink, config.batch_size.min(MAX_SEARCH_SIZE), shutdown);

@@ -200,3 +200,31 @@ async fn json_logs_hold_plain_values() {
     assert!(restore.as_str().is_some_and(|r| r.contains("index.refresh_interval=1s")), "{restore}");
     env.cleanup().await;
 }
+
+/// A server answering `GET /` as an engine version pg2es does not support (no such engine runs
+/// here, so a few lines of HTTP stand in for its root answer): refused before anything is sent.
+#[tokio::test]
+async fn an_unsupported_engine_is_refused_by_name() {
+    let env = TestEnv::new("out_old_engine").await;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let body = r#"{"name":"old","version":{"number":"6.8.23","lucene_version":"7.7.3"},"tagline":"You Know, for Search"}"#;
+        for stream in listener.incoming().take(20) {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    let mut vars = env.env_vars();
+    set(&mut vars, "ES_URL", &url);
+    for args in [&["run", "--once"][..], &["verify"][..]] {
+        let o = common::pg2es_command(&vars, args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("Elasticsearch 6.8.23 is not supported") && err.contains("ES_URL"), "{args:?}: {err}");
+    }
+    env.cleanup().await;
+}

@@ -5,6 +5,7 @@
 //! watermark advance. Documents carry `_id` = film id, so loading one twice is harmless.
 
 pub mod bulk;
+pub mod engine;
 mod inspect;
 
 use std::collections::{BTreeMap, VecDeque};
