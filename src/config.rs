@@ -26,7 +26,7 @@ const fn setting(env: &'static str, default: Option<&'static str>, help: &'stati
 pub const SETTINGS: &[Setting] = &[
     setting("PG_DSN", Some("postgres://app@127.0.0.1:5432/movies"), "Postgres connection string (URL or key=value form)"),
     Setting { env: "PG_PASSWORD", default: None, help: "Postgres password; overrides the one in PG_DSN", secret: true },
-    setting("PG_CA_FILE", None, "PEM CA certificates that sign the Postgres server's certificate (with sslmode=require)"),
+    setting("PG_CA_FILE", None, "PEM CA certificates that sign the Postgres server's certificate (with sslmode=require, verify-ca or verify-full); wins over sslrootcert in PG_DSN"),
     setting("PG_SCHEMA", Some("content"), "schema of the source tables"),
     setting("ES_URL", Some("http://127.0.0.1:9200"), "Elasticsearch or OpenSearch base URL"),
     setting("ES_INDEX", Some("movies"), "target index"),
@@ -98,6 +98,155 @@ impl fmt::Display for IndexDefinition {
     }
 }
 
+/// libpq's `sslmode`, with what each means in pg2es (README, "TLS to Postgres").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgSslMode {
+    /// Plain connection. Also what pg2es does without `sslmode` (libpq would try `prefer`).
+    Disable,
+    /// As `Prefer`: tokio-postgres cannot start plain and retry with TLS.
+    Allow,
+    /// TLS when the server offers it, certificate not verified; plain otherwise.
+    Prefer,
+    /// TLS, certificate chain and host name verified (stricter than libpq, which verifies
+    /// nothing here without a root certificate): what pg2es has always done with `require`.
+    Require,
+    /// TLS, certificate chain verified against the CA given, host name not checked.
+    VerifyCa,
+    /// TLS, certificate chain and host name verified.
+    VerifyFull,
+}
+
+impl PgSslMode {
+    const ALL: [(&'static str, PgSslMode); 6] = [
+        ("disable", PgSslMode::Disable),
+        ("allow", PgSslMode::Allow),
+        ("prefer", PgSslMode::Prefer),
+        ("require", PgSslMode::Require),
+        ("verify-ca", PgSslMode::VerifyCa),
+        ("verify-full", PgSslMode::VerifyFull),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL.iter().find(|(_, m)| *m == self).map_or("disable", |(name, _)| name)
+    }
+
+    /// Whether the server's certificate is checked against a CA.
+    pub fn verifies(self) -> bool {
+        matches!(self, PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull)
+    }
+}
+
+/// The TLS parameters of libpq that tokio-postgres does not parse, taken out of `PG_DSN`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct DsnTls {
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+}
+
+/// Splits `sslmode` and `sslrootcert` off a DSN (URL or key=value form), returning the rest for
+/// tokio-postgres, which knows only three of libpq's six modes and no root certificate. A DSN
+/// this cannot read is returned whole, for tokio-postgres to refuse.
+fn split_dsn_tls(dsn: &str) -> (String, DsnTls) {
+    let mut tls = DsnTls::default();
+    let mut take = |key: &str, value: String| match key {
+        "sslmode" => tls.sslmode = Some(value),
+        "sslrootcert" => tls.sslrootcert = Some(value),
+        _ => unreachable!("only TLS keys are taken"),
+    };
+    let ours = |key: &str| matches!(key, "sslmode" | "sslrootcert");
+    let rest = if is_url(dsn) {
+        match dsn.split_once('?') {
+            None => dsn.to_string(),
+            Some((head, query)) => {
+                let mut kept = Vec::new();
+                for pair in query.split('&') {
+                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    match (percent_decode(key), percent_decode(value)) {
+                        (Some(k), Some(v)) if ours(&k) => take(&k, v),
+                        _ => kept.push(pair),
+                    }
+                }
+                if kept.is_empty() { head.to_string() } else { format!("{head}?{}", kept.join("&")) }
+            }
+        }
+    } else {
+        match keyword_pairs(dsn) {
+            Some(pairs) => {
+                let mut kept = Vec::new();
+                for (key, value, text) in pairs {
+                    if ours(key) {
+                        take(key, value);
+                    } else {
+                        kept.push(text);
+                    }
+                }
+                kept.join(" ")
+            }
+            None => dsn.to_string(),
+        }
+    };
+    (rest, tls)
+}
+
+/// `key = value` pairs of a libpq keyword DSN: (key, unquoted value, the pair's text). `None`
+/// when it does not read as one.
+fn keyword_pairs(dsn: &str) -> Option<Vec<(&str, String, &str)>> {
+    let mut pairs = Vec::new();
+    let mut chars = dsn.char_indices().peekable();
+    let skip_space = |chars: &mut std::iter::Peekable<std::str::CharIndices>| {
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+    };
+    loop {
+        skip_space(&mut chars);
+        let Some(&(start, _)) = chars.peek() else { return Some(pairs) };
+        while chars.next_if(|(_, c)| !c.is_whitespace() && *c != '=').is_some() {}
+        let key_end = chars.peek().map_or(dsn.len(), |(i, _)| *i);
+        skip_space(&mut chars);
+        chars.next_if(|(_, c)| *c == '=')?;
+        skip_space(&mut chars);
+        let mut value = String::new();
+        let quoted = chars.next_if(|(_, c)| *c == '\'').is_some();
+        loop {
+            match chars.peek().map(|(_, c)| *c) {
+                None if quoted => return None,
+                None => break,
+                Some('\'') if quoted => {
+                    chars.next();
+                    break;
+                }
+                Some(c) if c.is_whitespace() && !quoted => break,
+                Some('\\') => {
+                    chars.next();
+                    value.push(chars.next()?.1);
+                }
+                Some(c) => {
+                    chars.next();
+                    value.push(c);
+                }
+            }
+        }
+        let end = chars.peek().map_or(dsn.len(), |(i, _)| *i);
+        pairs.push((&dsn[start..key_end], value, &dsn[start..end]));
+    }
+}
+
+/// `%XX` decoding as in a postgres:// URL; `None` for a malformed escape or non-UTF-8 text.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(s.len());
+    let mut rest = s.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = tail.get(..2)?;
+            bytes.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
 /// Which column tells that a row changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimestampColumn {
@@ -109,6 +258,10 @@ pub enum TimestampColumn {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub pg: tokio_postgres::Config,
+    /// libpq's `sslmode` from `PG_DSN` (taken out before tokio-postgres parses it).
+    pub pg_ssl_mode: PgSslMode,
+    /// The CA to verify the server against (`PG_CA_FILE`, else `sslrootcert`); `None`: the
+    /// public web roots.
     pub pg_ca_file: Option<PathBuf>,
     pub pg_schema: String,
     pub es_url: reqwest::Url,
@@ -308,7 +461,13 @@ impl Config {
     }
 
     pub fn from_sources(src: &Sources) -> Result<Config> {
-        let mut pg = parse_pg(src)?;
+        let (mut pg, dsn_tls) = parse_pg(src)?;
+        let (pg_ssl_mode, pg_ca_file) = pg_tls(src, dsn_tls)?;
+        pg.ssl_mode(match pg_ssl_mode {
+            PgSslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            PgSslMode::Allow | PgSslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+        });
         if pg.get_application_name().is_none() {
             pg.application_name("pg2es");
         }
@@ -372,12 +531,9 @@ impl Config {
             return Err(src.bad("ETL_BACKOFF_MAX_SEC", "a cap not smaller than ETL_BACKOFF_INITIAL_MS"));
         }
 
-        let pg_ca_file = src.string("PG_CA_FILE").map(PathBuf::from);
-        if pg_ca_file.is_some() && pg.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
-            return Err(src.bad("PG_CA_FILE", "to be used with sslmode=require in PG_DSN (add ?sslmode=require)"));
-        }
         Ok(Config {
             pg,
+            pg_ssl_mode,
             pg_ca_file,
             pg_schema,
             es_url,
@@ -426,10 +582,15 @@ impl Config {
         line(&mut out, "postgres database", &self.pg.get_dbname().unwrap_or("(user name)"));
         line(&mut out, "postgres user", &self.pg.get_user().unwrap_or("(none)"));
         line(&mut out, "postgres password", &if self.pg.get_password().is_some() { "***" } else { "(none)" });
-        let tls = match (self.pg.get_ssl_mode(), &self.pg_ca_file) {
-            (tokio_postgres::config::SslMode::Require, Some(ca)) => format!("required, CA {}", ca.display()),
-            (tokio_postgres::config::SslMode::Require, None) => "required, public web roots".to_string(),
-            _ => "off (add sslmode=require to PG_DSN)".to_string(),
+        let roots = match &self.pg_ca_file {
+            Some(ca) => format!("CA {}", ca.display()),
+            None => "public web roots".to_string(),
+        };
+        let tls = match self.pg_ssl_mode {
+            PgSslMode::Disable => "off (sslmode=disable; add sslmode=verify-full to PG_DSN for TLS)".to_string(),
+            PgSslMode::Allow | PgSslMode::Prefer => format!("when offered, not verified (sslmode={})", self.pg_ssl_mode.as_str()),
+            PgSslMode::Require | PgSslMode::VerifyFull => format!("required, chain and host name verified against {roots} (sslmode={})", self.pg_ssl_mode.as_str()),
+            PgSslMode::VerifyCa => format!("required, chain verified against {roots}, host name not (sslmode=verify-ca)"),
         };
         line(&mut out, "postgres tls", &tls);
         line(&mut out, "PG_SCHEMA", &self.pg_schema);
@@ -479,8 +640,9 @@ pub const LIBPQ_VARS: [&str; 5] = ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "
 /// Per part: `DB_*` > an explicit part of `PG_DSN` (set in the environment or the file) > `PG*`
 /// > the built-in default DSN. Password: `PG_PASSWORD` (or `DB_PASSWORD`, `PG_PASSWORD_FILE`) >
 /// the password in `PG_DSN` > `PGPASSWORD`, as libpq lets a connection string beat PGPASSWORD.
-fn parse_pg(src: &Sources) -> Result<tokio_postgres::Config> {
-    let dsn = src.string("PG_DSN").ok_or_else(|| src.bad("PG_DSN", "a connection string"))?;
+fn parse_pg(src: &Sources) -> Result<(tokio_postgres::Config, DsnTls)> {
+    let full_dsn = src.string("PG_DSN").ok_or_else(|| src.bad("PG_DSN", "a connection string"))?;
+    let (dsn, tls) = split_dsn_tls(&full_dsn);
     let mut pg: tokio_postgres::Config = dsn.parse().map_err(|_| {
         // The parser's message may quote the DSN, password included: say what is expected instead.
         Error::Config(format!(
@@ -528,7 +690,7 @@ fn parse_pg(src: &Sources) -> Result<tokio_postgres::Config> {
     if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
         pg.host("127.0.0.1");
     }
-    Ok(pg)
+    Ok((pg, tls))
 }
 
 fn is_url(dsn: &str) -> bool {
@@ -610,6 +772,38 @@ fn replace_hosts_ports(old: &tokio_postgres::Config, hosts: Option<&[String]>, p
         .channel_binding(old.get_channel_binding())
         .load_balance_hosts(old.get_load_balance_hosts());
     pg
+}
+
+/// The sslmode and the CA: PG_CA_FILE wins over sslrootcert, as PG_PASSWORD wins over the DSN's
+/// password. Refuses a CA that the mode would not use, and verify-ca without a CA of its own
+/// (against the public roots, any web site's certificate would pass).
+fn pg_tls(src: &Sources, dsn: DsnTls) -> Result<(PgSslMode, Option<PathBuf>)> {
+    let dsn_name = src.describe("PG_DSN");
+    let mode = match dsn.sslmode.as_deref() {
+        None => PgSslMode::Disable,
+        Some(value) => PgSslMode::ALL.iter().find(|(name, _)| *name == value).map(|(_, m)| *m).ok_or_else(|| {
+            Error::Config(format!("{dsn_name}: sslmode='{value}': expected disable, allow, prefer, require, verify-ca or verify-full"))
+        })?,
+    };
+    let (ca, ca_name) = match (src.string("PG_CA_FILE"), dsn.sslrootcert) {
+        (Some(file), _) => (Some(PathBuf::from(file)), "PG_CA_FILE".to_string()),
+        // libpq's sslrootcert=system: the system's roots; here the public web roots.
+        (None, Some(root)) if root == "system" => (None, format!("sslrootcert in {dsn_name}")),
+        (None, Some(root)) => (Some(PathBuf::from(root)), format!("sslrootcert in {dsn_name}")),
+        (None, None) => (None, String::new()),
+    };
+    if ca.is_some() && !mode.verifies() {
+        return Err(Error::Config(format!(
+            "{ca_name} is set but sslmode={} does not verify the server: expected sslmode=verify-full (or verify-ca, require) in PG_DSN",
+            mode.as_str()
+        )));
+    }
+    if mode == PgSslMode::VerifyCa && ca.is_none() {
+        return Err(Error::Config(format!(
+            "{dsn_name}: sslmode=verify-ca expected the CA that signs the server's certificate in PG_CA_FILE or sslrootcert (against the public roots any web site's certificate would pass); or use sslmode=verify-full"
+        )));
+    }
+    Ok((mode, ca))
 }
 
 fn path_setting(src: &Sources, env: &str) -> Result<PathBuf> {
@@ -799,6 +993,53 @@ mod tests {
         .unwrap();
         assert_eq!(c.pg.get_password(), Some(&b"explicit"[..]));
         assert_eq!((host(&c).as_str(), c.pg.get_ports()), ("a", &[5433][..]));
+    }
+
+    #[test]
+    fn libpq_sslmodes_and_sslrootcert_are_taken_from_the_dsn() {
+        use tokio_postgres::config::SslMode;
+        for (mode, expected, tokio) in [
+            ("disable", PgSslMode::Disable, SslMode::Disable),
+            ("allow", PgSslMode::Allow, SslMode::Prefer),
+            ("prefer", PgSslMode::Prefer, SslMode::Prefer),
+            ("require", PgSslMode::Require, SslMode::Require),
+            ("verify-full", PgSslMode::VerifyFull, SslMode::Require),
+        ] {
+            let c = config(&[("PG_DSN", &format!("postgres://app@db/movies?sslmode={mode}&application_name=x"))]).unwrap();
+            assert_eq!((c.pg_ssl_mode, c.pg.get_ssl_mode(), c.pg.get_application_name()), (expected, tokio, Some("x")), "{mode}");
+            let c = config(&[("PG_DSN", &format!("host=db dbname=movies sslmode = {mode} user=app"))]).unwrap();
+            assert_eq!((c.pg_ssl_mode, c.pg.get_user()), (expected, Some("app")), "{mode}");
+        }
+        // Without sslmode pg2es connects in plain text, as it always has.
+        assert_eq!(config(&[]).unwrap().pg_ssl_mode, PgSslMode::Disable);
+
+        let c = config(&[("PG_DSN", "postgres://app:pw@db/movies?sslrootcert=%2Fetc%2Fpg%20ca.pem&sslmode=verify-ca")]).unwrap();
+        assert_eq!((c.pg_ssl_mode, c.pg_ca_file.as_deref()), (PgSslMode::VerifyCa, Some(Path::new("/etc/pg ca.pem"))));
+        let c = config(&[("PG_DSN", r"dbname=movies sslmode=verify-full sslrootcert='/etc/it\'s ca.pem' host=db")]).unwrap();
+        assert_eq!((c.pg_ssl_mode, c.pg_ca_file.as_deref()), (PgSslMode::VerifyFull, Some(Path::new("/etc/it's ca.pem"))));
+        assert!(matches!(&c.pg.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "db"));
+        // sslrootcert=system: the public roots.
+        assert_eq!(config(&[("PG_DSN", "postgres://db/movies?sslmode=verify-full&sslrootcert=system")]).unwrap().pg_ca_file, None);
+        // PG_CA_FILE wins over sslrootcert.
+        let c = config(&[("PG_DSN", "postgres://db/movies?sslmode=require&sslrootcert=/dsn.pem"), ("PG_CA_FILE", "/env.pem")]).unwrap();
+        assert_eq!(c.pg_ca_file.as_deref(), Some(Path::new("/env.pem")));
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_work_are_refused() {
+        let e = err(&[("PG_DSN", "postgres://app:hunter2@db/movies?sslmode=verify-everything")]);
+        assert!(e.contains("PG_DSN") && e.contains("verify-full") && !e.contains("hunter2"), "{e}");
+        // A CA with a mode that does not verify would give a false sense of safety.
+        for dsn in ["postgres://db/movies?sslmode=prefer", "postgres://db/movies"] {
+            let e = err(&[("PG_DSN", dsn), ("PG_CA_FILE", "/ca.pem")]);
+            assert!(e.contains("PG_CA_FILE") && e.contains("verify-full"), "{e}");
+        }
+        let e = err(&[("PG_DSN", "postgres://db/movies?sslmode=allow&sslrootcert=/ca.pem")]);
+        assert!(e.contains("sslrootcert") && e.contains("sslmode=allow"), "{e}");
+        // verify-ca against the public roots would accept any web site's certificate.
+        let e = err(&[("PG_DSN", "postgres://db/movies?sslmode=verify-ca")]);
+        assert!(e.contains("verify-ca") && e.contains("PG_CA_FILE"), "{e}");
+        assert!(config(&[("PG_DSN", "postgres://db/movies?sslmode=verify-ca"), ("PG_CA_FILE", "/ca.pem")]).is_ok());
     }
 
     #[test]

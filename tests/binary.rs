@@ -282,3 +282,49 @@ async fn a_missing_postgres_password_exits_2_at_once() {
     assert_eq!(env.count().await, 999);
     env.cleanup().await;
 }
+
+/// libpq's sslmodes against the local Postgres, whose certificate (signed by the project CA)
+/// names 127.0.0.1 and localhost: verify-full with sslrootcert in the DSN loads over TLS; a
+/// host name the certificate does not carry (hostaddr still 127.0.0.1) is refused by
+/// verify-full and accepted by verify-ca; prefer encrypts without a CA.
+#[tokio::test]
+async fn postgres_sslmodes_verify_full_verify_ca_and_prefer() {
+    let env = TestEnv::new("bin_pg_sslmode").await;
+    let ca = pg_ca_file();
+    let db = env.dsn.rsplit('/').next().unwrap().to_string();
+    let base: Vec<(String, String)> = env.env_vars().into_iter().filter(|(k, _)| k != "PG_DSN").collect();
+    let with_dsn = |dsn: String| {
+        let mut vars = base.clone();
+        vars.push(("PG_DSN".into(), dsn));
+        vars
+    };
+
+    let full = with_dsn(format!(
+        "postgres://app:123qwe@127.0.0.1:5432/{db}?sslmode=verify-full&sslrootcert={ca}&application_name=pg2es_verify_full"
+    ));
+    let mut child = pg2es(&full, &["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    common::eventually(Duration::from_secs(60), "load over verify-full", || async { env.try_count().await == Some(999) }).await;
+    let row = env
+        .db
+        .query_one("SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'pg2es_verify_full'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<bool>>(0), Some(true), "pg2es's sessions must be encrypted");
+    signal(&child, "-TERM");
+    wait_exit(&mut child, Duration::from_secs(20));
+
+    let wrong_name = |mode: &str| {
+        with_dsn(format!("host=wrong-name.example hostaddr=127.0.0.1 port=5432 user=app password=123qwe dbname={db} sslmode={mode} sslrootcert='{ca}'"))
+    };
+    let refused = output(&wrong_name("verify-full"), &["run", "--once"]);
+    let err = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains("wrong-name.example") || err.to_lowercase().contains("name"), "{err}");
+
+    let o = output(&wrong_name("verify-ca"), &["run", "--once"]);
+    assert!(o.status.success(), "verify-ca checks the chain only: {}", stderr(&o));
+
+    let o = output(&with_dsn(format!("postgres://app:123qwe@127.0.0.1:5432/{db}?sslmode=prefer")), &["run", "--once"]);
+    assert!(o.status.success(), "prefer: {}", stderr(&o));
+    env.cleanup().await;
+}

@@ -5,6 +5,7 @@
 //! skipped nor read twice. A changed genre or person fans out to every film it is linked to.
 
 mod queries;
+mod tls;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -199,8 +200,8 @@ async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>
     }
 }
 
-/// How to reach Postgres: TLS with rustls when the DSN says `sslmode=require`, the server's
-/// certificate always verified (against `PG_CA_FILE`, or the public web roots); plain otherwise.
+/// How to reach Postgres: plain, or TLS with rustls as the DSN's `sslmode` asks (see
+/// [`crate::config::PgSslMode`] and `tls.rs`).
 #[derive(Clone)]
 pub enum PgTls {
     Off,
@@ -209,36 +210,11 @@ pub enum PgTls {
 
 impl PgTls {
     pub fn from_config(config: &Config) -> Result<PgTls> {
-        if config.pg.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
-            return Ok(PgTls::Off);
-        }
-        let roots = match &config.pg_ca_file {
-            Some(path) => read_roots("PG_CA_FILE", path)?,
-            None => rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
-        };
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Config(format!("cannot set up TLS for Postgres: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(PgTls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(tls)))
+        Ok(match tls::client_config(config)? {
+            None => PgTls::Off,
+            Some(tls) => PgTls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(tls)),
+        })
     }
-}
-
-/// CA certificates from a PEM file, for the setting `var`.
-fn read_roots(var: &str, path: &std::path::Path) -> Result<rustls::RootCertStore> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let bad = |why: String| Error::Config(format!("{var}='{}': {why}", path.display()));
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(format!("cannot read it ({e}); expected a PEM file of CA certificates")))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| bad(format!("not a PEM certificate ({e})")))?;
-        roots.add(cert).map_err(|e| bad(format!("unusable certificate ({e})")))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("holds no certificate; expected a PEM file of CA certificates".into()));
-    }
-    Ok(roots)
 }
 
 /// The point a watermark may not pass in this cycle.
