@@ -167,9 +167,7 @@ impl Error {
     /// A hint for the operator, shown next to fatal errors.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            Error::Postgres { source, .. } if tls_failure(source) => {
-                Some("the Postgres server's TLS certificate was refused: set PG_CA_FILE to the CA that signed it")
-            }
+            Error::Postgres { source, .. } if tls_failure(source) => Some(tls_hint(source, Service::Postgres)),
             Error::Postgres { source, .. } => match source.code() {
                 Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
                     Some("check the user and password in PG_DSN / PG_PASSWORD")
@@ -180,9 +178,7 @@ impl Error {
                 }
                 _ => None,
             },
-            Error::ElasticsearchTransport { source, .. } if tls_failure(source) => {
-                Some("Elasticsearch's TLS certificate was refused: set ES_CA_FILE to the CA that signed it")
-            }
+            Error::ElasticsearchTransport { source, .. } if tls_failure(source) => Some(tls_hint(source, Service::Elasticsearch)),
             Error::UnsupportedEngine(_) => Some("check ES_URL: it must lead to a supported Elasticsearch or OpenSearch (README, 'Engines')"),
             Error::SystematicRejection { .. } => Some(
                 "the index mapping does not fit the documents: check ES_SCHEMA_FILE (or delete the index so pg2es creates it from its definition); ETL_DEAD_LETTER_MAX_RATIO=1 dead-letters them instead",
@@ -213,10 +209,46 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// True when a rustls error (a refused certificate, a failed handshake) is among the causes.
 fn tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    rustls_error(e).is_some()
+}
+
+/// What is wrong with the server's certificate, and what to do, for the service's settings.
+fn tls_hint(e: &(dyn std::error::Error + 'static), service: Service) -> &'static str {
+    use rustls::CertificateError as Cert;
+    let certificate = match rustls_error(e) {
+        Some(rustls::Error::InvalidCertificate(c)) => Some(c),
+        _ => None,
+    };
+    match (certificate, service) {
+        // webpki's error is not re-exported by rustls: only its name tells it apart.
+        (Some(Cert::Other(other)), Service::Postgres) if other.0.to_string() == "CaUsedAsEndEntity" => {
+            "the Postgres server presents a CA certificate (self-signed, CA:TRUE) as its own certificate, which TLS refuses: issue a server certificate signed by that CA for the server's host name, and give the CA as PG_CA_FILE"
+        }
+        (Some(Cert::Other(other)), Service::Elasticsearch) if other.0.to_string() == "CaUsedAsEndEntity" => {
+            "Elasticsearch presents a CA certificate (self-signed, CA:TRUE) as its own certificate, which TLS refuses: issue a server certificate signed by that CA for the host in ES_URL, and give the CA as ES_CA_FILE"
+        }
+        (Some(Cert::NotValidForName | Cert::NotValidForNameContext { .. }), Service::Postgres) => {
+            "the Postgres server's certificate does not carry the host name in PG_DSN: connect by a name or address it carries, reissue it with that name, or use sslmode=verify-ca to check the chain only"
+        }
+        (Some(Cert::NotValidForName | Cert::NotValidForNameContext { .. }), Service::Elasticsearch) => {
+            "Elasticsearch's certificate does not carry the host in ES_URL: use a name or address it carries, or reissue it with that name"
+        }
+        (Some(Cert::Expired | Cert::ExpiredContext { .. } | Cert::NotValidYet | Cert::NotValidYetContext { .. }), _) => {
+            "the server's certificate is expired or not yet valid: renew it (or check this machine's clock)"
+        }
+        (_, Service::Postgres) => {
+            "the Postgres server's TLS certificate was refused: set PG_CA_FILE (or sslrootcert in PG_DSN) to the CA that signed it"
+        }
+        (_, Service::Elasticsearch) => "Elasticsearch's TLS certificate was refused: set ES_CA_FILE to the CA that signed it",
+    }
+}
+
+/// The rustls error among the causes, if any.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
-        if c.downcast_ref::<rustls::Error>().is_some() {
-            return true;
+        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+            return Some(tls);
         }
         // `io::Error::source()` skips the error it wraps (hyper and tokio-rustls nest rustls's
         // error in two of them): step into the wrapped error instead.
@@ -225,7 +257,7 @@ fn tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
             None => c.source(),
         };
     }
-    false
+    None
 }
 
 fn postgres_code_is_transient(code: &SqlState) -> bool {
@@ -259,6 +291,35 @@ mod tests {
         let e = Error::ElasticsearchStatus { context: "bulk", status: 401, body: String::new() };
         assert_eq!(e.retry(), Retry::GiveUp);
         assert!(e.hint().is_some());
+    }
+
+    /// The certificate problems a user meets each get their own fix, wrapped as hyper and
+    /// tokio-rustls wrap them (in an io::Error).
+    #[test]
+    fn tls_hints_say_what_is_wrong_with_the_certificate() {
+        use rustls::{CertificateError as Cert, OtherError};
+        #[derive(Debug)]
+        struct Webpki;
+        impl std::fmt::Display for Webpki {
+            // As rustls-webpki displays its Error::CaUsedAsEndEntity.
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("CaUsedAsEndEntity")
+            }
+        }
+        impl std::error::Error for Webpki {}
+        let wrapped = |c: Cert| std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::InvalidCertificate(c));
+        let hint = |c: Cert, s: Service| tls_hint(&wrapped(c), s);
+
+        let ca = || Cert::Other(OtherError(std::sync::Arc::new(Webpki)));
+        assert!(hint(ca(), Service::Elasticsearch).contains("CA certificate") && hint(ca(), Service::Elasticsearch).contains("ES_CA_FILE"));
+        assert!(hint(ca(), Service::Postgres).contains("CA certificate") && hint(ca(), Service::Postgres).contains("PG_CA_FILE"));
+        assert!(hint(Cert::NotValidForName, Service::Postgres).contains("sslmode=verify-ca"));
+        assert!(hint(Cert::NotValidForName, Service::Elasticsearch).contains("ES_URL"));
+        assert!(hint(Cert::Expired, Service::Postgres).contains("expired"));
+        assert!(hint(Cert::UnknownIssuer, Service::Postgres).contains("set PG_CA_FILE"));
+        assert!(hint(Cert::UnknownIssuer, Service::Elasticsearch).contains("set ES_CA_FILE"));
+        assert!(tls_failure(&wrapped(Cert::UnknownIssuer)));
+        assert!(!tls_failure(&std::io::Error::other("refused")));
     }
 
     #[test]

@@ -320,11 +320,55 @@ async fn postgres_sslmodes_verify_full_verify_ca_and_prefer() {
     let err = stderr(&refused);
     assert_eq!(refused.status.code(), Some(1), "{err}");
     assert!(err.contains("wrong-name.example") || err.to_lowercase().contains("name"), "{err}");
+    assert!(err.contains("hint:") && err.contains("sslmode=verify-ca"), "the hint says what to do: {err}");
 
     let o = output(&wrong_name("verify-ca"), &["run", "--once"]);
     assert!(o.status.success(), "verify-ca checks the chain only: {}", stderr(&o));
 
     let o = output(&with_dsn(format!("postgres://app:123qwe@127.0.0.1:5432/{db}?sslmode=prefer")), &["run", "--once"]);
     assert!(o.status.success(), "prefer: {}", stderr(&o));
+    env.cleanup().await;
+}
+
+/// A self-signed certificate that is its own CA, served by a TLS endpoint in front of the real
+/// Elasticsearch and given as ES_CA_FILE: TLS refuses a CA as a server certificate, and the
+/// message says so and how to fix it, instead of rustls's `CaUsedAsEndEntity`.
+#[tokio::test]
+async fn a_ca_certificate_used_as_the_server_certificate_gets_a_hint() {
+    let env = TestEnv::new("bin_es_ca_as_server").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("self.pem"), dir.path().join("self.key"));
+    // `req -x509` marks the certificate CA:TRUE, as most self-signing recipes do.
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (installed by scripts/stack.sh)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let port = 9444;
+    let es_port = env.es.rsplit(':').next().unwrap().to_string();
+    let mut proxy = Command::new("socat")
+        .arg(format!("OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}", cert.display(), key.display()))
+        .arg(format!("TCP:127.0.0.1:{es_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat (installed by make check-tools)");
+    common::eventually(Duration::from_secs(10), "tls proxy listening", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    let mut vars = env.env_vars();
+    vars.push(("ES_URL".into(), format!("https://127.0.0.1:{port}")));
+    vars.push(("ES_CA_FILE".into(), cert.display().to_string()));
+    let o = output(&vars, &["run", "--once"]);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("hint:") && err.contains("CA certificate") && err.contains("ES_CA_FILE"), "{err}");
     env.cleanup().await;
 }
