@@ -23,7 +23,7 @@ use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 use crate::progress::Progress;
 use crate::sink::{bulk, read_index_definition, ElasticsearchSink, LoadReport};
-use crate::source::{Horizon, PgSource, PgTls};
+use crate::source::{Horizon, PgSource, PgTls, RecentlyLoaded, RowVersion};
 use crate::transform::{into_document, FilmWork};
 
 /// Batches read ahead of the writer. Small: memory stays flat however large the tables are.
@@ -42,6 +42,9 @@ pub enum Mode {
 pub struct CycleReport {
     /// Changed rows read, per stream.
     pub rows: BTreeMap<Stream, usize>,
+    /// Changed rows read again (the commit horizon) and unchanged since their films were loaded:
+    /// their films were not sent again.
+    pub already_loaded: usize,
     /// Films re-indexed (a film reached through two streams counts twice).
     pub films: usize,
     pub stored: usize,
@@ -60,8 +63,9 @@ struct Batch {
 }
 
 enum Completes {
-    /// The last batch of a page of changes: the stream may advance to here.
-    Stream(Stream, Watermark),
+    /// The last batch of a page of changes: the stream may advance to `last`, and the page's
+    /// rows not loaded before are now loaded.
+    Stream { stream: Stream, last: Watermark, fresh: Vec<RowVersion> },
     /// The full load has loaded every film up to here.
     FullLoad(Snapshot),
 }
@@ -98,6 +102,8 @@ async fn run_cycles(
     policy: &RetryPolicy,
 ) -> Result<Vec<CycleReport>> {
     let mut source: Option<PgSource> = None;
+    // Kept across cycles (not across restarts): rows read again only because of the horizon.
+    let mut loaded = RecentlyLoaded::default();
     let mut delays = policy.delays();
     let mut reports = Vec::new();
     loop {
@@ -112,7 +118,7 @@ async fn run_cycles(
                     src
                 }
             };
-            let report = run_cycle(&src, sink, checkpoint, config, shutdown).await;
+            let report = run_cycle(&src, sink, checkpoint, &mut loaded, config, shutdown).await;
             source = Some(src);
             report
         })
@@ -177,6 +183,7 @@ fn log_cycle(r: &CycleReport, elapsed: Duration) {
         genre_rows = rows(Stream::Genre),
         person_rows = rows(Stream::Person),
         link_rows = rows(Stream::GenreFilmWork) + rows(Stream::PersonFilmWork),
+        rows_already_loaded = r.already_loaded,
         films = r.films,
         stored = r.stored,
         dead_lettered = r.dead_lettered,
@@ -193,6 +200,7 @@ pub async fn run_cycle(
     source: &PgSource,
     sink: &ElasticsearchSink,
     checkpoint: &mut Checkpoint,
+    loaded: &mut RecentlyLoaded,
     config: &Config,
     shutdown: &Shutdown,
 ) -> Result<CycleReport> {
@@ -215,14 +223,16 @@ pub async fn run_cycle(
     };
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let start = checkpoint.state().clone();
+    // The reader filters with what was loaded before this cycle; the writer adds to it.
+    let before = loaded.clone();
     let (read, written) = tokio::join!(
-        read_changes(source, &start, config.batch_size, tx, shutdown, progress.as_ref()),
-        write_batches(rx, sink, checkpoint, &horizon, config.bulk_concurrency, shutdown, progress.as_ref()),
+        read_changes(source, &start, &before, config.batch_size, tx, shutdown, progress.as_ref()),
+        write_batches(rx, sink, checkpoint, loaded, &horizon, config.bulk_concurrency, shutdown, progress.as_ref()),
     );
     drop(progress);
     // A writer error is the cause when both failed: the reader only saw the channel close.
     let mut report = written?;
-    report.rows = read?;
+    (report.rows, report.already_loaded) = read?;
     report.interrupted |= shutdown.is_triggered();
     // The full load is over, or stopped by shutdown: the index gets its own settings back.
     restore_settings(sink, checkpoint, shutdown).await?;
@@ -280,49 +290,52 @@ async fn restore_settings(sink: &ElasticsearchSink, checkpoint: &mut Checkpoint,
 async fn read_changes(
     source: &PgSource,
     start: &State,
+    loaded: &RecentlyLoaded,
     batch_size: usize,
     tx: mpsc::Sender<Batch>,
     shutdown: &Shutdown,
     progress: Option<&Progress>,
-) -> Result<BTreeMap<Stream, usize>> {
+) -> Result<(BTreeMap<Stream, usize>, usize)> {
     let mut rows = BTreeMap::new();
+    let mut already_loaded = 0;
     if let Some(snapshot) = start.snapshot_in_progress() {
         let (films, finished) = read_full_load(source, snapshot, batch_size, &tx, shutdown, progress).await?;
         rows.insert(Stream::FilmWork, films);
         if !finished {
-            return Ok(rows);
+            return Ok((rows, already_loaded));
         }
     }
     for stream in Stream::ALL {
         let mut cursor = start.watermark(stream);
         loop {
             if shutdown.is_triggered() {
-                return Ok(rows);
+                return Ok((rows, already_loaded));
             }
-            let Some(page) = source.next_page(stream, cursor, batch_size).await? else { break };
+            let Some(page) = source.next_page(stream, cursor, batch_size, loaded).await? else { break };
             *rows.entry(stream).or_insert(0) += page.rows;
+            already_loaded += page.already_loaded;
+            let (last, full_page) = (page.last, page.rows == batch_size);
+            let mut completes = Some(Completes::Stream { stream, last, fresh: page.fresh });
+            // Changed rows linked to no film still move the position: one empty batch then.
             let chunks: Vec<&[uuid::Uuid]> = page.film_ids.chunks(batch_size).collect();
             let last_chunk = chunks.len().saturating_sub(1);
-            if chunks.is_empty() {
-                // Changed rows linked to no film: nothing to load, but the position still moves.
-                if !send(&tx, Vec::new(), Some(Completes::Stream(stream, page.last))).await {
-                    return Ok(rows);
-                }
+            if chunks.is_empty() && !send(&tx, Vec::new(), completes.take()).await {
+                return Ok((rows, already_loaded));
             }
             for (i, ids) in chunks.into_iter().enumerate() {
                 let films = source.films(ids).await?;
-                let completes = (i == last_chunk).then_some(Completes::Stream(stream, page.last));
-                if !send(&tx, films, completes).await {
-                    return Ok(rows);
+                let done = if i == last_chunk { completes.take() } else { None };
+                if !send(&tx, films, done).await {
+                    return Ok((rows, already_loaded));
                 }
             }
-            cursor = Some(page.last);
-            if page.rows < batch_size {
+            cursor = Some(last);
+            if !full_page {
                 break;
             }
         }
     }
-    Ok(rows)
+    Ok((rows, already_loaded))
 }
 
 /// Sends a batch; false when the writer has stopped.
@@ -402,6 +415,7 @@ async fn write_batches(
     mut rx: mpsc::Receiver<Batch>,
     sink: &ElasticsearchSink,
     checkpoint: &mut Checkpoint,
+    recent: &mut RecentlyLoaded,
     horizon: &Horizon,
     concurrency: usize,
     shutdown: &Shutdown,
@@ -422,10 +436,13 @@ async fn write_batches(
         report.unknown_roles += loaded.unknown_roles;
         report.bad_ratings += loaded.bad_ratings;
         match loaded.completes {
-            Some(Completes::Stream(stream, mark)) => {
-                let target = horizon.cap(mark);
+            Some(Completes::Stream { stream, last, fresh }) => {
+                let target = horizon.cap(last);
                 if checkpoint.state().watermark(stream).is_none_or(|current| target > current) {
                     checkpoint.commit(stream, target)?;
+                }
+                if let Some(committed) = checkpoint.state().watermark(stream) {
+                    recent.remember(stream, &fresh, committed);
                 }
             }
             Some(Completes::FullLoad(position)) => {

@@ -370,3 +370,37 @@ async fn odd_rows_are_loaded_without_stopping() {
     assert_eq!((&roles["actors"], &roles["director"]), (&json!([]), &json!([])));
     env.cleanup().await;
 }
+
+/// Rows read again only because of the commit horizon are not sent again while unchanged; a
+/// change of the same row, even one that keeps its timestamp (a coarse application clock), is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_read_again_within_the_horizon_are_not_sent_again_unless_changed() {
+    let mut env = TestEnv::new("resend_overlap").await;
+    env.run_once().await;
+    // Every change of the last 3 s is read again by each cycle.
+    env.extra_env.push(("ETL_CLOCK_SKEW_MS".into(), "3000".into()));
+    env.extra_env.push(("ETL_CYCLE_SEC".into(), "0.2".into()));
+    let film = env.scalar_uuid("SELECT id FROM content.film_work ORDER BY id LIMIT 1").await;
+    env.sql(&format!("UPDATE content.film_work SET title = 'First', updated_at = now() WHERE id = '{film}'")).await;
+
+    let config = env.config();
+    let (trigger, shutdown) = pg2es::shutdown::Shutdown::new();
+    let run = tokio::spawn(async move { pg2es::pipeline::run(&config, pg2es::pipeline::Mode::Continuous, &shutdown).await });
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    // Same timestamp, new content: a new row version.
+    env.sql(&format!("UPDATE content.film_work SET title = 'Second' WHERE id = '{film}'")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    trigger.trigger();
+    let reports = run.await.unwrap().expect("pipeline run");
+
+    let cycles = reports.len();
+    let sent: usize = reports.iter().map(|r| r.films).sum();
+    let skipped: usize = reports.iter().map(|r| r.already_loaded).sum();
+    println!("{cycles} cycles, {sent} films sent, {skipped} rows read again and skipped");
+    assert!(cycles >= 4, "expected several cycles within the horizon window, got {cycles}");
+    assert_eq!(sent, 2, "each version of the row is sent once: {reports:?}");
+    assert!(skipped >= 2, "{reports:?}");
+    env.refresh().await;
+    assert_eq!(env.doc(&film.to_string()).await["title"], serde_json::json!("Second"));
+    env.cleanup().await;
+}

@@ -5,7 +5,10 @@
 //! skipped nor read twice. A changed genre or person fans out to every film it is linked to.
 
 mod queries;
+mod recent;
 mod tls;
+
+pub use recent::{RecentlyLoaded, RowVersion};
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -37,6 +40,10 @@ pub struct ChangePage {
     pub stream: Stream,
     /// Films to re-index because of this page (deduplicated, sorted).
     pub film_ids: Vec<Uuid>,
+    /// The rows of the page that had not been loaded already: remembered once their films are.
+    pub fresh: Vec<RowVersion>,
+    /// Rows of the page whose films were loaded in an earlier cycle, unchanged since.
+    pub already_loaded: usize,
     /// Position of the last row of the page: the stream's watermark once the films are loaded.
     pub last: Watermark,
     pub rows: usize,
@@ -84,7 +91,8 @@ impl PgSource {
     }
 
     /// The next page of changes of `stream` after `after` (all rows when `None`).
-    pub async fn next_page(&self, stream: Stream, after: Option<Watermark>, limit: usize) -> Result<Option<ChangePage>> {
+    /// Rows in `loaded` (unchanged since their films were loaded) lead to no film.
+    pub async fn next_page(&self, stream: Stream, after: Option<Watermark>, limit: usize, loaded: &RecentlyLoaded) -> Result<Option<ChangePage>> {
         let limit = limit as i64;
         let rows = match after {
             Some(w) => self
@@ -101,11 +109,23 @@ impl PgSource {
         let Some(last_row) = rows.last() else { return Ok(None) };
         let last = Watermark { ts: last_row.try_get(0).map_err(Error::postgres("read ts"))?, id: last_row.try_get(1).map_err(Error::postgres("read id"))? };
         let mut ids: Vec<Uuid> = Vec::with_capacity(rows.len());
+        let mut fresh = Vec::with_capacity(rows.len());
         for r in &rows {
+            let version = RowVersion {
+                ts: r.try_get(0).map_err(Error::postgres("read ts"))?,
+                id: r.try_get(1).map_err(Error::postgres("read id"))?,
+                xmin: r.try_get(3).map_err(Error::postgres("read row version"))?,
+            };
+            if loaded.contains(stream, &version) {
+                continue;
+            }
+            fresh.push(version);
             ids.push(r.try_get(2).map_err(Error::postgres("read row key"))?);
         }
+        let already_loaded = rows.len() - fresh.len();
         let mut film_ids = match stream {
             Stream::FilmWork | Stream::GenreFilmWork | Stream::PersonFilmWork => ids,
+            Stream::Genre | Stream::Person if ids.is_empty() => ids,
             Stream::Genre | Stream::Person => {
                 let fanned = self
                     .client
@@ -117,7 +137,7 @@ impl PgSource {
         };
         film_ids.sort_unstable();
         film_ids.dedup();
-        Ok(Some(ChangePage { stream, film_ids, last, rows: rows.len() }))
+        Ok(Some(ChangePage { stream, film_ids, fresh, already_loaded, last, rows: rows.len() }))
     }
 
     /// The newest position of a stream now, or `None` for an empty table.

@@ -153,7 +153,8 @@ impl Statements {
                 Stream::GenreFilmWork | Stream::PersonFilmWork => "film_work_id",
                 _ => "id",
             };
-            let select = format!(r#"SELECT "{ts}"::timestamptz, id, "{key}" FROM "{s}"."{table}""#);
+            // xmin: the row version, which every update changes (see `recent.rs`).
+            let select = format!(r#"SELECT "{ts}"::timestamptz, id, "{key}", xmin::text::bigint FROM "{s}"."{table}""#);
             let order = format!(r#"ORDER BY "{ts}", id"#);
             st.page_first.insert(stream, prep(format!(r#"{select} WHERE "{ts}" IS NOT NULL {order} LIMIT $1"#)).await?);
             st.page_after.insert(

@@ -244,3 +244,9 @@ pub fn spawn_logged(env: &[(String, String)], args: &[&str], log: &std::path::Pa
 pub async fn log_shows(log: &std::path::Path, text: &str, limit: Duration) {
     eventually(limit, &format!("log shows {text:?}"), || async { std::fs::read_to_string(log).is_ok_and(|l| l.contains(text)) }).await;
 }
+
+impl TestEnv {
+    pub async fn scalar_uuid(&self, sql: &str) -> uuid::Uuid {
+        self.db.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    }
+}

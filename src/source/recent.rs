@@ -1,0 +1,98 @@
+//! Rows whose films were loaded in an earlier cycle but that the next cycle reads again.
+//!
+//! A stream's watermark stops at the commit horizon, so rows changed just before a cycle are read
+//! again by the next one (a transaction still open could commit rows stamped before them). Re-reading
+//! is what makes late commits safe; re-sending the same films is waste. A row read again with the
+//! same timestamp and the same row version (`xmin`, which every update changes) has not changed
+//! since its films were loaded, so they are not sent again. Memory holds only the rows above the
+//! committed watermarks, bounded; after a restart it is empty and the overlap is sent once more.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::checkpoint::{Stream, Watermark};
+
+/// Rows remembered per stream at most; past it rows are simply sent again.
+const MAX_ROWS_PER_STREAM: usize = 50_000;
+
+/// One version of a changed row: its key, change timestamp and `xmin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowVersion {
+    pub id: Uuid,
+    pub ts: DateTime<Utc>,
+    pub xmin: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RecentlyLoaded {
+    rows: BTreeMap<Stream, HashMap<Uuid, (DateTime<Utc>, i64)>>,
+}
+
+impl RecentlyLoaded {
+    /// True when exactly this version of the row had its films loaded.
+    pub fn contains(&self, stream: Stream, row: &RowVersion) -> bool {
+        self.rows.get(&stream).and_then(|m| m.get(&row.id)) == Some(&(row.ts, row.xmin))
+    }
+
+    /// Remembers rows whose films are now stored, and forgets those at or below the stream's
+    /// committed watermark: the stream will not read them again.
+    pub fn remember(&mut self, stream: Stream, rows: &[RowVersion], committed: Watermark) {
+        let map = self.rows.entry(stream).or_default();
+        map.retain(|id, (ts, _)| (*ts, *id) > (committed.ts, committed.id));
+        for r in rows.iter().filter(|r| (r.ts, r.id) > (committed.ts, committed.id)) {
+            if map.len() >= MAX_ROWS_PER_STREAM && !map.contains_key(&r.id) {
+                break;
+            }
+            map.insert(r.id, (r.ts, r.xmin));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn row(id: u128, secs: i64, xmin: i64) -> RowVersion {
+        RowVersion { id: Uuid::from_u128(id), ts: Utc.timestamp_opt(secs, 0).unwrap(), xmin }
+    }
+
+    fn mark(secs: i64) -> Watermark {
+        Watermark { ts: Utc.timestamp_opt(secs, 0).unwrap(), id: Uuid::nil() }
+    }
+
+    #[test]
+    fn only_the_same_version_of_a_row_counts_as_loaded() {
+        let mut r = RecentlyLoaded::default();
+        r.remember(Stream::FilmWork, &[row(1, 10, 100), row(2, 11, 101)], mark(9));
+        assert!(r.contains(Stream::FilmWork, &row(1, 10, 100)));
+        // Updated again: a new xmin, even with the same (coarse) timestamp.
+        assert!(!r.contains(Stream::FilmWork, &row(1, 10, 102)));
+        assert!(!r.contains(Stream::FilmWork, &row(1, 12, 100)));
+        // Another stream's row with the same id is another row.
+        assert!(!r.contains(Stream::Genre, &row(1, 10, 100)));
+    }
+
+    #[test]
+    fn rows_the_stream_will_not_read_again_are_forgotten() {
+        let mut r = RecentlyLoaded::default();
+        r.remember(Stream::Person, &[row(1, 10, 100), row(2, 20, 101)], mark(5));
+        assert_eq!(r.len(), 2);
+        r.remember(Stream::Person, &[], mark(15));
+        assert_eq!(r.len(), 1);
+        assert!(r.contains(Stream::Person, &row(2, 20, 101)));
+        // Rows at or below the committed watermark are never kept.
+        r.remember(Stream::Person, &[row(3, 12, 102)], mark(15));
+        assert_eq!(r.len(), 1);
+    }
+}
