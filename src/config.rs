@@ -282,6 +282,8 @@ pub struct Config {
     pub backoff_max: Duration,
     pub log_format: LogFormat,
     pub commit_horizon: HorizonPolicy,
+    /// Where each value shown by `print-config` came from, by its label there.
+    origins: BTreeMap<&'static str, String>,
 }
 
 /// How far behind "now" a watermark must stay so that no transaction still open can commit rows
@@ -299,12 +301,25 @@ pub enum EsAuth {
     ApiKey(Secret),
 }
 
-/// Where a raw value came from, for error messages.
+/// Where a raw value came from, for error messages and `print-config`.
 #[derive(Debug, Clone)]
 enum Origin {
     Default,
     File(PathBuf),
     Env,
+    /// Another variable stands for this one (`ES_HOST`, `DB_PASSWORD`, `PG_PASSWORD_FILE`).
+    EnvAlias(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::File(p) => write!(f, "file {}", p.display()),
+            Origin::Env => f.write_str("environment"),
+            Origin::EnvAlias(var) => write!(f, "environment, {var}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -343,7 +358,7 @@ impl Sources {
         // Names users of the course's Python ETL already have in their .env files.
         for (legacy, modern) in [("ES_HOST", "ES_URL"), ("BATCH_SIZE", "ETL_BATCH_SIZE")] {
             if let (Some(v), false) = (env.get(legacy), env.contains_key(modern)) {
-                sources.values.insert(modern, Raw { value: v.clone(), origin: Origin::Env });
+                sources.values.insert(modern, Raw { value: v.clone(), origin: Origin::EnvAlias(legacy.to_string()) });
             }
         }
         sources.legacy_db_vars(&env);
@@ -363,7 +378,7 @@ impl Sources {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| Error::Config(format!("{var}='{path}': cannot read it ({e}); expected a file holding the secret")))?;
             let value = text.trim_end_matches(['\n', '\r']).to_string();
-            self.values.insert(s.env, Raw { value, origin: Origin::Env });
+            self.values.insert(s.env, Raw { value, origin: Origin::EnvAlias(var) });
         }
         Ok(())
     }
@@ -405,7 +420,7 @@ impl Sources {
     fn legacy_db_vars(&mut self, env: &BTreeMap<String, String>) {
         if let Some(p) = env.get("DB_PASSWORD") {
             if !env.contains_key("PG_PASSWORD") {
-                self.values.insert("PG_PASSWORD", Raw { value: p.clone(), origin: Origin::Env });
+                self.values.insert("PG_PASSWORD", Raw { value: p.clone(), origin: Origin::EnvAlias("DB_PASSWORD".into()) });
             }
         }
         for key in ["DB_HOST", "DB_PORT", "DB_NAME", "DB_USER"].into_iter().chain(LIBPQ_VARS) {
@@ -417,6 +432,11 @@ impl Sources {
 
     fn get(&self, env: &str) -> Option<&Raw> {
         self.values.get(env)
+    }
+
+    /// Where the value of `env` came from, for `print-config`.
+    fn origin(&self, env: &str) -> String {
+        self.get(env).filter(|r| !r.value.trim().is_empty()).map_or_else(|| "unset".to_string(), |r| r.origin.to_string())
     }
 
     fn describe(&self, env: &str) -> String {
@@ -461,8 +481,20 @@ impl Config {
     }
 
     pub fn from_sources(src: &Sources) -> Result<Config> {
-        let (mut pg, dsn_tls) = parse_pg(src)?;
+        let (mut pg, dsn_tls, mut origins) = parse_pg(src)?;
         let (pg_ssl_mode, pg_ca_file) = pg_tls(src, dsn_tls)?;
+        for s in SETTINGS {
+            origins.insert(s.env, src.origin(s.env));
+        }
+        origins.insert("postgres tls", format!("sslmode in PG_DSN, {}", src.origin("PG_DSN")));
+        if src.string("ES_SCHEMA_FILE").is_none() {
+            origins.insert("ES_SCHEMA_FILE", "default".to_string());
+        }
+        if src.string("PG_CA_FILE").is_none() && pg_ca_file.is_some() {
+            origins.insert("PG_CA_FILE", format!("sslrootcert in PG_DSN, {}", src.origin("PG_DSN")));
+        }
+        let auth_var = if src.string("ES_API_KEY").is_some() { "ES_API_KEY" } else { "ES_USERNAME" };
+        origins.insert("elasticsearch auth", src.origin(auth_var));
         pg.ssl_mode(match pg_ssl_mode {
             PgSslMode::Disable => tokio_postgres::config::SslMode::Disable,
             PgSslMode::Allow | PgSslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -560,6 +592,7 @@ impl Config {
                 clock_skew: Duration::from_millis(src.number("ETL_CLOCK_SKEW_MS", 0u64, 3_600_000, "a whole number of milliseconds")?),
                 max_transaction: Duration::from_secs(src.number("ETL_MAX_TX_SEC", 0u64, 86_400, "a whole number of seconds")?),
             },
+            origins,
         })
     }
 
@@ -576,7 +609,10 @@ impl Config {
                 tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
             })
             .collect();
-        let line = |out: &mut String, k: &str, v: &dyn fmt::Display| out.push_str(&format!("{k:<22} {v}\n"));
+        let line = |out: &mut String, k: &str, v: &dyn fmt::Display| {
+            let origin = self.origins.get(k).map_or("built in", String::as_str);
+            out.push_str(&format!("{k:<22} {v}  ({origin})\n"));
+        };
         line(&mut out, "postgres host", &hosts.join(","));
         line(&mut out, "postgres port", &self.pg.get_ports().first().copied().unwrap_or(5432));
         line(&mut out, "postgres database", &self.pg.get_dbname().unwrap_or("(user name)"));
@@ -593,6 +629,8 @@ impl Config {
             PgSslMode::VerifyCa => format!("required, chain verified against {roots}, host name not (sslmode=verify-ca)"),
         };
         line(&mut out, "postgres tls", &tls);
+        let ca = |file: &Option<PathBuf>| file.as_ref().map_or_else(|| "(none: public web roots)".to_string(), |p| p.display().to_string());
+        line(&mut out, "PG_CA_FILE", &ca(&self.pg_ca_file));
         line(&mut out, "PG_SCHEMA", &self.pg_schema);
         line(&mut out, "ES_URL", &self.es_url);
         line(&mut out, "ES_INDEX", &self.es_index);
@@ -603,9 +641,7 @@ impl Config {
             EsAuth::ApiKey(_) => "api key ***".to_string(),
         };
         line(&mut out, "elasticsearch auth", &auth);
-        if let Some(ca) = &self.es_ca_file {
-            line(&mut out, "ES_CA_FILE", &ca.display());
-        }
+        line(&mut out, "ES_CA_FILE", &ca(&self.es_ca_file));
         line(&mut out, "ES_TIMEOUT_SEC", &self.es_timeout.as_secs());
         line(&mut out, "ES_BULK_MAX_BYTES", &self.bulk_max_bytes);
         line(&mut out, "ES_BULK_CONCURRENCY", &self.bulk_concurrency);
@@ -623,6 +659,11 @@ impl Config {
         line(&mut out, "ETL_MAX_TX_SEC", &self.commit_horizon.max_transaction.as_secs());
         line(&mut out, "ETL_BACKOFF_INITIAL_MS", &self.backoff_initial.as_millis());
         line(&mut out, "ETL_BACKOFF_MAX_SEC", &self.backoff_max.as_secs());
+        let log_format = match self.log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        line(&mut out, "LOG_FORMAT", &log_format);
         out
     }
 }
@@ -640,7 +681,7 @@ pub const LIBPQ_VARS: [&str; 5] = ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "
 /// Per part: `DB_*` > an explicit part of `PG_DSN` (set in the environment or the file) > `PG*`
 /// > the built-in default DSN. Password: `PG_PASSWORD` (or `DB_PASSWORD`, `PG_PASSWORD_FILE`) >
 /// the password in `PG_DSN` > `PGPASSWORD`, as libpq lets a connection string beat PGPASSWORD.
-fn parse_pg(src: &Sources) -> Result<(tokio_postgres::Config, DsnTls)> {
+fn parse_pg(src: &Sources) -> Result<(tokio_postgres::Config, DsnTls, BTreeMap<&'static str, String>)> {
     let full_dsn = src.string("PG_DSN").ok_or_else(|| src.bad("PG_DSN", "a connection string"))?;
     let (dsn, tls) = split_dsn_tls(&full_dsn);
     let mut pg: tokio_postgres::Config = dsn.parse().map_err(|_| {
@@ -682,6 +723,7 @@ fn parse_pg(src: &Sources) -> Result<(tokio_postgres::Config, DsnTls)> {
     if let Some((_, dbname)) = &chosen[3] {
         pg.dbname(dbname);
     }
+    let dsn_password = pg.get_password().is_some();
     if let Some(p) = src.string("PG_PASSWORD") {
         pg.password(p);
     } else if let (None, Some(p)) = (pg.get_password(), src.string("PGPASSWORD")) {
@@ -690,7 +732,28 @@ fn parse_pg(src: &Sources) -> Result<(tokio_postgres::Config, DsnTls)> {
     if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
         pg.host("127.0.0.1");
     }
-    Ok((pg, tls))
+
+    let dsn_origin = format!("PG_DSN, {}", src.origin("PG_DSN"));
+    let mut origins = BTreeMap::new();
+    for ((label, dsn_set), var) in ["postgres host", "postgres port", "postgres user", "postgres database"].into_iter().zip(dsn_sets).zip(&chosen) {
+        let origin = match var {
+            Some((var, _)) => format!("environment, {var}"),
+            None if dsn_set || dsn_is_default => dsn_origin.clone(),
+            None => "built in".to_string(),
+        };
+        origins.insert(label, origin);
+    }
+    let password_origin = if src.string("PG_PASSWORD").is_some() {
+        format!("PG_PASSWORD, {}", src.origin("PG_PASSWORD"))
+    } else if dsn_password {
+        dsn_origin
+    } else if pg.get_password().is_some() {
+        "environment, PGPASSWORD".to_string()
+    } else {
+        "unset".to_string()
+    };
+    origins.insert("postgres password", password_origin);
+    Ok((pg, tls, origins))
 }
 
 fn is_url(dsn: &str) -> bool {
@@ -1040,6 +1103,42 @@ mod tests {
         let e = err(&[("PG_DSN", "postgres://db/movies?sslmode=verify-ca")]);
         assert!(e.contains("verify-ca") && e.contains("PG_CA_FILE"), "{e}");
         assert!(config(&[("PG_DSN", "postgres://db/movies?sslmode=verify-ca"), ("PG_CA_FILE", "/ca.pem")]).is_ok());
+    }
+
+    /// print-config shows every setting, the CA files and LOG_FORMAT included, each with where
+    /// its value came from.
+    #[test]
+    fn print_config_shows_every_setting_and_its_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pg2es.toml");
+        std::fs::write(&path, "etl_batch_size = 50\n").unwrap();
+        let env = [("ES_INDEX", "films"), ("PGHOST", "db.internal"), ("PG_PASSWORD", "hunter2"), ("ES_HOST", "http://es:9200"), ("LOG_FORMAT", "json")];
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let text = Config::from_sources(&Sources::gather(Some(&path), env).unwrap()).unwrap().render();
+        let line = |label: &str| {
+            let found = text.lines().find(|l| l.strip_prefix(label).is_some_and(|rest| rest.starts_with(' ')));
+            found.unwrap_or_else(|| panic!("no {label} line in\n{text}")).to_string()
+        };
+        for s in SETTINGS.iter().filter(|s| !matches!(s.env, "PG_DSN" | "PG_PASSWORD" | "ES_USERNAME" | "ES_PASSWORD" | "ES_API_KEY")) {
+            line(s.env);
+        }
+        assert!(line("ES_INDEX").ends_with("films  (environment)"), "{text}");
+        assert!(line("ES_URL").ends_with("(environment, ES_HOST)"), "{text}");
+        assert!(line("ETL_BATCH_SIZE").ends_with(&format!("50  (file {})", path.display())), "{text}");
+        assert!(line("ETL_CYCLE_SEC").ends_with("10  (default)"), "{text}");
+        assert!(line("ES_SCHEMA_FILE").ends_with("(built-in movies definition)  (default)"), "{text}");
+        assert!(line("LOG_FORMAT").ends_with("json  (environment)"), "{text}");
+        assert!(line("PG_CA_FILE").contains("public web roots"), "{text}");
+        assert!(line("ES_CA_FILE").ends_with("(unset)"), "{text}");
+        assert!(line("postgres host").ends_with("db.internal  (environment, PGHOST)"), "{text}");
+        assert!(line("postgres user").ends_with("app  (PG_DSN, default)"), "{text}");
+        assert!(line("postgres password").ends_with("***  (PG_PASSWORD, environment)"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+
+        let c = config(&[("PG_DSN", "postgres://db/movies?sslmode=verify-full&sslrootcert=/dsn/ca.pem"), ("ES_CA_FILE", "/es/ca.pem")]).unwrap();
+        let text = c.render();
+        assert!(text.contains("/dsn/ca.pem  (sslrootcert in PG_DSN, environment)"), "{text}");
+        assert!(text.contains("/es/ca.pem  (environment)"), "{text}");
     }
 
     #[test]
