@@ -678,9 +678,10 @@ pub const LIBPQ_VARS: [&str; 5] = ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "
 
 /// Builds the Postgres connection from `PG_DSN`, `DB_*`, `PG*` and `PG_PASSWORD`.
 ///
-/// Per part: `DB_*` > an explicit part of `PG_DSN` (set in the environment or the file) > `PG*`
-/// > the built-in default DSN. Password: `PG_PASSWORD` (or `DB_PASSWORD`, `PG_PASSWORD_FILE`) >
-/// the password in `PG_DSN` > `PGPASSWORD`, as libpq lets a connection string beat PGPASSWORD.
+/// Per part, the first set of: `DB_*`, an explicit part of `PG_DSN` (set in the environment or
+/// the file), `PG*`, the built-in default DSN. Password: `PG_PASSWORD` (or `DB_PASSWORD`,
+/// `PG_PASSWORD_FILE`), then the password in `PG_DSN`, then `PGPASSWORD`, as libpq lets a
+/// connection string beat PGPASSWORD.
 fn parse_pg(src: &Sources) -> Result<(tokio_postgres::Config, DsnTls, BTreeMap<&'static str, String>)> {
     let full_dsn = src.string("PG_DSN").ok_or_else(|| src.bad("PG_DSN", "a connection string"))?;
     let (dsn, tls) = split_dsn_tls(&full_dsn);
