@@ -75,13 +75,22 @@ public final class Es8Node {
                 .put("action.auto_create_index", true)
                 .build();
 
+        // The node's own log lines go to the console (stack.sh sends it to .stack/logs/<engine>.log).
+        Files.writeString(home.resolve("config/log4j2.properties"), String.join("\n",
+                "status = error",
+                "appender.console.type = Console",
+                "appender.console.name = console",
+                "appender.console.layout.type = PatternLayout",
+                "appender.console.layout.pattern = [%d{ISO8601}][%-5p][%-25c{1.}] [%node_name]%marker %m%n",
+                "rootLogger.level = info",
+                "rootLogger.appenderRef.console.ref = console",
+                ""));
+        final Environment environment = new Environment(settings, home.resolve("config"));
         LogConfigurator.registerErrorListener();
         LogConfigurator.setNodeName(clusterName + "-node");
         LogConfigurator.setClusterName(clusterName);
-        LogConfigurator.configureESLogging();
-        LogConfigurator.configureWithoutConfig(settings);
+        LogConfigurator.configure(environment, true);
 
-        final Environment environment = new Environment(settings, home.resolve("config"));
         final PluginsLoader loader = PluginsLoader.createPluginsLoader(
                 PluginsLoader.loadModulesBundles(environment.modulesDir()),
                 PluginsLoader.loadPluginsBundles(environment.pluginsDir()),
