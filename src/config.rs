@@ -38,6 +38,7 @@ pub const SETTINGS: &[Setting] = &[
     setting("ES_TIMEOUT_SEC", Some("30"), "time limit of one request to Elasticsearch (a bulk request gets 1 s more per 256 KiB of body); a timeout is retried like an outage"),
     setting("ES_BULK_MAX_BYTES", Some("8388608"), "largest bulk request body in bytes"),
     setting("ES_BULK_CONCURRENCY", Some("2"), "bulk requests in flight at once (progress is still saved in order)"),
+    setting("ETL_RECONCILE_SEC", Some("300"), "how often the index's document ids are checked against Postgres's films, removing documents of deleted films (also after a full load); 0 turns it off"),
     setting("ETL_DEAD_LETTER_MAX_RATIO", Some("0.5"), "above this share of documents refused for good (over the last 100, from 10 on), pg2es stops without saving progress instead of dead-lettering them: the mapping is wrong, not the rows; 1 turns the check off"),
     setting("ETL_BATCH_SIZE", Some("500"), "rows read per query and documents per bulk request"),
     setting("ETL_CYCLE_SEC", Some("10"), "pause between two cycles in continuous mode (seconds, from 0.1 to 86400, may be fractional)"),
@@ -273,6 +274,8 @@ pub struct Config {
     pub bulk_max_bytes: usize,
     pub bulk_concurrency: usize,
     pub dead_letter_max_ratio: f64,
+    /// `None`: reconciliation only after a full load.
+    pub reconcile_every: Option<Duration>,
     pub batch_size: usize,
     pub cycle: Duration,
     pub state_file: PathBuf,
@@ -580,6 +583,10 @@ impl Config {
             bulk_max_bytes: src.number("ES_BULK_MAX_BYTES", 1024usize, 1 << 30, "a whole number of bytes")?,
             bulk_concurrency: src.number("ES_BULK_CONCURRENCY", 1usize, 64, "a whole number of requests")?,
             dead_letter_max_ratio: src.number("ETL_DEAD_LETTER_MAX_RATIO", 0.0f64, 1.0, "a share")?,
+            reconcile_every: match src.number("ETL_RECONCILE_SEC", 0u64, 604_800, "a whole number of seconds")? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
             batch_size: src.number("ETL_BATCH_SIZE", 1usize, 100_000, "a whole number")?,
             cycle: Duration::from_secs_f64(cycle_sec),
             state_file: path_setting(src, "ETL_STATE_FILE")?,
@@ -646,6 +653,7 @@ impl Config {
         line(&mut out, "ES_BULK_MAX_BYTES", &self.bulk_max_bytes);
         line(&mut out, "ES_BULK_CONCURRENCY", &self.bulk_concurrency);
         line(&mut out, "ETL_DEAD_LETTER_MAX_RATIO", &self.dead_letter_max_ratio);
+        line(&mut out, "ETL_RECONCILE_SEC", &self.reconcile_every.map_or(0, |d| d.as_secs()));
         line(&mut out, "ETL_BATCH_SIZE", &self.batch_size);
         line(&mut out, "ETL_CYCLE_SEC", &self.cycle.as_secs_f64());
         line(&mut out, "ETL_STATE_FILE", &self.state_file.display());

@@ -69,6 +69,23 @@ pub enum Error {
     #[error("{0}")]
     UnsupportedEngine(String),
 
+    /// A position delta that does not fit the saved state (it would move progress back).
+    #[error("state file {path}: {source}")]
+    Position {
+        path: PathBuf,
+        #[source]
+        source: crate::checkpoint::PositionError,
+    },
+
+    /// An answer that cannot be read: not JSON, or not the shape asked for. Retried like an
+    /// outage (a proxy's error page, a node restarting); the log shows each attempt.
+    #[error("elasticsearch: unreadable answer to {context}: {reason}")]
+    Unreadable { context: &'static str, reason: String },
+
+    /// A document could not be encoded as JSON (a bug, not bad configuration).
+    #[error("cannot encode {0}")]
+    Encode(String),
+
     #[error("state file {path}: {reason}")]
     State { path: PathBuf, reason: String },
 
@@ -151,13 +168,15 @@ impl Error {
                     Retry::GiveUp
                 }
             }
-            Error::BulkRetriesExhausted { .. } => Retry::WaitFor(Service::Elasticsearch),
+            Error::BulkRetriesExhausted { .. } | Error::Unreadable { .. } => Retry::WaitFor(Service::Elasticsearch),
             Error::Config(_)
             | Error::SourceSchema(_)
             | Error::MappingConflict { .. }
             | Error::SystematicRejection { .. }
             | Error::UnsupportedEngine(_)
             | Error::State { .. }
+            | Error::Position { .. }
+            | Error::Encode(_)
             | Error::AlreadyRunning { .. }
             | Error::Io { .. }
             | Error::Shutdown => Retry::GiveUp,

@@ -1,14 +1,13 @@
 //! Wires source -> transform -> sink -> checkpoint.
 //!
-//! Within a cycle the reader (Postgres) and the writer (Elasticsearch) run at once, joined by a
-//! bounded channel. The writer keeps up to `ES_BULK_CONCURRENCY` batches loading at once, but
-//! takes their results in the order they were read: each batch carries the position it
-//! completes, committed only after the sink stored (or dead-lettered) every document of it and of
-//! every batch before it.
-//!
-//! The first cycle is a full load: every film in id order through one streamed query, with the
-//! index's refresh and replicas off until it is done. Each table's change stream starts at its
-//! newest row, so changes made during the load are read after it.
+//! One cycle: the source says what to save before it reads (a full load beginning) and whether
+//! the cycle is a full load; then the reader (the source) and the writer (transform and sink) run
+//! at once, joined by a bounded channel. The writer keeps up to `ES_BULK_CONCURRENCY` batches
+//! loading during a full load (one otherwise, so that two states of the same film are applied
+//! in the order they were read), and takes their results back in read order: a batch's position
+//! is committed only after the sink stored (or dead-lettered) every change of it and of every
+//! batch before it. Between cycles, documents of films that are gone are removed by
+//! reconciliation, every `ETL_RECONCILE_SEC` and after a full load.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -16,18 +15,22 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::checkpoint::{Checkpoint, Snapshot, State, Stream, Watermark};
+use crate::checkpoint::{Checkpoint, PositionDelta, State, Stream};
 use crate::config::Config;
 use crate::error::{Error, Result, Retry};
+use crate::progress::Progress;
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
-use crate::progress::Progress;
-use crate::sink::{bulk, read_index_definition, ElasticsearchSink, LoadReport};
-use crate::source::{Horizon, PgSource, PgTls, RecentlyLoaded, RowVersion};
-use crate::transform::{into_document, FilmWork};
+use crate::sink::{read_index_definition, ElasticsearchSink, IndexAction, IndexBootstrap, IndexSettings, IndexSink, LoadReport, full_load_settings};
+use crate::source::{Change, ChangeBatch, ChangeSource, PollingSource, Receipt};
+use crate::transform::into_document;
 
 /// Batches read ahead of the writer. Small: memory stays flat however large the tables are.
 const CHANNEL_DEPTH: usize = 4;
+
+/// Document ids compared with Postgres per request during reconciliation (at most the index's
+/// `max_result_window`, 10 000 by default).
+const RECONCILE_PAGE: usize = 5_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -35,6 +38,33 @@ pub enum Mode {
     Once,
     /// A pass every `ETL_CYCLE_SEC` until shutdown.
     Continuous,
+}
+
+/// How the cycles run: from the configuration, or set by tests.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: Mode,
+    pub cycle: Duration,
+    pub bulk_concurrency: usize,
+    /// Between two reconciliations; `None`: only after a full load.
+    pub reconcile_every: Option<Duration>,
+    pub retry: RetryPolicy,
+    /// The index held no document when pg2es started: a first full load into it has nothing
+    /// to reconcile.
+    pub index_empty_at_start: bool,
+}
+
+impl Options {
+    pub fn from_config(config: &Config, mode: Mode) -> Options {
+        Options {
+            mode,
+            cycle: config.cycle,
+            bulk_concurrency: config.bulk_concurrency,
+            reconcile_every: config.reconcile_every,
+            retry: RetryPolicy::from_config(config),
+            index_empty_at_start: false,
+        }
+    }
 }
 
 /// What one cycle did, for the per-cycle log line and for tests.
@@ -45,33 +75,21 @@ pub struct CycleReport {
     /// Changed rows read again (the commit horizon) and unchanged since their films were loaded:
     /// their films were not sent again.
     pub already_loaded: usize,
-    /// Films re-indexed (a film reached through two streams counts twice).
+    /// Films named by the delete log.
+    pub logged_films: usize,
+    /// Films re-indexed (a film reached twice counts twice).
     pub films: usize,
+    /// Documents deleted because their film is gone (by a change or by reconciliation).
+    pub deleted: usize,
     pub stored: usize,
     pub dead_lettered: usize,
     pub unknown_roles: usize,
     pub bad_ratings: usize,
+    /// Documents checked by reconciliation this cycle (`None`: it did not run).
+    pub reconciled: Option<usize>,
     /// Shutdown came before every change was loaded.
     pub interrupted: bool,
 }
-
-/// The reader's message to the writer.
-struct Batch {
-    films: Vec<FilmWork>,
-    /// What may be saved once this batch (and every one before it) is stored.
-    completes: Option<Completes>,
-}
-
-enum Completes {
-    /// The last batch of a page of changes: the stream may advance to `last`, and the page's
-    /// rows not loaded before are now loaded.
-    Stream { stream: Stream, last: Watermark, fresh: Vec<RowVersion> },
-    /// The full load has loaded every film up to here.
-    FullLoad(Snapshot),
-}
-
-/// Index settings during a full load: no refresh, no replicas (they are copied once at the end).
-pub const FULL_LOAD_SETTINGS: [(&str, &str); 2] = [("index.refresh_interval", "-1"), ("index.number_of_replicas", "0")];
 
 /// Runs until shutdown (continuous) or after one full pass (once). Fatal errors return; transient
 /// ones are waited out with backoff. The index has its own settings again when this returns.
@@ -80,11 +98,13 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
     let mut checkpoint = Checkpoint::open(&config.state_file, &config.es_index)?;
     let definition = read_index_definition(&config.es_schema_file)?;
     let sink = ElasticsearchSink::new(config)?;
-    let policy = RetryPolicy { initial: config.backoff_initial, cap: config.backoff_max };
+    let mut source = PollingSource::new(config)?;
+    let mut options = Options::from_config(config, mode);
     let engine = sink.engine(shutdown).await?;
-    let bootstrap = retry(&policy, shutdown, "check index", || sink.ensure_index(&definition)).await?;
+    let bootstrap = retry(&options.retry, shutdown, "check index", || sink.ensure_index(&definition)).await?;
+    options.index_empty_at_start = bootstrap == IndexBootstrap::Created || sink.count(shutdown).await? == 0;
     tracing::info!(index = %config.es_index, url = %config.es_url, engine = %engine, bootstrap = %bootstrap, state = %config.state_file.display(), "pg2es started");
-    let outcome = run_cycles(config, mode, shutdown, &sink, &mut checkpoint, &policy).await;
+    let outcome = run_cycles(&mut source, &sink, &mut checkpoint, &options, shutdown).await;
     // A full load cut short (shutdown, a fatal error) leaves the index searchable while stopped.
     if let Err(e) = restore_settings(&sink, &mut checkpoint, shutdown).await {
         tracing::warn!(error = %e, "could not put the index settings back; the next start does");
@@ -93,51 +113,35 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
     outcome
 }
 
-async fn run_cycles(
-    config: &Config,
-    mode: Mode,
-    shutdown: &Shutdown,
-    sink: &ElasticsearchSink,
+/// The cycle loop, for any source and sink.
+pub async fn run_cycles<S: ChangeSource, K: IndexSink>(
+    source: &mut S,
+    sink: &K,
     checkpoint: &mut Checkpoint,
-    policy: &RetryPolicy,
+    options: &Options,
+    shutdown: &Shutdown,
 ) -> Result<Vec<CycleReport>> {
-    let mut source: Option<PgSource> = None;
-    // Kept across cycles (not across restarts): rows read again only because of the horizon.
-    let mut loaded = RecentlyLoaded::default();
-    let mut delays = policy.delays();
+    let mut delays = options.retry.delays();
     let mut reports = Vec::new();
+    let mut index_empty = options.index_empty_at_start;
     loop {
         let started = Instant::now();
         // Bounded: a server that stops answering mid-cycle cannot hold a stop back.
-        let outcome = shutdown.bounded(async {
-            let src = match source.take() {
-                Some(s) if !s.is_closed() => s,
-                _ => {
-                    let src = connect_source(config, policy, shutdown).await?;
-                    checkpoint.bind_source(&src.identity(&config.pg_schema).await?)?;
-                    src
-                }
-            };
-            let report = run_cycle(&src, sink, checkpoint, &mut loaded, config, shutdown).await;
-            source = Some(src);
-            report
-        })
-        .await;
+        let outcome = shutdown.bounded(run_cycle(source, sink, checkpoint, options, &mut index_empty, shutdown)).await;
         match outcome {
             Ok(report) => {
-                delays = policy.delays();
+                delays = options.retry.delays();
                 log_cycle(&report, started.elapsed());
                 let interrupted = report.interrupted;
                 reports.push(report);
-                if interrupted || mode == Mode::Once {
+                if interrupted || options.mode == Mode::Once {
                     break;
                 }
             }
             Err(Error::Shutdown) => break,
             Err(e) => match e.retry() {
                 Retry::WaitFor(service) => {
-                    source = None;
-                    let delay = delays.next().unwrap_or(policy.cap);
+                    let delay = delays.next().unwrap_or(options.retry.cap);
                     tracing::warn!(waiting_for = %service, retry_in_ms = delay.as_millis() as u64, error = %e, "cycle failed, {service} unavailable; progress is kept, retrying");
                     if shutdown.sleep(delay).await {
                         break;
@@ -147,33 +151,131 @@ async fn run_cycles(
                 Retry::GiveUp => return Err(e),
             },
         }
-        if shutdown.sleep(config.cycle).await {
+        if shutdown.sleep(options.cycle).await {
             break;
         }
     }
     Ok(reports)
 }
 
-async fn connect_source(config: &Config, policy: &RetryPolicy, shutdown: &Shutdown) -> Result<PgSource> {
-    let tls = PgTls::from_config(config)?;
-    let src = retry(policy, shutdown, "connect to postgres", || {
-        PgSource::connect(&config.pg, &tls, &config.pg_schema, &config.timestamp_column)
-    })
-    .await?;
-    tracing::info!(schema = %config.pg_schema, change_columns = %src.layout().describe(), "connected to postgres");
-    Ok(src)
+/// One pass: every change after the saved position, then reconciliation when it is due.
+async fn run_cycle<S: ChangeSource, K: IndexSink>(
+    source: &mut S,
+    sink: &K,
+    checkpoint: &mut Checkpoint,
+    options: &Options,
+    index_empty: &mut bool,
+    shutdown: &Shutdown,
+) -> Result<CycleReport> {
+    let plan = source.prepare(checkpoint.state()).await?;
+    if let Some(identity) = &plan.identity {
+        checkpoint.bind_source(identity)?;
+    }
+    checkpoint.commit(&plan.before)?;
+    let progress = if plan.full_load {
+        tune_for_full_load(sink, checkpoint, shutdown).await?;
+        Some(Progress::for_stderr())
+    } else {
+        // Left tuned by a crash after its full load was done.
+        restore_settings(sink, checkpoint, shutdown).await?;
+        None
+    };
+    let concurrency = if plan.full_load { options.bulk_concurrency } else { 1 };
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let start = checkpoint.state().clone();
+    let reader: &S = source;
+    let (read, written) = tokio::join!(
+        reader.read(&start, tx, shutdown, progress.as_ref()),
+        write_batches(rx, reader, sink, checkpoint, concurrency, shutdown, progress.as_ref()),
+    );
+    drop(progress);
+    // A writer error is the cause when both failed: the reader only saw the channel close.
+    let mut report = written?;
+    let read = read?;
+    (report.rows, report.already_loaded, report.logged_films) = (read.rows, read.already_loaded, read.logged_films);
+    report.interrupted |= shutdown.is_triggered();
+    // The full load is over, or stopped by shutdown: the index gets its own settings back.
+    restore_settings(sink, checkpoint, shutdown).await?;
+    let full_load_done = plan.full_load && checkpoint.state().snapshot_in_progress().is_none();
+    if report.interrupted {
+        return Ok(report);
+    }
+    // A full load rewrote every film that exists; documents of others may remain, unless the
+    // index was empty when it began.
+    let after_full_load = full_load_done && !std::mem::take(index_empty);
+    if full_load_done && !after_full_load {
+        checkpoint.commit(&[PositionDelta::Reconciled { at: chrono::Utc::now() }])?;
+    }
+    if after_full_load || reconcile_due(checkpoint.state(), options) {
+        let (checked, deleted) = reconcile(reader, sink, checkpoint, shutdown).await?;
+        report.reconciled = Some(checked);
+        report.deleted += deleted;
+    }
+    Ok(report)
 }
 
-fn log_horizon(h: &Horizon) {
-    if !h.exact {
-        tracing::warn!(horizon = %h.at, "cannot see other sessions' open transactions: watermarks stay ETL_MAX_TX_SEC behind; grant pg_read_all_stats to read less again");
-    }
-    if let Some((pid, since)) = h.held_by {
-        let age = chrono::Utc::now().signed_duration_since(since);
-        if age > chrono::Duration::seconds(60) {
-            tracing::warn!(pid, since = %since, age_sec = age.num_seconds(), "an open transaction holds watermarks back; changes after its start are re-read every cycle until it ends");
+fn reconcile_due(state: &State, options: &Options) -> bool {
+    let Some(every) = options.reconcile_every else { return false };
+    let every = chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX);
+    state.snapshot_in_progress().is_none() && state.reconciled_at.is_none_or(|at| chrono::Utc::now() - at >= every)
+}
+
+/// Removes the documents of films that are gone: document ids in id order, a page at a time,
+/// each page looked up in Postgres. Memory holds one page. A film created after its page was
+/// looked up is read by the change streams after this, so it is never lost.
+async fn reconcile<S: ChangeSource, K: IndexSink>(source: &S, sink: &K, checkpoint: &mut Checkpoint, shutdown: &Shutdown) -> Result<(usize, usize)> {
+    let started_at = chrono::Utc::now();
+    let clock = Instant::now();
+    let (mut checked, mut deleted, mut after) = (0, 0, None::<String>);
+    loop {
+        let ids = sink.ids_after(after.as_deref(), RECONCILE_PAGE, shutdown).await?;
+        let Some(last) = ids.last().cloned() else { break };
+        checked += ids.len();
+        // Only canonical film ids are pg2es's: other documents are left for `verify` to report.
+        let films: Vec<uuid::Uuid> = ids.iter().filter_map(|id| uuid::Uuid::parse_str(id).ok().filter(|u| u.to_string() == *id)).collect();
+        let existing: std::collections::HashSet<uuid::Uuid> = source.existing(&films).await?.into_iter().collect();
+        let gone: Vec<IndexAction> = films.iter().filter(|f| !existing.contains(f)).map(|f| IndexAction::Delete { id: f.to_string() }).collect();
+        if !gone.is_empty() {
+            deleted += gone.len();
+            sink.write(gone, shutdown).await?;
         }
+        if ids.len() < RECONCILE_PAGE {
+            break;
+        }
+        after = Some(last);
     }
+    checkpoint.commit(&[PositionDelta::Reconciled { at: started_at }])?;
+    tracing::info!(documents = checked, deleted, elapsed_ms = clock.elapsed().as_millis() as u64, "reconciled the index with postgres");
+    Ok((checked, deleted))
+}
+
+/// Turns refresh and replicas off for the full load, after saving the values to put back.
+async fn tune_for_full_load<K: IndexSink>(sink: &K, checkpoint: &mut Checkpoint, shutdown: &Shutdown) -> Result<()> {
+    if checkpoint.state().tuned.is_some() {
+        // A crash during the full load left them off, and the originals on disk.
+        return Ok(());
+    }
+    let original = sink.settings_before_full_load(shutdown).await?;
+    // On disk first: a crash after the change still knows what to put back.
+    checkpoint.set_tuned(Some(original.clone()))?;
+    sink.tune_for_full_load(shutdown).await?;
+    tracing::info!(settings = %settings_text(&full_load_settings()), restore = %settings_text(&original), "index tuned for the full load");
+    Ok(())
+}
+
+/// Puts back the settings `tune_for_full_load` changed, then makes the load visible to search.
+async fn restore_settings<K: IndexSink>(sink: &K, checkpoint: &mut Checkpoint, shutdown: &Shutdown) -> Result<()> {
+    let Some(original) = checkpoint.state().tuned.clone() else { return Ok(()) };
+    sink.restore_settings(&original, shutdown).await?;
+    checkpoint.set_tuned(None)?;
+    tracing::info!(settings = %settings_text(&original), "index settings restored");
+    Ok(())
+}
+
+/// Settings as an operator writes them: `index.number_of_replicas=1, index.refresh_interval=(default)`.
+fn settings_text(settings: &IndexSettings) -> String {
+    let pairs: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("(default)"))).collect();
+    pairs.join(", ")
 }
 
 fn log_cycle(r: &CycleReport, elapsed: Duration) {
@@ -184,215 +286,45 @@ fn log_cycle(r: &CycleReport, elapsed: Duration) {
         person_rows = rows(Stream::Person),
         link_rows = rows(Stream::GenreFilmWork) + rows(Stream::PersonFilmWork),
         rows_already_loaded = r.already_loaded,
+        logged_films = r.logged_films,
         films = r.films,
+        deleted = r.deleted,
         stored = r.stored,
         dead_lettered = r.dead_lettered,
         unknown_roles = r.unknown_roles,
         bad_ratings = r.bad_ratings,
+        reconciled = r.reconciled.unwrap_or(0),
         elapsed_ms = elapsed.as_millis() as u64,
         interrupted = r.interrupted,
         "cycle done"
     );
 }
 
-/// One pass over every stream, from the saved watermarks to the newest change.
-pub async fn run_cycle(
-    source: &PgSource,
-    sink: &ElasticsearchSink,
-    checkpoint: &mut Checkpoint,
-    loaded: &mut RecentlyLoaded,
-    config: &Config,
-    shutdown: &Shutdown,
-) -> Result<CycleReport> {
-    // Before reading anything: whatever is not visible yet will be stamped after this point.
-    let horizon = source.horizon(&config.commit_horizon).await?;
-    log_horizon(&horizon);
-    if checkpoint.state().needs_full_load() {
-        begin_full_load(source, checkpoint, &horizon).await?;
-    }
-    let progress = match checkpoint.state().snapshot_in_progress() {
-        Some(_) => {
-            tune_for_full_load(sink, checkpoint, shutdown).await?;
-            Some(Progress::for_stderr())
-        }
-        // Left tuned by a crash after its full load was done.
-        None => {
-            restore_settings(sink, checkpoint, shutdown).await?;
-            None
-        }
-    };
-    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-    let start = checkpoint.state().clone();
-    // The reader filters with what was loaded before this cycle; the writer adds to it.
-    let before = loaded.clone();
-    let (read, written) = tokio::join!(
-        read_changes(source, &start, &before, config.batch_size, tx, shutdown, progress.as_ref()),
-        write_batches(rx, sink, checkpoint, loaded, &horizon, config.bulk_concurrency, shutdown, progress.as_ref()),
-    );
-    drop(progress);
-    // A writer error is the cause when both failed: the reader only saw the channel close.
-    let mut report = written?;
-    (report.rows, report.already_loaded) = read?;
-    report.interrupted |= shutdown.is_triggered();
-    // The full load is over, or stopped by shutdown: the index gets its own settings back.
-    restore_settings(sink, checkpoint, shutdown).await?;
-    Ok(report)
-}
-
-/// A full load reads every film anyway, so every stream starts at its newest row instead of
-/// re-indexing each film once per genre, person and link. The positions are read before the
-/// films are, so a change committed during the load is still read after it.
-async fn begin_full_load(source: &PgSource, checkpoint: &mut Checkpoint, horizon: &Horizon) -> Result<()> {
-    let mut marks = Vec::new();
-    for stream in Stream::ALL {
-        if let Some(head) = source.head(stream).await? {
-            marks.push((stream, horizon.cap(head)));
-        }
-    }
-    checkpoint.begin_full_load(&marks)?;
-    tracing::info!("full load: every film is read in id order; each table's changes are read from its newest row once it is done");
-    Ok(())
-}
-
-/// Turns refresh and replicas off for the full load, after saving the values to put back.
-async fn tune_for_full_load(sink: &ElasticsearchSink, checkpoint: &mut Checkpoint, shutdown: &Shutdown) -> Result<()> {
-    if checkpoint.state().tuned.is_some() {
-        // A crash during the full load left them off, and the originals on disk.
-        return Ok(());
-    }
-    let keys: Vec<&str> = FULL_LOAD_SETTINGS.iter().map(|(k, _)| *k).collect();
-    let original = sink.settings(&keys, shutdown).await?;
-    // On disk first: a crash after the change still knows what to put back.
-    checkpoint.set_tuned(Some(original.clone()))?;
-    let fast = FULL_LOAD_SETTINGS.iter().map(|(k, v)| (k.to_string(), Some(v.to_string()))).collect();
-    sink.put_settings(&fast, shutdown).await?;
-    let during: BTreeMap<String, Option<String>> = FULL_LOAD_SETTINGS.iter().map(|(k, v)| (k.to_string(), Some(v.to_string()))).collect();
-    tracing::info!(settings = %settings_text(&during), restore = %settings_text(&original), "index tuned for the full load");
-    Ok(())
-}
-
-/// Settings as an operator writes them: `index.number_of_replicas=1, index.refresh_interval=(default)`.
-fn settings_text(settings: &BTreeMap<String, Option<String>>) -> String {
-    let pairs: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("(default)"))).collect();
-    pairs.join(", ")
-}
-
-/// Puts back the settings `tune_for_full_load` changed, then makes the load visible to search.
-async fn restore_settings(sink: &ElasticsearchSink, checkpoint: &mut Checkpoint, shutdown: &Shutdown) -> Result<()> {
-    let Some(original) = checkpoint.state().tuned.clone() else { return Ok(()) };
-    sink.put_settings(&original, shutdown).await?;
-    sink.refresh().await?;
-    checkpoint.set_tuned(None)?;
-    tracing::info!(settings = %settings_text(&original), "index settings restored");
-    Ok(())
-}
-
-async fn read_changes(
-    source: &PgSource,
-    start: &State,
-    loaded: &RecentlyLoaded,
-    batch_size: usize,
-    tx: mpsc::Sender<Batch>,
-    shutdown: &Shutdown,
-    progress: Option<&Progress>,
-) -> Result<(BTreeMap<Stream, usize>, usize)> {
-    let mut rows = BTreeMap::new();
-    let mut already_loaded = 0;
-    if let Some(snapshot) = start.snapshot_in_progress() {
-        let (films, finished) = read_full_load(source, snapshot, batch_size, &tx, shutdown, progress).await?;
-        rows.insert(Stream::FilmWork, films);
-        if !finished {
-            return Ok((rows, already_loaded));
-        }
-    }
-    for stream in Stream::ALL {
-        let mut cursor = start.watermark(stream);
-        loop {
-            if shutdown.is_triggered() {
-                return Ok((rows, already_loaded));
-            }
-            let Some(page) = source.next_page(stream, cursor, batch_size, loaded).await? else { break };
-            *rows.entry(stream).or_insert(0) += page.rows;
-            already_loaded += page.already_loaded;
-            let (last, full_page) = (page.last, page.rows == batch_size);
-            let mut completes = Some(Completes::Stream { stream, last, fresh: page.fresh });
-            // Changed rows linked to no film still move the position: one empty batch then.
-            let chunks: Vec<&[uuid::Uuid]> = page.film_ids.chunks(batch_size).collect();
-            let last_chunk = chunks.len().saturating_sub(1);
-            if chunks.is_empty() && !send(&tx, Vec::new(), completes.take()).await {
-                return Ok((rows, already_loaded));
-            }
-            for (i, ids) in chunks.into_iter().enumerate() {
-                let films = source.films(ids).await?;
-                let done = if i == last_chunk { completes.take() } else { None };
-                if !send(&tx, films, done).await {
-                    return Ok((rows, already_loaded));
-                }
-            }
-            cursor = Some(last);
-            if !full_page {
-                break;
-            }
-        }
-    }
-    Ok((rows, already_loaded))
-}
-
-/// Sends a batch; false when the writer has stopped.
-async fn send(tx: &mpsc::Sender<Batch>, films: Vec<FilmWork>, completes: Option<Completes>) -> bool {
-    tx.send(Batch { films, completes }).await.is_ok()
-}
-
-/// Streams every film after the full load's position, in id order, as batches. Returns the films
-/// read and whether the load reached its end.
-async fn read_full_load(
-    source: &PgSource,
-    from: Snapshot,
-    batch_size: usize,
-    tx: &mpsc::Sender<Batch>,
-    shutdown: &Shutdown,
-    progress: Option<&Progress>,
-) -> Result<(usize, bool)> {
-    if let Some(p) = progress {
-        p.start(source.films_left(from.after).await?);
-    }
-    let films = source.scan_films(from.after).await?;
-    futures_util::pin_mut!(films);
-    let mut read = 0;
-    let mut after = from.after;
-    let mut batch = Vec::with_capacity(batch_size);
-    while let Some(film) = films.next().await {
-        let film = film?;
-        after = Some(film.id);
-        batch.push(film);
-        read += 1;
-        if batch.len() == batch_size {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
-            let position = Completes::FullLoad(Snapshot { after, done: false });
-            if !send(tx, full, Some(position)).await || shutdown.is_triggered() {
-                return Ok((read, false));
-            }
-        }
-    }
-    let finished = send(tx, batch, Some(Completes::FullLoad(Snapshot { after, done: true }))).await;
-    Ok((read, finished))
-}
-
 /// What loading one batch did.
 struct Loaded {
     films: usize,
+    deleted: usize,
     load: LoadReport,
     unknown_roles: usize,
     bad_ratings: usize,
-    completes: Option<Completes>,
+    completes: Vec<PositionDelta>,
+    receipt: Receipt,
 }
 
-/// Transforms, encodes and loads one batch.
-async fn load_batch(batch: Batch, sink: &ElasticsearchSink, shutdown: &Shutdown) -> Result<Loaded> {
-    let films = batch.films.len();
-    let mut docs = Vec::with_capacity(films);
-    let (mut unknown_roles, mut bad_ratings) = (0, 0);
-    for film in batch.films {
+/// Transforms one batch's changes into index actions and has the sink apply them.
+async fn load_batch<K: IndexSink>(batch: ChangeBatch, sink: &K, shutdown: &Shutdown) -> Result<Loaded> {
+    let mut actions = Vec::with_capacity(batch.changes.len());
+    let (mut films, mut deleted, mut unknown_roles, mut bad_ratings) = (0, 0, 0, 0);
+    for change in batch.changes {
+        let film = match change {
+            Change::Upsert(film) => film,
+            Change::Delete(id) => {
+                deleted += 1;
+                actions.push(IndexAction::Delete { id: id.to_string() });
+                continue;
+            }
+        };
+        films += 1;
         let rating = film.rating;
         let (doc, notes) = into_document(film);
         unknown_roles += notes.unknown_roles;
@@ -404,19 +336,17 @@ async fn load_batch(batch: Batch, sink: &ElasticsearchSink, shutdown: &Shutdown)
         if !notes.unknown_role_names.is_empty() {
             tracing::warn!(film = %doc.id, roles = %notes.unknown_role_names.join(","), people = notes.unknown_roles, "people with unknown roles left out of the document");
         }
-        let id = doc.id.to_string();
-        docs.push(bulk::encode(sink.index(), &id, &doc).map_err(|e| Error::Config(format!("cannot encode film {id}: {e}")))?);
+        actions.push(IndexAction::Index { id: doc.id.to_string(), doc });
     }
-    let load = sink.load(&docs, shutdown).await?;
-    Ok(Loaded { films, load, unknown_roles, bad_ratings, completes: batch.completes })
+    let load = if actions.is_empty() { LoadReport::default() } else { sink.write(actions, shutdown).await? };
+    Ok(Loaded { films, deleted, load, unknown_roles, bad_ratings, completes: batch.completes, receipt: batch.receipt })
 }
 
-async fn write_batches(
-    mut rx: mpsc::Receiver<Batch>,
-    sink: &ElasticsearchSink,
+async fn write_batches<S: ChangeSource, K: IndexSink>(
+    mut rx: mpsc::Receiver<ChangeBatch>,
+    source: &S,
+    sink: &K,
     checkpoint: &mut Checkpoint,
-    recent: &mut RecentlyLoaded,
-    horizon: &Horizon,
     concurrency: usize,
     shutdown: &Shutdown,
     progress: Option<&Progress>,
@@ -431,27 +361,15 @@ async fn write_batches(
     while let Some(loaded) = loads.next().await {
         let loaded = loaded?;
         report.films += loaded.films;
+        report.deleted += loaded.deleted;
         report.stored += loaded.load.stored;
         report.dead_lettered += loaded.load.dead_lettered;
         report.unknown_roles += loaded.unknown_roles;
         report.bad_ratings += loaded.bad_ratings;
-        match loaded.completes {
-            Some(Completes::Stream { stream, last, fresh }) => {
-                let target = horizon.cap(last);
-                if checkpoint.state().watermark(stream).is_none_or(|current| target > current) {
-                    checkpoint.commit(stream, target)?;
-                }
-                if let Some(committed) = checkpoint.state().watermark(stream) {
-                    recent.remember(stream, &fresh, committed);
-                }
-            }
-            Some(Completes::FullLoad(position)) => {
-                checkpoint.advance_full_load(position)?;
-                if let Some(p) = progress {
-                    p.advance(loaded.films as u64);
-                }
-            }
-            None => {}
+        checkpoint.commit(&loaded.completes)?;
+        source.acknowledge(loaded.receipt);
+        if let (Some(p), true) = (progress, loaded.completes.iter().any(|d| matches!(d, PositionDelta::FullLoad(_)))) {
+            p.advance(loaded.films as u64);
         }
     }
     Ok(report)

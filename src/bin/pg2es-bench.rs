@@ -25,9 +25,8 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use pg2es::pipeline::FULL_LOAD_SETTINGS;
 use pg2es::shutdown::Shutdown;
-use pg2es::sink::{bulk, read_index_definition, ElasticsearchSink};
+use pg2es::sink::{bulk, read_index_definition, ElasticsearchSink, IndexSink};
 use pg2es::transform::MovieDocument;
 use pg2es::Config;
 
@@ -174,10 +173,8 @@ async fn replay(config: &Config, file: &PathBuf, concurrency: usize, gzip: bool)
     // The settings pg2es gives a full load, and the values it puts back after.
     let sink = ElasticsearchSink::new(config).map_err(|e| e.to_string())?;
     let (_trigger, shutdown) = Shutdown::new();
-    let keys: Vec<&str> = FULL_LOAD_SETTINGS.iter().map(|(k, _)| *k).collect();
-    let original = sink.settings(&keys, &shutdown).await.map_err(|e| e.to_string())?;
-    let fast = FULL_LOAD_SETTINGS.iter().map(|(k, v)| (k.to_string(), Some(v.to_string()))).collect();
-    sink.put_settings(&fast, &shutdown).await.map_err(|e| e.to_string())?;
+    let original = sink.settings_before_full_load(&shutdown).await.map_err(|e| e.to_string())?;
+    sink.tune_for_full_load(&shutdown).await.map_err(|e| e.to_string())?;
 
     let bulk_url = format!("{base}/_bulk");
     let started = Instant::now();
@@ -187,8 +184,7 @@ async fn replay(config: &Config, file: &PathBuf, concurrency: usize, gzip: bool)
         .try_fold(0, |sum, n| async move { Ok(sum + n) })
         .await?;
     let bulk_seconds = started.elapsed().as_secs_f64();
-    sink.put_settings(&original, &shutdown).await.map_err(|e| e.to_string())?;
-    send(&http, Method::POST, &format!("{index_url}/_refresh"), None, &[200]).await?;
+    sink.restore_settings(&original, &shutdown).await.map_err(|e| e.to_string())?;
     let seconds = started.elapsed().as_secs_f64();
     let count = send(&http, Method::GET, &format!("{index_url}/_count"), None, &[200]).await?;
     let count = count.get("count").and_then(Value::as_u64).unwrap_or(0);

@@ -76,6 +76,42 @@ pub struct State {
     /// setting was not set on the index, and is reset to its default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuned: Option<BTreeMap<String, Option<String>>>,
+    /// The delete log (`pg2es delete-capture`): every film logged by a transaction with an id
+    /// below this one is loaded. Absent until the log is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_log: Option<u64>,
+    /// When the index's documents were last checked against Postgres's films (reconciliation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciled_at: Option<DateTime<Utc>>,
+}
+
+/// One step forward of the state: what a batch completes once it is stored. Each kind of source
+/// position has its own variant, and [`State::apply`] moves each only forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PositionDelta {
+    /// A change stream has every row up to here loaded.
+    Stream { stream: Stream, to: Watermark },
+    /// A full load starts: every film is read in id order from the first, the streams start at
+    /// these heads. Also a reload of a catalog whose full load is done (after a TRUNCATE).
+    BeginFullLoad { heads: Vec<(Stream, Watermark)> },
+    /// The full load has every film up to here loaded.
+    FullLoad(Snapshot),
+    /// The delete log is loaded below this transaction id.
+    DeleteLog { done: u64 },
+    /// The index's documents were checked against Postgres's films at this time.
+    Reconciled { at: DateTime<Utc> },
+}
+
+/// A delta that does not fit the state: applying it would move progress back, or it belongs to
+/// a full load that is not (or already) under way. Two writers, or a bug: nothing is saved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PositionError {
+    #[error("{what} would move back from {from} to {to}")]
+    Backwards { what: String, from: String, to: String },
+    #[error("a full load is already under way")]
+    FullLoadUnderWay,
+    #[error("no full load is under way")]
+    NoFullLoad,
 }
 
 /// Which database a state belongs to. Watermarks and the full load's position mean nothing in
@@ -124,18 +160,58 @@ impl State {
 
     /// Moves a stream forward; refuses to move it back (that would re-deliver or, worse, mean
     /// two writers disagree about progress).
-    pub fn try_advance(&mut self, stream: Stream, to: Watermark) -> Result<(), String> {
+    pub fn try_advance(&mut self, stream: Stream, to: Watermark) -> Result<(), PositionError> {
         match self.watermarks.get(&stream) {
-            Some(current) if to < *current => Err(format!(
-                "watermark of {} would move back from {} {} to {} {}",
-                stream.table(),
-                current.ts,
-                current.id,
-                to.ts,
-                to.id
-            )),
+            Some(current) if to < *current => Err(PositionError::Backwards {
+                what: format!("watermark of {}", stream.table()),
+                from: format!("{} {}", current.ts, current.id),
+                to: format!("{} {}", to.ts, to.id),
+            }),
             _ => {
                 self.watermarks.insert(stream, to);
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies one delta, only forward. On error the state may be partly changed: apply to a
+    /// copy (as [`Checkpoint::commit`] does).
+    pub fn apply(&mut self, delta: &PositionDelta) -> Result<(), PositionError> {
+        match delta {
+            PositionDelta::Stream { stream, to } => self.try_advance(*stream, *to),
+            PositionDelta::BeginFullLoad { heads } => {
+                if self.snapshot_in_progress().is_some() {
+                    return Err(PositionError::FullLoadUnderWay);
+                }
+                self.snapshot = Some(Snapshot::default());
+                heads.iter().try_for_each(|(stream, to)| self.try_advance(*stream, *to))
+            }
+            PositionDelta::FullLoad(to) => match self.snapshot {
+                Some(current) if current.done => Err(PositionError::NoFullLoad),
+                Some(current) if to.after < current.after => Err(PositionError::Backwards {
+                    what: "the full load".into(),
+                    from: format!("film {:?}", current.after),
+                    to: format!("film {:?}", to.after),
+                }),
+                Some(_) => {
+                    self.snapshot = Some(*to);
+                    Ok(())
+                }
+                None => Err(PositionError::NoFullLoad),
+            },
+            PositionDelta::DeleteLog { done } => match self.delete_log {
+                Some(current) if *done < current => Err(PositionError::Backwards {
+                    what: "the delete log".into(),
+                    from: format!("transaction {current}"),
+                    to: format!("transaction {done}"),
+                }),
+                _ => {
+                    self.delete_log = Some(*done);
+                    Ok(())
+                }
+            },
+            PositionDelta::Reconciled { at } => {
+                self.reconciled_at = Some(self.reconciled_at.map_or(*at, |t| t.max(*at)));
                 Ok(())
             }
         }
@@ -196,50 +272,13 @@ impl Checkpoint {
         &self.state
     }
 
-    /// Advances one stream and makes it durable before returning.
-    pub fn commit(&mut self, stream: Stream, to: Watermark) -> Result<()> {
-        self.commit_many(&[(stream, to)])
-    }
-
-    /// Sets several streams at once, durably.
-    pub fn commit_many(&mut self, marks: &[(Stream, Watermark)]) -> Result<()> {
-        self.update(|next| {
-            for (stream, to) in marks {
-                next.try_advance(*stream, *to)?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Starts the full load: every stream at the position given (its newest row), films from
-    /// the first id. Changes after those positions are read by the streams once the load is done.
-    pub fn begin_full_load(&mut self, marks: &[(Stream, Watermark)]) -> Result<()> {
-        self.update(|next| {
-            if !next.needs_full_load() {
-                return Err("a full load was already started".into());
-            }
-            next.snapshot = Some(Snapshot::default());
-            for (stream, to) in marks {
-                next.try_advance(*stream, *to)?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Moves the full load forward: every film up to `after` (by id) is loaded; `done` when no
-    /// film is left.
-    pub fn advance_full_load(&mut self, to: Snapshot) -> Result<()> {
-        self.update(|next| match next.snapshot {
-            Some(current) if current.done => Err("the full load is already done".into()),
-            Some(current) if to.after < current.after => {
-                Err(format!("full load would move back from film {:?} to {:?}", current.after, to.after))
-            }
-            Some(_) => {
-                next.snapshot = Some(to);
-                Ok(())
-            }
-            None => Err("no full load under way".into()),
-        })
+    /// Applies the deltas in order to a copy of the state and makes it durable; only then is it
+    /// the state. A delta that does not fit leaves the state and the file as they were.
+    pub fn commit(&mut self, deltas: &[PositionDelta]) -> Result<()> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        self.update(|next| deltas.iter().try_for_each(|d| next.apply(d)))
     }
 
     /// Records (or, with `None`, clears) the index settings to put back after the full load.
@@ -251,9 +290,9 @@ impl Checkpoint {
     }
 
     /// Applies `change` to a copy of the state, writes it, and only then adopts it.
-    fn update(&mut self, change: impl FnOnce(&mut State) -> Result<(), String>) -> Result<()> {
+    fn update(&mut self, change: impl FnOnce(&mut State) -> Result<(), PositionError>) -> Result<()> {
         let mut next = self.state.clone();
-        change(&mut next).map_err(|reason| Error::State { path: self.path.clone(), reason })?;
+        change(&mut next).map_err(|source| Error::Position { path: self.path.clone(), source })?;
         next.version = STATE_VERSION;
         write_atomically(&self.path, &next)?;
         self.state = next;
@@ -333,6 +372,30 @@ mod tests {
         Watermark { ts: Utc.timestamp_opt(secs, 0).unwrap(), id: Uuid::from_u128(id) }
     }
 
+    fn stream(stream: Stream, to: Watermark) -> PositionDelta {
+        PositionDelta::Stream { stream, to }
+    }
+
+    #[test]
+    fn a_delta_that_does_not_fit_leaves_state_and_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let mut c = Checkpoint::open(&path, "movies").unwrap();
+        c.commit(&[PositionDelta::DeleteLog { done: 10 }, stream(Stream::Person, wm(10, 5))]).unwrap();
+        let before = (c.state().clone(), std::fs::read(&path).unwrap());
+        // The first delta fits, the second does not: neither is applied.
+        let err = c.commit(&[stream(Stream::Genre, wm(1, 1)), PositionDelta::DeleteLog { done: 9 }]).unwrap_err();
+        assert!(matches!(&err, Error::Position { source: PositionError::Backwards { what, .. }, .. } if what == "the delete log"), "{err}");
+        assert_eq!((c.state().clone(), std::fs::read(&path).unwrap()), before);
+        let err = c.commit(&[PositionDelta::FullLoad(Snapshot::default())]).unwrap_err();
+        assert!(matches!(err, Error::Position { source: PositionError::NoFullLoad, .. }), "{err}");
+        // Reconciliation times only move forward, silently keeping the later one.
+        let t = Utc.timestamp_opt(100, 0).unwrap();
+        c.commit(&[PositionDelta::Reconciled { at: t }]).unwrap();
+        c.commit(&[PositionDelta::Reconciled { at: Utc.timestamp_opt(50, 0).unwrap() }]).unwrap();
+        assert_eq!(c.state().reconciled_at, Some(t));
+    }
+
     #[test]
     fn watermarks_only_move_forward() {
         let mut s = State::new("movies");
@@ -351,12 +414,13 @@ mod tests {
         let path = dir.path().join("state").join("s.json");
         {
             let mut c = Checkpoint::open(&path, "movies").unwrap();
-            c.commit(Stream::FilmWork, wm(100, 1)).unwrap();
-            c.commit_many(&[(Stream::Genre, wm(5, 2)), (Stream::Person, wm(6, 3))]).unwrap();
+            c.commit(&[stream(Stream::FilmWork, wm(100, 1))]).unwrap();
+            c.commit(&[stream(Stream::Genre, wm(5, 2)), stream(Stream::Person, wm(6, 3)), PositionDelta::DeleteLog { done: 7 }]).unwrap();
         }
         let c = Checkpoint::open(&path, "movies").unwrap();
         assert_eq!(c.state().watermark(Stream::FilmWork), Some(wm(100, 1)));
         assert_eq!(c.state().watermark(Stream::Person), Some(wm(6, 3)));
+        assert_eq!(c.state().delete_log, Some(7));
         assert!(!path.with_extension("tmp").exists());
     }
 
@@ -366,11 +430,13 @@ mod tests {
         let path = dir.path().join("s.json");
         let mut c = Checkpoint::open(&path, "movies").unwrap();
         assert!(c.state().needs_full_load());
-        c.begin_full_load(&[(Stream::Genre, wm(5, 2))]).unwrap();
+        c.commit(&[PositionDelta::BeginFullLoad { heads: vec![(Stream::Genre, wm(5, 2))] }]).unwrap();
         assert!(!c.state().needs_full_load());
-        assert!(c.begin_full_load(&[]).is_err(), "a second start is refused");
-        c.advance_full_load(Snapshot { after: Some(Uuid::from_u128(9)), done: false }).unwrap();
-        let back = c.advance_full_load(Snapshot { after: Some(Uuid::from_u128(3)), done: false }).unwrap_err();
+        let again = c.commit(&[PositionDelta::BeginFullLoad { heads: vec![] }]).unwrap_err();
+        assert!(matches!(again, Error::Position { source: PositionError::FullLoadUnderWay, .. }), "a second start is refused: {again}");
+        c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Uuid::from_u128(9)), done: false })]).unwrap();
+        let back = c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Uuid::from_u128(3)), done: false })]).unwrap_err();
+        assert!(matches!(back, Error::Position { source: PositionError::Backwards { .. }, .. }), "{back}");
         assert!(back.to_string().contains("move back"), "{back}");
         let mut tuned = BTreeMap::new();
         tuned.insert("index.refresh_interval".to_string(), Some("1s".to_string()));
@@ -381,10 +447,14 @@ mod tests {
         assert_eq!(c.state().snapshot_in_progress(), Some(Snapshot { after: Some(Uuid::from_u128(9)), done: false }));
         assert_eq!(c.state().tuned, Some(tuned));
         assert_eq!(c.state().watermark(Stream::Genre), Some(wm(5, 2)));
-        c.advance_full_load(Snapshot { after: Some(Uuid::from_u128(9)), done: true }).unwrap();
+        c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Uuid::from_u128(9)), done: true })]).unwrap();
         assert_eq!(c.state().snapshot_in_progress(), None);
         assert!(!c.state().needs_full_load());
-        assert!(c.advance_full_load(Snapshot { after: Some(Uuid::from_u128(10)), done: false }).is_err());
+        assert!(c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Uuid::from_u128(10)), done: false })]).is_err());
+        // A reload (after a TRUNCATE) starts over from the first film, streams kept.
+        c.commit(&[PositionDelta::BeginFullLoad { heads: vec![] }]).unwrap();
+        assert_eq!(c.state().snapshot_in_progress(), Some(Snapshot::default()));
+        assert_eq!(c.state().watermark(Stream::Genre), Some(wm(5, 2)));
     }
 
     #[test]
@@ -399,7 +469,7 @@ mod tests {
         let mut c = Checkpoint::open(&path, "movies").unwrap();
         assert_eq!(c.state().snapshot, None);
         assert!(!c.state().needs_full_load());
-        c.commit(Stream::Genre, wm(5, 2)).unwrap();
+        c.commit(&[stream(Stream::Genre, wm(5, 2))]).unwrap();
         let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(written["version"], STATE_VERSION);
     }

@@ -28,6 +28,17 @@ pub fn encode<T: serde::Serialize>(index: &str, id: &str, doc: &T) -> serde_json
     Ok(EncodedDoc { id: id.to_string(), lines })
 }
 
+/// A `delete` action for the document `id` (no source line).
+pub fn encode_delete(index: &str, id: &str) -> serde_json::Result<EncodedDoc> {
+    let mut lines = Vec::with_capacity(96);
+    lines.extend_from_slice(b"{\"delete\":{\"_index\":");
+    serde_json::to_writer(&mut lines, index)?;
+    lines.extend_from_slice(b",\"_id\":");
+    serde_json::to_writer(&mut lines, id)?;
+    lines.extend_from_slice(b"}}\n");
+    Ok(EncodedDoc { id: id.to_string(), lines })
+}
+
 /// Splits documents into request bodies of at most `max_docs` documents and about `max_bytes`
 /// (a single document larger than `max_bytes` still goes alone: Elasticsearch decides).
 pub fn chunk(docs: &[EncodedDoc], max_docs: usize, max_bytes: usize) -> Vec<std::ops::Range<usize>> {
@@ -108,11 +119,13 @@ pub fn classify(resp: &BulkResponse, sent: usize) -> Result<Vec<BulkItemOutcome>
         .items
         .iter()
         .map(|entry| {
-            let Some(item) = entry.values().next() else {
+            let Some((action, item)) = entry.iter().next() else {
                 return BulkItemOutcome::Retry { reason: "empty bulk item".into() };
             };
             match item.status {
                 200..=299 => BulkItemOutcome::Stored,
+                // Deleting a document that is not there: it is gone, which is what was asked.
+                404 if action == "delete" => BulkItemOutcome::Stored,
                 s if status_is_transient(s) => BulkItemOutcome::Retry { reason: reason(item) },
                 s => BulkItemOutcome::Rejected { status: s, reason: reason(item) },
             }
@@ -162,6 +175,23 @@ mod tests {
         assert!(rejected.len() >= 2, "{outcomes:?}");
         assert!(rejected.iter().any(|o| matches!(o, BulkItemOutcome::Rejected { reason, .. } if reason.contains("strict_dynamic_mapping_exception"))));
         assert!(classify(&resp, resp.items.len() + 1).is_err());
+    }
+
+    /// A real response of Elasticsearch 7.10.2 to deletes of a present and an absent document
+    /// (and an index action): the absent one is `404 not_found`, and the response says no error.
+    #[test]
+    fn a_delete_of_an_absent_document_counts_as_done() {
+        let raw = include_str!("../../tests/fixtures/bulk_delete_response.json");
+        let resp: BulkResponse = serde_json::from_str(raw).unwrap();
+        assert!(!resp.errors);
+        let outcomes = classify(&resp, 3).unwrap();
+        assert_eq!(outcomes, vec![BulkItemOutcome::Stored; 3]);
+        // An index action answered 404 (the index vanished) is not done.
+        let raw = r#"{"errors":true,"items":[{"index":{"_id":"1","status":404,"error":{"type":"index_not_found_exception","reason":"no such index"}}}]}"#;
+        let resp: BulkResponse = serde_json::from_str(raw).unwrap();
+        assert!(matches!(classify(&resp, 1).unwrap()[0], BulkItemOutcome::Rejected { status: 404, .. }));
+        let d = encode_delete("movies", "a1").unwrap();
+        assert_eq!(String::from_utf8(d.lines).unwrap(), "{\"delete\":{\"_index\":\"movies\",\"_id\":\"a1\"}}\n");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::future::Future;
 use std::time::Duration;
 
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -22,6 +23,7 @@ use crate::config::{Config, EsAuth};
 use crate::error::{Error, Result};
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
+use crate::transform::MovieDocument;
 use bulk::{BulkItemOutcome, BulkResponse, EncodedDoc};
 
 /// Attempts for items answered 429/5xx before the whole batch is handed back as transient.
@@ -107,6 +109,41 @@ impl std::fmt::Display for IndexBootstrap {
     }
 }
 
+/// What the pipeline asks of the index for one changed film.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexAction {
+    Index { id: String, doc: MovieDocument },
+    Delete { id: String },
+}
+
+/// Index settings by flat name; `None`: not set on the index (its default applies).
+pub type IndexSettings = BTreeMap<String, Option<String>>;
+
+/// Index settings during a full load: no refresh, no replicas (they are copied once at the end).
+pub const FULL_LOAD_SETTINGS: [(&str, &str); 2] = [("index.refresh_interval", "-1"), ("index.number_of_replicas", "0")];
+
+/// The index as the pipeline uses it.
+///
+/// Contract: `write` returns only when every action it was given is stored (acknowledged by the
+/// engine) or written to the dead-letter file; only then may the source's position advance.
+/// Documents carry `_id` = film id, so applying an action twice is harmless, and deleting a
+/// document that is not there counts as done.
+pub trait IndexSink: Sync {
+    fn write(&self, actions: Vec<IndexAction>, shutdown: &Shutdown) -> impl Future<Output = Result<LoadReport>> + Send;
+
+    /// The current values of the settings a full load changes: what to put back after it.
+    fn settings_before_full_load(&self, shutdown: &Shutdown) -> impl Future<Output = Result<IndexSettings>> + Send;
+
+    /// Refresh and replicas off for a full load.
+    fn tune_for_full_load(&self, shutdown: &Shutdown) -> impl Future<Output = Result<()>> + Send;
+
+    /// Puts settings back, then makes everything written visible to search.
+    fn restore_settings(&self, original: &IndexSettings, shutdown: &Shutdown) -> impl Future<Output = Result<()>> + Send;
+
+    /// Up to `limit` document ids after `after`, in id order (reconciliation).
+    fn ids_after(&self, after: Option<&str>, limit: usize, shutdown: &Shutdown) -> impl Future<Output = Result<Vec<String>>> + Send;
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LoadReport {
     pub stored: usize,
@@ -144,7 +181,7 @@ impl ElasticsearchSink {
             max_docs: config.batch_size,
             max_bytes: config.bulk_max_bytes,
             dead_letter: config.dead_letter_file.clone(),
-            retry: RetryPolicy { initial: config.backoff_initial, cap: config.backoff_max },
+            retry: RetryPolicy::from_config(config),
             auth: config.es_auth.clone(),
             timeout: config.es_timeout,
             rejections: Mutex::new(RejectionWindow::new(config.dead_letter_max_ratio)),
@@ -200,7 +237,7 @@ impl ElasticsearchSink {
         let outcome = match status {
             200 => IndexBootstrap::Existing,
             404 => {
-                let body = serde_json::to_vec(definition).map_err(|e| Error::Config(e.to_string()))?;
+                let body = serde_json::to_vec(definition).map_err(|e| Error::Encode(format!("the index definition: {e}")))?;
                 let (status, resp) = self.send(Method::PUT, &self.index, "create index", Some((body.into(), "application/json"))).await?;
                 match status {
                     200..=299 => {
@@ -216,7 +253,7 @@ impl ElasticsearchSink {
         };
         let raw = self.send_ok(Method::GET, &format!("{}/_mapping", self.index), "read mapping", None).await?;
         let actual: Value = serde_json::from_slice(&raw)
-            .map_err(|e| Error::ElasticsearchStatus { context: "read mapping", status: 200, body: e.to_string() })?;
+            .map_err(|e| Error::Unreadable { context: "read mapping", reason: e.to_string() })?;
         let actual = actual.as_object().and_then(|o| o.values().next()).and_then(|v| v.get("mappings")).cloned().unwrap_or(Value::Null);
         let expected = definition.get("mappings").cloned().unwrap_or(Value::Null);
         if let Some(difference) = first_difference("mappings", &expected, &actual) {
@@ -243,17 +280,15 @@ impl ElasticsearchSink {
                 self.send_ok(Method::POST, "_bulk", "bulk", Some((body.clone(), "application/x-ndjson")))
             })
             .await?;
-            let unreadable = |e: serde_json::Error| Error::ElasticsearchStatus { context: "bulk", status: 200, body: format!("unreadable response: {e}") };
+            let unreadable = |e: serde_json::Error| Error::Unreadable { context: "bulk", reason: e.to_string() };
             let summary: bulk::BulkSummary = serde_json::from_slice(&raw).map_err(unreadable)?;
             if !summary.errors && summary.items.len() == pending.len() {
                 report.stored += pending.len();
                 self.record_rejections(pending.len(), &[])?;
                 return Ok(());
             }
-            let resp: BulkResponse = serde_json::from_slice(&raw)
-                .map_err(|e| Error::ElasticsearchStatus { context: "bulk", status: 200, body: format!("unreadable response: {e}") })?;
-            let outcomes = bulk::classify(&resp, pending.len())
-                .map_err(|e| Error::ElasticsearchStatus { context: "bulk", status: 200, body: e })?;
+            let resp: BulkResponse = serde_json::from_slice(&raw).map_err(unreadable)?;
+            let outcomes = bulk::classify(&resp, pending.len()).map_err(|reason| Error::Unreadable { context: "bulk", reason })?;
             let sent = pending.len();
             let mut again = Vec::new();
             let mut last_reason = String::new();
@@ -308,7 +343,7 @@ impl ElasticsearchSink {
         let path = format!("{}/_settings?flat_settings=true", self.index);
         let raw = retry(&self.retry, shutdown, "read index settings", || self.send_ok(Method::GET, &path, "read index settings", None)).await?;
         let all: Value = serde_json::from_slice(&raw)
-            .map_err(|e| Error::ElasticsearchStatus { context: "read index settings", status: 200, body: format!("unreadable response: {e}") })?;
+            .map_err(|e| Error::Unreadable { context: "read index settings", reason: e.to_string() })?;
         // Keyed by the concrete index name (ES_INDEX may be an alias of it).
         let settings = all.as_object().and_then(|o| o.values().next()).and_then(|v| v.get("settings"));
         Ok(keys
@@ -322,13 +357,21 @@ impl ElasticsearchSink {
 
     /// Sets index settings; `None` resets a setting to its default.
     pub async fn put_settings(&self, values: &BTreeMap<String, Option<String>>, shutdown: &Shutdown) -> Result<()> {
-        let body = bytes::Bytes::from(serde_json::to_vec(values).map_err(|e| Error::Config(e.to_string()))?);
+        let body = bytes::Bytes::from(serde_json::to_vec(values).map_err(|e| Error::Encode(format!("index settings: {e}")))?);
         let path = format!("{}/_settings", self.index);
         retry(&self.retry, shutdown, "change index settings", || {
             self.send_ok(Method::PUT, &path, "change index settings", Some((body.clone(), "application/json")))
         })
         .await
         .map(|_| ())
+    }
+
+    /// How many documents the index holds (recent writes may not be counted yet).
+    pub async fn count(&self, shutdown: &Shutdown) -> Result<u64> {
+        let path = format!("{}/_count", self.index);
+        let raw = retry(&self.retry, shutdown, "count documents", || self.send_ok(Method::GET, &path, "count documents", None)).await?;
+        let body: Value = serde_json::from_slice(&raw).map_err(|e| Error::Unreadable { context: "count documents", reason: e.to_string() })?;
+        body.get("count").and_then(Value::as_u64).ok_or_else(|| Error::Unreadable { context: "count documents", reason: "no count in the answer".into() })
     }
 
     /// Makes recent writes visible to search (tests and `make demo` summaries).
@@ -367,14 +410,70 @@ impl ElasticsearchSink {
     }
 
     async fn search(&self, query: &Value, context: &'static str, shutdown: &Shutdown) -> Result<SearchResponse> {
-        let body = bytes::Bytes::from(serde_json::to_vec(query).map_err(|e| Error::Config(e.to_string()))?);
+        let body = bytes::Bytes::from(serde_json::to_vec(query).map_err(|e| Error::Encode(format!("a search: {e}")))?);
         let path = format!("{}/_search", self.index);
         let raw = retry(&self.retry, shutdown, context, || {
             self.send_ok(Method::POST, &path, context, Some((body.clone(), "application/json")))
         })
         .await?;
         serde_json::from_slice(&raw)
-            .map_err(|e| Error::ElasticsearchStatus { context, status: 200, body: format!("unreadable response: {e}") })
+            .map_err(|e| Error::Unreadable { context, reason: e.to_string() })
+    }
+}
+
+impl IndexSink for ElasticsearchSink {
+    async fn write(&self, actions: Vec<IndexAction>, shutdown: &Shutdown) -> Result<LoadReport> {
+        let mut encoded = Vec::with_capacity(actions.len());
+        for action in actions {
+            let line = match &action {
+                IndexAction::Index { id, doc } => bulk::encode(&self.index, id, doc),
+                IndexAction::Delete { id } => bulk::encode_delete(&self.index, id),
+            };
+            encoded.push(line.map_err(|e| Error::Encode(format!("document {}: {e}", action.id())))?);
+        }
+        self.load(&encoded, shutdown).await
+    }
+
+    async fn settings_before_full_load(&self, shutdown: &Shutdown) -> Result<IndexSettings> {
+        let keys: Vec<&str> = FULL_LOAD_SETTINGS.iter().map(|(k, _)| *k).collect();
+        self.settings(&keys, shutdown).await
+    }
+
+    async fn tune_for_full_load(&self, shutdown: &Shutdown) -> Result<()> {
+        self.put_settings(&full_load_settings(), shutdown).await
+    }
+
+    async fn restore_settings(&self, original: &IndexSettings, shutdown: &Shutdown) -> Result<()> {
+        self.put_settings(original, shutdown).await?;
+        self.refresh().await
+    }
+
+    async fn ids_after(&self, after: Option<&str>, limit: usize, shutdown: &Shutdown) -> Result<Vec<String>> {
+        let mut query = serde_json::json!({
+            "size": limit,
+            "sort": [{ "id": "asc" }],
+            "_source": false,
+            "track_total_hits": false,
+            "query": { "exists": { "field": "id" } },
+        });
+        if let Some(after) = after {
+            query["search_after"] = serde_json::json!([after]);
+        }
+        let hits = self.search(&query, "read document ids", shutdown).await?.hits.hits;
+        Ok(hits.into_iter().map(|h| h.id).collect())
+    }
+}
+
+/// [`FULL_LOAD_SETTINGS`] as settings to put.
+pub fn full_load_settings() -> IndexSettings {
+    FULL_LOAD_SETTINGS.iter().map(|(k, v)| (k.to_string(), Some(v.to_string()))).collect()
+}
+
+impl IndexAction {
+    pub fn id(&self) -> &str {
+        match self {
+            IndexAction::Index { id, .. } | IndexAction::Delete { id } => id,
+        }
     }
 }
 

@@ -4,10 +4,15 @@
 //! order on `(timestamp, id)`: rows with equal timestamps across a page boundary are neither
 //! skipped nor read twice. A changed genre or person fans out to every film it is linked to.
 
+pub mod delete_log;
+mod change;
+mod polling;
 mod queries;
 mod recent;
 mod tls;
 
+pub use change::{Change, ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
+pub use polling::PollingSource;
 pub use recent::{RecentlyLoaded, RowVersion};
 
 use chrono::{DateTime, Utc};
@@ -74,6 +79,16 @@ impl PgSource {
 
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Which of these films exist.
+    pub async fn existing(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        let rows = self.client.query(&self.statements.existing, &[&ids]).await.map_err(Error::postgres("look up films"))?;
+        rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<Uuid>, _>>().map_err(Error::postgres("read film id"))
     }
 
     /// Which database this is: the state file is tied to it.

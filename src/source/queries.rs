@@ -130,6 +130,8 @@ pub struct Statements {
     pub scan_after: Statement,
     /// How many films a scan after an id has left (for progress).
     pub count_after: Statement,
+    /// Which of the given film ids exist (reconciliation).
+    pub existing: Statement,
 }
 
 impl Statements {
@@ -146,6 +148,7 @@ impl Statements {
             scan_first: prep(films_scan_sql(s, false)).await?,
             scan_after: prep(films_scan_sql(s, true)).await?,
             count_after: prep(format!(r#"SELECT count(*) FROM "{s}".film_work WHERE id > $1"#)).await?,
+            existing: prep(format!(r#"SELECT id FROM "{s}".film_work WHERE id = ANY($1::uuid[])"#)).await?,
         };
         for stream in Stream::ALL {
             let (table, ts) = (stream.table(), layout.ts(stream));

@@ -36,16 +36,21 @@ impl RecentlyLoaded {
         self.rows.get(&stream).and_then(|m| m.get(&row.id)) == Some(&(row.ts, row.xmin))
     }
 
-    /// Remembers rows whose films are now stored, and forgets those at or below the stream's
-    /// committed watermark: the stream will not read them again.
-    pub fn remember(&mut self, stream: Stream, rows: &[RowVersion], committed: Watermark) {
+    /// Remembers rows whose films are now stored.
+    pub fn remember(&mut self, stream: Stream, rows: &[RowVersion]) {
         let map = self.rows.entry(stream).or_default();
-        map.retain(|id, (ts, _)| (*ts, *id) > (committed.ts, committed.id));
-        for r in rows.iter().filter(|r| (r.ts, r.id) > (committed.ts, committed.id)) {
+        for r in rows {
             if map.len() >= MAX_ROWS_PER_STREAM && !map.contains_key(&r.id) {
                 break;
             }
             map.insert(r.id, (r.ts, r.xmin));
+        }
+    }
+
+    /// Forgets the rows at or below a stream's saved watermark: the stream will not read them again.
+    pub fn forget_through(&mut self, stream: Stream, saved: Watermark) {
+        if let Some(map) = self.rows.get_mut(&stream) {
+            map.retain(|id, (ts, _)| (*ts, *id) > (saved.ts, saved.id));
         }
     }
 
@@ -74,7 +79,7 @@ mod tests {
     #[test]
     fn only_the_same_version_of_a_row_counts_as_loaded() {
         let mut r = RecentlyLoaded::default();
-        r.remember(Stream::FilmWork, &[row(1, 10, 100), row(2, 11, 101)], mark(9));
+        r.remember(Stream::FilmWork, &[row(1, 10, 100), row(2, 11, 101)]);
         assert!(r.contains(Stream::FilmWork, &row(1, 10, 100)));
         // Updated again: a new xmin, even with the same (coarse) timestamp.
         assert!(!r.contains(Stream::FilmWork, &row(1, 10, 102)));
@@ -86,13 +91,12 @@ mod tests {
     #[test]
     fn rows_the_stream_will_not_read_again_are_forgotten() {
         let mut r = RecentlyLoaded::default();
-        r.remember(Stream::Person, &[row(1, 10, 100), row(2, 20, 101)], mark(5));
+        r.remember(Stream::Person, &[row(1, 10, 100), row(2, 20, 101)]);
         assert_eq!(r.len(), 2);
-        r.remember(Stream::Person, &[], mark(15));
+        r.forget_through(Stream::Person, mark(15));
         assert_eq!(r.len(), 1);
         assert!(r.contains(Stream::Person, &row(2, 20, 101)));
-        // Rows at or below the committed watermark are never kept.
-        r.remember(Stream::Person, &[row(3, 12, 102)], mark(15));
+        r.forget_through(Stream::Genre, mark(30));
         assert_eq!(r.len(), 1);
     }
 }

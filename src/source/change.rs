@@ -1,0 +1,89 @@
+//! What crosses from a source to the rest of the pipeline: changes, in batches, each with the
+//! position it completes. Any source (polling today, logical replication next) implements
+//! [`ChangeSource`].
+//!
+//! Contract: a batch's `completes` may be saved once the sink has stored (or dead-lettered) every
+//! change of it and of every batch before it, and only then. Delivery is at-least-once; a change
+//! applied twice is harmless, because every change is the film's state as read, not a diff.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::checkpoint::{PositionDelta, SourceIdentity, State, Stream};
+use crate::error::Result;
+use crate::progress::Progress;
+use crate::shutdown::Shutdown;
+use crate::source::RowVersion;
+use crate::transform::FilmWork;
+
+/// One film's new state in the source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The film as it is now, with its genres and people: index it.
+    Upsert(FilmWork),
+    /// The film is gone: delete its document.
+    Delete(Uuid),
+}
+
+/// Changes read together, and what saving them completes.
+#[derive(Debug, Default)]
+pub struct ChangeBatch {
+    pub changes: Vec<Change>,
+    /// Applied to the state, in order, once this batch and every one before it are stored.
+    pub completes: Vec<PositionDelta>,
+    /// Handed back to [`ChangeSource::acknowledge`] once `completes` is durable.
+    pub receipt: Receipt,
+}
+
+/// What a source wants to hear back once a batch is durable (polling: the rows whose films are
+/// now stored, so that reading them again sends nothing).
+#[derive(Debug, Default)]
+pub struct Receipt {
+    pub rows: Vec<(Stream, Vec<RowVersion>)>,
+}
+
+/// What a source needs before a cycle reads anything.
+#[derive(Debug, Default)]
+pub struct CyclePlan {
+    /// The database read from: the state must belong to it.
+    pub identity: Option<SourceIdentity>,
+    /// Saved before reading (a full load beginning, the start of the delete log).
+    pub before: Vec<PositionDelta>,
+    /// Whether this cycle reads the whole catalog (the index is tuned for it).
+    pub full_load: bool,
+}
+
+/// What one cycle read, for the cycle's log line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReadReport {
+    /// Changed rows read, per stream (the full load counts as film rows).
+    pub rows: BTreeMap<Stream, usize>,
+    /// Rows read again only because of the commit horizon, unchanged: their films were not sent.
+    pub already_loaded: usize,
+    /// Films named by the delete log.
+    pub logged_films: usize,
+}
+
+pub trait ChangeSource: Sync {
+    /// Gets ready for a cycle: connects if needed, and says what to save before reading.
+    fn prepare(&mut self, state: &State) -> impl Future<Output = Result<CyclePlan>> + Send;
+
+    /// Reads every change after `state`, sending batches in read order until done, shutdown, or
+    /// the receiver is gone. `progress` is started with the size of a full load.
+    fn read(
+        &self,
+        state: &State,
+        tx: mpsc::Sender<ChangeBatch>,
+        shutdown: &Shutdown,
+        progress: Option<&Progress>,
+    ) -> impl Future<Output = Result<ReadReport>> + Send;
+
+    /// A batch's `completes` is durable.
+    fn acknowledge(&self, receipt: Receipt);
+
+    /// Which of these films exist now (reconciliation removes the documents of the others).
+    fn existing(&self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<Uuid>>> + Send;
+}
