@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(name = "pg2es", version, about = "Keeps an Elasticsearch index in step with PostgreSQL")]
@@ -33,4 +33,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Triggers that record deletes for pg2es (opt-in; PostgreSQL 13+): print their DDL for
+    /// PG_SCHEMA, or install or remove them with the configured Postgres settings.
+    DeleteCapture {
+        #[arg(value_enum)]
+        action: DeleteCaptureAction,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeleteCaptureAction {
+    /// Print the DDL to stdout (no connection), for an owner of the tables to apply.
+    Print,
+    /// Create the log tables, functions and triggers (idempotent).
+    Install,
+    /// Drop the triggers (and the functions once no schema uses them); the log tables are kept.
+    Remove,
 }

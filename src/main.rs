@@ -3,9 +3,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use pg2es::cli::{Cli, Command};
+use pg2es::cli::{Cli, Command, DeleteCaptureAction};
 use pg2es::config::LogFormat;
 use pg2es::pipeline::{self, Mode};
+use pg2es::source::{delete_log, PgTls};
 use pg2es::verify::{self, VerifyReport};
 use pg2es::{shutdown, Config, Error};
 
@@ -57,6 +58,7 @@ fn try_main() -> pg2es::Result<ExitCode> {
             let report = with_runtime(|shutdown| async move { verify::verify(config, &shutdown).await })?;
             return print_verify(&report, &config.es_index, json);
         }
+        Command::DeleteCapture { action } => return delete_capture(&config, action),
         Command::Run { once: true } => Mode::Once,
         Command::Run { once: false } => Mode::Continuous,
     };
@@ -70,6 +72,26 @@ fn try_main() -> pg2es::Result<ExitCode> {
         (Mode::Once, Ok(_)) => Err(Error::Shutdown),
         (_, Err(e)) => Err(e),
     }
+}
+
+/// `pg2es delete-capture print|install|remove` on PG_SCHEMA.
+fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result<ExitCode> {
+    let schema = config.pg_schema.as_str();
+    if action == DeleteCaptureAction::Print {
+        print!("{}", delete_log::ddl(schema));
+        return Ok(ExitCode::SUCCESS);
+    }
+    with_runtime(|_shutdown| async move {
+        let client = delete_log::connect(&config.pg, &PgTls::from_config(config)?).await?;
+        if action == DeleteCaptureAction::Install {
+            delete_log::install(&client, schema).await?;
+            println!("delete capture installed on schema {schema}: {} triggers write to pg2es.film_changes", delete_log::TRIGGERS.len());
+        } else {
+            delete_log::remove(&client, schema).await?;
+            println!("delete capture removed from schema {schema}; the tables in schema pg2es are kept");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Runs `task` on a new runtime, with shutdown on SIGINT and SIGTERM.

@@ -1,0 +1,290 @@
+//! Delete capture against the real Postgres: each kind of delete logs the films whose documents
+//! it changes, in the transaction-id window that follows it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{connect, pg2es_command, TestEnv};
+use pg2es::source::delete_log::{self, LogPage};
+use pg2es::Error;
+use tokio_postgres::{Client, SimpleQueryMessage};
+use uuid::Uuid;
+
+const SCHEMA: &str = "content";
+
+async fn installed_env(name: &str) -> TestEnv {
+    let env = TestEnv::new(name).await;
+    delete_log::install(&env.db, SCHEMA).await.expect("install delete capture");
+    env
+}
+
+/// Runs `script` and returns the id of the transaction it leaves (open or just used).
+async fn run_in_transaction(client: &Client, script: &str) -> u64 {
+    let messages = client
+        .simple_query(&format!("{script}; SELECT pg_current_xact_id()::text"))
+        .await
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
+    let xid = messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+        _ => None,
+    });
+    xid.expect("transaction id").parse().unwrap()
+}
+
+/// Runs `sql` in one transaction on `client` and returns its transaction id.
+async fn commit(client: &Client, sql: &str) -> u64 {
+    let xid = run_in_transaction(client, &format!("BEGIN; {sql}")).await;
+    client.batch_execute("COMMIT").await.unwrap();
+    xid
+}
+
+/// The boundary once every transaction up to `xid` has ended (other tests' transactions on the
+/// same server hold it back for a moment).
+async fn boundary_past(client: &Client, xid: u64) -> u64 {
+    let start = std::time::Instant::now();
+    loop {
+        let b = delete_log::boundary(client).await.unwrap();
+        if b > xid {
+            return b;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "boundary {b} stays at or below {xid}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every film of the window, read in pages of 2 to go through the keyset.
+async fn window(client: &Client, from: u64, to: u64) -> LogPage {
+    let mut all = LogPage::default();
+    let mut after = None;
+    loop {
+        let page = delete_log::films_between(client, SCHEMA, from, to, after, 2).await.unwrap();
+        all.reload |= page.reload;
+        let Some(last) = page.film_ids.last().copied() else { return all };
+        assert!(page.film_ids.len() <= 2 && page.film_ids.windows(2).all(|w| w[0] < w[1]), "{page:?}");
+        assert!(after.is_none_or(|a| page.film_ids[0] > a), "{page:?} after {after:?}");
+        all.film_ids.extend(page.film_ids);
+        after = Some(last);
+    }
+}
+
+/// What `sql`, committed in one transaction, logs.
+async fn logged(env: &TestEnv, sql: &str) -> LogPage {
+    let from = delete_log::boundary(&env.db).await.unwrap();
+    let xid = commit(&env.db, sql).await;
+    let to = boundary_past(&env.db, xid).await;
+    window(&env.db, from, to).await
+}
+
+async fn uuid(env: &TestEnv, sql: &str) -> Uuid {
+    env.scalar_uuid(sql).await
+}
+
+async fn uuids(env: &TestEnv, sql: &str) -> Vec<Uuid> {
+    let rows = env.db.query(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+fn films(ids: Vec<Uuid>) -> LogPage {
+    LogPage { film_ids: ids, reload: false }
+}
+
+#[tokio::test]
+async fn a_deleted_film_is_logged_once() {
+    let env = installed_env("dc_film").await;
+    // A film with people and genres: the cascade to its links logs the same id again.
+    let film = uuid(&env, "SELECT film_work_id FROM content.person_film_work JOIN content.genre_film_work USING (film_work_id) LIMIT 1").await;
+    let page = logged(&env, &format!("DELETE FROM content.film_work WHERE id = '{film}'")).await;
+    assert_eq!(page, films(vec![film]));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn deleted_links_log_their_films() {
+    let env = installed_env("dc_links").await;
+    let (genre_link, genre_film) = {
+        let r = env.db.query_one("SELECT id, film_work_id FROM content.genre_film_work ORDER BY id LIMIT 1", &[]).await.unwrap();
+        (r.get::<_, Uuid>(0), r.get::<_, Uuid>(1))
+    };
+    let page = logged(&env, &format!("DELETE FROM content.genre_film_work WHERE id = '{genre_link}'")).await;
+    assert_eq!(page, films(vec![genre_film]));
+
+    let person_film = uuid(&env, "SELECT film_work_id FROM content.person_film_work ORDER BY id LIMIT 1").await;
+    let page = logged(&env, "DELETE FROM content.person_film_work WHERE id = (SELECT id FROM content.person_film_work ORDER BY id LIMIT 1)").await;
+    assert_eq!(page, films(vec![person_film]));
+
+    // Many links in one statement: every film once.
+    let expected = uuids(&env, "SELECT film_work_id FROM content.person_film_work WHERE role = 'writer'").await;
+    assert!(expected.len() > 10, "{}", expected.len());
+    let page = logged(&env, "DELETE FROM content.person_film_work WHERE role = 'writer'").await;
+    assert_eq!(page, films(expected));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_link_moved_to_another_film_logs_the_old_film_only() {
+    let env = installed_env("dc_moved").await;
+    let r = env.db.query_one("SELECT id, film_work_id FROM content.genre_film_work ORDER BY id LIMIT 1", &[]).await.unwrap();
+    let (link, old): (Uuid, Uuid) = (r.get(0), r.get(1));
+    let new = uuid(&env, &format!("SELECT id FROM content.film_work f WHERE NOT EXISTS (SELECT 1 FROM content.genre_film_work g WHERE g.film_work_id = f.id AND g.genre_id = (SELECT genre_id FROM content.genre_film_work WHERE id = '{link}')) LIMIT 1")).await;
+    let page = logged(&env, &format!("UPDATE content.genre_film_work SET film_work_id = '{new}', updated_at = now() WHERE id = '{link}'")).await;
+    assert_eq!(page, films(vec![old]));
+
+    let r = env.db.query_one("SELECT id, film_work_id FROM content.person_film_work ORDER BY id LIMIT 1", &[]).await.unwrap();
+    let (link, old): (Uuid, Uuid) = (r.get(0), r.get(1));
+    let page = logged(&env, &format!("UPDATE content.person_film_work SET film_work_id = '{new}' WHERE id = '{link}'")).await;
+    assert_eq!(page, films(vec![old]));
+
+    // An update that keeps the film (the polling stream sees it) logs nothing.
+    let page = logged(&env, "UPDATE content.person_film_work SET role = upper(role), updated_at = now()").await;
+    assert_eq!(page, films(vec![]));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_deleted_person_or_genre_logs_every_film_it_was_in() {
+    let env = installed_env("dc_person_genre").await;
+    let person = uuid(&env, "SELECT person_id FROM content.person_film_work GROUP BY person_id ORDER BY count(DISTINCT film_work_id) DESC LIMIT 1").await;
+    let expected = uuids(&env, &format!("SELECT film_work_id FROM content.person_film_work WHERE person_id = '{person}'")).await;
+    assert!(expected.len() > 3, "{}", expected.len());
+    let page = logged(&env, &format!("DELETE FROM content.person WHERE id = '{person}'")).await;
+    assert_eq!(page, films(expected));
+
+    let genre = uuid(&env, "SELECT genre_id FROM content.genre_film_work GROUP BY genre_id ORDER BY count(*) DESC LIMIT 1").await;
+    let expected = uuids(&env, &format!("SELECT film_work_id FROM content.genre_film_work WHERE genre_id = '{genre}'")).await;
+    let page = logged(&env, &format!("DELETE FROM content.genre WHERE id = '{genre}'")).await;
+    assert_eq!(page, films(expected));
+
+    // A person with no film logs nothing.
+    env.sql("INSERT INTO content.person (id, full_name) VALUES ('00000000-0000-0000-0000-00000000d0ce', 'Nobody')").await;
+    let page = logged(&env, "DELETE FROM content.person WHERE id = '00000000-0000-0000-0000-00000000d0ce'").await;
+    assert_eq!(page, films(vec![]));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn truncate_asks_for_a_reload() {
+    let env = installed_env("dc_truncate").await;
+    let page = logged(&env, "TRUNCATE content.person_film_work").await;
+    assert_eq!(page, LogPage { film_ids: vec![], reload: true });
+    let page = logged(&env, "TRUNCATE content.film_work CASCADE").await;
+    assert!(page.reload, "{page:?}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_open_transaction_is_in_the_next_window() {
+    let env = installed_env("dc_open_tx").await;
+    let writer = connect(&env.dsn).await;
+    let film = uuid(&env, "SELECT film_work_id FROM content.genre_film_work ORDER BY id LIMIT 1").await;
+    let from = delete_log::boundary(&env.db).await.unwrap();
+    let xid = run_in_transaction(&writer, "BEGIN; DELETE FROM content.genre_film_work WHERE id = (SELECT id FROM content.genre_film_work ORDER BY id LIMIT 1)").await;
+    let open = delete_log::boundary(&env.db).await.unwrap();
+    assert!(open <= xid, "boundary {open} passed the open transaction {xid}");
+    assert_eq!(window(&env.db, from, open).await, films(vec![]));
+
+    writer.batch_execute("COMMIT").await.unwrap();
+    let to = boundary_past(&env.db, xid).await;
+    assert_eq!(window(&env.db, open, to).await, films(vec![film]));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn acknowledge_trims_below_the_oldest_position() {
+    let env = installed_env("dc_trim").await;
+    let first = commit(&env.db, "DELETE FROM content.genre_film_work WHERE id = (SELECT id FROM content.genre_film_work ORDER BY id LIMIT 1)").await;
+    let second = commit(&env.db, "DELETE FROM content.genre_film_work WHERE id = (SELECT id FROM content.genre_film_work ORDER BY id LIMIT 1)").await;
+    assert!(first < second);
+    let rows = |xid: u64| format!("SELECT count(*) FROM pg2es.film_changes WHERE xid = '{xid}'::xid8");
+
+    // One instance is past both, the other only past the first: the first is trimmed.
+    delete_log::acknowledge(&env.db, SCHEMA, "b", first + 1).await.unwrap();
+    delete_log::acknowledge(&env.db, SCHEMA, "a", second + 1).await.unwrap();
+    assert_eq!((env.scalar_i64(&rows(first)).await, env.scalar_i64(&rows(second)).await), (0, 1));
+
+    // An instance unseen for over 7 days holds nothing back; another schema's rows are not touched.
+    env.sql("INSERT INTO pg2es.consumers (source_schema, consumer, done_xid, seen_at) VALUES ('content', 'gone', '1', now() - interval '8 days')").await;
+    env.sql("INSERT INTO pg2es.film_changes (source_schema, film_id) VALUES ('other', NULL)").await;
+    delete_log::acknowledge(&env.db, SCHEMA, "b", second + 1).await.unwrap();
+    assert_eq!(env.scalar_i64(&rows(second)).await, 0);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM pg2es.film_changes WHERE source_schema = 'other'").await, 1);
+    let b: String = env.db.query_one("SELECT done_xid::text FROM pg2es.consumers WHERE consumer = 'b'", &[]).await.unwrap().get(0);
+    assert_eq!(b, (second + 1).to_string());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn install_is_idempotent_and_remove_drops_the_triggers() {
+    let env = TestEnv::new("dc_install").await;
+    assert!(!delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    delete_log::install(&env.db, SCHEMA).await.unwrap();
+    delete_log::install(&env.db, SCHEMA).await.unwrap();
+    assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    let triggers = "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pg2es%'";
+    assert_eq!(env.scalar_i64(triggers).await, delete_log::TRIGGERS.len() as i64);
+
+    // A disabled trigger does not count as installed.
+    env.sql("ALTER TABLE content.person DISABLE TRIGGER pg2es_linked_deleted").await;
+    assert!(!delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    env.sql("ALTER TABLE content.person ENABLE TRIGGER pg2es_linked_deleted").await;
+
+    delete_log::remove(&env.db, SCHEMA).await.unwrap();
+    assert!(!delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    assert_eq!(env.scalar_i64(triggers).await, 0);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM pg_proc WHERE pronamespace = 'pg2es'::regnamespace").await, 0);
+    let page = logged(&env, "DELETE FROM content.film_work WHERE id = (SELECT id FROM content.film_work LIMIT 1)").await;
+    assert_eq!(page, films(vec![]), "nothing is logged once removed; the table is kept");
+    delete_log::remove(&env.db, SCHEMA).await.unwrap();
+    env.cleanup().await;
+}
+
+/// The application's role deletes rows without any right on schema pg2es; a role that does not
+/// own the tables cannot install, and is told what to do.
+#[tokio::test]
+async fn writers_need_no_rights_on_the_log_and_installers_are_told_what_to_do() {
+    let env = installed_env("dc_roles").await;
+    env.db
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE pg2es_t_writer NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+             GRANT USAGE ON SCHEMA content TO pg2es_t_writer; \
+             GRANT SELECT, DELETE, UPDATE ON ALL TABLES IN SCHEMA content TO pg2es_t_writer",
+        )
+        .await
+        .unwrap();
+    let person = uuid(&env, "SELECT person_id FROM content.person_film_work LIMIT 1").await;
+    let expected = uuids(&env, &format!("SELECT film_work_id FROM content.person_film_work WHERE person_id = '{person}'")).await;
+    let page = logged(&env, &format!("SET LOCAL ROLE pg2es_t_writer; DELETE FROM content.person WHERE id = '{person}'")).await;
+    assert_eq!(page, films(expected));
+
+    let other = connect(&env.dsn).await;
+    other.batch_execute("SET ROLE pg2es_t_writer").await.unwrap();
+    match delete_log::install(&other, SCHEMA).await {
+        Err(Error::SourceSchema(message)) => assert!(message.contains("pg2es delete-capture print"), "{message}"),
+        other => panic!("install by a role that owns nothing: {other:?}"),
+    }
+    // The failed install left no transaction open.
+    other.batch_execute("SELECT 1").await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_binary_prints_installs_and_removes() {
+    let env = TestEnv::new("dc_binary").await;
+    let print = pg2es_command(&[("PG_SCHEMA".into(), SCHEMA.into())], &["delete-capture", "print"]).output().unwrap();
+    assert!(print.status.success(), "{}", String::from_utf8_lossy(&print.stderr));
+    let ddl = String::from_utf8(print.stdout).unwrap();
+    assert!(ddl.contains("CREATE TRIGGER") && ddl.contains(r#""content".film_work"#), "{ddl}");
+
+    let install = pg2es_command(&env.env_vars(), &["delete-capture", "install"]).output().unwrap();
+    assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
+    assert!(String::from_utf8_lossy(&install.stdout).contains("installed on schema content"));
+    assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap());
+
+    let remove = pg2es_command(&env.env_vars(), &["delete-capture", "remove"]).output().unwrap();
+    assert!(remove.status.success(), "{}", String::from_utf8_lossy(&remove.stderr));
+    assert!(!delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    env.cleanup().await;
+}
