@@ -134,8 +134,13 @@ pub async fn run_cycles<S: ChangeSource, K: IndexSink>(
                 log_cycle(&report, started.elapsed());
                 let interrupted = report.interrupted;
                 reports.push(report);
-                if interrupted || options.mode == Mode::Once {
+                // A pass is whole once no full load is pending (a TRUNCATE starts a reload).
+                let pending = checkpoint.state().snapshot_in_progress().is_some();
+                if interrupted || (options.mode == Mode::Once && !pending) {
                     break;
+                }
+                if pending {
+                    continue;
                 }
             }
             Err(Error::Shutdown) => break,
