@@ -75,31 +75,45 @@ impl Rng {
     }
 }
 
-/// Changes films, persons, genres and links while pg2es runs, until told to stop (bounded).
+/// Changes films, persons, genres and links while pg2es runs, until told to stop (bounded):
+/// updates, inserts and, for about half of the writes, deletes of films, links and persons.
 async fn mutate(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>) -> usize {
     let db = common::connect(&dsn).await;
     let mut rng = Rng(seed | 1);
     let mut done = 0;
+    // Rows picked by position among those left: a position past the end picks nothing.
+    let film = |n: u64| format!("(SELECT id FROM content.film_work ORDER BY id OFFSET {} LIMIT 1)", n % 999);
+    let person = |n: u64| format!("(SELECT id FROM content.person ORDER BY id OFFSET {} LIMIT 1)", n * 7 % 4166);
     while !*stop.borrow() && done < 5_000 {
         let n = rng.below(1000);
         // No genre renames here: each re-indexes hundreds of films and would heal exactly the
         // losses this test exists to catch (genre fan-out has its own test).
-        let sql = match rng.below(3) {
-            0 => format!("UPDATE content.film_work SET title = 'Film {n}', updated_at = now() WHERE id = (SELECT id FROM content.film_work ORDER BY id OFFSET {} LIMIT 1)", n % 999),
-            1 => format!("UPDATE content.person SET full_name = 'Person {n}', updated_at = now() WHERE id = (SELECT id FROM content.person ORDER BY id OFFSET {} LIMIT 1)", n * 4 % 4166),
-            _ => format!(
+        let sql = match rng.below(8) {
+            0 => format!("UPDATE content.film_work SET title = 'Film {n}', updated_at = now() WHERE id = {}", film(n)),
+            1 => format!("UPDATE content.person SET full_name = 'Person {n}', updated_at = now() WHERE id = {}", person(n)),
+            2 => format!(
                 "INSERT INTO content.person_film_work (id, film_work_id, person_id, role, created_at, updated_at)
-                 SELECT gen_random_uuid(), (SELECT id FROM content.film_work ORDER BY id OFFSET {} LIMIT 1),
-                        (SELECT id FROM content.person ORDER BY id OFFSET {} LIMIT 1), 'actor', now(), now()",
-                n % 999,
-                n * 7 % 4166
+                 SELECT gen_random_uuid(), f.id, p.id, 'actor', now(), now() FROM {} f(id), {} p(id)",
+                film(n),
+                person(n)
             ),
+            3 => format!(
+                "INSERT INTO content.film_work (id, title, created_at, updated_at) VALUES (gen_random_uuid(), 'New film {n}', now(), now())"
+            ),
+            4 => format!("DELETE FROM content.film_work WHERE id = {}", film(n)),
+            5 => format!("DELETE FROM content.person_film_work WHERE id = (SELECT id FROM content.person_film_work WHERE film_work_id = {} LIMIT 1)", film(n)),
+            6 => format!("DELETE FROM content.genre_film_work WHERE id = (SELECT id FROM content.genre_film_work WHERE film_work_id = {} LIMIT 1)", film(n)),
+            _ => format!("DELETE FROM content.person WHERE id = {}", person(n)),
         };
         db.execute(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
         done += 1;
         tokio::time::sleep(Duration::from_millis(20 + rng.below(80))).await;
     }
     done
+}
+
+async fn install_delete_capture(env: &TestEnv) {
+    pg2es::source::delete_log::install(&env.db, "content").await.expect("install the delete capture triggers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,6 +125,7 @@ async fn survives_sigkill_at_random_moments() {
     println!("kill test seed {seed}");
     let mut rng = Rng(seed | 1);
     let log = env.dir.path().join("pg2es.log");
+    install_delete_capture(&env).await;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mutator = tokio::spawn(mutate(env.dsn.clone(), seed, stop_rx));
@@ -180,11 +195,14 @@ async fn outage(service: &str, stack_name: &str) {
     env.extra_env.push(("ETL_BACKOFF_MAX_SEC".into(), "4".into()));
     env.extra_env.push(("ETL_CYCLE_SEC".into(), "0.5".into()));
     let log = env.dir.path().join("pg2es.log");
+    install_delete_capture(&env).await;
     let mut child = spawn(&env, &log);
     common::eventually(Duration::from_secs(60), "initial load", || async { env.try_count().await == Some(999) }).await;
 
-    // A change made just before the outage must arrive after it.
+    // Changes made just before the outage must arrive after it: an update and deletes.
     env.sql(&format!("UPDATE content.film_work SET title = 'During the outage', updated_at = now() WHERE id = '{FILM}'")).await;
+    env.sql(&format!("DELETE FROM content.film_work WHERE id = (SELECT id FROM content.film_work WHERE id <> '{FILM}' ORDER BY id LIMIT 1)")).await;
+    env.sql(&format!("DELETE FROM content.person_film_work WHERE id = (SELECT id FROM content.person_film_work WHERE film_work_id <> '{FILM}' ORDER BY id LIMIT 1)")).await;
     let down_at = Instant::now();
     stack("stop", stack_name);
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -200,6 +218,12 @@ async fn outage(service: &str, stack_name: &str) {
     })
     .await;
     let recovered = down_at.elapsed();
+    common::eventually(Duration::from_secs(30), "the deletes made before the outage loaded after it", || async {
+        env.refresh().await;
+        let (_t, shutdown) = Shutdown::new();
+        pg2es::verify::verify(&env.config(), &shutdown).await.is_ok_and(|r| r.is_consistent())
+    })
+    .await;
     signal(&child, "-TERM");
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
 
