@@ -82,10 +82,10 @@ test-integration:
 		$(CARGO) test --locked --test '*' -- --test-threads=2
 
 # Crashes and outages: these stop and start the shared services, so they run alone, one at a time.
-# tests/engines.rs: a rejected bulk item and an outage on Elasticsearch 8 (PG2ES_TEST_ES8_URL).
+# tests/engines.rs: a rejected bulk item and an outage on Elasticsearch 8 and 9 (PG2ES_TEST_ES8_URL, PG2ES_TEST_ES9_URL).
 test-faults: check-tools db matrix-up
 	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_OS_URL=$(OS_URL) \
-		PG2ES_TEST_ES8_URL=$(ES8_URL) \
+		PG2ES_TEST_ES8_URL=$(ES8_URL) PG2ES_TEST_ES9_URL=$(ES9_URL) \
 		$(CARGO) test --locked --features fault-tests --test faults --test engines -- --test-threads=1 --nocapture
 
 # The course's Postman suite on a fresh `movies` index (a full load by pg2es), on each engine:
