@@ -12,8 +12,9 @@
 //! pipeline. Against a live pipeline, films changed during the check can show as stale; a second
 //! run tells. Verify only reads, and takes no lock.
 //!
-//! While deletes are not propagated, a film deleted in Postgres stays in the index (extra), and a
-//! deleted link stays in its film's document (stale): the report's hints say so.
+//! Without the delete capture triggers, a film deleted in Postgres stays in the index (extra)
+//! until reconciliation, and a deleted link stays in its film's document (stale): the report's
+//! hints say so.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt::Write;
@@ -112,14 +113,14 @@ impl VerifyReport {
         if self.stale.count > 0 {
             let n = self.stale.count;
             hints.push(format!(
-                "{n} stale {}: a change not loaded yet (run verify again after pg2es's next cycle), or a genre or person link deleted in Postgres, which stays in the document until deletes are propagated (see README, 'Deletes')",
+                "{n} stale {}: a change not loaded yet (run verify again after pg2es's next cycle), or, without the delete capture triggers, a genre or person link deleted in Postgres (see README, 'Deletes': `pg2es delete-capture install`)",
                 documents(n)
             ));
         }
         if self.extra.count > 0 {
             let n = self.extra.count;
             hints.push(format!(
-                "{n} extra {}: films deleted in Postgres stay in the index until deletes are propagated (see README, 'Deletes')",
+                "{n} extra {}: films deleted in Postgres; pg2es deletes their documents at its next cycle with the delete capture triggers, otherwise within ETL_RECONCILE_SEC (see README, 'Deletes')",
                 documents(n)
             ));
         }
@@ -475,7 +476,7 @@ mod tests {
         report.extra.add(2, [id(8), id(9)]);
         assert_eq!(
             report.hints(),
-            ["2 extra documents: films deleted in Postgres stay in the index until deletes are propagated (see README, 'Deletes')"]
+            ["2 extra documents: films deleted in Postgres; pg2es deletes their documents at its next cycle with the delete capture triggers, otherwise within ETL_RECONCILE_SEC (see README, 'Deletes')"]
         );
         report.stale.record(StaleDocument { id: id(4), field: "actors".into() });
         report.missing.record(id(5));
