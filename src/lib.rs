@@ -7,7 +7,9 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod error;
+pub mod pem;
 pub mod pipeline;
 pub mod progress;
 pub mod retry;

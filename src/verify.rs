@@ -16,7 +16,7 @@
 //! until reconciliation, and a deleted link stays in its film's document (stale): the report's
 //! hints say so.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt::Write;
 use std::time::Instant;
 
@@ -243,14 +243,8 @@ fn join(expected: &mut VecDeque<OrderedDoc>, stored: &mut VecDeque<OrderedDoc>, 
 
 /// The first top-level field, in name order, where `stored` differs from `expected`.
 fn first_difference(expected: &Value, stored: &Value) -> Option<String> {
-    let (Some(e), Some(s)) = (expected.as_object(), stored.as_object()) else {
-        return (!same_value(expected, stored)).then(|| "_source".to_string());
-    };
-    let fields: BTreeSet<&String> = e.keys().chain(s.keys()).collect();
-    fields
-        .into_iter()
-        .find(|f| !matches!((e.get(*f), s.get(*f)), (Some(a), Some(b)) if same_value(a, b)))
-        .cloned()
+    let d = crate::diff::first_difference(expected, stored, same_value)?;
+    Some(d.path.first().map_or("_source", |f| *f).to_string())
 }
 
 /// Exact equality, except that numbers (the rating) may differ by rounding.

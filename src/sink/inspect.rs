@@ -7,7 +7,7 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{first_difference, ElasticsearchSink};
+use super::{mapping_difference, ElasticsearchSink};
 use crate::error::{status_is_transient, Error, Result};
 use crate::retry::retry;
 use crate::shutdown::Shutdown;
@@ -50,6 +50,6 @@ impl ElasticsearchSink {
         // Keyed by the concrete index name (ES_INDEX may be an alias of it).
         let actual = all.as_object().and_then(|o| o.values().next()).and_then(|v| v.get("mappings")).unwrap_or(&Value::Null);
         let expected = definition.get("mappings").unwrap_or(&Value::Null);
-        Ok(first_difference("mappings", expected, actual))
+        Ok(mapping_difference(expected, actual))
     }
 }

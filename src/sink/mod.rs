@@ -156,13 +156,9 @@ impl ElasticsearchSink {
     pub fn new(config: &Config) -> Result<ElasticsearchSink> {
         let mut builder = reqwest::Client::builder();
         if let Some(path) = &config.es_ca_file {
-            let bad = |why: String| Error::Config(format!("ES_CA_FILE='{}': {why}", path.display()));
-            let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it ({e})")))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(format!("not PEM certificates ({e})")))?;
-            if certs.is_empty() {
-                return Err(bad("holds no certificate; expected a PEM file of CA certificates".into()));
-            }
-            for cert in certs {
+            for cert in crate::pem::ca_certificates("ES_CA_FILE", path)? {
+                let cert = reqwest::Certificate::from_der(&cert)
+                    .map_err(|e| Error::Config(format!("ES_CA_FILE='{}': unusable certificate ({e})", path.display())))?;
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -256,7 +252,7 @@ impl ElasticsearchSink {
             .map_err(|e| Error::Unreadable { context: "read mapping", reason: e.to_string() })?;
         let actual = actual.as_object().and_then(|o| o.values().next()).and_then(|v| v.get("mappings")).cloned().unwrap_or(Value::Null);
         let expected = definition.get("mappings").cloned().unwrap_or(Value::Null);
-        if let Some(difference) = first_difference("mappings", &expected, &actual) {
+        if let Some(difference) = mapping_difference(&expected, &actual) {
             return Err(Error::MappingConflict { index: self.index.clone(), difference });
         }
         Ok(outcome)
@@ -546,26 +542,19 @@ fn write_dead_letters(path: &Path, index: &str, rejected: &[(&str, u16, String)]
     file.sync_data().map_err(io)
 }
 
-/// The first place where `actual` differs from `expected`, as "path: expected X, found Y".
-pub fn first_difference(path: &str, expected: &Value, actual: &Value) -> Option<String> {
-    match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => {
-            for (k, ev) in e {
-                match a.get(k) {
-                    None => return Some(format!("{path}.{k}: expected {ev}, found nothing")),
-                    Some(av) => {
-                        if let Some(d) = first_difference(&format!("{path}.{k}"), ev, av) {
-                            return Some(d);
-                        }
-                    }
-                }
-            }
-            a.keys().find(|k| !e.contains_key(*k)).map(|k| format!("{path}.{k}: not in ES_SCHEMA_FILE, found {}", a[k]))
-        }
-        // Elasticsearch may echo scalars as strings ("strict", "true"): compare their text.
-        (e, a) if e == a || scalar_text(e).is_some() && scalar_text(e) == scalar_text(a) => None,
-        (e, a) => Some(format!("{path}: expected {e}, found {a}")),
-    }
+/// The first place where an index's mapping differs from its definition's, as
+/// "mappings.path: expected X, found Y".
+pub fn mapping_difference(expected: &Value, actual: &Value) -> Option<String> {
+    // Elasticsearch may echo scalars as strings ("strict", "true"): compare their text.
+    let same = |e: &Value, a: &Value| e == a || scalar_text(e).is_some() && scalar_text(e) == scalar_text(a);
+    let d = crate::diff::first_difference(expected, actual, same)?;
+    let path = std::iter::once("mappings").chain(d.path.iter().copied()).collect::<Vec<_>>().join(".");
+    Some(match (d.expected, d.found) {
+        (Some(e), Some(a)) => format!("{path}: expected {e}, found {a}"),
+        (Some(e), None) => format!("{path}: expected {e}, found nothing"),
+        (None, Some(a)) => format!("{path}: not in ES_SCHEMA_FILE, found {a}"),
+        (None, None) => path,
+    })
 }
 
 fn scalar_text(v: &Value) -> Option<String> {
@@ -595,16 +584,16 @@ mod tests {
     #[test]
     fn mapping_differences_are_located() {
         let e = json!({"dynamic": "strict", "properties": {"title": {"type": "text", "analyzer": "ru_en"}}});
-        assert_eq!(first_difference("mappings", &e, &e.clone()), None);
+        assert_eq!(mapping_difference(&e, &e.clone()), None);
         let a = json!({"dynamic": "strict", "properties": {"title": {"type": "keyword"}}});
-        let d = first_difference("mappings", &e, &a).unwrap();
+        let d = mapping_difference(&e, &a).unwrap();
         assert!(d.starts_with("mappings.properties.title."), "{d}");
         let a = json!({"dynamic": "strict", "properties": {"title": {"type": "text", "analyzer": "ru_en"}, "extra": {"type": "keyword"}}});
-        let d = first_difference("mappings", &e, &a).unwrap();
+        let d = mapping_difference(&e, &a).unwrap();
         assert!(d.contains("properties.extra"), "{d}");
         let a = json!({"dynamic": "strict", "properties": {}});
-        assert!(first_difference("mappings", &e, &a).unwrap().contains("found nothing"));
-        assert_eq!(first_difference("m", &json!({"x": true}), &json!({"x": "true"})), None);
+        assert!(mapping_difference(&e, &a).unwrap().contains("found nothing"));
+        assert_eq!(mapping_difference(&json!({"x": true}), &json!({"x": "true"})), None);
     }
 
     #[test]

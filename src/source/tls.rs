@@ -39,16 +39,9 @@ pub(super) fn client_config(config: &Config) -> Result<Option<rustls::ClientConf
 
 /// CA certificates from a PEM file, for the setting `var`.
 pub(crate) fn read_roots(var: &str, path: &std::path::Path) -> Result<RootCertStore> {
-    use rustls::pki_types::pem::PemObject;
-    let bad = |why: String| Error::Config(format!("{var}='{}': {why}", path.display()));
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(format!("cannot read it ({e}); expected a PEM file of CA certificates")))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| bad(format!("not a PEM certificate ({e})")))?;
-        roots.add(cert).map_err(|e| bad(format!("unusable certificate ({e})")))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("holds no certificate; expected a PEM file of CA certificates".into()));
+    for cert in crate::pem::ca_certificates(var, path)? {
+        roots.add(cert).map_err(|e| Error::Config(format!("{var}='{}': unusable certificate ({e})", path.display())))?;
     }
     Ok(roots)
 }
