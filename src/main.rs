@@ -110,7 +110,7 @@ fn with_runtime<T, F: std::future::Future<Output = pg2es::Result<T>>>(task: impl
 /// The report on stdout; 1 with a one-line summary on stderr when the index differs.
 fn print_verify(report: &VerifyReport, index: &str, json: bool) -> pg2es::Result<ExitCode> {
     if json {
-        let text = serde_json::to_string_pretty(report).map_err(|e| Error::Config(format!("cannot encode the report: {e}")))?;
+        let text = serde_json::to_string_pretty(report).map_err(|e| Error::Encode(format!("the report: {e}")))?;
         println!("{text}");
     } else {
         print!("{}", report.render());

@@ -273,7 +273,7 @@ impl<'a> FilmPages<'a> {
         Ok(FilmPages {
             config,
             tls: PgTls::from_config(config)?,
-            policy: RetryPolicy { initial: config.backoff_initial, cap: config.backoff_max },
+            policy: RetryPolicy::from_config(config),
             shutdown,
             source: Mutex::new(None),
             after: Uuid::nil(),
@@ -289,7 +289,7 @@ impl<'a> FilmPages<'a> {
         self.done = films.len() < self.config.batch_size;
         for film in &films {
             let (doc, _) = to_document(film);
-            let source = serde_json::to_value(&doc).map_err(|e| Error::Config(format!("cannot encode film {}: {e}", film.id)))?;
+            let source = serde_json::to_value(&doc).map_err(|e| Error::Encode(format!("film {}: {e}", film.id)))?;
             out.push_back(OrderedDoc { id: film.id, source });
             self.after = film.id;
         }
