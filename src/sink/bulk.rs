@@ -15,28 +15,38 @@ pub struct EncodedDoc {
     pub lines: Vec<u8>,
 }
 
-pub fn encode<T: serde::Serialize>(index: &str, id: &str, doc: &T) -> serde_json::Result<EncodedDoc> {
+/// An `index` action and its document. With a version, the write is refused when the stored
+/// document has a higher one (`external_gte`): a `409 version_conflict_engine_exception` then counts as stored.
+pub fn encode<T: serde::Serialize>(index: &str, id: &str, version: Option<u64>, doc: &T) -> serde_json::Result<EncodedDoc> {
     let mut lines = Vec::with_capacity(1024);
     // The action line written directly: no map built per document.
-    lines.extend_from_slice(b"{\"index\":{\"_index\":");
-    serde_json::to_writer(&mut lines, index)?;
-    lines.extend_from_slice(b",\"_id\":");
-    serde_json::to_writer(&mut lines, id)?;
-    lines.extend_from_slice(b"}}\n");
+    action_line(&mut lines, "index", index, id, version)?;
     serde_json::to_writer(&mut lines, doc)?;
     lines.push(b'\n');
     Ok(EncodedDoc { id: id.to_string(), lines })
 }
 
-/// A `delete` action for the document `id` (no source line).
-pub fn encode_delete(index: &str, id: &str) -> serde_json::Result<EncodedDoc> {
-    let mut lines = Vec::with_capacity(96);
-    lines.extend_from_slice(b"{\"delete\":{\"_index\":");
-    serde_json::to_writer(&mut lines, index)?;
-    lines.extend_from_slice(b",\"_id\":");
-    serde_json::to_writer(&mut lines, id)?;
-    lines.extend_from_slice(b"}}\n");
+/// A `delete` action for the document `id` (no source line), versioned like [`encode`].
+pub fn encode_delete(index: &str, id: &str, version: Option<u64>) -> serde_json::Result<EncodedDoc> {
+    let mut lines = Vec::with_capacity(128);
+    action_line(&mut lines, "delete", index, id, version)?;
     Ok(EncodedDoc { id: id.to_string(), lines })
+}
+
+fn action_line(out: &mut Vec<u8>, action: &str, index: &str, id: &str, version: Option<u64>) -> serde_json::Result<()> {
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(action.as_bytes());
+    out.extend_from_slice(b"\":{\"_index\":");
+    serde_json::to_writer(&mut *out, index)?;
+    out.extend_from_slice(b",\"_id\":");
+    serde_json::to_writer(&mut *out, id)?;
+    if let Some(v) = version {
+        out.extend_from_slice(b",\"version\":");
+        out.extend_from_slice(v.to_string().as_bytes());
+        out.extend_from_slice(b",\"version_type\":\"external_gte\"");
+    }
+    out.extend_from_slice(b"}}\n");
+    Ok(())
 }
 
 /// Splits documents into request bodies of at most `max_docs` documents and about `max_bytes`
@@ -99,15 +109,31 @@ pub enum BulkItemOutcome {
     Rejected { status: u16, reason: String },
 }
 
+/// Longest part of a reason kept from one error: Elasticsearch 8 and 9 quote the field's value
+/// ("Preview of field's value: ..."), which can be as long as the document.
+const REASON_PART: usize = 300;
+
+/// `type: reason`, then each `caused_by` the same way (Elasticsearch 8 and 9 put the actual
+/// cause, such as an immense term, there), every part cut at `REASON_PART` characters.
 fn reason(item: &BulkItem) -> String {
-    match &item.error {
-        Some(e) => {
-            let kind = e.get("type").and_then(|t| t.as_str()).unwrap_or("error");
-            let why = e.get("reason").and_then(|r| r.as_str()).unwrap_or("");
-            format!("{kind}: {why}")
-        }
-        None => format!("status {}", item.status),
+    let Some(error) = &item.error else { return format!("status {}", item.status) };
+    let mut parts = Vec::new();
+    let mut cause = Some(error);
+    while let Some(e) = cause.filter(|_| parts.len() < 4) {
+        let kind = e.get("type").and_then(|t| t.as_str()).unwrap_or("error");
+        let why = e.get("reason").and_then(|r| r.as_str()).unwrap_or("");
+        let why: String = match why.char_indices().nth(REASON_PART) {
+            Some((cut, _)) => format!("{}…", &why[..cut]),
+            None => why.to_string(),
+        };
+        parts.push(format!("{kind}: {why}"));
+        cause = e.get("caused_by");
     }
+    parts.join("; caused by ")
+}
+
+fn is_version_conflict(item: &BulkItem) -> bool {
+    item.error.as_ref().and_then(|e| e.get("type")).and_then(|t| t.as_str()) == Some("version_conflict_engine_exception")
 }
 
 /// Outcomes in request order. Errors when the response does not answer every document.
@@ -126,6 +152,8 @@ pub fn classify(resp: &BulkResponse, sent: usize) -> Result<Vec<BulkItemOutcome>
                 200..=299 => BulkItemOutcome::Stored,
                 // Deleting a document that is not there: it is gone, which is what was asked.
                 404 if action == "delete" => BulkItemOutcome::Stored,
+                // The index holds a newer state than this write (a higher version): nothing to do.
+                409 if is_version_conflict(item) => BulkItemOutcome::Stored,
                 s if status_is_transient(s) => BulkItemOutcome::Retry { reason: reason(item) },
                 s => BulkItemOutcome::Rejected { status: s, reason: reason(item) },
             }
@@ -153,7 +181,7 @@ mod tests {
 
     #[test]
     fn encoding_is_two_ndjson_lines() {
-        let e = encode("movies", "a1", &serde_json::json!({"title": "x\ny"})).unwrap();
+        let e = encode("movies", "a1", None, &serde_json::json!({"title": "x\ny"})).unwrap();
         let text = String::from_utf8(e.lines).unwrap();
         assert_eq!(text, "{\"index\":{\"_index\":\"movies\",\"_id\":\"a1\"}}\n{\"title\":\"x\\ny\"}\n");
         let action: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
@@ -190,8 +218,25 @@ mod tests {
         let raw = r#"{"errors":true,"items":[{"index":{"_id":"1","status":404,"error":{"type":"index_not_found_exception","reason":"no such index"}}}]}"#;
         let resp: BulkResponse = serde_json::from_str(raw).unwrap();
         assert!(matches!(classify(&resp, 1).unwrap()[0], BulkItemOutcome::Rejected { status: 404, .. }));
-        let d = encode_delete("movies", "a1").unwrap();
+        let d = encode_delete("movies", "a1", None).unwrap();
         assert_eq!(String::from_utf8(d.lines).unwrap(), "{\"delete\":{\"_index\":\"movies\",\"_id\":\"a1\"}}\n");
+    }
+
+    /// Elasticsearch 8.19's answer to a 20,000-character title (shape as seen on the matrix node):
+    /// the field's value quoted at the top, the immense term in `caused_by`.
+    #[test]
+    fn nested_causes_are_kept_and_long_reasons_cut() {
+        let preview = "Ж".repeat(20_000);
+        let raw = serde_json::json!({"errors": true, "items": [{"index": {"_id": "1", "status": 400, "error": {
+            "type": "document_parsing_exception",
+            "reason": format!("[1:22] failed to parse field [title.raw] of type [keyword] in document with id '1'. Preview of field's value: '{preview}'"),
+            "caused_by": {"type": "illegal_argument_exception", "reason": "Document contains at least one immense term in field=\"title.raw\""}
+        }}}]});
+        let resp: BulkResponse = serde_json::from_value(raw).unwrap();
+        let BulkItemOutcome::Rejected { status: 400, reason } = &classify(&resp, 1).unwrap()[0] else { panic!() };
+        assert!(reason.starts_with("document_parsing_exception: [1:22] failed to parse field [title.raw]"), "{reason}");
+        assert!(reason.contains("; caused by illegal_argument_exception: Document contains at least one immense term"), "{reason}");
+        assert!(reason.chars().count() < 1_000, "{} characters", reason.chars().count());
     }
 
     #[test]
