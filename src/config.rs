@@ -41,7 +41,11 @@ pub const SETTINGS: &[Setting] = &[
     setting("ETL_RECONCILE_SEC", Some("300"), "how often the index's document ids are checked against Postgres's films, removing documents of deleted films (also after a full load); 0 turns it off"),
     setting("ETL_DEAD_LETTER_MAX_RATIO", Some("0.5"), "above this share of documents refused for good (over the last 100, from 10 on), pg2es stops without saving progress instead of dead-lettering them: the mapping is wrong, not the rows; 1 turns the check off"),
     setting("ETL_BATCH_SIZE", Some("500"), "rows read per query and documents per bulk request"),
-    setting("ETL_CYCLE_SEC", Some("10"), "pause between two cycles in continuous mode (seconds, from 0.1 to 86400, may be fractional)"),
+    setting("PG2ES_SOURCE", Some("polling"), "how changes are found: polling (timestamps; no privileges needed) or replication (logical replication: a publication and a pgoutput slot)"),
+    setting("PG_REPLICATION_SLOT", None, "replication slot of PG2ES_SOURCE=replication (default pg2es_<ES_INDEX>)"),
+    setting("PG_PUBLICATION", None, "publication of PG2ES_SOURCE=replication (default pg2es_<PG_SCHEMA>)"),
+    setting("ETL_SLOT_MAX_RETAINED_MB", Some("1024"), "with PG2ES_SOURCE=replication, a warning when the slot retains more WAL than this"),
+    setting("ETL_CYCLE_SEC", Some("10"), "pause between two cycles in continuous mode (seconds, from 0.1 to 86400, may be fractional); 0.2 by default with PG2ES_SOURCE=replication"),
     setting("ETL_STATE_FILE", Some("state/pg2es-state.json"), "durable watermarks; a .lock file beside it keeps one instance"),
     setting("ETL_DEAD_LETTER_FILE", Some("state/pg2es-dead-letter.jsonl"), "documents Elasticsearch rejected for good (JSON lines)"),
     setting("ETL_TIMESTAMP_COLUMN", Some("auto"), "change-tracking column: auto, or a name such as updated_at or modified"),
@@ -277,6 +281,7 @@ pub struct Config {
     /// `None`: reconciliation only after a full load.
     pub reconcile_every: Option<Duration>,
     pub batch_size: usize,
+    pub source: SourceKind,
     pub cycle: Duration,
     pub state_file: PathBuf,
     pub dead_letter_file: PathBuf,
@@ -287,6 +292,27 @@ pub struct Config {
     pub commit_horizon: HorizonPolicy,
     /// Where each value shown by `print-config` came from, by its label there.
     origins: BTreeMap<&'static str, String>,
+}
+
+/// Where changes come from (`PG2ES_SOURCE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    Polling,
+    Replication(ReplicationSettings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationSettings {
+    pub slot: String,
+    pub publication: String,
+    pub max_retained_bytes: u64,
+}
+
+/// A replication slot or publication name from another name: lower case, `[a-z0-9_]`, at most 63.
+fn replication_name(base: &str) -> String {
+    let mut name: String = base.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    name.truncate(63);
+    name
 }
 
 /// How far behind "now" a watermark must stay so that no transaction still open can commit rows
@@ -546,7 +572,31 @@ impl Config {
         };
 
         // Below a tenth of a second the loop would mostly poll an idle database.
-        let cycle_sec: f64 = src.number("ETL_CYCLE_SEC", 0.1, 86_400.0, "a number of seconds")?;
+        let mut cycle_sec: f64 = src.number("ETL_CYCLE_SEC", 0.1, 86_400.0, "a number of seconds")?;
+        let source = match src.string("PG2ES_SOURCE").as_deref() {
+            Some("polling") | None => SourceKind::Polling,
+            Some("replication") => {
+                let name = |env: &str, default: String| -> Result<String> {
+                    match src.string(env) {
+                        None => Ok(replication_name(&default)),
+                        Some(v) if v.len() <= 63 && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') => Ok(v),
+                        Some(_) => Err(src.bad(env, "a name of lower-case letters, digits and _ (at most 63)")),
+                    }
+                };
+                let es_index = src.string("ES_INDEX").unwrap_or_default();
+                let pg_schema = src.string("PG_SCHEMA").unwrap_or_default();
+                // Replication is for changes within a second: poll the slot often unless told otherwise.
+                if matches!(src.get("ETL_CYCLE_SEC").map(|r| &r.origin), Some(Origin::Default)) {
+                    cycle_sec = 0.2;
+                }
+                SourceKind::Replication(ReplicationSettings {
+                    slot: name("PG_REPLICATION_SLOT", format!("pg2es_{es_index}"))?,
+                    publication: name("PG_PUBLICATION", format!("pg2es_{pg_schema}"))?,
+                    max_retained_bytes: src.number("ETL_SLOT_MAX_RETAINED_MB", 1u64, 1 << 30, "a whole number of MiB")? << 20,
+                })
+            }
+            Some(_) => return Err(src.bad("PG2ES_SOURCE", "polling or replication")),
+        };
 
         let timestamp_column = match src.string("ETL_TIMESTAMP_COLUMN").as_deref() {
             None | Some("auto") => TimestampColumn::Auto,
@@ -588,6 +638,7 @@ impl Config {
                 secs => Some(Duration::from_secs(secs)),
             },
             batch_size: src.number("ETL_BATCH_SIZE", 1usize, 100_000, "a whole number")?,
+            source,
             cycle: Duration::from_secs_f64(cycle_sec),
             state_file: path_setting(src, "ETL_STATE_FILE")?,
             dead_letter_file: path_setting(src, "ETL_DEAD_LETTER_FILE")?,
@@ -655,6 +706,20 @@ impl Config {
         line(&mut out, "ETL_DEAD_LETTER_MAX_RATIO", &self.dead_letter_max_ratio);
         line(&mut out, "ETL_RECONCILE_SEC", &self.reconcile_every.map_or(0, |d| d.as_secs()));
         line(&mut out, "ETL_BATCH_SIZE", &self.batch_size);
+        match &self.source {
+            SourceKind::Polling => {
+                line(&mut out, "PG2ES_SOURCE", &"polling");
+                for unused in ["PG_REPLICATION_SLOT", "PG_PUBLICATION", "ETL_SLOT_MAX_RETAINED_MB"] {
+                    line(&mut out, unused, &"(not used: PG2ES_SOURCE=polling)");
+                }
+            }
+            SourceKind::Replication(r) => {
+                line(&mut out, "PG2ES_SOURCE", &"replication");
+                line(&mut out, "PG_REPLICATION_SLOT", &r.slot);
+                line(&mut out, "PG_PUBLICATION", &r.publication);
+                line(&mut out, "ETL_SLOT_MAX_RETAINED_MB", &(r.max_retained_bytes >> 20));
+            }
+        }
         line(&mut out, "ETL_CYCLE_SEC", &self.cycle.as_secs_f64());
         line(&mut out, "ETL_STATE_FILE", &self.state_file.display());
         line(&mut out, "ETL_DEAD_LETTER_FILE", &self.dead_letter_file.display());

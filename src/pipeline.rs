@@ -239,7 +239,7 @@ async fn reconcile<S: ChangeSource, K: IndexSink>(source: &S, sink: &K, checkpoi
         // Only canonical film ids are pg2es's: other documents are left for `verify` to report.
         let films: Vec<uuid::Uuid> = ids.iter().filter_map(|id| uuid::Uuid::parse_str(id).ok().filter(|u| u.to_string() == *id)).collect();
         let existing: std::collections::HashSet<uuid::Uuid> = source.existing(&films).await?.into_iter().collect();
-        let gone: Vec<IndexAction> = films.iter().filter(|f| !existing.contains(f)).map(|f| IndexAction::Delete { id: f.to_string() }).collect();
+        let gone: Vec<IndexAction> = films.iter().filter(|f| !existing.contains(f)).map(|f| IndexAction::Delete { id: f.to_string(), version: None }).collect();
         if !gone.is_empty() {
             deleted += gone.len();
             sink.write(gone, shutdown).await?;
@@ -325,7 +325,7 @@ async fn load_batch<K: IndexSink>(batch: ChangeBatch, sink: &K, shutdown: &Shutd
             Change::Upsert(film) => film,
             Change::Delete(id) => {
                 deleted += 1;
-                actions.push(IndexAction::Delete { id: id.to_string() });
+                actions.push(IndexAction::Delete { id: id.to_string(), version: batch.version });
                 continue;
             }
         };
@@ -341,7 +341,7 @@ async fn load_batch<K: IndexSink>(batch: ChangeBatch, sink: &K, shutdown: &Shutd
         if !notes.unknown_role_names.is_empty() {
             tracing::warn!(film = %doc.id, roles = %notes.unknown_role_names.join(","), people = notes.unknown_roles, "people with unknown roles left out of the document");
         }
-        actions.push(IndexAction::Index { id: doc.id.to_string(), doc });
+        actions.push(IndexAction::Index { id: doc.id.to_string(), doc, version: batch.version });
     }
     let load = if actions.is_empty() { LoadReport::default() } else { sink.write(actions, shutdown).await? };
     Ok(Loaded { films, deleted, load, unknown_roles, bad_ratings, completes: batch.completes, receipt: batch.receipt })

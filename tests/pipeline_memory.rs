@@ -43,7 +43,7 @@ impl ChangeSource for MemorySource {
             let changes = ids.map(|n| Change::Upsert(film(n))).collect();
             let after = Some(Uuid::from_u128((b + 1) * self.per_batch));
             let completes = vec![PositionDelta::FullLoad(Snapshot { after, done: b + 1 == self.batches })];
-            if tx.send(ChangeBatch { changes, completes, receipt: Receipt::default() }).await.is_err() {
+            if tx.send(ChangeBatch { changes, completes, ..ChangeBatch::default() }).await.is_err() {
                 break;
             }
         }
@@ -100,8 +100,8 @@ impl IndexSink for MemorySink {
         let mut docs = self.docs.lock().unwrap();
         for a in &actions {
             match a {
-                IndexAction::Index { id, doc } => docs.insert(id.clone(), doc.title.clone().unwrap_or_default()),
-                IndexAction::Delete { id } => docs.remove(id),
+                IndexAction::Index { id, doc, .. } => docs.insert(id.clone(), doc.title.clone().unwrap_or_default()),
+                IndexAction::Delete { id, .. } => docs.remove(id),
             };
         }
         self.written.lock().unwrap().insert(batch);

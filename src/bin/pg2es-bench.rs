@@ -152,7 +152,7 @@ async fn replay(config: &Config, file: &PathBuf, concurrency: usize, gzip: bool)
     for (n, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         let doc: MovieDocument = serde_json::from_str(&line).map_err(|e| format!("{}:{}: {e}", file.display(), n + 1))?;
-        encoded.push(bulk::encode(&config.es_index, &doc.id.to_string(), &doc).map_err(|e| e.to_string())?);
+        encoded.push(bulk::encode(&config.es_index, &doc.id.to_string(), None, &doc).map_err(|e| e.to_string())?);
     }
     let bodies: Vec<bytes::Bytes> =
         bulk::chunk(&encoded, config.batch_size, config.bulk_max_bytes).into_iter().map(|r| bulk::body(&encoded[r])).collect();

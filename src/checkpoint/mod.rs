@@ -80,6 +80,10 @@ pub struct State {
     /// below this one is loaded. Absent until the log is installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_log: Option<u64>,
+    /// Logical replication: every change committed before this WAL position is loaded (the
+    /// slot is advanced to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<u64>,
     /// When the index's documents were last checked against Postgres's films (reconciliation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciled_at: Option<DateTime<Utc>>,
@@ -100,6 +104,8 @@ pub enum PositionDelta {
     DeleteLog { done: u64 },
     /// The index's documents were checked against Postgres's films at this time.
     Reconciled { at: DateTime<Utc> },
+    /// Logical replication is loaded up to this WAL position.
+    Replication { lsn: u64 },
 }
 
 /// A delta that does not fit the state: applying it would move progress back, or it belongs to
@@ -210,12 +216,28 @@ impl State {
                     Ok(())
                 }
             },
+            PositionDelta::Replication { lsn } => match self.replication {
+                Some(current) if *lsn < current => Err(PositionError::Backwards {
+                    what: "the replication position".into(),
+                    from: lsn_text(current),
+                    to: lsn_text(*lsn),
+                }),
+                _ => {
+                    self.replication = Some(*lsn);
+                    Ok(())
+                }
+            },
             PositionDelta::Reconciled { at } => {
                 self.reconciled_at = Some(self.reconciled_at.map_or(*at, |t| t.max(*at)));
                 Ok(())
             }
         }
     }
+}
+
+/// A WAL position as Postgres writes it (`16/B374D848`).
+pub fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
 /// The state file and its lock, held for the life of the process.
@@ -389,6 +411,9 @@ mod tests {
         assert_eq!((c.state().clone(), std::fs::read(&path).unwrap()), before);
         let err = c.commit(&[PositionDelta::FullLoad(Snapshot::default())]).unwrap_err();
         assert!(matches!(err, Error::Position { source: PositionError::NoFullLoad, .. }), "{err}");
+        c.commit(&[PositionDelta::Replication { lsn: 0x16_B374_D848 }]).unwrap();
+        let err = c.commit(&[PositionDelta::Replication { lsn: 5 }]).unwrap_err().to_string();
+        assert!(err.contains("from 16/B374D848 to 0/5"), "{err}");
         // Reconciliation times only move forward, silently keeping the later one.
         let t = Utc.timestamp_opt(100, 0).unwrap();
         c.commit(&[PositionDelta::Reconciled { at: t }]).unwrap();

@@ -112,8 +112,8 @@ impl std::fmt::Display for IndexBootstrap {
 /// What the pipeline asks of the index for one changed film.
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexAction {
-    Index { id: String, doc: MovieDocument },
-    Delete { id: String },
+    Index { id: String, doc: MovieDocument, version: Option<u64> },
+    Delete { id: String, version: Option<u64> },
 }
 
 /// Index settings by flat name; `None`: not set on the index (its default applies).
@@ -422,8 +422,8 @@ impl IndexSink for ElasticsearchSink {
         let mut encoded = Vec::with_capacity(actions.len());
         for action in actions {
             let line = match &action {
-                IndexAction::Index { id, doc } => bulk::encode(&self.index, id, doc),
-                IndexAction::Delete { id } => bulk::encode_delete(&self.index, id),
+                IndexAction::Index { id, doc, version } => bulk::encode(&self.index, id, *version, doc),
+                IndexAction::Delete { id, version } => bulk::encode_delete(&self.index, id, *version),
             };
             encoded.push(line.map_err(|e| Error::Encode(format!("document {}: {e}", action.id())))?);
         }
@@ -468,7 +468,7 @@ pub fn full_load_settings() -> IndexSettings {
 impl IndexAction {
     pub fn id(&self) -> &str {
         match self {
-            IndexAction::Index { id, .. } | IndexAction::Delete { id } => id,
+            IndexAction::Index { id, .. } | IndexAction::Delete { id, .. } => id,
         }
     }
 }

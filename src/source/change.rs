@@ -36,6 +36,10 @@ pub struct ChangeBatch {
     pub completes: Vec<PositionDelta>,
     /// Handed back to [`ChangeSource::acknowledge`] once `completes` is durable.
     pub receipt: Receipt,
+    /// Orders the states the changes were read in (a WAL position): a write carrying a lower
+    /// version than the document's is refused by the index, so a late older state never
+    /// overwrites a newer one. `None`: unversioned (polling applies batches in read order).
+    pub version: Option<u64>,
 }
 
 /// What a source wants to hear back once a batch is durable (polling: the rows whose films are

@@ -8,6 +8,7 @@ pub mod delete_log;
 mod change;
 mod polling;
 mod queries;
+mod reading;
 mod recent;
 mod tls;
 

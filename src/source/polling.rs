@@ -14,18 +14,16 @@
 
 use std::sync::Mutex;
 
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::change::{Change, ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
-use super::{delete_log, Horizon, PgSource, PgTls, RecentlyLoaded};
-use crate::checkpoint::{PositionDelta, Snapshot, State, Stream, Watermark};
+use super::change::{ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
+use super::{delete_log, reading, Horizon, PgSource, PgTls, RecentlyLoaded};
+use crate::checkpoint::{PositionDelta, State, Stream, Watermark};
 use crate::config::Config;
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
-use crate::transform::FilmWork;
 
 pub struct PollingSource {
     config: Config,
@@ -78,36 +76,6 @@ impl PollingSource {
         Ok(marks)
     }
 
-    /// Streams every film after the full load's position, in id order, as batches. Returns the
-    /// films read and whether the load reached its end.
-    async fn read_full_load(&self, from: Snapshot, tx: &mpsc::Sender<ChangeBatch>, shutdown: &Shutdown, progress: Option<&Progress>) -> Result<(usize, bool)> {
-        let pg = self.pg()?;
-        let batch_size = self.config.batch_size;
-        if let Some(p) = progress {
-            p.start(pg.films_left(from.after).await?);
-        }
-        let films = pg.scan_films(from.after).await?;
-        futures_util::pin_mut!(films);
-        let (mut read, mut after) = (0, from.after);
-        let mut batch = Vec::with_capacity(batch_size);
-        while let Some(film) = films.next().await {
-            let film = film?;
-            after = Some(film.id);
-            batch.push(Change::Upsert(film));
-            read += 1;
-            if batch.len() == batch_size {
-                let changes = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
-                let completes = vec![PositionDelta::FullLoad(Snapshot { after, done: false })];
-                if !send(tx, ChangeBatch { changes, completes, ..ChangeBatch::default() }).await || shutdown.is_triggered() {
-                    return Ok((read, false));
-                }
-            }
-        }
-        let completes = vec![PositionDelta::FullLoad(Snapshot { after, done: true })];
-        let finished = send(tx, ChangeBatch { changes: batch, completes, ..ChangeBatch::default() }).await;
-        Ok((read, finished))
-    }
-
     /// The change streams from their watermarks. False when stopped early.
     async fn read_streams(&self, state: &State, tx: &mpsc::Sender<ChangeBatch>, shutdown: &Shutdown, report: &mut ReadReport) -> Result<bool> {
         let pg = self.pg()?;
@@ -133,7 +101,7 @@ impl PollingSource {
                     saved = Some(target);
                 }
                 let receipt = Receipt { rows: vec![(stream, page.fresh)] };
-                if !self.send_films(tx, &page.film_ids, completes, receipt).await? {
+                if !reading::send_films(pg, tx, &page.film_ids, batch_size, None, completes, receipt).await? {
                     return Ok(false);
                 }
                 cursor = Some(page.last);
@@ -173,7 +141,7 @@ impl PollingSource {
                     completes.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
                 }
             }
-            if !self.send_films(tx, &page.film_ids, completes, Receipt::default()).await? {
+            if !reading::send_films(pg, tx, &page.film_ids, self.config.batch_size, None, completes, Receipt::default()).await? {
                 return Ok(false);
             }
             if last_page {
@@ -183,36 +151,6 @@ impl PollingSource {
         }
     }
 
-    /// Reads these films and sends them: those found as upserts, the others as deletes. The
-    /// last batch carries `completes` (also when there is no film at all).
-    async fn send_films(&self, tx: &mpsc::Sender<ChangeBatch>, ids: &[Uuid], completes: Vec<PositionDelta>, receipt: Receipt) -> Result<bool> {
-        let pg = self.pg()?;
-        let chunks: Vec<&[Uuid]> = ids.chunks(self.config.batch_size).collect();
-        if chunks.is_empty() {
-            return Ok(send(tx, ChangeBatch { changes: Vec::new(), completes, receipt }).await);
-        }
-        let (last, mut end) = (chunks.len() - 1, Some((completes, receipt)));
-        for (i, ids) in chunks.into_iter().enumerate() {
-            let changes = upserts_and_deletes(ids, pg.films(ids).await?);
-            let (completes, receipt) = if i == last { end.take().unwrap_or_default() } else { Default::default() };
-            if !send(tx, ChangeBatch { changes, completes, receipt }).await {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-}
-
-/// The films found, as upserts, and a delete for every id asked for that is gone.
-fn upserts_and_deletes(ids: &[Uuid], films: Vec<FilmWork>) -> Vec<Change> {
-    let found: std::collections::HashSet<Uuid> = films.iter().map(|f| f.id).collect();
-    let gone = ids.iter().filter(|id| !found.contains(id)).map(|id| Change::Delete(*id));
-    films.into_iter().map(Change::Upsert).chain(gone).collect()
-}
-
-/// Sends a batch; false when the receiver has stopped.
-async fn send(tx: &mpsc::Sender<ChangeBatch>, batch: ChangeBatch) -> bool {
-    tx.send(batch).await.is_ok()
 }
 
 fn log_horizon(h: &Horizon) {
@@ -272,7 +210,7 @@ impl ChangeSource for PollingSource {
     async fn read(&self, state: &State, tx: mpsc::Sender<ChangeBatch>, shutdown: &Shutdown, progress: Option<&Progress>) -> Result<ReadReport> {
         let mut report = ReadReport::default();
         if let Some(snapshot) = state.snapshot_in_progress() {
-            let (films, finished) = self.read_full_load(snapshot, &tx, shutdown, progress).await?;
+            let (films, finished) = reading::full_load(self.pg()?, snapshot, self.config.batch_size, None, &tx, shutdown, progress).await?;
             report.rows.insert(Stream::FilmWork, films);
             if !finished {
                 return Ok(report);

@@ -1,0 +1,90 @@
+//! Reading films for any source: the full load's streamed scan, and "these films changed" turned
+//! into batches of upserts (the film as it is now) and deletes (the film is gone).
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::change::{Change, ChangeBatch, Receipt};
+use super::PgSource;
+use crate::checkpoint::{PositionDelta, Snapshot};
+use crate::error::Result;
+use crate::progress::Progress;
+use crate::shutdown::Shutdown;
+use crate::transform::FilmWork;
+
+/// Streams every film after the full load's position, in id order, as batches of `batch_size`,
+/// each completing the full load up to its last film. Returns the films read and whether the load
+/// reached its end.
+pub async fn full_load(
+    pg: &PgSource,
+    from: Snapshot,
+    batch_size: usize,
+    version: Option<u64>,
+    tx: &mpsc::Sender<ChangeBatch>,
+    shutdown: &Shutdown,
+    progress: Option<&Progress>,
+) -> Result<(usize, bool)> {
+    if let Some(p) = progress {
+        p.start(pg.films_left(from.after).await?);
+    }
+    let films = pg.scan_films(from.after).await?;
+    futures_util::pin_mut!(films);
+    let (mut read, mut after) = (0, from.after);
+    let mut batch = Vec::with_capacity(batch_size);
+    while let Some(film) = films.next().await {
+        let film = film?;
+        after = Some(film.id);
+        batch.push(Change::Upsert(film));
+        read += 1;
+        if batch.len() == batch_size {
+            let changes = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+            let completes = vec![PositionDelta::FullLoad(Snapshot { after, done: false })];
+            if !send(tx, ChangeBatch { changes, completes, version, ..ChangeBatch::default() }).await || shutdown.is_triggered() {
+                return Ok((read, false));
+            }
+        }
+    }
+    let completes = vec![PositionDelta::FullLoad(Snapshot { after, done: true })];
+    let finished = send(tx, ChangeBatch { changes: batch, completes, version, ..ChangeBatch::default() }).await;
+    Ok((read, finished))
+}
+
+/// Reads these films and sends them: those found as upserts, the others as deletes, in batches of
+/// `batch_size`. The last batch carries `completes` and `receipt` (also when `ids` is empty).
+/// False when the receiver has stopped.
+pub async fn send_films(
+    pg: &PgSource,
+    tx: &mpsc::Sender<ChangeBatch>,
+    ids: &[Uuid],
+    batch_size: usize,
+    version: Option<u64>,
+    completes: Vec<PositionDelta>,
+    receipt: Receipt,
+) -> Result<bool> {
+    let chunks: Vec<&[Uuid]> = ids.chunks(batch_size.max(1)).collect();
+    if chunks.is_empty() {
+        return Ok(send(tx, ChangeBatch { changes: Vec::new(), completes, receipt, version }).await);
+    }
+    let (last, mut end) = (chunks.len() - 1, Some((completes, receipt)));
+    for (i, ids) in chunks.into_iter().enumerate() {
+        let changes = upserts_and_deletes(ids, pg.films(ids).await?);
+        let (completes, receipt) = if i == last { end.take().unwrap_or_default() } else { Default::default() };
+        if !send(tx, ChangeBatch { changes, completes, receipt, version }).await {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The films found, as upserts, and a delete for every id asked for that is gone.
+fn upserts_and_deletes(ids: &[Uuid], films: Vec<FilmWork>) -> Vec<Change> {
+    let found: std::collections::HashSet<Uuid> = films.iter().map(|f| f.id).collect();
+    let gone = ids.iter().filter(|id| !found.contains(id)).map(|id| Change::Delete(*id));
+    films.into_iter().map(Change::Upsert).chain(gone).collect()
+}
+
+/// Sends a batch; false when the receiver has stopped.
+async fn send(tx: &mpsc::Sender<ChangeBatch>, batch: ChangeBatch) -> bool {
+    tx.send(batch).await.is_ok()
+}
