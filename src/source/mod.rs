@@ -5,6 +5,7 @@
 //! skipped nor read twice. A changed genre or person fans out to every film it is linked to.
 
 pub mod delete_log;
+pub mod pgoutput;
 mod change;
 mod polling;
 mod queries;
