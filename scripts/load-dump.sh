@@ -13,6 +13,8 @@ psql_q() { psql -v ON_ERROR_STOP=1 -q -X "$@"; }
 
 for target in "$db" "${db}_ref"; do
   if [ -n "$(psql -X -At -d postgres -c "SELECT 1 FROM pg_database WHERE datname = '$target'")" ]; then
+    # A replication slot (PG2ES_SOURCE=replication) keeps its database from being dropped.
+    psql_q -d postgres -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '$target'" >/dev/null
     psql_q -d postgres -c "ALTER DATABASE \"$target\" WITH IS_TEMPLATE false"
     psql_q -d postgres -c "DROP DATABASE \"$target\" WITH (FORCE)"
   fi

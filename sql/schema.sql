@@ -56,3 +56,7 @@ CREATE INDEX IF NOT EXISTS person_film_work_updated_at_id_idx ON content.person_
 CREATE INDEX IF NOT EXISTS genre_film_work_genre_id_idx       ON content.genre_film_work (genre_id);
 CREATE INDEX IF NOT EXISTS person_film_work_person_id_idx     ON content.person_film_work (person_id);
 CREATE INDEX IF NOT EXISTS person_film_work_film_work_id_idx  ON content.person_film_work (film_work_id);
+-- Logical replication (PG2ES_SOURCE=replication): a deleted link row must name its film, so the
+-- link tables log their whole old row (the default identity, the primary key, gives only the id).
+ALTER TABLE content.genre_film_work REPLICA IDENTITY FULL;
+ALTER TABLE content.person_film_work REPLICA IDENTITY FULL;

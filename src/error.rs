@@ -35,6 +35,11 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// Postgres is not set up for what was asked (logical replication: wal_level, REPLICATION,
+    /// replica identity, publication, slot). The message says what to change.
+    #[error("postgres setup: {0}")]
+    SourceSetup(String),
+
     /// The source tables do not look like the catalog we know how to read.
     #[error("postgres schema: {0}")]
     SourceSchema(String),
@@ -170,6 +175,7 @@ impl Error {
             }
             Error::BulkRetriesExhausted { .. } | Error::Unreadable { .. } => Retry::WaitFor(Service::Elasticsearch),
             Error::Config(_)
+            | Error::SourceSetup(_)
             | Error::SourceSchema(_)
             | Error::MappingConflict { .. }
             | Error::SystematicRejection { .. }

@@ -16,13 +16,13 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::checkpoint::{Checkpoint, PositionDelta, State, Stream};
-use crate::config::Config;
+use crate::config::{Config, SourceKind};
 use crate::error::{Error, Result, Retry};
 use crate::progress::Progress;
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 use crate::sink::{read_index_definition, ElasticsearchSink, IndexAction, IndexBootstrap, IndexSettings, IndexSink, LoadReport, full_load_settings};
-use crate::source::{Change, ChangeBatch, ChangeSource, PollingSource, Receipt};
+use crate::source::{Change, ChangeBatch, ChangeSource, PollingSource, Receipt, ReplicationSource};
 use crate::transform::into_document;
 
 /// Batches read ahead of the writer. Small: memory stays flat however large the tables are.
@@ -89,6 +89,8 @@ pub struct CycleReport {
     pub reconciled: Option<usize>,
     /// Shutdown came before every change was loaded.
     pub interrupted: bool,
+    /// The source has more changes waiting (the next cycle starts at once).
+    pub more: bool,
 }
 
 /// Runs until shutdown (continuous) or after one full pass (once). Fatal errors return; transient
@@ -98,13 +100,17 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
     let mut checkpoint = Checkpoint::open(&config.state_file, &config.es_index)?;
     let definition = read_index_definition(&config.es_schema_file)?;
     let sink = ElasticsearchSink::new(config)?;
-    let mut source = PollingSource::new(config)?;
     let mut options = Options::from_config(config, mode);
     let engine = sink.engine(shutdown).await?;
     let bootstrap = retry(&options.retry, shutdown, "check index", || sink.ensure_index(&definition)).await?;
     options.index_empty_at_start = bootstrap == IndexBootstrap::Created || sink.count(shutdown).await? == 0;
     tracing::info!(index = %config.es_index, url = %config.es_url, engine = %engine, bootstrap = %bootstrap, state = %config.state_file.display(), "pg2es started");
-    let outcome = run_cycles(&mut source, &sink, &mut checkpoint, &options, shutdown).await;
+    let outcome = match &config.source {
+        SourceKind::Polling => run_cycles(&mut PollingSource::new(config)?, &sink, &mut checkpoint, &options, shutdown).await,
+        SourceKind::Replication(settings) => {
+            run_cycles(&mut ReplicationSource::new(config, settings)?, &sink, &mut checkpoint, &options, shutdown).await
+        }
+    };
     // A full load cut short (shutdown, a fatal error) leaves the index searchable while stopped.
     if let Err(e) = restore_settings(&sink, &mut checkpoint, shutdown).await {
         tracing::warn!(error = %e, "could not put the index settings back; the next start does");
@@ -132,10 +138,11 @@ pub async fn run_cycles<S: ChangeSource, K: IndexSink>(
             Ok(report) => {
                 delays = options.retry.delays();
                 log_cycle(&report, started.elapsed());
-                let interrupted = report.interrupted;
+                let (interrupted, more) = (report.interrupted, report.more);
                 reports.push(report);
-                // A pass is whole once no full load is pending (a TRUNCATE starts a reload).
-                let pending = checkpoint.state().snapshot_in_progress().is_some();
+                // A pass is whole once no full load is pending (a TRUNCATE starts a reload) and
+                // the source has nothing more waiting.
+                let pending = more || checkpoint.state().snapshot_in_progress().is_some();
                 if interrupted || (options.mode == Mode::Once && !pending) {
                     break;
                 }
@@ -197,7 +204,7 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
     // A writer error is the cause when both failed: the reader only saw the channel close.
     let mut report = written?;
     let read = read?;
-    (report.rows, report.already_loaded, report.logged_films) = (read.rows, read.already_loaded, read.logged_films);
+    (report.rows, report.already_loaded, report.logged_films, report.more) = (read.rows, read.already_loaded, read.logged_films, read.more);
     report.interrupted |= shutdown.is_triggered();
     // The full load is over, or stopped by shutdown: the index gets its own settings back.
     restore_settings(sink, checkpoint, shutdown).await?;

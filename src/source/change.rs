@@ -67,8 +67,10 @@ pub struct ReadReport {
     pub rows: BTreeMap<Stream, usize>,
     /// Rows read again only because of the commit horizon, unchanged: their films were not sent.
     pub already_loaded: usize,
-    /// Films named by the delete log.
+    /// Films named by the delete log (polling) or the replication stream.
     pub logged_films: usize,
+    /// More changes are waiting: the next cycle starts at once.
+    pub more: bool,
 }
 
 pub trait ChangeSource: Sync {

@@ -11,10 +11,12 @@ mod polling;
 mod queries;
 mod reading;
 mod recent;
+mod replication;
 mod tls;
 
 pub use change::{Change, ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 pub use polling::PollingSource;
+pub use replication::ReplicationSource;
 pub use recent::{RecentlyLoaded, RowVersion};
 
 use chrono::{DateTime, Utc};
@@ -85,6 +87,12 @@ impl PgSource {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The films linked to these genres or people (`stream` Genre or Person).
+    pub async fn films_of(&self, stream: Stream, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        let rows = self.client.query(self.statements.fan_out(stream), &[&ids]).await.map_err(Error::postgres("find films of changed rows"))?;
+        rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<Uuid>, _>>().map_err(Error::postgres("read film id"))
     }
 
     /// Which of these films exist.

@@ -59,6 +59,7 @@ impl TestEnv {
     pub async fn on(name: &str, es: &str) -> TestEnv {
         let admin = connect(&pg_admin_dsn()).await;
         let db_name = format!("pg2es_t_{name}");
+        drop_slots(&admin, &db_name).await;
         admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await.unwrap();
         admin
             .batch_execute(&format!("CREATE DATABASE {db_name} TEMPLATE movies_ref"))
@@ -172,8 +173,16 @@ impl TestEnv {
         self.delete_index().await;
         drop(self.db);
         let admin = connect(&pg_admin_dsn()).await;
+        drop_slots(&admin, &format!("pg2es_t_{}", self.name)).await;
         let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS pg2es_t_{} WITH (FORCE)", self.name)).await;
     }
+}
+
+/// Replication slots of a database keep it from being dropped (and keep WAL): drop them first.
+pub async fn drop_slots(admin: &Client, db_name: &str) {
+    let _ = admin
+        .execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active", &[&db_name])
+        .await;
 }
 
 fn replace_db(dsn: &str, db: &str) -> String {
