@@ -118,14 +118,41 @@ async fn install_delete_capture(env: &TestEnv) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_sigkill_at_random_moments() {
-    let mut env = TestEnv::new("fault_kill").await;
+    kills(Source::Polling).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_sigkill_at_random_moments_with_replication() {
+    kills(Source::Replication).await;
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Source {
+    /// With the delete capture triggers installed.
+    Polling,
+    Replication,
+}
+
+/// A test database set up for the source: triggers for polling, `PG2ES_SOURCE` for replication
+/// (the template's link tables have the replica identity it needs).
+async fn env_for(name: &str, source: Source) -> TestEnv {
+    let suffix = if source == Source::Replication { "_repl" } else { "" };
+    let mut env = TestEnv::new(&format!("{name}{suffix}")).await;
+    match source {
+        Source::Polling => install_delete_capture(&env).await,
+        Source::Replication => env.extra_env.push(("PG2ES_SOURCE".into(), "replication".into())),
+    }
+    env
+}
+
+async fn kills(source: Source) {
+    let mut env = env_for("fault_kill", source).await;
     env.extra_env.push(("ETL_BATCH_SIZE".into(), "40".into()));
     env.extra_env.push(("ETL_CYCLE_SEC".into(), "0.2".into()));
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     println!("kill test seed {seed}");
     let mut rng = Rng(seed | 1);
     let log = env.dir.path().join("pg2es.log");
-    install_delete_capture(&env).await;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mutator = tokio::spawn(mutate(env.dsn.clone(), seed, stop_rx));
@@ -188,14 +215,13 @@ fn attempts(log: &Path, service: &str) -> usize {
     text.lines().filter(|l| l.contains(&format!("waiting_for={service}"))).count()
 }
 
-async fn outage(service: &str, stack_name: &str) {
-    let mut env = TestEnv::new(&format!("fault_outage_{stack_name}")).await;
+async fn outage(service: &str, stack_name: &str, source: Source) {
+    let mut env = env_for(&format!("fault_outage_{stack_name}"), source).await;
     let policy = RetryPolicy { initial: Duration::from_millis(200), cap: Duration::from_secs(4) };
     env.extra_env.push(("ETL_BACKOFF_INITIAL_MS".into(), "200".into()));
     env.extra_env.push(("ETL_BACKOFF_MAX_SEC".into(), "4".into()));
     env.extra_env.push(("ETL_CYCLE_SEC".into(), "0.5".into()));
     let log = env.dir.path().join("pg2es.log");
-    install_delete_capture(&env).await;
     let mut child = spawn(&env, &log);
     common::eventually(Duration::from_secs(60), "initial load", || async { env.try_count().await == Some(999) }).await;
 
@@ -235,17 +261,27 @@ async fn outage(service: &str, stack_name: &str) {
     assert!(made >= 3, "{service}: expected pg2es to wait with retries, saw {made} attempts");
     assert!(made <= allowed, "{service}: {made} attempts in {recovered:?}, more than the backoff allows ({allowed})");
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains(&format!("{service} unavailable, retrying")), "the log must say what it waits for");
+    assert!(text.contains(&format!("{service} unavailable")) && text.contains("retrying"), "the log must say what it waits for");
     assert_consistent(&env).await;
     env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_is_waited_out_without_a_retry_storm() {
-    outage("postgres", "pg").await;
+    outage("postgres", "pg", Source::Polling).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_with_replication() {
+    outage("postgres", "pg", Source::Replication).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_outage_with_replication() {
+    outage("elasticsearch", "es", Source::Replication).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elasticsearch_outage_is_waited_out_without_a_retry_storm() {
-    outage("elasticsearch", "es").await;
+    outage("elasticsearch", "es", Source::Polling).await;
 }

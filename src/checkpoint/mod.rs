@@ -219,8 +219,8 @@ impl State {
             PositionDelta::Replication { lsn } => match self.replication {
                 Some(current) if *lsn < current => Err(PositionError::Backwards {
                     what: "the replication position".into(),
-                    from: lsn_text(current),
-                    to: lsn_text(*lsn),
+                    from: crate::source::pgoutput::format_lsn(current),
+                    to: crate::source::pgoutput::format_lsn(*lsn),
                 }),
                 _ => {
                     self.replication = Some(*lsn);
@@ -233,11 +233,6 @@ impl State {
             }
         }
     }
-}
-
-/// A WAL position as Postgres writes it (`16/B374D848`).
-pub fn lsn_text(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
 /// The state file and its lock, held for the life of the process.

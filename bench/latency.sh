@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Commit-to-stored latency of pg2es in continuous mode: N single-film updates, one at a time,
+# each timed from its commit until a realtime GET of the document shows it (no refresh needed).
+# Usage: bench/latency.sh [polling|replication] [N]   (local stack; prints one JSON line)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+source_kind=${1:-replication}
+n=${2:-20}
+export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-app} PGPASSWORD=${PGPASSWORD:-123qwe}
+es=${ES_URL:-http://127.0.0.1:9200}
+db=bench_latency_$source_kind
+index=$db
+dir=$(mktemp -d)
+cleanup() {
+  [ -n "${pid:-}" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  psql -X -q -d postgres -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '$db'" >/dev/null 2>&1 || true
+  psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true
+  curl -s -o /dev/null -XDELETE "$es/$index"
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+cleanup
+psql -X -q -d postgres -c "CREATE DATABASE $db TEMPLATE movies_ref"
+curl -s -o /dev/null -XDELETE "$es/$index"
+PG_DSN="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$db" ES_URL=$es ES_INDEX=$index PG2ES_SOURCE=$source_kind \
+  ETL_CYCLE_SEC=0.2 ETL_STATE_FILE=$dir/state.json ETL_DEAD_LETTER_FILE=$dir/dead.jsonl LOG_FORMAT=json \
+  target/release/pg2es run 2>"$dir/pg2es.log" &
+pid=$!
+for _ in $(seq 300); do grep -q '"cycle done"' "$dir/pg2es.log" && break; sleep 0.1; done
+sleep 1
+ids=$(psql -X -At -d "$db" -c "SELECT id FROM content.film_work ORDER BY id LIMIT $n")
+times=()
+i=0
+for id in $ids; do
+  i=$((i + 1))
+  title="latency $i $RANDOM"
+  psql -X -q -d "$db" -c "UPDATE content.film_work SET title = '$title', updated_at = now() WHERE id = '$id'"
+  start=$(date +%s%N)
+  for _ in $(seq 1000); do
+    curl -s "$es/$index/_doc/$id" | grep -q "\"$title\"" && break
+    sleep 0.01
+  done
+  times+=($(( ($(date +%s%N) - start) / 1000000 )))
+  sleep 0.3
+done
+printf '%s\n' "${times[@]}" | sort -n | awk -v kind="$source_kind" '{ a[NR] = $1 } END {
+  printf "{\"source\":\"%s\",\"samples\":%d,\"p50_ms\":%d,\"p90_ms\":%d,\"max_ms\":%d}\n", kind, NR, a[int((NR + 1) / 2)], a[int(NR * 0.9 + 0.5)], a[NR] }'
