@@ -11,16 +11,16 @@ export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-app} 
 es=${ES_URL:-http://127.0.0.1:9200}
 db=bench_latency_$source_kind
 index=$db
-dir=$(mktemp -d)
 cleanup() {
   [ -n "${pid:-}" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
   psql -X -q -d postgres -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '$db'" >/dev/null 2>&1 || true
   psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true
   curl -s -o /dev/null -XDELETE "$es/$index"
-  rm -rf "$dir"
+  rm -rf "${dir:-}"
 }
 trap cleanup EXIT
 cleanup
+dir=$(mktemp -d)
 psql -X -q -d postgres -c "CREATE DATABASE $db TEMPLATE movies_ref"
 curl -s -o /dev/null -XDELETE "$es/$index"
 PG_DSN="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$db" ES_URL=$es ES_INDEX=$index PG2ES_SOURCE=$source_kind \
@@ -28,6 +28,7 @@ PG_DSN="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$db" ES_URL=$es ES_INDEX=
   target/release/pg2es run 2>"$dir/pg2es.log" &
 pid=$!
 for _ in $(seq 300); do grep -q '"cycle done"' "$dir/pg2es.log" && break; sleep 0.1; done
+grep -q '"cycle done"' "$dir/pg2es.log" || { echo "latency: pg2es did no cycle in 30 s:" >&2; tail -n 5 "$dir/pg2es.log" >&2; exit 1; }
 sleep 1
 ids=$(psql -X -At -d "$db" -c "SELECT id FROM content.film_work ORDER BY id LIMIT $n")
 times=()
@@ -38,7 +39,8 @@ for id in $ids; do
   psql -X -q -d "$db" -c "UPDATE content.film_work SET title = '$title', updated_at = now() WHERE id = '$id'"
   start=$(date +%s%N)
   for _ in $(seq 1000); do
-    curl -s "$es/$index/_doc/$id" | grep -q "\"$title\"" && break
+    doc=$(curl -s "$es/$index/_doc/$id") || true
+    [[ $doc == *"\"$title\""* ]] && break
     sleep 0.01
   done
   times+=($(( ($(date +%s%N) - start) / 1000000 )))

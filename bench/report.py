@@ -56,6 +56,11 @@ def table(r):
         f"| continuous mode (`ETL_CYCLE_SEC=1`): rename to visible | {v['all_visible_sec']:.2f} s | from the commit until all {v['docs']} films "
         f"match the new name in search; the first after {v['first_visible_sec']:.2f} s |",
     ]
+    st = r.get("steady")
+    if st:
+        rows.append(f"| continuous mode: documents sent per change under steady load | {st['docs_per_change']:.2f} | {st['changes']} single-film "
+                    f"updates at {st['rate_per_sec']} per second: {st['stored']} documents sent in {st['cycles']} cycles; {st['rows_read']} changed rows read, "
+                    f"{st['rows_already_loaded']} of them read again within the commit horizon and not sent again |")
     cc, fc = r.get("ceiling_cpu"), r.get("full_cpu")
     if cc and fc:
         cores = int(machine_cores())
@@ -82,6 +87,21 @@ def table(r):
         rows.append(f"| PGSync peak RSS | {mib(p['peak_rss_kb'])} | `/usr/bin/time -v` |")
         rows.append(f"| PGSync CPU, user + sys | {p['cpu_sec']:.2f} s | |")
     return "\n".join(rows)
+
+
+def latency(runs):
+    """Commit-to-stored latency of single-film updates, per source."""
+    rows = ["## Replication latency", "",
+            "From an `UPDATE` of one film's title (its commit) until a realtime `GET` of the document shows it "
+            "(no refresh needed), pg2es running continuously with `ETL_CYCLE_SEC=0.2` on the reference catalog; "
+            "one update at a time, 0.3 s apart (`bench/latency.sh SOURCE N`).", "",
+            "| source | samples | median | 90th percentile | slowest |", "|---|---|---|---|---|"]
+    for r in runs:
+        rows.append(f"| {r['source']} | {r['samples']} | {r['p50_ms']} ms | {r['p90_ms']} ms | {r['max_ms']} ms |")
+    rows += ["", "Polling is as quick at the same cycle; it cannot see deletes without the triggers, needs change "
+             "timestamps that applications keep right, and reads the horizon's overlap again each cycle "
+             "(`ETL_CYCLE_SEC` is 10 s by default there).", ""]
+    return rows
 
 
 def machine_cores():
@@ -165,6 +185,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--command", required=True, help="the command that produced the results")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--latency", help="bench/latency.sh results for both sources (a JSON list)")
     ap.add_argument("results", nargs="+")
     args = ap.parse_args()
     results = [json.load(open(p)) for p in args.results]
@@ -203,6 +224,8 @@ def main():
             table(r),
             "",
         ]
+    if args.latency:
+        parts += latency(json.load(open(args.latency)))
     parts += ["## Targets", "", targets(results), ""]
     parts += reading(results)
     parts += [
@@ -236,6 +259,10 @@ def main():
         "- **Continuous mode**: `pg2es run` with `ETL_CYCLE_SEC=1`; once its first cycle is done, "
         "`pg2es-bench visibility` renames the fan-out person and polls `_count` every 50 ms for documents whose "
         "names match the new one. This includes the index's `refresh_interval` (1 s).",
+        "- **Documents sent per change under steady load**: on the same running pg2es, single-film updates "
+        "(one per transaction, 20 per second by default, `BENCH_STEADY_CHANGES`, `BENCH_STEADY_RATE`); the "
+        "documents its cycle lines report as stored, divided by the updates. Rows read again only because of the "
+        "commit horizon are counted separately.",
         "- **PGSync** (`bench/pgsync.sh`): PGSync from PyPI in `bench/.venv`, Redis from Debian on 127.0.0.1; "
         "`bootstrap` (triggers, replication slot; not timed), then one `pgsync` pass under `/usr/bin/time -v` into a "
         "fresh index from `es_schema.json`, with pg2es's batch size and as many bulk requests in flight "

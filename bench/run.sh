@@ -5,8 +5,10 @@
 #      plain (best of two), then gzip-compressed; and the full load's query alone (pg2es-bench scan-cost)
 #   3. pg2es full load into a fresh index: docs/s, peak RSS, CPU seconds
 #   4. incremental runs: 1 % of films touched, then the fan-out person renamed
-#   5. continuous mode: seconds from the rename's commit until every film shows the new name
+#   5. continuous mode: seconds from the rename's commit until every film shows the new name, then
+#      documents sent per change under a steady stream of single-film updates
 #   6. PGSync, a peer, on the same catalog (bench/pgsync.sh; BENCH_PGSYNC=0 skips it)
+# and, once, the commit-to-stored latency of a film update for both sources (bench/latency.sh)
 # then writes BENCHMARKS.md (bench/report.py). Everything it creates is named bench_<N>*; it is
 # dropped at the end, and before starting in case a previous run was interrupted.
 # Usage: bench/run.sh [N ...]   (default $BENCH_FILMS, else "10000 100000"; 10k and 1M work too)
@@ -24,6 +26,8 @@ export ES_BULK_CONCURRENCY=${BENCH_CONCURRENCY:-${ES_BULK_CONCURRENCY:-2}}
 seed=${BENCH_SEED:-42}
 report=${BENCH_REPORT:-BENCHMARKS.md}
 fanout_person=f0f0f0f0-0000-4000-8000-000000000001
+steady_changes=${BENCH_STEADY_CHANGES:-600}
+steady_rate=${BENCH_STEADY_RATE:-20}
 read -r -a sizes <<< "${*:-${BENCH_FILMS:-10000 100000}}"
 
 say() { echo "bench: $*" >&2; }
@@ -177,9 +181,26 @@ for n in "${sizes[@]}"; do
   PG_DSN="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/bench_$n" target/release/pg2es-bench visibility \
       --index "bench_${n}_pg2es" --person-id "$fanout_person" --expect "$fanout_films" >"$dir/visibility.json" \
     || { kill -TERM "$pg2es_pid"; die "the rename did not become visible, see $dir/continuous.log"; }
+  say "visibility: $(cat "$dir/visibility.json")"
+
+  # Steady load on the same running pg2es: one film updated per transaction, $steady_changes of
+  # them $steady_rate per second, then documents sent per change (the commit horizon makes each
+  # cycle read the last second's rows again; only changed rows may be sent again).
+  sleep 3
+  cycles_before=$(grep -c '"cycle done"' "$dir/continuous.log")
+  psql_bench -c "SELECT id FROM content.film_work ORDER BY id OFFSET 100 LIMIT $steady_changes" \
+    | awk -v pause="$(awk -v r="$steady_rate" 'BEGIN { printf "%.4f", 1 / r }')" \
+        '{ printf "UPDATE content.film_work SET updated_at = now() WHERE id = '\''%s'\'';\nSELECT pg_sleep(%s);\n", $1, pause }' \
+    | psql_bench >/dev/null
+  sleep 4
+  tail -n +"$(( cycles_before + 1 ))" <(grep '"cycle done"' "$dir/continuous.log") \
+    | jq -s --argjson changes "$steady_changes" --argjson rate "$steady_rate" '
+        map(.fields) | { changes: $changes, rate_per_sec: $rate, cycles: length, rows_read: (map(.film_rows) | add),
+          rows_already_loaded: (map(.rows_already_loaded // 0) | add), stored: (map(.stored) | add),
+          docs_per_change: ((map(.stored) | add) / $changes) }' >"$dir/steady.json"
   kill -TERM "$pg2es_pid"
   wait "$pg2es_pid" || die "continuous pg2es did not stop cleanly, see $dir/continuous.log"
-  say "visibility: $(cat "$dir/visibility.json")"
+  say "steady load: $(jq -c . "$dir/steady.json")"
 
   pgsync='null'
   if [ "${BENCH_PGSYNC:-1}" = 1 ]; then
@@ -193,16 +214,23 @@ for n in "${sizes[@]}"; do
         --slurpfile ceiling "$dir/ceiling.json" --slurpfile ceiling_gzip "$dir/ceiling-gzip.json" \
         --slurpfile scan "$dir/scan-cost.json" --slurpfile full "$dir/full.json" \
         --slurpfile incremental "$dir/incremental.json" --slurpfile fanout "$dir/fanout.json" \
-        --slurpfile visibility "$dir/visibility.json" --argjson pgsync "$pgsync" \
+        --slurpfile visibility "$dir/visibility.json" --slurpfile steady "$dir/steady.json" --argjson pgsync "$pgsync" \
         --slurpfile ceiling_cpu "$dir/ceiling-cpu.json" --slurpfile full_cpu "$dir/full-cpu.json" \
         '{ films: $films, seed: $seed, gen_sec: $gen_sec, gen: $gen, touched: $touched, fanout_films: $fanout_films,
            ceiling: $ceiling[0], ceiling_gzip: $ceiling_gzip[0], scan: $scan[0], full: $full[0], incremental: $incremental[0], fanout: $fanout[0],
            ceiling_cpu: $ceiling_cpu[0], full_cpu: $full_cpu[0],
-           visibility: $visibility[0], pgsync: $pgsync }' > "$out/results-$n.json"
+           visibility: $visibility[0], steady: $steady[0], pgsync: $pgsync }' > "$out/results-$n.json"
   cleanup "$n"
 done
 
+# Commit-to-stored latency of one film update, on the reference catalog, for both sources.
+for kind in replication polling; do
+  bench/latency.sh "$kind" "${BENCH_LATENCY_SAMPLES:-20}" >"$out/latency-$kind.json"
+  say "latency ($kind): $(cat "$out/latency-$kind.json")"
+done
+jq -s . "$out/latency-replication.json" "$out/latency-polling.json" >"$out/latency.json"
+
 results=()
 for n in "${sizes[@]}"; do results+=("$out/results-$n.json"); done
-python3 bench/report.py --command "${BENCH_COMMAND:-bench/run.sh ${sizes[*]}}" --out "$report" "${results[@]}"
+python3 bench/report.py --command "${BENCH_COMMAND:-bench/run.sh ${sizes[*]}}" --out "$report" --latency "$out/latency.json" "${results[@]}"
 say "wrote $report"

@@ -75,7 +75,9 @@ async fn exit_codes_after_sigterm_follow_one_rule() {
         set(&mut v, "PG_DSN", &format!("postgres://app:123qwe@{}/movies", closed_port()));
         v
     };
-    let cases: [(&str, &Vec<(String, String)>, &[&str], i32); 5] = [
+    // What pg2es waits for, its settings, its arguments, and the exit code after SIGTERM.
+    type Case<'a> = (&'a str, &'a Vec<(String, String)>, &'a [&'a str], i32);
+    let cases: [Case; 5] = [
         ("elasticsearch", &es_down, &["run", "--once"], 4),
         ("postgres", &pg_down, &["run", "--once"], 4),
         ("elasticsearch", &es_down, &["verify"], 4),

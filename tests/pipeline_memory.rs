@@ -92,7 +92,7 @@ impl IndexSink for MemorySink {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_in_flight.fetch_max(now, Ordering::SeqCst);
         // Even batches are slow, odd ones quick: with two in flight, odd ones finish first.
-        tokio::time::sleep(Duration::from_millis(if batch % 2 == 0 { 30 } else { 1 })).await;
+        tokio::time::sleep(Duration::from_millis(if batch.is_multiple_of(2) { 30 } else { 1 })).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         if Some(batch) == self.fail_batch {
             return Err(Error::Config("this batch is refused".into()));

@@ -110,6 +110,8 @@ impl std::fmt::Display for IndexBootstrap {
 }
 
 /// What the pipeline asks of the index for one changed film.
+// Deletes are the rare case: boxing the document would cost an allocation per indexed film.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexAction {
     Index { id: String, doc: MovieDocument, version: Option<u64> },
