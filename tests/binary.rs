@@ -8,9 +8,7 @@ use std::time::Duration;
 use common::{signal, wait_exit, TestEnv};
 
 fn pg2es(env: &[(String, String)], args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pg2es"));
-    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).envs(env.iter().cloned());
-    cmd
+    common::pg2es_command(env, args)
 }
 
 fn output(env: &[(String, String)], args: &[&str]) -> Output {

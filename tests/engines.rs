@@ -8,8 +8,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{signal, wait_exit, TestEnv};
@@ -77,19 +77,6 @@ async fn assert_consistent(env: &TestEnv) {
     assert!(report.is_consistent(), "{} differs from Postgres: {report:?}", env.es);
 }
 
-fn spawn(env: &TestEnv, log: &Path) -> Child {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_pg2es"))
-        .arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .envs(env.env_vars())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(file))
-        .spawn()
-        .expect("spawn pg2es")
-}
 
 /// A 40 kB title is an immense term for the keyword sub-field `title.raw`: Elasticsearch 8 and 9
 /// refuse that one bulk item (400) and take the rest. pg2es dead-letters it and moves on; fixing
@@ -130,7 +117,7 @@ async fn outage(node: Node) {
     env.extra_env.push(("ETL_BACKOFF_MAX_SEC".into(), "4".into()));
     env.extra_env.push(("ETL_CYCLE_SEC".into(), "0.5".into()));
     let log = env.dir.path().join("pg2es.log");
-    let mut child = spawn(&env, &log);
+    let mut child = common::spawn_run(&env, &log);
     common::eventually(Duration::from_secs(60), "initial load", || async {
         env.try_count().await == Some(999)
     })

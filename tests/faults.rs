@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{signal, wait_exit, TestEnv};
@@ -24,19 +24,6 @@ fn stack(action: &str, service: &str) {
     assert!(status.success(), "scripts/stack.sh {action} {service} failed");
 }
 
-fn spawn(env: &TestEnv, log: &Path) -> Child {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_pg2es"))
-        .arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .envs(env.env_vars())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(file))
-        .spawn()
-        .expect("spawn pg2es")
-}
 
 
 
@@ -160,7 +147,7 @@ async fn kills(source: Source) {
     let mut kills = 0;
     // 22 kills, the first ones during the initial load; bounded to 3 minutes in all.
     while kills < 22 && started.elapsed() < Duration::from_secs(180) {
-        let mut child = spawn(&env, &log);
+        let mut child = common::spawn_run(&env, &log);
         let alive = Duration::from_millis(150 + rng.below(1500));
         tokio::time::sleep(alive).await;
         signal(&child, "-KILL");
@@ -190,7 +177,7 @@ async fn sigterm_mid_load_exits_cleanly_and_keeps_state_consistent() {
     let mut env = TestEnv::new("fault_term").await;
     env.extra_env.push(("ETL_BATCH_SIZE".into(), "10".into()));
     let log = env.dir.path().join("pg2es.log");
-    let mut child = spawn(&env, &log);
+    let mut child = common::spawn_run(&env, &log);
     common::eventually(Duration::from_secs(60), "some documents loaded", || async { env.try_count().await.unwrap_or(0) > 0 }).await;
     signal(&child, "-TERM");
     let status = wait_exit(&mut child, Duration::from_secs(20));
@@ -222,7 +209,7 @@ async fn outage(service: &str, stack_name: &str, source: Source) {
     env.extra_env.push(("ETL_BACKOFF_MAX_SEC".into(), "4".into()));
     env.extra_env.push(("ETL_CYCLE_SEC".into(), "0.5".into()));
     let log = env.dir.path().join("pg2es.log");
-    let mut child = spawn(&env, &log);
+    let mut child = common::spawn_run(&env, &log);
     common::eventually(Duration::from_secs(60), "initial load", || async { env.try_count().await == Some(999) }).await;
 
     // Changes made just before the outage must arrive after it: an update and deletes.

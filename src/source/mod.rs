@@ -21,7 +21,7 @@ pub use recent::{RecentlyLoaded, RowVersion};
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::checkpoint::{SourceIdentity, Stream, Watermark};
@@ -60,18 +60,7 @@ pub struct ChangePage {
 
 impl PgSource {
     pub async fn connect(pg: &tokio_postgres::Config, tls: &PgTls, schema: &str, ts: &TimestampColumn) -> Result<PgSource> {
-        let client = match tls {
-            PgTls::Off => {
-                let (client, connection) = pg.connect(NoTls).await.map_err(Error::postgres_connect("connect"))?;
-                tokio::spawn(drive(connection));
-                client
-            }
-            PgTls::Rustls(make) => {
-                let (client, connection) = pg.connect(make.clone()).await.map_err(Error::postgres_connect("connect with tls"))?;
-                tokio::spawn(drive(connection));
-                client
-            }
-        };
+        let client = delete_log::connect(pg, tls).await?;
         let layout = Layout::detect(&client, schema, ts).await?;
         let statements = queries::Statements::prepare(&client, &layout).await?;
         Ok(PgSource { client, layout, statements })

@@ -239,6 +239,13 @@ pub fn pg2es_command(env: &[(String, String)], args: &[&str]) -> std::process::C
     cmd
 }
 
+/// `pg2es run` of a test environment at log level info, stderr appended to `log`.
+pub fn spawn_run(env: &TestEnv, log: &std::path::Path) -> std::process::Child {
+    let mut vars = env.env_vars();
+    vars.push(("RUST_LOG".into(), "info".into()));
+    spawn_logged(&vars, &["run"], log)
+}
+
 /// Starts the binary with stderr appended to `log` (read it while the process runs).
 pub fn spawn_logged(env: &[(String, String)], args: &[&str], log: &std::path::Path) -> std::process::Child {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
