@@ -3,10 +3,10 @@
 //! One cycle: the source says what to save before it reads (a full load beginning) and whether
 //! the cycle is a full load; then the reader (the source) and the writer (transform and sink) run
 //! at once, joined by a bounded channel. The writer keeps up to `ES_BULK_CONCURRENCY` batches
-//! loading during a full load (one otherwise, so that two states of the same film are applied
-//! in the order they were read), and takes their results back in read order: a batch's position
-//! is committed only after the sink stored (or dead-lettered) every change of it and of every
-//! batch before it. Between cycles, documents of films that are gone are removed by
+//! loading and takes their results back in read order: a batch's position is committed only after
+//! the sink stored (or dead-lettered) every change of it and of every batch before it. Writes carry
+//! the version of the state they were read in, so two states of one film in flight at once end as
+//! the newer. Between cycles, documents of films that are gone are removed by
 //! reconciliation, every `ETL_RECONCILE_SEC` and after a full load.
 
 use std::collections::BTreeMap;
@@ -192,7 +192,8 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
         restore_settings(sink, checkpoint, shutdown).await?;
         None
     };
-    let concurrency = if plan.full_load { options.bulk_concurrency } else { 1 };
+    // Every write is versioned with the state it was read in, so requests may finish in any order.
+    let concurrency = options.bulk_concurrency;
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let start = checkpoint.state().clone();
     let reader: &S = source;

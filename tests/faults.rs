@@ -63,7 +63,7 @@ impl Rng {
 }
 
 /// Changes films, persons, genres and links while pg2es runs, until told to stop (bounded):
-/// updates, inserts and, for about half of the writes, deletes of films, links and persons.
+/// inserts, updates and deletes in all five tables, deletes being about half of the writes.
 async fn mutate(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>) -> usize {
     let db = common::connect(&dsn).await;
     let mut rng = Rng(seed | 1);
@@ -75,7 +75,7 @@ async fn mutate(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>
         let n = rng.below(1000);
         // No genre renames here: each re-indexes hundreds of films and would heal exactly the
         // losses this test exists to catch (genre fan-out has its own test).
-        let sql = match rng.below(8) {
+        let sql = match rng.below(12) {
             0 => format!("UPDATE content.film_work SET title = 'Film {n}', updated_at = now() WHERE id = {}", film(n)),
             1 => format!("UPDATE content.person SET full_name = 'Person {n}', updated_at = now() WHERE id = {}", person(n)),
             2 => format!(
@@ -90,7 +90,21 @@ async fn mutate(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>
             4 => format!("DELETE FROM content.film_work WHERE id = {}", film(n)),
             5 => format!("DELETE FROM content.person_film_work WHERE id = (SELECT id FROM content.person_film_work WHERE film_work_id = {} LIMIT 1)", film(n)),
             6 => format!("DELETE FROM content.genre_film_work WHERE id = (SELECT id FROM content.genre_film_work WHERE film_work_id = {} LIMIT 1)", film(n)),
-            _ => format!("DELETE FROM content.person WHERE id = {}", person(n)),
+            7 => format!("DELETE FROM content.person WHERE id = {}", person(n)),
+            // Genres of their own (the reference genres stay: renaming or deleting one re-indexes
+            // hundreds of films, which would heal losses): created on a film, then deleted.
+            8 => format!(
+                "WITH g AS (INSERT INTO content.genre (id, name, created_at, updated_at) VALUES (gen_random_uuid(), 'Genre {n}', now(), now()) RETURNING id)
+                 INSERT INTO content.genre_film_work (id, genre_id, film_work_id, created_at, updated_at)
+                 SELECT gen_random_uuid(), g.id, f.id, now(), now() FROM g, {} f(id)",
+                film(n)
+            ),
+            9 => "DELETE FROM content.genre WHERE id = (SELECT id FROM content.genre WHERE name LIKE 'Genre %' ORDER BY id LIMIT 1)".to_string(),
+            10 => format!("UPDATE content.genre SET name = 'Genre {n} renamed', updated_at = now() WHERE id = (SELECT id FROM content.genre WHERE name LIKE 'Genre %' ORDER BY id DESC LIMIT 1)"),
+            _ => format!(
+                "UPDATE content.person_film_work SET role = 'director', updated_at = now() WHERE id = (SELECT id FROM content.person_film_work WHERE film_work_id = {} LIMIT 1)",
+                film(n)
+            ),
         };
         db.execute(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
         done += 1;

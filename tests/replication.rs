@@ -174,18 +174,22 @@ async fn an_older_version_never_overwrites_a_newer_one() {
     let sink = ElasticsearchSink::new(&config).unwrap();
     let (_t, shutdown) = Shutdown::new();
     let id = film(&env, 0).await;
+    // The full load versioned every document with the WAL position it was read after.
+    let loaded: Value = env.http.get(format!("{}/{}/_doc/{id}", env.es, env.index)).send().await.unwrap().json().await.unwrap();
+    let v = loaded["_version"].as_u64().unwrap();
+    assert!(v > 1_000, "the full load's writes carry a WAL position as their version, not a count: {v}");
     let mut doc: pg2es::transform::MovieDocument = serde_json::from_value(env.doc(&id).await).unwrap();
     doc.title = Some("Newer".into());
-    let report = sink.write(vec![IndexAction::Index { id: id.clone(), doc: doc.clone(), version: Some(200) }], &shutdown).await.unwrap();
+    let report = sink.write(vec![IndexAction::Index { id: id.clone(), doc: doc.clone(), version: Some(v + 200) }], &shutdown).await.unwrap();
     assert_eq!(report.stored, 1);
     doc.title = Some("Older".into());
-    let report = sink.write(vec![IndexAction::Index { id: id.clone(), doc, version: Some(100) }], &shutdown).await.unwrap();
+    let report = sink.write(vec![IndexAction::Index { id: id.clone(), doc, version: Some(v + 100) }], &shutdown).await.unwrap();
     assert_eq!((report.stored, report.dead_lettered), (1, 0), "a superseded write counts as done");
     assert_eq!(stored(&env, &id).await.unwrap()["title"], "Newer");
     // An older delete does not remove a newer document either; a newer one does.
-    sink.write(vec![IndexAction::Delete { id: id.clone(), version: Some(150) }], &shutdown).await.unwrap();
+    sink.write(vec![IndexAction::Delete { id: id.clone(), version: Some(v + 150) }], &shutdown).await.unwrap();
     assert!(stored(&env, &id).await.is_some());
-    sink.write(vec![IndexAction::Delete { id: id.clone(), version: Some(300) }], &shutdown).await.unwrap();
+    sink.write(vec![IndexAction::Delete { id: id.clone(), version: Some(v + 300) }], &shutdown).await.unwrap();
     assert!(stored(&env, &id).await.is_none());
     env.cleanup().await;
 }

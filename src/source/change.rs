@@ -38,7 +38,7 @@ pub struct ChangeBatch {
     pub receipt: Receipt,
     /// Orders the states the changes were read in (a WAL position): a write carrying a lower
     /// version than the document's is refused by the index, so a late older state never
-    /// overwrites a newer one. `None`: unversioned (polling applies batches in read order).
+    /// overwrites a newer one. `None`: unversioned (a batch with no changes).
     pub version: Option<u64>,
 }
 

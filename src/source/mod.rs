@@ -84,6 +84,14 @@ impl PgSource {
         rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<Uuid>, _>>().map_err(Error::postgres("read film id"))
     }
 
+    /// The WAL insert position now: it only grows, and every commit before it is visible to a
+    /// query that starts after it.
+    pub async fn wal_position(&self) -> Result<u64> {
+        let row = self.client.query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[]).await.map_err(Error::postgres("read the WAL position"))?;
+        let text: String = row.try_get(0).map_err(Error::postgres("read the WAL position"))?;
+        pgoutput::parse_lsn(&text).ok_or_else(|| Error::SourceSetup(format!("{text:?} is not a WAL position")))
+    }
+
     /// Which of these films exist.
     pub async fn existing(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
         let rows = self.client.query(&self.statements.existing, &[&ids]).await.map_err(Error::postgres("look up films"))?;

@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::change::{ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
-use super::{delete_log, reading, Horizon, PgSource, PgTls, RecentlyLoaded};
+use super::reading::{self, Versioning};
+use super::{delete_log, Horizon, PgSource, PgTls, RecentlyLoaded};
 use crate::checkpoint::{PositionDelta, State, Stream, Watermark};
 use crate::config::Config;
 use crate::error::Result;
@@ -101,7 +102,7 @@ impl PollingSource {
                     saved = Some(target);
                 }
                 let receipt = Receipt { rows: vec![(stream, page.fresh)] };
-                if !reading::send_films(pg, tx, &page.film_ids, batch_size, None, completes, receipt).await? {
+                if !reading::send_films(pg, tx, &page.film_ids, batch_size, Versioning::AtRead, completes, receipt).await? {
                     return Ok(false);
                 }
                 cursor = Some(page.last);
@@ -141,7 +142,7 @@ impl PollingSource {
                     completes.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
                 }
             }
-            if !reading::send_films(pg, tx, &page.film_ids, self.config.batch_size, None, completes, Receipt::default()).await? {
+            if !reading::send_films(pg, tx, &page.film_ids, self.config.batch_size, Versioning::AtRead, completes, Receipt::default()).await? {
                 return Ok(false);
             }
             if last_page {
@@ -210,7 +211,10 @@ impl ChangeSource for PollingSource {
     async fn read(&self, state: &State, tx: mpsc::Sender<ChangeBatch>, shutdown: &Shutdown, progress: Option<&Progress>) -> Result<ReadReport> {
         let mut report = ReadReport::default();
         if let Some(snapshot) = state.snapshot_in_progress() {
-            let (films, finished) = reading::full_load(self.pg()?, snapshot, self.config.batch_size, None, &tx, shutdown, progress).await?;
+            // Versioned with the WAL position before the scan: every film read after it has a higher one.
+            let pg = self.pg()?;
+            let version = Some(pg.wal_position().await?);
+            let (films, finished) = reading::full_load(pg, snapshot, self.config.batch_size, version, &tx, shutdown, progress).await?;
             report.rows.insert(Stream::FilmWork, films);
             if !finished {
                 return Ok(report);

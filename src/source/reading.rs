@@ -50,6 +50,16 @@ pub async fn full_load(
     Ok((read, finished))
 }
 
+/// How the writes of a batch are versioned (see `ChangeBatch::version`).
+#[derive(Debug, Clone, Copy)]
+pub enum Versioning {
+    /// This version for every batch (replication: the stream position read up to).
+    Fixed(u64),
+    /// The WAL insert position read just before each batch's films: it only grows, so a batch
+    /// read later has a version at least as high, and a state read after it is at least as new.
+    AtRead,
+}
+
 /// Reads these films and sends them: those found as upserts, the others as deletes, in batches of
 /// `batch_size`. The last batch carries `completes` and `receipt` (also when `ids` is empty).
 /// False when the receiver has stopped.
@@ -58,16 +68,20 @@ pub async fn send_films(
     tx: &mpsc::Sender<ChangeBatch>,
     ids: &[Uuid],
     batch_size: usize,
-    version: Option<u64>,
+    versioning: Versioning,
     completes: Vec<PositionDelta>,
     receipt: Receipt,
 ) -> Result<bool> {
     let chunks: Vec<&[Uuid]> = ids.chunks(batch_size.max(1)).collect();
     if chunks.is_empty() {
-        return Ok(send(tx, ChangeBatch { changes: Vec::new(), completes, receipt, version }).await);
+        return Ok(send(tx, ChangeBatch { changes: Vec::new(), completes, receipt, version: None }).await);
     }
     let (last, mut end) = (chunks.len() - 1, Some((completes, receipt)));
     for (i, ids) in chunks.into_iter().enumerate() {
+        let version = Some(match versioning {
+            Versioning::Fixed(v) => v,
+            Versioning::AtRead => pg.wal_position().await?,
+        });
         let changes = upserts_and_deletes(ids, pg.films(ids).await?);
         let (completes, receipt) = if i == last { end.take().unwrap_or_default() } else { Default::default() };
         if !send(tx, ChangeBatch { changes, completes, receipt, version }).await {

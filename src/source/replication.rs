@@ -20,7 +20,8 @@ use uuid::Uuid;
 
 use super::change::{ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 use super::pgoutput::{self, format_lsn, parse_lsn, Lsn, Message, Relations};
-use super::{reading, PgSource, PgTls};
+use super::reading::{self, Versioning};
+use super::{PgSource, PgTls};
 use crate::checkpoint::{PositionDelta, State, Stream};
 use crate::config::{Config, ReplicationSettings};
 use crate::error::{Error, Result};
@@ -94,7 +95,7 @@ impl ReplicationSource {
         }
         let ids: Vec<Uuid> = films.into_iter().collect();
         // Read after `position`: every state read now is at least as new as the stream there.
-        reading::send_films(pg, tx, &ids, self.config.batch_size, Some(position.max(from)), completes, Receipt::default()).await?;
+        reading::send_films(pg, tx, &ids, self.config.batch_size, Versioning::Fixed(position.max(from)), completes, Receipt::default()).await?;
         Ok(())
     }
 
@@ -257,7 +258,7 @@ impl ChangeSource for ReplicationSource {
             before.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
             tracing::info!("full load: every film is read in id order; the replication stream is read from where the slot starts once it is done");
         }
-        let until = current_lsn(pg).await?;
+        let until = pg.wal_position().await?;
         self.until = Some(until);
         self.checked = true;
         let pg_for_report = self.pg.take();
@@ -298,11 +299,6 @@ enum Slot {
     Created(Lsn),
     /// Already there, confirmed up to this position.
     Existing(Lsn),
-}
-
-async fn current_lsn(pg: &PgSource) -> Result<Lsn> {
-    let row = pg.client().query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[]).await.map_err(Error::postgres("read the WAL position"))?;
-    lsn_of(row.try_get(0).map_err(Error::postgres("read the WAL position"))?)
 }
 
 fn lsn_of(text: String) -> Result<Lsn> {
