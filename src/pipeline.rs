@@ -233,29 +233,28 @@ fn reconcile_due(state: &State, options: &Options) -> bool {
     state.snapshot_in_progress().is_none() && state.reconciled_at.is_none_or(|at| chrono::Utc::now() - at >= every)
 }
 
-/// Removes the documents of films that are gone: document ids in id order, a page at a time,
-/// each page looked up in Postgres. Memory holds one page. A film created after its page was
-/// looked up is read by the change streams after this, so it is never lost.
+/// Removes the documents of films that are gone: the index's document ids a page at a time, each
+/// page looked up in Postgres. Memory holds one page. A film created after its page was looked up
+/// is read by the change streams after this, so it is never lost.
 async fn reconcile<S: ChangeSource, K: IndexSink>(source: &S, sink: &K, checkpoint: &mut Checkpoint, shutdown: &Shutdown) -> Result<(usize, usize)> {
     let started_at = chrono::Utc::now();
     let clock = Instant::now();
-    let (mut checked, mut deleted, mut after) = (0, 0, None::<String>);
+    let (mut checked, mut deleted, mut cursor) = (0, 0, None);
     loop {
-        let ids = sink.ids_after(after.as_deref(), RECONCILE_PAGE, shutdown).await?;
-        let Some(last) = ids.last().cloned() else { break };
-        checked += ids.len();
+        let page = sink.id_page(cursor, RECONCILE_PAGE, shutdown).await?;
+        checked += page.ids.len();
         // Only canonical film ids are pg2es's: other documents are left for `verify` to report.
-        let films: Vec<uuid::Uuid> = ids.iter().filter_map(|id| uuid::Uuid::parse_str(id).ok().filter(|u| u.to_string() == *id)).collect();
+        let films: Vec<uuid::Uuid> = page.ids.iter().filter_map(|id| uuid::Uuid::parse_str(id).ok().filter(|u| u.to_string() == *id)).collect();
         let existing: std::collections::HashSet<uuid::Uuid> = source.existing(&films).await?.into_iter().collect();
         let gone: Vec<IndexAction> = films.iter().filter(|f| !existing.contains(f)).map(|f| IndexAction::Delete { id: f.to_string(), version: None }).collect();
         if !gone.is_empty() {
             deleted += gone.len();
             sink.write(gone, shutdown).await?;
         }
-        if ids.len() < RECONCILE_PAGE {
-            break;
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
         }
-        after = Some(last);
     }
     checkpoint.commit(&[PositionDelta::Reconciled { at: started_at }])?;
     tracing::info!(documents = checked, deleted, elapsed_ms = clock.elapsed().as_millis() as u64, "reconciled the index with postgres");

@@ -12,7 +12,7 @@ use pg2es::pipeline::{run_cycles, Mode, Options};
 use pg2es::progress::Progress;
 use pg2es::retry::RetryPolicy;
 use pg2es::shutdown::Shutdown;
-use pg2es::sink::{IndexAction, IndexSettings, IndexSink, LoadReport};
+use pg2es::sink::{IdPage, IndexAction, IndexSettings, IndexSink, LoadReport};
 use pg2es::source::{Change, ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 use pg2es::transform::FilmWork;
 use tokio::sync::mpsc;
@@ -120,9 +120,11 @@ impl IndexSink for MemorySink {
         Ok(())
     }
 
-    async fn ids_after(&self, after: Option<&str>, limit: usize, _: &Shutdown) -> Result<Vec<String>> {
+    async fn id_page(&self, cursor: Option<String>, limit: usize, _: &Shutdown) -> Result<IdPage> {
         let docs = self.docs.lock().unwrap();
-        Ok(docs.keys().filter(|k| after.is_none_or(|a| k.as_str() > a)).take(limit).cloned().collect())
+        let ids: Vec<String> = docs.keys().filter(|k| cursor.as_ref().is_none_or(|c| *k > c)).take(limit).cloned().collect();
+        let next = (ids.len() == limit).then(|| ids.last().cloned()).flatten();
+        Ok(IdPage { ids, next })
     }
 }
 

@@ -142,8 +142,10 @@ pub trait IndexSink: Sync {
     /// Puts settings back, then makes everything written visible to search.
     fn restore_settings(&self, original: &IndexSettings, shutdown: &Shutdown) -> impl Future<Output = Result<()>> + Send;
 
-    /// Up to `limit` document ids after `after`, in id order (reconciliation).
-    fn ids_after(&self, after: Option<&str>, limit: usize, shutdown: &Shutdown) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// One page of up to `limit` document ids, in no particular order (reconciliation): the first
+    /// page with `cursor` `None`, each next with the cursor the previous returned; the last page
+    /// returns no cursor. Every document is listed once.
+    fn id_page(&self, cursor: Option<String>, limit: usize, shutdown: &Shutdown) -> impl Future<Output = Result<IdPage>> + Send;
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -446,20 +448,41 @@ impl IndexSink for ElasticsearchSink {
         self.refresh().await
     }
 
-    async fn ids_after(&self, after: Option<&str>, limit: usize, shutdown: &Shutdown) -> Result<Vec<String>> {
-        let mut query = serde_json::json!({
-            "size": limit,
-            "sort": [{ "id": "asc" }],
-            "_source": false,
-            "track_total_hits": false,
-            "query": { "exists": { "field": "id" } },
-        });
-        if let Some(after) = after {
-            query["search_after"] = serde_json::json!([after]);
+    /// A scroll in index order (`_doc`): each page costs the same however far in, where a sorted
+    /// `search_after` sorts the whole index again for every page. A page lost to a retried
+    /// request is only checked at the next reconciliation.
+    async fn id_page(&self, cursor: Option<String>, limit: usize, shutdown: &Shutdown) -> Result<IdPage> {
+        const KEEP: &str = "2m";
+        let context = "read document ids";
+        let (path, body) = match &cursor {
+            None => (
+                format!("{}/_search?scroll={KEEP}", self.index),
+                serde_json::json!({ "size": limit, "sort": ["_doc"], "_source": false }),
+            ),
+            Some(id) => ("_search/scroll".to_string(), serde_json::json!({ "scroll": KEEP, "scroll_id": id })),
+        };
+        let body = bytes::Bytes::from(serde_json::to_vec(&body).map_err(|e| Error::Encode(format!("a scroll: {e}")))?);
+        let raw = retry(&self.retry, shutdown, context, || self.send_ok(Method::POST, &path, context, Some((body.clone(), "application/json")))).await?;
+        let page: SearchResponse = serde_json::from_slice(&raw).map_err(|e| Error::Unreadable { context, reason: e.to_string() })?;
+        let ids: Vec<String> = page.hits.hits.into_iter().map(|h| h.id).collect();
+        let next = page.scroll_id.clone().filter(|_| ids.len() == limit);
+        if next.is_none() {
+            if let Some(scroll_id) = page.scroll_id.or(cursor) {
+                // Frees the scroll now rather than when it expires; a failure here costs nothing.
+                let body = serde_json::json!({ "scroll_id": [scroll_id] }).to_string();
+                let _ = self.send(Method::DELETE, "_search/scroll", "clear scroll", Some((body.into(), "application/json"))).await;
+            }
         }
-        let hits = self.search(&query, "read document ids", shutdown).await?.hits.hits;
-        Ok(hits.into_iter().map(|h| h.id).collect())
+        Ok(IdPage { ids, next })
     }
+}
+
+/// A page of [`IndexSink::id_page`].
+#[derive(Debug, Default)]
+pub struct IdPage {
+    pub ids: Vec<String>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<String>,
 }
 
 /// [`FULL_LOAD_SETTINGS`] as settings to put.
@@ -489,6 +512,8 @@ pub struct StoredDocument {
 #[derive(Debug, serde::Deserialize)]
 struct SearchResponse {
     hits: SearchHits,
+    #[serde(rename = "_scroll_id", default)]
+    scroll_id: Option<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
