@@ -61,6 +61,11 @@ def table(r):
         rows.append(f"| continuous mode: documents sent per change under steady load | {st['docs_per_change']:.2f} | {st['changes']} single-film "
                     f"updates at {st['rate_per_sec']} per second: {st['stored']} documents sent in {st['cycles']} cycles; {st['rows_read']} changed rows read, "
                     f"{st['rows_already_loaded']} of them read again within the commit horizon and not sent again |")
+    rc = r.get("reconcile")
+    if rc:
+        rows.append(f"| reconciliation after 1 % of films deleted | {rc['elapsed_ms'] / 1000:.2f} s | {rc['documents']} document ids compared with "
+                    f"Postgres, {rc['deleted']} documents deleted ({rc['films_deleted']} films were); pg2es CPU {rc['cpu_sec']:.2f} s, "
+                    f"peak RSS {mib(rc['peak_rss_kb'])} |")
     cc, fc = r.get("ceiling_cpu"), r.get("full_cpu")
     if cc and fc:
         cores = int(machine_cores())
@@ -263,6 +268,9 @@ def main():
         "(one per transaction, 20 per second by default, `BENCH_STEADY_CHANGES`, `BENCH_STEADY_RATE`); the "
         "documents its cycle lines report as stored, divided by the updates. Rows read again only because of the "
         "commit horizon are counted separately.",
+        "- **Reconciliation**: 1 % of films deleted in Postgres (no delete capture installed), then "
+        "`pg2es run --once` with `ETL_RECONCILE_SEC=1`: every document id, read by a scroll in pages of 5,000, looked "
+        "up in Postgres; the time is the one its log line reports.",
         "- **PGSync** (`bench/pgsync.sh`): PGSync from PyPI in `bench/.venv`, Redis from Debian on 127.0.0.1; "
         "`bootstrap` (triggers, replication slot; not timed), then one `pgsync` pass under `/usr/bin/time -v` into a "
         "fresh index from `es_schema.json`, with pg2es's batch size and as many bulk requests in flight "

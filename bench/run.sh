@@ -7,6 +7,7 @@
 #   4. incremental runs: 1 % of films touched, then the fan-out person renamed
 #   5. continuous mode: seconds from the rename's commit until every film shows the new name, then
 #      documents sent per change under a steady stream of single-film updates
+#   5b. reconciliation after 1 % of films were deleted
 #   6. PGSync, a peer, on the same catalog (bench/pgsync.sh; BENCH_PGSYNC=0 skips it)
 # and, once, the commit-to-stored latency of a film update for both sources (bench/latency.sh)
 # then writes BENCHMARKS.md (bench/report.py). Everything it creates is named bench_<N>*; it is
@@ -209,17 +210,29 @@ for n in "${sizes[@]}"; do
     say "pgsync: $pgsync"
   fi
 
+  # Reconciliation (after PGSync, which needs the whole catalog): 1 % of films deleted (no delete
+  # capture installed), then a pass that finds and deletes their documents by comparing every
+  # document id with Postgres.
+  gone=$(( (n + 99) / 100 ))
+  psql_bench -c "DELETE FROM content.film_work WHERE id IN (SELECT id FROM content.film_work ORDER BY md5(id::text) LIMIT $gone)"
+  sleep 1.1
+  run_pg2es reconcile "bench_${n}_pg2es" ETL_RECONCILE_SEC=1
+  jq -s --argjson gone "$gone" 'map(select(.fields.message == "reconciled the index with postgres").fields) | .[0] + { films_deleted: $gone }' \
+    "$dir/reconcile.log" >"$dir/reconcile-detail.json"
+  say "reconciliation: $(jq -c . "$dir/reconcile-detail.json")"
+
   jq -n --argjson films "$n" --argjson seed "$seed" --argjson gen_sec "$gen_sec" --arg gen "$(cat "$dir/gen.txt")" \
         --argjson touched "$touched" --argjson fanout_films "$fanout_films" \
         --slurpfile ceiling "$dir/ceiling.json" --slurpfile ceiling_gzip "$dir/ceiling-gzip.json" \
         --slurpfile scan "$dir/scan-cost.json" --slurpfile full "$dir/full.json" \
         --slurpfile incremental "$dir/incremental.json" --slurpfile fanout "$dir/fanout.json" \
         --slurpfile visibility "$dir/visibility.json" --slurpfile steady "$dir/steady.json" --argjson pgsync "$pgsync" \
+        --slurpfile reconcile "$dir/reconcile-detail.json" --slurpfile reconcile_run "$dir/reconcile.json" \
         --slurpfile ceiling_cpu "$dir/ceiling-cpu.json" --slurpfile full_cpu "$dir/full-cpu.json" \
         '{ films: $films, seed: $seed, gen_sec: $gen_sec, gen: $gen, touched: $touched, fanout_films: $fanout_films,
            ceiling: $ceiling[0], ceiling_gzip: $ceiling_gzip[0], scan: $scan[0], full: $full[0], incremental: $incremental[0], fanout: $fanout[0],
            ceiling_cpu: $ceiling_cpu[0], full_cpu: $full_cpu[0],
-           visibility: $visibility[0], steady: $steady[0], pgsync: $pgsync }' > "$out/results-$n.json"
+           visibility: $visibility[0], steady: $steady[0], reconcile: ($reconcile[0] + { cpu_sec: $reconcile_run[0].cpu_sec, peak_rss_kb: $reconcile_run[0].peak_rss_kb }), pgsync: $pgsync }' > "$out/results-$n.json"
   cleanup "$n"
 done
 
