@@ -53,7 +53,7 @@ impl PollingSource {
 
     /// The connection of this cycle (`prepare` made it).
     fn pg(&self) -> Result<&PgSource> {
-        self.pg.as_ref().ok_or_else(|| crate::Error::SourceSchema("the polling source was read before it was prepared".into()))
+        self.pg.as_ref().ok_or_else(|| crate::Error::SourceSetup("the polling source was read before it was prepared".into()))
     }
 
     async fn connect(&mut self) -> Result<&PgSource> {
@@ -80,7 +80,7 @@ impl PollingSource {
     /// The change streams from their watermarks. False when stopped early.
     async fn read_streams(&self, state: &State, tx: &mpsc::Sender<ChangeBatch>, shutdown: &Shutdown, report: &mut ReadReport) -> Result<bool> {
         let pg = self.pg()?;
-        let horizon = self.horizon.ok_or_else(|| crate::Error::SourceSchema("no horizon: the source was not prepared".into()))?;
+        let horizon = self.horizon.ok_or_else(|| crate::Error::SourceSetup("no horizon: the source was not prepared".into()))?;
         let batch_size = self.config.batch_size;
         let loaded = self.recent.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for stream in Stream::ALL {
@@ -151,7 +151,6 @@ impl PollingSource {
             after = page.film_ids.last().copied();
         }
     }
-
 }
 
 fn log_horizon(h: &Horizon) {
