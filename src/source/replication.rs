@@ -47,8 +47,8 @@ pub struct ReplicationSource {
     checked: bool,
     /// This cycle's window ends here: changes committed before it are read.
     until: Option<Lsn>,
-    /// When the stream was last read to its end (for the lag in the log).
-    caught_up_at: Instant,
+    /// When the stream was last read to its end: the lag in the log is the time since.
+    caught_up_at: std::sync::Mutex<Instant>,
     reported_at: Option<Instant>,
 }
 
@@ -61,7 +61,7 @@ impl ReplicationSource {
             pg: None,
             checked: false,
             until: None,
-            caught_up_at: Instant::now(),
+            caught_up_at: std::sync::Mutex::new(Instant::now()),
             reported_at: None,
         })
     }
@@ -84,6 +84,9 @@ impl ReplicationSource {
             }
         }
         report.more = !window.exhausted;
+        if window.exhausted {
+            *self.caught_up_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
         let position = if window.exhausted { until } else { window.last_commit_end.unwrap_or(from) };
         if position <= from && films.is_empty() && !window.reload {
             return Ok(());
@@ -99,34 +102,30 @@ impl ReplicationSource {
         Ok(())
     }
 
-    /// Logs the slot's retained WAL and lag every minute, and warns past the threshold.
-    async fn report_slot(&mut self, pg: &PgSource) -> Result<()> {
-        if self.reported_at.is_some_and(|t| t.elapsed() < SLOT_REPORT_EVERY) {
-            return Ok(());
-        }
-        self.reported_at = Some(Instant::now());
-        let row = pg
-            .client()
-            .query_opt(
-                "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::bigint, \
-                        pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn)::bigint \
-                 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
-                &[&self.settings.slot],
-            )
-            .await
-            .map_err(Error::postgres("read the replication slot"))?;
-        let Some(row) = row else { return Ok(()) };
-        let retained: Option<i64> = row.try_get(0).map_err(Error::postgres("read the replication slot"))?;
-        let unconfirmed: Option<i64> = row.try_get(1).map_err(Error::postgres("read the replication slot"))?;
-        let (retained, unconfirmed) = (retained.unwrap_or(0).max(0) as u64, unconfirmed.unwrap_or(0).max(0) as u64);
-        let lag_sec = self.caught_up_at.elapsed().as_secs();
-        if retained > self.settings.max_retained_bytes {
-            tracing::warn!(slot = %self.settings.slot, retained_bytes = retained, unconfirmed_bytes = unconfirmed, lag_sec, limit_mb = self.settings.max_retained_bytes >> 20, "the replication slot retains more WAL than ETL_SLOT_MAX_RETAINED_MB: Postgres keeps it until pg2es has loaded the changes (an open transaction also holds it)");
-        } else {
-            tracing::info!(slot = %self.settings.slot, retained_bytes = retained, unconfirmed_bytes = unconfirmed, lag_sec, "replication slot");
-        }
-        Ok(())
+}
+
+/// Logs the slot's retained WAL and lag, with a warning past the threshold.
+async fn report_slot(pg: &PgSource, settings: &ReplicationSettings, lag_sec: u64) -> Result<()> {
+    let row = pg
+        .client()
+        .query_opt(
+            "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::bigint, \
+                    pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn)::bigint \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&settings.slot],
+        )
+        .await
+        .map_err(Error::postgres("read the replication slot"))?;
+    let Some(row) = row else { return Ok(()) };
+    let retained: Option<i64> = row.try_get(0).map_err(Error::postgres("read the replication slot"))?;
+    let unconfirmed: Option<i64> = row.try_get(1).map_err(Error::postgres("read the replication slot"))?;
+    let (retained, unconfirmed) = (retained.unwrap_or(0).max(0) as u64, unconfirmed.unwrap_or(0).max(0) as u64);
+    if retained > settings.max_retained_bytes {
+        tracing::warn!(slot = %settings.slot, retained_bytes = retained, unconfirmed_bytes = unconfirmed, lag_sec, limit_mb = settings.max_retained_bytes >> 20, "the replication slot retains more WAL than ETL_SLOT_MAX_RETAINED_MB: Postgres keeps it until pg2es has loaded the changes (an open transaction also holds it)");
+    } else {
+        tracing::info!(slot = %settings.slot, retained_bytes = retained, unconfirmed_bytes = unconfirmed, lag_sec, "replication slot");
     }
+    Ok(())
 }
 
 /// What one window of the stream names.
@@ -165,55 +164,39 @@ async fn read_window(pg: &PgSource, settings: &ReplicationSettings, schema: &str
 
 /// What one message adds to the window.
 fn apply(window: &mut Window, relations: &mut Relations, schema: &str, message: Message) -> Result<()> {
-    let bad = |e: pgoutput::DecodeError| Error::SourceSetup(e.to_string());
-    let uuid = |text: Option<&str>, what: &str| -> Result<Option<Uuid>> {
-        text.map(|t| Uuid::parse_str(t).map_err(|_| Error::SourceSetup(format!("{what} {t:?} is not a uuid")))).transpose()
-    };
-    let table = |relations: &Relations, id: u32| relations.get(id).filter(|r| r.namespace == schema).map(|r| r.name.clone());
+    let ours = |relations: &Relations, id: u32| relations.get(id).is_some_and(|r| r.namespace == schema && TABLES.contains(&r.name.as_str()));
     match message {
         Message::Relation(r) => relations.remember(r),
         Message::Commit { end_lsn, .. } => window.last_commit_end = Some(end_lsn),
-        Message::Truncate { relations: ids, .. } => {
-            window.reload |= ids.iter().any(|id| table(relations, *id).is_some_and(|t| TABLES.contains(&t.as_str())));
+        Message::Truncate { relations: ids, .. } => window.reload |= ids.iter().any(|id| ours(relations, *id)),
+        Message::Insert { relation, new } | Message::Update { relation, new, old: None } if ours(relations, relation) => {
+            note(window, relations, relation, &new, false)?;
         }
-        Message::Insert { relation, new: tuple } | Message::Update { relation, new: tuple, old: None } => {
-            let Some(name) = table(relations, relation) else { return Ok(()) };
-            note(window, &name, relations, relation, &tuple, false, bad, uuid)?;
+        Message::Update { relation, new, old: Some(old) } if ours(relations, relation) => {
+            note(window, relations, relation, &new, false)?;
+            note(window, relations, relation, &old, true)?;
         }
-        Message::Update { relation, new, old: Some(old) } => {
-            let Some(name) = table(relations, relation) else { return Ok(()) };
-            note(window, &name, relations, relation, &new, false, bad, uuid)?;
-            note(window, &name, relations, relation, &old, true, bad, uuid)?;
-        }
-        Message::Delete { relation, old } => {
-            let Some(name) = table(relations, relation) else { return Ok(()) };
-            note(window, &name, relations, relation, &old, true, bad, uuid)?;
-        }
-        Message::Begin { .. } | Message::Type { .. } | Message::Origin { .. } | Message::Other { .. } => {}
+        Message::Delete { relation, old } if ours(relations, relation) => note(window, relations, relation, &old, true)?,
+        _ => {}
     }
     Ok(())
 }
 
-/// The films one row version names. `gone`: an old row (deleted, or before an update).
-#[allow(clippy::too_many_arguments)]
-fn note(
-    window: &mut Window,
-    table: &str,
-    relations: &Relations,
-    relation: u32,
-    tuple: &pgoutput::Tuple,
-    gone: bool,
-    bad: impl Fn(pgoutput::DecodeError) -> Error,
-    uuid: impl Fn(Option<&str>, &str) -> Result<Option<Uuid>>,
-) -> Result<()> {
-    let column = |name: &str| relations.text(relation, tuple, name).map_err(&bad);
+/// The films one row version of one of the five tables names. `gone`: an old row (deleted, or
+/// before an update).
+fn note(window: &mut Window, relations: &Relations, relation: u32, tuple: &pgoutput::Tuple, gone: bool) -> Result<()> {
+    let uuid = |column: &str| -> Result<Option<Uuid>> {
+        let text = relations.text(relation, tuple, column).map_err(|e| Error::SourceSetup(e.to_string()))?;
+        text.map(|t| Uuid::parse_str(t).map_err(|_| Error::SourceSetup(format!("{column} {t:?} is not a uuid")))).transpose()
+    };
+    let table = relations.get(relation).map_or("", |r| r.name.as_str());
     match table {
-        "film_work" => window.films.extend(uuid(column("id")?, "film_work.id")?),
-        "genre_film_work" | "person_film_work" => window.films.extend(uuid(column("film_work_id")?, "film_work_id")?),
+        "film_work" => window.films.extend(uuid("id")?),
+        "genre_film_work" | "person_film_work" => window.films.extend(uuid("film_work_id")?),
         // A renamed genre or person changes its films; a deleted one's links are deleted in the
         // same transaction (the foreign keys cascade), and those deletes name the films.
-        "person" if !gone => window.persons.extend(uuid(column("id")?, "person.id")?),
-        "genre" if !gone => window.genres.extend(uuid(column("id")?, "genre.id")?),
+        "person" if !gone => window.persons.extend(uuid("id")?),
+        "genre" if !gone => window.genres.extend(uuid("id")?),
         _ => {}
     }
     Ok(())
@@ -261,11 +244,11 @@ impl ChangeSource for ReplicationSource {
         let until = pg.wal_position().await?;
         self.until = Some(until);
         self.checked = true;
-        let pg_for_report = self.pg.take();
-        if let Some(pg) = &pg_for_report {
-            self.report_slot(pg).await?;
+        if self.reported_at.is_none_or(|t| t.elapsed() >= SLOT_REPORT_EVERY) {
+            self.reported_at = Some(Instant::now());
+            let lag_sec = self.caught_up_at.lock().unwrap_or_else(|p| p.into_inner()).elapsed().as_secs();
+            report_slot(pg, &self.settings, lag_sec).await?;
         }
-        self.pg = pg_for_report;
         let full_load = state.needs_full_load() || reload || state.snapshot_in_progress().is_some();
         Ok(CyclePlan { identity: Some(identity), before, full_load })
     }
