@@ -150,7 +150,8 @@ pub async fn acknowledge(client: &impl GenericClient, schema: &str, consumer: &s
     client
         .execute(
             "DELETE FROM pg2es.film_changes WHERE source_schema = $1 AND xid < \
-               (SELECT min(done_xid) FROM pg2es.consumers WHERE source_schema = $1 AND seen_at > now() - interval '7 days')",
+               (SELECT done_xid FROM pg2es.consumers WHERE source_schema = $1 AND seen_at > now() - interval '7 days' \
+                ORDER BY done_xid LIMIT 1)",
             &[&schema],
         )
         .await
