@@ -130,6 +130,7 @@ pub async fn run_cycles<S: ChangeSource, K: IndexSink>(
     let mut delays = options.retry.delays();
     let mut reports = Vec::new();
     let mut index_empty = options.index_empty_at_start;
+    let mut idle = IdleCycles::default();
     loop {
         let started = Instant::now();
         // Bounded: a server that stops answering mid-cycle cannot hold a stop back.
@@ -137,7 +138,7 @@ pub async fn run_cycles<S: ChangeSource, K: IndexSink>(
         match outcome {
             Ok(report) => {
                 delays = options.retry.delays();
-                log_cycle(&report, started.elapsed());
+                idle.log(&report, started.elapsed());
                 let (interrupted, more) = (report.interrupted, report.more);
                 reports.push(report);
                 // A pass is whole once no full load is pending (a TRUNCATE starts a reload) and
@@ -288,6 +289,41 @@ async fn restore_settings<K: IndexSink>(sink: &K, checkpoint: &mut Checkpoint, s
 fn settings_text(settings: &IndexSettings) -> String {
     let pairs: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("(default)"))).collect();
     pairs.join(", ")
+}
+
+/// How often cycles that found nothing are summed up in one line.
+const IDLE_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// Cycles that found nothing to do log at DEBUG; one INFO line a minute sums them up.
+#[derive(Default)]
+struct IdleCycles {
+    count: u64,
+    since: Option<Instant>,
+}
+
+impl IdleCycles {
+    fn log(&mut self, r: &CycleReport, elapsed: Duration) {
+        // Rows read again only because of the commit horizon, unchanged, are not news.
+        let busy = r.rows.values().sum::<usize>() > r.already_loaded
+            || r.logged_films > 0
+            || r.films > 0
+            || r.deleted > 0
+            || r.stored > 0
+            || r.dead_lettered > 0
+            || r.reconciled.is_some()
+            || r.interrupted;
+        if busy {
+            log_cycle(r, elapsed);
+            return;
+        }
+        tracing::debug!(elapsed_ms = elapsed.as_millis() as u64, "cycle done, nothing changed");
+        self.count += 1;
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= IDLE_SUMMARY_EVERY {
+            tracing::info!(idle_cycles = self.count, over_sec = since.elapsed().as_secs(), "no change in Postgres");
+            (self.count, self.since) = (0, Some(Instant::now()));
+        }
+    }
 }
 
 fn log_cycle(r: &CycleReport, elapsed: Duration) {

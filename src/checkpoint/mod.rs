@@ -87,6 +87,52 @@ pub struct State {
     /// When the index's documents were last checked against Postgres's films (reconciliation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciled_at: Option<DateTime<Utc>>,
+    /// Logical replication: what the position was read through (the slot, the publication and
+    /// its tables). Absent in files written before it was recorded: the first cycle records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_setup: Option<StreamSetup>,
+    /// How many times the source took a fresh position because the stream could not be followed
+    /// from the saved one (each logged as a warning with its reason).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resyncs: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What a stream position is valid for: the name of the slot it was read from, and the
+/// identities of the objects the stream was read through (a publication's oid and row version,
+/// each published table's oid and membership), as `name -> identity` text. A position read
+/// through other objects may have missed changes: a table recreated by a migration, a
+/// publication dropped or altered, another slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSetup {
+    pub slot: String,
+    pub objects: BTreeMap<String, String>,
+}
+
+impl StreamSetup {
+    /// What differs from `other`, for a person: `slot a -> b`, `x: 1 -> 2`, `y: gone`.
+    pub fn differences(&self, other: &StreamSetup) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.slot != other.slot {
+            out.push(format!("slot {} -> {}", self.slot, other.slot));
+        }
+        for (name, was) in &self.objects {
+            match other.objects.get(name) {
+                Some(now) if now != was => out.push(format!("{name}: {was} -> {now}")),
+                Some(_) => {}
+                None => out.push(format!("{name}: {was} -> gone")),
+            }
+        }
+        for (name, now) in &other.objects {
+            if !self.objects.contains_key(name) {
+                out.push(format!("{name}: new ({now})"));
+            }
+        }
+        out
+    }
 }
 
 /// One step forward of the state: what a batch completes once it is stored. Each kind of source
@@ -106,6 +152,12 @@ pub enum PositionDelta {
     Reconciled { at: DateTime<Utc> },
     /// Logical replication is loaded up to this WAL position.
     Replication { lsn: u64 },
+    /// The stream is read through this setup from now on (recorded, nothing else changes).
+    StreamSetup(StreamSetup),
+    /// A fresh position: the stream is read from `lsn` through `setup`, and every film is loaded
+    /// again from the first (restarting a full load under way), since changes before `lsn` may
+    /// be missing from what was loaded. Counted in `resyncs`.
+    Resync { lsn: u64, setup: StreamSetup },
 }
 
 /// A delta that does not fit the state: applying it would move progress back, or it belongs to
@@ -227,6 +279,17 @@ impl State {
                     Ok(())
                 }
             },
+            PositionDelta::StreamSetup(setup) => {
+                self.stream_setup = Some(setup.clone());
+                Ok(())
+            }
+            PositionDelta::Resync { lsn, setup } => {
+                self.replication = Some(self.replication.map_or(*lsn, |current| current.max(*lsn)));
+                self.stream_setup = Some(setup.clone());
+                self.snapshot = Some(Snapshot::default());
+                self.resyncs += 1;
+                Ok(())
+            }
             PositionDelta::Reconciled { at } => {
                 self.reconciled_at = Some(self.reconciled_at.map_or(*at, |t| t.max(*at)));
                 Ok(())

@@ -21,8 +21,8 @@ use uuid::Uuid;
 use super::change::{ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 use super::pgoutput::{self, format_lsn, parse_lsn, Lsn, Message, Relations};
 use super::reading::{self, Versioning};
-use super::{PgSource, PgTls};
-use crate::checkpoint::{PositionDelta, State, Stream};
+use super::{Layout, PgSource, PgTls};
+use crate::checkpoint::{PositionDelta, State, StreamSetup, Stream};
 use crate::config::{Config, ReplicationSettings};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -31,6 +31,9 @@ use crate::shutdown::Shutdown;
 /// Changes (rows of the peek) decoded per cycle at most; whole transactions are always read, and
 /// what is left is read by the next cycle right away.
 const WINDOW_CHANGES: i32 = 20_000;
+
+/// How often a slot creation that waits for open transactions says so.
+const SLOT_WAIT_REPORT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often the slot's retained WAL and lag are logged.
 const SLOT_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -43,8 +46,11 @@ pub struct ReplicationSource {
     settings: ReplicationSettings,
     tls: PgTls,
     pg: Option<PgSource>,
-    /// Prerequisites and publication checked on this connection.
+    /// wal_level and the role's REPLICATION checked on this connection.
     checked: bool,
+    /// A slot moved past the saved position by another consumer was taken over once in this
+    /// process: a second time, two consumers are reading it at once.
+    took_over_slot: bool,
     /// This cycle's window ends here: changes committed before it are read.
     until: Option<Lsn>,
     /// When the stream was last read to its end: the lag in the log is the time since.
@@ -60,6 +66,7 @@ impl ReplicationSource {
             tls: PgTls::from_config(config)?,
             pg: None,
             checked: false,
+            took_over_slot: false,
             until: None,
             caught_up_at: std::sync::Mutex::new(Instant::now()),
             reported_at: None,
@@ -70,11 +77,43 @@ impl ReplicationSource {
         self.pg.as_ref().ok_or_else(|| Error::SourceSetup("the replication source was read before it was prepared".into()))
     }
 
+    /// What the stream is read through, checked now: replica identities, the columns pg2es
+    /// reads, the publication (created when missing, tables added when pg2es may). Whatever
+    /// cannot be fixed here is an error that names the fix.
+    async fn check_setup(&self, pg: &PgSource, schema: &str) -> Result<StreamSetup> {
+        check_identities(pg, schema).await?;
+        Layout::detect(pg.client(), schema, &self.config.timestamp_column).await.map_err(|e| match e {
+            Error::SourceSchema(why) => Error::SourceSchema(format!(
+                "{why} (renamed or dropped by a migration?): pg2es reads it; restore it, then start pg2es again (changes made meanwhile are loaded again)"
+            )),
+            other => other,
+        })?;
+        let objects = ensure_publication(pg, schema, &self.settings.publication).await?;
+        Ok(StreamSetup { slot: self.settings.slot.clone(), objects })
+    }
+
     /// Reads the slot's changes in this cycle's window and sends the films they name.
     async fn read_stream(&self, state: &State, tx: &mpsc::Sender<ChangeBatch>, report: &mut ReadReport) -> Result<()> {
         let (pg, until) = (self.pg()?, self.until.ok_or_else(|| Error::SourceSetup("no window: the source was not prepared".into()))?);
         let Some(from) = state.replication else { return Ok(()) };
-        let window = read_window(pg, &self.settings, &self.config.pg_schema, until).await?;
+        if from >= until {
+            // Nothing committed in the window (a fresh position was just taken at its end).
+            return Ok(());
+        }
+        let window = match read_window(pg, &self.settings, &self.config.pg_schema, until).await? {
+            Ok(window) => window,
+            Err(lost) => {
+                // Changes in the stream that cannot be followed: if Postgres is set up right now,
+                // take a fresh position at the window's end (the films are all loaded again after
+                // it); otherwise the check names what to fix, and the next start comes back here.
+                let setup = self.check_setup(pg, &self.config.pg_schema).await?;
+                tracing::warn!(slot = %self.settings.slot, reason = %lost, resyncs = state.resyncs + 1, "the replication stream cannot be followed from the saved position: taking a fresh one; every film is loaded again, then documents of films that are gone are removed");
+                let completes = vec![PositionDelta::Resync { lsn: until, setup }];
+                // A closed channel: the writer stopped, and says why.
+                let _ = tx.send(ChangeBatch { changes: Vec::new(), completes, version: Some(until), receipt: Receipt::default() }).await;
+                return Ok(());
+            }
+        };
         report.logged_films += window.films.len();
         let mut films = window.films;
         for (stream, ids) in [(Stream::Person, &window.persons), (Stream::Genre, &window.genres)] {
@@ -146,48 +185,90 @@ struct Window {
 const PEEK_SQL: &str = "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::text::pg_lsn, $3, \
      'proto_version', '1', 'publication_names', $4)";
 
-async fn read_window(pg: &PgSource, settings: &ReplicationSettings, schema: &str, until: Lsn) -> Result<Window> {
+/// The window's changes, or (inner `Err`) why the stream cannot be followed through it: a change
+/// whose films cannot be named (a column pg2es reads is gone from the table, a link table's
+/// replica identity does not carry its film), or a publication that no longer exists.
+async fn read_window(pg: &PgSource, settings: &ReplicationSettings, schema: &str, until: Lsn) -> Result<std::result::Result<Window, String>> {
     let until_text = format_lsn(until);
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&settings.slot, &until_text, &WINDOW_CHANGES, &settings.publication];
-    let rows = pg.client().query_raw(PEEK_SQL, params).await.map_err(Error::postgres("read the replication slot"))?;
+    let lost = |e: &tokio_postgres::Error| {
+        let db = e.as_db_error()?;
+        (db.code() == &tokio_postgres::error::SqlState::UNDEFINED_OBJECT && db.message().contains("publication")).then(|| db.message().to_string())
+    };
+    let rows = match pg.client().query_raw(PEEK_SQL, params).await {
+        Ok(rows) => rows,
+        Err(e) => return lost(&e).map(Err).ok_or_else(|| Error::postgres("read the replication slot")(e)),
+    };
     futures_util::pin_mut!(rows);
     let (mut window, mut relations, mut read) = (Window::default(), Relations::default(), 0);
     while let Some(row) = rows.next().await {
-        let row = row.map_err(Error::postgres("read the replication slot"))?;
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => return lost(&e).map(Err).ok_or_else(|| Error::postgres("read the replication slot")(e)),
+        };
         read += 1;
         let data: &[u8] = row.try_get(0).map_err(Error::postgres("read the replication slot"))?;
-        apply(&mut window, &mut relations, schema, pgoutput::decode(data).map_err(|e| Error::SourceSetup(e.to_string()))?)?;
+        let message = pgoutput::decode(data).map_err(|e| Error::SourceSetup(e.to_string()))?;
+        if let Err(why) = apply(&mut window, &mut relations, schema, message) {
+            return Ok(Err(why));
+        }
     }
     window.exhausted = read < WINDOW_CHANGES as usize;
-    Ok(window)
+    Ok(Ok(window))
 }
 
-/// What one message adds to the window.
-fn apply(window: &mut Window, relations: &mut Relations, schema: &str, message: Message) -> Result<()> {
+/// What one message adds to the window; `Err`: the films a change touched cannot be named.
+fn apply(window: &mut Window, relations: &mut Relations, schema: &str, message: Message) -> std::result::Result<(), String> {
     let ours = |relations: &Relations, id: u32| relations.get(id).is_some_and(|r| r.namespace == schema && TABLES.contains(&r.name.as_str()));
     match message {
         Message::Relation(r) => relations.remember(r),
         Message::Commit { end_lsn, .. } => window.last_commit_end = Some(end_lsn),
         Message::Truncate { relations: ids, .. } => window.reload |= ids.iter().any(|id| ours(relations, *id)),
-        Message::Insert { relation, new } | Message::Update { relation, new, old: None } if ours(relations, relation) => {
+        Message::Insert { relation, new } if ours(relations, relation) => note(window, relations, relation, &new, false)?,
+        Message::Update { relation, new, old } if ours(relations, relation) => {
+            identity_names_films(relations, relation)?;
             note(window, relations, relation, &new, false)?;
+            if let Some(old) = old {
+                note(window, relations, relation, &old, true)?;
+            }
         }
-        Message::Update { relation, new, old: Some(old) } if ours(relations, relation) => {
-            note(window, relations, relation, &new, false)?;
+        Message::Delete { relation, old } if ours(relations, relation) => {
+            identity_names_films(relations, relation)?;
             note(window, relations, relation, &old, true)?;
         }
-        Message::Delete { relation, old } if ours(relations, relation) => note(window, relations, relation, &old, true)?,
         _ => {}
     }
     Ok(())
 }
 
+/// The column of each table that names a changed row's film.
+fn film_column(table: &str) -> Option<&'static str> {
+    match table {
+        "film_work" => Some("id"),
+        "genre_film_work" | "person_film_work" => Some("film_work_id"),
+        _ => None,
+    }
+}
+
+/// An update or delete of a table whose replica identity (as the stream announced it) does not
+/// carry the film column: the old row's film is not in the stream.
+fn identity_names_films(relations: &Relations, relation: u32) -> std::result::Result<(), String> {
+    let Some(r) = relations.get(relation) else { return Ok(()) };
+    let Some(column) = film_column(&r.name) else { return Ok(()) };
+    let carried = r.replica_identity == b'f' || r.columns.iter().any(|c| c.key && c.name == column);
+    if carried {
+        Ok(())
+    } else {
+        Err(format!("an update or delete of {}.{} was made while its replica identity did not carry {column}, so its film is unknown", r.namespace, r.name))
+    }
+}
+
 /// The films one row version of one of the five tables names. `gone`: an old row (deleted, or
 /// before an update).
-fn note(window: &mut Window, relations: &Relations, relation: u32, tuple: &pgoutput::Tuple, gone: bool) -> Result<()> {
-    let uuid = |column: &str| -> Result<Option<Uuid>> {
-        let text = relations.text(relation, tuple, column).map_err(|e| Error::SourceSetup(e.to_string()))?;
-        text.map(|t| Uuid::parse_str(t).map_err(|_| Error::SourceSetup(format!("{column} {t:?} is not a uuid")))).transpose()
+fn note(window: &mut Window, relations: &Relations, relation: u32, tuple: &pgoutput::Tuple, gone: bool) -> std::result::Result<(), String> {
+    let uuid = |column: &str| -> std::result::Result<Option<Uuid>, String> {
+        let text = relations.text(relation, tuple, column).map_err(|e| format!("a change cannot be read: {e} (renamed or dropped by a migration?)"))?;
+        text.map(|t| Uuid::parse_str(t).map_err(|_| format!("{column} {t:?} is not a uuid"))).transpose()
     };
     let table = relations.get(relation).map_or("", |r| r.name.as_str());
     match table {
@@ -214,34 +295,64 @@ impl ChangeSource for ReplicationSource {
         let schema = self.config.pg_schema.clone();
         let identity = pg.identity(&schema).await?;
         if !self.checked {
-            check_prerequisites(pg, &schema).await?;
-            ensure_publication(pg, &schema, &self.settings.publication).await?;
+            check_role(pg).await?;
         }
+        // Every cycle: a migration or an operator may have changed any of it since the last.
+        let setup = self.check_setup(pg, &schema).await?;
         let slot = ensure_slot(pg, &self.settings.slot).await?;
+        let until = pg.wal_position().await?;
         let mut before = Vec::new();
-        let reload = match (state.replication, slot) {
+        let mut reload = false;
+        let mut resync = None;
+        match (state.replication, slot) {
             (None, Slot::Created(at) | Slot::Existing(at)) => {
                 before.push(PositionDelta::Replication { lsn: at });
+                before.push(PositionDelta::StreamSetup(setup.clone()));
                 // A state that polling wrote: changes since its last cycle are not in the slot.
-                !state.needs_full_load()
+                reload = !state.needs_full_load();
             }
             (Some(saved), Slot::Existing(confirmed)) => {
-                if saved > confirmed {
+                match &state.stream_setup {
+                    Some(recorded) if *recorded != setup => {
+                        warn_if_slot_left(pg, recorded, &setup).await?;
+                        resync = Some(format!("the stream was read through other objects: {} (a table recreated or taken out of the publication, the publication dropped or altered, another slot): changes may be missing", recorded.differences(&setup).join("; ")));
+                    }
+                    Some(_) => {}
+                    // Written before the setup was recorded: this is the setup from now on.
+                    None => before.push(PositionDelta::StreamSetup(setup.clone())),
+                }
+                if resync.is_none() && confirmed > saved {
+                    if self.took_over_slot {
+                        return Err(Error::SourceSetup(format!(
+                            "replication slot {slot} was moved past this state's position again while pg2es ran ({} > {}): another consumer reads it at the same time. Give each pg2es its own PG_REPLICATION_SLOT (and ETL_STATE_FILE), then start again: this state then loads every film from its own slot",
+                            format_lsn(confirmed),
+                            format_lsn(saved),
+                            slot = self.settings.slot
+                        )));
+                    }
+                    self.took_over_slot = true;
+                    resync = Some(format!(
+                        "slot {} is confirmed up to {}, past this state's {}: another consumer (a second pg2es with another ETL_STATE_FILE?) read it, so the changes between are missing here; give each pg2es its own PG_REPLICATION_SLOT",
+                        self.settings.slot,
+                        format_lsn(confirmed),
+                        format_lsn(saved)
+                    ));
+                }
+                if resync.is_none() && saved > confirmed {
                     advance_slot(pg, &self.settings.slot, saved).await?;
                 }
-                false
             }
-            (Some(_), Slot::Created(at)) => {
-                tracing::warn!(slot = %self.settings.slot, "the replication slot was gone and is created again: changes made meanwhile are lost to it, so every film is loaded again");
-                before.push(PositionDelta::Replication { lsn: at });
-                true
+            (Some(_), Slot::Created(_)) => {
+                resync = Some("the replication slot was gone (dropped or invalidated) and is created again: changes made meanwhile are not in it".to_string());
             }
-        };
-        if state.needs_full_load() || reload {
+        }
+        if let Some(reason) = &resync {
+            tracing::warn!(slot = %self.settings.slot, reason = %reason, resyncs = state.resyncs + 1, "the replication stream cannot be followed from the saved position: taking a fresh one; every film is loaded again, then documents of films that are gone are removed");
+            before.push(PositionDelta::Resync { lsn: until, setup });
+        } else if state.needs_full_load() || reload {
             before.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
             tracing::info!("full load: every film is read in id order; the replication stream is read from where the slot starts once it is done");
         }
-        let until = pg.wal_position().await?;
         self.until = Some(until);
         self.checked = true;
         if self.reported_at.is_none_or(|t| t.elapsed() >= SLOT_REPORT_EVERY) {
@@ -249,7 +360,7 @@ impl ChangeSource for ReplicationSource {
             let lag_sec = self.caught_up_at.lock().unwrap_or_else(|p| p.into_inner()).elapsed().as_secs();
             report_slot(pg, &self.settings, lag_sec).await?;
         }
-        let full_load = state.needs_full_load() || reload || state.snapshot_in_progress().is_some();
+        let full_load = state.needs_full_load() || reload || resync.is_some() || state.snapshot_in_progress().is_some();
         Ok(CyclePlan { identity: Some(identity), before, full_load })
     }
 
@@ -289,34 +400,101 @@ fn lsn_of(text: String) -> Result<Lsn> {
 }
 
 async fn ensure_slot(pg: &PgSource, slot: &str) -> Result<Slot> {
+    let context = "read the replication slot";
     let row = pg
         .client()
         .query_opt(
-            "SELECT plugin, database = current_database(), confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            "SELECT plugin::text, database::text, database = current_database(), confirmed_flush_lsn::text, wal_status::text \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
             &[&slot],
+        )
+        .await
+        .map_err(Error::postgres(context))?;
+    if let Some(row) = row {
+        let plugin: Option<String> = row.try_get(0).map_err(Error::postgres(context))?;
+        let database: Option<String> = row.try_get(1).map_err(Error::postgres(context))?;
+        let here: Option<bool> = row.try_get(2).map_err(Error::postgres(context))?;
+        if here != Some(true) {
+            let owner = database.map_or_else(|| "a physical slot".to_string(), |d| format!("a slot of database {d}"));
+            return Err(Error::SourceSetup(format!(
+                "replication slot {slot} is {owner}, not of this one: set PG_REPLICATION_SLOT to another name (or, if nothing uses it, drop it there: SELECT pg_drop_replication_slot('{slot}'))"
+            )));
+        }
+        if plugin.as_deref() != Some("pgoutput") {
+            return Err(Error::SourceSetup(format!(
+                "replication slot {slot} decodes with {}, not pgoutput: set PG_REPLICATION_SLOT to another name (or, if nothing uses it, drop it: SELECT pg_drop_replication_slot('{slot}'))",
+                plugin.unwrap_or_default()
+            )));
+        }
+        let wal_status: Option<String> = row.try_get(4).map_err(Error::postgres(context))?;
+        if wal_status.as_deref() == Some("lost") {
+            // Postgres removed WAL the slot needed (max_slot_wal_keep_size): it can never be read
+            // or advanced again. It is pg2es's slot; a new one is the only way on.
+            tracing::warn!(slot, "the replication slot was invalidated (wal_status lost: Postgres removed WAL it still needed, see max_slot_wal_keep_size): dropping it and creating it again");
+            pg.client()
+                .execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&slot])
+                .await
+                .map_err(|e| setup_error(e, &format!("drop the invalidated replication slot {slot}")))?;
+            return create_slot(pg, slot).await.map(Slot::Created);
+        }
+        let confirmed: Option<String> = row.try_get(3).map_err(Error::postgres(context))?;
+        return Ok(Slot::Existing(lsn_of(confirmed.unwrap_or_default())?));
+    }
+    create_slot(pg, slot).await.map(Slot::Created)
+}
+
+/// Creates the slot. Postgres waits for every transaction open now, in any database, to end,
+/// so the slot starts at a consistent point: the log says so while it waits.
+async fn create_slot(pg: &PgSource, slot: &str) -> Result<Lsn> {
+    let open = pg
+        .client()
+        .query_one(
+            "SELECT count(*), min(xact_start)::text, string_agg(DISTINCT datname::text, ', ') FROM pg_catalog.pg_stat_activity \
+             WHERE backend_xid IS NOT NULL AND pid <> pg_catalog.pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(Error::postgres("read open transactions"))?;
+    let count: i64 = open.try_get(0).map_err(Error::postgres("read open transactions"))?;
+    if count > 0 {
+        let oldest: Option<String> = open.try_get(1).map_err(Error::postgres("read open transactions"))?;
+        let databases: Option<String> = open.try_get(2).map_err(Error::postgres("read open transactions"))?;
+        tracing::info!(slot, open_transactions = count, oldest_since = oldest.as_deref().unwrap_or("?"), databases = databases.as_deref().unwrap_or("?"), "creating the replication slot: Postgres waits for the transactions open now to end");
+    }
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&slot];
+    let create = pg.client().query_one("SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')", &params);
+    futures_util::pin_mut!(create);
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + SLOT_WAIT_REPORT, SLOT_WAIT_REPORT);
+    let row = loop {
+        tokio::select! {
+            row = &mut create => break row.map_err(|e| setup_error(e, &format!("create replication slot {slot}")))?,
+            _ = ticker.tick() => tracing::info!(slot, waited_sec = started.elapsed().as_secs(), "still creating the replication slot: a transaction open since before it started has not ended (see pg_stat_activity)"),
+        }
+    };
+    let at = lsn_of(row.try_get(0).map_err(Error::postgres("create the replication slot"))?)?;
+    tracing::info!(slot, at = %format_lsn(at), "created the replication slot: Postgres keeps WAL from here until pg2es has loaded it (drop the slot if pg2es is retired)");
+    Ok(at)
+}
+
+/// The state's stream was read through another slot that still exists: it holds WAL back.
+async fn warn_if_slot_left(pg: &PgSource, recorded: &StreamSetup, now: &StreamSetup) -> Result<()> {
+    if recorded.slot == now.slot {
+        return Ok(());
+    }
+    let row = pg
+        .client()
+        .query_opt(
+            "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&recorded.slot],
         )
         .await
         .map_err(Error::postgres("read the replication slot"))?;
     if let Some(row) = row {
-        let plugin: Option<String> = row.try_get(0).map_err(Error::postgres("read the replication slot"))?;
-        let here: Option<bool> = row.try_get(1).map_err(Error::postgres("read the replication slot"))?;
-        if plugin.as_deref() != Some("pgoutput") || here != Some(true) {
-            return Err(Error::SourceSetup(format!(
-                "replication slot {slot} exists but is not a pgoutput slot of this database; set PG_REPLICATION_SLOT to another name, or drop it (SELECT pg_drop_replication_slot('{slot}'))"
-            )));
-        }
-        let confirmed: Option<String> = row.try_get(2).map_err(Error::postgres("read the replication slot"))?;
-        return Ok(Slot::Existing(lsn_of(confirmed.unwrap_or_default())?));
+        let retained: Option<i64> = row.try_get(0).map_err(Error::postgres("read the replication slot"))?;
+        tracing::warn!(old_slot = %recorded.slot, slot = %now.slot, retained_bytes = retained.unwrap_or(0), "this state was read through another replication slot, which still retains WAL: drop it if nothing uses it (SELECT pg_drop_replication_slot('{}'))", recorded.slot);
     }
-    // Waits for transactions open now to end: the slot then starts at a consistent point.
-    let row = pg
-        .client()
-        .query_one("SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
-        .await
-        .map_err(|e| setup_error(e, &format!("create replication slot {slot}")))?;
-    let at = lsn_of(row.try_get(0).map_err(Error::postgres("create the replication slot"))?)?;
-    tracing::info!(slot, at = %format_lsn(at), "created the replication slot: Postgres keeps WAL from here until pg2es has loaded it (drop the slot if pg2es is retired)");
-    Ok(Slot::Created(at))
+    Ok(())
 }
 
 async fn advance_slot(pg: &PgSource, slot: &str, to: Lsn) -> Result<()> {
@@ -327,14 +505,17 @@ async fn advance_slot(pg: &PgSource, slot: &str, to: Lsn) -> Result<()> {
     Ok(())
 }
 
-/// `wal_level`, the role's `REPLICATION`, and replica identities that give a deleted row's film.
-async fn check_prerequisites(pg: &PgSource, schema: &str) -> Result<()> {
-    let c = pg.client();
-    let row = c
+/// `wal_level` and the role's `REPLICATION`.
+async fn check_role(pg: &PgSource) -> Result<()> {
+    let context = "check replication settings";
+    let row = pg
+        .client()
         .query_one("SELECT current_setting('wal_level'), (SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), current_user::text", &[])
         .await
-        .map_err(Error::postgres("check replication settings"))?;
-    let (wal_level, may_replicate, role): (String, Option<bool>, String) = (row.get(0), row.get(1), row.get(2));
+        .map_err(Error::postgres(context))?;
+    let wal_level: String = row.try_get(0).map_err(Error::postgres(context))?;
+    let may_replicate: Option<bool> = row.try_get(1).map_err(Error::postgres(context))?;
+    let role: String = row.try_get(2).map_err(Error::postgres(context))?;
     if wal_level != "logical" {
         return Err(Error::SourceSetup(format!(
             "wal_level is {wal_level}, logical replication needs logical: set wal_level = logical in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart Postgres, or use PG2ES_SOURCE=polling"
@@ -345,64 +526,130 @@ async fn check_prerequisites(pg: &PgSource, schema: &str) -> Result<()> {
             "role {role} lacks the REPLICATION attribute that replication slots need: ALTER ROLE {role} REPLICATION (as a superuser), or use PG2ES_SOURCE=polling"
         )));
     }
-    // Which columns a deleted row's old tuple carries, per table.
-    let rows = c
+    Ok(())
+}
+
+/// Replica identities that give an updated or deleted row's film, every table that lacks one
+/// named in one error.
+async fn check_identities(pg: &PgSource, schema: &str) -> Result<()> {
+    let context = "check replica identities";
+    let rows = pg
+        .client()
         .query(
             "SELECT c.relname::text, c.relreplident::text, \
                     ARRAY(SELECT a.attname::text FROM pg_catalog.pg_index i \
                           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
                           WHERE i.indrelid = c.oid AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))) \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = ANY($2)",
+             WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')",
             &[&schema, &TABLES.to_vec()],
         )
         .await
-        .map_err(Error::postgres("check replica identities"))?;
-    for (table, needed) in [("film_work", "id"), ("genre_film_work", "film_work_id"), ("person_film_work", "film_work_id")] {
-        let Some(row) = rows.iter().find(|r| r.get::<_, String>(0) == table) else {
+        .map_err(Error::postgres(context))?;
+    let mut lacking = Vec::new();
+    for table in TABLES {
+        let Some(needed) = film_column(table) else { continue };
+        let Some(row) = rows.iter().find(|r| r.try_get::<_, String>(0).is_ok_and(|name| name == table)) else {
             return Err(Error::SourceSchema(format!("table {schema}.{table} not found; check PG_SCHEMA")));
         };
-        let (identity, key): (String, Vec<String>) = (row.get(1), row.get(2));
+        let identity: String = row.try_get(1).map_err(Error::postgres(context))?;
+        let key: Vec<String> = row.try_get(2).map_err(Error::postgres(context))?;
         if identity != "f" && !key.iter().any(|k| k == needed) {
-            return Err(Error::SourceSetup(format!(
-                "the replica identity of {schema}.{table} does not give a deleted row's {needed}, so its film could not be found: ALTER TABLE {schema}.{table} REPLICA IDENTITY FULL"
-            )));
+            lacking.push((table, needed));
         }
     }
-    Ok(())
-}
-
-async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str) -> Result<()> {
-    let c = pg.client();
-    let present: Vec<String> = c
-        .query("SELECT tablename::text FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND schemaname = $2", &[&publication, &schema])
-        .await
-        .map_err(Error::postgres("read the publication"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let exists = c
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)", &[&publication])
-        .await
-        .map_err(Error::postgres("read the publication"))?
-        .get::<_, bool>(0);
-    let quoted: Vec<String> = TABLES.iter().map(|t| format!("\"{schema}\".\"{t}\"")).collect();
-    if !exists {
-        let sql = format!("CREATE PUBLICATION \"{publication}\" FOR TABLE {}", quoted.join(", "));
-        c.batch_execute(&sql).await.map_err(|e| setup_error(e, &format!("create publication {publication} (as an owner of the tables: {sql})")))?;
-        tracing::info!(publication, "created the publication");
+    if lacking.is_empty() {
         return Ok(());
     }
-    let missing: Vec<&str> = TABLES.iter().copied().filter(|t| !present.iter().any(|p| p == t)).collect();
-    if !missing.is_empty() {
-        let add: Vec<String> = missing.iter().map(|t| format!("\"{schema}\".\"{t}\"")).collect();
+    let what: Vec<String> = lacking.iter().map(|(t, c)| format!("{schema}.{t} (its {c})")).collect();
+    let fix: Vec<String> = lacking.iter().map(|(t, _)| format!("ALTER TABLE {schema}.{t} REPLICA IDENTITY FULL;")).collect();
+    Err(Error::SourceSetup(format!(
+        "the replica identity of {} does not give an updated or deleted row's film, so the film could not be found: {}",
+        what.join(", "),
+        fix.join(" ")
+    )))
+}
+
+/// The publication's identity and options, and each table's oid and membership: created when
+/// missing, tables added when pg2es may; what cannot be fixed here is an error with the fix.
+async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str) -> Result<std::collections::BTreeMap<String, String>> {
+    let c = pg.client();
+    let context = "read the publication";
+    let quoted = |t: &str| format!("\"{schema}\".\"{t}\"");
+    for attempt in 0..2 {
+        let row = c
+            .query_opt(
+                "SELECT p.oid::bigint, p.xmin::text, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, \
+                        pg_catalog.pg_has_role(current_user, p.pubowner, 'USAGE') \
+                 FROM pg_catalog.pg_publication p WHERE p.pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(Error::postgres(context))?;
+        let Some(row) = row else {
+            let sql = format!("CREATE PUBLICATION \"{publication}\" FOR TABLE {}", TABLES.map(quoted).join(", "));
+            c.batch_execute(&sql).await.map_err(|e| setup_error(e, &format!("create publication {publication} (as an owner of the tables: {sql})")))?;
+            tracing::info!(publication, "created the publication");
+            continue;
+        };
+        let oid: i64 = row.try_get(0).map_err(Error::postgres(context))?;
+        let version: String = row.try_get(1).map_err(Error::postgres(context))?;
+        let mut unpublished = Vec::new();
+        for (i, kind) in ["insert", "update", "delete", "truncate"].into_iter().enumerate() {
+            if !row.try_get::<_, bool>(2 + i).map_err(Error::postgres(context))? {
+                unpublished.push(kind);
+            }
+        }
+        if !unpublished.is_empty() {
+            return Err(Error::SourceSetup(format!(
+                "publication {publication} does not publish {}, so those changes would never reach the index: ALTER PUBLICATION \"{publication}\" SET (publish = 'insert, update, delete, truncate')",
+                unpublished.join(", ")
+            )));
+        }
+        let owned: bool = row.try_get(6).map_err(Error::postgres(context))?;
+        let tables = c
+            .query(
+                "SELECT c.relname::text, c.oid::bigint, \
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables t WHERE t.pubname = $2 AND t.schemaname = $1 AND t.tablename = c.relname), \
+                        (SELECT r.oid::bigint FROM pg_catalog.pg_publication_rel r WHERE r.prpubid = $3::bigint::oid AND r.prrelid = c.oid) \
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = ANY($4) AND c.relkind IN ('r', 'p')",
+                &[&schema, &publication, &oid, &TABLES.to_vec()],
+            )
+            .await
+            .map_err(Error::postgres(context))?;
+        let mut objects = std::collections::BTreeMap::new();
+        objects.insert(format!("publication {publication}"), format!("oid {oid} version {version}"));
+        let mut missing = Vec::new();
+        for table in TABLES {
+            let Some(row) = tables.iter().find(|r| r.try_get::<_, String>(0).is_ok_and(|name| name == table)) else {
+                return Err(Error::SourceSchema(format!("table {schema}.{table} not found; check PG_SCHEMA")));
+            };
+            let table_oid: i64 = row.try_get(1).map_err(Error::postgres(context))?;
+            let member: bool = row.try_get(2).map_err(Error::postgres(context))?;
+            let membership: Option<i64> = row.try_get(3).map_err(Error::postgres(context))?;
+            if !member {
+                missing.push(table);
+            }
+            let membership = membership.map_or_else(|| "by schema or all tables".to_string(), |m| format!("membership {m}"));
+            objects.insert(format!("table {schema}.{table}"), format!("oid {table_oid} {membership}"));
+        }
+        if missing.is_empty() {
+            return Ok(objects);
+        }
+        let add = format!("ALTER PUBLICATION \"{publication}\" ADD TABLE {}", missing.iter().map(|t| quoted(t)).collect::<Vec<_>>().join(", "));
+        if owned && attempt == 0 {
+            // A migration that recreates a table leaves the new one out of the publication.
+            c.batch_execute(&add).await.map_err(|e| setup_error(e, &format!("add {} to publication {publication} ({add})", missing.join(", "))))?;
+            tracing::warn!(publication, tables = %missing.join(", "), "tables were missing from the publication (recreated by a migration?): added them");
+            continue;
+        }
         return Err(Error::SourceSetup(format!(
-            "publication {publication} lacks {}: ALTER PUBLICATION \"{publication}\" ADD TABLE {}",
-            missing.join(", "),
-            add.join(", ")
+            "publication {publication} lacks {} (recreated by a migration?), so their changes are lost: {add}; the next start then loads every film again",
+            missing.join(", ")
         )));
     }
-    Ok(())
+    Err(Error::SourceSetup(format!("publication {publication} could not be set up; check that pg2es may create it (CREATE on the database) or create it: CREATE PUBLICATION \"{publication}\" FOR TABLE {}", TABLES.map(quoted).join(", "))))
 }
 
 /// A refused setup step: missing privileges are the operator's to fix, the rest as usual.
@@ -463,5 +710,26 @@ mod tests {
         apply(&mut other, &mut rel, "elsewhere", relation(1, "film_work", &["id"])).unwrap();
         apply(&mut other, &mut rel, "elsewhere", Message::Insert { relation: 1, new: text(&[A]) }).unwrap();
         assert!(other.films.is_empty());
+    }
+
+    #[test]
+    fn a_change_whose_film_is_not_in_the_stream_is_reported() {
+        let (mut w, mut r) = (Window::default(), Relations::default());
+        // A link table with the default replica identity: a delete carries only its key.
+        let mut link = relation(2, "genre_film_work", &["id", "film_work_id", "genre_id"]);
+        if let Message::Relation(rel) = &mut link {
+            rel.replica_identity = b'd';
+            for c in &mut rel.columns {
+                c.key = c.name == "id";
+            }
+        }
+        apply(&mut w, &mut r, "content", link).unwrap();
+        apply(&mut w, &mut r, "content", Message::Insert { relation: 2, new: text(&[P, A, P]) }).unwrap();
+        let err = apply(&mut w, &mut r, "content", Message::Delete { relation: 2, old: text(&[P, "", ""]) }).unwrap_err();
+        assert!(err.contains("content.genre_film_work") && err.contains("replica identity"), "{err}");
+        // A column pg2es reads, renamed by a migration.
+        apply(&mut w, &mut r, "content", relation(3, "person_film_work", &["id", "film_id", "person_id"])).unwrap();
+        let err = apply(&mut w, &mut r, "content", Message::Insert { relation: 3, new: text(&[P, A, P]) }).unwrap_err();
+        assert!(err.contains("has no column film_work_id"), "{err}");
     }
 }
