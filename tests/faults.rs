@@ -287,3 +287,45 @@ async fn elasticsearch_outage_with_replication() {
 async fn elasticsearch_outage_is_waited_out_without_a_retry_storm() {
     outage("elasticsearch", "es", Source::Polling).await;
 }
+
+/// A slot invalidated by Postgres (`wal_status = lost`: WAL it needed removed under
+/// `max_slot_wal_keep_size`) can never be read again: pg2es drops it, creates it again, and
+/// loads every film. Server-wide setting, so it runs here, alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidated_slot_is_created_again_and_the_index_heals() {
+    let mut env = TestEnv::new("fault_slot_lost").await;
+    env.sql("ALTER TABLE content.genre_film_work REPLICA IDENTITY FULL").await;
+    env.sql("ALTER TABLE content.person_film_work REPLICA IDENTITY FULL").await;
+    env.extra_env.push(("PG2ES_SOURCE".into(), "replication".into()));
+    run_once(&env);
+    env.sql(&format!("UPDATE content.film_work SET title = 'Lost with the slot' WHERE id = '{FILM}'")).await;
+    let admin = common::connect(&common::pg_admin_dsn()).await;
+    admin.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '16MB'", &[]).await.unwrap();
+    admin.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
+    env.sql("CREATE TABLE public.filler (id int, pad text)").await;
+    let slot = format!("pg2es_{}", env.index);
+    let mut status = String::new();
+    for _ in 0..12 {
+        env.sql("INSERT INTO public.filler SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 20000) g").await;
+        admin.execute("SELECT pg_switch_wal()", &[]).await.unwrap();
+        admin.execute("CHECKPOINT", &[]).await.unwrap();
+        status = admin
+            .query_one("SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .unwrap()
+            .get(0);
+        if status == "lost" {
+            break;
+        }
+    }
+    admin.execute("ALTER SYSTEM RESET max_slot_wal_keep_size", &[]).await.unwrap();
+    admin.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
+    assert_eq!(status, "lost", "the slot was not invalidated");
+    let o = Command::new(env!("CARGO_BIN_EXE_pg2es")).args(["run", "--once"]).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).envs(env.env_vars()).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("the replication slot was invalidated") && err.contains("taking a fresh one"), "{err}");
+    assert_eq!(env.doc(FILM).await["title"], "Lost with the slot");
+    assert_consistent(&env).await;
+    env.cleanup().await;
+}

@@ -457,6 +457,25 @@ mod tests {
     }
 
     #[test]
+    fn a_resync_restarts_the_full_load_and_never_moves_the_stream_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Checkpoint::open(&dir.path().join("s.json"), "movies").unwrap();
+        let setup = StreamSetup { slot: "s".into(), objects: [("table t".to_string(), "oid 1".to_string())].into() };
+        c.commit(&[PositionDelta::Replication { lsn: 100 }, PositionDelta::BeginFullLoad { heads: Vec::new() }]).unwrap();
+        c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Uuid::from_u128(7)), done: false })]).unwrap();
+        // Under way or not, the load starts again from the first film.
+        c.commit(&[PositionDelta::Resync { lsn: 50, setup: setup.clone() }]).unwrap();
+        let s = c.state();
+        assert_eq!((s.replication, s.snapshot, s.resyncs), (Some(100), Some(Snapshot::default()), 1));
+        assert_eq!(s.stream_setup.as_ref(), Some(&setup));
+        let moved = StreamSetup { slot: "t".into(), objects: [("table t".to_string(), "oid 2".to_string()), ("table u".to_string(), "oid 3".to_string())].into() };
+        assert_eq!(setup.differences(&moved), ["slot s -> t", "table t: oid 1 -> oid 2", "table u: new (oid 3)"]);
+        // Older files have neither field, and read as before.
+        let old: State = serde_json::from_str(r#"{"version":2,"index":"movies","watermarks":{}}"#).unwrap();
+        assert_eq!((old.stream_setup, old.resyncs), (None, 0));
+    }
+
+    #[test]
     fn a_delta_that_does_not_fit_leaves_state_and_file_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
