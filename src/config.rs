@@ -292,6 +292,8 @@ pub struct Config {
     pub commit_horizon: HorizonPolicy,
     /// Where each value shown by `print-config` came from, by its label there.
     origins: BTreeMap<&'static str, String>,
+    /// Settings given but not used, each with why: logged as warnings at start.
+    pub notices: Vec<String>,
 }
 
 /// Where changes come from (`PG2ES_SOURCE`).
@@ -517,7 +519,7 @@ impl Config {
     }
 
     pub fn from_sources(src: &Sources) -> Result<Config> {
-        let (mut pg, dsn_tls, mut origins) = parse_pg(src)?;
+        let (mut pg, dsn_tls, mut origins, notices) = parse_pg(src)?;
         let (pg_ssl_mode, pg_ca_file) = pg_tls(src, dsn_tls)?;
         for s in SETTINGS {
             origins.insert(s.env, src.origin(s.env));
@@ -658,6 +660,7 @@ impl Config {
                 max_transaction: Duration::from_secs(src.number("ETL_MAX_TX_SEC", 0u64, 86_400, "a whole number of seconds")?),
             },
             origins,
+            notices,
         })
     }
 
@@ -749,8 +752,8 @@ impl Config {
 }
 
 /// The parts of the Postgres connection that can come from several variables, in precedence
-/// order: course name (`DB_*`), then an explicit part of `PG_DSN`, then libpq's variable (`PG*`),
-/// then the built-in default DSN. The password is handled apart (see [`parse_pg`]).
+/// order: an explicit part of `PG_DSN`, then the course name (`DB_*`), then libpq's variable
+/// (`PG*`), then the built-in default DSN. The password is handled apart (see [`parse_pg`]).
 const PG_PARTS: [(&str, &str); 4] = [("DB_HOST", "PGHOST"), ("DB_PORT", "PGPORT"), ("DB_USER", "PGUSER"), ("DB_NAME", "PGDATABASE")];
 
 /// The environment variables of libpq that pg2es reads, as psql and other libpq-based tools do.
@@ -758,11 +761,14 @@ pub const LIBPQ_VARS: [&str; 5] = ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "
 
 /// Builds the Postgres connection from `PG_DSN`, `DB_*`, `PG*` and `PG_PASSWORD`.
 ///
-/// Per part, the first set of: `DB_*`, an explicit part of `PG_DSN` (set in the environment or
-/// the file), `PG*`, the built-in default DSN. Password: `PG_PASSWORD` (or `DB_PASSWORD`,
+/// Per part, the first set of: an explicit part of `PG_DSN` (set in the environment or the
+/// file), `DB_*`, `PG*`, the built-in default DSN. A `DB_*` value that an explicit `PG_DSN`
+/// overrides with another is never silently dropped: it is named in the origins and logged as a
+/// warning at start (a Django `.env` exported beside `PG_DSN` would otherwise point pg2es at
+/// another database). Password: `PG_PASSWORD` (or `DB_PASSWORD`,
 /// `PG_PASSWORD_FILE`), then the password in `PG_DSN`, then `PGPASSWORD`, as libpq lets a
 /// connection string beat PGPASSWORD.
-fn parse_pg(src: &Sources) -> Result<(tokio_postgres::Config, DsnTls, BTreeMap<&'static str, String>)> {
+fn parse_pg(src: &Sources) -> Result<(tokio_postgres::Config, DsnTls, BTreeMap<&'static str, String>, Vec<String>)> {
     let full_dsn = src.string("PG_DSN").ok_or_else(|| src.bad("PG_DSN", "a connection string"))?;
     let (dsn, tls) = split_dsn_tls(&full_dsn);
     let mut pg: tokio_postgres::Config = dsn.parse().map_err(|_| {
@@ -776,12 +782,31 @@ fn parse_pg(src: &Sources) -> Result<(tokio_postgres::Config, DsnTls, BTreeMap<&
     let dsn_sets_port = if is_url(&dsn) { url_names_a_port(&dsn) } else { !pg.get_ports().is_empty() };
     let dsn_sets = [!pg.get_hosts().is_empty(), dsn_sets_port, pg.get_user().is_some(), pg.get_dbname().is_some()];
     // The variable that supplies each part, when it is not the DSN's own.
+    let dsn_parts: [Option<String>; 4] = [
+        pg.get_hosts().first().map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        }),
+        pg.get_ports().first().map(u16::to_string),
+        pg.get_user().map(str::to_string),
+        pg.get_dbname().map(str::to_string),
+    ];
+    let mut overridden = Vec::new();
     let chosen: Vec<Option<(&'static str, String)>> = PG_PARTS
         .iter()
         .zip(dsn_sets)
-        .map(|((course, libpq), dsn_set)| {
-            let course = src.string(course).map(|v| (*course, v));
-            let libpq = src.string(libpq).filter(|_| dsn_is_default || !dsn_set).map(|v| (*libpq, v));
+        .zip(&dsn_parts)
+        .enumerate()
+        .map(|(i, (((course, libpq), dsn_set), dsn_part))| {
+            let explicit = dsn_set && !dsn_is_default;
+            let course_value = src.string(course);
+            if let (true, Some(v), Some(part)) = (explicit, &course_value, dsn_part) {
+                if v != part {
+                    overridden.push((i, *course, v.clone(), part.clone()));
+                }
+            }
+            let course = course_value.filter(|_| !explicit).map(|v| (*course, v));
+            let libpq = src.string(libpq).filter(|_| !explicit).map(|v| (*libpq, v));
             course.or(libpq)
         })
         .collect();
@@ -816,13 +841,20 @@ fn parse_pg(src: &Sources) -> Result<(tokio_postgres::Config, DsnTls, BTreeMap<&
 
     let dsn_origin = format!("PG_DSN, {}", src.origin("PG_DSN"));
     let mut origins = BTreeMap::new();
-    for ((label, dsn_set), var) in ["postgres host", "postgres port", "postgres user", "postgres database"].into_iter().zip(dsn_sets).zip(&chosen) {
-        let origin = match var {
+    for (i, ((label, dsn_set), var)) in ["postgres host", "postgres port", "postgres user", "postgres database"].into_iter().zip(dsn_sets).zip(&chosen).enumerate() {
+        let mut origin = match var {
             Some((var, _)) => format!("environment, {var}"),
             None if dsn_set || dsn_is_default => dsn_origin.clone(),
             None => "built in".to_string(),
         };
+        if let Some((_, course, value, _)) = overridden.iter().find(|(at, ..)| *at == i) {
+            origin.push_str(&format!("; {course}={value} ignored"));
+        }
         origins.insert(label, origin);
+    }
+    let mut notices = Vec::new();
+    for (_, course, value, part) in &overridden {
+        notices.push(format!("{course}={value} is ignored: PG_DSN gives {part}; unset {course} or change PG_DSN"));
     }
     let password_origin = if src.string("PG_PASSWORD").is_some() {
         format!("PG_PASSWORD, {}", src.origin("PG_PASSWORD"))
@@ -834,7 +866,7 @@ fn parse_pg(src: &Sources) -> Result<(tokio_postgres::Config, DsnTls, BTreeMap<&
         "unset".to_string()
     };
     origins.insert("postgres password", password_origin);
-    Ok((pg, tls, origins))
+    Ok((pg, tls, origins, notices))
 }
 
 fn is_url(dsn: &str) -> bool {
@@ -1140,17 +1172,33 @@ mod tests {
     }
 
     #[test]
-    fn pg_password_and_course_names_beat_the_dsn() {
+    fn pg_password_beats_the_dsn_and_an_explicit_dsn_beats_course_names() {
         let c = config(&[
             ("PG_DSN", "postgres://app:dsn-pw@pg1:5433/movies"),
             ("PG_PASSWORD", "explicit"),
             ("PGPASSWORD", "env-pw"),
             ("DB_HOST", "a"),
+            ("DB_NAME", "django"),
+            ("DB_USER", "app"),
             ("PGHOST", "b"),
         ])
         .unwrap();
         assert_eq!(c.pg.get_password(), Some(&b"explicit"[..]));
-        assert_eq!((host(&c).as_str(), c.pg.get_ports()), ("a", &[5433][..]));
+        assert_eq!((host(&c).as_str(), c.pg.get_ports(), c.pg.get_dbname()), ("pg1", &[5433][..], Some("movies")));
+        // Never silently: each one that differs is named, with the one that won.
+        assert_eq!(
+            c.notices,
+            [
+                "DB_HOST=a is ignored: PG_DSN gives pg1; unset DB_HOST or change PG_DSN",
+                "DB_NAME=django is ignored: PG_DSN gives movies; unset DB_NAME or change PG_DSN"
+            ]
+        );
+        let shown = c.render();
+        assert!(shown.contains("DB_NAME=django ignored") && !shown.contains("DB_USER=app ignored"), "{shown}");
+        // Without an explicit PG_DSN, the course names fill in the parts.
+        let c = config(&[("DB_HOST", "a"), ("DB_NAME", "django"), ("PGHOST", "b")]).unwrap();
+        assert_eq!((host(&c).as_str(), c.pg.get_dbname()), ("a", Some("django")));
+        assert!(c.notices.is_empty());
     }
 
     #[test]

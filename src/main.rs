@@ -48,6 +48,9 @@ fn try_main() -> pg2es::Result<ExitCode> {
     // Settings are checked before anything starts: a bad value never reaches the runtime.
     let config = Config::load(cli.config.as_deref())?;
     init_tracing(config.log_format);
+    for notice in &config.notices {
+        tracing::warn!("{notice}");
+    }
     let mode = match cli.command.unwrap_or(Command::Run { once: false }) {
         Command::PrintConfig => {
             print!("{}", config.render());

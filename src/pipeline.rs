@@ -138,7 +138,12 @@ pub async fn run_cycles<S: ChangeSource, K: IndexSink>(
         match outcome {
             Ok(report) => {
                 delays = options.retry.delays();
-                idle.log(&report, started.elapsed());
+                if options.mode == Mode::Once {
+                    // One pass asked for: its report is the answer, whatever it found.
+                    log_cycle(&report, started.elapsed());
+                } else {
+                    idle.log(&report, started.elapsed());
+                }
                 let (interrupted, more) = (report.interrupted, report.more);
                 reports.push(report);
                 // A pass is whole once no full load is pending (a TRUNCATE starts a reload) and
