@@ -143,6 +143,9 @@ async fn setup_errors_say_what_to_change() {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("ALTER TABLE content.genre_film_work REPLICA IDENTITY FULL"), "{err}");
+    // The failed setup left no empty index behind.
+    let head = env.http.head(format!("{}/{}", env.es, env.index)).send().await.unwrap();
+    assert_eq!(head.status().as_u16(), 404, "{err}");
 
     env.sql("ALTER TABLE content.genre_film_work REPLICA IDENTITY FULL").await;
     env.sql("ALTER TABLE content.person_film_work REPLICA IDENTITY FULL").await;
