@@ -230,3 +230,17 @@ async fn an_unsupported_engine_is_refused_by_name() {
     }
     env.cleanup().await;
 }
+
+/// A change stream's keyset reads with no index to serve them are reported at start, with the
+/// statement that creates it (Django's migrations make none of them).
+#[tokio::test]
+async fn a_missing_change_index_is_reported_with_the_statement_to_run() {
+    let env = TestEnv::new("out_missing_index").await;
+    env.sql("DROP INDEX content.person_updated_at_id_idx").await;
+    let o = common::pg2es_command(&env.env_vars(), &["run", "--once"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains(r#"CREATE INDEX CONCURRENTLY ON "content"."person" ("updated_at", id);"#), "{err}");
+    assert_eq!(err.matches("CREATE INDEX").count(), 1, "{err}");
+    env.cleanup().await;
+}

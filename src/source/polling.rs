@@ -61,6 +61,9 @@ impl PollingSource {
             let c = &self.config;
             let pg = PgSource::connect(&c.pg, &self.tls, &c.pg_schema, &c.timestamp_column).await?;
             tracing::info!(schema = %c.pg_schema, change_columns = %pg.layout().describe(), "connected to postgres");
+            for create in pg.layout().missing_indexes(pg.client()).await? {
+                tracing::warn!(create = %create, "no index serves a change stream's reads, so every cycle scans the table: create it");
+            }
             self.pg = Some(pg);
         }
         self.pg()

@@ -111,6 +111,36 @@ impl Layout {
         &self.timestamps[&stream]
     }
 
+    /// The `CREATE INDEX` statements for the change streams' keyset reads that no index serves
+    /// (none starting with the timestamp column, then `id`): without one, every cycle scans the
+    /// whole table. Django's migrations, for one, make none of them.
+    pub async fn missing_indexes(&self, client: &Client) -> Result<Vec<String>> {
+        let context = "read the tables' indexes";
+        let rows = client
+            .query(
+                "SELECT c.relname::text, ARRAY(SELECT a.attname::text FROM unnest(i.indkey[0:1]) WITH ORDINALITY AS k(attnum, n) \
+                        JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum ORDER BY k.n) \
+                 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+                &[&self.schema],
+            )
+            .await
+            .map_err(Error::postgres(context))?;
+        let mut missing = Vec::new();
+        for stream in Stream::ALL {
+            let (table, ts) = (stream.table(), self.ts(stream));
+            let served = rows.iter().any(|r| {
+                let name: Option<String> = r.try_get(0).ok();
+                let columns: Vec<String> = r.try_get(1).unwrap_or_default();
+                name.as_deref() == Some(table) && columns.len() == 2 && columns[0] == ts && columns[1] == "id"
+            });
+            if !served {
+                missing.push(format!(r#"CREATE INDEX CONCURRENTLY ON "{}"."{table}" ("{ts}", id);"#, self.schema));
+            }
+        }
+        Ok(missing)
+    }
+
     pub fn describe(&self) -> String {
         let set: BTreeSet<String> = self.timestamps.iter().map(|(s, c)| format!("{}.{c}", s.table())).collect();
         set.into_iter().collect::<Vec<_>>().join(" ")
