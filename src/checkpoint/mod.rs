@@ -106,6 +106,10 @@ pub enum PositionDelta {
     Reconciled { at: DateTime<Utc> },
     /// Logical replication is loaded up to this WAL position.
     Replication { lsn: u64 },
+    /// The delete log can no longer be trusted from the saved position (its triggers or its table
+    /// went missing, or its position was dropped): it is forgotten, and read again only after a
+    /// reload once it is back.
+    DeleteLogLost,
 }
 
 /// A delta that does not fit the state: applying it would move progress back, or it belongs to
@@ -229,6 +233,10 @@ impl State {
             },
             PositionDelta::Reconciled { at } => {
                 self.reconciled_at = Some(self.reconciled_at.map_or(*at, |t| t.max(*at)));
+                Ok(())
+            }
+            PositionDelta::DeleteLogLost => {
+                self.delete_log = None;
                 Ok(())
             }
         }
@@ -414,6 +422,22 @@ mod tests {
         c.commit(&[PositionDelta::Reconciled { at: t }]).unwrap();
         c.commit(&[PositionDelta::Reconciled { at: Utc.timestamp_opt(50, 0).unwrap() }]).unwrap();
         assert_eq!(c.state().reconciled_at, Some(t));
+    }
+
+    #[test]
+    fn a_lost_delete_log_is_forgotten_and_can_start_again_lower() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let mut c = Checkpoint::open(&path, "movies").unwrap();
+        c.commit(&[PositionDelta::DeleteLog { done: 100 }]).unwrap();
+        c.commit(&[PositionDelta::DeleteLogLost]).unwrap();
+        assert_eq!(c.state().delete_log, None);
+        drop(c);
+        let mut c = Checkpoint::open(&path, "movies").unwrap();
+        assert_eq!(c.state().delete_log, None);
+        // A new log (installed again) may start below the old position.
+        c.commit(&[PositionDelta::DeleteLog { done: 5 }, PositionDelta::BeginFullLoad { heads: vec![] }]).unwrap();
+        assert_eq!(c.state().delete_log, Some(5));
     }
 
     #[test]
