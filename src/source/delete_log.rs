@@ -477,7 +477,11 @@ async fn begin(client: &impl GenericClient, lock_timeout: Duration, context: &'s
     // Creating and dropping triggers locks the tables: wait a while for other transactions, not
     // forever, so the application's queries do not queue up behind us.
     let ms = lock_timeout.as_millis().max(1);
-    client.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms'")).await.map_err(Error::postgres(context))
+    if let Err(e) = client.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms'")).await {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(Error::postgres(context)(e));
+    }
+    Ok(())
 }
 
 /// Takes one table's lock, so that a timeout names the table it waited for.
