@@ -185,8 +185,10 @@ async fn plan_delete_log(pg: &PgSource, schema: &str, consumer: &str, state: &St
         if lost_now {
             before.push(PositionDelta::DeleteLogLost);
         }
-        // After a restart the state no longer has the position: the consumer's row says the log was read.
-        if (lost_now || delete_log::is_consumer(client, schema, consumer).await?) && notices.lost_warned.is_none_or(|at| at.elapsed() >= LOST_WARNING_EVERY) {
+        // After a restart the state no longer has the position: the consumer's row says the log
+        // was read. Some triggers without the others are never meant either.
+        let broken = lost_now || !capture.nothing_installed() || delete_log::is_consumer(client, schema, consumer).await?;
+        if broken && notices.lost_warned.is_none_or(|at| at.elapsed() >= LOST_WARNING_EVERY) {
             notices.lost_warned = Some(Instant::now());
             tracing::warn!(
                 schema,
