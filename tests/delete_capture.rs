@@ -292,6 +292,16 @@ async fn the_binary_prints_installs_and_removes() {
     assert!(print.status.success(), "{}", String::from_utf8_lossy(&print.stderr));
     let ddl = String::from_utf8(print.stdout).unwrap();
     assert!(ddl.contains("CREATE TRIGGER") && ddl.contains(r#""content".film_work"#), "{ddl}");
+    // Applied by hand it installs, and drops the positions when a trigger was missing, as install does.
+    env.db.batch_execute(&ddl).await.expect("the printed DDL applies as is");
+    assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    delete_log::acknowledge(&env.db, SCHEMA, "a", 1).await.unwrap();
+    env.db.batch_execute(&ddl).await.unwrap();
+    assert!(delete_log::is_consumer(&env.db, SCHEMA, "a").await.unwrap(), "nothing was missing: the position stays");
+    env.sql("ALTER TABLE content.genre DISABLE TRIGGER pg2es_linked_deleted").await;
+    env.db.batch_execute(&ddl).await.unwrap();
+    assert!(!delete_log::is_consumer(&env.db, SCHEMA, "a").await.unwrap(), "a trigger was disabled: the position goes");
+    assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap());
 
     let install = pg2es_command(&env.env_vars(), &["delete-capture", "install"]).output().unwrap();
     assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
