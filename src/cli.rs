@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "pg2es", version, about = "Keeps an Elasticsearch index in step with PostgreSQL")]
@@ -36,17 +36,23 @@ pub enum Command {
     /// Triggers that record deletes for pg2es (opt-in; PostgreSQL 13+): print their DDL for
     /// PG_SCHEMA, or install or remove them with the configured Postgres settings.
     DeleteCapture {
-        #[arg(value_enum)]
+        #[command(subcommand)]
         action: DeleteCaptureAction,
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
 pub enum DeleteCaptureAction {
     /// Print the DDL to stdout (no connection), for an owner of the tables to apply.
-    Print,
-    /// Create the log tables, functions and triggers (idempotent).
+    Print {
+        /// Print the statements that remove it instead.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Create the log tables, functions and triggers (idempotent); refuses log tables that were
+    /// altered.
     Install,
     /// Drop the triggers (and the functions once no schema uses them); the log tables are kept.
+    /// Exit 2 when PG_SCHEMA does not exist; 0 with "nothing to remove" when nothing is installed.
     Remove,
 }

@@ -77,21 +77,37 @@ fn try_main() -> pg2es::Result<ExitCode> {
     }
 }
 
-/// `pg2es delete-capture print|install|remove` on PG_SCHEMA.
+/// `pg2es delete-capture print [--remove]|install|remove` on PG_SCHEMA.
 fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result<ExitCode> {
     let schema = config.pg_schema.as_str();
-    if action == DeleteCaptureAction::Print {
-        print!("{}", delete_log::ddl(schema));
-        return Ok(ExitCode::SUCCESS);
+    match action {
+        DeleteCaptureAction::Print { remove: false } => {
+            print!("{}", delete_log::print_ddl(schema));
+            return Ok(ExitCode::SUCCESS);
+        }
+        DeleteCaptureAction::Print { remove: true } => {
+            print!("{}", delete_log::remove_ddl(schema));
+            return Ok(ExitCode::SUCCESS);
+        }
+        DeleteCaptureAction::Install | DeleteCaptureAction::Remove => {}
     }
     with_runtime(|_shutdown| async move {
         let client = delete_log::connect(&config.pg, &PgTls::from_config(config)?).await?;
         if action == DeleteCaptureAction::Install {
-            delete_log::install(&client, schema).await?;
+            let installed = delete_log::install(&client, schema).await?;
             println!("delete capture installed on schema {schema}: {} triggers write to pg2es.film_changes", delete_log::TRIGGERS.len());
+            if installed.positions_dropped > 0 {
+                println!(
+                    "the log or a trigger was missing, so deletes meanwhile were not recorded: {} pg2es position(s) in the log were dropped, and each of those instances loads every film again at its next cycle",
+                    installed.positions_dropped
+                );
+            }
         } else {
-            delete_log::remove(&client, schema).await?;
-            println!("delete capture removed from schema {schema}; the tables in schema pg2es are kept");
+            let removed = delete_log::remove(&client, schema).await?;
+            match removed.triggers {
+                0 => println!("nothing to remove: no pg2es delete capture trigger on schema {schema} of database {}", removed.database),
+                n => println!("delete capture removed from schema {schema} of database {} ({n} triggers dropped); the tables in schema pg2es are kept", removed.database),
+            }
         }
         Ok(ExitCode::SUCCESS)
     })

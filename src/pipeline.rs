@@ -219,6 +219,8 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
     // A writer error is the cause when both failed: the reader only saw the channel close.
     let mut report = written?;
     let read = read?;
+    // Documents stored outside a full load make the index non-empty: a later reload reconciles.
+    *index_empty &= plan.full_load || report.stored == 0;
     (report.rows, report.already_loaded, report.logged_films, report.more) = (read.rows, read.already_loaded, read.logged_films, read.more);
     report.interrupted |= shutdown.is_triggered();
     // The full load is over, or stopped by shutdown: the index gets its own settings back.

@@ -13,8 +13,9 @@
 //! run tells. Verify only reads, and takes no lock.
 //!
 //! Without the delete capture triggers, a film deleted in Postgres stays in the index (extra)
-//! until reconciliation, and a deleted link stays in its film's document (stale): the report's
-//! hints say so.
+//! until reconciliation, and a deleted link stays in its film's document (stale); a write that
+//! leaves the change column alone is never seen by polling. The report's hints say so, for the
+//! source kind and what is installed ([`Setup`]).
 
 use std::collections::VecDeque;
 use std::fmt::Write;
@@ -25,12 +26,12 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::config::Config;
+use crate::config::{Config, SourceKind};
 use crate::error::{Error, Result};
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 use crate::sink::{read_index_definition, ElasticsearchSink};
-use crate::source::{PgSource, PgTls};
+use crate::source::{delete_log, PgSource, PgTls};
 use crate::transform::{to_document, FilmWork};
 
 /// Ids listed per kind of difference; the counts are always complete.
@@ -51,6 +52,17 @@ pub struct VerifyReport {
     pub stale: Discrepancies<StaleDocument>,
     /// Documents (by `_id`) whose film is not in Postgres.
     pub extra: Discrepancies<String>,
+    /// How pg2es reads this catalog: the hints depend on it.
+    pub setup: Setup,
+}
+
+/// What the hints depend on: how pg2es finds changes, and whether the delete capture is on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Setup {
+    /// `PG2ES_SOURCE=replication`: every committed write and delete is in the stream.
+    pub replication: bool,
+    /// The delete capture triggers are installed on PG_SCHEMA (complete and enabled).
+    pub delete_capture: bool,
 }
 
 /// A count, and the first [`SAMPLE_SIZE`] of what was counted.
@@ -99,30 +111,37 @@ impl VerifyReport {
         )
     }
 
-    /// Why each kind of difference found usually happens, and what to do about it.
+    /// Why each kind of difference found usually happens in this setup, and what to do about it.
     pub fn hints(&self) -> Vec<String> {
         let documents = |n: u64| if n == 1 { "document" } else { "documents" };
+        let Setup { replication, delete_capture } = self.setup;
         let mut hints = Vec::new();
         if self.missing.count > 0 {
             let n = self.missing.count;
-            hints.push(format!(
-                "{n} missing {}: films not loaded yet; `pg2es run` loads them at its next cycle (a film whose change column is NULL is read only by a full load)",
-                documents(n)
-            ));
+            let why = if replication {
+                "films not loaded yet; pg2es loads them at its next cycle (the replication stream carries every committed write). One still missing after that: reload (README, 'Running pg2es')"
+            } else {
+                "films not loaded yet; `pg2es run` loads them at its next cycle. One still missing after that was written with a change column that is NULL or older than what pg2es had read (an import that keeps old timestamps), which polling does not see: set the column in such writes (UPDATE ... SET updated_at = now() on those films), or reload (README, 'Running pg2es')"
+            };
+            hints.push(format!("{n} missing {}: {why}", documents(n)));
         }
         if self.stale.count > 0 {
             let n = self.stale.count;
-            hints.push(format!(
-                "{n} stale {}: a change not loaded yet (run verify again after pg2es's next cycle), or, without the delete capture triggers, a genre or person link deleted in Postgres (see README, 'Deletes': `pg2es delete-capture install`)",
-                documents(n)
-            ));
+            let why = match (replication, delete_capture) {
+                (true, _) => "a change not loaded yet: run verify again after pg2es's next cycle (the replication stream carries every committed write and delete). One still stale after that: reload (README, 'Running pg2es')",
+                (false, true) => "a change not loaded yet: run verify again after pg2es's next cycle. One still stale after that was changed by a write that left the change column as it was (an UPDATE that does not set updated_at, such as Django's QuerySet.update()), which polling never sees: set the column in such writes (UPDATE ... SET updated_at = now() on those films' rows), or reload (README, 'Running pg2es')",
+                (false, false) => "a change not loaded yet: run verify again after pg2es's next cycle. One still stale after that lost a genre or person link deleted in Postgres, which polling sees only with the delete capture triggers (README, 'Deletes': `pg2es delete-capture install`), or was changed by a write that left the change column as it was (an UPDATE that does not set updated_at, such as Django's QuerySet.update()), which polling never sees: set the column in such writes, or reload (README, 'Running pg2es')",
+            };
+            hints.push(format!("{n} stale {}: {why}", documents(n)));
         }
         if self.extra.count > 0 {
             let n = self.extra.count;
-            hints.push(format!(
-                "{n} extra {}: films deleted in Postgres; pg2es deletes their documents at its next cycle with the delete capture triggers, otherwise within ETL_RECONCILE_SEC (see README, 'Deletes')",
-                documents(n)
-            ));
+            let why = match (replication, delete_capture) {
+                (true, _) => "films deleted in Postgres; pg2es deletes their documents at its next cycle (the replication stream carries deletes), and reconciliation within ETL_RECONCILE_SEC",
+                (false, true) => "films deleted in Postgres; pg2es deletes their documents at its next cycle (the delete capture), and reconciliation within ETL_RECONCILE_SEC",
+                (false, false) => "films deleted in Postgres; reconciliation deletes their documents within ETL_RECONCILE_SEC (at the next cycle with the delete capture triggers: README, 'Deletes')",
+            };
+            hints.push(format!("{n} extra {}: {why}", documents(n)));
         }
         hints
     }
@@ -177,7 +196,11 @@ pub async fn verify(config: &Config, shutdown: &Shutdown) -> Result<VerifyReport
     let mut documents = DocumentPages::new(&sink, config.batch_size.min(MAX_SEARCH_SIZE), shutdown);
     tracing::info!(index = %config.es_index, page_size = config.batch_size, "verifying index against postgres");
 
-    let mut report = VerifyReport::default();
+    let setup = Setup {
+        replication: matches!(config.source, SourceKind::Replication(_)),
+        delete_capture: retry(&RetryPolicy::from_config(config), shutdown, "check the delete capture", || delete_capture_installed(config)).await?,
+    };
+    let mut report = VerifyReport { setup, ..VerifyReport::default() };
     let (mut expected, mut stored) = (VecDeque::new(), VecDeque::new());
     while !(films.done && documents.done && expected.is_empty() && stored.is_empty()) {
         if shutdown.is_triggered() {
@@ -198,6 +221,11 @@ pub async fn verify(config: &Config, shutdown: &Shutdown) -> Result<VerifyReport
         "verify done"
     );
     Ok(report)
+}
+
+async fn delete_capture_installed(config: &Config) -> Result<bool> {
+    let client = delete_log::connect(&config.pg, &PgTls::from_config(config)?).await?;
+    delete_log::installed(&client, &config.pg_schema).await
 }
 
 /// A document in the join: the film id it stands for, and its source.
@@ -470,7 +498,7 @@ mod tests {
         report.extra.add(2, [id(8), id(9)]);
         assert_eq!(
             report.hints(),
-            ["2 extra documents: films deleted in Postgres; pg2es deletes their documents at its next cycle with the delete capture triggers, otherwise within ETL_RECONCILE_SEC (see README, 'Deletes')"]
+            ["2 extra documents: films deleted in Postgres; reconciliation deletes their documents within ETL_RECONCILE_SEC (at the next cycle with the delete capture triggers: README, 'Deletes')"]
         );
         report.stale.record(StaleDocument { id: id(4), field: "actors".into() });
         report.missing.record(id(5));
@@ -480,5 +508,44 @@ mod tests {
         assert!(hints[1].starts_with("1 stale document: a change not loaded yet") && hints[1].contains("link deleted"), "{}", hints[1]);
         let table = report.render();
         assert!(table.lines().rev().take(3).all(|l| l.starts_with("hint: ")), "{table}");
+    }
+
+    /// One report of each kind, hinted for `setup`.
+    fn hints_for(setup: Setup) -> Vec<String> {
+        let mut report = VerifyReport { checked: 10, setup, ..VerifyReport::default() };
+        report.missing.record(id(1));
+        report.stale.record(StaleDocument { id: id(2), field: "actors".into() });
+        report.extra.record(id(3));
+        let hints = report.hints();
+        assert_eq!(hints.len(), 3, "{hints:?}");
+        hints
+    }
+
+    #[test]
+    fn hints_fit_polling_without_the_delete_capture() {
+        let [missing, stale, extra] = <[String; 3]>::try_from(hints_for(Setup { replication: false, delete_capture: false })).unwrap();
+        assert!(missing.contains("`pg2es run` loads them at its next cycle") && missing.contains("polling does not see"), "{missing}");
+        assert!(stale.contains("link deleted in Postgres") && stale.contains("`pg2es delete-capture install`"), "{stale}");
+        assert!(stale.contains("QuerySet.update()") && stale.contains("never sees"), "{stale}");
+        assert!(extra.contains("reconciliation deletes their documents within ETL_RECONCILE_SEC") && extra.contains("delete capture"), "{extra}");
+    }
+
+    #[test]
+    fn hints_fit_polling_with_the_delete_capture_installed() {
+        let hints = hints_for(Setup { replication: false, delete_capture: true });
+        assert!(hints.iter().all(|h| !h.contains("delete-capture install")), "no install suggested when installed: {hints:?}");
+        assert!(hints[1].contains("QuerySet.update()") && !hints[1].contains("link deleted"), "{}", hints[1]);
+        assert!(hints[2].contains("at its next cycle (the delete capture)"), "{}", hints[2]);
+    }
+
+    #[test]
+    fn hints_fit_replication_whatever_is_installed() {
+        for delete_capture in [false, true] {
+            let hints = hints_for(Setup { replication: true, delete_capture });
+            assert!(hints.iter().all(|h| !h.contains("delete capture") && !h.contains("delete-capture")), "{hints:?}");
+            assert!(hints.iter().all(|h| !h.contains("updated_at")), "replication sees every write: {hints:?}");
+            assert!(hints[0].contains("replication stream carries every committed write"), "{}", hints[0]);
+            assert!(hints[2].contains("replication stream carries deletes"), "{}", hints[2]);
+        }
     }
 }

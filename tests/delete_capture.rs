@@ -237,7 +237,7 @@ async fn install_is_idempotent_and_remove_drops_the_triggers() {
     assert_eq!(env.scalar_i64("SELECT count(*) FROM pg_proc WHERE pronamespace = 'pg2es'::regnamespace").await, 0);
     let page = logged(&env, "DELETE FROM content.film_work WHERE id = (SELECT id FROM content.film_work LIMIT 1)").await;
     assert_eq!(page, films(vec![]), "nothing is logged once removed; the table is kept");
-    delete_log::remove(&env.db, SCHEMA).await.unwrap();
+    assert_eq!(delete_log::remove(&env.db, SCHEMA).await.unwrap().triggers, 0, "nothing left to remove");
     env.cleanup().await;
 }
 
@@ -262,11 +262,26 @@ async fn writers_need_no_rights_on_the_log_and_installers_are_told_what_to_do() 
     let other = connect(&env.dsn).await;
     other.batch_execute("SET ROLE pg2es_t_writer").await.unwrap();
     match delete_log::install(&other, SCHEMA).await {
-        Err(Error::SourceSchema(message)) => assert!(message.contains("pg2es delete-capture print"), "{message}"),
+        Err(Error::SourceSchema(message)) => {
+            assert!(message.contains("run `pg2es delete-capture print` and have an owner of the tables apply it"), "{message}")
+        }
         other => panic!("install by a role that owns nothing: {other:?}"),
     }
     // The failed install left no transaction open.
     other.batch_execute("SELECT 1").await.unwrap();
+    // Removing as a non-owner points at the removal DDL, which is printed on its own.
+    match delete_log::remove(&other, SCHEMA).await {
+        Err(Error::SourceSchema(message)) => assert!(message.contains("`pg2es delete-capture print --remove`"), "{message}"),
+        other => panic!("remove by a role that owns nothing: {other:?}"),
+    }
+    other.batch_execute("SELECT 1").await.unwrap();
+    assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap(), "the failed remove changed nothing");
+    let print = pg2es_command(&[("PG_SCHEMA".into(), SCHEMA.into())], &["delete-capture", "print", "--remove"]).output().unwrap();
+    assert!(print.status.success(), "{}", String::from_utf8_lossy(&print.stderr));
+    let ddl = String::from_utf8(print.stdout).unwrap();
+    assert!(ddl.contains(r#"DROP TRIGGER IF EXISTS pg2es_film_deleted ON "content".film_work;"#) && !ddl.contains("CREATE TRIGGER"), "{ddl}");
+    env.db.batch_execute(&ddl).await.expect("the printed removal applies as is");
+    assert!(delete_log::status(&env.db, SCHEMA).await.unwrap().nothing_installed());
     env.cleanup().await;
 }
 
@@ -277,6 +292,16 @@ async fn the_binary_prints_installs_and_removes() {
     assert!(print.status.success(), "{}", String::from_utf8_lossy(&print.stderr));
     let ddl = String::from_utf8(print.stdout).unwrap();
     assert!(ddl.contains("CREATE TRIGGER") && ddl.contains(r#""content".film_work"#), "{ddl}");
+    // Applied by hand it installs, and drops the positions when a trigger was missing, as install does.
+    env.db.batch_execute(&ddl).await.expect("the printed DDL applies as is");
+    assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    delete_log::acknowledge(&env.db, SCHEMA, "a", 1).await.unwrap();
+    env.db.batch_execute(&ddl).await.unwrap();
+    assert!(delete_log::is_consumer(&env.db, SCHEMA, "a").await.unwrap(), "nothing was missing: the position stays");
+    env.sql("ALTER TABLE content.genre DISABLE TRIGGER pg2es_linked_deleted").await;
+    env.db.batch_execute(&ddl).await.unwrap();
+    assert!(!delete_log::is_consumer(&env.db, SCHEMA, "a").await.unwrap(), "a trigger was disabled: the position goes");
+    assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap());
 
     let install = pg2es_command(&env.env_vars(), &["delete-capture", "install"]).output().unwrap();
     assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
@@ -285,6 +310,138 @@ async fn the_binary_prints_installs_and_removes() {
 
     let remove = pg2es_command(&env.env_vars(), &["delete-capture", "remove"]).output().unwrap();
     assert!(remove.status.success(), "{}", String::from_utf8_lossy(&remove.stderr));
+    assert!(String::from_utf8_lossy(&remove.stdout).contains("12 triggers dropped"), "{}", String::from_utf8_lossy(&remove.stdout));
     assert!(!delete_log::installed(&env.db, SCHEMA).await.unwrap());
+
+    // Nothing installed: exit 0, saying so with the schema and the database.
+    let again = pg2es_command(&env.env_vars(), &["delete-capture", "remove"]).output().unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let out = String::from_utf8_lossy(&again.stdout);
+    assert!(out.contains("nothing to remove") && out.contains("schema content of database pg2es_t_dc_binary"), "{out}");
+
+    // A schema that does not exist: a setting is wrong (exit 2), named with the database.
+    let mut vars = env.env_vars();
+    vars.push(("PG_SCHEMA".into(), "dc_no_such_schema".into()));
+    for action in ["remove", "install"] {
+        let out = pg2es_command(&vars, &["delete-capture", action]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{action}: {err}");
+        assert!(err.contains("schema dc_no_such_schema does not exist in database pg2es_t_dc_binary"), "{action}: {err}");
+    }
+    env.cleanup().await;
+}
+
+/// A lock that install waits for in vain is named: the table, who holds it, and what to do.
+#[tokio::test]
+async fn a_lock_timeout_names_the_table_and_its_holder() {
+    let env = TestEnv::new("dc_lock").await;
+    let holder = connect(&format!("{}?application_name=dc_lock_holder", env.dsn)).await;
+    holder.batch_execute("BEGIN; SELECT count(*) FROM content.genre").await.unwrap();
+    let pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let started = std::time::Instant::now();
+    let err = delete_log::install_with(&env.db, SCHEMA, Duration::from_millis(500)).await.expect_err("install while a transaction reads content.genre");
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    let message = err.to_string();
+    for part in ["table content.genre", &format!("pid {pid}"), "application_name dc_lock_holder", "state idle in transaction", "transaction started 20", "once that transaction ends", "pg_terminate_backend"] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    assert!(matches!(err, Error::SourceSetup(_)), "{err:?}");
+    assert!(delete_log::status(&env.db, SCHEMA).await.unwrap().nothing_installed(), "nothing was changed");
+    env.db.batch_execute("SELECT 1").await.expect("no transaction left open");
+
+    holder.batch_execute("COMMIT").await.unwrap();
+    delete_log::install_with(&env.db, SCHEMA, Duration::from_millis(500)).await.expect("install once the transaction ended");
+    assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    env.cleanup().await;
+}
+
+/// A position stands for "every delete since is in the log": installing again after the log or a
+/// trigger was missing drops the positions (their instances reload), a plain re-install keeps them.
+#[tokio::test]
+async fn install_drops_positions_the_log_can_no_longer_vouch_for() {
+    let env = installed_env("dc_positions").await;
+    let consumers = "SELECT count(*) FROM pg2es.consumers";
+    delete_log::acknowledge(&env.db, SCHEMA, "a", 1).await.unwrap();
+    delete_log::acknowledge(&env.db, "other", "a", 1).await.unwrap();
+    assert_eq!(delete_log::install(&env.db, SCHEMA).await.unwrap().positions_dropped, 0);
+    assert_eq!(env.scalar_i64(consumers).await, 2);
+    assert_eq!(delete_log::advance(&env.db, SCHEMA, "a", 2).await.unwrap(), delete_log::Continuity::Kept);
+
+    env.sql("DROP TRIGGER pg2es_link_deleted ON content.genre_film_work").await;
+    let capture = delete_log::status(&env.db, SCHEMA).await.unwrap();
+    assert_eq!(capture.describe_missing(), "genre_film_work: pg2es_link_deleted");
+    assert_eq!(delete_log::install(&env.db, SCHEMA).await.unwrap().positions_dropped, 1, "this schema's only");
+    assert_eq!(env.scalar_i64(consumers).await, 1);
+    assert_eq!(delete_log::advance(&env.db, SCHEMA, "a", 3).await.unwrap(), delete_log::Continuity::Dropped);
+    assert!(!delete_log::is_consumer(&env.db, SCHEMA, "a").await.unwrap());
+
+    // A consumer not seen for over 7 days may have lost rows to others' trimming.
+    env.sql("INSERT INTO pg2es.consumers (source_schema, consumer, done_xid, seen_at) VALUES ('content', 'old', '1', now() - interval '8 days')").await;
+    assert_eq!(delete_log::advance(&env.db, SCHEMA, "old", 2).await.unwrap(), delete_log::Continuity::Expired);
+
+    // A new log: every position in the old one goes.
+    env.sql("DROP TABLE pg2es.film_changes").await;
+    assert!(!delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    assert_eq!(delete_log::install(&env.db, SCHEMA).await.unwrap().positions_dropped, 2);
+    assert_eq!(env.scalar_i64(consumers).await, 0);
+
+    // `remove` drops the schema's positions too: its readers learn that the log stopped.
+    delete_log::acknowledge(&env.db, SCHEMA, "a", 1).await.unwrap();
+    assert_eq!(delete_log::remove(&env.db, SCHEMA).await.unwrap().triggers, delete_log::TRIGGERS.len());
+    assert_eq!(env.scalar_i64(consumers).await, 0);
+    env.cleanup().await;
+}
+
+/// Log tables altered by someone are refused by install with what differs and the fix; nothing
+/// is changed.
+#[tokio::test]
+async fn install_refuses_altered_log_tables() {
+    let env = installed_env("dc_shape").await;
+    env.sql("ALTER TABLE pg2es.film_changes ALTER COLUMN film_id TYPE text").await;
+    let err = delete_log::install(&env.db, SCHEMA).await.expect_err("film_id is text").to_string();
+    assert!(err.contains("column pg2es.film_changes.film_id is text, pg2es needs uuid") && err.contains("DROP TABLE pg2es.film_changes;"), "{err}");
+    env.sql("ALTER TABLE pg2es.film_changes ALTER COLUMN film_id TYPE uuid USING film_id::uuid").await;
+    delete_log::install(&env.db, SCHEMA).await.expect("as created again");
+
+    env.sql("ALTER TABLE pg2es.consumers DROP CONSTRAINT consumers_pkey").await;
+    env.sql("ALTER TABLE pg2es.consumers ALTER COLUMN seen_at DROP DEFAULT").await;
+    let err = delete_log::install(&env.db, SCHEMA).await.expect_err("consumers altered").to_string();
+    assert!(err.contains("pg2es.consumers.seen_at has no default") && err.contains("no unique key on (source_schema, consumer)"), "{err}");
+    assert!(err.contains("DROP TABLE pg2es.consumers;"), "{err}");
+    env.sql("DROP TABLE pg2es.consumers").await;
+    delete_log::install(&env.db, SCHEMA).await.expect("consumers created again");
+    env.cleanup().await;
+}
+
+/// Replication mode does not read the log: its position goes, and rows no polling consumer still
+/// needs are trimmed (all of them below the boundary when no polling consumer is active).
+#[tokio::test]
+async fn trim_for_replication_keeps_only_what_active_polling_consumers_need() {
+    let env = installed_env("dc_trim_repl").await;
+    let delete_one = "DELETE FROM content.genre_film_work WHERE id = (SELECT id FROM content.genre_film_work ORDER BY id LIMIT 1)";
+    let first = commit(&env.db, delete_one).await;
+    let second = commit(&env.db, delete_one).await;
+    boundary_past(&env.db, second).await;
+    let rows = "SELECT count(*) FROM pg2es.film_changes WHERE source_schema = 'content'";
+    assert_eq!(env.scalar_i64(rows).await, 2);
+    delete_log::acknowledge(&env.db, SCHEMA, "repl", 1).await.unwrap();
+    delete_log::acknowledge(&env.db, SCHEMA, "poll", first + 1).await.unwrap();
+    env.sql("INSERT INTO pg2es.consumers (source_schema, consumer, done_xid, seen_at) VALUES ('content', 'gone', '1', now() - interval '8 days')").await;
+    env.sql("INSERT INTO pg2es.film_changes (source_schema, film_id) VALUES ('other', NULL)").await;
+
+    // An active polling consumer still needs the second delete.
+    assert_eq!(delete_log::trim_for_replication(&env.db, SCHEMA, "repl").await.unwrap(), 1);
+    assert!(!delete_log::is_consumer(&env.db, SCHEMA, "repl").await.unwrap());
+    assert_eq!(env.scalar_i64(&format!("SELECT count(*) FROM pg2es.film_changes WHERE xid = '{second}'::xid8")).await, 1);
+
+    // No active polling consumer: everything below the boundary goes; another schema's rows stay.
+    env.sql("DELETE FROM pg2es.consumers WHERE consumer = 'poll'").await;
+    assert_eq!(delete_log::trim_for_replication(&env.db, SCHEMA, "repl").await.unwrap(), 1);
+    assert_eq!(env.scalar_i64(rows).await, 0);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM pg2es.film_changes WHERE source_schema = 'other'").await, 1);
+
+    // Without the log tables there is nothing to trim.
+    env.sql("DROP TABLE pg2es.film_changes").await;
+    assert_eq!(delete_log::trim_for_replication(&env.db, SCHEMA, "repl").await.unwrap(), 0);
     env.cleanup().await;
 }

@@ -91,7 +91,7 @@ async fn small_pages_find_each_difference_by_id() {
     want.sort();
     assert_eq!(extra, want);
     let table = report.render();
-    assert!(table.contains("hint: 2 extra documents: films deleted in Postgres; pg2es deletes their documents"), "{table}");
+    assert!(table.contains("hint: 2 extra documents: films deleted in Postgres; reconciliation deletes their documents"), "{table}");
     assert!(table.contains("hint: 1 stale document: a change not loaded yet"), "{table}");
     assert!(table.contains("hint: 2 missing documents: films not loaded yet"), "{table}");
     env.cleanup().await;
@@ -102,7 +102,7 @@ async fn small_pages_find_each_difference_by_id() {
 /// both and says why.
 #[tokio::test]
 async fn deletes_in_postgres_show_as_extra_and_stale_with_the_reason() {
-    const DELETES_HINT: &str = "films deleted in Postgres; pg2es deletes their documents at its next cycle with the delete capture triggers, otherwise within ETL_RECONCILE_SEC (see README, 'Deletes')";
+    const DELETES_HINT: &str = "films deleted in Postgres; reconciliation deletes their documents within ETL_RECONCILE_SEC (at the next cycle with the delete capture triggers: README, 'Deletes')";
     let env = TestEnv::new("verify_deletes").await;
     env.run_once().await;
     let deleted = film_id(&env, "SELECT id::text FROM content.film_work ORDER BY id LIMIT 1 OFFSET 10").await;

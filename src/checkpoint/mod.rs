@@ -158,6 +158,10 @@ pub enum PositionDelta {
     /// again from the first (restarting a full load under way), since changes before `lsn` may
     /// be missing from what was loaded. Counted in `resyncs`.
     Resync { lsn: u64, setup: StreamSetup },
+    /// The delete log can no longer be trusted from the saved position (its triggers or its table
+    /// went missing, or its position was dropped): it is forgotten, and read again only after a
+    /// reload once it is back.
+    DeleteLogLost,
 }
 
 /// A delta that does not fit the state: applying it would move progress back, or it belongs to
@@ -292,6 +296,10 @@ impl State {
             }
             PositionDelta::Reconciled { at } => {
                 self.reconciled_at = Some(self.reconciled_at.map_or(*at, |t| t.max(*at)));
+                Ok(())
+            }
+            PositionDelta::DeleteLogLost => {
+                self.delete_log = None;
                 Ok(())
             }
         }
@@ -496,6 +504,22 @@ mod tests {
         c.commit(&[PositionDelta::Reconciled { at: t }]).unwrap();
         c.commit(&[PositionDelta::Reconciled { at: Utc.timestamp_opt(50, 0).unwrap() }]).unwrap();
         assert_eq!(c.state().reconciled_at, Some(t));
+    }
+
+    #[test]
+    fn a_lost_delete_log_is_forgotten_and_can_start_again_lower() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let mut c = Checkpoint::open(&path, "movies").unwrap();
+        c.commit(&[PositionDelta::DeleteLog { done: 100 }]).unwrap();
+        c.commit(&[PositionDelta::DeleteLogLost]).unwrap();
+        assert_eq!(c.state().delete_log, None);
+        drop(c);
+        let mut c = Checkpoint::open(&path, "movies").unwrap();
+        assert_eq!(c.state().delete_log, None);
+        // A new log (installed again) may start below the old position.
+        c.commit(&[PositionDelta::DeleteLog { done: 5 }, PositionDelta::BeginFullLoad { heads: vec![] }]).unwrap();
+        assert_eq!(c.state().delete_log, Some(5));
     }
 
     #[test]

@@ -6,23 +6,27 @@
 //!    order on `(timestamp, id)` from its watermark; a changed genre or person fans out to every
 //!    film linked to it. Watermarks stop at the commit horizon (see [`Horizon`]);
 //! 3. the delete log, when its triggers are installed (`pg2es delete-capture`): the films named by
-//!    transactions that ended since the last cycle.
+//!    transactions that ended since the last cycle. The saved position is trusted only while the
+//!    log is complete and this instance's row in `pg2es.consumers` is there; otherwise the log is
+//!    lost (a WARN that says what is missing) and, once it is back, every film is loaded again.
 //!
 //! Every change is the film as read now: a film that is gone is a [`Change::Delete`]. So the same
 //! film reached twice (through a stream and the log) converges to its latest state, whatever the
 //! order the rows changed in.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::change::{ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 use super::reading::{self, Versioning};
-use super::{delete_log, Horizon, PgSource, PgTls, RecentlyLoaded};
+use super::delete_log::{self, Continuity};
+use super::{Horizon, PgSource, PgTls, RecentlyLoaded};
 use crate::checkpoint::{PositionDelta, State, Stream, Watermark};
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
 
@@ -36,6 +40,9 @@ pub struct PollingSource {
     log_until: Option<u64>,
     /// Kept across cycles, not across restarts: see `recent.rs`.
     recent: Mutex<RecentlyLoaded>,
+    notices: LogNotices,
+    /// Replication slots were checked (once per run).
+    slots_checked: bool,
 }
 
 impl PollingSource {
@@ -48,6 +55,8 @@ impl PollingSource {
             horizon: None,
             log_until: None,
             recent: Mutex::new(RecentlyLoaded::default()),
+            notices: LogNotices::default(),
+            slots_checked: false,
         })
     }
 
@@ -156,6 +165,128 @@ impl PollingSource {
     }
 }
 
+/// What was said about the delete capture, so that it is said once (or once a minute while the
+/// capture stays incomplete).
+#[derive(Debug, Default)]
+struct LogNotices {
+    lost_warned: Option<Instant>,
+    deferred_said: bool,
+}
+
+const LOST_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// Where this cycle's window of the delete log ends (`None`: the log is not read this cycle), and
+/// what to save before reading: the log adopted, the log lost, or a reload where deletes were not
+/// recorded. The rule: a saved position is used only while the log has recorded every delete
+/// since it, which the consumer's row in `pg2es.consumers` vouches for (`install` drops it when
+/// the log or a trigger was missing).
+async fn plan_delete_log(pg: &PgSource, schema: &str, consumer: &str, state: &State, before: &mut Vec<PositionDelta>, notices: &mut LogNotices) -> Result<Option<u64>> {
+    let client = pg.client();
+    let capture = delete_log::status(client, schema).await?;
+    if !capture.complete() {
+        let lost_now = state.delete_log.is_some();
+        if lost_now {
+            before.push(PositionDelta::DeleteLogLost);
+        }
+        // After a restart the state no longer has the position: the consumer's row says the log
+        // was read. Some triggers without the others are never meant either.
+        let broken = lost_now || !capture.nothing_installed() || delete_log::is_consumer(client, schema, consumer).await?;
+        if broken && notices.lost_warned.is_none_or(|at| at.elapsed() >= LOST_WARNING_EVERY) {
+            notices.lost_warned = Some(Instant::now());
+            tracing::warn!(
+                schema,
+                missing = %capture.describe_missing(),
+                fix = "pg2es delete-capture install",
+                "the delete capture is incomplete (a migration that recreates a table drops its triggers): deletes are not recorded, so films deleted or unlinked meanwhile stay in the index; once it is installed again every film is loaded again and documents of films that are gone are removed (removed on purpose: nothing to do, deleted films are then removed by reconciliation only)"
+            );
+        }
+        return Ok(None);
+    }
+    notices.lost_warned = None;
+    let mut position = state.delete_log;
+    let mut said = false;
+    if let Some(done) = position {
+        let why = match delete_log::advance(client, schema, consumer, done).await? {
+            Continuity::Kept => None,
+            Continuity::Dropped => Some("this instance's position in pg2es.consumers is gone: the delete capture was installed again after its log or a trigger had been missing, or removed"),
+            Continuity::Expired => Some("this instance was not seen for over 7 days: other instances may have trimmed deletes it had not read"),
+        };
+        if let Some(why) = why {
+            tracing::warn!(schema, consumer, reason = why, "the delete log cannot be trusted from the saved position: deletes are read from it from now on, every film is loaded again and documents of films that are gone are removed");
+            before.push(PositionDelta::DeleteLogLost);
+            position = None;
+            said = true;
+        }
+    }
+    let until = delete_log::boundary(client).await?;
+    if position.is_some() {
+        return Ok(Some(until));
+    }
+    let reload = match (state.needs_full_load(), state.snapshot_in_progress()) {
+        // The first load reads every film after this point.
+        (true, _) => false,
+        // Films this load already has may have lost links before the log started: load again once it is done.
+        (false, Some(load)) if load.after.is_some() => {
+            if !notices.deferred_said {
+                notices.deferred_said = true;
+                tracing::info!(schema, "delete capture found during a full load: its log is read once the load is done, and every film is loaded again then (deletes of films already loaded were not recorded)");
+            }
+            return Ok(None);
+        }
+        (false, Some(_)) => false,
+        (false, None) => true,
+    };
+    // The position is registered now, before the state has it: a row in the log can only be
+    // trimmed once every instance has read it.
+    delete_log::acknowledge(client, schema, consumer, until).await?;
+    before.push(PositionDelta::DeleteLog { done: until });
+    if reload {
+        before.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
+        if !said {
+            tracing::warn!(schema, "delete capture found on an index loaded without it (installed for the first time, or again after it was missing): deletes made before it were not recorded, so every film is loaded again, then documents of films that are gone are removed");
+        }
+    } else if !state.needs_full_load() {
+        tracing::info!(schema, "delete capture found: deletes are read from the delete log from now on");
+    }
+    Ok(Some(until))
+}
+
+/// The slot name replication mode uses for this index by default (`PG_REPLICATION_SLOT`), as
+/// config.rs derives it.
+fn default_slot_name(index: &str) -> String {
+    crate::config::replication_name(&format!("pg2es_{index}"))
+}
+
+/// A logical slot that a replication run of pg2es left in this database holds WAL for nobody
+/// while this instance polls, until the disk fills: said at the start of a run, never dropped here.
+async fn warn_of_replication_slots(pg: &PgSource, index: &str) -> Result<()> {
+    let context = "read the replication slots";
+    let rows = pg
+        .client()
+        .query(
+            "SELECT slot_name::text, active, pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::bigint \
+             FROM pg_catalog.pg_replication_slots \
+             WHERE database = current_database() AND slot_type = 'logical' \
+               AND (slot_name = $1 OR (plugin = 'pgoutput' AND NOT active AND slot_name LIKE 'pg2es\\_%'))",
+            &[&default_slot_name(index)],
+        )
+        .await
+        .map_err(Error::postgres(context))?;
+    for row in &rows {
+        let slot: String = row.try_get(0).map_err(Error::postgres(context))?;
+        let active: bool = row.try_get(1).map_err(Error::postgres(context))?;
+        let retained: Option<i64> = row.try_get(2).map_err(Error::postgres(context))?;
+        tracing::warn!(
+            slot = %slot,
+            active,
+            retained_bytes = retained.unwrap_or(0),
+            fix = %format!("SELECT pg_drop_replication_slot('{}')", slot.replace('\'', "''")),
+            "a logical replication slot of pg2es exists in this database while this instance polls: Postgres keeps WAL for it until it is read or dropped; if no pg2es uses replication on this database, drop it"
+        );
+    }
+    Ok(())
+}
+
 fn log_horizon(h: &Horizon) {
     if !h.exact {
         tracing::warn!(horizon = %h.at, "cannot see other sessions' open transactions: watermarks stay ETL_MAX_TX_SEC behind; grant pg_read_all_stats to read less again");
@@ -171,20 +302,15 @@ fn log_horizon(h: &Horizon) {
 impl ChangeSource for PollingSource {
     async fn prepare(&mut self, state: &State) -> Result<CyclePlan> {
         let (schema, consumer, policy) = (self.config.pg_schema.clone(), self.config.es_index.clone(), self.config.commit_horizon);
-        let pg = self.connect().await?;
+        self.connect().await?;
+        let Some(pg) = self.pg.as_ref() else { return Err(Error::SourceSetup("the polling source could not connect".into())) };
         let identity = pg.identity(&schema).await?;
         // Before reading anything: whatever is not visible yet will be stamped after this point.
         let horizon = pg.horizon(&policy).await?;
         log_horizon(&horizon);
-        let log_until = if delete_log::installed(pg.client(), &schema).await? {
-            // The saved position is durable: the log below it can go.
-            if let Some(done) = state.delete_log {
-                delete_log::acknowledge(pg.client(), &schema, &consumer, done).await?;
-            }
-            Some(delete_log::boundary(pg.client()).await?)
-        } else {
-            None
-        };
+        if !self.slots_checked {
+            warn_of_replication_slots(pg, &consumer).await?;
+        }
         let mut before = Vec::new();
         if state.needs_full_load() {
             // Every stream starts at its newest row instead of re-indexing each film once per
@@ -192,13 +318,8 @@ impl ChangeSource for PollingSource {
             before.push(PositionDelta::BeginFullLoad { heads: Self::heads(pg, &horizon).await? });
             tracing::info!("full load: every film is read in id order; each table's changes are read from its newest row once it is done");
         }
-        if let (None, Some(until)) = (state.delete_log, log_until) {
-            // The log is read from now on; deletes before it were not logged for this state.
-            before.push(PositionDelta::DeleteLog { done: until });
-            if !state.needs_full_load() {
-                tracing::info!(schema = %schema, "delete capture found: deletes are read from the delete log from now on");
-            }
-        }
+        let log_until = plan_delete_log(pg, &schema, &consumer, state, &mut before, &mut self.notices).await?;
+        self.slots_checked = true;
         self.horizon = Some(horizon);
         self.log_until = log_until;
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -206,7 +327,10 @@ impl ChangeSource for PollingSource {
             recent.forget_through(*stream, *saved);
         }
         drop(recent);
-        let full_load = state.needs_full_load() || state.snapshot_in_progress().is_some();
+        // A reload begun here (the delete log found on a loaded index) is a full load too, and
+        // reconciliation follows it.
+        let reload = before.iter().any(|d| matches!(d, PositionDelta::BeginFullLoad { .. }));
+        let full_load = state.needs_full_load() || state.snapshot_in_progress().is_some() || reload;
         Ok(CyclePlan { identity: Some(identity), before, full_load })
     }
 

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::change::{ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 use super::pgoutput::{self, format_lsn, parse_lsn, Lsn, Message, Relations};
 use super::reading::{self, Versioning};
-use super::{Layout, PgSource, PgTls};
+use super::{delete_log, Layout, PgSource, PgTls};
 use crate::checkpoint::{PositionDelta, State, StreamSetup, Stream};
 use crate::config::{Config, ReplicationSettings};
 use crate::error::{Error, Result};
@@ -356,6 +356,16 @@ impl ChangeSource for ReplicationSource {
         self.until = Some(until);
         self.checked = true;
         if self.reported_at.is_none_or(|t| t.elapsed() >= SLOT_REPORT_EVERY) {
+            if self.reported_at.is_none() && delete_log::installed(pg.client(), &schema).await.unwrap_or(false) {
+                tracing::warn!(schema = %schema, "the delete capture triggers are installed but replication mode does not read them (its stream carries deletes); their log is trimmed here; `pg2es delete-capture remove` drops them if no polling pg2es reads them");
+            }
+            // Replication reads no delete log: what no polling instance still needs goes. Only
+            // housekeeping: a role without rights on schema pg2es replicates all the same.
+            match delete_log::trim_for_replication(pg.client(), &schema, &self.config.es_index).await {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(schema = %schema, rows, "trimmed the delete capture's log"),
+                Err(e) => tracing::warn!(error = %e, "could not trim the delete capture's log"),
+            }
             self.reported_at = Some(Instant::now());
             let lag_sec = self.caught_up_at.lock().unwrap_or_else(|p| p.into_inner()).elapsed().as_secs();
             report_slot(pg, &self.settings, lag_sec).await?;
