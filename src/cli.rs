@@ -48,10 +48,19 @@ pub enum DeleteCaptureAction {
         /// Print the statements that remove it instead.
         #[arg(long)]
         remove: bool,
+        /// Include the write capture (see `install --writes`).
+        #[arg(long, conflicts_with = "remove")]
+        writes: bool,
     },
     /// Create the log tables, functions and triggers (idempotent); refuses log tables that were
     /// altered.
-    Install,
+    Install {
+        /// Also log every insert and update (the write capture): polling then reads every change
+        /// from the log and does not depend on `updated_at` (Django's `QuerySet.update()`,
+        /// `bulk_update()`, `save(update_fields=...)` and `loaddata` leave it alone).
+        #[arg(long)]
+        writes: bool,
+    },
     /// Drop the triggers (and the functions once no schema uses them); the log tables are kept.
     /// Exit 2 when PG_SCHEMA does not exist; 0 with "nothing to remove" when nothing is installed.
     Remove,

@@ -759,6 +759,10 @@ const PG_PARTS: [(&str, &str); 4] = [("DB_HOST", "PGHOST"), ("DB_PORT", "PGPORT"
 /// The environment variables of libpq that pg2es reads, as psql and other libpq-based tools do.
 pub const LIBPQ_VARS: [&str; 5] = ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"];
 
+/// The Postgres connection, the DSN's TLS settings, where each part came from, and the settings
+/// given but overridden (for the log).
+type PgParts = (tokio_postgres::Config, DsnTls, BTreeMap<&'static str, String>, Vec<String>);
+
 /// Builds the Postgres connection from `PG_DSN`, `DB_*`, `PG*` and `PG_PASSWORD`.
 ///
 /// Per part, the first set of: an explicit part of `PG_DSN` (set in the environment or the
@@ -768,7 +772,7 @@ pub const LIBPQ_VARS: [&str; 5] = ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "
 /// another database). Password: `PG_PASSWORD` (or `DB_PASSWORD`,
 /// `PG_PASSWORD_FILE`), then the password in `PG_DSN`, then `PGPASSWORD`, as libpq lets a
 /// connection string beat PGPASSWORD.
-fn parse_pg(src: &Sources) -> Result<(tokio_postgres::Config, DsnTls, BTreeMap<&'static str, String>, Vec<String>)> {
+fn parse_pg(src: &Sources) -> Result<PgParts> {
     let full_dsn = src.string("PG_DSN").ok_or_else(|| src.bad("PG_DSN", "a connection string"))?;
     let (dsn, tls) = split_dsn_tls(&full_dsn);
     let mut pg: tokio_postgres::Config = dsn.parse().map_err(|_| {

@@ -81,21 +81,28 @@ fn try_main() -> pg2es::Result<ExitCode> {
 fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result<ExitCode> {
     let schema = config.pg_schema.as_str();
     match action {
-        DeleteCaptureAction::Print { remove: false } => {
-            print!("{}", delete_log::print_ddl(schema));
+        DeleteCaptureAction::Print { remove: false, writes } => {
+            print!("{}", delete_log::print_ddl(schema, writes));
             return Ok(ExitCode::SUCCESS);
         }
-        DeleteCaptureAction::Print { remove: true } => {
+        DeleteCaptureAction::Print { remove: true, .. } => {
             print!("{}", delete_log::remove_ddl(schema));
             return Ok(ExitCode::SUCCESS);
         }
-        DeleteCaptureAction::Install | DeleteCaptureAction::Remove => {}
+        DeleteCaptureAction::Install { .. } | DeleteCaptureAction::Remove => {}
     }
     with_runtime(|_shutdown| async move {
         let client = delete_log::connect(&config.pg, &PgTls::from_config(config)?).await?;
-        if action == DeleteCaptureAction::Install {
-            let installed = delete_log::install(&client, schema).await?;
-            println!("delete capture installed on schema {schema}: {} triggers write to pg2es.film_changes", delete_log::TRIGGERS.len());
+        if let DeleteCaptureAction::Install { writes } = action {
+            let installed = if writes { delete_log::install_writes(&client, schema).await? } else { delete_log::install(&client, schema).await? };
+            if writes {
+                println!(
+                    "delete and write capture installed on schema {schema}: {} triggers write to pg2es.film_changes; polling reads every change from it",
+                    delete_log::TRIGGERS.len() + delete_log::WRITE_TRIGGERS.len()
+                );
+            } else {
+                println!("delete capture installed on schema {schema}: {} triggers write to pg2es.film_changes", delete_log::TRIGGERS.len());
+            }
             if installed.positions_dropped > 0 {
                 println!(
                     "the log or a trigger was missing, so deletes meanwhile were not recorded: {} pg2es position(s) in the log were dropped, and each of those instances loads every film again at its next cycle",

@@ -18,6 +18,7 @@ use super::PgTls;
 use crate::error::{Error, Result};
 
 const DDL: &str = include_str!("../../sql/delete_capture.sql");
+const WRITE_DDL: &str = include_str!("../../sql/write_capture.sql");
 
 /// The triggers the DDL creates, by table: [`installed`] checks each, [`remove_ddl`] drops them.
 pub const TRIGGERS: [(&str, &str); 12] = [
@@ -35,19 +36,39 @@ pub const TRIGGERS: [(&str, &str); 12] = [
     ("person", "pg2es_truncated"),
 ];
 
+/// The triggers of the write capture (`install --writes`, `sql/write_capture.sql`): every insert
+/// and update that changes a film's document is logged too, so polling does not depend on the
+/// tables' timestamps.
+pub const WRITE_TRIGGERS: [(&str, &str); 8] = [
+    ("film_work", "pg2es_film_inserted"),
+    ("film_work", "pg2es_film_updated"),
+    ("genre_film_work", "pg2es_link_inserted"),
+    ("genre_film_work", "pg2es_link_updated"),
+    ("person_film_work", "pg2es_link_inserted"),
+    ("person_film_work", "pg2es_link_updated"),
+    ("genre", "pg2es_linked_updated"),
+    ("person", "pg2es_linked_updated"),
+];
+
 /// The trigger functions, shared by every source schema.
-const FUNCTIONS: &str =
-    "pg2es.log_deleted_films(), pg2es.log_unlinked_films(), pg2es.log_moved_links(), pg2es.log_linked_films(), pg2es.log_truncate()";
+const FUNCTIONS: &str = "pg2es.log_deleted_films(), pg2es.log_unlinked_films(), pg2es.log_moved_links(), pg2es.log_linked_films(), pg2es.log_truncate(), \
+     pg2es.log_written_films(), pg2es.log_written_links(), pg2es.log_renamed_linked()";
 
 /// The statements that install delete capture on the tables of `schema` (idempotent).
 pub fn ddl(schema: &str) -> String {
     DDL.replace("{schema}", &quote_ident(schema))
 }
 
+/// The statements that add the write capture to `schema` (after [`ddl`]; idempotent).
+pub fn write_ddl(schema: &str) -> String {
+    WRITE_DDL.replace("{schema}", &quote_ident(schema))
+}
+
 /// The DDL for an owner to apply by hand (`pg2es delete-capture print`): [`ddl`], first dropping
 /// the schema's positions in the log when the log or a trigger is missing, as `install` does.
-pub fn print_ddl(schema: &str) -> String {
-    let (tables, triggers): (Vec<&str>, Vec<&str>) = TRIGGERS.iter().copied().unzip();
+pub fn print_ddl(schema: &str, writes: bool) -> String {
+    let wanted: Vec<(&str, &str)> = TRIGGERS.iter().chain(if writes { &WRITE_TRIGGERS[..] } else { &[] }).copied().collect();
+    let (tables, triggers): (Vec<&str>, Vec<&str>) = wanted.into_iter().unzip();
     let list = |names: Vec<&str>| names.iter().map(|n| quote_literal(n)).collect::<Vec<_>>().join(", ");
     format!(
         "-- Deletes made while the log or a trigger was missing were not recorded: positions in the log\n\
@@ -55,7 +76,7 @@ pub fn print_ddl(schema: &str) -> String {
          DO $$\nBEGIN\n    IF pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL AND (pg_catalog.to_regclass('pg2es.film_changes') IS NULL\n       OR EXISTS (SELECT 1 FROM unnest(ARRAY[{}], ARRAY[{}]) AS want(tbl, name)\n                  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgname = want.name AND t.tgenabled <> 'D'\n                                      AND t.tgrelid = pg_catalog.to_regclass(quote_ident({schema}) || '.' || want.tbl)))) THEN\n        DELETE FROM pg2es.consumers WHERE source_schema = {schema} OR pg_catalog.to_regclass('pg2es.film_changes') IS NULL;\n    END IF;\nEND $$;\n\n{}",
         list(tables),
         list(triggers),
-        ddl(schema),
+        if writes { format!("{}\n{}", ddl(schema), write_ddl(schema)) } else { ddl(schema) },
         schema = quote_literal(schema),
     )
 }
@@ -63,7 +84,8 @@ pub fn print_ddl(schema: &str) -> String {
 /// The statements that remove it from `schema`: its triggers, and the functions once no schema
 /// uses them. The log tables are left with their rows (other schemas may share them).
 pub fn remove_ddl(schema: &str) -> String {
-    let mut sql = drop_ddl(schema, &TRIGGERS);
+    let all: Vec<(&str, &str)> = TRIGGERS.iter().chain(&WRITE_TRIGGERS).copied().collect();
+    let mut sql = drop_ddl(schema, &all);
     sql.push_str(&format!(
         "-- The instances reading this schema's log learn that it stopped.\nDO $$\nBEGIN\n    IF pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL THEN\n        DELETE FROM pg2es.consumers WHERE source_schema = {};\n    END IF;\nEND $$;\n",
         quote_literal(schema)
@@ -116,9 +138,16 @@ pub struct Capture {
     pub log_table: bool,
     /// `(table, trigger)` of [`TRIGGERS`] missing or disabled.
     pub missing: Vec<(&'static str, &'static str)>,
+    /// `(table, trigger)` of [`WRITE_TRIGGERS`] missing or disabled.
+    pub writes_missing: Vec<(&'static str, &'static str)>,
 }
 
 impl Capture {
+    /// The delete capture and the write capture: every change of a film's document is logged.
+    pub fn writes_complete(&self) -> bool {
+        self.complete() && self.writes_missing.is_empty()
+    }
+
     /// The log table and every trigger: deletes are recorded.
     pub fn complete(&self) -> bool {
         self.log_table && self.missing.is_empty()
@@ -147,7 +176,8 @@ impl Capture {
 
 /// Which parts of the delete capture are on `schema` now.
 pub async fn status(client: &impl GenericClient, schema: &str) -> Result<Capture> {
-    let (tables, triggers): (Vec<&str>, Vec<&str>) = TRIGGERS.iter().copied().unzip();
+    let all: Vec<(&'static str, &'static str)> = TRIGGERS.iter().chain(&WRITE_TRIGGERS).copied().collect();
+    let (tables, triggers): (Vec<&str>, Vec<&str>) = all.iter().copied().unzip();
     let context = "check the delete capture triggers";
     let row = client
         .query_one(
@@ -163,8 +193,9 @@ pub async fn status(client: &impl GenericClient, schema: &str) -> Result<Capture
         .map_err(Error::postgres(context))?;
     let log_table: bool = row.try_get(0).map_err(Error::postgres(context))?;
     let missing: Vec<i64> = row.try_get(1).map_err(Error::postgres(context))?;
-    let missing = missing.into_iter().filter_map(|n| TRIGGERS.get(usize::try_from(n - 1).ok()?).copied()).collect();
-    Ok(Capture { log_table, missing })
+    let missing: Vec<(&'static str, &'static str)> = missing.into_iter().filter_map(|n| all.get(usize::try_from(n - 1).ok()?).copied()).collect();
+    let (missing, writes_missing) = missing.into_iter().partition(|t| TRIGGERS.contains(t));
+    Ok(Capture { log_table, missing, writes_missing })
 }
 
 /// True when the log table exists and every trigger is on `schema`'s tables, enabled.
@@ -342,13 +373,22 @@ pub async fn install(client: &impl GenericClient, schema: &str) -> Result<Instal
 
 /// [`install`] with another lock timeout.
 pub async fn install_with(client: &impl GenericClient, schema: &str, lock_timeout: Duration) -> Result<Installed> {
+    install_capture(client, schema, lock_timeout, false).await
+}
+
+/// Installs the delete capture and the write capture (`install --writes`).
+pub async fn install_writes(client: &impl GenericClient, schema: &str) -> Result<Installed> {
+    install_capture(client, schema, LOCK_TIMEOUT, true).await
+}
+
+async fn install_capture(client: &impl GenericClient, schema: &str, lock_timeout: Duration, writes: bool) -> Result<Installed> {
     let database = schema_database(client, schema).await?;
     begin(client, lock_timeout, Action::Install.what()).await?;
-    let outcome = install_locked(client, schema).await;
+    let outcome = install_locked(client, schema, writes).await;
     finish(client, outcome, Action::Install, schema, &database).await
 }
 
-async fn install_locked(client: &impl GenericClient, schema: &str) -> Result<Installed, Failure> {
+async fn install_locked(client: &impl GenericClient, schema: &str, writes: bool) -> Result<Installed, Failure> {
     for table in TABLES {
         lock(client, schema, table, "ACCESS EXCLUSIVE").await?;
     }
@@ -361,11 +401,15 @@ async fn install_locked(client: &impl GenericClient, schema: &str) -> Result<Ins
     check_shape(client, "film_changes", &FILM_CHANGES).await?;
     check_shape(client, "consumers", &CONSUMERS).await?;
     client.batch_execute(&ddl(schema)).await.map_err(Failure::Sql)?;
+    if writes {
+        client.batch_execute(&write_ddl(schema)).await.map_err(Failure::Sql)?;
+    }
     // A position in the log stands for "every delete since is in the log". A new log, or
     // triggers that were missing, break that: the instances reload instead of trusting it.
     let positions_dropped = if !before.log_table {
         client.execute("DELETE FROM pg2es.consumers", &[]).await.map_err(Failure::Sql)?
-    } else if !before.missing.is_empty() {
+    } else if !before.missing.is_empty() || (writes && !before.writes_missing.is_empty()) {
+        // Writes that left the timestamps alone were not seen before the write capture either.
         client.execute("DELETE FROM pg2es.consumers WHERE source_schema = $1", &[&schema]).await.map_err(Failure::Sql)?
     } else {
         0
@@ -400,7 +444,8 @@ pub async fn remove_with(client: &impl GenericClient, schema: &str, lock_timeout
 
 async fn remove_locked(client: &impl GenericClient, schema: &str) -> Result<usize, Failure> {
     let found = status(client, schema).await?;
-    let present: Vec<(&str, &str)> = TRIGGERS.iter().copied().filter(|t| !found.missing.contains(t)).collect();
+    let present: Vec<(&str, &str)> =
+        TRIGGERS.iter().chain(&WRITE_TRIGGERS).copied().filter(|t| !found.missing.contains(t) && !found.writes_missing.contains(t)).collect();
     let mut tables: Vec<&str> = present.iter().map(|(t, _)| *t).collect();
     tables.dedup();
     for table in tables {
@@ -715,7 +760,7 @@ mod tests {
 
     #[test]
     fn the_printed_ddl_drops_positions_when_something_was_missing_then_installs() {
-        let sql = print_ddl("content");
+        let sql = print_ddl("content", false);
         assert!(sql.ends_with(&ddl("content")));
         assert!(sql.contains("DELETE FROM pg2es.consumers WHERE source_schema = 'content'"), "{sql}");
         for (table, trigger) in TRIGGERS {
@@ -725,13 +770,13 @@ mod tests {
 
     #[test]
     fn what_is_missing_is_said_by_table() {
-        let capture = Capture { log_table: true, missing: TRIGGERS[2..5].to_vec() };
+        let capture = Capture { log_table: true, missing: TRIGGERS[2..5].to_vec(), writes_missing: vec![] };
         assert!(!capture.complete() && !capture.nothing_installed());
         assert_eq!(capture.describe_missing(), "genre_film_work: pg2es_link_deleted, pg2es_link_moved, pg2es_truncated");
-        let capture = Capture { log_table: false, missing: vec![TRIGGERS[0], TRIGGERS[11]] };
+        let capture = Capture { log_table: false, missing: vec![TRIGGERS[0], TRIGGERS[11]], writes_missing: vec![] };
         assert_eq!(capture.describe_missing(), "table pg2es.film_changes; film_work: pg2es_film_deleted; person: pg2es_truncated");
-        assert!(Capture { log_table: true, missing: vec![] }.complete());
-        assert!(Capture { log_table: true, missing: TRIGGERS.to_vec() }.nothing_installed());
+        assert!(Capture { log_table: true, missing: vec![], writes_missing: vec![] }.complete());
+        assert!(Capture { log_table: true, missing: TRIGGERS.to_vec(), writes_missing: vec![] }.nothing_installed());
     }
 
     fn found(name: &str, type_name: &str, not_null: bool, defaulted: bool) -> FoundColumn {

@@ -38,6 +38,8 @@ pub struct PollingSource {
     horizon: Option<Horizon>,
     /// The delete log's window ends here this cycle (`None`: no log installed).
     log_until: Option<u64>,
+    /// The write capture is complete and its log read this cycle: the streams are not read.
+    writes_logged: bool,
     /// Kept across cycles, not across restarts: see `recent.rs`.
     recent: Mutex<RecentlyLoaded>,
     notices: LogNotices,
@@ -54,6 +56,7 @@ impl PollingSource {
             pg: None,
             horizon: None,
             log_until: None,
+            writes_logged: false,
             recent: Mutex::new(RecentlyLoaded::default()),
             notices: LogNotices::default(),
             slots_checked: false,
@@ -180,7 +183,7 @@ const LOST_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// recorded. The rule: a saved position is used only while the log has recorded every delete
 /// since it, which the consumer's row in `pg2es.consumers` vouches for (`install` drops it when
 /// the log or a trigger was missing).
-async fn plan_delete_log(pg: &PgSource, schema: &str, consumer: &str, state: &State, before: &mut Vec<PositionDelta>, notices: &mut LogNotices) -> Result<Option<u64>> {
+async fn plan_delete_log(pg: &PgSource, schema: &str, consumer: &str, state: &State, before: &mut Vec<PositionDelta>, notices: &mut LogNotices) -> Result<Option<LogWindow>> {
     let client = pg.client();
     let capture = delete_log::status(client, schema).await?;
     if !capture.complete() {
@@ -219,8 +222,9 @@ async fn plan_delete_log(pg: &PgSource, schema: &str, consumer: &str, state: &St
         }
     }
     let until = delete_log::boundary(client).await?;
+    let window = LogWindow { until, writes: capture.writes_complete() };
     if position.is_some() {
-        return Ok(Some(until));
+        return Ok(Some(window));
     }
     let reload = match (state.needs_full_load(), state.snapshot_in_progress()) {
         // The first load reads every film after this point.
@@ -248,7 +252,15 @@ async fn plan_delete_log(pg: &PgSource, schema: &str, consumer: &str, state: &St
     } else if !state.needs_full_load() {
         tracing::info!(schema, "delete capture found: deletes are read from the delete log from now on");
     }
-    Ok(Some(until))
+    Ok(Some(window))
+}
+
+/// This cycle's window of the log: it ends at `until`; `writes`: the write capture is complete
+/// too, so every change is in it and the timestamp streams are not read.
+#[derive(Debug, Clone, Copy)]
+struct LogWindow {
+    until: u64,
+    writes: bool,
 }
 
 /// The slot name replication mode uses for this index by default (`PG_REPLICATION_SLOT`), as
@@ -318,7 +330,17 @@ impl ChangeSource for PollingSource {
             before.push(PositionDelta::BeginFullLoad { heads: Self::heads(pg, &horizon).await? });
             tracing::info!("full load: every film is read in id order; each table's changes are read from its newest row once it is done");
         }
-        let log_until = plan_delete_log(pg, &schema, &consumer, state, &mut before, &mut self.notices).await?;
+        let window = plan_delete_log(pg, &schema, &consumer, state, &mut before, &mut self.notices).await?;
+        let log_until = window.map(|w| w.until);
+        let writes_logged = window.is_some_and(|w| w.writes);
+        if writes_logged != self.writes_logged {
+            if writes_logged {
+                tracing::info!(schema = %schema, "write capture found: every change is read from the log, the tables' timestamps are not used");
+            } else if self.writes_logged {
+                tracing::warn!(schema = %schema, "the write capture is incomplete: changes are found by the tables' timestamps again, so writes that leave them alone are missed (pg2es delete-capture install --writes)");
+            }
+            self.writes_logged = writes_logged;
+        }
         self.slots_checked = true;
         self.horizon = Some(horizon);
         self.log_until = log_until;
@@ -346,7 +368,8 @@ impl ChangeSource for PollingSource {
                 return Ok(report);
             }
         }
-        if self.read_streams(state, &tx, shutdown, &mut report).await? {
+        // With the write capture the log has every change: the streams would only send films twice.
+        if self.writes_logged || self.read_streams(state, &tx, shutdown, &mut report).await? {
             self.read_delete_log(state, &tx, shutdown, &mut report).await?;
         }
         Ok(report)
