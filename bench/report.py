@@ -109,6 +109,29 @@ def latency(runs):
     return rows
 
 
+def capture_cost(c):
+    """What the capture triggers cost the application's writes (bench/capture_cost.sh)."""
+    s = c["setups"]
+    rows = ["## Cost of the capture triggers", "",
+            f"Measured inside PostgreSQL {c['postgres']} (no client round trip) on copies of the reference catalog: "
+            f"{c['statements']:,} single-row statements of each kind (person renames: a tenth as many), each its own "
+            "statement, so the statement-level triggers fire once per row; then one `UPDATE` of every film. "
+            f"Median of {c['rounds']} rounds, the three setups alternating (`bench/capture_cost.sh "
+            f"{c['statements']} {c['rounds']}`). `deletes`: `pg2es delete-capture install`; `writes`: "
+            "`install --writes`, which also logs every insert and update.", "",
+            "| statement | nothing installed | delete capture | write capture | write capture's cost |",
+            "|---|---|---|---|---|"]
+    for key, label, unit in [("film_update_us", "update one film", "µs"), ("link_insert_us", "insert one person link", "µs"),
+                             ("person_rename_us", "rename one person (logs each of their films)", "µs"),
+                             ("all_films_update_ms", "update every film in one statement", "ms")]:
+        none, deletes, writes = s["none"][key], s["deletes"][key], s["writes"][key]
+        rows.append(f"| {label} | {none:.1f} {unit} | {deletes:.1f} {unit} | {writes:.1f} {unit} | {writes - none:+.1f} {unit} |")
+    rows += ["", "The delete capture's triggers do not fire on these statements (they differ from nothing installed "
+             "by the noise of a shared machine); the write capture's cost is the last column, one row in "
+             "`pg2es.film_changes` per film a statement touches.", ""]
+    return rows
+
+
 def machine_cores():
     return sh("nproc") or "2"
 
@@ -191,6 +214,7 @@ def main():
     ap.add_argument("--command", required=True, help="the command that produced the results")
     ap.add_argument("--out", required=True)
     ap.add_argument("--latency", help="bench/latency.sh results for both sources (a JSON list)")
+    ap.add_argument("--capture-cost", help="bench/capture_cost.sh results")
     ap.add_argument("results", nargs="+")
     args = ap.parse_args()
     results = [json.load(open(p)) for p in args.results]
@@ -231,6 +255,8 @@ def main():
         ]
     if args.latency:
         parts += latency(json.load(open(args.latency)))
+    if args.capture_cost:
+        parts += capture_cost(json.load(open(args.capture_cost)))
     parts += ["## Targets", "", targets(results), ""]
     parts += reading(results)
     parts += [

@@ -9,7 +9,8 @@
 #      documents sent per change under a steady stream of single-film updates
 #   5b. reconciliation after 1 % of films were deleted
 #   6. PGSync, a peer, on the same catalog (bench/pgsync.sh; BENCH_PGSYNC=0 skips it)
-# and, once, the commit-to-stored latency of a film update for both sources (bench/latency.sh)
+# and, once, the commit-to-stored latency of a film update for both sources (bench/latency.sh) and
+# what the capture triggers cost the application's writes (bench/capture_cost.sh)
 # then writes BENCHMARKS.md (bench/report.py). Everything it creates is named bench_<N>*; it is
 # dropped at the end, and before starting in case a previous run was interrupted.
 # Usage: bench/run.sh [N ...]   (default $BENCH_FILMS, else "10000 100000"; 10k and 1M work too)
@@ -175,7 +176,7 @@ for n in "${sizes[@]}"; do
   # Continuous mode: pg2es polls every second; rename once its first cycle is done.
   env PG_DSN="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/bench_$n" ES_INDEX="bench_${n}_pg2es" ETL_CYCLE_SEC=1 \
       ETL_STATE_FILE="$dir/bench_${n}_pg2es-state.json" ETL_DEAD_LETTER_FILE="$dir/continuous-dead-letter.jsonl" \
-      target/release/pg2es run 2>"$dir/continuous.log" &
+      RUST_LOG=info,pg2es::pipeline=debug target/release/pg2es run 2>"$dir/continuous.log" &
   pg2es_pid=$!
   for _ in $(seq 600); do grep -q '"cycle done"' "$dir/continuous.log" && break; sleep 0.1; done
   grep -q '"cycle done"' "$dir/continuous.log" || { kill -TERM "$pg2es_pid"; die "continuous pg2es did no cycle in 60 s"; }
@@ -242,8 +243,11 @@ for kind in replication polling; do
   say "latency ($kind): $(cat "$out/latency-$kind.json")"
 done
 jq -s . "$out/latency-replication.json" "$out/latency-polling.json" >"$out/latency.json"
+# What the capture triggers cost the application's writes, on the reference catalog.
+bench/capture_cost.sh "${BENCH_CAPTURE_STATEMENTS:-2000}" "${BENCH_CAPTURE_ROUNDS:-3}" >"$out/capture_cost.json"
+say "capture cost: $(jq -c .setups "$out/capture_cost.json")"
 
 results=()
 for n in "${sizes[@]}"; do results+=("$out/results-$n.json"); done
-python3 bench/report.py --command "${BENCH_COMMAND:-bench/run.sh ${sizes[*]}}" --out "$report" --latency "$out/latency.json" "${results[@]}"
+python3 bench/report.py --command "${BENCH_COMMAND:-bench/run.sh ${sizes[*]}}" --out "$report" --latency "$out/latency.json" --capture-cost "$out/capture_cost.json" "${results[@]}"
 say "wrote $report"

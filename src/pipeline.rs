@@ -306,6 +306,32 @@ fn settings_text(settings: &IndexSettings) -> String {
     pairs.join(", ")
 }
 
+/// The cycle line, at the level given: INFO, or DEBUG for a cycle that found nothing.
+macro_rules! cycle_line {
+    ($level:ident, $r:expr, $elapsed:expr) => {{
+        let (r, elapsed): (&CycleReport, Duration) = ($r, $elapsed);
+        let rows = |s: Stream| r.rows.get(&s).copied().unwrap_or(0);
+        tracing::$level!(
+            film_rows = rows(Stream::FilmWork),
+            genre_rows = rows(Stream::Genre),
+            person_rows = rows(Stream::Person),
+            link_rows = rows(Stream::GenreFilmWork) + rows(Stream::PersonFilmWork),
+            rows_already_loaded = r.already_loaded,
+            logged_films = r.logged_films,
+            films = r.films,
+            deleted = r.deleted,
+            stored = r.stored,
+            dead_lettered = r.dead_lettered,
+            unknown_roles = r.unknown_roles,
+            bad_ratings = r.bad_ratings,
+            reconciled = r.reconciled.unwrap_or(0),
+            elapsed_ms = elapsed.as_millis() as u64,
+            interrupted = r.interrupted,
+            "cycle done"
+        )
+    }};
+}
+
 /// How often cycles that found nothing are summed up in one line.
 const IDLE_SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
@@ -331,7 +357,7 @@ impl IdleCycles {
             log_cycle(r, elapsed);
             return;
         }
-        tracing::debug!(elapsed_ms = elapsed.as_millis() as u64, "cycle done, nothing changed");
+        cycle_line!(debug, r, elapsed);
         self.count += 1;
         let since = *self.since.get_or_insert_with(Instant::now);
         if since.elapsed() >= IDLE_SUMMARY_EVERY {
@@ -342,25 +368,7 @@ impl IdleCycles {
 }
 
 fn log_cycle(r: &CycleReport, elapsed: Duration) {
-    let rows = |s: Stream| r.rows.get(&s).copied().unwrap_or(0);
-    tracing::info!(
-        film_rows = rows(Stream::FilmWork),
-        genre_rows = rows(Stream::Genre),
-        person_rows = rows(Stream::Person),
-        link_rows = rows(Stream::GenreFilmWork) + rows(Stream::PersonFilmWork),
-        rows_already_loaded = r.already_loaded,
-        logged_films = r.logged_films,
-        films = r.films,
-        deleted = r.deleted,
-        stored = r.stored,
-        dead_lettered = r.dead_lettered,
-        unknown_roles = r.unknown_roles,
-        bad_ratings = r.bad_ratings,
-        reconciled = r.reconciled.unwrap_or(0),
-        elapsed_ms = elapsed.as_millis() as u64,
-        interrupted = r.interrupted,
-        "cycle done"
-    );
+    cycle_line!(info, r, elapsed);
 }
 
 /// What loading one batch did.
