@@ -39,14 +39,28 @@ def ids(objects):
     return list(dict.fromkeys(str(o.pk) for o in objects))
 
 
+def bucket_of(path):
+    return "0123456789abcdef"[PATHS.index(path)]
+
+
+def persons_of(path, films):
+    """Persons of this path's bucket with at least `films` films, fewest first."""
+    qs = Person.objects.filter(id__startswith=bucket_of(path)).annotate(n=Count("filmwork", distinct=True))
+    return qs.filter(n__gte=films).order_by("n", "id")
+
+
 class Command(BaseCommand):
     help = "write the catalog through each ORM path; --only PATH (repeatable) to choose"
 
     def add_arguments(self, parser):
         parser.add_argument("--only", action="append", choices=PATHS, help="run only this path (repeatable)")
         parser.add_argument("--pause", type=float, default=1.0, help="seconds between transactions that a path splits")
+        parser.add_argument("--list", action="store_true", help="print the paths, one a line, and write nothing")
 
     def handle(self, *args, **options):
+        if options["list"]:
+            self.stdout.write("\n".join(PATHS))
+            return
         self.pause = options["pause"]
         # New values differ at every run, so a second run changes the documents again.
         self.tag = timezone.now().strftime("%H%M%S%f")
@@ -59,7 +73,7 @@ class Command(BaseCommand):
 
     def films(self, path, n, **having):
         """n films of this path's bucket, in id order (with links of the kinds asked for)."""
-        bucket = "0123456789abcdef"[PATHS.index(path)]
+        bucket = bucket_of(path)
         qs = Filmwork.objects.filter(id__startswith=bucket).order_by("id")
         if having.get("genres"):
             qs = qs.annotate(n_genres=Count("genres", distinct=True)).filter(n_genres__gte=having["genres"])
@@ -92,12 +106,12 @@ class Command(BaseCommand):
 
     def path_queryset_update(self):
         with transaction.atomic():
-            busy = Person.objects.annotate(n=Count("filmwork", distinct=True)).filter(n__gte=8).order_by("n", "id").first()
+            busy = persons_of("queryset_update", 8).first()
             Person.objects.filter(id=busy.id).update(full_name=f"Renamed {self.tag}")
         self.emit("queryset_update", "person rename", persons=ids([busy]), films=ids(busy.filmwork_set.all()))
         film, other = self.films("queryset_update", 2, persons=1)
         with transaction.atomic():
-            Filmwork.objects.filter(id=film.id).update(rating=9.9)
+            Filmwork.objects.filter(id=film.id).update(rating=9.8 if film.rating == 9.9 else 9.9)
         self.emit("queryset_update", "rating", films=ids([film]))
         with transaction.atomic():
             link = PersonFilmwork.objects.filter(film_work=other).order_by("id").first()
@@ -175,7 +189,7 @@ class Command(BaseCommand):
             genre.delete()
         self.emit("delete", "genre", genres=genres, films=films)
         with transaction.atomic():
-            person = Person.objects.annotate(n=Count("filmwork", distinct=True)).filter(n__gte=2).order_by("n", "id").first()
+            person = persons_of("delete", 2).first()
             films = ids(person.filmwork_set.all())
             persons = ids([person])
             person.delete()
