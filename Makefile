@@ -21,7 +21,13 @@ CARGO       ?= cargo
 # Settings for running pg2es against the local stack.
 LOCAL_ENV = PG_DSN=$(PG_MOVIES) ES_SCHEMA_FILE=$(SHARED)/fixtures/movies/es_schema.json
 
-.PHONY: help demo test test-faults test-unit test-integration acceptance stack-up stack-down stack-status matrix-up db build check-tools clean
+# The catalog's Django admin (tests/django), in a venv of its own, for tests/django.rs.
+DJANGO_VENV ?= $(CURDIR)/tools/django/.venv
+DJANGO_PY    = $(DJANGO_VENV)/bin/python
+# Written once the requirements are installed (bin/python is a link to the system's python).
+DJANGO_READY = $(DJANGO_VENV)/requirements.installed
+
+.PHONY: help demo test test-faults test-django test-unit test-integration acceptance stack-up stack-down stack-status matrix-up db build check-tools clean
 
 # Base URL of each engine, by stack.sh name.
 engine_url = $(if $(filter es,$(1)),$(ES_URL),$(if $(filter os,$(1)),$(OS_URL),$(if $(filter es8,$(1)),$(ES8_URL),$(if $(filter es9,$(1)),$(ES9_URL),$(if $(filter os3,$(1)),$(OS3_URL),$(error unknown engine '$(1)': use es, os, es8, es9 or os3))))))
@@ -31,6 +37,7 @@ help:
 	@echo "                 (on Elasticsearch 7.10.2; ENGINE=os|es8|es9|os3 for another engine)"
 	@echo "make test        unit + integration tests on the real stack, and a full load + the Postman suite on every engine"
 	@echo "make test-faults kills, outages and bad bulk items against the real stack (stops services)"
+	@echo "make test-django every ORM write of the catalog's Django admin, with pg2es running, then verify"
 	@echo "make stack-up    start Postgres, Elasticsearch and OpenSearch on 127.0.0.1 (installs what is missing)"
 	@echo "make stack-down  stop them (data is kept)"
 
@@ -87,6 +94,18 @@ test-faults: check-tools db matrix-up
 	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_OS_URL=$(OS_URL) \
 		PG2ES_TEST_ES8_URL=$(ES8_URL) PG2ES_TEST_ES9_URL=$(ES9_URL) \
 		$(CARGO) test --locked --features fault-tests --test faults --test engines -- --test-threads=1 --nocapture
+
+# The catalog's real client: a Django 3.2 project (tests/django) makes the schema by its migrations,
+# gets the reference catalog and writes it through every ORM path while pg2es runs; verify after each.
+test-django: check-tools db $(DJANGO_READY)
+	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_DJANGO_PYTHON=$(DJANGO_PY) \
+		$(CARGO) test --locked --features django-tests --test django -- --test-threads=1 --nocapture
+
+$(DJANGO_READY): tests/django/requirements.txt
+	@python3 -c 'import ensurepip' 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv; }
+	python3 -m venv $(DJANGO_VENV)
+	$(DJANGO_PY) -m pip install --quiet --disable-pip-version-check -r tests/django/requirements.txt
+	cp tests/django/requirements.txt $@
 
 # The course's Postman suite on a fresh `movies` index (a full load by pg2es), on each engine:
 # Elasticsearch 7.10.2, OpenSearch 2.19, and the matrix (ES 8.19, ES 9, OpenSearch 3). One engine

@@ -1,0 +1,235 @@
+//! The catalog's real client against the real stack: the Django project in `tests/django` makes
+//! the schema by its own migrations, gets the reference catalog, and writes it through every ORM
+//! path while `pg2es run` runs; after each path `verify` must find no difference.
+//!
+//! Needs `PG2ES_TEST_DJANGO_PYTHON`, the python of the venv `make test-django` makes.
+#![cfg(feature = "django-tests")]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use pg2es::config::SourceKind;
+use pg2es::shutdown::Shutdown;
+use pg2es::verify::VerifyReport;
+
+/// How long a path's changes may take to reach the index (a cycle is 0.2 s).
+const SETTLE: Duration = Duration::from_secs(15);
+
+fn python() -> String {
+    std::env::var("PG2ES_TEST_DJANGO_PYTHON").unwrap_or_else(|_| {
+        panic!("set PG2ES_TEST_DJANGO_PYTHON to the python of the Django venv: `make test-django` makes tools/django/.venv and sets it")
+    })
+}
+
+fn project_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/django")
+}
+
+fn dsn_of(db: &str) -> String {
+    let admin = common::pg_admin_dsn();
+    let (head, _) = admin.rsplit_once('/').expect("PG2ES_TEST_PG_DSN must be a URL such as postgres://app:123qwe@127.0.0.1:5432/postgres");
+    format!("{head}/{db}")
+}
+
+/// `manage.py ARGS` on the test database; its stdout.
+fn manage(env: &TestEnv, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg("manage.py")
+        .args(args)
+        .current_dir(project_dir())
+        .env("DATABASE_URL", &env.dsn)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} ({e}): is PG2ES_TEST_DJANGO_PYTHON the venv's python?", python()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "manage.py {}: {}\n{stdout}{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// An empty database, the schema by Django's migrations (up to `migration`, or all), the
+/// reference catalog copied in, and an empty index.
+async fn django_env(name: &str, migration: Option<&str>) -> TestEnv {
+    let name = format!("django_{name}");
+    let db_name = format!("pg2es_t_{name}");
+    let admin = common::connect(&common::pg_admin_dsn()).await;
+    common::drop_slots(&admin, &db_name).await;
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await.unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await.unwrap();
+    let dsn = dsn_of(&db_name);
+    let mut env = TestEnv {
+        name: name.clone(),
+        db: common::connect(&dsn).await,
+        dsn,
+        es: common::es_url(),
+        index: db_name,
+        dir: tempfile::tempdir().unwrap(),
+        http: reqwest::Client::new(),
+        extra_env: Vec::new(),
+    };
+    env.delete_index().await;
+    match migration {
+        Some(m) => manage(&env, &["migrate", "--no-input", "movies", m]),
+        None => manage(&env, &["migrate", "--no-input"]),
+    };
+    print!("{}", manage(&env, &["copy_catalog", "--from-dsn", &dsn_of("movies_ref")]));
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM content.film_work").await, 999, "the reference catalog (run scripts/load-dump.sh)");
+    // Django writes its timestamps with the application's clock, as the admin does; deletes reach
+    // the index only by the capture or the stream, never by reconciliation.
+    env.extra_env.push(("ETL_CLOCK_SKEW_MS".into(), "1000".into()));
+    env.extra_env.push(("ETL_RECONCILE_SEC".into(), "0".into()));
+    env
+}
+
+async fn verify(env: &TestEnv) -> VerifyReport {
+    env.refresh().await;
+    let (_t, shutdown) = Shutdown::new();
+    pg2es::verify::verify(&env.config(), &shutdown).await.expect("verify")
+}
+
+/// Verify until the index matches, at most `limit`; the last report.
+async fn settle(env: &TestEnv, limit: Duration) -> VerifyReport {
+    let start = Instant::now();
+    loop {
+        let report = verify(env).await;
+        if report.is_consistent() || start.elapsed() > limit {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Brings the index back in step after a path left differences, so the next path is judged
+/// alone: every film's timestamp moved (all rebuilt), documents of deleted films removed.
+async fn heal(env: &TestEnv, path: &str) {
+    env.sql("UPDATE content.film_work SET updated_at = now()").await;
+    for _ in 0..10 {
+        let report = settle(env, SETTLE).await;
+        if report.is_consistent() {
+            return;
+        }
+        for id in &report.extra.first {
+            env.http.delete(format!("{}/{}/_doc/{id}", env.es, env.index)).send().await.unwrap();
+        }
+    }
+    panic!("the index stays different from Postgres after {path}, even with every film rebuilt:\n{}", verify(env).await.render());
+}
+
+/// `pg2es run`, killed when the test fails before stopping it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+struct PathResult {
+    path: String,
+    report: VerifyReport,
+}
+
+/// Each path alone (`--only`), then, when `together`, all of them in one run; verify after each.
+/// Polling reads the rows changed within `ETL_CLOCK_SKEW_MS` again at its next cycles: the next
+/// path waits `quiet` for that, so a film re-read for the last path does not hide this one's.
+async fn drive(env: &TestEnv, paths: &[&str], together: bool, quiet: Duration) -> Vec<PathResult> {
+    let mut runs: Vec<(String, Vec<&str>)> = paths.iter().map(|p| (p.to_string(), vec!["--only", *p])).collect();
+    if together {
+        runs.push(("all paths in one run".into(), Vec::new()));
+    }
+    let mut results = Vec::new();
+    for (path, only) in runs {
+        let mut args = vec!["drive_writes"];
+        args.extend(only);
+        print!("{}", manage(env, &args));
+        let report = settle(env, SETTLE).await;
+        println!("{path}: {}", report.summary());
+        if !report.is_consistent() {
+            print!("{}", report.render());
+            heal(env, &path).await;
+        }
+        results.push(PathResult { path, report });
+        tokio::time::sleep(quiet).await;
+    }
+    results
+}
+
+/// Runs the paths (all the driver has when `paths` is empty) while `pg2es run` runs, and fails
+/// naming every path that left a difference.
+async fn every_path_reaches_the_index(env: TestEnv, mode: &str, paths: &[&str], together: bool) {
+    let config = env.config();
+    let quiet = match config.source {
+        SourceKind::Polling => config.commit_horizon.clock_skew + Duration::from_secs(1),
+        SourceKind::Replication(_) => Duration::ZERO,
+    };
+    let listed = manage(&env, &["drive_writes", "--list"]);
+    let every: Vec<&str> = listed.lines().collect();
+    assert!(every.len() >= 14 && paths.iter().all(|p| every.contains(p)), "the driver's paths: {every:?}");
+    let paths = if paths.is_empty() { every.clone() } else { paths.to_vec() };
+    let log = env.dir.path().join("pg2es.log");
+    let mut run = Running(common::spawn_run(&env, &log));
+    common::eventually(Duration::from_secs(120), "full load", || async { env.try_count().await == Some(999) }).await;
+    let before = verify(&env).await;
+    assert!(before.is_consistent(), "after the full load:\n{}", before.render());
+
+    let results = drive(&env, &paths, together, quiet).await;
+    assert!(run.0.try_wait().unwrap().is_none(), "pg2es run stopped: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    common::signal(&run.0, "-TERM");
+    let status = common::wait_exit(&mut run.0, Duration::from_secs(30));
+    assert!(status.success(), "pg2es run: {status}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+
+    let table: String = results.iter().map(|r| format!("  {:<22} {}\n", r.path, r.report.summary())).collect();
+    println!("{mode}:\n{table}");
+    let failed: Vec<String> = results.iter().filter(|r| !r.report.is_consistent()).map(|r| format!("{}:\n{}", r.path, r.report.render())).collect();
+    assert!(failed.is_empty(), "{mode}: {} of {} runs left the index different from Postgres:\n{table}\n{}", failed.len(), results.len(), failed.join("\n"));
+    env.cleanup().await;
+}
+
+/// With the project's second migration (`REPLICA IDENTITY FULL` on the link tables).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_sees_every_orm_write() {
+    let mut env = django_env("replication", None).await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM pg_class WHERE relnamespace = 'content'::regnamespace AND relreplident = 'f'").await, 2);
+    env.extra_env.push(("PG2ES_SOURCE".into(), "replication".into()));
+    every_path_reaches_the_index(env, "replication", &[], true).await;
+}
+
+fn install_delete_capture(env: &TestEnv) {
+    let o = common::pg2es_command(&env.env_vars(), &["delete-capture", "install"]).output().unwrap();
+    assert!(o.status.success(), "delete-capture install: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Polling with the delete capture, on the schema of the first migration only (the default
+/// replica identity, as an admin without pg2es's migration has it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_with_the_delete_capture_sees_every_orm_write() {
+    let env = django_env("polling", Some("0001")).await;
+    install_delete_capture(&env);
+    every_path_reaches_the_index(env, "polling with the delete capture", &[], true).await;
+}
+
+/// Django's schema is not sql/schema.sql: foreign keys `DEFERRABLE INITIALLY DEFERRED` without
+/// `ON DELETE CASCADE` (the ORM deletes the links itself), a nullable role, no unique
+/// (film_work, genre), no (updated_at, id) indexes. The delete capture installs on it, and the
+/// ORM's deletes and cascades reach the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orm_deletes_and_cascades_reach_the_index_through_the_delete_capture() {
+    let env = django_env("schema", Some("0001")).await;
+    let fks = "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'content'::regnamespace";
+    assert_eq!(env.scalar_i64(fks).await, 4);
+    assert_eq!(env.scalar_i64(&format!("{fks} AND condeferrable AND condeferred AND confdeltype = 'a'")).await, 4, "deferred, no action on delete");
+    let nullable = "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'content' AND table_name = 'person_film_work' AND column_name = 'role' AND is_nullable = 'YES'";
+    assert_eq!(env.scalar_i64(nullable).await, 1);
+    let unique = "SELECT count(*) FROM pg_index WHERE indrelid = 'content.genre_film_work'::regclass AND indisunique AND NOT indisprimary";
+    assert_eq!(env.scalar_i64(unique).await, 0);
+    let by_time = "SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = 'content'::regnamespace AND a.attname = 'updated_at'";
+    assert_eq!(env.scalar_i64(by_time).await, 0);
+    install_delete_capture(&env);
+    let paths = ["delete", "queryset_delete", "m2m_remove", "m2m_set", "schema_edges"];
+    every_path_reaches_the_index(env, "ORM deletes with the delete capture", &paths, false).await;
+}
