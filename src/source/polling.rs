@@ -40,6 +40,8 @@ pub struct PollingSource {
     log_until: Option<u64>,
     /// The write capture is complete and its log read this cycle: the streams are not read.
     writes_logged: bool,
+    /// The streams' indexes were checked (once per process).
+    indexes_checked: bool,
     /// Kept across cycles, not across restarts: see `recent.rs`.
     recent: Mutex<RecentlyLoaded>,
     notices: LogNotices,
@@ -57,6 +59,7 @@ impl PollingSource {
             horizon: None,
             log_until: None,
             writes_logged: false,
+            indexes_checked: false,
             recent: Mutex::new(RecentlyLoaded::default()),
             notices: LogNotices::default(),
             slots_checked: false,
@@ -73,9 +76,7 @@ impl PollingSource {
             let c = &self.config;
             let pg = PgSource::connect(&c.pg, &self.tls, &c.pg_schema, &c.timestamp_column).await?;
             tracing::info!(schema = %c.pg_schema, change_columns = %pg.layout().describe(), "connected to postgres");
-            for create in pg.layout().missing_indexes(pg.client()).await? {
-                tracing::warn!(create = %create, "no index serves a change stream's reads, so every cycle scans the table: create it");
-            }
+
             self.pg = Some(pg);
         }
         self.pg()
@@ -341,6 +342,14 @@ impl ChangeSource for PollingSource {
             }
             self.writes_logged = writes_logged;
         }
+        if !writes_logged && !self.indexes_checked {
+            // The timestamp streams are read: each should have its index (not needed with the
+            // write capture, which reads the log instead).
+            for create in pg.layout().missing_indexes(pg.client()).await? {
+                tracing::warn!(create = %create, "no index serves a change stream's reads, so every cycle scans the table: create it (or install the write capture, which reads no timestamps)");
+            }
+        }
+        self.indexes_checked = true;
         self.slots_checked = true;
         self.horizon = Some(horizon);
         self.log_until = log_until;
