@@ -5,6 +5,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 # The movies index definition is built into the binary (include_str!).
 COPY schema ./schema
+# The delete and write capture DDL is built in too.
+COPY sql ./sql
 RUN cargo build --release --locked --bin pg2es
 
 FROM debian:bookworm-slim

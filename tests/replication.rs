@@ -138,11 +138,14 @@ async fn a_restart_resumes_from_the_confirmed_position_and_truncate_reloads() {
 async fn setup_errors_say_what_to_change() {
     let mut env = TestEnv::new("repl_setup").await;
     env.sql("ALTER TABLE content.genre_film_work REPLICA IDENTITY DEFAULT").await;
+    env.sql("ALTER TABLE content.person_film_work REPLICA IDENTITY DEFAULT").await;
     env.extra_env.push(("PG2ES_SOURCE".into(), "replication".into()));
     let o = common::pg2es_command(&env.env_vars(), &["run", "--once"]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(1), "{err}");
+    // Every table that lacks it, in one error.
     assert!(err.contains("ALTER TABLE content.genre_film_work REPLICA IDENTITY FULL"), "{err}");
+    assert!(err.contains("ALTER TABLE content.person_film_work REPLICA IDENTITY FULL"), "{err}");
     // The failed setup left no empty index behind.
     let head = env.http.head(format!("{}/{}", env.es, env.index)).send().await.unwrap();
     assert_eq!(head.status().as_u16(), 404, "{err}");
