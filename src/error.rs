@@ -79,7 +79,7 @@ pub enum Error {
     Position {
         path: PathBuf,
         #[source]
-        source: crate::checkpoint::PositionError,
+        source: crate::position::PositionError,
     },
 
     /// An answer that cannot be read: not JSON, or not the shape asked for. Retried like an

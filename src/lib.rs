@@ -11,6 +11,7 @@ pub mod diff;
 pub mod error;
 pub mod pem;
 pub mod pipeline;
+pub mod position;
 pub mod progress;
 pub mod retry;
 pub mod shutdown;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+pub use crate::position::PositionError;
 
 /// The state format this build writes; it refuses to read newer ones. Version 2 added the first
 /// load's position (`snapshot`) and the index settings to restore (`tuned`); a version 1 file has
@@ -164,18 +165,6 @@ pub enum PositionDelta {
     DeleteLogLost,
 }
 
-/// A delta that does not fit the state: applying it would move progress back, or it belongs to
-/// a full load that is not (or already) under way. Two writers, or a bug: nothing is saved.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PositionError {
-    #[error("{what} would move back from {from} to {to}")]
-    Backwards { what: String, from: String, to: String },
-    #[error("a full load is already under way")]
-    FullLoadUnderWay,
-    #[error("no full load is under way")]
-    NoFullLoad,
-}
-
 /// Which database a state belongs to. Watermarks and the full load's position mean nothing in
 /// another database, even one with the same tables: loading from it would mix two catalogs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,8 +264,8 @@ impl State {
             PositionDelta::Replication { lsn } => match self.replication {
                 Some(current) if *lsn < current => Err(PositionError::Backwards {
                     what: "the replication position".into(),
-                    from: crate::source::pgoutput::format_lsn(current),
-                    to: crate::source::pgoutput::format_lsn(*lsn),
+                    from: crate::position::format_lsn(current),
+                    to: crate::position::format_lsn(*lsn),
                 }),
                 _ => {
                     self.replication = Some(*lsn);

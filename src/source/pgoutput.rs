@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-pub type Lsn = u64;
+pub use crate::position::{format_lsn, parse_lsn, Lsn};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -322,19 +322,6 @@ impl fmt::Display for QualifiedName<'_> {
             namespace => write!(f, "{namespace}.{}", self.0.name),
         }
     }
-}
-
-/// An LSN as Postgres writes it (`1/1EE7BA0`).
-pub fn format_lsn(lsn: Lsn) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
-}
-
-/// An LSN as Postgres writes it (`1/1EE7BA0`), or None.
-pub fn parse_lsn(text: &str) -> Option<Lsn> {
-    let (high, low) = text.split_once('/')?;
-    let high = u32::from_str_radix(high, 16).ok()?;
-    let low = u32::from_str_radix(low, 16).ok()?;
-    Some((u64::from(high) << 32) | u64::from(low))
 }
 
 /// Microseconds since 2000-01-01 (a commit time) as a UTC time, or None when out of range.
