@@ -749,9 +749,14 @@ mod tests {
     #[test]
     fn remove_drops_every_trigger_and_the_functions() {
         let sql = remove_ddl("content");
-        assert_eq!(sql.matches("DROP TRIGGER IF EXISTS").count(), TRIGGERS.len());
+        assert_eq!(sql.matches("DROP TRIGGER IF EXISTS").count(), TRIGGERS.len() + WRITE_TRIGGERS.len());
+        let both = format!("{}{}", ddl("content"), write_ddl("content"));
         for f in FUNCTIONS.split(", ") {
-            assert!(ddl("content").contains(&format!("FUNCTION {f} RETURNS trigger")), "{f}");
+            assert!(both.contains(&format!("FUNCTION {} RETURNS trigger", f.trim())), "{f}");
+        }
+        for (table, trigger) in WRITE_TRIGGERS {
+            assert!(write_ddl("content").contains(&format!("CREATE TRIGGER {trigger} ")), "{trigger}");
+            assert!(sql.contains(&format!("DROP TRIGGER IF EXISTS {trigger} ON \"content\".{table};")), "{trigger} on {table}");
         }
         assert!(sql.contains("DROP FUNCTION IF EXISTS pg2es.log_deleted_films()"));
         assert!(sql.contains("DELETE FROM pg2es.consumers WHERE source_schema = 'content'"), "{sql}");
