@@ -83,6 +83,7 @@ fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result
     }
     with_runtime(|_shutdown| async move {
         let client = delete_log::connect(&config.pg, &PgTls::from_config(config)?).await?;
+        pg2es::source::server_version(&client).await?;
         if action == DeleteCaptureAction::Install {
             delete_log::install(&client, schema).await?;
             println!("delete capture installed on schema {schema}: {} triggers write to pg2es.film_changes", delete_log::TRIGGERS.len());
