@@ -15,6 +15,8 @@ MATRIX      ?= es8 es9 os3
 # The Postgres matrix (scripts/stack.sh pg13 ... pg18, on 127.0.0.1:54NN) beside the Debian 15 cluster.
 PG_MATRIX   ?= 13 14 16 17 18
 PG_MATRIX_KILLS ?= 5
+# pgNN listens on PGM_PORT_BASE + NN (scripts/stack.sh reads it too).
+export PGM_PORT_BASE ?= 5400
 # `make demo ENGINE=es8` runs the demo on another engine of the matrix (es, os, es8, es9, os3).
 ENGINE      ?= es
 PG_ADMIN    ?= postgres://app:123qwe@127.0.0.1:5432/postgres
@@ -121,7 +123,7 @@ test-pg-matrix: check-tools pg-matrix-up
 	$(CARGO) test --locked --no-run --test delete_capture --test deletes --test replication
 	$(CARGO) test --locked --no-run --features fault-tests --test faults
 	for v in $(PG_MATRIX); do \
-		port=$$(( 5400 + v )); started=$$(date +%s); \
+		port=$$(( $(PGM_PORT_BASE) + v )); started=$$(date +%s); \
 		admin=postgres://app:123qwe@127.0.0.1:$$port/postgres; \
 		echo "pg-matrix: PostgreSQL $$(psql -X -tA $$admin -c 'show server_version') on 127.0.0.1:$$port"; \
 		PGPORT=$$port DUMP_FILE=$(SHARED)/fixtures/movies/movies_db_dump.sql scripts/load-dump.sh movies; \
