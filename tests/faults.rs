@@ -150,6 +150,10 @@ async fn kills(source: Source) {
     let mut env = env_for("fault_kill", source).await;
     env.extra_env.push(("ETL_BATCH_SIZE".into(), "40".into()));
     env.extra_env.push(("ETL_CYCLE_SEC".into(), "0.2".into()));
+    // The default margin, not the harness's 0: Postgres takes a statement's now() before the
+    // transaction shows in pg_stat_activity, and under load (both kill tests at once on 2 cores)
+    // a cycle can read the horizon in between and pass a row that commits just after.
+    env.extra_env.push(("ETL_CLOCK_SKEW_MS".into(), "1000".into()));
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     println!("kill test seed {seed}");
     let mut rng = Rng(seed | 1);
@@ -159,8 +163,10 @@ async fn kills(source: Source) {
     let mutator = tokio::spawn(mutate(env.dsn.clone(), seed, stop_rx));
     let started = Instant::now();
     let mut kills = 0;
-    // 22 kills, the first ones during the initial load; bounded to 3 minutes in all.
-    while kills < 22 && started.elapsed() < Duration::from_secs(180) {
+    // 22 kills (PG2ES_TEST_KILLS: fewer for the Postgres matrix), the first ones during the
+    // initial load; bounded to 3 minutes in all.
+    let wanted = kill_count();
+    while kills < wanted && started.elapsed() < Duration::from_secs(180) {
         let mut child = common::spawn_run(&env, &log);
         let alive = Duration::from_millis(150 + rng.below(1500));
         tokio::time::sleep(alive).await;
@@ -171,13 +177,24 @@ async fn kills(source: Source) {
     stop_tx.send(true).unwrap();
     let changes = mutator.await.unwrap();
     println!("kills survived: {kills}, changes made meanwhile: {changes}");
-    assert_eq!(kills, 22);
+    assert_eq!(kills, wanted);
 
     run_once(&env);
     assert_consistent(&env).await;
     // Kills during the full load left the index tuned; the run after them put its settings back.
     assert_settings_restored(&env).await;
     env.cleanup().await;
+}
+
+/// How many kills: 22, or PG2ES_TEST_KILLS (1 to 22).
+fn kill_count() -> usize {
+    match std::env::var("PG2ES_TEST_KILLS") {
+        Err(_) => 22,
+        Ok(v) => match v.parse() {
+            Ok(n @ 1..=22) => n,
+            _ => panic!("PG2ES_TEST_KILLS={v:?}: a number of kills from 1 to 22"),
+        },
+    }
 }
 
 async fn assert_settings_restored(env: &TestEnv) {

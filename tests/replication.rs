@@ -218,9 +218,11 @@ async fn the_slot_does_not_retain_wal_of_unrelated_tables() {
     let written = env.scalar_i64("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint").await - start;
     println!("WAL written: {} MiB", written >> 20);
     assert!(written > 150 << 20, "the test wrote only {written} bytes of WAL");
-    let slot = "pg2es_pg2es_t_repl_hygiene";
+    let slot = format!("pg2es_{}", env.index);
     let retained = || async { env.scalar_i64(&format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = '{slot}'")).await };
-    within(Duration::from_secs(20), "the slot retains under 16 MiB", || async { retained().await < 16 << 20 }).await;
+    // The slot's restart point moves only past a running-transactions record, which Postgres
+    // writes every 15 s while WAL is written: 20 s was too tight with another test beside it.
+    within(Duration::from_secs(40), "the slot retains under 16 MiB", || async { retained().await < 16 << 20 }).await;
     println!("retained after: {} KiB", retained().await >> 10);
     trigger.trigger();
     run.await.unwrap().expect("pipeline run");

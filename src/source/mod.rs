@@ -13,11 +13,13 @@ mod reading;
 mod recent;
 mod replication;
 mod tls;
+mod version;
 
 pub use change::{Change, ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 pub use polling::PollingSource;
 pub use replication::ReplicationSource;
 pub use recent::{RecentlyLoaded, RowVersion};
+pub use version::{server_version, PgVersion, OLDEST_SUPPORTED_MAJOR};
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -39,6 +41,7 @@ pub fn full_load_sql(schema: &str) -> String {
 /// A connected source with its queries prepared for the detected layout.
 pub struct PgSource {
     client: Client,
+    version: PgVersion,
     layout: Layout,
     statements: queries::Statements,
 }
@@ -61,9 +64,14 @@ pub struct ChangePage {
 impl PgSource {
     pub async fn connect(pg: &tokio_postgres::Config, tls: &PgTls, schema: &str, ts: &TimestampColumn) -> Result<PgSource> {
         let client = delete_log::connect(pg, tls).await?;
+        let version = server_version(&client).await?;
         let layout = Layout::detect(&client, schema, ts).await?;
         let statements = queries::Statements::prepare(&client, &layout).await?;
-        Ok(PgSource { client, layout, statements })
+        Ok(PgSource { client, version, layout, statements })
+    }
+
+    pub fn version(&self) -> PgVersion {
+        self.version
     }
 
     pub fn layout(&self) -> &Layout {

@@ -75,8 +75,7 @@ impl PollingSource {
         if self.pg.as_ref().is_none_or(PgSource::is_closed) {
             let c = &self.config;
             let pg = PgSource::connect(&c.pg, &self.tls, &c.pg_schema, &c.timestamp_column).await?;
-            tracing::info!(schema = %c.pg_schema, change_columns = %pg.layout().describe(), "connected to postgres");
-
+            tracing::info!(postgres_version = %pg.version(), schema = %c.pg_schema, change_columns = %pg.layout().describe(), "connected to postgres");
             self.pg = Some(pg);
         }
         self.pg()

@@ -287,9 +287,10 @@ impl ChangeSource for ReplicationSource {
     async fn prepare(&mut self, state: &State) -> Result<CyclePlan> {
         if self.pg.as_ref().is_none_or(PgSource::is_closed) {
             let c = &self.config;
-            self.pg = Some(PgSource::connect(&c.pg, &self.tls, &c.pg_schema, &c.timestamp_column).await?);
+            let pg = PgSource::connect(&c.pg, &self.tls, &c.pg_schema, &c.timestamp_column).await?;
+            tracing::info!(postgres_version = %pg.version(), schema = %c.pg_schema, slot = %self.settings.slot, publication = %self.settings.publication, "connected to postgres for logical replication");
+            self.pg = Some(pg);
             self.checked = false;
-            tracing::info!(schema = %c.pg_schema, slot = %self.settings.slot, publication = %self.settings.publication, "connected to postgres for logical replication");
         }
         let pg = self.pg.as_ref().ok_or_else(|| Error::SourceSetup("no connection".into()))?;
         let schema = self.config.pg_schema.clone();

@@ -19,6 +19,12 @@ pub fn pg_admin_dsn() -> String {
     std::env::var("PG2ES_TEST_PG_DSN").unwrap_or_else(|_| "postgres://app:123qwe@127.0.0.1:5432/postgres".into())
 }
 
+/// Prefix of the tests' index names: the Postgres matrix runs the same tests once per version on
+/// one Elasticsearch, and a prefix per version keeps them apart.
+pub fn index_prefix() -> String {
+    std::env::var("PG2ES_TEST_INDEX_PREFIX").unwrap_or_else(|_| "pg2es_t_".into())
+}
+
 pub fn es_url() -> String {
     std::env::var("PG2ES_TEST_ES_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
 }
@@ -68,7 +74,7 @@ impl TestEnv {
         let dsn = replace_db(&pg_admin_dsn(), &db_name);
         let db = connect(&dsn).await;
         let http = reqwest::Client::new();
-        let index = format!("pg2es_t_{name}");
+        let index = format!("{}{name}", index_prefix());
         let env = TestEnv {
             name: name.to_string(),
             db,
