@@ -171,7 +171,11 @@ fn split_dsn_tls(dsn: &str) -> (String, DsnTls) {
                         _ => kept.push(pair),
                     }
                 }
-                if kept.is_empty() { head.to_string() } else { format!("{head}?{}", kept.join("&")) }
+                if kept.is_empty() {
+                    head.to_string()
+                } else {
+                    format!("{head}?{}", kept.join("&"))
+                }
             }
         }
     } else {
@@ -374,10 +378,7 @@ pub struct Sources {
 
 impl Sources {
     /// Defaults, then the file (if any), then the given environment.
-    pub fn gather(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Sources> {
+    pub fn gather(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Sources> {
         let mut sources = Sources::default();
         for s in SETTINGS {
             if let Some(d) = s.default {
@@ -422,12 +423,9 @@ impl Sources {
     }
 
     fn read_file(&mut self, path: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!("cannot read config file {}: {e}", path.display()))
-        })?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            Error::Config(format!("config file {} is not valid TOML: {}", path.display(), e.message()))
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
+        let table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| Error::Config(format!("config file {} is not valid TOML: {}", path.display(), e.message())))?;
         for (key, value) in table {
             let Some(s) = SETTINGS.iter().find(|s| s.env.eq_ignore_ascii_case(&key)) else {
                 return Err(Error::Config(format!(
@@ -441,11 +439,7 @@ impl Sources {
                 toml::Value::Float(f) => f.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
                 other => {
-                    return Err(Error::Config(format!(
-                        "config file {}: key '{key}' must be a string or a number, not {}",
-                        path.display(),
-                        other.type_str()
-                    )))
+                    return Err(Error::Config(format!("config file {}: key '{key}' must be a string or a number, not {}", path.display(), other.type_str())))
                 }
             };
             self.values.insert(s.env, Raw { value, origin: Origin::File(path.to_path_buf()) });
@@ -497,13 +491,7 @@ impl Sources {
         self.get(env).map(|r| r.value.trim().to_string()).filter(|v| !v.is_empty())
     }
 
-    fn number<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
-        &self,
-        env: &str,
-        min: T,
-        max: T,
-        what: &str,
-    ) -> Result<T> {
+    fn number<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(&self, env: &str, min: T, max: T, what: &str) -> Result<T> {
         let raw = self.string(env).ok_or_else(|| self.bad(env, what))?;
         match raw.parse::<T>() {
             Ok(v) if v >= min && v <= max => Ok(v),
@@ -558,25 +546,14 @@ impl Config {
 
         let es_index = src.string("ES_INDEX").unwrap_or_default();
         if !is_valid_index_name(&es_index) {
-            return Err(src.bad(
-                "ES_INDEX",
-                "a lower-case index name without spaces or any of \\/*?\"<>|,# and not starting with -, _ or +",
-            ));
+            return Err(src.bad("ES_INDEX", "a lower-case index name without spaces or any of \\/*?\"<>|,# and not starting with -, _ or +"));
         }
 
         let es_auth = match (src.string("ES_API_KEY"), src.string("ES_USERNAME"), src.string("ES_PASSWORD")) {
-            (Some(_), Some(_), _) => {
-                return Err(Error::Config(
-                    "ES_API_KEY and ES_USERNAME are both set: choose one way to authenticate".into(),
-                ))
-            }
+            (Some(_), Some(_), _) => return Err(Error::Config("ES_API_KEY and ES_USERNAME are both set: choose one way to authenticate".into())),
             (Some(key), None, _) => EsAuth::ApiKey(Secret::new(key)),
-            (None, Some(username), password) => {
-                EsAuth::Basic { username, password: Secret::new(password.unwrap_or_default()) }
-            }
-            (None, None, Some(_)) => {
-                return Err(Error::Config("ES_PASSWORD is set but ES_USERNAME is not: set both".into()))
-            }
+            (None, Some(username), password) => EsAuth::Basic { username, password: Secret::new(password.unwrap_or_default()) },
+            (None, None, Some(_)) => return Err(Error::Config("ES_PASSWORD is set but ES_USERNAME is not: set both".into())),
             (None, None, None) => EsAuth::None,
         };
 
@@ -693,7 +670,9 @@ impl Config {
         let tls = match self.pg_ssl_mode {
             PgSslMode::Disable => "off (sslmode=disable; add sslmode=verify-full to PG_DSN for TLS)".to_string(),
             PgSslMode::Allow | PgSslMode::Prefer => format!("when offered, not verified (sslmode={})", self.pg_ssl_mode.as_str()),
-            PgSslMode::Require | PgSslMode::VerifyFull => format!("required, chain and host name verified against {roots} (sslmode={})", self.pg_ssl_mode.as_str()),
+            PgSslMode::Require | PgSslMode::VerifyFull => {
+                format!("required, chain and host name verified against {roots} (sslmode={})", self.pg_ssl_mode.as_str())
+            }
             PgSslMode::VerifyCa => format!("required, chain verified against {roots}, host name not (sslmode=verify-ca)"),
         };
         line(&mut out, "postgres tls", &tls);
@@ -777,10 +756,7 @@ fn parse_pg(src: &Sources) -> Result<PgParts> {
     let (dsn, tls) = split_dsn_tls(&full_dsn);
     let mut pg: tokio_postgres::Config = dsn.parse().map_err(|_| {
         // The parser's message may quote the DSN, password included: say what is expected instead.
-        Error::Config(format!(
-            "{}: not a valid connection string; expected postgres://user@host:port/dbname or 'host=... dbname=...'",
-            src.describe("PG_DSN")
-        ))
+        Error::Config(format!("{}: not a valid connection string; expected postgres://user@host:port/dbname or 'host=... dbname=...'", src.describe("PG_DSN")))
     })?;
     let dsn_is_default = matches!(src.get("PG_DSN").map(|r| &r.origin), Some(Origin::Default));
     let dsn_sets_port = if is_url(&dsn) { url_names_a_port(&dsn) } else { !pg.get_ports().is_empty() };
@@ -845,7 +821,9 @@ fn parse_pg(src: &Sources) -> Result<PgParts> {
 
     let dsn_origin = format!("PG_DSN, {}", src.origin("PG_DSN"));
     let mut origins = BTreeMap::new();
-    for (i, ((label, dsn_set), var)) in ["postgres host", "postgres port", "postgres user", "postgres database"].into_iter().zip(dsn_sets).zip(&chosen).enumerate() {
+    for (i, ((label, dsn_set), var)) in
+        ["postgres host", "postgres port", "postgres user", "postgres database"].into_iter().zip(dsn_sets).zip(&chosen).enumerate()
+    {
         let mut origin = match var {
             Some((var, _)) => format!("environment, {var}"),
             None if dsn_set || dsn_is_default => dsn_origin.clone(),
@@ -961,9 +939,11 @@ fn pg_tls(src: &Sources, dsn: DsnTls) -> Result<(PgSslMode, Option<PathBuf>)> {
     let dsn_name = src.describe("PG_DSN");
     let mode = match dsn.sslmode.as_deref() {
         None => PgSslMode::Disable,
-        Some(value) => PgSslMode::ALL.iter().find(|(name, _)| *name == value).map(|(_, m)| *m).ok_or_else(|| {
-            Error::Config(format!("{dsn_name}: sslmode='{value}': expected disable, allow, prefer, require, verify-ca or verify-full"))
-        })?,
+        Some(value) => PgSslMode::ALL
+            .iter()
+            .find(|(name, _)| *name == value)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| Error::Config(format!("{dsn_name}: sslmode='{value}': expected disable, allow, prefer, require, verify-ca or verify-full")))?,
     };
     let (ca, ca_name) = match (src.string("PG_CA_FILE"), dsn.sslrootcert) {
         (Some(file), _) => (Some(PathBuf::from(file)), "PG_CA_FILE".to_string()),
@@ -1097,12 +1077,7 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let c = config(&[
-            ("PG_DSN", "postgres://app:hunter2@db:5432/movies"),
-            ("ES_USERNAME", "elastic"),
-            ("ES_PASSWORD", "s3cr3t-es"),
-        ])
-        .unwrap();
+        let c = config(&[("PG_DSN", "postgres://app:hunter2@db:5432/movies"), ("ES_USERNAME", "elastic"), ("ES_PASSWORD", "s3cr3t-es")]).unwrap();
         let rendered = c.render();
         let debug = format!("{c:?}");
         for text in [&rendered, &debug] {
@@ -1322,12 +1297,7 @@ mod tests {
         let (pg, es) = (dir.path().join("pg"), dir.path().join("es"));
         std::fs::write(&pg, "pg-from-file\n").unwrap();
         std::fs::write(&es, "es-from-file").unwrap();
-        let c = config(&[
-            ("PG_PASSWORD_FILE", pg.to_str().unwrap()),
-            ("ES_USERNAME", "elastic"),
-            ("ES_PASSWORD_FILE", es.to_str().unwrap()),
-        ])
-        .unwrap();
+        let c = config(&[("PG_PASSWORD_FILE", pg.to_str().unwrap()), ("ES_USERNAME", "elastic"), ("ES_PASSWORD_FILE", es.to_str().unwrap())]).unwrap();
         assert_eq!(c.pg.get_password(), Some(&b"pg-from-file"[..]));
         assert!(matches!(&c.es_auth, EsAuth::Basic { password, .. } if password.expose() == "es-from-file"));
         let e = err(&[("ES_API_KEY_FILE", "/nonexistent/key")]);

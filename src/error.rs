@@ -52,11 +52,7 @@ pub enum Error {
     },
 
     #[error("elasticsearch answered {status} to {context}: {body}")]
-    ElasticsearchStatus {
-        context: &'static str,
-        status: u16,
-        body: String,
-    },
+    ElasticsearchStatus { context: &'static str, status: u16, body: String },
 
     /// Items of a bulk request kept failing with retryable statuses (429, 5xx).
     #[error("elasticsearch kept rejecting {count} documents with retryable statuses (last: {last_reason})")]
@@ -289,9 +285,7 @@ fn postgres_code_is_transient(code: &SqlState) -> bool {
     let code = code.code();
     // 08: connection exception; 53: insufficient resources; 57P01-03: shutdown / starting up;
     // 40001 / 40P01: serialization failure / deadlock.
-    code.starts_with("08")
-        || code.starts_with("53")
-        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+    code.starts_with("08") || code.starts_with("53") || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
 }
 
 /// HTTP statuses worth retrying: throttling and server-side trouble.

@@ -114,7 +114,10 @@ fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result
             let removed = delete_log::remove(&client, schema).await?;
             match removed.triggers {
                 0 => println!("nothing to remove: no pg2es delete capture trigger on schema {schema} of database {}", removed.database),
-                n => println!("delete capture removed from schema {schema} of database {} ({n} triggers dropped); the tables in schema pg2es are kept", removed.database),
+                n => println!(
+                    "delete capture removed from schema {schema} of database {} ({n} triggers dropped); the tables in schema pg2es are kept",
+                    removed.database
+                ),
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -123,10 +126,11 @@ fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result
 
 /// Runs `task` on a new runtime, with shutdown on SIGINT and SIGTERM.
 fn with_runtime<T, F: std::future::Future<Output = pg2es::Result<T>>>(task: impl FnOnce(shutdown::Shutdown) -> F) -> pg2es::Result<T> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io { context: "cannot start runtime", path: ".".into(), source })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|source| Error::Io {
+        context: "cannot start runtime",
+        path: ".".into(),
+        source,
+    })?;
     runtime.block_on(async {
         let (trigger, shutdown) = shutdown::Shutdown::new();
         shutdown::on_signals(trigger);

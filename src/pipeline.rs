@@ -21,7 +21,7 @@ use crate::error::{Error, Result, Retry};
 use crate::progress::Progress;
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
-use crate::sink::{read_index_definition, ElasticsearchSink, IndexAction, IndexBootstrap, IndexSettings, IndexSink, LoadReport, full_load_settings};
+use crate::sink::{full_load_settings, read_index_definition, ElasticsearchSink, IndexAction, IndexBootstrap, IndexSettings, IndexSink, LoadReport};
 use crate::source::{Change, ChangeBatch, ChangeSource, PollingSource, Receipt, ReplicationSource};
 use crate::transform::into_document;
 
@@ -107,9 +107,7 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
     tracing::info!(index = %config.es_index, url = %config.es_url, engine = %engine, bootstrap = %bootstrap, state = %config.state_file.display(), "pg2es started");
     let outcome = match &config.source {
         SourceKind::Polling => run_cycles(&mut PollingSource::new(config)?, &sink, &mut checkpoint, &options, shutdown).await,
-        SourceKind::Replication(settings) => {
-            run_cycles(&mut ReplicationSource::new(config, settings)?, &sink, &mut checkpoint, &options, shutdown).await
-        }
+        SourceKind::Replication(settings) => run_cycles(&mut ReplicationSource::new(config, settings)?, &sink, &mut checkpoint, &options, shutdown).await,
     };
     // A full load cut short (shutdown, a fatal error) leaves the index searchable while stopped.
     if let Err(e) = restore_settings(&sink, &mut checkpoint, shutdown).await {

@@ -29,4 +29,3 @@ pub enum PositionError {
     #[error("no full load is under way")]
     NoFullLoad,
 }
-

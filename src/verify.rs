@@ -105,10 +105,7 @@ impl VerifyReport {
 
     /// One line: the three counts.
     pub fn summary(&self) -> String {
-        format!(
-            "{} missing, {} stale, {} extra of {} films checked",
-            self.missing.count, self.stale.count, self.extra.count, self.checked
-        )
+        format!("{} missing, {} stale, {} extra of {} films checked", self.missing.count, self.stale.count, self.extra.count, self.checked)
     }
 
     /// Why each kind of difference found usually happens in this setup, and what to do about it.

@@ -19,8 +19,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-
-
 #[test]
 fn bad_settings_exit_2_naming_the_variable() {
     for (var, value) in [("ETL_BATCH_SIZE", "lots"), ("ES_URL", "localhost"), ("ETL_CYCLE_SEC", "-3"), ("PG_SCHEMA", "a b")] {
@@ -61,8 +59,7 @@ async fn one_instance_per_state_file_and_sigterm_exits_cleanly() {
     let vars = env.env_vars();
     let mut first = pg2es(&vars, &["run"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     // The first instance is up once it has loaded the catalog.
-    common::eventually(Duration::from_secs(60), "first instance loads 999 documents", || async { env.try_count().await == Some(999) })
-    .await;
+    common::eventually(Duration::from_secs(60), "first instance loads 999 documents", || async { env.try_count().await == Some(999) }).await;
 
     let second = output(&vars, &["run", "--once"]);
     assert_eq!(second.status.code(), Some(3), "{}", stderr(&second));
@@ -213,10 +210,7 @@ async fn elasticsearch_over_tls_verifies_the_server() {
         .stderr(Stdio::null())
         .spawn()
         .expect("socat (installed by make check-tools)");
-    common::eventually(Duration::from_secs(10), "tls proxy listening", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-    })
-    .await;
+    common::eventually(Duration::from_secs(10), "tls proxy listening", || async { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() }).await;
 
     let mut vars = env.env_vars();
     vars.push(("ES_URL".into(), format!("https://127.0.0.1:{port}")));
@@ -246,8 +240,7 @@ async fn the_builtin_index_definition_works_from_any_directory() {
     assert!(o.status.success(), "{}", stderr(&o));
     env.refresh().await;
     assert_eq!(env.count().await, 999);
-    let mapping: serde_json::Value =
-        env.http.get(format!("{}/{}/_mapping", env.es, env.index)).send().await.unwrap().json().await.unwrap();
+    let mapping: serde_json::Value = env.http.get(format!("{}/{}/_mapping", env.es, env.index)).send().await.unwrap().json().await.unwrap();
     let expected: serde_json::Value = serde_json::from_str(pg2es::config::MOVIES_INDEX_DEFINITION).unwrap();
     assert_eq!(mapping[&env.index]["mappings"], expected["mappings"], "the index has the movies mapping");
     env.cleanup().await;
@@ -297,9 +290,7 @@ async fn postgres_sslmodes_verify_full_verify_ca_and_prefer() {
         vars
     };
 
-    let full = with_dsn(format!(
-        "postgres://app:123qwe@127.0.0.1:5432/{db}?sslmode=verify-full&sslrootcert={ca}&application_name=pg2es_verify_full"
-    ));
+    let full = with_dsn(format!("postgres://app:123qwe@127.0.0.1:5432/{db}?sslmode=verify-full&sslrootcert={ca}&application_name=pg2es_verify_full"));
     let mut child = pg2es(&full, &["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     common::eventually(Duration::from_secs(60), "load over verify-full", || async { env.try_count().await == Some(999) }).await;
     let row = env
@@ -355,10 +346,7 @@ async fn a_ca_certificate_used_as_the_server_certificate_gets_a_hint() {
         .stderr(Stdio::null())
         .spawn()
         .expect("socat (installed by make check-tools)");
-    common::eventually(Duration::from_secs(10), "tls proxy listening", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-    })
-    .await;
+    common::eventually(Duration::from_secs(10), "tls proxy listening", || async { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() }).await;
     let mut vars = env.env_vars();
     vars.push(("ES_URL".into(), format!("https://127.0.0.1:{port}")));
     vars.push(("ES_CA_FILE".into(), cert.display().to_string()));

@@ -21,10 +21,7 @@ async fn installed_env(name: &str) -> TestEnv {
 
 /// Runs `script` and returns the id of the transaction it leaves (open or just used).
 async fn run_in_transaction(client: &Client, script: &str) -> u64 {
-    let messages = client
-        .simple_query(&format!("{script}; SELECT pg_current_xact_id()::text"))
-        .await
-        .unwrap_or_else(|e| panic!("{script}: {e}"));
+    let messages = client.simple_query(&format!("{script}; SELECT pg_current_xact_id()::text")).await.unwrap_or_else(|e| panic!("{script}: {e}"));
     let xid = messages.iter().find_map(|m| match m {
         SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
         _ => None,
@@ -181,7 +178,8 @@ async fn an_open_transaction_is_in_the_next_window() {
     let writer = connect(&env.dsn).await;
     let film = uuid(&env, "SELECT film_work_id FROM content.genre_film_work ORDER BY id LIMIT 1").await;
     let from = delete_log::boundary(&env.db).await.unwrap();
-    let xid = run_in_transaction(&writer, "BEGIN; DELETE FROM content.genre_film_work WHERE id = (SELECT id FROM content.genre_film_work ORDER BY id LIMIT 1)").await;
+    let xid =
+        run_in_transaction(&writer, "BEGIN; DELETE FROM content.genre_film_work WHERE id = (SELECT id FROM content.genre_film_work ORDER BY id LIMIT 1)").await;
     let open = delete_log::boundary(&env.db).await.unwrap();
     assert!(open <= xid, "boundary {open} passed the open transaction {xid}");
     assert_eq!(window(&env.db, from, open).await, films(vec![]));
@@ -342,7 +340,15 @@ async fn a_lock_timeout_names_the_table_and_its_holder() {
     let err = delete_log::install_with(&env.db, SCHEMA, Duration::from_millis(500)).await.expect_err("install while a transaction reads content.genre");
     assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
     let message = err.to_string();
-    for part in ["table content.genre", &format!("pid {pid}"), "application_name dc_lock_holder", "state idle in transaction", "transaction started 20", "once that transaction ends", "pg_terminate_backend"] {
+    for part in [
+        "table content.genre",
+        &format!("pid {pid}"),
+        "application_name dc_lock_holder",
+        "state idle in transaction",
+        "transaction started 20",
+        "once that transaction ends",
+        "pg_terminate_backend",
+    ] {
         assert!(message.contains(part), "{part:?} in {message}");
     }
     assert!(matches!(err, Error::SourceSetup(_)), "{err:?}");

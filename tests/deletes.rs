@@ -78,7 +78,10 @@ async fn with_the_triggers_every_kind_of_delete_reaches_the_index() {
     // A genre link: the film loses the genre.
     let film = first_film_with(&env, "(SELECT count(*) FROM content.genre_film_work g WHERE g.film_work_id = fw.id) >= 2").await;
     let genre: String = env.db.query_one(&format!("SELECT g.name FROM content.genre g JOIN content.genre_film_work l ON l.genre_id = g.id WHERE l.film_work_id = '{film}' ORDER BY g.name LIMIT 1"), &[]).await.unwrap().get(0);
-    env.sql(&format!("DELETE FROM content.genre_film_work l USING content.genre g WHERE l.genre_id = g.id AND l.film_work_id = '{film}' AND g.name = '{genre}'")).await;
+    env.sql(&format!(
+        "DELETE FROM content.genre_film_work l USING content.genre g WHERE l.genre_id = g.id AND l.film_work_id = '{film}' AND g.name = '{genre}'"
+    ))
+    .await;
     passes_until(&env, "genre gone from the film", || async {
         !env.doc(&film).await["genre"].as_array().unwrap().iter().any(|g| g == &Value::String(genre.clone()))
     })
@@ -94,7 +97,9 @@ async fn with_the_triggers_every_kind_of_delete_reaches_the_index() {
     .await;
 
     // A person in several films, and a genre: every film that had them is rebuilt.
-    let person = env.scalar_uuid("SELECT person_id FROM content.person_film_work GROUP BY person_id HAVING count(DISTINCT film_work_id) >= 2 ORDER BY person_id LIMIT 1").await;
+    let person = env
+        .scalar_uuid("SELECT person_id FROM content.person_film_work GROUP BY person_id HAVING count(DISTINCT film_work_id) >= 2 ORDER BY person_id LIMIT 1")
+        .await;
     let films_of_person = env.scalar_i64(&format!("SELECT count(DISTINCT film_work_id) FROM content.person_film_work WHERE person_id = '{person}'")).await;
     env.sql(&format!("DELETE FROM content.person WHERE id = '{person}'")).await;
     let genre = env.scalar_uuid("SELECT genre_id FROM content.genre_film_work GROUP BY genre_id ORDER BY count(*) LIMIT 1").await;

@@ -20,9 +20,8 @@ use pg2es::verify::VerifyReport;
 const SETTLE: Duration = Duration::from_secs(15);
 
 fn python() -> String {
-    std::env::var("PG2ES_TEST_DJANGO_PYTHON").unwrap_or_else(|_| {
-        panic!("set PG2ES_TEST_DJANGO_PYTHON to the python of the Django venv: `make test-django` makes tools/django/.venv and sets it")
-    })
+    std::env::var("PG2ES_TEST_DJANGO_PYTHON")
+        .unwrap_or_else(|_| panic!("set PG2ES_TEST_DJANGO_PYTHON to the python of the Django venv: `make test-django` makes tools/django/.venv and sets it"))
 }
 
 fn project_dir() -> PathBuf {

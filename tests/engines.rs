@@ -77,7 +77,6 @@ async fn assert_consistent(env: &TestEnv) {
     assert!(report.is_consistent(), "{} differs from Postgres: {report:?}", env.es);
 }
 
-
 /// A 40 kB title is an immense term for the keyword sub-field `title.raw`: Elasticsearch 8 and 9
 /// refuse that one bulk item (400) and take the rest. pg2es dead-letters it and moves on; fixing
 /// the row brings the film in.
@@ -118,10 +117,7 @@ async fn outage(node: Node) {
     env.extra_env.push(("ETL_CYCLE_SEC".into(), "0.5".into()));
     let log = env.dir.path().join("pg2es.log");
     let mut child = common::spawn_run(&env, &log);
-    common::eventually(Duration::from_secs(60), "initial load", || async {
-        env.try_count().await == Some(999)
-    })
-    .await;
+    common::eventually(Duration::from_secs(60), "initial load", || async { env.try_count().await == Some(999) }).await;
 
     env.sql(&format!("UPDATE content.film_work SET title = 'During the outage', updated_at = now() WHERE id = '{FILM}'")).await;
     let down_at = Instant::now();
@@ -131,8 +127,7 @@ async fn outage(node: Node) {
 
     common::eventually(Duration::from_secs(90), "change loaded after the outage", || async {
         env.refresh().await;
-        let v: serde_json::Value =
-            env.http.get(format!("{}/{}/_doc/{FILM}", env.es, env.index)).send().await.unwrap().json().await.unwrap();
+        let v: serde_json::Value = env.http.get(format!("{}/{}/_doc/{FILM}", env.es, env.index)).send().await.unwrap().json().await.unwrap();
         v["_source"]["title"] == json!("During the outage")
     })
     .await;

@@ -24,9 +24,6 @@ fn stack(action: &str, service: &str) {
     assert!(status.success(), "scripts/stack.sh {action} {service} failed");
 }
 
-
-
-
 /// One pass with the binary, to completion.
 fn run_once(env: &TestEnv) {
     let o = Command::new(env!("CARGO_BIN_EXE_pg2es"))
@@ -246,7 +243,10 @@ async fn outage(service: &str, stack_name: &str, source: Source) {
     // Changes made just before the outage must arrive after it: an update and deletes.
     env.sql(&format!("UPDATE content.film_work SET title = 'During the outage', updated_at = now() WHERE id = '{FILM}'")).await;
     env.sql(&format!("DELETE FROM content.film_work WHERE id = (SELECT id FROM content.film_work WHERE id <> '{FILM}' ORDER BY id LIMIT 1)")).await;
-    env.sql(&format!("DELETE FROM content.person_film_work WHERE id = (SELECT id FROM content.person_film_work WHERE film_work_id <> '{FILM}' ORDER BY id LIMIT 1)")).await;
+    env.sql(&format!(
+        "DELETE FROM content.person_film_work WHERE id = (SELECT id FROM content.person_film_work WHERE film_work_id <> '{FILM}' ORDER BY id LIMIT 1)"
+    ))
+    .await;
     let down_at = Instant::now();
     stack("stop", stack_name);
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -256,8 +256,7 @@ async fn outage(service: &str, stack_name: &str, source: Source) {
     env.db = common::connect(&env.dsn).await;
     common::eventually(Duration::from_secs(90), "change loaded after the outage", || async {
         env.refresh().await;
-        let v: serde_json::Value =
-            env.http.get(format!("{}/{}/_doc/{FILM}", env.es, env.index)).send().await.unwrap().json().await.unwrap();
+        let v: serde_json::Value = env.http.get(format!("{}/{}/_doc/{FILM}", env.es, env.index)).send().await.unwrap().json().await.unwrap();
         v["_source"]["title"] == serde_json::json!("During the outage")
     })
     .await;
@@ -326,11 +325,7 @@ async fn an_invalidated_slot_is_created_again_and_the_index_heals() {
         env.sql("INSERT INTO public.filler SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 20000) g").await;
         admin.execute("SELECT pg_switch_wal()", &[]).await.unwrap();
         admin.execute("CHECKPOINT", &[]).await.unwrap();
-        status = admin
-            .query_one("SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-            .await
-            .unwrap()
-            .get(0);
+        status = admin.query_one("SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap().get(0);
         if status == "lost" {
             break;
         }
@@ -338,7 +333,13 @@ async fn an_invalidated_slot_is_created_again_and_the_index_heals() {
     admin.execute("ALTER SYSTEM RESET max_slot_wal_keep_size", &[]).await.unwrap();
     admin.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
     assert_eq!(status, "lost", "the slot was not invalidated");
-    let o = Command::new(env!("CARGO_BIN_EXE_pg2es")).args(["run", "--once"]).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).envs(env.env_vars()).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_pg2es"))
+        .args(["run", "--once"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.env_vars())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
     assert!(err.contains("the replication slot was invalidated") && err.contains("taking a fresh one"), "{err}");

@@ -73,10 +73,9 @@ fn writer(env: &TestEnv) -> (watch::Sender<bool>, tokio::task::JoinHandle<(usize
             let n = done + failed;
             let sql = match n % 4 {
                 0 | 1 => format!("UPDATE content.film_work SET title = 'Written {n}', updated_at = now() WHERE id = {}", film(n)),
-                2 => format!(
-                    "DELETE FROM content.genre_film_work WHERE id = (SELECT id FROM content.genre_film_work WHERE film_work_id = {} LIMIT 1)",
-                    film(n)
-                ),
+                2 => {
+                    format!("DELETE FROM content.genre_film_work WHERE id = (SELECT id FROM content.genre_film_work WHERE film_work_id = {} LIMIT 1)", film(n))
+                }
                 _ => format!(
                     "INSERT INTO content.person_film_work (id, film_work_id, person_id, role, created_at, updated_at) \
                      SELECT gen_random_uuid(), f.id, p.id, 'writer', now(), now() FROM {} f(id), \
@@ -265,7 +264,8 @@ async fn two_instances_on_one_slot_are_detected_and_each_heals() {
         let (_t, shutdown) = Shutdown::new();
         pg2es::verify::verify(&b_config(), &shutdown).await.is_ok_and(|r| r.is_consistent())
     };
-    let film = |n: usize| format!("UPDATE content.film_work SET title = 'Turn {n}' WHERE id = (SELECT id FROM content.film_work ORDER BY id OFFSET {n} LIMIT 1)");
+    let film =
+        |n: usize| format!("UPDATE content.film_work SET title = 'Turn {n}' WHERE id = (SELECT id FROM content.film_work ORDER BY id OFFSET {n} LIMIT 1)");
     let log_a = log_path(&a, "a");
     let log_b = log_path(&a, "b");
     for turn in 0..2 {

@@ -54,11 +54,7 @@ async fn verify_until_clean(env: &TestEnv, limit: Duration) {
 
 /// Films that have a genre link, the first `n` by id: their documents list a genre.
 async fn films_with_genre_links(env: &TestEnv, n: i64) -> Vec<Uuid> {
-    let rows = env
-        .db
-        .query("SELECT DISTINCT film_work_id FROM content.genre_film_work ORDER BY film_work_id LIMIT $1", &[&n])
-        .await
-        .unwrap();
+    let rows = env.db.query("SELECT DISTINCT film_work_id FROM content.genre_film_work ORDER BY film_work_id LIMIT $1", &[&n]).await.unwrap();
     rows.iter().map(|r| r.get(0)).collect()
 }
 
@@ -85,13 +81,7 @@ const RECREATE_GENRE_LINKS: &str = "BEGIN;
 fn spawn_writer(dsn: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
         let db = connect(&dsn).await;
-        let films: Vec<Uuid> = db
-            .query("SELECT id FROM content.film_work ORDER BY id DESC LIMIT 50", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let films: Vec<Uuid> = db.query("SELECT id FROM content.film_work ORDER BY id DESC LIMIT 50", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
         let start = Instant::now();
         let mut made = 0;
         while made < 600 && start.elapsed() < Duration::from_secs(120) && !stop.load(Ordering::Relaxed) {
@@ -174,7 +164,9 @@ async fn an_altered_log_table_is_refused_by_install_and_the_fix_converges() {
     env.db.execute("DELETE FROM content.genre_film_work WHERE film_work_id = $1", &[&lost_link_film]).await.unwrap();
 
     env.db
-        .batch_execute("ALTER TABLE pg2es.film_changes ADD COLUMN note text NOT NULL DEFAULT 'x'; ALTER TABLE pg2es.film_changes ALTER COLUMN note DROP DEFAULT")
+        .batch_execute(
+            "ALTER TABLE pg2es.film_changes ADD COLUMN note text NOT NULL DEFAULT 'x'; ALTER TABLE pg2es.film_changes ALTER COLUMN note DROP DEFAULT",
+        )
         .await
         .unwrap();
     let err = env.db.execute("DELETE FROM content.genre_film_work WHERE film_work_id = $1", &[&later_film]).await.expect_err("the application's DELETE fails");
@@ -185,7 +177,11 @@ async fn an_altered_log_table_is_refused_by_install_and_the_fix_converges() {
     assert_eq!(install.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("column pg2es.film_changes.note is NOT NULL without a default"), "names the column and what differs: {stderr}");
     assert!(stderr.contains("DROP TABLE pg2es.film_changes; then run `pg2es delete-capture install` again"), "names the fix: {stderr}");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM pg_attribute WHERE attrelid = 'pg2es.film_changes'::regclass AND attname = 'note'").await, 1, "nothing was changed");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM pg_attribute WHERE attrelid = 'pg2es.film_changes'::regclass AND attname = 'note'").await,
+        1,
+        "nothing was changed"
+    );
 
     env.sql("DROP TABLE pg2es.film_changes").await;
     let install = pg2es_command(&env.env_vars(), &["delete-capture", "install"]).output().unwrap();
@@ -241,7 +237,10 @@ async fn a_polling_run_warns_of_a_replication_slot_left_behind() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     for slot in &slots[..2] {
-        let line = log.lines().find(|l| l.contains("a logical replication slot of pg2es exists") && l.contains(&format!("slot={slot} "))).unwrap_or_else(|| panic!("no warning for {slot}: {log}"));
+        let line = log
+            .lines()
+            .find(|l| l.contains("a logical replication slot of pg2es exists") && l.contains(&format!("slot={slot} ")))
+            .unwrap_or_else(|| panic!("no warning for {slot}: {log}"));
         assert!(line.contains("WARN") && line.contains("retained_bytes=") && line.contains(&format!("SELECT pg_drop_replication_slot('{slot}')")), "{line}");
     }
     assert!(!log.contains("slot=dc_slots_not_pg2es"), "{log}");

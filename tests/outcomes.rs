@@ -186,11 +186,8 @@ async fn json_logs_hold_plain_values() {
     let o = common::pg2es_command(&vars, &["run", "--once"]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
-    let events: Vec<serde_json::Value> = err
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    let events: Vec<serde_json::Value> =
+        err.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
     assert!(!err.contains("Some(") && !err.contains("None"), "{err}");
     let field = |message: &str, name: &str| -> serde_json::Value {
         let event = events.iter().find(|e| e["fields"]["message"] == message).unwrap_or_else(|| panic!("no {message:?} in {err}"));

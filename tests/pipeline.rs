@@ -184,8 +184,7 @@ async fn a_full_load_cut_short_resumes_after_its_last_film_and_restores_the_inde
     assert_eq!(env.run_once().await.stored, 999);
     // Make the state what a crash after 400 films leaves: the position, the saved settings, and
     // the index still tuned.
-    let ids: Vec<uuid::Uuid> =
-        env.db.query("SELECT id FROM content.film_work ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let ids: Vec<uuid::Uuid> = env.db.query("SELECT id FROM content.film_work ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(env.state_file()).unwrap()).unwrap();
     state["snapshot"] = json!({ "after": ids[399], "done": false });
     state["tuned"] = json!({ "index.refresh_interval": "1s", "index.number_of_replicas": null });
@@ -278,11 +277,9 @@ async fn a_transaction_committing_after_a_cycle_is_not_missed() {
     env.run_once().await;
 
     let slow = common::connect(&env.dsn).await;
-    slow.batch_execute(&format!(
-        "BEGIN; UPDATE content.film_work SET title = 'Committed late', updated_at = now() WHERE id = '{FILM_NO_DIRECTOR}'"
-    ))
-    .await
-    .unwrap();
+    slow.batch_execute(&format!("BEGIN; UPDATE content.film_work SET title = 'Committed late', updated_at = now() WHERE id = '{FILM_NO_DIRECTOR}'"))
+        .await
+        .unwrap();
     // Meanwhile another session commits a later change, and a cycle loads it.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     env.sql(&format!("UPDATE content.film_work SET title = 'Committed early', updated_at = now() WHERE id = '{FILM_ONE_WRITER}'")).await;

@@ -72,7 +72,8 @@ async fn every_change_reaches_the_index_within_a_second_or_so() {
     let took = within(limit, "film update", || async { stored(&env, &a).await.is_some_and(|d| d["title"] == "Streamed") }).await;
     println!("film update stored after {took:?}");
 
-    env.sql("INSERT INTO content.film_work (id, title, created_at, updated_at) VALUES ('00000000-0000-4000-8000-0000000000aa', 'Inserted', now(), now())").await;
+    env.sql("INSERT INTO content.film_work (id, title, created_at, updated_at) VALUES ('00000000-0000-4000-8000-0000000000aa', 'Inserted', now(), now())")
+        .await;
     within(limit, "film insert", || async { stored(&env, "00000000-0000-4000-8000-0000000000aa").await.is_some() }).await;
 
     let b = film(&env, 500).await;
@@ -84,11 +85,16 @@ async fn every_change_reaches_the_index_within_a_second_or_so() {
     let person = env.scalar_uuid("SELECT id FROM content.person ORDER BY id LIMIT 1").await;
     let name: String = env.db.query_one(&format!("SELECT full_name FROM content.person WHERE id = '{person}'"), &[]).await.unwrap().get(0);
     env.sql(&format!("INSERT INTO content.person_film_work (id, film_work_id, person_id, role, created_at, updated_at) VALUES ('00000000-0000-4000-8000-0000000000bb', '{c}', '{person}', 'writer', now(), now())")).await;
-    within(limit, "link insert", || async { stored(&env, &c).await.is_some_and(|d| d["writers_names"].as_array().unwrap().iter().any(|w| w == name.as_str())) }).await;
+    within(limit, "link insert", || async {
+        stored(&env, &c).await.is_some_and(|d| d["writers_names"].as_array().unwrap().iter().any(|w| w == name.as_str()))
+    })
+    .await;
     let d = film(&env, 503).await;
     env.sql(&format!("UPDATE content.person_film_work SET film_work_id = '{d}' WHERE id = '00000000-0000-4000-8000-0000000000bb'")).await;
-    within(limit, "link moved away", || async { !stored(&env, &c).await.unwrap()["writers_names"].as_array().unwrap().iter().any(|w| w == name.as_str()) }).await;
-    within(limit, "link moved here", || async { stored(&env, &d).await.unwrap()["writers_names"].as_array().unwrap().iter().any(|w| w == name.as_str()) }).await;
+    within(limit, "link moved away", || async { !stored(&env, &c).await.unwrap()["writers_names"].as_array().unwrap().iter().any(|w| w == name.as_str()) })
+        .await;
+    within(limit, "link moved here", || async { stored(&env, &d).await.unwrap()["writers_names"].as_array().unwrap().iter().any(|w| w == name.as_str()) })
+        .await;
     env.sql("DELETE FROM content.person_film_work WHERE id = '00000000-0000-4000-8000-0000000000bb'").await;
     within(limit, "link delete", || async { !stored(&env, &d).await.unwrap()["writers_names"].as_array().unwrap().iter().any(|w| w == name.as_str()) }).await;
     let gfw = env.scalar_uuid(&format!("SELECT id FROM content.genre_film_work WHERE film_work_id = '{a}' LIMIT 1")).await;
@@ -99,7 +105,11 @@ async fn every_change_reaches_the_index_within_a_second_or_so() {
     // A person renamed, a person and a genre deleted: every film that has (had) them.
     let busy = env.scalar_uuid("SELECT person_id FROM content.person_film_work GROUP BY person_id ORDER BY count(*) DESC, person_id LIMIT 1").await;
     env.sql(&format!("UPDATE content.person SET full_name = 'Renamed Everywhere' WHERE id = '{busy}'")).await;
-    let other = env.scalar_uuid(&format!("SELECT person_id FROM content.person_film_work WHERE person_id <> '{busy}' GROUP BY person_id HAVING count(*) >= 2 ORDER BY person_id LIMIT 1")).await;
+    let other = env
+        .scalar_uuid(&format!(
+            "SELECT person_id FROM content.person_film_work WHERE person_id <> '{busy}' GROUP BY person_id HAVING count(*) >= 2 ORDER BY person_id LIMIT 1"
+        ))
+        .await;
     env.sql(&format!("DELETE FROM content.person WHERE id = '{other}'")).await;
     let genre = env.scalar_uuid("SELECT genre_id FROM content.genre_film_work GROUP BY genre_id ORDER BY count(*), genre_id LIMIT 1").await;
     env.sql(&format!("DELETE FROM content.genre WHERE id = '{genre}'")).await;
@@ -219,7 +229,9 @@ async fn the_slot_does_not_retain_wal_of_unrelated_tables() {
     println!("WAL written: {} MiB", written >> 20);
     assert!(written > 150 << 20, "the test wrote only {written} bytes of WAL");
     let slot = format!("pg2es_{}", env.index);
-    let retained = || async { env.scalar_i64(&format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = '{slot}'")).await };
+    let retained = || async {
+        env.scalar_i64(&format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = '{slot}'")).await
+    };
     // The slot's restart point moves only past a running-transactions record, which Postgres
     // writes every 15 s while WAL is written: 20 s was too tight with another test beside it.
     within(Duration::from_secs(40), "the slot retains under 16 MiB", || async { retained().await < 16 << 20 }).await;

@@ -142,10 +142,7 @@ fn run(env: &TestEnv, args: &[&str]) -> Output {
 async fn the_binary_exits_1_on_a_difference_beside_a_running_pipeline() {
     let env = TestEnv::new("verify_bin").await;
     let mut pipeline = pg2es(&env, &["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start pg2es run");
-    common::eventually(Duration::from_secs(60), "the running pipeline loads 999 documents", || async {
-        env.try_count().await == Some(999)
-    })
-    .await;
+    common::eventually(Duration::from_secs(60), "the running pipeline loads 999 documents", || async { env.try_count().await == Some(999) }).await;
 
     let clean = run(&env, &["verify"]);
     let (stdout, stderr) = (String::from_utf8_lossy(&clean.stdout), String::from_utf8_lossy(&clean.stderr));

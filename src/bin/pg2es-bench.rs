@@ -131,8 +131,7 @@ async fn dump(config: &Config, out: &PathBuf) -> BenchResult<Value> {
         let Some(last) = page.last() else { break };
         after = Some(last.source.get("id").and_then(Value::as_str).unwrap_or(&last.id).to_string());
         for hit in page {
-            let doc: MovieDocument = serde_json::from_value(hit.source)
-                .map_err(|e| format!("document {} is not a pg2es document: {e}", hit.id))?;
+            let doc: MovieDocument = serde_json::from_value(hit.source).map_err(|e| format!("document {} is not a pg2es document: {e}", hit.id))?;
             serde_json::to_writer(&mut writer, &doc).map_err(|e| e.to_string())?;
             writer.write_all(b"\n").map_err(|e| e.to_string())?;
             docs += 1;
@@ -154,8 +153,7 @@ async fn replay(config: &Config, file: &PathBuf, concurrency: usize, gzip: bool)
         let doc: MovieDocument = serde_json::from_str(&line).map_err(|e| format!("{}:{}: {e}", file.display(), n + 1))?;
         encoded.push(bulk::encode(&config.es_index, &doc.id.to_string(), None, &doc).map_err(|e| e.to_string())?);
     }
-    let bodies: Vec<bytes::Bytes> =
-        bulk::chunk(&encoded, config.batch_size, config.bulk_max_bytes).into_iter().map(|r| bulk::body(&encoded[r])).collect();
+    let bodies: Vec<bytes::Bytes> = bulk::chunk(&encoded, config.batch_size, config.bulk_max_bytes).into_iter().map(|r| bulk::body(&encoded[r])).collect();
     let (docs, requests, bytes) = (encoded.len(), bodies.len(), bodies.iter().map(bytes::Bytes::len).sum::<usize>());
     if docs == 0 {
         return Err(format!("{} holds no document", file.display()));
@@ -204,15 +202,11 @@ async fn bulk_request(http: &reqwest::Client, url: &str, body: bytes::Bytes, gzi
     if gzip {
         req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
     }
-    let resp = req
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| format!("bulk request failed: {e}"))?;
+    let resp = req.body(body).send().await.map_err(|e| format!("bulk request failed: {e}"))?;
     let status = resp.status();
     let raw = resp.bytes().await.map_err(|e| format!("bulk response unreadable: {e}"))?;
-    let parsed: bulk::BulkResponse = serde_json::from_slice(&raw)
-        .map_err(|e| format!("bulk answered {status}: {e}: {}", String::from_utf8_lossy(&raw[..raw.len().min(300)])))?;
+    let parsed: bulk::BulkResponse =
+        serde_json::from_slice(&raw).map_err(|e| format!("bulk answered {status}: {e}: {}", String::from_utf8_lossy(&raw[..raw.len().min(300)])))?;
     if parsed.errors {
         let first = parsed.items.iter().flat_map(|i| i.values()).find_map(|i| i.error.clone());
         return Err(format!("bulk items failed, first: {}", first.unwrap_or_default()));

@@ -21,27 +21,16 @@ impl InstanceLock {
             let path = path.to_path_buf();
             move |source| Error::Io { context, path, source }
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io("cannot open lock file"))?;
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io("cannot open lock file"))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
-                return Err(Error::AlreadyRunning {
-                    path: path.to_path_buf(),
-                    holder: if holder.is_empty() { "unknown".into() } else { holder.to_string() },
-                });
+                return Err(Error::AlreadyRunning { path: path.to_path_buf(), holder: if holder.is_empty() { "unknown".into() } else { holder.to_string() } });
             }
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(Error::Io { context: "cannot lock", path: path.to_path_buf(), source })
-            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { context: "cannot lock", path: path.to_path_buf(), source }),
         }
         file.set_len(0).map_err(io("cannot write lock file"))?;
         file.rewind().map_err(io("cannot write lock file"))?;

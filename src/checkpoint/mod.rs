@@ -39,8 +39,7 @@ pub enum Stream {
 }
 
 impl Stream {
-    pub const ALL: [Stream; 5] =
-        [Stream::FilmWork, Stream::Genre, Stream::Person, Stream::GenreFilmWork, Stream::PersonFilmWork];
+    pub const ALL: [Stream; 5] = [Stream::FilmWork, Stream::Genre, Stream::Person, Stream::GenreFilmWork, Stream::PersonFilmWork];
 
     pub fn table(self) -> &'static str {
         match self {
@@ -251,11 +250,9 @@ impl State {
                 None => Err(PositionError::NoFullLoad),
             },
             PositionDelta::DeleteLog { done } => match self.delete_log {
-                Some(current) if *done < current => Err(PositionError::Backwards {
-                    what: "the delete log".into(),
-                    from: format!("transaction {current}"),
-                    to: format!("transaction {done}"),
-                }),
+                Some(current) if *done < current => {
+                    Err(PositionError::Backwards { what: "the delete log".into(), from: format!("transaction {current}"), to: format!("transaction {done}") })
+                }
                 _ => {
                     self.delete_log = Some(*done);
                     Ok(())
@@ -307,8 +304,7 @@ impl Checkpoint {
     /// Takes the instance lock, then reads the state (or starts empty when there is no file).
     pub fn open(path: &Path, index: &str) -> Result<Checkpoint> {
         if let Some(dir) = parent(path) {
-            fs::create_dir_all(dir)
-                .map_err(|source| Error::Io { context: "cannot create state directory", path: dir.to_path_buf(), source })?;
+            fs::create_dir_all(dir).map_err(|source| Error::Io { context: "cannot create state directory", path: dir.to_path_buf(), source })?;
         }
         let lock = InstanceLock::acquire(&lock_path(path))?;
         let state = match fs::read(path) {
@@ -390,25 +386,18 @@ pub fn lock_path(state: &Path) -> PathBuf {
 fn parse_state(path: &Path, bytes: &[u8], index: &str) -> Result<State> {
     let bad = |reason: String| Error::State { path: path.to_path_buf(), reason };
     // Read the version first, so a newer format is refused as such, not as "corrupt".
-    let probe: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-        bad(format!("is not valid JSON ({e}); it may be corrupt: restore it from a backup, or delete it to reload everything"))
-    })?;
+    let probe: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("is not valid JSON ({e}); it may be corrupt: restore it from a backup, or delete it to reload everything")))?;
     match probe.get("version").and_then(|v| v.as_u64()) {
         Some(v) if (u64::from(OLDEST_READABLE_VERSION)..=u64::from(STATE_VERSION)).contains(&v) => {}
         Some(v) if v > u64::from(STATE_VERSION) => {
-            return Err(bad(format!(
-                "was written by a newer pg2es (state version {v}, this build reads {STATE_VERSION}); upgrade pg2es"
-            )))
+            return Err(bad(format!("was written by a newer pg2es (state version {v}, this build reads {STATE_VERSION}); upgrade pg2es")))
         }
         _ => return Err(bad("has no known state version; it may be corrupt: restore it, or delete it to reload everything".into())),
     }
-    let state: State = serde_json::from_value(probe)
-        .map_err(|e| bad(format!("is not a pg2es state ({e}); restore it, or delete it to reload everything")))?;
+    let state: State = serde_json::from_value(probe).map_err(|e| bad(format!("is not a pg2es state ({e}); restore it, or delete it to reload everything")))?;
     if state.index != index {
-        return Err(bad(format!(
-            "holds progress for index '{}', not '{index}'; use another ETL_STATE_FILE for this index",
-            state.index
-        )));
+        return Err(bad(format!("holds progress for index '{}', not '{index}'; use another ETL_STATE_FILE for this index", state.index)));
     }
     Ok(state)
 }
@@ -421,14 +410,10 @@ fn write_atomically(path: &Path, state: &State) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::State { path: path.to_path_buf(), reason: e.to_string() })?;
     let mut file = File::create(&tmp).map_err(io("cannot create", &tmp))?;
-    let written = file
-        .write_all(&bytes)
-        .map_err(io("cannot write", &tmp))
-        .and_then(|()| file.sync_all().map_err(io("cannot fsync", &tmp)))
-        .and_then(|()| {
-            drop(file);
-            fs::rename(&tmp, path).map_err(io("cannot rename state file onto", path))
-        });
+    let written = file.write_all(&bytes).map_err(io("cannot write", &tmp)).and_then(|()| file.sync_all().map_err(io("cannot fsync", &tmp))).and_then(|()| {
+        drop(file);
+        fs::rename(&tmp, path).map_err(io("cannot rename state file onto", path))
+    });
     if let Err(e) = written {
         // Nothing is left behind: the old state stays as it was.
         let _ = fs::remove_file(&tmp);
@@ -465,7 +450,8 @@ mod tests {
         let s = c.state();
         assert_eq!((s.replication, s.snapshot, s.resyncs), (Some(100), Some(Snapshot::default()), 1));
         assert_eq!(s.stream_setup.as_ref(), Some(&setup));
-        let moved = StreamSetup { slot: "t".into(), objects: [("table t".to_string(), "oid 2".to_string()), ("table u".to_string(), "oid 3".to_string())].into() };
+        let moved =
+            StreamSetup { slot: "t".into(), objects: [("table t".to_string(), "oid 2".to_string()), ("table u".to_string(), "oid 3".to_string())].into() };
         assert_eq!(setup.differences(&moved), ["slot s -> t", "table t: oid 1 -> oid 2", "table u: new (oid 3)"]);
         // Older files have neither field, and read as before.
         let old: State = serde_json::from_str(r#"{"version":2,"index":"movies","watermarks":{}}"#).unwrap();

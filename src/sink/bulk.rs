@@ -197,8 +197,7 @@ mod tests {
         assert!(resp.errors);
         let outcomes = classify(&resp, resp.items.len()).unwrap();
         let stored = outcomes.iter().filter(|o| **o == BulkItemOutcome::Stored).count();
-        let rejected: Vec<&BulkItemOutcome> =
-            outcomes.iter().filter(|o| matches!(o, BulkItemOutcome::Rejected { status: 400, .. })).collect();
+        let rejected: Vec<&BulkItemOutcome> = outcomes.iter().filter(|o| matches!(o, BulkItemOutcome::Rejected { status: 400, .. })).collect();
         assert!(stored >= 2, "{outcomes:?}");
         assert!(rejected.len() >= 2, "{outcomes:?}");
         assert!(rejected.iter().any(|o| matches!(o, BulkItemOutcome::Rejected { reason, .. } if reason.contains("strict_dynamic_mapping_exception"))));

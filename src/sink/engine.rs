@@ -106,7 +106,12 @@ mod tests {
 
     #[test]
     fn other_versions_and_servers_are_refused() {
-        for (kind, version) in [(EngineKind::Elasticsearch, "6.8.23"), (EngineKind::Elasticsearch, "7.9.3"), (EngineKind::Elasticsearch, "10.0.0"), (EngineKind::OpenSearch, "1.3.20")] {
+        for (kind, version) in [
+            (EngineKind::Elasticsearch, "6.8.23"),
+            (EngineKind::Elasticsearch, "7.9.3"),
+            (EngineKind::Elasticsearch, "10.0.0"),
+            (EngineKind::OpenSearch, "1.3.20"),
+        ] {
             let major = version.split('.').next().unwrap().parse().unwrap();
             let err = Engine { kind, version: version.into(), major }.check().unwrap_err().to_string();
             assert!(err.contains(version) && err.contains("pg2es works with"), "{err}");

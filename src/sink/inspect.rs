@@ -45,8 +45,8 @@ impl ElasticsearchSink {
         let context = "read mapping";
         let path = format!("{}/_mapping", self.index);
         let raw = retry(&self.retry, shutdown, context, || self.send_ok(Method::GET, &path, context, None)).await?;
-        let all: Value = serde_json::from_slice(&raw)
-            .map_err(|e| Error::ElasticsearchStatus { context, status: 200, body: format!("unreadable response: {e}") })?;
+        let all: Value =
+            serde_json::from_slice(&raw).map_err(|e| Error::ElasticsearchStatus { context, status: 200, body: format!("unreadable response: {e}") })?;
         // Keyed by the concrete index name (ES_INDEX may be an alias of it).
         let actual = all.as_object().and_then(|o| o.values().next()).and_then(|v| v.get("mappings")).unwrap_or(&Value::Null);
         let expected = definition.get("mappings").unwrap_or(&Value::Null);

@@ -9,10 +9,10 @@ pub mod engine;
 mod inspect;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -161,15 +161,12 @@ impl ElasticsearchSink {
         let mut builder = reqwest::Client::builder();
         if let Some(path) = &config.es_ca_file {
             for cert in crate::pem::ca_certificates("ES_CA_FILE", path)? {
-                let cert = reqwest::Certificate::from_der(&cert)
-                    .map_err(|e| Error::Config(format!("ES_CA_FILE='{}': unusable certificate ({e})", path.display())))?;
+                let cert =
+                    reqwest::Certificate::from_der(&cert).map_err(|e| Error::Config(format!("ES_CA_FILE='{}': unusable certificate ({e})", path.display())))?;
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let http = builder
-            .connect_timeout(config.es_timeout.min(CONNECT_TIMEOUT))
-            .build()
-            .map_err(Error::es_transport("build http client"))?;
+        let http = builder.connect_timeout(config.es_timeout.min(CONNECT_TIMEOUT)).build().map_err(Error::es_transport("build http client"))?;
         let mut base = config.es_url.clone();
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
@@ -252,8 +249,7 @@ impl ElasticsearchSink {
             s => return Err(Error::ElasticsearchStatus { context: "check index", status: s, body: String::new() }),
         };
         let raw = self.send_ok(Method::GET, &format!("{}/_mapping", self.index), "read mapping", None).await?;
-        let actual: Value = serde_json::from_slice(&raw)
-            .map_err(|e| Error::Unreadable { context: "read mapping", reason: e.to_string() })?;
+        let actual: Value = serde_json::from_slice(&raw).map_err(|e| Error::Unreadable { context: "read mapping", reason: e.to_string() })?;
         let actual = actual.as_object().and_then(|o| o.values().next()).and_then(|v| v.get("mappings")).cloned().unwrap_or(Value::Null);
         let expected = definition.get("mappings").cloned().unwrap_or(Value::Null);
         if let Some(difference) = mapping_difference(&expected, &actual) {
@@ -276,10 +272,8 @@ impl ElasticsearchSink {
         let mut delays = self.retry.delays();
         for attempt in 1..=MAX_ITEM_ATTEMPTS {
             let body = bulk::body(pending.iter().copied());
-            let raw = retry(&self.retry, shutdown, "bulk", || {
-                self.send_ok(Method::POST, "_bulk", "bulk", Some((body.clone(), "application/x-ndjson")))
-            })
-            .await?;
+            let raw =
+                retry(&self.retry, shutdown, "bulk", || self.send_ok(Method::POST, "_bulk", "bulk", Some((body.clone(), "application/x-ndjson")))).await?;
             let unreadable = |e: serde_json::Error| Error::Unreadable { context: "bulk", reason: e.to_string() };
             let summary: bulk::BulkSummary = serde_json::from_slice(&raw).map_err(unreadable)?;
             if !summary.errors && summary.items.len() == pending.len() {
@@ -342,8 +336,7 @@ impl ElasticsearchSink {
     pub async fn settings(&self, keys: &[&str], shutdown: &Shutdown) -> Result<BTreeMap<String, Option<String>>> {
         let path = format!("{}/_settings?flat_settings=true", self.index);
         let raw = retry(&self.retry, shutdown, "read index settings", || self.send_ok(Method::GET, &path, "read index settings", None)).await?;
-        let all: Value = serde_json::from_slice(&raw)
-            .map_err(|e| Error::Unreadable { context: "read index settings", reason: e.to_string() })?;
+        let all: Value = serde_json::from_slice(&raw).map_err(|e| Error::Unreadable { context: "read index settings", reason: e.to_string() })?;
         // Keyed by the concrete index name (ES_INDEX may be an alias of it).
         let settings = all.as_object().and_then(|o| o.values().next()).and_then(|v| v.get("settings"));
         Ok(keys
@@ -425,12 +418,8 @@ impl ElasticsearchSink {
     async fn search(&self, query: &Value, context: &'static str, shutdown: &Shutdown) -> Result<SearchResponse> {
         let body = bytes::Bytes::from(serde_json::to_vec(query).map_err(|e| Error::Encode(format!("a search: {e}")))?);
         let path = format!("{}/_search", self.index);
-        let raw = retry(&self.retry, shutdown, context, || {
-            self.send_ok(Method::POST, &path, context, Some((body.clone(), "application/json")))
-        })
-        .await?;
-        serde_json::from_slice(&raw)
-            .map_err(|e| Error::Unreadable { context, reason: e.to_string() })
+        let raw = retry(&self.retry, shutdown, context, || self.send_ok(Method::POST, &path, context, Some((body.clone(), "application/json")))).await?;
+        serde_json::from_slice(&raw).map_err(|e| Error::Unreadable { context, reason: e.to_string() })
     }
 }
 
@@ -468,10 +457,7 @@ impl IndexSink for ElasticsearchSink {
         const KEEP: &str = "2m";
         let context = "read document ids";
         let (path, body) = match &cursor {
-            None => (
-                format!("{}/_search?scroll={KEEP}", self.index),
-                serde_json::json!({ "size": limit, "sort": ["_doc"], "_source": false }),
-            ),
+            None => (format!("{}/_search?scroll={KEEP}", self.index), serde_json::json!({ "size": limit, "sort": ["_doc"], "_source": false })),
             Some(id) => ("_search/scroll".to_string(), serde_json::json!({ "scroll": KEEP, "scroll_id": id })),
         };
         let body = bytes::Bytes::from(serde_json::to_vec(&body).map_err(|e| Error::Encode(format!("a scroll: {e}")))?);

@@ -306,10 +306,7 @@ pub async fn advance(client: &impl GenericClient, schema: &str, consumer: &str, 
 /// were not installed again since).
 pub async fn is_consumer(client: &impl GenericClient, schema: &str, consumer: &str) -> Result<bool> {
     let context = "read the delete log consumers";
-    let row = client
-        .query_one("SELECT pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL", &[])
-        .await
-        .map_err(Error::postgres(context))?;
+    let row = client.query_one("SELECT pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL", &[]).await.map_err(Error::postgres(context))?;
     if !row.try_get::<_, bool>(0).map_err(Error::postgres(context))? {
         return Ok(false);
     }
@@ -327,10 +324,7 @@ pub async fn is_consumer(client: &impl GenericClient, schema: &str, consumer: &s
 pub async fn trim_for_replication(client: &impl GenericClient, schema: &str, consumer: &str) -> Result<u64> {
     let context = "trim the delete log";
     let row = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('pg2es.film_changes') IS NOT NULL AND pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT pg_catalog.to_regclass('pg2es.film_changes') IS NOT NULL AND pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL", &[])
         .await
         .map_err(Error::postgres(context))?;
     if !row.try_get::<_, bool>(0).map_err(Error::postgres(context))? {
@@ -557,10 +551,7 @@ async fn finish<T>(client: &impl GenericClient, outcome: Result<T, Failure>, act
         Failure::Other(e) => e,
         Failure::Sql(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
             let why = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
-            Error::SourceSchema(format!(
-                "cannot {what} on {schema}: {why}; run `{}` and have an owner of the tables apply it",
-                action.print_command()
-            ))
+            Error::SourceSchema(format!("cannot {what} on {schema}: {why}; run `{}` and have an owner of the tables apply it", action.print_command()))
         }
         Failure::Sql(e) => Error::postgres(what)(e),
         Failure::LockTimeout { table } => {
@@ -597,14 +588,7 @@ async fn lock_holders(client: &impl GenericClient, table: &str) -> Result<String
         };
         let pid: Option<i32> = row.try_get(0).map_err(Error::postgres(context))?;
         let pid = pid.map_or_else(|| "a prepared transaction".to_string(), |p| format!("pid {p}"));
-        held.push(format!(
-            "{pid} ({}; user {}, application_name {}, state {}, transaction started {})",
-            text(1)?,
-            text(5)?,
-            text(2)?,
-            text(3)?,
-            text(4)?
-        ));
+        held.push(format!("{pid} ({}; user {}, application_name {}, state {}, transaction started {})", text(1)?, text(5)?, text(2)?, text(3)?, text(4)?));
     }
     Ok(format!("is held by {}", held.join(", ")))
 }

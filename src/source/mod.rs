@@ -4,9 +4,9 @@
 //! order on `(timestamp, id)`: rows with equal timestamps across a page boundary are neither
 //! skipped nor read twice. A changed genre or person fans out to every film it is linked to.
 
+mod change;
 pub mod delete_log;
 pub mod pgoutput;
-mod change;
 mod polling;
 mod queries;
 mod reading;
@@ -17,8 +17,8 @@ mod version;
 
 pub use change::{Change, ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 pub use polling::PollingSource;
-pub use replication::ReplicationSource;
 pub use recent::{RecentlyLoaded, RowVersion};
+pub use replication::ReplicationSource;
 pub use version::{server_version, PgVersion, OLDEST_SUPPORTED_MAJOR};
 
 use chrono::{DateTime, Utc};
@@ -125,16 +125,8 @@ impl PgSource {
     pub async fn next_page(&self, stream: Stream, after: Option<Watermark>, limit: usize, loaded: &RecentlyLoaded) -> Result<Option<ChangePage>> {
         let limit = limit as i64;
         let rows = match after {
-            Some(w) => self
-                .client
-                .query(self.statements.page_after(stream), &[&w.ts, &w.id, &limit])
-                .await
-                .map_err(Error::postgres("read changed rows"))?,
-            None => self
-                .client
-                .query(self.statements.page_first(stream), &[&limit])
-                .await
-                .map_err(Error::postgres("read changed rows"))?,
+            Some(w) => self.client.query(self.statements.page_after(stream), &[&w.ts, &w.id, &limit]).await.map_err(Error::postgres("read changed rows"))?,
+            None => self.client.query(self.statements.page_first(stream), &[&limit]).await.map_err(Error::postgres("read changed rows"))?,
         };
         let Some(last_row) = rows.last() else { return Ok(None) };
         let last = Watermark { ts: last_row.try_get(0).map_err(Error::postgres("read ts"))?, id: last_row.try_get(1).map_err(Error::postgres("read id"))? };
@@ -157,11 +149,7 @@ impl PgSource {
             Stream::FilmWork | Stream::GenreFilmWork | Stream::PersonFilmWork => ids,
             Stream::Genre | Stream::Person if ids.is_empty() => ids,
             Stream::Genre | Stream::Person => {
-                let fanned = self
-                    .client
-                    .query(self.statements.fan_out(stream), &[&ids])
-                    .await
-                    .map_err(Error::postgres("find films of changed rows"))?;
+                let fanned = self.client.query(self.statements.fan_out(stream), &[&ids]).await.map_err(Error::postgres("find films of changed rows"))?;
                 fanned.iter().map(|r| r.try_get(0)).collect::<Result<Vec<Uuid>, _>>().map_err(Error::postgres("read film id"))?
             }
         };
@@ -172,11 +160,7 @@ impl PgSource {
 
     /// The newest position of a stream now, or `None` for an empty table.
     pub async fn head(&self, stream: Stream) -> Result<Option<Watermark>> {
-        let row = self
-            .client
-            .query_opt(self.statements.head(stream), &[])
-            .await
-            .map_err(Error::postgres("read newest change"))?;
+        let row = self.client.query_opt(self.statements.head(stream), &[]).await.map_err(Error::postgres("read newest change"))?;
         match row {
             None => Ok(None),
             Some(r) => {
@@ -201,11 +185,7 @@ impl PgSource {
     /// Reads the films with these ids, with their genres and people. Films that no longer exist
     /// are simply absent from the result.
     pub async fn films(&self, ids: &[Uuid]) -> Result<Vec<FilmWork>> {
-        let rows = self
-            .client
-            .query(&self.statements.films, &[&ids])
-            .await
-            .map_err(Error::postgres("read films"))?;
+        let rows = self.client.query(&self.statements.films, &[&ids]).await.map_err(Error::postgres("read films"))?;
         rows.iter().map(film_from_row).collect()
     }
 
@@ -224,22 +204,14 @@ impl PgSource {
     /// How many films a scan after `after` reads (for progress; a film with the nil id is not
     /// counted).
     pub async fn films_left(&self, after: Option<Uuid>) -> Result<u64> {
-        let row = self
-            .client
-            .query_one(&self.statements.count_after, &[&after.unwrap_or_else(Uuid::nil)])
-            .await
-            .map_err(Error::postgres("count films"))?;
+        let row = self.client.query_one(&self.statements.count_after, &[&after.unwrap_or_else(Uuid::nil)]).await.map_err(Error::postgres("count films"))?;
         Ok(row.try_get::<_, i64>(0).map_err(Error::postgres("count films"))?.max(0) as u64)
     }
 
     /// Up to `limit` films with ids after `after`, in id order (uuid byte order), read the same
     /// way as [`PgSource::films`]. Keyset paging: each page is one index range scan.
     pub async fn films_after(&self, after: Uuid, limit: usize) -> Result<Vec<FilmWork>> {
-        let rows = self
-            .client
-            .query(&self.statements.films_after, &[&after, &(limit as i64)])
-            .await
-            .map_err(Error::postgres("read films in id order"))?;
+        let rows = self.client.query(&self.statements.films_after, &[&after, &(limit as i64)]).await.map_err(Error::postgres("read films in id order"))?;
         rows.iter().map(film_from_row).collect()
     }
 }

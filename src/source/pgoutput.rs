@@ -23,18 +23,49 @@ pub use crate::position::{format_lsn, parse_lsn, Lsn};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    Begin { final_lsn: Lsn, commit_time_us: i64, xid: u32 },
-    Commit { flags: u8, commit_lsn: Lsn, end_lsn: Lsn, commit_time_us: i64 },
+    Begin {
+        final_lsn: Lsn,
+        commit_time_us: i64,
+        xid: u32,
+    },
+    Commit {
+        flags: u8,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time_us: i64,
+    },
     Relation(Relation),
-    Insert { relation: u32, new: Tuple },
+    Insert {
+        relation: u32,
+        new: Tuple,
+    },
     /// `old` is present when the replica identity changed or is FULL ('K' key / 'O' old tuple).
-    Update { relation: u32, old: Option<Tuple>, new: Tuple },
-    Delete { relation: u32, old: Tuple },
-    Truncate { options: u8, relations: Vec<u32> },
-    Type { id: u32, namespace: String, name: String },
-    Origin { lsn: Lsn, name: String },
+    Update {
+        relation: u32,
+        old: Option<Tuple>,
+        new: Tuple,
+    },
+    Delete {
+        relation: u32,
+        old: Tuple,
+    },
+    Truncate {
+        options: u8,
+        relations: Vec<u32>,
+    },
+    Type {
+        id: u32,
+        namespace: String,
+        name: String,
+    },
+    Origin {
+        lsn: Lsn,
+        name: String,
+    },
     /// Logical decoding messages ('M') and anything else this build does not use: skipped.
-    Other { tag: u8 },
+    Other {
+        tag: u8,
+    },
 }
 
 /// `Truncate::options` bit: `TRUNCATE ... CASCADE`.
@@ -112,12 +143,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
 fn decode_body(tag: u8, r: &mut Reader<'_>) -> Result<Message, String> {
     Ok(match tag {
         b'B' => Message::Begin { final_lsn: r.u64("final lsn")?, commit_time_us: r.i64("commit time")?, xid: r.u32("xid")? },
-        b'C' => Message::Commit {
-            flags: r.u8("flags")?,
-            commit_lsn: r.u64("commit lsn")?,
-            end_lsn: r.u64("end lsn")?,
-            commit_time_us: r.i64("commit time")?,
-        },
+        b'C' => Message::Commit { flags: r.u8("flags")?, commit_lsn: r.u64("commit lsn")?, end_lsn: r.u64("end lsn")?, commit_time_us: r.i64("commit time")? },
         b'R' => Message::Relation(relation(r)?),
         b'I' => {
             let relation = r.u32("relation id")?;

@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::change::{ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
-use super::reading::{self, Versioning};
 use super::delete_log::{self, Continuity};
+use super::reading::{self, Versioning};
 use super::{Horizon, PgSource, PgTls, RecentlyLoaded};
 use crate::checkpoint::{PositionDelta, State, Stream, Watermark};
 use crate::config::Config;
@@ -183,7 +183,14 @@ const LOST_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// recorded. The rule: a saved position is used only while the log has recorded every delete
 /// since it, which the consumer's row in `pg2es.consumers` vouches for (`install` drops it when
 /// the log or a trigger was missing).
-async fn plan_delete_log(pg: &PgSource, schema: &str, consumer: &str, state: &State, before: &mut Vec<PositionDelta>, notices: &mut LogNotices) -> Result<Option<LogWindow>> {
+async fn plan_delete_log(
+    pg: &PgSource,
+    schema: &str,
+    consumer: &str,
+    state: &State,
+    before: &mut Vec<PositionDelta>,
+    notices: &mut LogNotices,
+) -> Result<Option<LogWindow>> {
     let client = pg.client();
     let capture = delete_log::status(client, schema).await?;
     if !capture.complete() {

@@ -46,10 +46,7 @@ fn required_columns(stream: Stream) -> &'static [&'static str] {
 impl Layout {
     pub async fn detect(client: &Client, schema: &str, wanted: &TimestampColumn) -> Result<Layout> {
         let tables: Vec<&str> = Stream::ALL.iter().map(|s| s.table()).collect();
-        let rows = client
-            .query(COLUMNS_SQL, &[&schema, &tables])
-            .await
-            .map_err(Error::postgres("read table columns"))?;
+        let rows = client.query(COLUMNS_SQL, &[&schema, &tables]).await.map_err(Error::postgres("read table columns"))?;
         let mut columns: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         for r in rows {
             let (table, column, ty): (String, String, String) = (r.get(0), r.get(1), r.get(2));
@@ -59,18 +56,12 @@ impl Layout {
     }
 
     /// Picks the timestamp column per table; pure, so it is unit-tested on both catalog layouts.
-    pub fn choose(
-        schema: &str,
-        columns: &BTreeMap<String, BTreeMap<String, String>>,
-        wanted: &TimestampColumn,
-    ) -> Result<Layout> {
+    pub fn choose(schema: &str, columns: &BTreeMap<String, BTreeMap<String, String>>, wanted: &TimestampColumn) -> Result<Layout> {
         let mut timestamps = BTreeMap::new();
         for stream in Stream::ALL {
             let table = stream.table();
             let Some(cols) = columns.get(table) else {
-                return Err(Error::SourceSchema(format!(
-                    "table {schema}.{table} not found; check PG_SCHEMA and that the catalog's tables exist"
-                )));
+                return Err(Error::SourceSchema(format!("table {schema}.{table} not found; check PG_SCHEMA and that the catalog's tables exist")));
             };
             let missing: Vec<&str> = required_columns(stream).iter().copied().filter(|c| !cols.contains_key(*c)).collect();
             if !missing.is_empty() {
@@ -89,9 +80,7 @@ impl Layout {
             if is_link {
                 candidates.extend(["created_at", "created"]);
             }
-            let chosen = candidates.iter().find(|c| {
-                cols.get(**c).is_some_and(|ty| ty == "timestamp with time zone" || ty == "timestamp without time zone")
-            });
+            let chosen = candidates.iter().find(|c| cols.get(**c).is_some_and(|ty| ty == "timestamp with time zone" || ty == "timestamp without time zone"));
             match chosen {
                 Some(c) if is_identifier(c) => {
                     timestamps.insert(stream, c.to_string());
@@ -190,26 +179,15 @@ impl Statements {
             let select = format!(r#"SELECT "{ts}"::timestamptz, id, "{key}", xmin::text::bigint FROM "{s}"."{table}""#);
             let order = format!(r#"ORDER BY "{ts}", id"#);
             st.page_first.insert(stream, prep(format!(r#"{select} WHERE "{ts}" IS NOT NULL {order} LIMIT $1"#)).await?);
-            st.page_after.insert(
-                stream,
-                prep(format!(r#"{select} WHERE ("{ts}", id) > ($1::timestamptz, $2::uuid) {order} LIMIT $3"#)).await?,
-            );
+            st.page_after.insert(stream, prep(format!(r#"{select} WHERE ("{ts}", id) > ($1::timestamptz, $2::uuid) {order} LIMIT $3"#)).await?);
             st.head.insert(
                 stream,
-                prep(format!(
-                    r#"SELECT "{ts}"::timestamptz, id FROM "{s}"."{table}" WHERE "{ts}" IS NOT NULL ORDER BY "{ts}" DESC, id DESC LIMIT 1"#
-                ))
-                .await?,
+                prep(format!(r#"SELECT "{ts}"::timestamptz, id FROM "{s}"."{table}" WHERE "{ts}" IS NOT NULL ORDER BY "{ts}" DESC, id DESC LIMIT 1"#)).await?,
             );
         }
-        st.fan_out.insert(
-            Stream::Genre,
-            prep(format!(r#"SELECT DISTINCT film_work_id FROM "{s}".genre_film_work WHERE genre_id = ANY($1::uuid[])"#)).await?,
-        );
-        st.fan_out.insert(
-            Stream::Person,
-            prep(format!(r#"SELECT DISTINCT film_work_id FROM "{s}".person_film_work WHERE person_id = ANY($1::uuid[])"#)).await?,
-        );
+        st.fan_out.insert(Stream::Genre, prep(format!(r#"SELECT DISTINCT film_work_id FROM "{s}".genre_film_work WHERE genre_id = ANY($1::uuid[])"#)).await?);
+        st.fan_out
+            .insert(Stream::Person, prep(format!(r#"SELECT DISTINCT film_work_id FROM "{s}".person_film_work WHERE person_id = ANY($1::uuid[])"#)).await?);
         Ok(st)
     }
 
@@ -282,10 +260,7 @@ mod tests {
         m.insert("genre".into(), table(&[("id", "uuid"), ("name", "text"), (ts, tz)]));
         m.insert("person".into(), table(&[("id", "uuid"), ("full_name", "text"), (ts, tz)]));
         m.insert("genre_film_work".into(), table(&[("id", "uuid"), ("genre_id", "uuid"), ("film_work_id", "uuid"), (link_ts, tz)]));
-        m.insert(
-            "person_film_work".into(),
-            table(&[("id", "uuid"), ("film_work_id", "uuid"), ("person_id", "uuid"), ("role", "text"), (link_ts, tz)]),
-        );
+        m.insert("person_film_work".into(), table(&[("id", "uuid"), ("film_work_id", "uuid"), ("person_id", "uuid"), ("role", "text"), (link_ts, tz)]));
         m
     }
 
@@ -305,9 +280,7 @@ mod tests {
 
     #[test]
     fn named_column_must_exist() {
-        let e = Layout::choose("content", &catalog("updated_at", "updated_at"), &TimestampColumn::Named("modified".into()))
-            .unwrap_err()
-            .to_string();
+        let e = Layout::choose("content", &catalog("updated_at", "updated_at"), &TimestampColumn::Named("modified".into())).unwrap_err().to_string();
         assert!(e.contains("ETL_TIMESTAMP_COLUMN") && e.contains("film_work"), "{e}");
     }
 

@@ -22,7 +22,7 @@ use super::change::{ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 use super::pgoutput::{self, format_lsn, parse_lsn, Lsn, Message, Relations};
 use super::reading::{self, Versioning};
 use super::{delete_log, Layout, PgSource, PgTls};
-use crate::checkpoint::{PositionDelta, State, StreamSetup, Stream};
+use crate::checkpoint::{PositionDelta, State, Stream, StreamSetup};
 use crate::config::{Config, ReplicationSettings};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -140,7 +140,6 @@ impl ReplicationSource {
         reading::send_films(pg, tx, &ids, self.config.batch_size, Versioning::Fixed(position.max(from)), completes, Receipt::default()).await?;
         Ok(())
     }
-
 }
 
 /// Logs the slot's retained WAL and lag, with a warning past the threshold.
@@ -470,7 +469,13 @@ async fn create_slot(pg: &PgSource, slot: &str) -> Result<Lsn> {
     if count > 0 {
         let oldest: Option<String> = open.try_get(1).map_err(Error::postgres("read open transactions"))?;
         let databases: Option<String> = open.try_get(2).map_err(Error::postgres("read open transactions"))?;
-        tracing::info!(slot, open_transactions = count, oldest_since = oldest.as_deref().unwrap_or("?"), databases = databases.as_deref().unwrap_or("?"), "creating the replication slot: Postgres waits for the transactions open now to end");
+        tracing::info!(
+            slot,
+            open_transactions = count,
+            oldest_since = oldest.as_deref().unwrap_or("?"),
+            databases = databases.as_deref().unwrap_or("?"),
+            "creating the replication slot: Postgres waits for the transactions open now to end"
+        );
     }
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&slot];
     let create = pg.client().query_one("SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')", &params);
@@ -666,7 +671,9 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str) -> R
 /// A refused setup step: missing privileges are the operator's to fix, the rest as usual.
 fn setup_error(e: tokio_postgres::Error, what: &str) -> Error {
     match e.code() {
-        Some(code) if *code == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => Error::SourceSetup(format!("cannot {what}: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string()))),
+        Some(code) if *code == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
+            Error::SourceSetup(format!("cannot {what}: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())))
+        }
         _ => Error::Postgres { context: "set up logical replication", source: e },
     }
 }

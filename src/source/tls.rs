@@ -25,14 +25,12 @@ pub(super) fn client_config(config: &Config) -> Result<Option<rustls::ClientConf
     let tls = match config.pg_ssl_mode {
         PgSslMode::Disable => return Ok(None),
         PgSslMode::Require | PgSslMode::VerifyFull => builder.with_root_certificates(roots()?).with_no_client_auth(),
-        PgSslMode::VerifyCa => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(WithoutHostName { roots: Some(Arc::new(roots()?)), provider }))
-            .with_no_client_auth(),
-        PgSslMode::Allow | PgSslMode::Prefer => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(WithoutHostName { roots: None, provider }))
-            .with_no_client_auth(),
+        PgSslMode::VerifyCa => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(WithoutHostName { roots: Some(Arc::new(roots()?)), provider })).with_no_client_auth()
+        }
+        PgSslMode::Allow | PgSslMode::Prefer => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(WithoutHostName { roots: None, provider })).with_no_client_auth()
+        }
     };
     Ok(Some(tls))
 }
@@ -67,32 +65,16 @@ impl ServerCertVerifier for WithoutHostName {
     ) -> Result<ServerCertVerified, rustls::Error> {
         if let Some(roots) = &self.roots {
             let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &cert,
-                roots,
-                intermediates,
-                now,
-                self.provider.signature_verification_algorithms.all,
-            )?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, self.provider.signature_verification_algorithms.all)?;
         }
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 

@@ -22,9 +22,7 @@ impl PgVersion {
     pub fn from_version_num(text: &str) -> Result<PgVersion> {
         match text.trim().parse::<u32>() {
             Ok(num) if num >= 10_000 => Ok(PgVersion { num }),
-            _ => Err(Error::SourceSetup(format!(
-                "server_version_num is {text:?}, not a version number such as 150018"
-            ))),
+            _ => Err(Error::SourceSetup(format!("server_version_num is {text:?}, not a version number such as 150018"))),
         }
     }
 
@@ -57,10 +55,7 @@ impl fmt::Display for PgVersion {
 
 /// The server's version, refused when it is older than pg2es supports.
 pub async fn server_version(client: &Client) -> Result<PgVersion> {
-    let row = client
-        .query_one("SELECT pg_catalog.current_setting('server_version_num')", &[])
-        .await
-        .map_err(Error::postgres("read the server version"))?;
+    let row = client.query_one("SELECT pg_catalog.current_setting('server_version_num')", &[]).await.map_err(Error::postgres("read the server version"))?;
     let text: String = row.try_get(0).map_err(Error::postgres("read the server version"))?;
     PgVersion::from_version_num(&text)?.supported()
 }

@@ -412,14 +412,7 @@ mod tests {
 
         fn film() -> impl Strategy<Value = FilmWork> {
             (text(), text(), any::<Option<f64>>(), proptest::collection::vec(any::<String>(), 0..6), proptest::collection::vec(person(), 0..12))
-                .prop_map(|(title, description, rating, genres, persons)| FilmWork {
-                    id: Uuid::from_u128(1),
-                    title,
-                    description,
-                    rating,
-                    genres,
-                    persons,
-                })
+                .prop_map(|(title, description, rating, genres, persons)| FilmWork { id: Uuid::from_u128(1), title, description, rating, genres, persons })
         }
 
         proptest! {

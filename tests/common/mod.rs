@@ -38,9 +38,9 @@ pub fn schema_file() -> PathBuf {
 }
 
 pub async fn connect(dsn: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(dsn, NoTls).await.unwrap_or_else(|e| {
-        panic!("cannot reach Postgres at {dsn}: {e}. Start the stack with `make stack-up` (or scripts/stack.sh up)")
-    });
+    let (client, conn) = tokio_postgres::connect(dsn, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach Postgres at {dsn}: {e}. Start the stack with `make stack-up` (or scripts/stack.sh up)"));
     tokio::spawn(conn);
     client
 }
@@ -75,16 +75,7 @@ impl TestEnv {
         let db = connect(&dsn).await;
         let http = reqwest::Client::new();
         let index = format!("{}{name}", index_prefix());
-        let env = TestEnv {
-            name: name.to_string(),
-            db,
-            dsn,
-            es: es.to_string(),
-            index,
-            dir: tempfile::tempdir().unwrap(),
-            http,
-            extra_env: Vec::new(),
-        };
+        let env = TestEnv { name: name.to_string(), db, dsn, es: es.to_string(), index, dir: tempfile::tempdir().unwrap(), http, extra_env: Vec::new() };
         env.delete_index().await;
         env
     }
@@ -186,9 +177,7 @@ impl TestEnv {
 
 /// Replication slots of a database keep it from being dropped (and keep WAL): drop them first.
 pub async fn drop_slots(admin: &Client, db_name: &str) {
-    let _ = admin
-        .execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active", &[&db_name])
-        .await;
+    let _ = admin.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active", &[&db_name]).await;
 }
 
 fn replace_db(dsn: &str, db: &str) -> String {
@@ -255,11 +244,7 @@ pub fn spawn_run(env: &TestEnv, log: &std::path::Path) -> std::process::Child {
 /// Starts the binary with stderr appended to `log` (read it while the process runs).
 pub fn spawn_logged(env: &[(String, String)], args: &[&str], log: &std::path::Path) -> std::process::Child {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    pg2es_command(env, args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(file))
-        .spawn()
-        .expect("spawn pg2es")
+    pg2es_command(env, args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::from(file)).spawn().expect("spawn pg2es")
 }
 
 /// Waits until `log` contains `text`, at most `limit`.
