@@ -32,7 +32,7 @@ DJANGO_PY    = $(DJANGO_VENV)/bin/python
 # Written once the requirements are installed (bin/python is a link to the system's python).
 DJANGO_READY = $(DJANGO_VENV)/requirements.installed
 
-.PHONY: help demo test test-faults test-django test-pg-matrix pg-matrix-up test-unit test-integration acceptance stack-up stack-down stack-status matrix-up db build check-tools clean
+.PHONY: help lint demo test test-faults test-django test-pg-matrix pg-matrix-up test-unit test-integration acceptance stack-up stack-down stack-status matrix-up db build check-tools clean
 
 # Base URL of each engine, by stack.sh name.
 engine_url = $(if $(filter es,$(1)),$(ES_URL),$(if $(filter os,$(1)),$(OS_URL),$(if $(filter es8,$(1)),$(ES8_URL),$(if $(filter es9,$(1)),$(ES9_URL),$(if $(filter os3,$(1)),$(OS3_URL),$(error unknown engine '$(1)': use es, os, es8, es9 or os3))))))
@@ -44,8 +44,15 @@ help:
 	@echo "make test-faults kills, outages and bad bulk items against the real stack (stops services)"
 	@echo "make test-django every ORM write of the catalog's Django admin, with pg2es running, then verify"
 	@echo "make test-pg-matrix  PostgreSQL 13, 14, 16, 17 and 18: full load + Postman suite, deletes, replication, kills"
+	@echo "make lint        cargo fmt --check and clippy (warnings as errors)"
 	@echo "make stack-up    start Postgres, Elasticsearch and OpenSearch on 127.0.0.1 (installs what is missing)"
 	@echo "make stack-down  stop them (data is kept)"
+
+# rustfmt (rustfmt.toml) and clippy with every test target and feature, warnings as errors.
+lint:
+	@$(CARGO) fmt --version >/dev/null 2>&1 && $(CARGO) clippy --version >/dev/null 2>&1 || rustup component add rustfmt clippy
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets --features fault-tests,django-tests -- -D warnings
 
 check-tools:
 	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found; install Rust (https://rustup.rs) and retry" >&2; exit 1; }
