@@ -358,6 +358,11 @@ async fn a_lock_timeout_names_the_table_and_its_holder() {
     holder.batch_execute("COMMIT").await.unwrap();
     delete_log::install_with(&env.db, SCHEMA, Duration::from_millis(500)).await.expect("install once the transaction ended");
     assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    // The documented step done, pg2es runs on it and the index matches.
+    env.run_once().await;
+    let (_t, shutdown) = pg2es::shutdown::Shutdown::new();
+    let report = pg2es::verify::verify(&env.config(), &shutdown).await.expect("verify");
+    assert!(report.is_consistent(), "{report:?}");
     env.cleanup().await;
 }
 

@@ -247,5 +247,6 @@ async fn a_polling_run_warns_of_a_replication_slot_left_behind() {
     assert_eq!(log.matches("a logical replication slot of pg2es exists").count(), 2, "once per run: {log}");
     let kept = env.scalar_i64("SELECT count(*) FROM pg_replication_slots WHERE database = 'pg2es_t_dc_slots'").await;
     assert_eq!(kept, 3, "no slot is dropped");
+    assert!(verify(&env).await.is_consistent(), "the run loaded the index all the same");
     env.cleanup().await;
 }

@@ -32,6 +32,9 @@ use crate::shutdown::Shutdown;
 /// what is left is read by the next cycle right away.
 const WINDOW_CHANGES: i32 = 20_000;
 
+/// How often the publication, the tables' identities and columns are checked against the state.
+const SETUP_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often a slot creation that waits for open transactions says so.
 const SLOT_WAIT_REPORT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -48,6 +51,8 @@ pub struct ReplicationSource {
     pg: Option<PgSource>,
     /// wal_level and the role's REPLICATION checked on this connection.
     checked: bool,
+    /// The setup last checked, and when.
+    setup: Option<(StreamSetup, Instant)>,
     /// A slot moved past the saved position by another consumer was taken over once in this
     /// process: a second time, two consumers are reading it at once.
     took_over_slot: bool,
@@ -66,6 +71,7 @@ impl ReplicationSource {
             tls: PgTls::from_config(config)?,
             pg: None,
             checked: false,
+            setup: None,
             took_over_slot: false,
             until: None,
             caught_up_at: std::sync::Mutex::new(Instant::now()),
@@ -290,6 +296,7 @@ impl ChangeSource for ReplicationSource {
             tracing::info!(postgres_version = %pg.version(), schema = %c.pg_schema, slot = %self.settings.slot, publication = %self.settings.publication, "connected to postgres for logical replication");
             self.pg = Some(pg);
             self.checked = false;
+            self.setup = None;
         }
         let pg = self.pg.as_ref().ok_or_else(|| Error::SourceSetup("no connection".into()))?;
         let schema = self.config.pg_schema.clone();
@@ -297,8 +304,18 @@ impl ChangeSource for ReplicationSource {
         if !self.checked {
             check_role(pg).await?;
         }
-        // Every cycle: a migration or an operator may have changed any of it since the last.
-        let setup = self.check_setup(pg, &schema).await?;
+        // A migration or an operator may change any of it at any time. Checked every few seconds,
+        // not every cycle: whatever a difference found later let through is loaded again by the
+        // fresh position it leads to (a change the stream cannot name is found as it is read).
+        let cached = self.setup.as_ref().filter(|(_, at)| at.elapsed() < SETUP_CHECK_EVERY).map(|(setup, _)| setup.clone());
+        let setup = match cached.clone() {
+            Some(setup) => setup,
+            None => {
+                let setup = self.check_setup(pg, &schema).await?;
+                self.setup = Some((setup.clone(), Instant::now()));
+                setup
+            }
+        };
         let slot = ensure_slot(pg, &self.settings.slot).await?;
         let until = pg.wal_position().await?;
         let mut before = Vec::new();
@@ -347,6 +364,9 @@ impl ChangeSource for ReplicationSource {
             }
         }
         if let Some(reason) = &resync {
+            // The fresh position is recorded with the setup as it is now.
+            let setup = if cached.is_some() { self.check_setup(pg, &schema).await? } else { setup };
+            self.setup = Some((setup.clone(), Instant::now()));
             tracing::warn!(slot = %self.settings.slot, reason = %reason, resyncs = state.resyncs + 1, "the replication stream cannot be followed from the saved position: taking a fresh one; every film is loaded again, then documents of films that are gone are removed");
             before.push(PositionDelta::Resync { lsn: until, setup });
         } else if state.needs_full_load() || reload {
