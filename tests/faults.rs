@@ -24,16 +24,12 @@ fn stack(action: &str, service: &str) {
     assert!(status.success(), "scripts/stack.sh {action} {service} failed");
 }
 
-/// One pass with the binary, to completion.
-fn run_once(env: &TestEnv) {
-    let o = Command::new(env!("CARGO_BIN_EXE_pg2es"))
-        .args(["run", "--once"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.env_vars())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+/// One pass with the binary, to completion; its log.
+fn run_once(env: &TestEnv) -> String {
+    let o = common::pg2es_command(&env.env_vars(), &["run", "--once"]).output().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{log}");
+    log
 }
 
 async fn assert_consistent(env: &TestEnv) {
@@ -309,10 +305,7 @@ async fn elasticsearch_outage_is_waited_out_without_a_retry_storm() {
 /// loads every film. Server-wide setting, so it runs here, alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidated_slot_is_created_again_and_the_index_heals() {
-    let mut env = TestEnv::new("fault_slot_lost").await;
-    env.sql("ALTER TABLE content.genre_film_work REPLICA IDENTITY FULL").await;
-    env.sql("ALTER TABLE content.person_film_work REPLICA IDENTITY FULL").await;
-    env.extra_env.push(("PG2ES_SOURCE".into(), "replication".into()));
+    let env = TestEnv::replicated("fault_slot_lost").await;
     run_once(&env);
     env.sql(&format!("UPDATE content.film_work SET title = 'Lost with the slot' WHERE id = '{FILM}'")).await;
     let admin = common::connect(&common::pg_admin_dsn()).await;
@@ -333,15 +326,7 @@ async fn an_invalidated_slot_is_created_again_and_the_index_heals() {
     admin.execute("ALTER SYSTEM RESET max_slot_wal_keep_size", &[]).await.unwrap();
     admin.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
     assert_eq!(status, "lost", "the slot was not invalidated");
-    let o = Command::new(env!("CARGO_BIN_EXE_pg2es"))
-        .args(["run", "--once"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.env_vars())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{err}");
+    let err = run_once(&env);
     assert!(err.contains("the replication slot was invalidated") && err.contains("taking a fresh one"), "{err}");
     assert_eq!(env.doc(FILM).await["title"], "Lost with the slot");
     assert_consistent(&env).await;

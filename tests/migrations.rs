@@ -12,14 +12,6 @@ use common::{connect, eventually, log_shows, signal, spawn_run, wait_exit, TestE
 use pg2es::shutdown::Shutdown;
 use tokio::sync::watch;
 
-async fn replication_env(name: &str) -> TestEnv {
-    let mut env = TestEnv::new(name).await;
-    env.sql("ALTER TABLE content.genre_film_work REPLICA IDENTITY FULL").await;
-    env.sql("ALTER TABLE content.person_film_work REPLICA IDENTITY FULL").await;
-    env.extra_env.push(("PG2ES_SOURCE".into(), "replication".into()));
-    env
-}
-
 async fn consistent(env: &TestEnv) -> bool {
     env.refresh().await;
     let (_t, shutdown) = Shutdown::new();
@@ -107,7 +99,7 @@ const FRESH: &str = "taking a fresh one";
 /// Dropped while pg2es runs: it creates the publication again and takes a fresh position.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_publication_is_created_again_and_the_index_heals() {
-    let env = replication_env("mig_pub_dropped").await;
+    let env = TestEnv::replicated("mig_pub_dropped").await;
     let log = log_path(&env, "run");
     let child = start(&env, &log).await;
     let w = writer(&env);
@@ -128,7 +120,7 @@ async fn a_dropped_publication_is_created_again_and_the_index_heals() {
 /// renamed): the new table is added to the publication pg2es made, and a fresh position taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_recreated_by_a_migration_rejoins_the_publication_and_the_index_heals() {
-    let env = replication_env("mig_table_recreated").await;
+    let env = TestEnv::replicated("mig_table_recreated").await;
     let log = log_path(&env, "run");
     let child = start(&env, &log).await;
     let w = writer(&env);
@@ -161,7 +153,7 @@ async fn a_table_recreated_by_a_migration_rejoins_the_publication_and_the_index_
 /// fresh position, since deletes made meanwhile did not carry their films.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_identity_set_back_stops_with_the_fix_and_the_next_start_heals() {
-    let env = replication_env("mig_identity").await;
+    let env = TestEnv::replicated("mig_identity").await;
     let log = log_path(&env, "run");
     let mut child = start(&env, &log).await;
     // Deletes committed just before the change reach the stream with the old identity too.
@@ -183,7 +175,7 @@ async fn a_replica_identity_set_back_stops_with_the_fix_and_the_next_start_heals
 /// it is back the next start takes a fresh position (the stream has changes without it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_renamed_and_back_stops_with_the_fix_and_the_next_start_heals() {
-    let env = replication_env("mig_column").await;
+    let env = TestEnv::replicated("mig_column").await;
     let log = log_path(&env, "run");
     let mut child = start(&env, &log).await;
     let w = writer(&env);
@@ -209,7 +201,7 @@ async fn a_column_renamed_and_back_stops_with_the_fix_and_the_next_start_heals()
 /// start sees the publication was altered and takes a fresh position.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publication_without_deletes_stops_with_the_fix_and_the_next_start_heals() {
-    let env = replication_env("mig_publish").await;
+    let env = TestEnv::replicated("mig_publish").await;
     let log = log_path(&env, "run");
     let mut child = start(&env, &log).await;
     env.sql("ALTER PUBLICATION pg2es_content SET (publish = 'insert, update')").await;
@@ -225,7 +217,7 @@ async fn a_publication_without_deletes_stops_with_the_fix_and_the_next_start_hea
     stop(child);
 
     // Created that way before the first start: refused before a slot is made.
-    let mut fresh = replication_env("mig_publish_new").await;
+    let mut fresh = TestEnv::replicated("mig_publish_new").await;
     fresh.sql("CREATE PUBLICATION pg2es_partial FOR TABLE content.film_work, content.genre, content.person, content.genre_film_work, content.person_film_work WITH (publish = 'insert, update')").await;
     fresh.extra_env.push(("PG_PUBLICATION".into(), "pg2es_partial".into()));
     let o = common::pg2es_command(&fresh.env_vars(), &["run", "--once"]).output().unwrap();
@@ -244,7 +236,7 @@ async fn a_publication_without_deletes_stops_with_the_fix_and_the_next_start_hea
 /// moved past its state by the other, says so, and takes a fresh position.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_slot_are_detected_and_each_heals() {
-    let mut a = replication_env("mig_shared").await;
+    let mut a = TestEnv::replicated("mig_shared").await;
     a.extra_env.push(("PG_REPLICATION_SLOT".into(), "pg2es_t_shared".into()));
     // The second instance: the same database and slot, its own index and state file.
     let mut b_vars = a.env_vars();
@@ -294,7 +286,7 @@ async fn two_instances_on_one_slot_are_detected_and_each_heals() {
 /// Slot creation waits for transactions open anywhere on the server: the log says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_creation_says_what_it_waits_for() {
-    let env = replication_env("mig_slot_wait").await;
+    let env = TestEnv::replicated("mig_slot_wait").await;
     let other = connect(&common::pg_admin_dsn()).await;
     other.batch_execute("BEGIN; SELECT pg_current_xact_id();").await.unwrap();
     let log = log_path(&env, "run");
@@ -310,7 +302,7 @@ async fn slot_creation_says_what_it_waits_for() {
 /// A slot of the same name in another database is named with that database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_of_another_database_is_named_with_it() {
-    let mut env = replication_env("mig_slot_elsewhere").await;
+    let mut env = TestEnv::replicated("mig_slot_elsewhere").await;
     env.extra_env.push(("PG_REPLICATION_SLOT".into(), "pg2es_t_elsewhere".into()));
     let admin = connect(&common::pg_admin_dsn()).await;
     let _ = admin.execute("SELECT pg_drop_replication_slot('pg2es_t_elsewhere')", &[]).await;
@@ -330,7 +322,7 @@ async fn a_slot_of_another_database_is_named_with_it() {
 /// An idle run logs a summary, not a line per cycle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_cycles_are_quiet() {
-    let env = replication_env("mig_idle").await;
+    let env = TestEnv::replicated("mig_idle").await;
     let log = log_path(&env, "run");
     let child = start(&env, &log).await;
     let before = log_text(&log).matches("cycle done").count();
@@ -350,7 +342,7 @@ async fn idle_cycles_are_quiet() {
 /// trims what no polling instance needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_trims_the_delete_capture_log() {
-    let env = replication_env("mig_trim").await;
+    let env = TestEnv::replicated("mig_trim").await;
     pg2es::source::delete_log::install(&env.db, "content").await.expect("install the delete capture");
     env.sql("DELETE FROM content.film_work WHERE id IN (SELECT id FROM content.film_work ORDER BY id LIMIT 3)").await;
     assert!(env.scalar_i64("SELECT count(*) FROM pg2es.film_changes").await > 0);

@@ -10,15 +10,6 @@ use pg2es::pipeline::{self, CycleReport, Mode};
 use pg2es::shutdown::Shutdown;
 use serde_json::Value;
 
-/// A test database whose link tables give a deleted row's film, and replication settings.
-async fn replication_env(name: &str) -> TestEnv {
-    let mut env = TestEnv::new(name).await;
-    env.sql("ALTER TABLE content.genre_film_work REPLICA IDENTITY FULL").await;
-    env.sql("ALTER TABLE content.person_film_work REPLICA IDENTITY FULL").await;
-    env.extra_env.push(("PG2ES_SOURCE".into(), "replication".into()));
-    env
-}
-
 async fn pass(env: &TestEnv) -> Vec<CycleReport> {
     let (_trigger, shutdown) = Shutdown::new();
     let reports = pipeline::run(&env.config(), Mode::Once, &shutdown).await.expect("pipeline run");
@@ -60,7 +51,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_reaches_the_index_within_a_second_or_so() {
-    let env = replication_env("repl_rules").await;
+    let env = TestEnv::replicated("repl_rules").await;
     let config = env.config();
     let (trigger, shutdown) = Shutdown::new();
     let run = tokio::spawn(async move { pipeline::run(&config, Mode::Continuous, &shutdown).await });
@@ -122,7 +113,7 @@ async fn every_change_reaches_the_index_within_a_second_or_so() {
 
 #[tokio::test]
 async fn a_restart_resumes_from_the_confirmed_position_and_truncate_reloads() {
-    let env = replication_env("repl_restart").await;
+    let env = TestEnv::replicated("repl_restart").await;
     pass(&env).await;
     let a = film(&env, 5).await;
     env.sql(&format!("UPDATE content.film_work SET title = 'While stopped' WHERE id = '{a}'")).await;
@@ -214,7 +205,7 @@ async fn an_older_version_never_overwrites_a_newer_one() {
 /// the slot to the WAL position of each cycle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_slot_does_not_retain_wal_of_unrelated_tables() {
-    let env = replication_env("repl_hygiene").await;
+    let env = TestEnv::replicated("repl_hygiene").await;
     let config = env.config();
     let (trigger, shutdown) = Shutdown::new();
     let run = tokio::spawn(async move { pipeline::run(&config, Mode::Continuous, &shutdown).await });

@@ -62,6 +62,16 @@ impl TestEnv {
         TestEnv::on(name, &es_url()).await
     }
 
+    /// [`TestEnv::new`] set up for `PG2ES_SOURCE=replication`: link tables whose deleted rows
+    /// name their film (`REPLICA IDENTITY FULL`).
+    pub async fn replicated(name: &str) -> TestEnv {
+        let mut env = TestEnv::new(name).await;
+        env.sql("ALTER TABLE content.genre_film_work REPLICA IDENTITY FULL").await;
+        env.sql("ALTER TABLE content.person_film_work REPLICA IDENTITY FULL").await;
+        env.extra_env.push(("PG2ES_SOURCE".into(), "replication".into()));
+        env
+    }
+
     pub async fn on(name: &str, es: &str) -> TestEnv {
         let admin = connect(&pg_admin_dsn()).await;
         let db_name = format!("pg2es_t_{name}");
