@@ -115,7 +115,7 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
     }
     // A run that failed before loading anything (a setup error) leaves no empty index behind.
     if bootstrap == IndexBootstrap::Created && matches!(&outcome, Err(e) if !matches!(e, Error::Shutdown)) {
-        match sink.remove_if_empty().await {
+        match sink.remove_if_empty(shutdown).await {
             Ok(true) => tracing::info!(index = %config.es_index, "removed the index created at start: nothing was loaded before the error"),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not remove the empty index created at start"),

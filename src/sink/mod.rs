@@ -369,11 +369,9 @@ impl ElasticsearchSink {
 
     /// Deletes the index when it holds no document: one created at start by a run that then
     /// failed before loading anything (a setup error) is not left behind. True when removed.
-    pub async fn remove_if_empty(&self) -> Result<bool> {
+    pub async fn remove_if_empty(&self, shutdown: &Shutdown) -> Result<bool> {
         self.refresh().await?;
-        let raw = self.send_ok(Method::GET, &format!("{}/_count", self.index), "count documents", None).await?;
-        let body: Value = serde_json::from_slice(&raw).map_err(|e| Error::Unreadable { context: "count documents", reason: e.to_string() })?;
-        if body.get("count").and_then(Value::as_u64) != Some(0) {
+        if self.count(shutdown).await? != 0 {
             return Ok(false);
         }
         self.send_ok(Method::DELETE, &self.index, "delete the empty index", None).await?;

@@ -40,13 +40,11 @@ pub struct PollingSource {
     log_until: Option<u64>,
     /// The write capture is complete and its log read this cycle: the streams are not read.
     writes_logged: bool,
-    /// The streams' indexes were checked (once per process).
-    indexes_checked: bool,
     /// Kept across cycles, not across restarts: see `recent.rs`.
     recent: Mutex<RecentlyLoaded>,
     notices: LogNotices,
-    /// Replication slots were checked (once per run).
-    slots_checked: bool,
+    /// The checks made once per run (replication slots left behind, the streams' indexes) are done.
+    started: bool,
 }
 
 impl PollingSource {
@@ -59,10 +57,9 @@ impl PollingSource {
             horizon: None,
             log_until: None,
             writes_logged: false,
-            indexes_checked: false,
             recent: Mutex::new(RecentlyLoaded::default()),
             notices: LogNotices::default(),
-            slots_checked: false,
+            started: false,
         })
     }
 
@@ -172,8 +169,10 @@ impl PollingSource {
 /// capture stays incomplete).
 #[derive(Debug, Default)]
 struct LogNotices {
-    lost_warned: Option<Instant>,
+    /// When an incomplete capture was last looked at (and warned about, if it had been in use).
+    lost_checked: Option<Instant>,
     deferred_said: bool,
+    partial_writes_said: bool,
 }
 
 const LOST_WARNING_EVERY: Duration = Duration::from_secs(60);
@@ -198,11 +197,14 @@ async fn plan_delete_log(
         if lost_now {
             before.push(PositionDelta::DeleteLogLost);
         }
+        if notices.lost_checked.is_some_and(|at| at.elapsed() < LOST_WARNING_EVERY) {
+            return Ok(None);
+        }
+        notices.lost_checked = Some(Instant::now());
         // After a restart the state no longer has the position: the consumer's row says the log
         // was read. Some triggers without the others are never meant either.
         let broken = lost_now || !capture.nothing_installed() || delete_log::is_consumer(client, schema, consumer).await?;
-        if broken && notices.lost_warned.is_none_or(|at| at.elapsed() >= LOST_WARNING_EVERY) {
-            notices.lost_warned = Some(Instant::now());
+        if broken {
             tracing::warn!(
                 schema,
                 missing = %capture.describe_missing(),
@@ -212,7 +214,7 @@ async fn plan_delete_log(
         }
         return Ok(None);
     }
-    notices.lost_warned = None;
+    notices.lost_checked = None;
     let mut position = state.delete_log;
     let mut said = false;
     if let Some(done) = position {
@@ -229,6 +231,13 @@ async fn plan_delete_log(
         }
     }
     let until = delete_log::boundary(client).await?;
+    // Some write triggers without the others (a table recreated, one dropped) is never meant.
+    let partial = !capture.writes_missing.is_empty() && capture.writes_missing.len() < delete_log::WRITE_TRIGGERS.len();
+    if partial && !notices.partial_writes_said {
+        let missing: Vec<String> = capture.writes_missing.iter().map(|(table, trigger)| format!("{table}: {trigger}")).collect();
+        tracing::warn!(schema, missing = %missing.join("; "), fix = "pg2es delete-capture install --writes", "the write capture is incomplete: changes are found by the tables' timestamps, so writes that leave them alone are missed");
+    }
+    notices.partial_writes_said = partial;
     let window = LogWindow { until, writes: capture.writes_complete() };
     if position.is_some() {
         return Ok(Some(window));
@@ -327,7 +336,7 @@ impl ChangeSource for PollingSource {
         // Before reading anything: whatever is not visible yet will be stamped after this point.
         let horizon = pg.horizon(&policy).await?;
         log_horizon(&horizon);
-        if !self.slots_checked {
+        if !self.started {
             warn_of_replication_slots(pg, &consumer).await?;
         }
         let mut before = Vec::new();
@@ -340,23 +349,23 @@ impl ChangeSource for PollingSource {
         let window = plan_delete_log(pg, &schema, &consumer, state, &mut before, &mut self.notices).await?;
         let log_until = window.map(|w| w.until);
         let writes_logged = window.is_some_and(|w| w.writes);
+        let notices_partial = self.notices.partial_writes_said;
         if writes_logged != self.writes_logged {
             if writes_logged {
                 tracing::info!(schema = %schema, "write capture found: every change is read from the log, the tables' timestamps are not used");
-            } else if self.writes_logged {
-                tracing::warn!(schema = %schema, "the write capture is incomplete: changes are found by the tables' timestamps again, so writes that leave them alone are missed (pg2es delete-capture install --writes)");
+            } else if window.is_some() && !notices_partial {
+                tracing::warn!(schema = %schema, "the write capture is gone: changes are found by the tables' timestamps again, so writes that leave them alone are missed (pg2es delete-capture install --writes)");
             }
             self.writes_logged = writes_logged;
         }
-        if !writes_logged && !self.indexes_checked {
+        if !writes_logged && !self.started {
             // The timestamp streams are read: each should have its index (not needed with the
             // write capture, which reads the log instead).
             for create in pg.layout().missing_indexes(pg.client()).await? {
                 tracing::warn!(create = %create, "no index serves a change stream's reads, so every cycle scans the table: create it (or install the write capture, which reads no timestamps)");
             }
         }
-        self.indexes_checked = true;
-        self.slots_checked = true;
+        self.started = true;
         self.horizon = Some(horizon);
         self.log_until = log_until;
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
