@@ -4,17 +4,9 @@
 mod common;
 
 use common::TestEnv;
-use pg2es::pipeline::{self, CycleReport, Mode};
+use pg2es::pipeline::CycleReport;
 use pg2es::shutdown::Shutdown;
 use serde_json::Value;
-
-/// `run --once` in-process; its reports (a reload adds a cycle).
-async fn pass(env: &TestEnv) -> Vec<CycleReport> {
-    let (_trigger, shutdown) = Shutdown::new();
-    let reports = pipeline::run(&env.config(), Mode::Once, &shutdown).await.expect("pipeline run");
-    env.refresh().await;
-    reports
-}
 
 /// Passes until `done` holds, at most 30 (deletes wait for write transactions still open anywhere
 /// on the server, such as another test cloning a database). Returns every cycle's report.
@@ -25,7 +17,7 @@ where
 {
     let mut all = Vec::new();
     for _ in 0..30 {
-        all.extend(pass(env).await);
+        all.extend(env.pass().await);
         if done().await {
             return all;
         }
@@ -36,11 +28,6 @@ where
 
 fn sum(reports: &[CycleReport], field: fn(&CycleReport) -> usize) -> usize {
     reports.iter().map(field).sum()
-}
-
-async fn consistent(env: &TestEnv) -> bool {
-    let (_t, shutdown) = Shutdown::new();
-    pg2es::verify::verify(&env.config(), &shutdown).await.expect("verify").is_consistent()
 }
 
 async fn assert_consistent(env: &TestEnv) {
@@ -66,7 +53,7 @@ async fn install_triggers(env: &TestEnv) {
 async fn with_the_triggers_every_kind_of_delete_reaches_the_index() {
     let env = TestEnv::new("del_triggers").await;
     install_triggers(&env).await;
-    pass(&env).await;
+    env.pass().await;
     assert_eq!(env.count().await, 999);
 
     // A film: its document goes.
@@ -104,7 +91,7 @@ async fn with_the_triggers_every_kind_of_delete_reaches_the_index() {
     env.sql(&format!("DELETE FROM content.person WHERE id = '{person}'")).await;
     let genre = env.scalar_uuid("SELECT genre_id FROM content.genre_film_work GROUP BY genre_id ORDER BY count(*) LIMIT 1").await;
     env.sql(&format!("DELETE FROM content.genre WHERE id = '{genre}'")).await;
-    let r = passes_until(&env, "person and genre gone from every film", || async { consistent(&env).await }).await;
+    let r = passes_until(&env, "person and genre gone from every film", || async { env.verify().await.is_consistent() }).await;
     assert!(sum(&r, |r| r.logged_films) as i64 >= films_of_person, "{r:?}");
     env.cleanup().await;
 }
@@ -114,10 +101,10 @@ async fn with_the_triggers_every_kind_of_delete_reaches_the_index() {
 async fn with_the_triggers_a_truncate_reloads_the_catalog() {
     let env = TestEnv::new("del_truncate").await;
     install_triggers(&env).await;
-    pass(&env).await;
+    env.pass().await;
     env.sql("TRUNCATE content.person_film_work").await;
     let film = first_film_with(&env, "true").await;
-    let reports = passes_until(&env, "people gone from every film", || async { consistent(&env).await }).await;
+    let reports = passes_until(&env, "people gone from every film", || async { env.verify().await.is_consistent() }).await;
     assert!(reports.iter().any(|r| r.films == 999), "the reload re-indexed every film: {reports:?}");
     assert_eq!(env.doc(&film).await["actors_names"], serde_json::json!([]));
 
@@ -133,17 +120,17 @@ async fn with_the_triggers_a_truncate_reloads_the_catalog() {
 async fn without_triggers_reconciliation_removes_deleted_films() {
     let mut env = TestEnv::new("del_reconcile").await;
     env.extra_env.push(("ETL_RECONCILE_SEC".into(), "1".into()));
-    pass(&env).await;
+    env.pass().await;
     env.sql("DELETE FROM content.film_work WHERE id IN (SELECT id FROM content.film_work ORDER BY id DESC LIMIT 3)").await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let r = pass(&env).await;
+    let r = env.pass().await;
     assert_eq!((r[0].reconciled, r[0].deleted), (Some(999), 3), "{r:?}");
     assert_eq!(env.count().await, 996);
     assert_consistent(&env).await;
 
     env.sql("TRUNCATE content.film_work CASCADE").await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    pass(&env).await;
+    env.pass().await;
     assert_eq!(env.count().await, 0);
     env.cleanup().await;
 }
@@ -153,10 +140,10 @@ async fn without_triggers_reconciliation_removes_deleted_films() {
 #[tokio::test]
 async fn a_full_load_into_a_used_index_removes_documents_of_gone_films() {
     let env = TestEnv::new("del_reload").await;
-    pass(&env).await;
+    env.pass().await;
     env.sql("DELETE FROM content.film_work WHERE id IN (SELECT id FROM content.film_work ORDER BY id LIMIT 2)").await;
     std::fs::remove_file(env.state_file()).unwrap();
-    let r = pass(&env).await;
+    let r = env.pass().await;
     assert_eq!(r[0].deleted, 2, "{r:?}");
     assert_eq!(env.count().await, 997);
     env.cleanup().await;

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::TestEnv;
 use pg2es::config::SourceKind;
-use pg2es::shutdown::Shutdown;
 use pg2es::verify::VerifyReport;
 
 /// How long a path's changes may take to reach the index (a cycle is 0.2 s).
@@ -82,17 +81,11 @@ async fn django_env(name: &str, migration: Option<&str>) -> TestEnv {
     env
 }
 
-async fn verify(env: &TestEnv) -> VerifyReport {
-    env.refresh().await;
-    let (_t, shutdown) = Shutdown::new();
-    pg2es::verify::verify(&env.config(), &shutdown).await.expect("verify")
-}
-
 /// Verify until the index matches, at most `limit`; the last report.
 async fn settle(env: &TestEnv, limit: Duration) -> VerifyReport {
     let start = Instant::now();
     loop {
-        let report = verify(env).await;
+        let report = env.verify().await;
         if report.is_consistent() || start.elapsed() > limit {
             return report;
         }
@@ -113,7 +106,7 @@ async fn heal(env: &TestEnv, path: &str) {
             env.http.delete(format!("{}/{}/_doc/{id}", env.es, env.index)).send().await.unwrap();
         }
     }
-    panic!("the index stays different from Postgres after {path}, even with every film rebuilt:\n{}", verify(env).await.render());
+    panic!("the index stays different from Postgres after {path}, even with every film rebuilt:\n{}", env.verify().await.render());
 }
 
 /// `pg2es run`, killed when the test fails before stopping it.
@@ -173,7 +166,7 @@ async fn every_path_reaches_the_index(env: TestEnv, mode: &str, paths: &[&str], 
     let log = env.dir.path().join("pg2es.log");
     let mut run = Running(common::spawn_run(&env, &log));
     common::eventually(Duration::from_secs(120), "full load", || async { env.try_count().await == Some(999) }).await;
-    let before = verify(&env).await;
+    let before = env.verify().await;
     assert!(before.is_consistent(), "after the full load:\n{}", before.render());
 
     let results = drive(&env, &paths, together, quiet).await;

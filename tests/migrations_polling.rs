@@ -10,26 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{connect, log_shows, pg2es_command, signal, spawn_run, wait_exit, TestEnv};
-use pg2es::pipeline::{self, CycleReport, Mode};
-use pg2es::shutdown::Shutdown;
 use pg2es::source::delete_log;
 use pg2es::verify::VerifyReport;
 use uuid::Uuid;
 
 const SCHEMA: &str = "content";
-
-/// `run --once` in-process; its reports (a reload adds a cycle).
-async fn pass(env: &TestEnv) -> Vec<CycleReport> {
-    let (_trigger, shutdown) = Shutdown::new();
-    let reports = pipeline::run(&env.config(), Mode::Once, &shutdown).await.expect("pipeline run");
-    env.refresh().await;
-    reports
-}
-
-async fn verify(env: &TestEnv) -> VerifyReport {
-    let (_t, shutdown) = Shutdown::new();
-    pg2es::verify::verify(&env.config(), &shutdown).await.expect("verify")
-}
 
 /// `pg2es verify` (the binary) exits 0: the index matches Postgres.
 fn assert_binary_verify_clean(env: &TestEnv) {
@@ -43,7 +28,7 @@ async fn verify_until_clean(env: &TestEnv, limit: Duration) {
     let start = Instant::now();
     loop {
         env.refresh().await;
-        let report = verify(env).await;
+        let report = env.verify().await;
         if report.is_consistent() {
             return;
         }
@@ -125,7 +110,7 @@ async fn a_migration_that_recreates_a_table_is_warned_about_and_healed_after_ins
     assert!(text.contains("pg2es delete-capture install"), "names the fix: {text}");
     // Until the fix, the unlinked films' documents are stale: the case is real.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let report = verify(&env).await;
+    let report = env.verify().await;
     let stale = stale_ids(&report);
     assert!(unlinked.iter().all(|f| stale.contains(&f.to_string())), "unlinked films stale before the fix: {report:?}");
     assert!(report.extra.first.contains(&deleted.to_string()), "the deleted film's document is still there: {report:?}");
@@ -158,7 +143,7 @@ async fn a_migration_that_recreates_a_table_is_warned_about_and_healed_after_ins
 async fn an_altered_log_table_is_refused_by_install_and_the_fix_converges() {
     let env = TestEnv::new("dc_mig_altered").await;
     delete_log::install(&env.db, SCHEMA).await.expect("install the delete capture");
-    pass(&env).await;
+    env.pass().await;
     // Logged, not read yet: lost with the table below.
     let [lost_link_film, later_film] = <[Uuid; 2]>::try_from(films_with_genre_links(&env, 2).await).unwrap();
     env.db.execute("DELETE FROM content.genre_film_work WHERE film_work_id = $1", &[&lost_link_film]).await.unwrap();
@@ -187,12 +172,12 @@ async fn an_altered_log_table_is_refused_by_install_and_the_fix_converges() {
     let install = pg2es_command(&env.env_vars(), &["delete-capture", "install"]).output().unwrap();
     assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
     env.db.execute("DELETE FROM content.genre_film_work WHERE film_work_id = $1", &[&later_film]).await.expect("the application's DELETE works again");
-    let report = verify(&env).await;
+    let report = env.verify().await;
     assert!(stale_ids(&report).contains(&lost_link_film.to_string()), "the lost delete left its film stale: {report:?}");
 
-    let reports = pass(&env).await;
+    let reports = env.pass().await;
     assert!(reports.iter().any(|r| r.films >= 999 && r.reconciled.is_some()), "every film loaded again, then reconciled: {reports:?}");
-    let report = verify(&env).await;
+    let report = env.verify().await;
     assert!(report.is_consistent(), "{report:?}");
     assert_binary_verify_clean(&env);
     env.cleanup().await;
@@ -203,19 +188,19 @@ async fn an_altered_log_table_is_refused_by_install_and_the_fix_converges() {
 #[tokio::test]
 async fn the_first_install_on_a_loaded_index_reloads() {
     let env = TestEnv::new("dc_first_install").await;
-    pass(&env).await;
+    env.pass().await;
     let [film] = <[Uuid; 1]>::try_from(films_with_genre_links(&env, 1).await).unwrap();
     env.db.execute("DELETE FROM content.genre_film_work WHERE film_work_id = $1", &[&film]).await.unwrap();
-    pass(&env).await;
-    assert!(stale_ids(&verify(&env).await).contains(&film.to_string()), "without the triggers the film stays stale");
+    env.pass().await;
+    assert!(stale_ids(&env.verify().await).contains(&film.to_string()), "without the triggers the film stays stale");
 
     delete_log::install(&env.db, SCHEMA).await.expect("install the delete capture");
-    let reports = pass(&env).await;
+    let reports = env.pass().await;
     assert!(reports.iter().any(|r| r.films >= 999 && r.reconciled.is_some()), "{reports:?}");
     assert!(env.checkpoint().state().delete_log.is_some());
-    assert!(verify(&env).await.is_consistent());
+    assert!(env.verify().await.is_consistent());
     // From now on the log is read: no second reload.
-    let reports = pass(&env).await;
+    let reports = env.pass().await;
     assert!(reports.iter().all(|r| r.films < 999), "{reports:?}");
     assert_binary_verify_clean(&env);
     env.cleanup().await;
@@ -247,6 +232,6 @@ async fn a_polling_run_warns_of_a_replication_slot_left_behind() {
     assert_eq!(log.matches("a logical replication slot of pg2es exists").count(), 2, "once per run: {log}");
     let kept = env.scalar_i64("SELECT count(*) FROM pg_replication_slots WHERE database = 'pg2es_t_dc_slots'").await;
     assert_eq!(kept, 3, "no slot is dropped");
-    assert!(verify(&env).await.is_consistent(), "the run loaded the index all the same");
+    assert!(env.verify().await.is_consistent(), "the run loaded the index all the same");
     env.cleanup().await;
 }

@@ -6,22 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::TestEnv;
-use pg2es::pipeline::{self, CycleReport, Mode};
+use pg2es::pipeline::{self, Mode};
 use pg2es::shutdown::Shutdown;
 use serde_json::Value;
-
-async fn pass(env: &TestEnv) -> Vec<CycleReport> {
-    let (_trigger, shutdown) = Shutdown::new();
-    let reports = pipeline::run(&env.config(), Mode::Once, &shutdown).await.expect("pipeline run");
-    env.refresh().await;
-    reports
-}
-
-async fn consistent(env: &TestEnv) -> bool {
-    env.refresh().await;
-    let (_t, shutdown) = Shutdown::new();
-    pg2es::verify::verify(&env.config(), &shutdown).await.expect("verify").is_consistent()
-}
 
 /// The stored document by a realtime get (no refresh needed), or None when absent.
 async fn stored(env: &TestEnv, id: &str) -> Option<Value> {
@@ -104,7 +91,7 @@ async fn every_change_reaches_the_index_within_a_second_or_so() {
     env.sql(&format!("DELETE FROM content.person WHERE id = '{other}'")).await;
     let genre = env.scalar_uuid("SELECT genre_id FROM content.genre_film_work GROUP BY genre_id ORDER BY count(*), genre_id LIMIT 1").await;
     env.sql(&format!("DELETE FROM content.genre WHERE id = '{genre}'")).await;
-    within(Duration::from_secs(30), "verify agrees", || async { consistent(&env).await }).await;
+    within(Duration::from_secs(30), "verify agrees", || async { env.verify().await.is_consistent() }).await;
 
     trigger.trigger();
     run.await.unwrap().expect("pipeline run");
@@ -114,22 +101,22 @@ async fn every_change_reaches_the_index_within_a_second_or_so() {
 #[tokio::test]
 async fn a_restart_resumes_from_the_confirmed_position_and_truncate_reloads() {
     let env = TestEnv::replicated("repl_restart").await;
-    pass(&env).await;
+    env.pass().await;
     let a = film(&env, 5).await;
     env.sql(&format!("UPDATE content.film_work SET title = 'While stopped' WHERE id = '{a}'")).await;
-    let r = pass(&env).await;
+    let r = env.pass().await;
     assert_eq!(r.iter().map(|r| r.films).sum::<usize>(), 1, "{r:?}");
     assert_eq!(stored(&env, &a).await.unwrap()["title"], "While stopped");
     // Nothing changed: nothing read again.
-    let r = pass(&env).await;
+    let r = env.pass().await;
     assert_eq!(r.iter().map(|r| r.films).sum::<usize>(), 0, "{r:?}");
 
     env.sql("TRUNCATE content.person_film_work").await;
-    let r = pass(&env).await;
+    let r = env.pass().await;
     assert!(r.iter().any(|r| r.films >= 999), "the truncate reloaded every film: {r:?}");
-    assert!(consistent(&env).await);
+    assert!(env.verify().await.is_consistent());
     env.sql("TRUNCATE content.film_work CASCADE").await;
-    pass(&env).await;
+    env.pass().await;
     assert_eq!(env.count().await, 0);
     env.cleanup().await;
 }

@@ -129,6 +129,22 @@ impl TestEnv {
         reports.remove(0)
     }
 
+    /// One `run --once` in-process, however many cycles it takes (a reload adds some); the index
+    /// is refreshed after.
+    pub async fn pass(&self) -> Vec<CycleReport> {
+        let (_trigger, shutdown) = Shutdown::new();
+        let reports = pipeline::run(&self.config(), Mode::Once, &shutdown).await.expect("pipeline run");
+        self.refresh().await;
+        reports
+    }
+
+    /// `verify` of this environment, after a refresh.
+    pub async fn verify(&self) -> pg2es::verify::VerifyReport {
+        self.refresh().await;
+        let (_t, shutdown) = Shutdown::new();
+        pg2es::verify::verify(&self.config(), &shutdown).await.expect("verify")
+    }
+
     pub fn checkpoint(&self) -> Checkpoint {
         Checkpoint::open(&self.state_file(), &self.index).unwrap()
     }
