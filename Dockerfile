@@ -4,7 +4,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 # The movies index definition is built into the binary (include_str!).
-COPY schema ./schema
+COPY catalog ./catalog
 # The delete and write capture DDL is built in too.
 COPY sql ./sql
 RUN cargo build --release --locked --bin pg2es

@@ -83,7 +83,7 @@ pub enum LogFormat {
 
 /// The movies index definition (a copy of the catalog's `es_schema.json`), built into the binary
 /// so that pg2es runs from any directory and in a container without a mount.
-pub const MOVIES_INDEX_DEFINITION: &str = include_str!("../schema/movies.es.json");
+pub const MOVIES_INDEX_DEFINITION: &str = include_str!("../catalog/movies.es.json");
 
 /// Where the body of `PUT /<index>` comes from when the index is absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1065,12 +1065,12 @@ mod tests {
     }
 
     /// The built-in definition is the catalog's own: a changed fixture must be copied into
-    /// schema/movies.es.json. Reads the shared fixtures, so it fails (not skips) without them.
+    /// catalog/movies.es.json. Reads the shared fixtures, so it fails (not skips) without them.
     #[test]
     fn builtin_index_definition_is_the_shared_fixture() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/movies/es_schema.json");
         let shared = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}; the shared fixtures are needed"));
-        assert!(MOVIES_INDEX_DEFINITION == shared, "schema/movies.es.json differs from {path}: copy it again");
+        assert!(MOVIES_INDEX_DEFINITION == shared, "catalog/movies.es.json differs from {path}: copy it again");
         assert_eq!(config(&[]).unwrap().es_schema_file, IndexDefinition::Builtin);
         assert_eq!(config(&[("ES_SCHEMA_FILE", "/etc/x.json")]).unwrap().es_schema_file, IndexDefinition::File("/etc/x.json".into()));
     }
