@@ -26,6 +26,10 @@ pub enum Command {
     },
     /// Show the effective settings, secrets masked, and exit.
     PrintConfig,
+    /// Check the definition (PG2ES_DEFINITION, or the built-in cinema one) against the live
+    /// Postgres schema and each document's index mapping, and exit: 0 when it fits, 2 with the
+    /// file, the line and the fix when it does not.
+    Check,
     /// Compare the index with Postgres: list missing, stale and extra documents; exit 1 if any.
     /// Only reads, so it can run next to `pg2es run`.
     Verify {

@@ -29,8 +29,10 @@ pub const SETTINGS: &[Setting] = &[
     setting("PG_CA_FILE", None, "PEM CA certificates that sign the Postgres server's certificate (with sslmode=require, verify-ca or verify-full); wins over sslrootcert in PG_DSN"),
     setting("PG_SCHEMA", Some("content"), "schema of the source tables"),
     setting("ES_URL", Some("http://127.0.0.1:9200"), "Elasticsearch or OpenSearch base URL"),
-    setting("ES_INDEX", Some("movies"), "target index"),
-    setting("ES_SCHEMA_FILE", None, "index definition (body of PUT /<index>) used when the index is absent; the movies definition built into pg2es when unset"),
+    setting("PG2ES_DEFINITION", None, "definition file of the documents to keep (docs/definition.md); the built-in cinema definition (movies, genres, persons) when unset"),
+    setting("PG2ES_DOCUMENTS", None, "the documents of the definition to keep, comma-separated (for example movies); all of them when unset"),
+    setting("ES_INDEX", Some("movies"), "index of the definition's first document (the others use the index the definition names)"),
+    setting("ES_SCHEMA_FILE", None, "index definition (body of PUT /<index>) of the first document, used when the index is absent; the definition's index_schema when unset"),
     setting("ES_CA_FILE", None, "PEM CA certificates for an https ES_URL, added to the public roots"),
     setting("ES_USERNAME", None, "Elasticsearch basic-auth user"),
     Setting { env: "ES_PASSWORD", default: None, help: "Elasticsearch basic-auth password", secret: true },
@@ -97,7 +99,7 @@ pub enum IndexDefinition {
 impl fmt::Display for IndexDefinition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            IndexDefinition::Builtin => f.write_str("(built-in movies definition)"),
+            IndexDefinition::Builtin => f.write_str("(the definition's index_schema)"),
             IndexDefinition::File(path) => write!(f, "{}", path.display()),
         }
     }
@@ -275,6 +277,12 @@ pub struct Config {
     pub pg_schema: String,
     pub es_url: reqwest::Url,
     pub es_index: String,
+    /// ES_INDEX was set: it renames the definition's first index.
+    pub es_index_explicit: bool,
+    /// PG2ES_DEFINITION: `None` for the built-in cinema definition.
+    pub definition: Option<PathBuf>,
+    /// PG2ES_DOCUMENTS: empty for all.
+    pub documents: Vec<String>,
     pub es_schema_file: IndexDefinition,
     pub es_auth: EsAuth,
     pub es_ca_file: Option<PathBuf>,
@@ -312,6 +320,61 @@ pub struct ReplicationSettings {
     pub slot: String,
     pub publication: String,
     pub max_retained_bytes: u64,
+    /// PG_REPLICATION_SLOT was set (not derived from the index name).
+    pub slot_explicit: bool,
+}
+
+impl Config {
+    /// What picks the documents, from PG2ES_DEFINITION, PG2ES_DOCUMENTS, ES_INDEX,
+    /// ES_SCHEMA_FILE and ETL_TIMESTAMP_COLUMN.
+    pub fn selection(&self) -> Result<crate::catalog::Selection> {
+        let schema = match &self.es_schema_file {
+            IndexDefinition::Builtin => None,
+            IndexDefinition::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::Config(format!(
+                        "ES_SCHEMA_FILE='{}': cannot read it ({e}); set ES_SCHEMA_FILE to the index definition JSON, or unset it",
+                        path.display()
+                    ))
+                })?;
+                Some((format!("ES_SCHEMA_FILE='{}'", path.display()), text))
+            }
+        };
+        Ok(crate::catalog::Selection {
+            definition: self.definition.clone(),
+            documents: self.documents.clone(),
+            first: crate::catalog::FirstIndex { name: self.es_index_explicit.then(|| self.es_index.clone()), schema },
+            timestamps: match &self.timestamp_column {
+                TimestampColumn::Auto => None,
+                TimestampColumn::Named(c) => Some(c.clone()),
+            },
+        })
+    }
+
+    /// The settings of the document at `position` of the definition, kept in `index`: the first
+    /// keeps the state file, dead-letter file and slot as configured (what pg2es used before
+    /// definitions); each other document gets its own, beside them and named after it.
+    pub fn for_document(&self, position: usize, name: &str, index: &str) -> Config {
+        let mut c = self.clone();
+        c.es_index = index.to_string();
+        if position > 0 {
+            let beside = |p: &Path| -> PathBuf {
+                let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let ext = p.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+                p.with_file_name(format!("{stem}.{name}{ext}"))
+            };
+            c.state_file = beside(&self.state_file);
+            c.dead_letter_file = beside(&self.dead_letter_file);
+            if let SourceKind::Replication(r) = &mut c.source {
+                r.slot = if r.slot_explicit { replication_name(&format!("{}_{name}", r.slot)) } else { replication_name(&format!("pg2es_{index}")) };
+            }
+        } else if let SourceKind::Replication(r) = &mut c.source {
+            if !r.slot_explicit {
+                r.slot = replication_name(&format!("pg2es_{index}"));
+            }
+        }
+        c
+    }
 }
 
 /// A replication slot or publication name from another name: lower case, `[a-z0-9_]`, at most
@@ -576,6 +639,7 @@ impl Config {
                     cycle_sec = 0.2;
                 }
                 SourceKind::Replication(ReplicationSettings {
+                    slot_explicit: src.string("PG_REPLICATION_SLOT").is_some(),
                     slot: name("PG_REPLICATION_SLOT", format!("pg2es_{es_index}"))?,
                     publication: name("PG_PUBLICATION", format!("pg2es_{pg_schema}"))?,
                     max_retained_bytes: src.number("ETL_SLOT_MAX_RETAINED_MB", 1u64, 1 << 30, "a whole number of MiB")? << 20,
@@ -608,7 +672,13 @@ impl Config {
             pg_ca_file,
             pg_schema,
             es_url,
+            es_index_explicit: !matches!(src.get("ES_INDEX").map(|r| &r.origin), Some(Origin::Default) | None),
             es_index,
+            definition: src.string("PG2ES_DEFINITION").map(PathBuf::from),
+            documents: src
+                .string("PG2ES_DOCUMENTS")
+                .map(|v| v.split(',').map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect())
+                .unwrap_or_default(),
             es_schema_file: match src.string("ES_SCHEMA_FILE") {
                 Some(path) => IndexDefinition::File(PathBuf::from(path)),
                 None => IndexDefinition::Builtin,
@@ -680,6 +750,8 @@ impl Config {
         line(&mut out, "PG_CA_FILE", &ca(&self.pg_ca_file));
         line(&mut out, "PG_SCHEMA", &self.pg_schema);
         line(&mut out, "ES_URL", &self.es_url);
+        line(&mut out, "PG2ES_DEFINITION", &self.definition.as_ref().map_or_else(|| "(built-in cinema definition)".to_string(), |p| p.display().to_string()));
+        line(&mut out, "PG2ES_DOCUMENTS", &if self.documents.is_empty() { "(all)".to_string() } else { self.documents.join(",") });
         line(&mut out, "ES_INDEX", &self.es_index);
         line(&mut out, "ES_SCHEMA_FILE", &self.es_schema_file);
         let auth = match &self.es_auth {
@@ -1248,7 +1320,8 @@ mod tests {
         assert!(line("ES_URL").ends_with("(environment, ES_HOST)"), "{text}");
         assert!(line("ETL_BATCH_SIZE").ends_with(&format!("50  (file {})", path.display())), "{text}");
         assert!(line("ETL_CYCLE_SEC").ends_with("10  (default)"), "{text}");
-        assert!(line("ES_SCHEMA_FILE").ends_with("(built-in movies definition)  (default)"), "{text}");
+        assert!(line("ES_SCHEMA_FILE").ends_with("(the definition's index_schema)  (default)"), "{text}");
+        assert!(line("PG2ES_DEFINITION").contains("built-in cinema definition"), "{text}");
         assert!(line("LOG_FORMAT").ends_with("json  (environment)"), "{text}");
         assert!(line("PG_CA_FILE").contains("public web roots"), "{text}");
         assert!(line("ES_CA_FILE").ends_with("(unset)"), "{text}");

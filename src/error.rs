@@ -28,6 +28,11 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// The definition file is malformed or does not fit the schema or the index mapping. The
+    /// message names the file, the line and the fix.
+    #[error("definition: {0}")]
+    Definition(String),
+
     #[error("postgres: {context}: {}", causes(.source))]
     Postgres {
         context: &'static str,
@@ -171,6 +176,7 @@ impl Error {
             }
             Error::BulkRetriesExhausted { .. } | Error::Unreadable { .. } => Retry::WaitFor(Service::Elasticsearch),
             Error::Config(_)
+            | Error::Definition(_)
             | Error::SourceSetup(_)
             | Error::SourceSchema(_)
             | Error::MappingConflict { .. }

@@ -4,6 +4,7 @@
 //! (Elasticsearch) -> [`checkpoint`] (durable state), wired by [`pipeline`]. [`verify`] reads both
 //! ends and reports where the index differs from Postgres.
 
+pub mod catalog;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

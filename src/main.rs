@@ -32,7 +32,7 @@ fn main() -> ExitCode {
 /// before a `run --once` pass or a `verify` was complete; 1: anything else.
 fn exit_code(e: &Error) -> u8 {
     match e {
-        Error::Config(_) => 2,
+        Error::Config(_) | Error::Definition(_) => 2,
         Error::AlreadyRunning { .. } => 3,
         Error::Shutdown => INTERRUPTED,
         _ => 1,
@@ -57,9 +57,30 @@ fn try_main() -> pg2es::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Verify { json } => {
+            let docs = pipeline::documents(&config)?;
+            let docs = &docs;
+            let reports = with_runtime(|shutdown| async move {
+                let mut reports = Vec::new();
+                for (c, spec, index) in docs {
+                    reports.push((spec.name.clone(), c.es_index.clone(), verify::verify_document(c, spec.clone(), index, &shutdown).await?));
+                }
+                Ok(reports)
+            })?;
+            return print_verify(&reports, json);
+        }
+        Command::Check => {
+            let docs = pipeline::documents(&config)?;
             let config = &config;
-            let report = with_runtime(|shutdown| async move { verify::verify(config, &shutdown).await })?;
-            return print_verify(&report, &config.es_index, json);
+            return with_runtime(|_shutdown| async move {
+                let client = delete_log::connect(&config.pg, &PgTls::from_config(config)?).await?;
+                pg2es::source::server_version(&client).await?;
+                for (_, spec, _) in &docs {
+                    let doc = spec.resolve(&client, &config.pg_schema).await?;
+                    let tables = doc.tables().join(", ");
+                    println!("{}: ok: index {} ({}), {} fields, tables {tables}", doc.name, doc.index.name, doc.index.schema_origin, doc.fields.len());
+                }
+                Ok(ExitCode::SUCCESS)
+            });
         }
         Command::DeleteCapture { action } => return delete_capture(&config, action),
         Command::Run { once: true } => Mode::Once,
@@ -139,18 +160,35 @@ fn with_runtime<T, F: std::future::Future<Output = pg2es::Result<T>>>(task: impl
 }
 
 /// The report on stdout; 1 with a one-line summary on stderr when the index differs.
-fn print_verify(report: &VerifyReport, index: &str, json: bool) -> pg2es::Result<ExitCode> {
-    if json {
-        let text = serde_json::to_string_pretty(report).map_err(|e| Error::Encode(format!("the report: {e}")))?;
-        println!("{text}");
-    } else {
-        print!("{}", report.render());
+/// One document: its report as before. Several: in JSON an object by document name, in text
+/// each report under its document's name.
+fn print_verify(reports: &[(String, String, VerifyReport)], json: bool) -> pg2es::Result<ExitCode> {
+    let encode = |v: &VerifyReport| serde_json::to_string_pretty(v).map_err(|e| Error::Encode(format!("the report: {e}")));
+    match (json, reports) {
+        (true, [(_, _, report)]) => println!("{}", encode(report)?),
+        (true, _) => {
+            let all: serde_json::Map<String, serde_json::Value> = reports
+                .iter()
+                .map(|(name, _, r)| Ok((name.clone(), serde_json::to_value(r).map_err(|e| Error::Encode(format!("the report: {e}")))?)))
+                .collect::<pg2es::Result<_>>()?;
+            println!("{}", serde_json::to_string_pretty(&all).map_err(|e| Error::Encode(format!("the report: {e}")))?);
+        }
+        (false, [(_, _, report)]) => print!("{}", report.render()),
+        (false, _) => {
+            for (name, index, report) in reports {
+                println!("== {name} (index {index})");
+                print!("{}", report.render());
+            }
+        }
     }
-    if report.is_consistent() {
-        return Ok(ExitCode::SUCCESS);
+    let mut consistent = true;
+    for (_, index, report) in reports {
+        if !report.is_consistent() {
+            eprintln!("pg2es: index {index} differs from postgres: {}", report.summary());
+            consistent = false;
+        }
     }
-    eprintln!("pg2es: index {index} differs from postgres: {}", report.summary());
-    Ok(ExitCode::FAILURE)
+    Ok(if consistent { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn init_tracing(format: LogFormat) {

@@ -15,15 +15,18 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::checkpoint::{Checkpoint, PositionDelta, State, Stream};
+use std::sync::Arc;
+
+use crate::catalog::{Document, IndexSpec, Selection};
+use crate::checkpoint::{Checkpoint, PositionDelta, State};
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, Result, Retry};
 use crate::progress::Progress;
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
-use crate::sink::{full_load_settings, read_index_definition, ElasticsearchSink, IndexAction, IndexBootstrap, IndexSettings, IndexSink, LoadReport};
-use crate::source::{Change, ChangeBatch, ChangeSource, PollingSource, Receipt, ReplicationSource};
-use crate::transform::into_document;
+use crate::sink::{full_load_settings, ElasticsearchSink, IndexAction, IndexBootstrap, IndexSettings, IndexSink, LoadReport};
+use crate::source::{Change, ChangeBatch, ChangeSource, DocumentSpec, PollingSource, Receipt, ReplicationSource};
+use crate::transform::build;
 
 /// Batches read ahead of the writer. Small: memory stays flat however large the tables are.
 const CHANNEL_DEPTH: usize = 4;
@@ -70,21 +73,27 @@ impl Options {
 /// What one cycle did, for the per-cycle log line and for tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CycleReport {
-    /// Changed rows read, per stream.
-    pub rows: BTreeMap<Stream, usize>,
+    /// The document the cycle kept.
+    pub document: String,
+    /// The document's root table (its rows are `root_rows` in the log line).
+    pub root: String,
+    /// Changed rows read, per stream (table).
+    pub rows: BTreeMap<String, usize>,
     /// Changed rows read again (the commit horizon) and unchanged since their films were loaded:
     /// their films were not sent again.
     pub already_loaded: usize,
-    /// Films named by the delete log.
-    pub logged_films: usize,
-    /// Films re-indexed (a film reached twice counts twice).
-    pub films: usize,
-    /// Documents deleted because their film is gone (by a change or by reconciliation).
+    /// Records named by the delete log or the replication stream.
+    pub logged: usize,
+    /// Records re-indexed (a record reached twice counts twice).
+    pub records: usize,
+    /// Documents deleted because their record is gone (by a change or by reconciliation).
     pub deleted: usize,
     pub stored: usize,
     pub dead_lettered: usize,
-    pub unknown_roles: usize,
-    pub bad_ratings: usize,
+    /// Related rows no field keeps (their `where` values are none of the wanted ones).
+    pub unmatched: usize,
+    /// Numbers the index cannot store, loaded as unknown.
+    pub bad_numbers: usize,
     /// Documents checked by reconciliation this cycle (`None`: it did not run).
     pub reconciled: Option<usize>,
     /// Shutdown came before every change was loaded.
@@ -93,21 +102,84 @@ pub struct CycleReport {
     pub more: bool,
 }
 
-/// Runs until shutdown (continuous) or after one full pass (once). Fatal errors return; transient
-/// ones are waited out with backoff. The index has its own settings again when this returns.
+/// Runs until shutdown (continuous) or after one full pass (once), every selected document of
+/// the definition at once, each in its own index with its own state. Fatal errors return (and
+/// stop the other documents); transient ones are waited out with backoff. The indexes have their
+/// own settings again when this returns.
 pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec<CycleReport>> {
+    let runs = documents(config)?;
+    if let [(c, spec, index)] = runs.as_slice() {
+        return run_document(c, spec.clone(), index, mode, shutdown).await;
+    }
+    // One fails for good: the others stop too (and save what they loaded).
+    let (stop, local) = Shutdown::new();
+    let stop = &stop;
+    let local = &local;
+    let forward = async {
+        shutdown.wait().await;
+        stop.trigger();
+    };
+    let all = futures_util::future::join_all(runs.iter().map(|(c, spec, index)| async move {
+        let out = run_document(c, spec.clone(), index, mode, local).await;
+        if out.is_err() {
+            stop.trigger();
+        }
+        out
+    }));
+    let results = tokio::select! {
+        r = all => r,
+        _ = forward => unreachable!("the forward ends only with the runs"),
+    };
+    let mut reports = Vec::new();
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok(mut rs) => reports.append(&mut rs),
+            Err(Error::Shutdown) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(reports),
+    }
+}
+
+/// The selected documents of the definition, each with its own settings (index, state file,
+/// slot: [`Config::for_document`]), from the definition file alone.
+pub fn documents(config: &Config) -> Result<Vec<(Config, DocumentSpec, IndexSpec)>> {
+    let selection = config.selection()?;
+    let source = selection.source()?;
+    let all = selection.source().and_then(|s| Selection { documents: Vec::new(), ..selection.clone() }.heads(&s))?;
+    let heads = selection.heads(&source)?;
+    Ok(heads
+        .into_iter()
+        .map(|(name, index)| {
+            // The position in the whole definition: the first document keeps the settings of old.
+            let position = all.iter().position(|(n, _)| *n == name).unwrap_or(0);
+            let c = config.for_document(position, &name, &index.name);
+            (c, DocumentSpec { source: source.clone(), selection: selection.clone(), name }, index)
+        })
+        .collect())
+}
+
+/// One document: its index, its state, its source.
+async fn run_document(config: &Config, spec: DocumentSpec, index: &IndexSpec, mode: Mode, shutdown: &Shutdown) -> Result<Vec<CycleReport>> {
     // The lock comes first: a second instance must not even touch Elasticsearch.
     let mut checkpoint = Checkpoint::open(&config.state_file, &config.es_index)?;
-    let definition = read_index_definition(&config.es_schema_file)?;
+    let definition = index.schema.clone();
     let sink = ElasticsearchSink::new(config)?;
     let mut options = Options::from_config(config, mode);
     let engine = sink.engine(shutdown).await?;
     let bootstrap = retry(&options.retry, shutdown, "check index", || sink.ensure_index(&definition)).await?;
     options.index_empty_at_start = bootstrap == IndexBootstrap::Created || sink.count(shutdown).await? == 0;
-    tracing::info!(index = %config.es_index, url = %config.es_url, engine = %engine, bootstrap = %bootstrap, state = %config.state_file.display(), "pg2es started");
+    let name = spec.name.clone();
+    tracing::info!(document = %name, index = %config.es_index, url = %config.es_url, engine = %engine, bootstrap = %bootstrap, state = %config.state_file.display(), "pg2es started");
     let outcome = match &config.source {
-        SourceKind::Polling => run_cycles(&mut PollingSource::new(config)?, &sink, &mut checkpoint, &options, shutdown).await,
-        SourceKind::Replication(settings) => run_cycles(&mut ReplicationSource::new(config, settings)?, &sink, &mut checkpoint, &options, shutdown).await,
+        SourceKind::Polling => run_cycles(&mut PollingSource::new(config, spec)?, &sink, &mut checkpoint, &options, shutdown).await,
+        SourceKind::Replication(settings) => run_cycles(&mut ReplicationSource::new(config, settings, spec)?, &sink, &mut checkpoint, &options, shutdown).await,
     };
     // A full load cut short (shutdown, a fatal error) leaves the index searchable while stopped.
     if let Err(e) = restore_settings(&sink, &mut checkpoint, shutdown).await {
@@ -121,7 +193,7 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
             Err(e) => tracing::warn!(error = %e, "could not remove the empty index created at start"),
         }
     }
-    tracing::info!("pg2es stopped");
+    tracing::info!(document = %name, "pg2es stopped");
     outcome
 }
 
@@ -192,6 +264,7 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
     shutdown: &Shutdown,
 ) -> Result<CycleReport> {
     let plan = source.prepare(checkpoint.state()).await?;
+    let doc = source.document().ok_or_else(|| Error::SourceSetup("the source has no document after prepare".into()))?;
     if let Some(identity) = &plan.identity {
         checkpoint.bind_source(identity)?;
     }
@@ -211,7 +284,7 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
     let reader: &S = source;
     let (read, written) = tokio::join!(
         reader.read(&start, tx, shutdown, progress.as_ref()),
-        write_batches(rx, reader, sink, checkpoint, concurrency, shutdown, progress.as_ref()),
+        write_batches(rx, reader, &doc, sink, checkpoint, concurrency, shutdown, progress.as_ref()),
     );
     drop(progress);
     // A writer error is the cause when both failed: the reader only saw the channel close.
@@ -219,7 +292,8 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
     let read = read?;
     // Documents stored outside a full load make the index non-empty: a later reload reconciles.
     *index_empty &= plan.full_load || report.stored == 0;
-    (report.rows, report.already_loaded, report.logged_films, report.more) = (read.rows, read.already_loaded, read.logged_films, read.more);
+    (report.rows, report.already_loaded, report.logged, report.more) = (read.rows, read.already_loaded, read.logged_films, read.more);
+    (report.document, report.root) = (doc.name.clone(), doc.root.clone());
     report.interrupted |= shutdown.is_triggered();
     // The full load is over, or stopped by shutdown: the index gets its own settings back.
     restore_settings(sink, checkpoint, shutdown).await?;
@@ -257,7 +331,7 @@ async fn reconcile<S: ChangeSource, K: IndexSink>(source: &S, sink: &K, checkpoi
     loop {
         let page = sink.id_page(cursor, RECONCILE_PAGE, shutdown).await?;
         checked += page.ids.len();
-        // Only canonical film ids are pg2es's: other documents are left for `verify` to report.
+        // Only canonical uuid keys are pg2es's: other documents are left for `verify` to report.
         let films: Vec<uuid::Uuid> = page.ids.iter().filter_map(|id| uuid::Uuid::parse_str(id).ok().filter(|u| u.to_string() == *id)).collect();
         let existing: std::collections::HashSet<uuid::Uuid> = source.existing(&films).await?.into_iter().collect();
         let gone: Vec<IndexAction> = films.iter().filter(|f| !existing.contains(f)).map(|f| IndexAction::Delete { id: f.to_string(), version: None }).collect();
@@ -308,20 +382,19 @@ fn settings_text(settings: &IndexSettings) -> String {
 macro_rules! cycle_line {
     ($level:ident, $r:expr, $elapsed:expr) => {{
         let (r, elapsed): (&CycleReport, Duration) = ($r, $elapsed);
-        let rows = |s: Stream| r.rows.get(&s).copied().unwrap_or(0);
+        let root_rows = r.rows.get(&r.root).copied().unwrap_or(0);
         tracing::$level!(
-            film_rows = rows(Stream::FilmWork),
-            genre_rows = rows(Stream::Genre),
-            person_rows = rows(Stream::Person),
-            link_rows = rows(Stream::GenreFilmWork) + rows(Stream::PersonFilmWork),
+            document = %r.document,
+            root_rows,
+            related_rows = r.rows.values().sum::<usize>() - root_rows,
             rows_already_loaded = r.already_loaded,
-            logged_films = r.logged_films,
-            films = r.films,
+            logged = r.logged,
+            records = r.records,
             deleted = r.deleted,
             stored = r.stored,
             dead_lettered = r.dead_lettered,
-            unknown_roles = r.unknown_roles,
-            bad_ratings = r.bad_ratings,
+            unmatched = r.unmatched,
+            bad_numbers = r.bad_numbers,
             reconciled = r.reconciled.unwrap_or(0),
             elapsed_ms = elapsed.as_millis() as u64,
             interrupted = r.interrupted,
@@ -344,8 +417,8 @@ impl IdleCycles {
     fn log(&mut self, r: &CycleReport, elapsed: Duration) {
         // Rows read again only because of the commit horizon, unchanged, are not news.
         let busy = r.rows.values().sum::<usize>() > r.already_loaded
-            || r.logged_films > 0
-            || r.films > 0
+            || r.logged > 0
+            || r.records > 0
             || r.deleted > 0
             || r.stored > 0
             || r.dead_lettered > 0
@@ -359,7 +432,7 @@ impl IdleCycles {
         self.count += 1;
         let since = *self.since.get_or_insert_with(Instant::now);
         if since.elapsed() >= IDLE_SUMMARY_EVERY {
-            tracing::info!(idle_cycles = self.count, over_sec = since.elapsed().as_secs(), "no change in Postgres");
+            tracing::info!(document = %r.document, idle_cycles = self.count, over_sec = since.elapsed().as_secs(), "no change in Postgres");
             (self.count, self.since) = (0, Some(Instant::now()));
         }
     }
@@ -371,49 +444,49 @@ fn log_cycle(r: &CycleReport, elapsed: Duration) {
 
 /// What loading one batch did.
 struct Loaded {
-    films: usize,
+    records: usize,
     deleted: usize,
     load: LoadReport,
-    unknown_roles: usize,
-    bad_ratings: usize,
+    unmatched: usize,
+    bad_numbers: usize,
     completes: Vec<PositionDelta>,
     receipt: Receipt,
 }
 
 /// Transforms one batch's changes into index actions and has the sink apply them.
-async fn load_batch<K: IndexSink>(batch: ChangeBatch, sink: &K, shutdown: &Shutdown) -> Result<Loaded> {
+async fn load_batch<K: IndexSink>(batch: ChangeBatch, doc: &Document, sink: &K, shutdown: &Shutdown) -> Result<Loaded> {
     let mut actions = Vec::with_capacity(batch.changes.len());
-    let (mut films, mut deleted, mut unknown_roles, mut bad_ratings) = (0, 0, 0, 0);
+    let (mut records, mut deleted, mut unmatched, mut bad_numbers) = (0, 0, 0, 0);
     for change in batch.changes {
-        let film = match change {
-            Change::Upsert(film) => film,
+        let record = match change {
+            Change::Upsert(record) => record,
             Change::Delete(id) => {
                 deleted += 1;
                 actions.push(IndexAction::Delete { id: id.to_string(), version: batch.version });
                 continue;
             }
         };
-        films += 1;
-        let rating = film.rating;
-        let (doc, notes) = into_document(film);
-        unknown_roles += notes.unknown_roles;
-        bad_ratings += notes.bad_ratings;
-        if let (true, Some(rating)) = (notes.bad_ratings > 0, rating) {
-            // As text: NaN and infinities are not JSON numbers.
-            tracing::warn!(film = %doc.id, rating = %rating, "rating cannot be stored in the index, loaded as unknown");
+        records += 1;
+        let (body, notes) = build(doc, &record).map_err(|e| Error::SourceSchema(e.0))?;
+        unmatched += notes.unmatched;
+        bad_numbers += notes.bad_numbers;
+        if notes.bad_numbers > 0 {
+            tracing::warn!(document = %doc.name, key = %record.key, numbers = notes.bad_numbers, "numbers the index cannot store (NaN, infinite, beyond a float field) loaded as unknown");
         }
-        if !notes.unknown_role_names.is_empty() {
-            tracing::warn!(film = %doc.id, roles = %notes.unknown_role_names.join(","), people = notes.unknown_roles, "people with unknown roles left out of the document");
+        if !notes.unmatched_values.is_empty() {
+            tracing::warn!(document = %doc.name, key = %record.key, values = %notes.unmatched_values.join(","), rows = notes.unmatched, "related rows that no field keeps were left out of the document");
         }
-        actions.push(IndexAction::Index { id: doc.id.to_string(), doc, version: batch.version });
+        actions.push(IndexAction::Index { id: record.key.to_string(), body, version: batch.version });
     }
     let load = if actions.is_empty() { LoadReport::default() } else { sink.write(actions, shutdown).await? };
-    Ok(Loaded { films, deleted, load, unknown_roles, bad_ratings, completes: batch.completes, receipt: batch.receipt })
+    Ok(Loaded { records, deleted, load, unmatched, bad_numbers, completes: batch.completes, receipt: batch.receipt })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write_batches<S: ChangeSource, K: IndexSink>(
     mut rx: mpsc::Receiver<ChangeBatch>,
     source: &S,
+    doc: &Arc<Document>,
     sink: &K,
     checkpoint: &mut Checkpoint,
     concurrency: usize,
@@ -425,20 +498,20 @@ async fn write_batches<S: ChangeSource, K: IndexSink>(
     // After shutdown no new batch starts; the ones under way finish and are saved.
     let mut loads = futures_util::stream::poll_fn(|cx| rx.poll_recv(cx))
         .take_while(|_| std::future::ready(!shutdown.is_triggered()))
-        .map(|batch| load_batch(batch, sink, shutdown))
+        .map(|batch| load_batch(batch, doc, sink, shutdown))
         .buffered(concurrency.max(1));
     while let Some(loaded) = loads.next().await {
         let loaded = loaded?;
-        report.films += loaded.films;
+        report.records += loaded.records;
         report.deleted += loaded.deleted;
         report.stored += loaded.load.stored;
         report.dead_lettered += loaded.load.dead_lettered;
-        report.unknown_roles += loaded.unknown_roles;
-        report.bad_ratings += loaded.bad_ratings;
+        report.unmatched += loaded.unmatched;
+        report.bad_numbers += loaded.bad_numbers;
         checkpoint.commit(&loaded.completes)?;
         source.acknowledge(loaded.receipt);
         if let (Some(p), true) = (progress, loaded.completes.iter().any(|d| matches!(d, PositionDelta::FullLoad(_)))) {
-            p.advance(loaded.films as u64);
+            p.advance(loaded.records as u64);
         }
     }
     Ok(report)

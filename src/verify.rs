@@ -26,13 +26,15 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use crate::catalog::{IndexSpec, Record};
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, Result};
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
-use crate::sink::{read_index_definition, ElasticsearchSink};
+use crate::sink::ElasticsearchSink;
+use crate::source::DocumentSpec;
 use crate::source::{delete_log, PgSource, PgTls};
-use crate::transform::{to_document, FilmWork};
+use crate::transform::build;
 
 /// Ids listed per kind of difference; the counts are always complete.
 pub const SAMPLE_SIZE: usize = 20;
@@ -182,14 +184,23 @@ impl Serialize for VerifyReport {
     }
 }
 
-/// Reads both sides and compares them; see the module notes.
+/// [`verify_document`] for the one document the settings select (PG2ES_DOCUMENTS).
 pub async fn verify(config: &Config, shutdown: &Shutdown) -> Result<VerifyReport> {
+    let docs = crate::pipeline::documents(config)?;
+    match docs.as_slice() {
+        [(c, spec, index)] => verify_document(c, spec.clone(), index, shutdown).await,
+        _ => Err(Error::Config(format!("{} documents are selected: name one with PG2ES_DOCUMENTS", docs.len()))),
+    }
+}
+
+/// Reads both sides of one document and compares them; see the module notes.
+pub async fn verify_document(config: &Config, spec: DocumentSpec, index: &IndexSpec, shutdown: &Shutdown) -> Result<VerifyReport> {
     let started = Instant::now();
     let sink = ElasticsearchSink::new(config)?;
     // A missing index or another mapping is said as such, not as the first search's error.
     sink.engine(shutdown).await?;
-    sink.check_index(&read_index_definition(&config.es_schema_file)?, shutdown).await?;
-    let mut films = FilmPages::new(config, shutdown)?;
+    sink.check_index(&index.schema, shutdown).await?;
+    let mut films = FilmPages::new(config, spec, shutdown)?;
     let mut documents = DocumentPages::new(&sink, config.batch_size.min(MAX_SEARCH_SIZE), shutdown);
     tracing::info!(index = %config.es_index, page_size = config.batch_size, "verifying index against postgres");
 
@@ -284,6 +295,7 @@ fn same_value(a: &Value, b: &Value) -> bool {
 /// keyset page can simply be read again.
 struct FilmPages<'a> {
     config: &'a Config,
+    spec: DocumentSpec,
     tls: PgTls,
     policy: RetryPolicy,
     shutdown: &'a Shutdown,
@@ -294,9 +306,10 @@ struct FilmPages<'a> {
 }
 
 impl<'a> FilmPages<'a> {
-    fn new(config: &'a Config, shutdown: &'a Shutdown) -> Result<FilmPages<'a>> {
+    fn new(config: &'a Config, spec: DocumentSpec, shutdown: &'a Shutdown) -> Result<FilmPages<'a>> {
         Ok(FilmPages {
             config,
+            spec,
             tls: PgTls::from_config(config)?,
             policy: RetryPolicy::from_config(config),
             shutdown,
@@ -310,26 +323,27 @@ impl<'a> FilmPages<'a> {
         if self.done || !out.is_empty() {
             return Ok(());
         }
-        let films = retry(&self.policy, self.shutdown, "read films", || self.read_page(self.after)).await?;
-        self.done = films.len() < self.config.batch_size;
-        for film in &films {
-            let (doc, _) = to_document(film);
-            let source = serde_json::to_value(&doc).map_err(|e| Error::Encode(format!("film {}: {e}", film.id)))?;
-            out.push_back(OrderedDoc { id: film.id, source });
-            self.after = film.id;
+        let (doc, records) = retry(&self.policy, self.shutdown, "read records", || self.read_page(self.after)).await?;
+        self.done = records.len() < self.config.batch_size;
+        for record in &records {
+            let (body, _) = build(&doc, record).map_err(|e| Error::SourceSchema(e.0))?;
+            let source = serde_json::from_slice(&body).map_err(|e| Error::Encode(format!("{} {}: {e}", doc.name, record.key)))?;
+            out.push_back(OrderedDoc { id: record.key, source });
+            self.after = record.key;
         }
         Ok(())
     }
 
-    async fn read_page(&self, after: Uuid) -> Result<Vec<FilmWork>> {
+    async fn read_page(&self, after: Uuid) -> Result<(std::sync::Arc<crate::catalog::Document>, Vec<Record>)> {
         let mut slot = self.source.lock().await;
         let source = match slot.take() {
             Some(s) if !s.is_closed() => s,
-            _ => PgSource::connect(&self.config.pg, &self.tls, &self.config.pg_schema, &self.config.timestamp_column).await?,
+            _ => PgSource::connect(&self.config.pg, &self.tls, &self.config.pg_schema, &self.spec).await?,
         };
-        let films = source.films_after(after, self.config.batch_size).await;
+        let records = source.films_after(after, self.config.batch_size).await;
+        let doc = source.document().clone();
         *slot = Some(source);
-        films
+        Ok((doc, records?))
     }
 }
 

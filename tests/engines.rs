@@ -99,7 +99,7 @@ async fn bulk_item_rejection(node: Node) {
     let reason = lines[0]["reason"].as_str().unwrap();
     assert!(reason.contains("title.raw"), "{}", reason.chars().take(300).collect::<String>());
 
-    assert_eq!(env.run_once().await.films, 0, "the watermark moved past the refused film");
+    assert_eq!(env.run_once().await.records, 0, "the watermark moved past the refused film");
     env.sql(&format!("UPDATE content.film_work SET title = 'Fixed', updated_at = now() WHERE id = '{FILM_NO_DIRECTOR}'")).await;
     assert_eq!(env.run_once().await.stored, 1);
     assert_eq!(env.count().await, 999);

@@ -176,7 +176,7 @@ async fn an_altered_log_table_is_refused_by_install_and_the_fix_converges() {
     assert!(stale_ids(&report).contains(&lost_link_film.to_string()), "the lost delete left its film stale: {report:?}");
 
     let reports = env.pass().await;
-    assert!(reports.iter().any(|r| r.films >= 999 && r.reconciled.is_some()), "every film loaded again, then reconciled: {reports:?}");
+    assert!(reports.iter().any(|r| r.records >= 999 && r.reconciled.is_some()), "every film loaded again, then reconciled: {reports:?}");
     let report = env.verify().await;
     assert!(report.is_consistent(), "{report:?}");
     assert_binary_verify_clean(&env);
@@ -196,12 +196,12 @@ async fn the_first_install_on_a_loaded_index_reloads() {
 
     delete_log::install(&env.db, SCHEMA).await.expect("install the delete capture");
     let reports = env.pass().await;
-    assert!(reports.iter().any(|r| r.films >= 999 && r.reconciled.is_some()), "{reports:?}");
+    assert!(reports.iter().any(|r| r.records >= 999 && r.reconciled.is_some()), "{reports:?}");
     assert!(env.checkpoint().state().delete_log.is_some());
     assert!(env.verify().await.is_consistent());
     // From now on the log is read: no second reload.
     let reports = env.pass().await;
-    assert!(reports.iter().all(|r| r.films < 999), "{reports:?}");
+    assert!(reports.iter().all(|r| r.records < 999), "{reports:?}");
     assert_binary_verify_clean(&env);
     env.cleanup().await;
 }

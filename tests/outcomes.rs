@@ -237,7 +237,7 @@ async fn a_missing_change_index_is_reported_with_the_statement_to_run() {
     let o = common::pg2es_command(&env.env_vars(), &["run", "--once"]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
-    assert!(err.contains(r#"CREATE INDEX CONCURRENTLY ON "content"."person" ("updated_at", id);"#), "{err}");
+    assert!(err.contains(r#"CREATE INDEX CONCURRENTLY ON "content"."person" ("updated_at", "id");"#), "{err}");
     assert_eq!(err.matches("CREATE INDEX").count(), 1, "{err}");
     env.cleanup().await;
 }

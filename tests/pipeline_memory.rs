@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use pg2es::catalog::{Cell, Document, LiveSchema, Record, Selection, Source, Value as Cv};
 use pg2es::checkpoint::{Checkpoint, PositionDelta, Snapshot, State};
 use pg2es::error::{Error, Result};
 use pg2es::pipeline::{run_cycles, Mode, Options};
@@ -14,12 +15,31 @@ use pg2es::retry::RetryPolicy;
 use pg2es::shutdown::Shutdown;
 use pg2es::sink::{IdPage, IndexAction, IndexSettings, IndexSink, LoadReport};
 use pg2es::source::{Change, ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
-use pg2es::transform::FilmWork;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-fn film(n: u128) -> FilmWork {
-    FilmWork { id: Uuid::from_u128(n), title: Some(format!("film {n}")), description: None, rating: None, genres: vec![], persons: vec![] }
+/// A one-table document (`film`: id, title), resolved without Postgres.
+fn document() -> std::sync::Arc<Document> {
+    let dir = std::env::temp_dir().join(format!("pg2es-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("films.json"), r#"{"mappings":{"properties":{"id":{"type":"keyword"},"title":{"type":"text"}}}}"#).unwrap();
+    let path = dir.join("films.toml");
+    std::fs::write(
+        &path,
+        "[[documents]]\nname = \"films\"\nindex_schema = \"films.json\"\ntable = \"film\"\nfields = [{ name = \"id\", column = \"id\" }, { name = \"title\", column = \"title\" }]\n",
+    )
+    .unwrap();
+    let cols = [("id", "uuid"), ("title", "text"), ("updated_at", "timestamp with time zone")];
+    let live = LiveSchema {
+        schema: "s".into(),
+        columns: [("film".to_string(), cols.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect())].into(),
+        foreign_keys: vec![],
+    };
+    std::sync::Arc::new(Selection::default().resolve(&Source::read(&path).unwrap(), &live).unwrap().remove(0))
+}
+
+fn film(n: u128) -> Record {
+    Record { key: Uuid::from_u128(n), cells: vec![Cell::One(Cv::Uuid(Uuid::from_u128(n))), Cell::One(Cv::Text(format!("film {n}")))] }
 }
 
 /// A full load of `batches` batches of `per_batch` films (ids 1, 2, ...), in id order.
@@ -48,6 +68,10 @@ impl ChangeSource for MemorySource {
             }
         }
         Ok(ReadReport::default())
+    }
+
+    fn document(&self) -> Option<std::sync::Arc<Document>> {
+        Some(document())
     }
 
     fn acknowledge(&self, _: Receipt) {
@@ -100,7 +124,10 @@ impl IndexSink for MemorySink {
         let mut docs = self.docs.lock().unwrap();
         for a in &actions {
             match a {
-                IndexAction::Index { id, doc, .. } => docs.insert(id.clone(), doc.title.clone().unwrap_or_default()),
+                IndexAction::Index { id, body, .. } => {
+                    let doc: serde_json::Value = serde_json::from_slice(body).unwrap();
+                    docs.insert(id.clone(), doc["title"].as_str().unwrap_or_default().to_string())
+                }
                 IndexAction::Delete { id, .. } => docs.remove(id),
             };
         }
@@ -186,6 +213,10 @@ async fn reconciliation_removes_documents_of_films_that_are_gone() {
         async fn read(&self, state: &State, tx: mpsc::Sender<ChangeBatch>, s: &Shutdown, p: Option<&Progress>) -> Result<ReadReport> {
             self.0.read(state, tx, s, p).await
         }
+        fn document(&self) -> Option<std::sync::Arc<Document>> {
+            Some(document())
+        }
+
         fn acknowledge(&self, r: Receipt) {
             self.0.acknowledge(r)
         }

@@ -4,7 +4,7 @@
 //! PG_SCHEMA ...), with the index given by `--index`. Each subcommand prints one JSON line.
 //!
 //! - `dump`: the documents of an index pg2es loaded, as NDJSON, re-encoded by pg2es's own
-//!   `MovieDocument`, so the bytes are the ones pg2es sends.
+//!   documents as stored, so the bytes are about the ones pg2es sends.
 //! - `replay`: the ceiling. Loads a dump into a fresh index through `_bulk`, with pg2es's encoding
 //!   and chunking, every request body built before the clock starts, and the index settings pg2es
 //!   uses for a full load; the clock stops once the settings are back and the index refreshed,
@@ -27,7 +27,6 @@ use serde_json::{json, Value};
 
 use pg2es::shutdown::Shutdown;
 use pg2es::sink::{bulk, read_index_definition, ElasticsearchSink, IndexSink};
-use pg2es::transform::MovieDocument;
 use pg2es::Config;
 
 type BenchResult<T> = Result<T, String>;
@@ -131,8 +130,10 @@ async fn dump(config: &Config, out: &PathBuf) -> BenchResult<Value> {
         let Some(last) = page.last() else { break };
         after = Some(last.source.get("id").and_then(Value::as_str).unwrap_or(&last.id).to_string());
         for hit in page {
-            let doc: MovieDocument = serde_json::from_value(hit.source).map_err(|e| format!("document {} is not a pg2es document: {e}", hit.id))?;
-            serde_json::to_writer(&mut writer, &doc).map_err(|e| e.to_string())?;
+            if hit.source.get("id").and_then(Value::as_str) != Some(hit.id.as_str()) {
+                return Err(format!("document {} is not a pg2es document: its id field is not its _id", hit.id));
+            }
+            serde_json::to_writer(&mut writer, &hit.source).map_err(|e| e.to_string())?;
             writer.write_all(b"\n").map_err(|e| e.to_string())?;
             docs += 1;
         }
@@ -150,8 +151,9 @@ async fn replay(config: &Config, file: &PathBuf, concurrency: usize, gzip: bool)
     let mut encoded = Vec::new();
     for (n, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let doc: MovieDocument = serde_json::from_str(&line).map_err(|e| format!("{}:{}: {e}", file.display(), n + 1))?;
-        encoded.push(bulk::encode(&config.es_index, &doc.id.to_string(), None, &doc).map_err(|e| e.to_string())?);
+        let doc: Value = serde_json::from_str(&line).map_err(|e| format!("{}:{}: {e}", file.display(), n + 1))?;
+        let id = doc.get("id").and_then(Value::as_str).ok_or_else(|| format!("{}:{}: no id", file.display(), n + 1))?;
+        encoded.push(bulk::encode(&config.es_index, id, None, line.as_bytes()).map_err(|e| e.to_string())?);
     }
     let bodies: Vec<bytes::Bytes> = bulk::chunk(&encoded, config.batch_size, config.bulk_max_bytes).into_iter().map(|r| bulk::body(&encoded[r])).collect();
     let (docs, requests, bytes) = (encoded.len(), bodies.len(), bodies.iter().map(bytes::Bytes::len).sum::<usize>());
@@ -239,7 +241,10 @@ async fn send(http: &reqwest::Client, method: Method, url: &str, body: Option<Ve
 async fn scan_cost(config: &Config) -> BenchResult<Value> {
     let (client, connection) = config.pg.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot connect to postgres: {e}"))?;
     tokio::spawn(connection);
-    let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", pg2es::source::full_load_sql(&config.pg_schema));
+    // The first selected document's full-load query, as pg2es generates it from the definition.
+    let (_, spec, _) = pg2es::pipeline::documents(config).map_err(|e| e.to_string())?.into_iter().next().ok_or("no document selected")?;
+    let doc = spec.resolve(&client, &config.pg_schema).await.map_err(|e| e.to_string())?;
+    let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", pg2es::catalog::sql::scan(&doc, false));
     let row = client.query_one(&sql, &[]).await.map_err(|e| format!("cannot explain the full load's query: {e}"))?;
     let plan: tokio_postgres::types::Json<Value> = row.try_get(0).map_err(|e| e.to_string())?;
     let top = &plan.0[0];

@@ -27,30 +27,9 @@ pub use crate::position::PositionError;
 pub const STATE_VERSION: u32 = 2;
 const OLDEST_READABLE_VERSION: u32 = 1;
 
-/// One change feed of the source: a table whose changed rows lead to films to re-index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stream {
-    FilmWork,
-    Genre,
-    Person,
-    GenreFilmWork,
-    PersonFilmWork,
-}
-
-impl Stream {
-    pub const ALL: [Stream; 5] = [Stream::FilmWork, Stream::Genre, Stream::Person, Stream::GenreFilmWork, Stream::PersonFilmWork];
-
-    pub fn table(self) -> &'static str {
-        match self {
-            Stream::FilmWork => "film_work",
-            Stream::Genre => "genre",
-            Stream::Person => "person",
-            Stream::GenreFilmWork => "genre_film_work",
-            Stream::PersonFilmWork => "person_film_work",
-        }
-    }
-}
+/// One change feed of the source: a table of the document, by the name the definition gives it
+/// (the state file keys watermarks by it).
+pub type Stream = String;
 
 /// The last row of a stream known to be loaded: keyset position (timestamp, id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -204,21 +183,21 @@ impl State {
         self.snapshot.filter(|s| !s.done)
     }
 
-    pub fn watermark(&self, stream: Stream) -> Option<Watermark> {
-        self.watermarks.get(&stream).copied()
+    pub fn watermark(&self, stream: &str) -> Option<Watermark> {
+        self.watermarks.get(stream).copied()
     }
 
     /// Moves a stream forward; refuses to move it back (that would re-deliver or, worse, mean
     /// two writers disagree about progress).
-    pub fn try_advance(&mut self, stream: Stream, to: Watermark) -> Result<(), PositionError> {
-        match self.watermarks.get(&stream) {
+    pub fn try_advance(&mut self, stream: &str, to: Watermark) -> Result<(), PositionError> {
+        match self.watermarks.get(stream) {
             Some(current) if to < *current => Err(PositionError::Backwards {
-                what: format!("watermark of {}", stream.table()),
+                what: format!("watermark of {stream}"),
                 from: format!("{} {}", current.ts, current.id),
                 to: format!("{} {}", to.ts, to.id),
             }),
             _ => {
-                self.watermarks.insert(stream, to);
+                self.watermarks.insert(stream.to_string(), to);
                 Ok(())
             }
         }
@@ -228,13 +207,13 @@ impl State {
     /// copy (as [`Checkpoint::commit`] does).
     pub fn apply(&mut self, delta: &PositionDelta) -> Result<(), PositionError> {
         match delta {
-            PositionDelta::Stream { stream, to } => self.try_advance(*stream, *to),
+            PositionDelta::Stream { stream, to } => self.try_advance(stream, *to),
             PositionDelta::BeginFullLoad { heads } => {
                 if self.snapshot_in_progress().is_some() {
                     return Err(PositionError::FullLoadUnderWay);
                 }
                 self.snapshot = Some(Snapshot::default());
-                heads.iter().try_for_each(|(stream, to)| self.try_advance(*stream, *to))
+                heads.iter().try_for_each(|(stream, to)| self.try_advance(stream, *to))
             }
             PositionDelta::FullLoad(to) => match self.snapshot {
                 Some(current) if current.done => Err(PositionError::NoFullLoad),
@@ -434,8 +413,8 @@ mod tests {
         Watermark { ts: Utc.timestamp_opt(secs, 0).unwrap(), id: Uuid::from_u128(id) }
     }
 
-    fn stream(stream: Stream, to: Watermark) -> PositionDelta {
-        PositionDelta::Stream { stream, to }
+    fn stream(stream: &str, to: Watermark) -> PositionDelta {
+        PositionDelta::Stream { stream: stream.to_string(), to }
     }
 
     #[test]
@@ -463,10 +442,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
         let mut c = Checkpoint::open(&path, "movies").unwrap();
-        c.commit(&[PositionDelta::DeleteLog { done: 10 }, stream(Stream::Person, wm(10, 5))]).unwrap();
+        c.commit(&[PositionDelta::DeleteLog { done: 10 }, stream("person", wm(10, 5))]).unwrap();
         let before = (c.state().clone(), std::fs::read(&path).unwrap());
         // The first delta fits, the second does not: neither is applied.
-        let err = c.commit(&[stream(Stream::Genre, wm(1, 1)), PositionDelta::DeleteLog { done: 9 }]).unwrap_err();
+        let err = c.commit(&[stream("genre", wm(1, 1)), PositionDelta::DeleteLog { done: 9 }]).unwrap_err();
         assert!(matches!(&err, Error::Position { source: PositionError::Backwards { what, .. }, .. } if what == "the delete log"), "{err}");
         assert_eq!((c.state().clone(), std::fs::read(&path).unwrap()), before);
         let err = c.commit(&[PositionDelta::FullLoad(Snapshot::default())]).unwrap_err();
@@ -500,13 +479,13 @@ mod tests {
     #[test]
     fn watermarks_only_move_forward() {
         let mut s = State::new("movies");
-        s.try_advance(Stream::Person, wm(10, 5)).unwrap();
-        s.try_advance(Stream::Person, wm(10, 6)).unwrap();
-        s.try_advance(Stream::Person, wm(10, 6)).unwrap();
-        assert!(s.try_advance(Stream::Person, wm(10, 4)).is_err());
-        assert!(s.try_advance(Stream::Person, wm(9, 9)).is_err());
-        s.try_advance(Stream::Genre, wm(1, 1)).unwrap();
-        assert_eq!(s.watermark(Stream::Person), Some(wm(10, 6)));
+        s.try_advance("person", wm(10, 5)).unwrap();
+        s.try_advance("person", wm(10, 6)).unwrap();
+        s.try_advance("person", wm(10, 6)).unwrap();
+        assert!(s.try_advance("person", wm(10, 4)).is_err());
+        assert!(s.try_advance("person", wm(9, 9)).is_err());
+        s.try_advance("genre", wm(1, 1)).unwrap();
+        assert_eq!(s.watermark("person"), Some(wm(10, 6)));
     }
 
     #[test]
@@ -515,12 +494,12 @@ mod tests {
         let path = dir.path().join("state").join("s.json");
         {
             let mut c = Checkpoint::open(&path, "movies").unwrap();
-            c.commit(&[stream(Stream::FilmWork, wm(100, 1))]).unwrap();
-            c.commit(&[stream(Stream::Genre, wm(5, 2)), stream(Stream::Person, wm(6, 3)), PositionDelta::DeleteLog { done: 7 }]).unwrap();
+            c.commit(&[stream("film_work", wm(100, 1))]).unwrap();
+            c.commit(&[stream("genre", wm(5, 2)), stream("person", wm(6, 3)), PositionDelta::DeleteLog { done: 7 }]).unwrap();
         }
         let c = Checkpoint::open(&path, "movies").unwrap();
-        assert_eq!(c.state().watermark(Stream::FilmWork), Some(wm(100, 1)));
-        assert_eq!(c.state().watermark(Stream::Person), Some(wm(6, 3)));
+        assert_eq!(c.state().watermark("film_work"), Some(wm(100, 1)));
+        assert_eq!(c.state().watermark("person"), Some(wm(6, 3)));
         assert_eq!(c.state().delete_log, Some(7));
         assert!(!path.with_extension("tmp").exists());
     }
@@ -531,7 +510,7 @@ mod tests {
         let path = dir.path().join("s.json");
         let mut c = Checkpoint::open(&path, "movies").unwrap();
         assert!(c.state().needs_full_load());
-        c.commit(&[PositionDelta::BeginFullLoad { heads: vec![(Stream::Genre, wm(5, 2))] }]).unwrap();
+        c.commit(&[PositionDelta::BeginFullLoad { heads: vec![("genre".to_string(), wm(5, 2))] }]).unwrap();
         assert!(!c.state().needs_full_load());
         let again = c.commit(&[PositionDelta::BeginFullLoad { heads: vec![] }]).unwrap_err();
         assert!(matches!(again, Error::Position { source: PositionError::FullLoadUnderWay, .. }), "a second start is refused: {again}");
@@ -547,7 +526,7 @@ mod tests {
         let mut c = Checkpoint::open(&path, "movies").unwrap();
         assert_eq!(c.state().snapshot_in_progress(), Some(Snapshot { after: Some(Uuid::from_u128(9)), done: false }));
         assert_eq!(c.state().tuned, Some(tuned));
-        assert_eq!(c.state().watermark(Stream::Genre), Some(wm(5, 2)));
+        assert_eq!(c.state().watermark("genre"), Some(wm(5, 2)));
         c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Uuid::from_u128(9)), done: true })]).unwrap();
         assert_eq!(c.state().snapshot_in_progress(), None);
         assert!(!c.state().needs_full_load());
@@ -555,7 +534,7 @@ mod tests {
         // A reload (after a TRUNCATE) starts over from the first film, streams kept.
         c.commit(&[PositionDelta::BeginFullLoad { heads: vec![] }]).unwrap();
         assert_eq!(c.state().snapshot_in_progress(), Some(Snapshot::default()));
-        assert_eq!(c.state().watermark(Stream::Genre), Some(wm(5, 2)));
+        assert_eq!(c.state().watermark("genre"), Some(wm(5, 2)));
     }
 
     #[test]
@@ -570,7 +549,7 @@ mod tests {
         let mut c = Checkpoint::open(&path, "movies").unwrap();
         assert_eq!(c.state().snapshot, None);
         assert!(!c.state().needs_full_load());
-        c.commit(&[stream(Stream::Genre, wm(5, 2))]).unwrap();
+        c.commit(&[stream("genre", wm(5, 2))]).unwrap();
         let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(written["version"], STATE_VERSION);
     }

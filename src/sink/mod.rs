@@ -23,7 +23,6 @@ use crate::config::{Config, EsAuth};
 use crate::error::{Error, Result};
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
-use crate::transform::MovieDocument;
 use bulk::{BulkItemOutcome, BulkResponse, EncodedDoc};
 
 /// Attempts for items answered 429/5xx before the whole batch is handed back as transient.
@@ -114,8 +113,16 @@ impl std::fmt::Display for IndexBootstrap {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexAction {
-    Index { id: String, doc: MovieDocument, version: Option<u64> },
-    Delete { id: String, version: Option<u64> },
+    /// `body`: the document's JSON.
+    Index {
+        id: String,
+        body: Vec<u8>,
+        version: Option<u64>,
+    },
+    Delete {
+        id: String,
+        version: Option<u64>,
+    },
 }
 
 /// Index settings by flat name; `None`: not set on the index (its default applies).
@@ -426,7 +433,7 @@ impl IndexSink for ElasticsearchSink {
         let mut encoded = Vec::with_capacity(actions.len());
         for action in actions {
             let line = match &action {
-                IndexAction::Index { id, doc, version } => bulk::encode(&self.index, id, *version, doc),
+                IndexAction::Index { id, body, version } => bulk::encode(&self.index, id, *version, body),
                 IndexAction::Delete { id, version } => bulk::encode_delete(&self.index, id, *version),
             };
             encoded.push(line.map_err(|e| Error::Encode(format!("document {}: {e}", action.id())))?);

@@ -12,19 +12,19 @@ use std::future::Future;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::catalog::{Document, Record};
 use crate::checkpoint::{PositionDelta, SourceIdentity, State, Stream};
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
 use crate::source::RowVersion;
-use crate::transform::FilmWork;
 
-/// One film's new state in the source.
+/// One record's new state in the source.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    /// The film as it is now, with its genres and people: index it.
-    Upsert(FilmWork),
-    /// The film is gone: delete its document.
+    /// The record as it is now, with its relations: index it.
+    Upsert(Record),
+    /// The record is gone: delete its document.
     Delete(Uuid),
 }
 
@@ -89,6 +89,9 @@ pub trait ChangeSource: Sync {
 
     /// A batch's `completes` is durable.
     fn acknowledge(&self, receipt: Receipt);
+
+    /// The document the records of this cycle are read as (after `prepare`).
+    fn document(&self) -> Option<std::sync::Arc<Document>>;
 
     /// Which of these films exist now (reconciliation removes the documents of the others).
     fn existing(&self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<Uuid>>> + Send;

@@ -1,8 +1,9 @@
-//! Postgres: finds what changed since the saved watermarks and reads the affected films.
+//! Postgres: finds what changed since the saved watermarks and reads the affected records.
 //!
-//! Five change streams (film_work, genre, person and the two link tables) are each read in keyset
-//! order on `(timestamp, id)`: rows with equal timestamps across a page boundary are neither
-//! skipped nor read twice. A changed genre or person fans out to every film it is linked to.
+//! Every table of a document is a change stream, read in keyset order on `(timestamp, key)`:
+//! rows with equal timestamps across a page boundary are neither skipped nor read twice. A
+//! changed row leads to the root records that contain it, through its own columns or the
+//! document's fan-out queries (both from the catalog).
 
 mod change;
 pub mod delete_log;
@@ -26,23 +27,38 @@ use futures_util::StreamExt;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+use std::sync::Arc;
+
+use crate::catalog::{Cell, ColumnType, Document, Record, Selection, Source, Value};
 use crate::checkpoint::{SourceIdentity, Stream, Watermark};
-use crate::config::{Config, HorizonPolicy, TimestampColumn};
+use crate::config::{Config, HorizonPolicy};
 use crate::error::{Error, Result};
-use crate::transform::{FilmWork, PersonLink};
 
-pub use queries::Layout;
+pub use queries::{describe, live_schema, missing_indexes};
 
-/// The full load's query (every film in id order), for measuring it on its own.
-pub fn full_load_sql(schema: &str) -> String {
-    queries::films_scan_sql(schema, false)
+/// Which document a source reads: the definition, and the document's name in it. Resolved
+/// against the live schema at every connect, so a migration is seen.
+#[derive(Debug, Clone)]
+pub struct DocumentSpec {
+    pub source: Source,
+    pub selection: Selection,
+    pub name: String,
 }
 
-/// A connected source with its queries prepared for the detected layout.
+impl DocumentSpec {
+    /// The document, resolved against the schema as it is now.
+    pub async fn resolve(&self, client: &Client, schema: &str) -> Result<Document> {
+        let live = live_schema(client, schema).await?;
+        let docs = Selection { documents: vec![self.name.clone()], ..self.selection.clone() }.resolve(&self.source, &live)?;
+        docs.into_iter().next().ok_or_else(|| Error::Definition(format!("{}: no document {:?}", self.source.origin, self.name)))
+    }
+}
+
+/// A connected source with the document's queries prepared.
 pub struct PgSource {
     client: Client,
     version: PgVersion,
-    layout: Layout,
+    doc: Arc<Document>,
     statements: queries::Statements,
 }
 
@@ -62,20 +78,20 @@ pub struct ChangePage {
 }
 
 impl PgSource {
-    pub async fn connect(pg: &tokio_postgres::Config, tls: &PgTls, schema: &str, ts: &TimestampColumn) -> Result<PgSource> {
+    pub async fn connect(pg: &tokio_postgres::Config, tls: &PgTls, schema: &str, spec: &DocumentSpec) -> Result<PgSource> {
         let client = delete_log::connect(pg, tls).await?;
         let version = server_version(&client).await?;
-        let layout = Layout::detect(&client, schema, ts).await?;
-        let statements = queries::Statements::prepare(&client, &layout).await?;
-        Ok(PgSource { client, version, layout, statements })
+        let doc = Arc::new(spec.resolve(&client, schema).await?);
+        let statements = queries::Statements::prepare(&client, &doc).await?;
+        Ok(PgSource { client, version, doc, statements })
     }
 
     pub fn version(&self) -> PgVersion {
         self.version
     }
 
-    pub fn layout(&self) -> &Layout {
-        &self.layout
+    pub fn document(&self) -> &Arc<Document> {
+        &self.doc
     }
 
     pub fn is_closed(&self) -> bool {
@@ -86,10 +102,22 @@ impl PgSource {
         &self.client
     }
 
-    /// The films linked to these genres or people (`stream` Genre or Person).
-    pub async fn films_of(&self, stream: Stream, ids: &[Uuid]) -> Result<Vec<Uuid>> {
-        let rows = self.client.query(self.statements.fan_out(stream), &[&ids]).await.map_err(Error::postgres("find films of changed rows"))?;
-        rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<Uuid>, _>>().map_err(Error::postgres("read film id"))
+    /// The root keys of the records that contain these rows of `stream` (by its fan-out queries;
+    /// none for a stream whose rows name their roots themselves).
+    pub async fn roots_of(&self, stream: &str, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        let mut roots = Vec::new();
+        if ids.is_empty() {
+            return Ok(roots);
+        }
+        for st in self.statements.fan_out(stream)? {
+            let rows = self.client.query(st, &[&ids]).await.map_err(Error::postgres("find the records of changed rows"))?;
+            for r in rows {
+                if let Some(id) = r.try_get::<_, Option<Uuid>>(0).map_err(Error::postgres("read a key"))? {
+                    roots.push(id);
+                }
+            }
+        }
+        Ok(roots)
     }
 
     /// The WAL insert position now: it only grows, and every commit before it is visible to a
@@ -100,10 +128,10 @@ impl PgSource {
         pgoutput::parse_lsn(&text).ok_or_else(|| Error::SourceSetup(format!("{text:?} is not a WAL position")))
     }
 
-    /// Which of these films exist.
+    /// Which of these records exist.
     pub async fn existing(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
-        let rows = self.client.query(&self.statements.existing, &[&ids]).await.map_err(Error::postgres("look up films"))?;
-        rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<Uuid>, _>>().map_err(Error::postgres("read film id"))
+        let rows = self.client.query(&self.statements.existing, &[&ids]).await.map_err(Error::postgres("look up records"))?;
+        rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<Uuid>, _>>().map_err(Error::postgres("read a key"))
     }
 
     /// Which database this is: the state file is tied to it.
@@ -121,46 +149,48 @@ impl PgSource {
     }
 
     /// The next page of changes of `stream` after `after` (all rows when `None`).
-    /// Rows in `loaded` (unchanged since their films were loaded) lead to no film.
-    pub async fn next_page(&self, stream: Stream, after: Option<Watermark>, limit: usize, loaded: &RecentlyLoaded) -> Result<Option<ChangePage>> {
+    /// Rows in `loaded` (unchanged since their records were loaded) lead to no record.
+    pub async fn next_page(&self, stream: &str, after: Option<Watermark>, limit: usize, loaded: &RecentlyLoaded) -> Result<Option<ChangePage>> {
         let limit = limit as i64;
+        let read = Error::postgres("read changed rows");
         let rows = match after {
-            Some(w) => self.client.query(self.statements.page_after(stream), &[&w.ts, &w.id, &limit]).await.map_err(Error::postgres("read changed rows"))?,
-            None => self.client.query(self.statements.page_first(stream), &[&limit]).await.map_err(Error::postgres("read changed rows"))?,
+            Some(w) => self.client.query(self.statements.page_after(stream)?, &[&w.ts, &w.id, &limit]).await.map_err(read)?,
+            None => self.client.query(self.statements.page_first(stream)?, &[&limit]).await.map_err(read)?,
         };
         let Some(last_row) = rows.last() else { return Ok(None) };
         let last = Watermark { ts: last_row.try_get(0).map_err(Error::postgres("read ts"))?, id: last_row.try_get(1).map_err(Error::postgres("read id"))? };
-        let mut ids: Vec<Uuid> = Vec::with_capacity(rows.len());
+        // Columns: timestamp, key, the direct root columns, xmin.
+        let direct = self.doc.stream(stream).map_or(0, |s| s.direct.len());
+        let mut roots: Vec<Uuid> = Vec::with_capacity(rows.len());
+        let mut own: Vec<Uuid> = Vec::new();
         let mut fresh = Vec::with_capacity(rows.len());
         for r in &rows {
             let version = RowVersion {
                 ts: r.try_get(0).map_err(Error::postgres("read ts"))?,
                 id: r.try_get(1).map_err(Error::postgres("read id"))?,
-                xmin: r.try_get(3).map_err(Error::postgres("read row version"))?,
+                xmin: r.try_get(2 + direct).map_err(Error::postgres("read row version"))?,
             };
             if loaded.contains(stream, &version) {
                 continue;
             }
+            own.push(version.id);
             fresh.push(version);
-            ids.push(r.try_get(2).map_err(Error::postgres("read row key"))?);
+            for c in 0..direct {
+                if let Some(id) = r.try_get::<_, Option<Uuid>>(2 + c).map_err(Error::postgres("read row key"))? {
+                    roots.push(id);
+                }
+            }
         }
         let already_loaded = rows.len() - fresh.len();
-        let mut film_ids = match stream {
-            Stream::FilmWork | Stream::GenreFilmWork | Stream::PersonFilmWork => ids,
-            Stream::Genre | Stream::Person if ids.is_empty() => ids,
-            Stream::Genre | Stream::Person => {
-                let fanned = self.client.query(self.statements.fan_out(stream), &[&ids]).await.map_err(Error::postgres("find films of changed rows"))?;
-                fanned.iter().map(|r| r.try_get(0)).collect::<Result<Vec<Uuid>, _>>().map_err(Error::postgres("read film id"))?
-            }
-        };
-        film_ids.sort_unstable();
-        film_ids.dedup();
-        Ok(Some(ChangePage { stream, film_ids, fresh, already_loaded, last, rows: rows.len() }))
+        roots.extend(self.roots_of(stream, &own).await?);
+        roots.sort_unstable();
+        roots.dedup();
+        Ok(Some(ChangePage { stream: stream.to_string(), film_ids: roots, fresh, already_loaded, last, rows: rows.len() }))
     }
 
     /// The newest position of a stream now, or `None` for an empty table.
-    pub async fn head(&self, stream: Stream) -> Result<Option<Watermark>> {
-        let row = self.client.query_opt(self.statements.head(stream), &[]).await.map_err(Error::postgres("read newest change"))?;
+    pub async fn head(&self, stream: &str) -> Result<Option<Watermark>> {
+        let row = self.client.query_opt(self.statements.head(stream)?, &[]).await.map_err(Error::postgres("read newest change"))?;
         match row {
             None => Ok(None),
             Some(r) => {
@@ -182,23 +212,24 @@ impl PgSource {
         Ok(Horizon::compute(now, oldest.zip(held_by), sees_all, policy))
     }
 
-    /// Reads the films with these ids, with their genres and people. Films that no longer exist
+    /// Reads the records with these keys, with their relations. Records that no longer exist
     /// are simply absent from the result.
-    pub async fn films(&self, ids: &[Uuid]) -> Result<Vec<FilmWork>> {
-        let rows = self.client.query(&self.statements.films, &[&ids]).await.map_err(Error::postgres("read films"))?;
-        rows.iter().map(film_from_row).collect()
+    pub async fn films(&self, ids: &[Uuid]) -> Result<Vec<Record>> {
+        let rows = self.client.query(&self.statements.records, &[&ids]).await.map_err(Error::postgres("read records"))?;
+        rows.iter().map(|r| record_from_row(&self.doc, r)).collect()
     }
 
     /// Every film in id order (after `after` when given), streamed: rows are decoded as they are
     /// consumed, and the connection stops reading from the socket while the consumer is behind,
     /// so memory does not grow with the table. Postgres holds one snapshot for the whole scan.
-    pub async fn scan_films(&self, after: Option<Uuid>) -> Result<impl futures_util::Stream<Item = Result<FilmWork>> + Send + 'static> {
+    pub async fn scan_films(&self, after: Option<Uuid>) -> Result<impl futures_util::Stream<Item = Result<Record>> + Send + 'static> {
         let rows = match after {
             Some(id) => self.client.query_raw(&self.statements.scan_after, [&id as &(dyn tokio_postgres::types::ToSql + Sync)]).await,
             None => self.client.query_raw(&self.statements.scan_first, std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>()).await,
         }
-        .map_err(Error::postgres("read every film"))?;
-        Ok(rows.map(|row| row.map_err(Error::postgres("read every film")).and_then(|r| film_from_row(&r))))
+        .map_err(Error::postgres("read every record"))?;
+        let doc = self.doc.clone();
+        Ok(rows.map(move |row| row.map_err(Error::postgres("read every record")).and_then(|r| record_from_row(&doc, &r))))
     }
 
     /// How many films a scan after `after` reads (for progress; a film with the nil id is not
@@ -210,9 +241,9 @@ impl PgSource {
 
     /// Up to `limit` films with ids after `after`, in id order (uuid byte order), read the same
     /// way as [`PgSource::films`]. Keyset paging: each page is one index range scan.
-    pub async fn films_after(&self, after: Uuid, limit: usize) -> Result<Vec<FilmWork>> {
-        let rows = self.client.query(&self.statements.films_after, &[&after, &(limit as i64)]).await.map_err(Error::postgres("read films in id order"))?;
-        rows.iter().map(film_from_row).collect()
+    pub async fn films_after(&self, after: Uuid, limit: usize) -> Result<Vec<Record>> {
+        let rows = self.client.query(&self.statements.records_after, &[&after, &(limit as i64)]).await.map_err(Error::postgres("read records in key order"))?;
+        rows.iter().map(|r| record_from_row(&self.doc, r)).collect()
     }
 }
 
@@ -277,39 +308,45 @@ impl Horizon {
     }
 }
 
-/// One row of the film queries (columns in `queries::FILM_COLUMNS` order) as a film.
-fn film_from_row(row: &tokio_postgres::Row) -> Result<FilmWork> {
-    let ctx = Error::postgres;
-    let texts = |i: usize, what: &'static str| -> Result<Vec<Option<String>>> {
-        Ok(row.try_get::<_, Option<Vec<Option<String>>>>(i).map_err(ctx(what))?.unwrap_or_default())
-    };
-    let person_ids: Vec<Option<Uuid>> = row.try_get::<_, Option<Vec<Option<Uuid>>>>(5).map_err(ctx("read person ids"))?.unwrap_or_default();
-    let names = texts(6, "read person names")?;
-    let roles = texts(7, "read roles")?;
-    if names.len() != person_ids.len() || roles.len() != person_ids.len() {
-        return Err(Error::SourceSchema(format!(
-            "film {:?}: person ids, names and roles differ in number ({}, {}, {})",
-            row.try_get::<_, Uuid>(0).ok(),
-            person_ids.len(),
-            names.len(),
-            roles.len()
-        )));
-    }
-    let persons = person_ids
-        .into_iter()
-        .zip(names)
-        .zip(roles)
-        // Joined through the person's primary key: the id is never NULL.
-        .filter_map(|((id, name), role)| Some(PersonLink { id: id?, name, role }))
-        .collect();
-    Ok(FilmWork {
-        id: row.try_get(0).map_err(ctx("read film id"))?,
-        title: row.try_get(1).map_err(ctx("read title"))?,
-        description: row.try_get(2).map_err(ctx("read description"))?,
-        rating: row.try_get(3).map_err(ctx("read rating"))?,
-        genres: texts(4, "read genres")?.into_iter().flatten().collect(),
-        persons,
+fn value(row: &tokio_postgres::Row, i: usize, ty: ColumnType) -> Result<Value, tokio_postgres::Error> {
+    Ok(match ty {
+        ColumnType::Text | ColumnType::Time => row.try_get::<_, Option<String>>(i)?.map_or(Value::Null, Value::Text),
+        ColumnType::Json => row.try_get::<_, Option<String>>(i)?.map_or(Value::Null, Value::Json),
+        ColumnType::Uuid => row.try_get::<_, Option<Uuid>>(i)?.map_or(Value::Null, Value::Uuid),
+        ColumnType::Int => row.try_get::<_, Option<i64>>(i)?.map_or(Value::Null, Value::Int),
+        ColumnType::Float => row.try_get::<_, Option<f64>>(i)?.map_or(Value::Null, Value::Float),
+        ColumnType::Bool => row.try_get::<_, Option<bool>>(i)?.map_or(Value::Null, Value::Bool),
     })
+}
+
+fn values<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    row: &tokio_postgres::Row,
+    i: usize,
+    f: impl Fn(T) -> Value,
+) -> Result<Vec<Value>, tokio_postgres::Error> {
+    Ok(row.try_get::<_, Option<Vec<Option<T>>>>(i)?.unwrap_or_default().into_iter().map(|v| v.map_or(Value::Null, &f)).collect())
+}
+
+fn array(row: &tokio_postgres::Row, i: usize, ty: ColumnType) -> Result<Vec<Value>, tokio_postgres::Error> {
+    match ty {
+        ColumnType::Text | ColumnType::Time => values(row, i, Value::Text),
+        ColumnType::Json => values(row, i, Value::Json),
+        ColumnType::Uuid => values(row, i, Value::Uuid),
+        ColumnType::Int => values(row, i, Value::Int),
+        ColumnType::Float => values(row, i, Value::Float),
+        ColumnType::Bool => values(row, i, Value::Bool),
+    }
+}
+
+/// One row of the record queries (columns in [`Document::columns`] order) as a record.
+fn record_from_row(doc: &Document, row: &tokio_postgres::Row) -> Result<Record> {
+    let ctx = || Error::postgres("read a record");
+    let key: Uuid = row.try_get(0).map_err(Error::postgres("read a record's key"))?;
+    let mut cells = Vec::with_capacity(doc.columns.len());
+    for (i, c) in doc.columns.iter().enumerate() {
+        cells.push(if c.many { Cell::Many(array(row, i, c.ty).map_err(ctx())?) } else { Cell::One(value(row, i, c.ty).map_err(ctx())?) });
+    }
+    Ok(Record { key, cells })
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::change::{ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 use super::delete_log::{self, Continuity};
 use super::reading::{self, Versioning};
-use super::{Horizon, PgSource, PgTls, RecentlyLoaded};
+use super::{DocumentSpec, Horizon, PgSource, PgTls, RecentlyLoaded};
 use crate::checkpoint::{PositionDelta, State, Stream, Watermark};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -32,6 +32,7 @@ use crate::shutdown::Shutdown;
 
 pub struct PollingSource {
     config: Config,
+    spec: DocumentSpec,
     tls: PgTls,
     pg: Option<PgSource>,
     /// Read by `prepare`, for the whole cycle.
@@ -49,9 +50,10 @@ pub struct PollingSource {
 
 impl PollingSource {
     /// Checks the TLS settings; connects in `prepare`.
-    pub fn new(config: &Config) -> Result<PollingSource> {
+    pub fn new(config: &Config, spec: DocumentSpec) -> Result<PollingSource> {
         Ok(PollingSource {
             config: config.clone(),
+            spec,
             tls: PgTls::from_config(config)?,
             pg: None,
             horizon: None,
@@ -71,8 +73,8 @@ impl PollingSource {
     async fn connect(&mut self) -> Result<&PgSource> {
         if self.pg.as_ref().is_none_or(PgSource::is_closed) {
             let c = &self.config;
-            let pg = PgSource::connect(&c.pg, &self.tls, &c.pg_schema, &c.timestamp_column).await?;
-            tracing::info!(postgres_version = %pg.version(), schema = %c.pg_schema, change_columns = %pg.layout().describe(), "connected to postgres");
+            let pg = PgSource::connect(&c.pg, &self.tls, &c.pg_schema, &self.spec).await?;
+            tracing::info!(postgres_version = %pg.version(), schema = %c.pg_schema, document = %self.spec.name, change_columns = %super::describe(pg.document()), "connected to postgres");
             self.pg = Some(pg);
         }
         self.pg()
@@ -81,9 +83,9 @@ impl PollingSource {
     /// Stream heads for a full load: changes after them are read once the load is done.
     async fn heads(pg: &PgSource, horizon: &Horizon) -> Result<Vec<(Stream, Watermark)>> {
         let mut marks = Vec::new();
-        for stream in Stream::ALL {
+        for stream in pg.document().streams.iter().map(|s| &s.table) {
             if let Some(head) = pg.head(stream).await? {
-                marks.push((stream, horizon.cap(head)));
+                marks.push((stream.clone(), horizon.cap(head)));
             }
         }
         Ok(marks)
@@ -95,7 +97,7 @@ impl PollingSource {
         let horizon = self.horizon.ok_or_else(|| crate::Error::SourceSetup("no horizon: the source was not prepared".into()))?;
         let batch_size = self.config.batch_size;
         let loaded = self.recent.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for stream in Stream::ALL {
+        for stream in pg.document().streams.iter().map(|s| s.table.as_str()) {
             let mut cursor = state.watermark(stream);
             // What the stream's watermark is once this cycle's pages are saved.
             let mut saved = cursor;
@@ -104,16 +106,16 @@ impl PollingSource {
                     return Ok(false);
                 }
                 let Some(page) = pg.next_page(stream, cursor, batch_size, &loaded).await? else { break };
-                *report.rows.entry(stream).or_insert(0) += page.rows;
+                *report.rows.entry(stream.to_string()).or_insert(0) += page.rows;
                 report.already_loaded += page.already_loaded;
                 // Rows after the horizon are read again next cycle: the watermark stops before them.
                 let target = horizon.cap(page.last);
                 let mut completes = Vec::new();
                 if saved.is_none_or(|s| target > s) {
-                    completes.push(PositionDelta::Stream { stream, to: target });
+                    completes.push(PositionDelta::Stream { stream: stream.to_string(), to: target });
                     saved = Some(target);
                 }
-                let receipt = Receipt { rows: vec![(stream, page.fresh)] };
+                let receipt = Receipt { rows: vec![(stream.to_string(), page.fresh)] };
                 if !reading::send_films(pg, tx, &page.film_ids, batch_size, Versioning::AtRead, completes, receipt).await? {
                     return Ok(false);
                 }
@@ -361,7 +363,7 @@ impl ChangeSource for PollingSource {
         if !writes_logged && !self.started {
             // The timestamp streams are read: each should have its index (not needed with the
             // write capture, which reads the log instead).
-            for create in pg.layout().missing_indexes(pg.client()).await? {
+            for create in super::missing_indexes(pg.client(), pg.document()).await? {
                 tracing::warn!(create = %create, "no index serves a change stream's reads, so every cycle scans the table: create it (or install the write capture, which reads no timestamps)");
             }
         }
@@ -370,7 +372,7 @@ impl ChangeSource for PollingSource {
         self.log_until = log_until;
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         for (stream, saved) in &state.watermarks {
-            recent.forget_through(*stream, *saved);
+            recent.forget_through(stream, *saved);
         }
         drop(recent);
         // A reload begun here (the delete log found on a loaded index) is a full load too, and
@@ -387,7 +389,7 @@ impl ChangeSource for PollingSource {
             let pg = self.pg()?;
             let version = Some(pg.wal_position().await?);
             let (films, finished) = reading::full_load(pg, snapshot, self.config.batch_size, version, &tx, shutdown, progress).await?;
-            report.rows.insert(Stream::FilmWork, films);
+            report.rows.insert(pg.document().root.clone(), films);
             if !finished {
                 return Ok(report);
             }
@@ -399,10 +401,14 @@ impl ChangeSource for PollingSource {
         Ok(report)
     }
 
+    fn document(&self) -> Option<std::sync::Arc<crate::catalog::Document>> {
+        self.pg.as_ref().map(|pg| pg.document().clone())
+    }
+
     fn acknowledge(&self, receipt: Receipt) {
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         for (stream, rows) in receipt.rows {
-            recent.remember(stream, &rows);
+            recent.remember(&stream, &rows);
         }
     }
 

@@ -7,11 +7,11 @@ use uuid::Uuid;
 
 use super::change::{Change, ChangeBatch, Receipt};
 use super::PgSource;
+use crate::catalog::Record;
 use crate::checkpoint::{PositionDelta, Snapshot};
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
-use crate::transform::FilmWork;
 
 /// Streams every film after the full load's position, in id order, as batches of `batch_size`,
 /// each completing the full load up to its last film. Returns the films read and whether the load
@@ -34,7 +34,7 @@ pub async fn full_load(
     let mut batch = Vec::with_capacity(batch_size);
     while let Some(film) = films.next().await {
         let film = film?;
-        after = Some(film.id);
+        after = Some(film.key);
         batch.push(Change::Upsert(film));
         read += 1;
         if batch.len() == batch_size {
@@ -92,8 +92,8 @@ pub async fn send_films(
 }
 
 /// The films found, as upserts, and a delete for every id asked for that is gone.
-fn upserts_and_deletes(ids: &[Uuid], films: Vec<FilmWork>) -> Vec<Change> {
-    let found: std::collections::HashSet<Uuid> = films.iter().map(|f| f.id).collect();
+fn upserts_and_deletes(ids: &[Uuid], films: Vec<Record>) -> Vec<Change> {
+    let found: std::collections::HashSet<Uuid> = films.iter().map(|f| f.key).collect();
     let gone = ids.iter().filter(|id| !found.contains(id)).map(|id| Change::Delete(*id));
     films.into_iter().map(Change::Upsert).chain(gone).collect()
 }

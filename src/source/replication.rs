@@ -21,8 +21,9 @@ use uuid::Uuid;
 use super::change::{ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 use super::pgoutput::{self, format_lsn, parse_lsn, Lsn, Message, Relations};
 use super::reading::{self, Versioning};
-use super::{delete_log, Layout, PgSource, PgTls};
-use crate::checkpoint::{PositionDelta, State, Stream, StreamSetup};
+use super::{delete_log, DocumentSpec, PgSource, PgTls};
+use crate::catalog::Document;
+use crate::checkpoint::{PositionDelta, State, StreamSetup};
 use crate::config::{Config, ReplicationSettings};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -41,11 +42,9 @@ const SLOT_WAIT_REPORT: std::time::Duration = std::time::Duration::from_secs(10)
 /// How often the slot's retained WAL and lag are logged.
 const SLOT_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The five tables the publication holds.
-const TABLES: [&str; 5] = ["film_work", "genre", "person", "genre_film_work", "person_film_work"];
-
 pub struct ReplicationSource {
     config: Config,
+    spec: DocumentSpec,
     settings: ReplicationSettings,
     tls: PgTls,
     pg: Option<PgSource>,
@@ -64,9 +63,10 @@ pub struct ReplicationSource {
 }
 
 impl ReplicationSource {
-    pub fn new(config: &Config, settings: &ReplicationSettings) -> Result<ReplicationSource> {
+    pub fn new(config: &Config, settings: &ReplicationSettings, spec: DocumentSpec) -> Result<ReplicationSource> {
         Ok(ReplicationSource {
             config: config.clone(),
+            spec,
             settings: settings.clone(),
             tls: PgTls::from_config(config)?,
             pg: None,
@@ -88,13 +88,13 @@ impl ReplicationSource {
     /// cannot be fixed here is an error that names the fix.
     async fn check_setup(&self, pg: &PgSource, schema: &str) -> Result<StreamSetup> {
         check_identities(pg, schema).await?;
-        Layout::detect(pg.client(), schema, &self.config.timestamp_column).await.map_err(|e| match e {
-            Error::SourceSchema(why) => Error::SourceSchema(format!(
+        self.spec.resolve(pg.client(), schema).await.map_err(|e| match e {
+            Error::Definition(why) | Error::SourceSchema(why) => Error::SourceSchema(format!(
                 "{why} (renamed or dropped by a migration?): pg2es reads it; restore it, then start pg2es again (changes made meanwhile are loaded again)"
             )),
             other => other,
         })?;
-        let objects = ensure_publication(pg, schema, &self.settings.publication).await?;
+        let objects = ensure_publication(pg, schema, &self.settings.publication, &pg.document().tables()).await?;
         Ok(StreamSetup { slot: self.settings.slot.clone(), objects })
     }
 
@@ -122,11 +122,9 @@ impl ReplicationSource {
         };
         report.logged_films += window.films.len();
         let mut films = window.films;
-        for (stream, ids) in [(Stream::Person, &window.persons), (Stream::Genre, &window.genres)] {
-            if !ids.is_empty() {
-                let ids: Vec<Uuid> = ids.iter().copied().collect();
-                films.extend(pg.films_of(stream, &ids).await?);
-            }
+        for (stream, ids) in &window.fanned {
+            let ids: Vec<Uuid> = ids.iter().copied().collect();
+            films.extend(pg.roots_of(stream, &ids).await?);
         }
         report.more = !window.exhausted;
         if window.exhausted {
@@ -138,7 +136,7 @@ impl ReplicationSource {
         }
         let mut completes = vec![PositionDelta::Replication { lsn: position.max(from) }];
         if window.reload {
-            tracing::warn!(schema = %self.config.pg_schema, "a source table was truncated: every film is loaded again, and documents of films that are gone are removed after");
+            tracing::warn!(schema = %self.config.pg_schema, document = %self.spec.name, "a source table was truncated: every record is loaded again, and documents of records that are gone are removed after");
             completes.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
         }
         let ids: Vec<Uuid> = films.into_iter().collect();
@@ -175,10 +173,10 @@ async fn report_slot(pg: &PgSource, settings: &ReplicationSettings, lag_sec: u64
 /// What one window of the stream names.
 #[derive(Debug, Default)]
 struct Window {
+    /// Root keys named by the changes themselves.
     films: BTreeSet<Uuid>,
-    /// Renamed (updated) people and genres: their films are read again.
-    persons: BTreeSet<Uuid>,
-    genres: BTreeSet<Uuid>,
+    /// Changed rows, by table, whose roots are found by the document's fan-out queries.
+    fanned: std::collections::BTreeMap<String, BTreeSet<Uuid>>,
     /// A table was truncated.
     reload: bool,
     /// The end of the last transaction read.
@@ -214,7 +212,7 @@ async fn read_window(pg: &PgSource, settings: &ReplicationSettings, schema: &str
         read += 1;
         let data: &[u8] = row.try_get(0).map_err(Error::postgres("read the replication slot"))?;
         let message = pgoutput::decode(data).map_err(|e| Error::SourceSetup(e.to_string()))?;
-        if let Err(why) = apply(&mut window, &mut relations, schema, message) {
+        if let Err(why) = apply(&mut window, &mut relations, pg.document(), schema, message) {
             return Ok(Err(why));
         }
     }
@@ -223,67 +221,64 @@ async fn read_window(pg: &PgSource, settings: &ReplicationSettings, schema: &str
 }
 
 /// What one message adds to the window; `Err`: the films a change touched cannot be named.
-fn apply(window: &mut Window, relations: &mut Relations, schema: &str, message: Message) -> std::result::Result<(), String> {
-    let ours = |relations: &Relations, id: u32| relations.get(id).is_some_and(|r| r.namespace == schema && TABLES.contains(&r.name.as_str()));
+fn apply(window: &mut Window, relations: &mut Relations, doc: &Document, schema: &str, message: Message) -> std::result::Result<(), String> {
+    let ours = |relations: &Relations, id: u32| relations.get(id).is_some_and(|r| r.namespace == schema && doc.stream(&r.name).is_some());
     match message {
         Message::Relation(r) => relations.remember(r),
         Message::Commit { end_lsn, .. } => window.last_commit_end = Some(end_lsn),
         Message::Truncate { relations: ids, .. } => window.reload |= ids.iter().any(|id| ours(relations, *id)),
-        Message::Insert { relation, new } if ours(relations, relation) => note(window, relations, relation, &new, false)?,
+        Message::Insert { relation, new } if ours(relations, relation) => note(window, relations, doc, relation, &new, false)?,
         Message::Update { relation, new, old } if ours(relations, relation) => {
-            identity_names_films(relations, relation)?;
-            note(window, relations, relation, &new, false)?;
+            identity_names_films(relations, doc, relation)?;
+            note(window, relations, doc, relation, &new, false)?;
             if let Some(old) = old {
-                note(window, relations, relation, &old, true)?;
+                note(window, relations, doc, relation, &old, true)?;
             }
         }
         Message::Delete { relation, old } if ours(relations, relation) => {
-            identity_names_films(relations, relation)?;
-            note(window, relations, relation, &old, true)?;
+            identity_names_films(relations, doc, relation)?;
+            note(window, relations, doc, relation, &old, true)?;
         }
         _ => {}
     }
     Ok(())
 }
 
-/// The column of each table that names a changed row's film.
-fn film_column(table: &str) -> Option<&'static str> {
-    match table {
-        "film_work" => Some("id"),
-        "genre_film_work" | "person_film_work" => Some("film_work_id"),
-        _ => None,
-    }
-}
-
 /// An update or delete of a table whose replica identity (as the stream announced it) does not
-/// carry the film column: the old row's film is not in the stream.
-fn identity_names_films(relations: &Relations, relation: u32) -> std::result::Result<(), String> {
+/// carry the columns that name the row's roots: the old row's roots are not in the stream.
+fn identity_names_films(relations: &Relations, doc: &Document, relation: u32) -> std::result::Result<(), String> {
     let Some(r) = relations.get(relation) else { return Ok(()) };
-    let Some(column) = film_column(&r.name) else { return Ok(()) };
-    let carried = r.replica_identity == b'f' || r.columns.iter().any(|c| c.key && c.name == column);
-    if carried {
-        Ok(())
-    } else {
-        Err(format!("an update or delete of {}.{} was made while its replica identity did not carry {column}, so its film is unknown", r.namespace, r.name))
+    let Some(stream) = doc.stream(&r.name) else { return Ok(()) };
+    for column in &stream.direct {
+        let carried = r.replica_identity == b'f' || r.columns.iter().any(|c| c.key && &c.name == column);
+        if !carried {
+            return Err(format!(
+                "an update or delete of {}.{} was made while its replica identity did not carry {column}, so its {} record is unknown",
+                r.namespace, r.name, doc.name
+            ));
+        }
     }
+    Ok(())
 }
 
-/// The films one row version of one of the five tables names. `gone`: an old row (deleted, or
+/// The roots one row version of a table of the document names. `gone`: an old row (deleted, or
 /// before an update).
-fn note(window: &mut Window, relations: &Relations, relation: u32, tuple: &pgoutput::Tuple, gone: bool) -> std::result::Result<(), String> {
+fn note(window: &mut Window, relations: &Relations, doc: &Document, relation: u32, tuple: &pgoutput::Tuple, gone: bool) -> std::result::Result<(), String> {
     let uuid = |column: &str| -> std::result::Result<Option<Uuid>, String> {
         let text = relations.text(relation, tuple, column).map_err(|e| format!("a change cannot be read: {e} (renamed or dropped by a migration?)"))?;
         text.map(|t| Uuid::parse_str(t).map_err(|_| format!("{column} {t:?} is not a uuid"))).transpose()
     };
-    let table = relations.get(relation).map_or("", |r| r.name.as_str());
-    match table {
-        "film_work" => window.films.extend(uuid("id")?),
-        "genre_film_work" | "person_film_work" => window.films.extend(uuid("film_work_id")?),
-        // A renamed genre or person changes its films; a deleted one's links are deleted in the
-        // same transaction (the foreign keys cascade), and those deletes name the films.
-        "person" if !gone => window.persons.extend(uuid("id")?),
-        "genre" if !gone => window.genres.extend(uuid("id")?),
-        _ => {}
+    let Some(stream) = relations.get(relation).and_then(|r| doc.stream(&r.name)) else { return Ok(()) };
+    for column in &stream.direct {
+        window.films.extend(uuid(column)?);
+    }
+    // A changed related row changes the records that contain it. A deleted one's links are
+    // deleted in the same transaction (the foreign keys cascade, or set null on the root), and
+    // those changes name the records.
+    if !gone && !stream.fan_out.is_empty() {
+        if let Some(id) = uuid(&stream.key)? {
+            window.fanned.entry(stream.table.clone()).or_default().insert(id);
+        }
     }
     Ok(())
 }
@@ -292,7 +287,7 @@ impl ChangeSource for ReplicationSource {
     async fn prepare(&mut self, state: &State) -> Result<CyclePlan> {
         if self.pg.as_ref().is_none_or(PgSource::is_closed) {
             let c = &self.config;
-            let pg = PgSource::connect(&c.pg, &self.tls, &c.pg_schema, &c.timestamp_column).await?;
+            let pg = PgSource::connect(&c.pg, &self.tls, &c.pg_schema, &self.spec).await?;
             tracing::info!(postgres_version = %pg.version(), schema = %c.pg_schema, slot = %self.settings.slot, publication = %self.settings.publication, "connected to postgres for logical replication");
             self.pg = Some(pg);
             self.checked = false;
@@ -400,7 +395,7 @@ impl ChangeSource for ReplicationSource {
             // Versioned with the stream's position at the load's start: every change after it
             // carries a higher version.
             let (films, finished) = reading::full_load(self.pg()?, snapshot, self.config.batch_size, state.replication, &tx, shutdown, progress).await?;
-            report.rows.insert(Stream::FilmWork, films);
+            report.rows.insert(self.pg()?.document().root.clone(), films);
             if !finished {
                 return Ok(report);
             }
@@ -409,6 +404,10 @@ impl ChangeSource for ReplicationSource {
             self.read_stream(state, &tx, &mut report).await?;
         }
         Ok(report)
+    }
+
+    fn document(&self) -> Option<std::sync::Arc<Document>> {
+        self.pg.as_ref().map(|pg| pg.document().clone())
     }
 
     fn acknowledge(&self, _: Receipt) {}
@@ -568,6 +567,7 @@ async fn check_role(pg: &PgSource) -> Result<()> {
 /// Replica identities that give an updated or deleted row's film, every table that lacks one
 /// named in one error.
 async fn check_identities(pg: &PgSource, schema: &str) -> Result<()> {
+    let doc = pg.document();
     let context = "check replica identities";
     let rows = pg
         .client()
@@ -578,13 +578,14 @@ async fn check_identities(pg: &PgSource, schema: &str) -> Result<()> {
                           WHERE i.indrelid = c.oid AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))) \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')",
-            &[&schema, &TABLES.to_vec()],
+            &[&schema, &doc.tables()],
         )
         .await
         .map_err(Error::postgres(context))?;
     let mut lacking = Vec::new();
-    for table in TABLES {
-        let Some(needed) = film_column(table) else { continue };
+    for st in &doc.streams {
+        let table = st.table.as_str();
+        let Some(needed) = st.direct.iter().find(|c| **c != st.key) else { continue };
         let Some(row) = rows.iter().find(|r| r.try_get::<_, String>(0).is_ok_and(|name| name == table)) else {
             return Err(Error::SourceSchema(format!("table {schema}.{table} not found; check PG_SCHEMA")));
         };
@@ -600,15 +601,16 @@ async fn check_identities(pg: &PgSource, schema: &str) -> Result<()> {
     let what: Vec<String> = lacking.iter().map(|(t, c)| format!("{schema}.{t} (its {c})")).collect();
     let fix: Vec<String> = lacking.iter().map(|(t, _)| format!("ALTER TABLE {schema}.{t} REPLICA IDENTITY FULL;")).collect();
     Err(Error::SourceSetup(format!(
-        "the replica identity of {} does not give an updated or deleted row's film, so the film could not be found: {}",
+        "the replica identity of {} does not give an updated or deleted row's {} record, so it could not be found: {}",
         what.join(", "),
+        doc.name,
         fix.join(" ")
     )))
 }
 
 /// The publication's identity and options, and each table's oid and membership: created when
 /// missing, tables added when pg2es may; what cannot be fixed here is an error with the fix.
-async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str) -> Result<std::collections::BTreeMap<String, String>> {
+async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tables: &[&str]) -> Result<std::collections::BTreeMap<String, String>> {
     let c = pg.client();
     let context = "read the publication";
     let quoted = |t: &str| format!("\"{schema}\".\"{t}\"");
@@ -623,7 +625,7 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str) -> R
             .await
             .map_err(Error::postgres(context))?;
         let Some(row) = row else {
-            let sql = format!("CREATE PUBLICATION \"{publication}\" FOR TABLE {}", TABLES.map(quoted).join(", "));
+            let sql = format!("CREATE PUBLICATION \"{publication}\" FOR TABLE {}", tables.iter().map(|t| quoted(t)).collect::<Vec<_>>().join(", "));
             c.batch_execute(&sql).await.map_err(|e| setup_error(e, &format!("create publication {publication} (as an owner of the tables: {sql})")))?;
             tracing::info!(publication, "created the publication");
             continue;
@@ -643,22 +645,22 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str) -> R
             )));
         }
         let owned: bool = row.try_get(6).map_err(Error::postgres(context))?;
-        let tables = c
+        let rows_of_tables = c
             .query(
                 "SELECT c.relname::text, c.oid::bigint, \
                         EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables t WHERE t.pubname = $2 AND t.schemaname = $1 AND t.tablename = c.relname), \
                         (SELECT r.oid::bigint FROM pg_catalog.pg_publication_rel r WHERE r.prpubid = $3::bigint::oid AND r.prrelid = c.oid) \
                  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = ANY($4) AND c.relkind IN ('r', 'p')",
-                &[&schema, &publication, &oid, &TABLES.to_vec()],
+                &[&schema, &publication, &oid, &tables.to_vec()],
             )
             .await
             .map_err(Error::postgres(context))?;
         let mut objects = std::collections::BTreeMap::new();
         objects.insert(format!("publication {publication}"), format!("oid {oid} version {version}"));
         let mut missing = Vec::new();
-        for table in TABLES {
-            let Some(row) = tables.iter().find(|r| r.try_get::<_, String>(0).is_ok_and(|name| name == table)) else {
+        for &table in tables {
+            let Some(row) = rows_of_tables.iter().find(|r| r.try_get::<_, String>(0).is_ok_and(|name| name == table)) else {
                 return Err(Error::SourceSchema(format!("table {schema}.{table} not found; check PG_SCHEMA")));
             };
             let table_oid: i64 = row.try_get(1).map_err(Error::postgres(context))?;
@@ -685,7 +687,7 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str) -> R
             missing.join(", ")
         )));
     }
-    Err(Error::SourceSetup(format!("publication {publication} could not be set up; check that pg2es may create it (CREATE on the database) or create it: CREATE PUBLICATION \"{publication}\" FOR TABLE {}", TABLES.map(quoted).join(", "))))
+    Err(Error::SourceSetup(format!("publication {publication} could not be set up; check that pg2es may create it (CREATE on the database) or create it: CREATE PUBLICATION \"{publication}\" FOR TABLE {}", tables.iter().map(|t| quoted(t)).collect::<Vec<_>>().join(", "))))
 }
 
 /// A refused setup step: missing privileges are the operator's to fix, the rest as usual.
@@ -701,6 +703,10 @@ fn setup_error(e: tokio_postgres::Error, what: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn movies() -> Document {
+        crate::catalog::testing::cinema().remove(0)
+    }
 
     fn relation(id: u32, name: &str, columns: &[&str]) -> Message {
         Message::Relation(pgoutput::Relation {
@@ -722,7 +728,7 @@ mod tests {
 
     #[test]
     fn changes_name_the_films_to_read_again() {
-        let (mut w, mut r) = (Window::default(), Relations::default());
+        let (mut w, mut r, doc) = (Window::default(), Relations::default(), movies());
         for m in [
             relation(1, "film_work", &["id", "title"]),
             relation(2, "person_film_work", &["id", "film_work_id", "person_id"]),
@@ -734,25 +740,25 @@ mod tests {
             Message::Delete { relation: 3, old: text(&[B, "Gone"]) },
             Message::Commit { flags: 0, commit_lsn: 10, end_lsn: 20, commit_time_us: 0 },
         ] {
-            apply(&mut w, &mut r, "content", m).unwrap();
+            apply(&mut w, &mut r, &doc, "content", m).unwrap();
         }
         let films: Vec<String> = w.films.iter().map(Uuid::to_string).collect();
         assert_eq!(films, [A, B]);
-        assert_eq!(w.persons.iter().map(Uuid::to_string).collect::<Vec<_>>(), [P]);
+        assert_eq!(w.fanned["person"].iter().map(Uuid::to_string).collect::<Vec<_>>(), [P]);
         assert_eq!((w.last_commit_end, w.reload), (Some(20), false));
-        apply(&mut w, &mut r, "content", Message::Truncate { options: 0, relations: vec![2] }).unwrap();
+        apply(&mut w, &mut r, &doc, "content", Message::Truncate { options: 0, relations: vec![2] }).unwrap();
         assert!(w.reload);
         // Another schema's relation (same names) is not ours.
         let mut other = Window::default();
         let mut rel = Relations::default();
-        apply(&mut other, &mut rel, "elsewhere", relation(1, "film_work", &["id"])).unwrap();
-        apply(&mut other, &mut rel, "elsewhere", Message::Insert { relation: 1, new: text(&[A]) }).unwrap();
+        apply(&mut other, &mut rel, &doc, "elsewhere", relation(1, "film_work", &["id"])).unwrap();
+        apply(&mut other, &mut rel, &doc, "elsewhere", Message::Insert { relation: 1, new: text(&[A]) }).unwrap();
         assert!(other.films.is_empty());
     }
 
     #[test]
     fn a_change_whose_film_is_not_in_the_stream_is_reported() {
-        let (mut w, mut r) = (Window::default(), Relations::default());
+        let (mut w, mut r, doc) = (Window::default(), Relations::default(), movies());
         // A link table with the default replica identity: a delete carries only its key.
         let mut link = relation(2, "genre_film_work", &["id", "film_work_id", "genre_id"]);
         if let Message::Relation(rel) = &mut link {
@@ -761,13 +767,13 @@ mod tests {
                 c.key = c.name == "id";
             }
         }
-        apply(&mut w, &mut r, "content", link).unwrap();
-        apply(&mut w, &mut r, "content", Message::Insert { relation: 2, new: text(&[P, A, P]) }).unwrap();
-        let err = apply(&mut w, &mut r, "content", Message::Delete { relation: 2, old: text(&[P, "", ""]) }).unwrap_err();
+        apply(&mut w, &mut r, &doc, "content", link).unwrap();
+        apply(&mut w, &mut r, &doc, "content", Message::Insert { relation: 2, new: text(&[P, A, P]) }).unwrap();
+        let err = apply(&mut w, &mut r, &doc, "content", Message::Delete { relation: 2, old: text(&[P, "", ""]) }).unwrap_err();
         assert!(err.contains("content.genre_film_work") && err.contains("replica identity"), "{err}");
         // A column pg2es reads, renamed by a migration.
-        apply(&mut w, &mut r, "content", relation(3, "person_film_work", &["id", "film_id", "person_id"])).unwrap();
-        let err = apply(&mut w, &mut r, "content", Message::Insert { relation: 3, new: text(&[P, A, P]) }).unwrap_err();
+        apply(&mut w, &mut r, &doc, "content", relation(3, "person_film_work", &["id", "film_id", "person_id"])).unwrap();
+        let err = apply(&mut w, &mut r, &doc, "content", Message::Insert { relation: 3, new: text(&[P, A, P]) }).unwrap_err();
         assert!(err.contains("has no column film_work_id"), "{err}");
     }
 }

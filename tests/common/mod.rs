@@ -99,6 +99,9 @@ impl TestEnv {
             ("PG_DSN", self.dsn.clone()),
             ("ES_URL", self.es.clone()),
             ("ES_INDEX", self.index.clone()),
+            // The movies document of the cinema definition: the index each test names (tests of
+            // several documents set PG2ES_DOCUMENTS themselves, in `extra_env`, which wins).
+            ("PG2ES_DOCUMENTS", "movies".to_string()),
             ("ES_SCHEMA_FILE", schema_file().display().to_string()),
             ("ETL_STATE_FILE", self.state_file().display().to_string()),
             ("ETL_DEAD_LETTER_FILE", self.dir.path().join("dead.jsonl").display().to_string()),

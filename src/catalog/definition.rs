@@ -1,0 +1,184 @@
+//! The definition file as written: TOML with every value's place kept, so that an error names the
+//! file and the line. Nothing here looks at Postgres or the index; `resolve.rs` does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+
+/// The cinema definition (movies, genres, persons), built into the binary: the default.
+pub const CINEMA: &str = include_str!("../../catalog/cinema.toml");
+/// The index schemas the cinema definition names, by file name.
+pub const CINEMA_SCHEMAS: [(&str, &str); 3] = [
+    ("movies.es.json", include_str!("../../catalog/movies.es.json")),
+    ("genres.es.json", include_str!("../../catalog/genres.es.json")),
+    ("persons.es.json", include_str!("../../catalog/persons.es.json")),
+];
+
+/// Where a definition came from, for messages and for paths relative to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Builtin,
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Builtin => f.write_str("the built-in cinema definition"),
+            Origin::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// A definition file's text, with what it takes to point at a line of it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub origin: Origin,
+    pub text: String,
+}
+
+impl Source {
+    pub fn builtin() -> Source {
+        Source { origin: Origin::Builtin, text: CINEMA.to_string() }
+    }
+
+    pub fn read(path: &Path) -> Result<Source> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Definition(format!("{}: cannot read it: {e}; set PG2ES_DEFINITION to a definition file", path.display())))?;
+        Ok(Source { origin: Origin::File(path.to_path_buf()), text })
+    }
+
+    /// `file:line: message. fix`, for the value at `span`.
+    pub fn error(&self, span: std::ops::Range<usize>, message: impl std::fmt::Display) -> Error {
+        Error::Definition(format!("{}:{}: {message}", self.origin, self.line(span.start)))
+    }
+
+    pub fn line(&self, offset: usize) -> usize {
+        self.text.as_bytes()[..offset.min(self.text.len())].iter().filter(|b| **b == b'\n').count() + 1
+    }
+
+    pub fn parse(&self) -> Result<RawDefinition> {
+        toml::from_str::<RawDefinition>(&self.text).map_err(|e| {
+            let at = e.span().map(|s| format!(":{}", self.line(s.start))).unwrap_or_default();
+            Error::Definition(format!("{}{at}: {}; see docs/definition.md for the format", self.origin, e.message().trim_end()))
+        })
+    }
+}
+
+pub type Text = Spanned<String>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefinition {
+    pub documents: Vec<Spanned<RawDocument>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDocument {
+    pub name: Text,
+    pub index: Option<Text>,
+    pub index_schema: Text,
+    pub table: Text,
+    pub key: Option<Text>,
+    pub timestamp: Option<Text>,
+    #[serde(default)]
+    pub relations: BTreeMap<String, Spanned<RawRelation>>,
+    pub fields: Vec<Spanned<RawField>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelation {
+    pub table: Text,
+    pub key: Option<Text>,
+    pub timestamp: Option<Text>,
+    pub through: Option<Spanned<RawThrough>>,
+    pub on: Option<Spanned<RawOn>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThrough {
+    pub table: Text,
+    pub root: Option<Text>,
+    pub related: Option<Text>,
+    pub key: Option<Text>,
+    pub timestamp: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOn {
+    pub root: Option<Text>,
+    pub related: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawField {
+    pub name: Text,
+    pub column: Option<Text>,
+    pub from: Option<Text>,
+    pub fields: Option<Vec<Spanned<RawSubField>>>,
+    #[serde(rename = "where", default)]
+    pub filter: BTreeMap<String, Spanned<OneOrMany>>,
+    pub order: Option<Spanned<Vec<String>>>,
+    pub distinct: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubField {
+    pub name: Text,
+    pub column: Text,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub list: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn values(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cinema_definition_parses() {
+        let d = Source::builtin().parse().unwrap();
+        let names: Vec<&str> = d.documents.iter().map(|d| d.get_ref().name.get_ref().as_str()).collect();
+        assert_eq!(names, ["movies", "genres", "persons"]);
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line() {
+        let s = Source {
+            origin: Origin::File("x.toml".into()),
+            text: "[[documents]]\nname = \"a\"\nindex_schema = \"s.json\"\ntable = \"t\"\nfields = 3\n".into(),
+        };
+        let e = s.parse().unwrap_err().to_string();
+        assert!(e.contains("x.toml:5"), "{e}");
+        let s = Source { origin: Origin::File("x.toml".into()), text: "[[documents]]\nname = \"a\"\ncolour = 1\n".into() };
+        let e = s.parse().unwrap_err().to_string();
+        assert!(e.contains("x.toml:3") && e.contains("colour"), "{e}");
+    }
+}

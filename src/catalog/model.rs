@@ -1,0 +1,256 @@
+//! A definition resolved against the live schema and the index mapping: what every other layer
+//! reads. Names here are the definition's; nothing is of any particular catalog.
+
+use uuid::Uuid;
+
+/// How a column is read and how its value goes into a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Text,
+    Uuid,
+    Int,
+    Float,
+    Bool,
+    /// Dates and timestamps, as ISO 8601 text made by Postgres.
+    Time,
+    /// `json`/`jsonb`, as JSON.
+    Json,
+}
+
+impl ColumnType {
+    /// From `information_schema.columns.data_type`; anything else is read as its text.
+    pub fn of(data_type: &str) -> ColumnType {
+        match data_type {
+            "uuid" => ColumnType::Uuid,
+            "smallint" | "integer" | "bigint" => ColumnType::Int,
+            "real" | "double precision" | "numeric" => ColumnType::Float,
+            "boolean" => ColumnType::Bool,
+            "date" | "timestamp with time zone" | "timestamp without time zone" => ColumnType::Time,
+            "json" | "jsonb" => ColumnType::Json,
+            _ => ColumnType::Text,
+        }
+    }
+
+    /// The SQL expression reading `column` (already qualified and quoted) as this type.
+    pub fn select(self, column: &str) -> String {
+        match self {
+            ColumnType::Text | ColumnType::Json => format!("{column}::text"),
+            ColumnType::Uuid | ColumnType::Bool => column.to_string(),
+            ColumnType::Int => format!("{column}::int8"),
+            ColumnType::Float => format!("{column}::float8"),
+            ColumnType::Time => format!("to_json({column})#>>'{{}}'"),
+        }
+    }
+}
+
+/// One value read from Postgres.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Text(String),
+    Uuid(Uuid),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// JSON text, as Postgres wrote it.
+    Json(String),
+}
+
+impl Value {
+    /// Ordering for lists: nulls first, then by value (text by bytes).
+    pub fn compare(&self, other: &Value) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        use Value::*;
+        match (self, other) {
+            (Null, Null) => Ordering::Equal,
+            (Null, _) => Ordering::Less,
+            (_, Null) => Ordering::Greater,
+            (Text(a), Text(b)) | (Json(a), Json(b)) => a.cmp(b),
+            (Uuid(a), Uuid(b)) => a.cmp(b),
+            (Int(a), Int(b)) => a.cmp(b),
+            (Float(a), Float(b)) => a.total_cmp(b),
+            (Bool(a), Bool(b)) => a.cmp(b),
+            _ => Ordering::Equal,
+        }
+    }
+
+    /// Text a filter compares: trimmed; `None` when the value is not text-like.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s.trim()),
+            _ => None,
+        }
+    }
+}
+
+/// One column of a record row: a value of the root (or of a many-to-one relation), or the values
+/// of a to-many relation's rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    One(Value),
+    Many(Vec<Value>),
+}
+
+/// A root row as the record query reads it: its key, and the cells in [`Document::columns`] order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub key: Uuid,
+    pub cells: Vec<Cell>,
+}
+
+/// A column of the record query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordColumn {
+    pub ty: ColumnType,
+    /// An array (a to-many relation's values) rather than a single value.
+    pub many: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Join {
+    /// Many-to-many: a link table with a column holding the root's key and one holding the
+    /// related row's key.
+    Through { link: String, link_key: String, root: String, related: String },
+    /// Many-to-one: the root's column holds the related row's key.
+    RootColumn(String),
+    /// One-to-many: the related table's column holds the root's key.
+    RelatedColumn(String),
+}
+
+impl Join {
+    pub fn to_many(&self) -> bool {
+        !matches!(self, Join::RootColumn(_))
+    }
+}
+
+/// Which table a relation column is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Side {
+    Related,
+    Link,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelationColumn {
+    pub side: Side,
+    pub name: String,
+    pub ty: ColumnType,
+}
+
+/// A related table, joined one level from the root. Its columns are read as
+/// `Document::columns[first..first + columns.len()]`; `key_column` is where its key is, when a
+/// field needs it (objects, one entry per row, many-to-one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    pub name: String,
+    pub table: String,
+    pub key: String,
+    pub join: Join,
+    pub columns: Vec<RelationColumn>,
+    pub key_column: Option<usize>,
+    pub first: usize,
+}
+
+/// Rows of a relation a field keeps: `column` (an index into the relation's columns) equals one
+/// of `values` after trimming, ignoring ASCII case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub column: usize,
+    pub values: Vec<String>,
+}
+
+impl Filter {
+    pub fn keeps(&self, value: &Value) -> bool {
+        value.as_text().is_some_and(|v| self.values.iter().any(|w| w.eq_ignore_ascii_case(v)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distinct {
+    /// One entry per related row (by its key).
+    Row,
+    /// Equal values once.
+    Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubField {
+    pub name: String,
+    /// Index into the relation's columns.
+    pub column: usize,
+    pub required: bool,
+    /// Collects the values of every link row joining the same related row.
+    pub list: bool,
+    /// Into a `float` (f32) mapping field.
+    pub f32: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldKind {
+    /// A root column (index into `Document::columns`).
+    Column { column: usize, f32: bool },
+    /// A related column: a list for a to-many relation, a single value for many-to-one.
+    Values { relation: usize, column: usize, filter: Vec<Filter>, order: Vec<usize>, distinct: Distinct, f32: bool },
+    /// Objects of the related rows: a list, or one object (or null) for many-to-one.
+    Objects { relation: usize, filter: Vec<Filter>, order: Vec<usize>, fields: Vec<SubField> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    pub kind: FieldKind,
+}
+
+/// A table of a document read for changes: its rows in `(timestamp, key)` order, each leading to
+/// root keys through `direct` columns of its own, or through `fan_out` queries (`$1`: the rows'
+/// keys) that return root keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stream {
+    pub table: String,
+    pub key: String,
+    pub timestamp: String,
+    pub direct: Vec<String>,
+    pub fan_out: Vec<String>,
+    /// A link table: rows are added and removed, rarely edited, so a creation time will do.
+    pub link: bool,
+}
+
+/// The index a document is kept in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSpec {
+    pub name: String,
+    /// Where the schema came from, for messages.
+    pub schema_origin: String,
+    /// The index's settings and mappings (JSON).
+    pub schema: serde_json::Value,
+}
+
+/// One document of the definition, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub name: String,
+    pub index: IndexSpec,
+    pub schema: String,
+    pub root: String,
+    pub key: String,
+    pub columns: Vec<RecordColumn>,
+    /// The record query's root columns (SQL of each, in `columns` order before the relations').
+    pub root_columns: Vec<(String, ColumnType)>,
+    pub relations: Vec<Relation>,
+    pub fields: Vec<Field>,
+    pub streams: Vec<Stream>,
+}
+
+impl Document {
+    /// Every table this document reads.
+    pub fn tables(&self) -> Vec<&str> {
+        let mut t: Vec<&str> = self.streams.iter().map(|s| s.table.as_str()).collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
+
+    pub fn stream(&self, table: &str) -> Option<&Stream> {
+        self.streams.iter().find(|s| s.table == table)
+    }
+}
