@@ -47,7 +47,8 @@ pub enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
 pub enum DeleteCaptureAction {
-    /// Print the DDL to stdout (no connection), for an owner of the tables to apply.
+    /// Print the DDL to stdout, for an owner of the tables to apply (it connects to read the
+    /// schema the definition is resolved against; it changes nothing).
     Print {
         /// Print the statements that remove it instead.
         #[arg(long)]

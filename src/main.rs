@@ -98,40 +98,21 @@ fn try_main() -> pg2es::Result<ExitCode> {
     }
 }
 
-/// `pg2es delete-capture print [--remove]|install|remove` on PG_SCHEMA.
+/// `pg2es delete-capture print [--remove]|install|remove` on PG_SCHEMA, for the selected
+/// documents of the definition.
 fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result<ExitCode> {
     let schema = config.pg_schema.as_str();
-    match action {
-        DeleteCaptureAction::Print { remove: false, writes } => {
-            print!("{}", delete_log::print_ddl(schema, writes));
-            return Ok(ExitCode::SUCCESS);
-        }
-        DeleteCaptureAction::Print { remove: true, .. } => {
-            print!("{}", delete_log::remove_ddl(schema));
-            return Ok(ExitCode::SUCCESS);
-        }
-        DeleteCaptureAction::Install { .. } | DeleteCaptureAction::Remove => {}
+    if let DeleteCaptureAction::Print { remove: true, .. } = action {
+        print!("{}", delete_log::remove_ddl(schema));
+        return Ok(ExitCode::SUCCESS);
     }
+    let docs = pipeline::documents(config)?;
+    let specs: Vec<_> = docs.into_iter().map(|(_, spec, _)| spec).collect();
+    let specs = &specs;
     with_runtime(|_shutdown| async move {
         let client = delete_log::connect(&config.pg, &PgTls::from_config(config)?).await?;
         pg2es::source::server_version(&client).await?;
-        if let DeleteCaptureAction::Install { writes } = action {
-            let installed = if writes { delete_log::install_writes(&client, schema).await? } else { delete_log::install(&client, schema).await? };
-            if writes {
-                println!(
-                    "delete and write capture installed on schema {schema}: {} triggers write to pg2es.film_changes; polling reads every change from it",
-                    delete_log::TRIGGERS.len() + delete_log::WRITE_TRIGGERS.len()
-                );
-            } else {
-                println!("delete capture installed on schema {schema}: {} triggers write to pg2es.film_changes", delete_log::TRIGGERS.len());
-            }
-            if installed.positions_dropped > 0 {
-                println!(
-                    "the log or a trigger was missing, so deletes meanwhile were not recorded: {} pg2es position(s) in the log were dropped, and each of those instances loads every film again at its next cycle",
-                    installed.positions_dropped
-                );
-            }
-        } else {
+        if let DeleteCaptureAction::Remove = action {
             let removed = delete_log::remove(&client, schema).await?;
             match removed.triggers {
                 0 => println!("nothing to remove: no pg2es delete capture trigger on schema {schema} of database {}", removed.database),
@@ -140,6 +121,32 @@ fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result
                     removed.database
                 ),
             }
+            return Ok(ExitCode::SUCCESS);
+        }
+        // The triggers come from the documents as resolved against the schema now.
+        let set = pg2es::source::trigger_set(&client, schema, specs).await?;
+        let names = set.documents.join(", ");
+        match action {
+            DeleteCaptureAction::Print { writes, .. } => print!("{}", delete_log::print_ddl(&set, writes)),
+            DeleteCaptureAction::Install { writes } => {
+                let installed = if writes { delete_log::install_writes(&client, &set).await? } else { delete_log::install(&client, &set).await? };
+                let count = set.triggers.iter().filter(|t| writes || !t.writes).count();
+                if writes {
+                    println!("delete and write capture installed on schema {schema} for {names}: {count} triggers write to pg2es.film_changes; polling reads every change from it");
+                } else {
+                    println!("delete capture installed on schema {schema} for {names}: {count} triggers write to pg2es.film_changes");
+                }
+                if installed.replaced_legacy {
+                    println!("the triggers of an earlier pg2es were replaced by these in the same transaction: no change was missed");
+                }
+                if installed.positions_dropped > 0 {
+                    println!(
+                        "the log or a trigger was missing, so changes meanwhile were not recorded: {} pg2es position(s) in the log were dropped, and each of those instances loads every document again at its next cycle",
+                        installed.positions_dropped
+                    );
+                }
+            }
+            DeleteCaptureAction::Remove => unreachable!("handled above"),
         }
         Ok(ExitCode::SUCCESS)
     })

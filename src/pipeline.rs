@@ -160,7 +160,7 @@ pub fn documents(config: &Config) -> Result<Vec<(Config, DocumentSpec, IndexSpec
             // The position in the whole definition: the first document keeps the settings of old.
             let position = all.iter().position(|(n, _)| *n == name).unwrap_or(0);
             let c = config.for_document(position, &name, &index.name);
-            (c, DocumentSpec { source: source.clone(), selection: selection.clone(), name }, index)
+            (c, DocumentSpec { source: source.clone(), selection: selection.clone(), name, first: position == 0 }, index)
         })
         .collect())
 }

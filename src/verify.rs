@@ -200,13 +200,13 @@ pub async fn verify_document(config: &Config, spec: DocumentSpec, index: &IndexS
     // A missing index or another mapping is said as such, not as the first search's error.
     sink.engine(shutdown).await?;
     sink.check_index(&index.schema, shutdown).await?;
-    let mut films = FilmPages::new(config, spec, shutdown)?;
+    let mut films = FilmPages::new(config, spec.clone(), shutdown)?;
     let mut documents = DocumentPages::new(&sink, config.batch_size.min(MAX_SEARCH_SIZE), shutdown);
     tracing::info!(index = %config.es_index, page_size = config.batch_size, "verifying index against postgres");
 
     let setup = Setup {
         replication: matches!(config.source, SourceKind::Replication(_)),
-        delete_capture: retry(&RetryPolicy::from_config(config), shutdown, "check the delete capture", || delete_capture_installed(config)).await?,
+        delete_capture: retry(&RetryPolicy::from_config(config), shutdown, "check the delete capture", || delete_capture_installed(config, &spec)).await?,
     };
     let mut report = VerifyReport { setup, ..VerifyReport::default() };
     let (mut expected, mut stored) = (VecDeque::new(), VecDeque::new());
@@ -231,9 +231,10 @@ pub async fn verify_document(config: &Config, spec: DocumentSpec, index: &IndexS
     Ok(report)
 }
 
-async fn delete_capture_installed(config: &Config) -> Result<bool> {
+async fn delete_capture_installed(config: &Config, spec: &DocumentSpec) -> Result<bool> {
     let client = delete_log::connect(&config.pg, &PgTls::from_config(config)?).await?;
-    delete_log::installed(&client, &config.pg_schema).await
+    let doc = spec.resolve(&client, &config.pg_schema).await?;
+    delete_log::installed(&client, &crate::catalog::triggers::capture(&config.pg_schema, &[doc])).await
 }
 
 /// A document in the join: the film id it stands for, and its source.

@@ -15,7 +15,7 @@ const SCHEMA: &str = "content";
 
 async fn installed_env(name: &str) -> TestEnv {
     let env = TestEnv::new(name).await;
-    delete_log::install(&env.db, SCHEMA).await.expect("install delete capture");
+    delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.expect("install delete capture");
     env
 }
 
@@ -55,7 +55,8 @@ async fn window(client: &Client, from: u64, to: u64) -> LogPage {
     let mut all = LogPage::default();
     let mut after = None;
     loop {
-        let page = delete_log::films_between(client, SCHEMA, from, to, after, 2).await.unwrap();
+        let movies = delete_log::LogDocument { name: "movies".into(), first: true };
+        let page = delete_log::films_between(client, SCHEMA, &movies, from, to, after, 2).await.unwrap();
         all.reload |= page.reload;
         let Some(last) = page.film_ids.last().copied() else { return all };
         assert!(page.film_ids.len() <= 2 && page.film_ids.windows(2).all(|w| w[0] < w[1]), "{page:?}");
@@ -217,20 +218,22 @@ async fn acknowledge_trims_below_the_oldest_position() {
 #[tokio::test]
 async fn install_is_idempotent_and_remove_drops_the_triggers() {
     let env = TestEnv::new("dc_install").await;
-    assert!(!delete_log::installed(&env.db, SCHEMA).await.unwrap());
-    delete_log::install(&env.db, SCHEMA).await.unwrap();
-    delete_log::install(&env.db, SCHEMA).await.unwrap();
-    assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    assert!(!delete_log::installed(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap());
+    delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap();
+    delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap();
+    assert!(delete_log::installed(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap());
     let triggers = "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pg2es%'";
-    assert_eq!(env.scalar_i64(triggers).await, delete_log::TRIGGERS.len() as i64);
+    let wanted = common::capture(&env.db, SCHEMA).await.deletes().count();
+    assert_eq!(wanted, 12, "the movies document's delete capture: 12 triggers on its 5 tables, as before definitions");
+    assert_eq!(env.scalar_i64(triggers).await, wanted as i64);
 
     // A disabled trigger does not count as installed.
-    env.sql("ALTER TABLE content.person DISABLE TRIGGER pg2es_linked_deleted").await;
-    assert!(!delete_log::installed(&env.db, SCHEMA).await.unwrap());
-    env.sql("ALTER TABLE content.person ENABLE TRIGGER pg2es_linked_deleted").await;
+    env.sql("ALTER TABLE content.person DISABLE TRIGGER pg2es_movies_linked").await;
+    assert!(!delete_log::installed(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap());
+    env.sql("ALTER TABLE content.person ENABLE TRIGGER pg2es_movies_linked").await;
 
     delete_log::remove(&env.db, SCHEMA).await.unwrap();
-    assert!(!delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    assert!(!delete_log::installed(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap());
     assert_eq!(env.scalar_i64(triggers).await, 0);
     assert_eq!(env.scalar_i64("SELECT count(*) FROM pg_proc WHERE pronamespace = 'pg2es'::regnamespace").await, 0);
     let page = logged(&env, "DELETE FROM content.film_work WHERE id = (SELECT id FROM content.film_work LIMIT 1)").await;
@@ -259,7 +262,7 @@ async fn writers_need_no_rights_on_the_log_and_installers_are_told_what_to_do() 
 
     let other = connect(&env.dsn).await;
     other.batch_execute("SET ROLE pg2es_t_writer").await.unwrap();
-    match delete_log::install(&other, SCHEMA).await {
+    match delete_log::install(&other, &common::capture(&other, SCHEMA).await).await {
         Err(Error::SourceSchema(message)) => {
             assert!(message.contains("run `pg2es delete-capture print` and have an owner of the tables apply it"), "{message}")
         }
@@ -273,43 +276,43 @@ async fn writers_need_no_rights_on_the_log_and_installers_are_told_what_to_do() 
         other => panic!("remove by a role that owns nothing: {other:?}"),
     }
     other.batch_execute("SELECT 1").await.unwrap();
-    assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap(), "the failed remove changed nothing");
+    assert!(delete_log::installed(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap(), "the failed remove changed nothing");
     let print = pg2es_command(&[("PG_SCHEMA".into(), SCHEMA.into())], &["delete-capture", "print", "--remove"]).output().unwrap();
     assert!(print.status.success(), "{}", String::from_utf8_lossy(&print.stderr));
     let ddl = String::from_utf8(print.stdout).unwrap();
-    assert!(ddl.contains(r#"DROP TRIGGER IF EXISTS pg2es_film_deleted ON "content".film_work;"#) && !ddl.contains("CREATE TRIGGER"), "{ddl}");
+    assert!(ddl.contains("DROP TRIGGER %I ON %I.%I") && !ddl.contains("CREATE TRIGGER"), "{ddl}");
     env.db.batch_execute(&ddl).await.expect("the printed removal applies as is");
-    assert!(delete_log::status(&env.db, SCHEMA).await.unwrap().nothing_installed());
+    assert!(delete_log::status(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap().nothing_installed());
     env.cleanup().await;
 }
 
 #[tokio::test]
 async fn the_binary_prints_installs_and_removes() {
     let env = TestEnv::new("dc_binary").await;
-    let print = pg2es_command(&[("PG_SCHEMA".into(), SCHEMA.into())], &["delete-capture", "print"]).output().unwrap();
+    let print = pg2es_command(&env.env_vars(), &["delete-capture", "print"]).output().unwrap();
     assert!(print.status.success(), "{}", String::from_utf8_lossy(&print.stderr));
     let ddl = String::from_utf8(print.stdout).unwrap();
-    assert!(ddl.contains("CREATE TRIGGER") && ddl.contains(r#""content".film_work"#), "{ddl}");
+    assert!(ddl.contains("CREATE TRIGGER") && ddl.contains(r#""content"."film_work""#), "{ddl}");
     // Applied by hand it installs, and drops the positions when a trigger was missing, as install does.
     env.db.batch_execute(&ddl).await.expect("the printed DDL applies as is");
-    assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    assert!(delete_log::installed(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap());
     delete_log::acknowledge(&env.db, SCHEMA, "a", 1).await.unwrap();
     env.db.batch_execute(&ddl).await.unwrap();
     assert!(delete_log::is_consumer(&env.db, SCHEMA, "a").await.unwrap(), "nothing was missing: the position stays");
-    env.sql("ALTER TABLE content.genre DISABLE TRIGGER pg2es_linked_deleted").await;
+    env.sql("ALTER TABLE content.genre DISABLE TRIGGER pg2es_movies_linked").await;
     env.db.batch_execute(&ddl).await.unwrap();
     assert!(!delete_log::is_consumer(&env.db, SCHEMA, "a").await.unwrap(), "a trigger was disabled: the position goes");
-    assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    assert!(delete_log::installed(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap());
 
     let install = pg2es_command(&env.env_vars(), &["delete-capture", "install"]).output().unwrap();
     assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
     assert!(String::from_utf8_lossy(&install.stdout).contains("installed on schema content"));
-    assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    assert!(delete_log::installed(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap());
 
     let remove = pg2es_command(&env.env_vars(), &["delete-capture", "remove"]).output().unwrap();
     assert!(remove.status.success(), "{}", String::from_utf8_lossy(&remove.stderr));
     assert!(String::from_utf8_lossy(&remove.stdout).contains("12 triggers dropped"), "{}", String::from_utf8_lossy(&remove.stdout));
-    assert!(!delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    assert!(!delete_log::installed(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap());
 
     // Nothing installed: exit 0, saying so with the schema and the database.
     let again = pg2es_command(&env.env_vars(), &["delete-capture", "remove"]).output().unwrap();
@@ -337,7 +340,9 @@ async fn a_lock_timeout_names_the_table_and_its_holder() {
     holder.batch_execute("BEGIN; SELECT count(*) FROM content.genre").await.unwrap();
     let pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     let started = std::time::Instant::now();
-    let err = delete_log::install_with(&env.db, SCHEMA, Duration::from_millis(500)).await.expect_err("install while a transaction reads content.genre");
+    let err = delete_log::install_with(&env.db, &common::capture(&env.db, SCHEMA).await, Duration::from_millis(500))
+        .await
+        .expect_err("install while a transaction reads content.genre");
     assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
     let message = err.to_string();
     for part in [
@@ -352,12 +357,12 @@ async fn a_lock_timeout_names_the_table_and_its_holder() {
         assert!(message.contains(part), "{part:?} in {message}");
     }
     assert!(matches!(err, Error::SourceSetup(_)), "{err:?}");
-    assert!(delete_log::status(&env.db, SCHEMA).await.unwrap().nothing_installed(), "nothing was changed");
+    assert!(delete_log::status(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap().nothing_installed(), "nothing was changed");
     env.db.batch_execute("SELECT 1").await.expect("no transaction left open");
 
     holder.batch_execute("COMMIT").await.unwrap();
-    delete_log::install_with(&env.db, SCHEMA, Duration::from_millis(500)).await.expect("install once the transaction ended");
-    assert!(delete_log::installed(&env.db, SCHEMA).await.unwrap());
+    delete_log::install_with(&env.db, &common::capture(&env.db, SCHEMA).await, Duration::from_millis(500)).await.expect("install once the transaction ended");
+    assert!(delete_log::installed(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap());
     // The documented step done, pg2es runs on it and the index matches.
     env.run_once().await;
     let (_t, shutdown) = pg2es::shutdown::Shutdown::new();
@@ -374,14 +379,14 @@ async fn install_drops_positions_the_log_can_no_longer_vouch_for() {
     let consumers = "SELECT count(*) FROM pg2es.consumers";
     delete_log::acknowledge(&env.db, SCHEMA, "a", 1).await.unwrap();
     delete_log::acknowledge(&env.db, "other", "a", 1).await.unwrap();
-    assert_eq!(delete_log::install(&env.db, SCHEMA).await.unwrap().positions_dropped, 0);
+    assert_eq!(delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap().positions_dropped, 0);
     assert_eq!(env.scalar_i64(consumers).await, 2);
     assert_eq!(delete_log::advance(&env.db, SCHEMA, "a", 2).await.unwrap(), delete_log::Continuity::Kept);
 
-    env.sql("DROP TRIGGER pg2es_link_deleted ON content.genre_film_work").await;
-    let capture = delete_log::status(&env.db, SCHEMA).await.unwrap();
-    assert_eq!(capture.describe_missing(), "genre_film_work: pg2es_link_deleted");
-    assert_eq!(delete_log::install(&env.db, SCHEMA).await.unwrap().positions_dropped, 1, "this schema's only");
+    env.sql("DROP TRIGGER pg2es_movies_deleted ON content.genre_film_work").await;
+    let capture = delete_log::status(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap();
+    assert_eq!(capture.describe_missing(), "genre_film_work: pg2es_movies_deleted");
+    assert_eq!(delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap().positions_dropped, 1, "this schema's only");
     assert_eq!(env.scalar_i64(consumers).await, 1);
     assert_eq!(delete_log::advance(&env.db, SCHEMA, "a", 3).await.unwrap(), delete_log::Continuity::Dropped);
     assert!(!delete_log::is_consumer(&env.db, SCHEMA, "a").await.unwrap());
@@ -392,13 +397,13 @@ async fn install_drops_positions_the_log_can_no_longer_vouch_for() {
 
     // A new log: every position in the old one goes.
     env.sql("DROP TABLE pg2es.film_changes").await;
-    assert!(!delete_log::installed(&env.db, SCHEMA).await.unwrap());
-    assert_eq!(delete_log::install(&env.db, SCHEMA).await.unwrap().positions_dropped, 2);
+    assert!(!delete_log::installed(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap());
+    assert_eq!(delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap().positions_dropped, 2);
     assert_eq!(env.scalar_i64(consumers).await, 0);
 
     // `remove` drops the schema's positions too: its readers learn that the log stopped.
     delete_log::acknowledge(&env.db, SCHEMA, "a", 1).await.unwrap();
-    assert_eq!(delete_log::remove(&env.db, SCHEMA).await.unwrap().triggers, delete_log::TRIGGERS.len());
+    assert_eq!(delete_log::remove(&env.db, SCHEMA).await.unwrap().triggers, 12);
     assert_eq!(env.scalar_i64(consumers).await, 0);
     env.cleanup().await;
 }
@@ -409,18 +414,18 @@ async fn install_drops_positions_the_log_can_no_longer_vouch_for() {
 async fn install_refuses_altered_log_tables() {
     let env = installed_env("dc_shape").await;
     env.sql("ALTER TABLE pg2es.film_changes ALTER COLUMN film_id TYPE text").await;
-    let err = delete_log::install(&env.db, SCHEMA).await.expect_err("film_id is text").to_string();
+    let err = delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.expect_err("film_id is text").to_string();
     assert!(err.contains("column pg2es.film_changes.film_id is text, pg2es needs uuid") && err.contains("DROP TABLE pg2es.film_changes;"), "{err}");
     env.sql("ALTER TABLE pg2es.film_changes ALTER COLUMN film_id TYPE uuid USING film_id::uuid").await;
-    delete_log::install(&env.db, SCHEMA).await.expect("as created again");
+    delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.expect("as created again");
 
     env.sql("ALTER TABLE pg2es.consumers DROP CONSTRAINT consumers_pkey").await;
     env.sql("ALTER TABLE pg2es.consumers ALTER COLUMN seen_at DROP DEFAULT").await;
-    let err = delete_log::install(&env.db, SCHEMA).await.expect_err("consumers altered").to_string();
+    let err = delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.expect_err("consumers altered").to_string();
     assert!(err.contains("pg2es.consumers.seen_at has no default") && err.contains("no unique key on (source_schema, consumer)"), "{err}");
     assert!(err.contains("DROP TABLE pg2es.consumers;"), "{err}");
     env.sql("DROP TABLE pg2es.consumers").await;
-    delete_log::install(&env.db, SCHEMA).await.expect("consumers created again");
+    delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.expect("consumers created again");
     env.cleanup().await;
 }
 

@@ -46,7 +46,7 @@ async fn first_film_with(env: &TestEnv, sql_condition: &str) -> String {
 }
 
 async fn install_triggers(env: &TestEnv) {
-    pg2es::source::delete_log::install(&env.db, "content").await.expect("install the delete capture triggers");
+    pg2es::source::delete_log::install(&env.db, &common::capture(&env.db, "content").await).await.expect("install the delete capture triggers");
 }
 
 #[tokio::test]

@@ -107,7 +107,7 @@ async fn mutate(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>
 }
 
 async fn install_delete_capture(env: &TestEnv) {
-    pg2es::source::delete_log::install(&env.db, "content").await.expect("install the delete capture triggers");
+    pg2es::source::delete_log::install(&env.db, &common::capture(&env.db, "content").await).await.expect("install the delete capture triggers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

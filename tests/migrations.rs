@@ -343,7 +343,7 @@ async fn idle_cycles_are_quiet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_trims_the_delete_capture_log() {
     let env = TestEnv::replicated("mig_trim").await;
-    pg2es::source::delete_log::install(&env.db, "content").await.expect("install the delete capture");
+    pg2es::source::delete_log::install(&env.db, &common::capture(&env.db, "content").await).await.expect("install the delete capture");
     env.sql("DELETE FROM content.film_work WHERE id IN (SELECT id FROM content.film_work ORDER BY id LIMIT 3)").await;
     assert!(env.scalar_i64("SELECT count(*) FROM pg2es.film_changes").await > 0);
     let o = common::pg2es_command(&env.env_vars(), &["run", "--once"]).output().unwrap();

@@ -88,7 +88,7 @@ fn spawn_writer(dsn: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u
 #[tokio::test]
 async fn a_migration_that_recreates_a_table_is_warned_about_and_healed_after_install() {
     let env = TestEnv::new("dc_mig_recreate").await;
-    delete_log::install(&env.db, SCHEMA).await.expect("install the delete capture");
+    delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.expect("install the delete capture");
     let log = env.dir.path().join("run.log");
     let mut child = spawn_run(&env, &log);
     common::eventually(Duration::from_secs(90), "the first full load", || async { env.try_count().await == Some(999) }).await;
@@ -106,7 +106,7 @@ async fn a_migration_that_recreates_a_table_is_warned_about_and_healed_after_ins
 
     log_shows(&log, "the delete capture is incomplete", Duration::from_secs(30)).await;
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("genre_film_work: pg2es_link_deleted, pg2es_link_moved, pg2es_truncated"), "names the table and its triggers: {text}");
+    assert!(text.contains("genre_film_work: pg2es_movies_deleted, pg2es_movies_moved, pg2es_movies_truncated"), "names the table and its triggers: {text}");
     assert!(text.contains("pg2es delete-capture install"), "names the fix: {text}");
     // Until the fix, the unlinked films' documents are stale: the case is real.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -142,7 +142,7 @@ async fn a_migration_that_recreates_a_table_is_warned_about_and_healed_after_ins
 #[tokio::test]
 async fn an_altered_log_table_is_refused_by_install_and_the_fix_converges() {
     let env = TestEnv::new("dc_mig_altered").await;
-    delete_log::install(&env.db, SCHEMA).await.expect("install the delete capture");
+    delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.expect("install the delete capture");
     env.pass().await;
     // Logged, not read yet: lost with the table below.
     let [lost_link_film, later_film] = <[Uuid; 2]>::try_from(films_with_genre_links(&env, 2).await).unwrap();
@@ -194,7 +194,7 @@ async fn the_first_install_on_a_loaded_index_reloads() {
     env.pass().await;
     assert!(stale_ids(&env.verify().await).contains(&film.to_string()), "without the triggers the film stays stale");
 
-    delete_log::install(&env.db, SCHEMA).await.expect("install the delete capture");
+    delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.expect("install the delete capture");
     let reports = env.pass().await;
     assert!(reports.iter().any(|r| r.records >= 999 && r.reconciled.is_some()), "{reports:?}");
     assert!(env.checkpoint().state().delete_log.is_some());

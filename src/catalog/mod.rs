@@ -10,6 +10,7 @@ pub mod definition;
 mod model;
 mod resolve;
 pub mod sql;
+pub mod triggers;
 
 use std::path::{Path, PathBuf};
 

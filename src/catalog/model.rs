@@ -201,16 +201,35 @@ pub struct Field {
     pub kind: FieldKind,
 }
 
+/// How a related row leads to root keys: the rows of `table` whose `matching` column holds the
+/// related row's key, and their `select` column (a link table's root column, or the root's key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanOut {
+    pub table: String,
+    pub select: String,
+    pub matching: String,
+}
+
+impl FanOut {
+    /// The query: `$1` the related rows' keys, the root keys out.
+    pub fn sql(&self, schema: &str) -> String {
+        use super::resolve::{qualified, quote};
+        format!("SELECT DISTINCT {} FROM {} WHERE {} = ANY($1::uuid[])", quote(&self.select), qualified(schema, &self.table), quote(&self.matching))
+    }
+}
+
 /// A table of a document read for changes: its rows in `(timestamp, key)` order, each leading to
-/// root keys through `direct` columns of its own, or through `fan_out` queries (`$1`: the rows'
-/// keys) that return root keys.
+/// root keys through `direct` columns of its own, or through `fan_out` lookups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stream {
     pub table: String,
     pub key: String,
     pub timestamp: String,
     pub direct: Vec<String>,
-    pub fan_out: Vec<String>,
+    pub fan_out: Vec<FanOut>,
+    /// Columns of this table (the root) that hold a many-to-one relation's key: a change of one
+    /// changes the document.
+    pub references: Vec<String>,
     /// A link table: rows are added and removed, rarely edited, so a creation time will do.
     pub link: bool,
 }

@@ -55,6 +55,9 @@ pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// Reads an index schema named in the definition: `Ok((origin, text))`, or why not.
+pub type SchemaOf<'a> = dyn Fn(&str) -> std::result::Result<(String, String), String> + 'a;
+
 struct Resolver<'a> {
     src: &'a Source,
     live: &'a LiveSchema,
@@ -64,7 +67,7 @@ struct Resolver<'a> {
 /// The documents' names and indexes, from the file alone (no Postgres): what the sink needs
 /// before the source connects. The index schemas are read by `schema_of` (the name in the file):
 /// `Ok((origin, text))`.
-pub fn heads(src: &Source, first: &FirstIndex, schema_of: &dyn Fn(&str) -> std::result::Result<(String, String), String>) -> Result<Vec<(String, IndexSpec)>> {
+pub fn heads(src: &Source, first: &FirstIndex, schema_of: &SchemaOf<'_>) -> Result<Vec<(String, IndexSpec)>> {
     let raw = src.parse()?;
     if raw.documents.is_empty() {
         return Err(src.error(0..0, "no [[documents]]: a definition names at least one document"));
@@ -73,8 +76,11 @@ pub fn heads(src: &Source, first: &FirstIndex, schema_of: &dyn Fn(&str) -> std::
     for (i, d) in raw.documents.iter().enumerate() {
         let d = d.get_ref();
         let name = d.name.get_ref();
-        if !is_identifier(name) {
-            return Err(src.error(d.name.span(), format!("document name {name:?}: use lower-case letters, digits and _")));
+        if !is_identifier(name) || name.len() > 40 {
+            return Err(src.error(
+                d.name.span(),
+                format!("document name {name:?}: use lower-case letters, digits and _, at most 40 (it names the delete capture's triggers)"),
+            ));
         }
         if heads.iter().any(|(o, _)| o == name) {
             return Err(src.error(d.name.span(), format!("a second document named {name:?}: names must be unique")));
@@ -117,7 +123,7 @@ pub fn resolve(
     live: &LiveSchema,
     ts: &TimestampChoice,
     first: &FirstIndex,
-    schema_of: &dyn Fn(&str) -> std::result::Result<(String, String), String>,
+    schema_of: &SchemaOf<'_>,
 ) -> Result<Vec<Document>> {
     let heads = heads(src, first, schema_of)?;
     let raw = src.parse()?;
@@ -352,29 +358,46 @@ impl Resolver<'_> {
         }
 
         // The change streams: the root, each link table, each related table.
-        let mut streams: Vec<Stream> =
-            vec![Stream { table: d.table.get_ref().clone(), key: key.clone(), timestamp: root_ts, direct: vec![key.clone()], fan_out: vec![], link: false }];
-        let root_q = qualified(schema, d.table.get_ref());
+        let mut streams: Vec<Stream> = vec![Stream {
+            table: d.table.get_ref().clone(),
+            key: key.clone(),
+            timestamp: root_ts,
+            direct: vec![key.clone()],
+            fan_out: vec![],
+            references: vec![],
+            link: false,
+        }];
         for (rel, name) in relations.iter().zip(&order) {
             let raw = d.relations[*name].get_ref();
-            let rel_q = qualified(schema, &rel.table);
             let (direct, fan_out) = match &rel.join {
                 Join::Through { link, root, related, link_key } => {
                     let t = raw.through.as_ref().map(|t| t.get_ref());
                     let ts = self.timestamp(&t.expect("through").table, t.and_then(|t| t.timestamp.as_ref()), true)?;
                     add_stream(
                         &mut streams,
-                        Stream { table: link.clone(), key: link_key.clone(), timestamp: ts, direct: vec![root.clone()], fan_out: vec![], link: true },
+                        Stream {
+                            table: link.clone(),
+                            key: link_key.clone(),
+                            timestamp: ts,
+                            direct: vec![root.clone()],
+                            fan_out: vec![],
+                            references: vec![],
+                            link: true,
+                        },
                     );
-                    let sql = format!("SELECT DISTINCT {} FROM {} WHERE {} = ANY($1::uuid[])", quote(root), qualified(schema, link), quote(related));
-                    (vec![], vec![sql])
+                    (vec![], vec![FanOut { table: link.clone(), select: root.clone(), matching: related.clone() }])
                 }
                 Join::RelatedColumn(c) => (vec![c.clone()], vec![]),
-                Join::RootColumn(c) => (vec![], vec![format!("SELECT {} FROM {root_q} WHERE {} = ANY($1::uuid[])", quote(&key), quote(c))]),
+                Join::RootColumn(c) => {
+                    streams[0].references.push(c.clone());
+                    (vec![], vec![FanOut { table: d.table.get_ref().clone(), select: key.clone(), matching: c.clone() }])
+                }
             };
             let ts = self.timestamp(&raw.table, raw.timestamp.as_ref(), false)?;
-            add_stream(&mut streams, Stream { table: rel.table.clone(), key: rel.key.clone(), timestamp: ts, direct, fan_out, link: false });
-            let _ = rel_q;
+            add_stream(
+                &mut streams,
+                Stream { table: rel.table.clone(), key: rel.key.clone(), timestamp: ts, direct, fan_out, references: vec![], link: false },
+            );
         }
         let _ = links;
         Ok(Document {
@@ -530,6 +553,7 @@ fn add_stream(streams: &mut Vec<Stream>, s: Stream) {
                 }
             }
             o.fan_out.extend(s.fan_out);
+            o.references.extend(s.references);
             o.link |= s.link;
         }
         None => streams.push(s),

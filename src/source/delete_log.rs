@@ -1,6 +1,7 @@
 //! Delete capture: the log that opt-in triggers write when a delete changes a film's document.
 //!
-//! Polling by timestamp cannot see a row that is gone. The triggers of `sql/delete_capture.sql`
+//! Polling by timestamp cannot see a row that is gone. The triggers generated from the documents
+//! (`catalog/triggers.rs`, their functions in `sql/capture.sql`)
 //! record, in `pg2es.film_changes`, the id of every film to rebuild (a deleted film, a film that
 //! lost a link, every film of a deleted genre or person; NULL after a `TRUNCATE`), stamped with
 //! the writing transaction's id. A reader takes the log by transaction-id window
@@ -15,77 +16,74 @@ use tokio_postgres::{Client, GenericClient, NoTls};
 use uuid::Uuid;
 
 use super::PgTls;
+use crate::catalog::triggers::TriggerSet;
 use crate::error::{Error, Result};
 
-const DDL: &str = include_str!("../../sql/delete_capture.sql");
-const WRITE_DDL: &str = include_str!("../../sql/write_capture.sql");
+const DDL: &str = include_str!("../../sql/capture.sql");
 
-/// The triggers the DDL creates, by table: [`installed`] checks each, [`remove_ddl`] drops them.
-pub const TRIGGERS: [(&str, &str); 12] = [
-    ("film_work", "pg2es_film_deleted"),
-    ("film_work", "pg2es_truncated"),
-    ("genre_film_work", "pg2es_link_deleted"),
-    ("genre_film_work", "pg2es_link_moved"),
-    ("genre_film_work", "pg2es_truncated"),
-    ("person_film_work", "pg2es_link_deleted"),
-    ("person_film_work", "pg2es_link_moved"),
-    ("person_film_work", "pg2es_truncated"),
-    ("genre", "pg2es_linked_deleted"),
-    ("genre", "pg2es_truncated"),
-    ("person", "pg2es_linked_deleted"),
-    ("person", "pg2es_truncated"),
+/// The trigger functions of pg2es before definitions: their triggers are dropped by `install`
+/// (which puts the generated ones in their place) and by `remove`.
+const LEGACY_FUNCTIONS: [&str; 8] = [
+    "log_deleted_films",
+    "log_unlinked_films",
+    "log_moved_links",
+    "log_linked_films",
+    "log_truncate",
+    "log_written_films",
+    "log_written_links",
+    "log_renamed_linked",
 ];
 
-/// The triggers of the write capture (`install --writes`, `sql/write_capture.sql`): every insert
-/// and update that changes a film's document is logged too, so polling does not depend on the
-/// tables' timestamps.
-pub const WRITE_TRIGGERS: [(&str, &str); 8] = [
-    ("film_work", "pg2es_film_inserted"),
-    ("film_work", "pg2es_film_updated"),
-    ("genre_film_work", "pg2es_link_inserted"),
-    ("genre_film_work", "pg2es_link_updated"),
-    ("person_film_work", "pg2es_link_inserted"),
-    ("person_film_work", "pg2es_link_updated"),
-    ("genre", "pg2es_linked_updated"),
-    ("person", "pg2es_linked_updated"),
-];
-
-/// The trigger functions, shared by every source schema.
-const FUNCTIONS: &str = "pg2es.log_deleted_films(), pg2es.log_unlinked_films(), pg2es.log_moved_links(), pg2es.log_linked_films(), pg2es.log_truncate(), \
+/// The functions of `sql/capture.sql`, and the legacy ones, dropped once no trigger uses them.
+const FUNCTIONS: &str =
+    "pg2es.capture_rows(), pg2es.capture_moved(), pg2es.capture_referencing(), pg2es.capture_referencing_written(), pg2es.capture_truncate(), \
+     pg2es.log_deleted_films(), pg2es.log_unlinked_films(), pg2es.log_moved_links(), pg2es.log_linked_films(), pg2es.log_truncate(), \
      pg2es.log_written_films(), pg2es.log_written_links(), pg2es.log_renamed_linked()";
 
-/// The statements that install delete capture on the tables of `schema` (idempotent).
-pub fn ddl(schema: &str) -> String {
-    DDL.replace("{schema}", &quote_ident(schema))
+/// Drops the triggers of pg2es before definitions on the schema's tables (they are replaced in
+/// the same transaction, so the log never misses a change).
+fn legacy_drop_sql(schema: &str) -> String {
+    let list = LEGACY_FUNCTIONS.iter().map(|f| quote_literal(f)).collect::<Vec<_>>().join(", ");
+    format!(
+        "DO $$\nDECLARE r record;\nBEGIN\n    FOR r IN SELECT t.tgname, c.relname FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid\n             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid\n             JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace\n             WHERE n.nspname = {} AND pn.nspname = 'pg2es' AND p.proname IN ({list}) LOOP\n        EXECUTE format('DROP TRIGGER %I ON %I.%I', r.tgname, {}, r.relname);\n    END LOOP;\nEND $$;\n",
+        quote_literal(schema),
+        quote_literal(schema)
+    )
 }
 
-/// The statements that add the write capture to `schema` (after [`ddl`]; idempotent).
-pub fn write_ddl(schema: &str) -> String {
-    WRITE_DDL.replace("{schema}", &quote_ident(schema))
+/// The statements that install the capture of `set` (idempotent): the log and functions, the
+/// legacy triggers dropped, the delete triggers, and with `writes` the write capture's.
+pub fn ddl(set: &TriggerSet, writes: bool) -> String {
+    format!("{DDL}\n{}{}", legacy_drop_sql(&set.schema), set.create_sql(writes))
 }
 
 /// The DDL for an owner to apply by hand (`pg2es delete-capture print`): [`ddl`], first dropping
 /// the schema's positions in the log when the log or a trigger is missing, as `install` does.
-pub fn print_ddl(schema: &str, writes: bool) -> String {
-    let wanted: Vec<(&str, &str)> = TRIGGERS.iter().chain(if writes { &WRITE_TRIGGERS[..] } else { &[] }).copied().collect();
+pub fn print_ddl(set: &TriggerSet, writes: bool) -> String {
+    let wanted: Vec<(&str, &str)> = set.triggers.iter().filter(|t| writes || !t.writes).map(|t| (t.table.as_str(), t.name.as_str())).collect();
     let (tables, triggers): (Vec<&str>, Vec<&str>) = wanted.into_iter().unzip();
     let list = |names: Vec<&str>| names.iter().map(|n| quote_literal(n)).collect::<Vec<_>>().join(", ");
     format!(
-        "-- Deletes made while the log or a trigger was missing were not recorded: positions in the log\n\
-         -- are dropped then, so each pg2es reading it loads every film again instead of trusting them.\n\
-         DO $$\nBEGIN\n    IF pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL AND (pg_catalog.to_regclass('pg2es.film_changes') IS NULL\n       OR EXISTS (SELECT 1 FROM unnest(ARRAY[{}], ARRAY[{}]) AS want(tbl, name)\n                  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgname = want.name AND t.tgenabled <> 'D'\n                                      AND t.tgrelid = pg_catalog.to_regclass(quote_ident({schema}) || '.' || want.tbl)))) THEN\n        DELETE FROM pg2es.consumers WHERE source_schema = {schema} OR pg_catalog.to_regclass('pg2es.film_changes') IS NULL;\n    END IF;\nEND $$;\n\n{}",
+        "-- Changes made while the log or a trigger was missing were not recorded: positions in the log\n\
+         -- are dropped then, so each pg2es reading it loads every document again instead of trusting them.\n\
+         DO $$\nBEGIN\n    IF pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL AND (pg_catalog.to_regclass('pg2es.film_changes') IS NULL\n       OR EXISTS (SELECT 1 FROM unnest(ARRAY[{}], ARRAY[{}]) AS want(tbl, name)\n                  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgname = want.name AND t.tgenabled <> 'D'\n                                      AND t.tgrelid = pg_catalog.to_regclass(quote_ident({schema}) || '.' || quote_ident(want.tbl))))) THEN\n        DELETE FROM pg2es.consumers WHERE source_schema = {schema} OR pg_catalog.to_regclass('pg2es.film_changes') IS NULL;\n    END IF;\nEND $$;\n\n{}",
         list(tables),
         list(triggers),
-        if writes { format!("{}\n{}", ddl(schema), write_ddl(schema)) } else { ddl(schema) },
-        schema = quote_literal(schema),
+        ddl(set, writes),
+        schema = quote_literal(&set.schema),
     )
 }
 
-/// The statements that remove it from `schema`: its triggers, and the functions once no schema
-/// uses them. The log tables are left with their rows (other schemas may share them).
+/// The statements that remove the capture from `schema`: every trigger of pg2es on its tables
+/// (whatever the definition), and the functions once no schema uses them. The log tables are
+/// left with their rows (other schemas may share them).
 pub fn remove_ddl(schema: &str) -> String {
-    let all: Vec<(&str, &str)> = TRIGGERS.iter().chain(&WRITE_TRIGGERS).copied().collect();
-    let mut sql = drop_ddl(schema, &all);
+    let mut sql = format!(
+        "-- Removes pg2es change capture from schema {schema}; the tables in schema pg2es are kept.\n\
+         DO $$\nDECLARE r record;\nBEGIN\n    FOR r IN SELECT t.tgname, c.relname FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid\n             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid\n             JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace\n             WHERE n.nspname = {lit} AND pn.nspname = 'pg2es' LOOP\n        EXECUTE format('DROP TRIGGER %I ON %I.%I', r.tgname, {lit}, r.relname);\n    END LOOP;\nEND $$;\n",
+        lit = quote_literal(schema)
+    );
+    sql.push_str(&drop_functions_sql());
     sql.push_str(&format!(
         "-- The instances reading this schema's log learn that it stopped.\nDO $$\nBEGIN\n    IF pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL THEN\n        DELETE FROM pg2es.consumers WHERE source_schema = {};\n    END IF;\nEND $$;\n",
         quote_literal(schema)
@@ -93,17 +91,10 @@ pub fn remove_ddl(schema: &str) -> String {
     sql
 }
 
-/// Drops these triggers, then the functions once no schema uses them.
-fn drop_ddl(schema: &str, triggers: &[(&str, &str)]) -> String {
-    let schema = quote_ident(schema);
-    let mut sql = String::from("-- Removes pg2es delete capture; the tables in schema pg2es are kept.\n");
-    for (table, trigger) in triggers {
-        sql.push_str(&format!("DROP TRIGGER IF EXISTS {trigger} ON {schema}.{table};\n"));
-    }
-    sql.push_str(&format!(
+fn drop_functions_sql() -> String {
+    format!(
         "DO $$\nBEGIN\n    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid\n                   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'pg2es') THEN\n        DROP FUNCTION IF EXISTS {FUNCTIONS};\n    END IF;\nEND $$;\n"
-    ));
-    sql
+    )
 }
 
 fn quote_ident(name: &str) -> String {
@@ -131,19 +122,26 @@ pub async fn connect(pg: &tokio_postgres::Config, tls: &PgTls) -> Result<Client>
     Ok(client)
 }
 
-/// What of the delete capture is on `schema`: the log table, and the triggers that are not there
+/// What of the capture is on the schema: the log table, and the triggers that are not there
 /// (or disabled).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capture {
     pub log_table: bool,
-    /// `(table, trigger)` of [`TRIGGERS`] missing or disabled.
-    pub missing: Vec<(&'static str, &'static str)>,
-    /// `(table, trigger)` of [`WRITE_TRIGGERS`] missing or disabled.
-    pub writes_missing: Vec<(&'static str, &'static str)>,
+    /// `(table, trigger)` of the delete capture missing or disabled.
+    pub missing: Vec<(String, String)>,
+    /// `(table, trigger)` of the write capture missing or disabled.
+    pub writes_missing: Vec<(String, String)>,
+    /// How many triggers each part has.
+    pub deletes_wanted: usize,
+    pub writes_wanted: usize,
+    /// Triggers of pg2es before definitions are on the schema (replaced by `install`).
+    pub legacy: bool,
+    /// Among them, the write capture's.
+    pub legacy_writes: bool,
 }
 
 impl Capture {
-    /// The delete capture and the write capture: every change of a film's document is logged.
+    /// The delete capture and the write capture: every change of a document is logged.
     pub fn writes_complete(&self) -> bool {
         self.complete() && self.writes_missing.is_empty()
     }
@@ -153,32 +151,34 @@ impl Capture {
         self.log_table && self.missing.is_empty()
     }
 
-    /// No trigger at all on `schema`'s tables.
+    /// No trigger of the delete capture at all.
     pub fn nothing_installed(&self) -> bool {
-        self.missing.len() == TRIGGERS.len()
+        self.missing.len() == self.deletes_wanted
     }
 
-    /// What is missing, for a log line: `pg2es.film_changes; genre_film_work: pg2es_link_deleted, pg2es_truncated`.
+    /// What is missing, for a log line: `pg2es.film_changes; genre_film_work: pg2es_movies_deleted, pg2es_movies_truncated`.
     pub fn describe_missing(&self) -> String {
         let mut parts = Vec::new();
         if !self.log_table {
             parts.push("table pg2es.film_changes".to_string());
         }
-        let mut tables: Vec<&str> = self.missing.iter().map(|(t, _)| *t).collect();
+        let mut tables: Vec<&str> = self.missing.iter().map(|(t, _)| t.as_str()).collect();
         tables.dedup();
         for table in tables {
-            let names: Vec<&str> = self.missing.iter().filter(|(t, _)| *t == table).map(|(_, n)| *n).collect();
+            let names: Vec<&str> = self.missing.iter().filter(|(t, _)| t == table).map(|(_, n)| n.as_str()).collect();
             parts.push(format!("{table}: {}", names.join(", ")));
         }
         parts.join("; ")
     }
 }
 
-/// Which parts of the delete capture are on `schema` now.
-pub async fn status(client: &impl GenericClient, schema: &str) -> Result<Capture> {
-    let all: Vec<(&'static str, &'static str)> = TRIGGERS.iter().chain(&WRITE_TRIGGERS).copied().collect();
-    let (tables, triggers): (Vec<&str>, Vec<&str>) = all.iter().copied().unzip();
-    let context = "check the delete capture triggers";
+/// Which parts of the capture of `set` are on its schema now.
+pub async fn status(client: &impl GenericClient, set: &TriggerSet) -> Result<Capture> {
+    let all: Vec<(&str, &str, bool)> = set.triggers.iter().map(|t| (t.table.as_str(), t.name.as_str(), t.writes)).collect();
+    let tables: Vec<&str> = all.iter().map(|t| t.0).collect();
+    let triggers: Vec<&str> = all.iter().map(|t| t.1).collect();
+    let legacy: Vec<&str> = LEGACY_FUNCTIONS.to_vec();
+    let context = "check the capture triggers";
     let row = client
         .query_one(
             "SELECT pg_catalog.to_regclass('pg2es.film_changes') IS NOT NULL, \
@@ -186,21 +186,48 @@ pub async fn status(client: &impl GenericClient, schema: &str) -> Result<Capture
                       WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t \
                                         WHERE t.tgrelid = pg_catalog.to_regclass(quote_ident($1) || '.' || quote_ident(want.tbl)) \
                                           AND t.tgname = want.name AND t.tgenabled <> 'D') \
-                      ORDER BY want.n)",
-            &[&schema, &tables, &triggers],
+                      ORDER BY want.n), \
+                EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+                        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+                        JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
+                        WHERE n.nspname = $1 AND pn.nspname = 'pg2es' AND p.proname = ANY($4) AND t.tgenabled <> 'D'), \
+                EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+                        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+                        JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
+                        WHERE n.nspname = $1 AND pn.nspname = 'pg2es' AND p.proname = ANY($4) AND p.proname LIKE 'log\\_written%' AND t.tgenabled <> 'D')",
+            &[&set.schema, &tables, &triggers, &legacy],
         )
         .await
         .map_err(Error::postgres(context))?;
     let log_table: bool = row.try_get(0).map_err(Error::postgres(context))?;
     let missing: Vec<i64> = row.try_get(1).map_err(Error::postgres(context))?;
-    let missing: Vec<(&'static str, &'static str)> = missing.into_iter().filter_map(|n| all.get(usize::try_from(n - 1).ok()?).copied()).collect();
-    let (missing, writes_missing) = missing.into_iter().partition(|t| TRIGGERS.contains(t));
-    Ok(Capture { log_table, missing, writes_missing })
+    let legacy: bool = row.try_get(2).map_err(Error::postgres(context))?;
+    let legacy_writes: bool = row.try_get(3).map_err(Error::postgres(context))?;
+    let (mut deletes, mut writes) = (Vec::new(), Vec::new());
+    for n in missing {
+        if let Some((table, name, w)) = usize::try_from(n - 1).ok().and_then(|i| all.get(i)) {
+            let entry = (table.to_string(), name.to_string());
+            if *w {
+                writes.push(entry)
+            } else {
+                deletes.push(entry)
+            }
+        }
+    }
+    Ok(Capture {
+        log_table,
+        missing: deletes,
+        writes_missing: writes,
+        deletes_wanted: all.iter().filter(|t| !t.2).count(),
+        writes_wanted: all.iter().filter(|t| t.2).count(),
+        legacy,
+        legacy_writes,
+    })
 }
 
-/// True when the log table exists and every trigger is on `schema`'s tables, enabled.
-pub async fn installed(client: &impl GenericClient, schema: &str) -> Result<bool> {
-    Ok(status(client, schema).await?.complete())
+/// True when the log table exists and every delete trigger of `set` is there, enabled.
+pub async fn installed(client: &impl GenericClient, set: &TriggerSet) -> Result<bool> {
+    Ok(status(client, set).await?.complete())
 }
 
 /// The transaction id below which every transaction has ended: log rows under it are final.
@@ -223,19 +250,41 @@ pub struct LogPage {
     pub reload: bool,
 }
 
+/// Rows of a document: its name, or (`$7`, the definition's first document) no name, as the
+/// triggers of pg2es before definitions wrote them.
 const FILMS_BETWEEN_SQL: &str = "SELECT \
        EXISTS (SELECT 1 FROM pg2es.film_changes \
-               WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 AND film_id IS NULL), \
+               WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 AND film_id IS NULL \
+                 AND (document = $6 OR ($7 AND document IS NULL))), \
        ARRAY(SELECT DISTINCT film_id FROM pg2es.film_changes \
              WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 \
+               AND (document = $6 OR ($7 AND document IS NULL)) \
                AND film_id IS NOT NULL AND ($4::uuid IS NULL OR film_id > $4::uuid) \
              ORDER BY film_id LIMIT $5)";
 
-/// Up to `limit` films logged for `schema` by transactions in `[from, to)`, after `after`.
-pub async fn films_between(client: &impl GenericClient, schema: &str, from: u64, to: u64, after: Option<Uuid>, limit: usize) -> Result<LogPage> {
+/// Which document's rows of the log to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogDocument {
+    pub name: String,
+    /// The definition's first document also reads the rows the triggers of pg2es before
+    /// definitions wrote (with no document).
+    pub first: bool,
+}
+
+/// Up to `limit` keys logged for `schema`'s `document` by transactions in `[from, to)`, after `after`.
+#[allow(clippy::too_many_arguments)]
+pub async fn films_between(
+    client: &impl GenericClient,
+    schema: &str,
+    document: &LogDocument,
+    from: u64,
+    to: u64,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<LogPage> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let row = client
-        .query_one(FILMS_BETWEEN_SQL, &[&schema, &from.to_string(), &to.to_string(), &after, &limit])
+        .query_one(FILMS_BETWEEN_SQL, &[&schema, &from.to_string(), &to.to_string(), &after, &limit, &document.name, &document.first])
         .await
         .map_err(Error::postgres("read the delete log"))?;
     Ok(LogPage {
@@ -348,67 +397,67 @@ pub async fn trim_for_replication(client: &impl GenericClient, schema: &str, con
 /// How long `install` and `remove` wait for each table's lock by default.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The source tables, in the order their locks are taken.
-const TABLES: [&str; 5] = ["film_work", "genre_film_work", "person_film_work", "genre", "person"];
-
 /// What `install` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Installed {
     /// Positions of pg2es instances dropped because the log or a trigger had been missing
-    /// (deletes meanwhile were not recorded): each of them loads every film again.
+    /// (changes meanwhile were not recorded): each of them loads every document again.
     pub positions_dropped: u64,
+    /// Triggers of pg2es before definitions replaced by the generated ones.
+    pub replaced_legacy: bool,
 }
 
-/// Installs delete capture on `schema` in one transaction, waiting at most [`LOCK_TIMEOUT`] for
-/// each table.
-pub async fn install(client: &impl GenericClient, schema: &str) -> Result<Installed> {
-    install_with(client, schema, LOCK_TIMEOUT).await
+/// Installs the capture of `set` in one transaction, waiting at most [`LOCK_TIMEOUT`] for each
+/// table.
+pub async fn install(client: &impl GenericClient, set: &TriggerSet) -> Result<Installed> {
+    install_with(client, set, LOCK_TIMEOUT).await
 }
 
 /// [`install`] with another lock timeout.
-pub async fn install_with(client: &impl GenericClient, schema: &str, lock_timeout: Duration) -> Result<Installed> {
-    install_capture(client, schema, lock_timeout, false).await
+pub async fn install_with(client: &impl GenericClient, set: &TriggerSet, lock_timeout: Duration) -> Result<Installed> {
+    install_capture(client, set, lock_timeout, false).await
 }
 
 /// Installs the delete capture and the write capture (`install --writes`).
-pub async fn install_writes(client: &impl GenericClient, schema: &str) -> Result<Installed> {
-    install_capture(client, schema, LOCK_TIMEOUT, true).await
+pub async fn install_writes(client: &impl GenericClient, set: &TriggerSet) -> Result<Installed> {
+    install_capture(client, set, LOCK_TIMEOUT, true).await
 }
 
-async fn install_capture(client: &impl GenericClient, schema: &str, lock_timeout: Duration, writes: bool) -> Result<Installed> {
-    let database = schema_database(client, schema).await?;
+async fn install_capture(client: &impl GenericClient, set: &TriggerSet, lock_timeout: Duration, writes: bool) -> Result<Installed> {
+    let database = schema_database(client, &set.schema).await?;
     begin(client, lock_timeout, Action::Install.what()).await?;
-    let outcome = install_locked(client, schema, writes).await;
-    finish(client, outcome, Action::Install, schema, &database).await
+    let outcome = install_locked(client, set, writes).await;
+    finish(client, outcome, Action::Install, &set.schema, &database).await
 }
 
-async fn install_locked(client: &impl GenericClient, schema: &str, writes: bool) -> Result<Installed, Failure> {
-    for table in TABLES {
+async fn install_locked(client: &impl GenericClient, set: &TriggerSet, writes: bool) -> Result<Installed, Failure> {
+    let schema = set.schema.as_str();
+    for table in &set.tables {
         lock(client, schema, table, "ACCESS EXCLUSIVE").await?;
     }
     // Read under the locks: no trigger can come or go until the commit.
-    let before = status(client, schema).await?;
+    let before = status(client, set).await?;
     if before.log_table {
         // Other schemas' triggers write to it; the index below needs it still.
         lock(client, "pg2es", "film_changes", "SHARE").await?;
     }
     check_shape(client, "film_changes", &FILM_CHANGES).await?;
     check_shape(client, "consumers", &CONSUMERS).await?;
-    client.batch_execute(&ddl(schema)).await.map_err(Failure::Sql)?;
-    if writes {
-        client.batch_execute(&write_ddl(schema)).await.map_err(Failure::Sql)?;
-    }
-    // A position in the log stands for "every delete since is in the log". A new log, or
-    // triggers that were missing, break that: the instances reload instead of trusting it.
+    client.batch_execute(&ddl(set, writes)).await.map_err(Failure::Sql)?;
+    // A position in the log stands for "every change since is in the log". A new log, or
+    // triggers that were missing, break that: the instances reload instead of trusting it. The
+    // triggers of pg2es before definitions, replaced here in one transaction, logged the same
+    // deletes for the first document: an upgrade keeps the positions.
+    let upgrade = before.legacy && before.missing.len() == before.deletes_wanted;
     let positions_dropped = if !before.log_table {
         client.execute("DELETE FROM pg2es.consumers", &[]).await.map_err(Failure::Sql)?
-    } else if !before.missing.is_empty() || (writes && !before.writes_missing.is_empty()) {
+    } else if (!before.missing.is_empty() && !upgrade) || (writes && !before.writes_missing.is_empty() && !(upgrade && before.legacy_writes)) {
         // Writes that left the timestamps alone were not seen before the write capture either.
         client.execute("DELETE FROM pg2es.consumers WHERE source_schema = $1", &[&schema]).await.map_err(Failure::Sql)?
     } else {
         0
     };
-    Ok(Installed { positions_dropped })
+    Ok(Installed { positions_dropped, replaced_legacy: before.legacy })
 }
 
 /// What `remove` found.
@@ -420,9 +469,9 @@ pub struct Removed {
     pub database: String,
 }
 
-/// Removes the triggers (and the functions once unused) from `schema` in one transaction, and
-/// the schema's positions in the log (the instances reading it learn that it stopped). A schema
-/// that does not exist is an error naming it and the database.
+/// Removes every trigger of pg2es (and the functions once unused) from `schema` in one
+/// transaction, and the schema's positions in the log (the instances reading it learn that it
+/// stopped). A schema that does not exist is an error naming it and the database.
 pub async fn remove(client: &impl GenericClient, schema: &str) -> Result<Removed> {
     remove_with(client, schema, LOCK_TIMEOUT).await
 }
@@ -437,26 +486,43 @@ pub async fn remove_with(client: &impl GenericClient, schema: &str, lock_timeout
 }
 
 async fn remove_locked(client: &impl GenericClient, schema: &str) -> Result<usize, Failure> {
-    let found = status(client, schema).await?;
-    let present: Vec<(&str, &str)> =
-        TRIGGERS.iter().chain(&WRITE_TRIGGERS).copied().filter(|t| !found.missing.contains(t) && !found.writes_missing.contains(t)).collect();
-    let mut tables: Vec<&str> = present.iter().map(|(t, _)| *t).collect();
-    tables.dedup();
-    for table in tables {
-        lock(client, schema, table, "ACCESS EXCLUSIVE").await?;
+    let rows = client
+        .query(
+            "SELECT DISTINCT c.relname::text, count(*) OVER () FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+             JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace WHERE n.nspname = $1 AND pn.nspname = 'pg2es' ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .map_err(Failure::Sql)?;
+    let count = client
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+             JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace WHERE n.nspname = $1 AND pn.nspname = 'pg2es'",
+            &[&schema],
+        )
+        .await
+        .map_err(Failure::Sql)?
+        .try_get::<_, i64>(0)
+        .map_err(Failure::Sql)?;
+    for row in &rows {
+        let table: String = row.try_get(0).map_err(Failure::Sql)?;
+        lock(client, schema, &table, "ACCESS EXCLUSIVE").await?;
     }
-    if !present.is_empty() {
-        client.batch_execute(&drop_ddl(schema, &present)).await.map_err(Failure::Sql)?;
+    if count > 0 {
+        client.batch_execute(&remove_ddl(schema)).await.map_err(Failure::Sql)?;
+    } else {
+        let consumers = client.query_one("SELECT pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL", &[]).await.map_err(Failure::Sql)?;
+        if consumers.try_get::<_, bool>(0).map_err(Failure::Sql)? {
+            client.execute("DELETE FROM pg2es.consumers WHERE source_schema = $1", &[&schema]).await.map_err(Failure::Sql)?;
+        }
     }
-    let consumers = client.query_one("SELECT pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL", &[]).await.map_err(Failure::Sql)?;
-    if consumers.try_get::<_, bool>(0).map_err(Failure::Sql)? {
-        client.execute("DELETE FROM pg2es.consumers WHERE source_schema = $1", &[&schema]).await.map_err(Failure::Sql)?;
-    }
-    Ok(present.len())
+    Ok(usize::try_from(count).unwrap_or(0))
 }
 
 /// The database we are connected to, once `schema` is known to exist in it.
-async fn schema_database(client: &impl GenericClient, schema: &str) -> Result<String> {
+pub async fn schema_database(client: &impl GenericClient, schema: &str) -> Result<String> {
     let context = "look up the schema";
     let row = client
         .query_one("SELECT current_database()::text, EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)", &[&schema])
@@ -530,7 +596,7 @@ async fn lock(client: &impl GenericClient, schema: &str, table: &str, mode: &str
         Ok(()) => Ok(()),
         Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Err(Failure::LockTimeout { table: format!("{schema}.{table}") }),
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Err(Failure::Other(Error::SourceSchema(format!(
-            "table {schema}.{table} does not exist; nothing was changed: check PG_SCHEMA (delete capture needs the five catalog tables)"
+            "table {schema}.{table} does not exist; nothing was changed: check PG_SCHEMA (the capture needs every table of the documents)"
         )))),
         Err(e) => Err(Failure::Sql(e)),
     }
@@ -717,55 +783,69 @@ async fn check_shape(client: &impl GenericClient, table: &str, expected: &[Colum
 mod tests {
     use super::*;
 
-    #[test]
-    fn ddl_names_the_schema_everywhere() {
-        let sql = ddl("content");
-        assert!(!sql.contains("{schema}"));
-        assert!(sql.contains(r#"ON "content".person_film_work"#));
-        for (table, trigger) in TRIGGERS {
-            assert!(sql.contains(&format!("CREATE TRIGGER {trigger} ")), "{trigger}");
-            assert!(sql.contains(&format!("DROP TRIGGER IF EXISTS {trigger} ON \"content\".{table};")), "{trigger} on {table}");
-        }
-        assert_eq!(sql.matches("CREATE TRIGGER").count(), TRIGGERS.len());
-        assert!(ddl(r#"we"ird"#).contains(r#""we""ird".film_work"#));
+    fn movies() -> TriggerSet {
+        crate::catalog::triggers::capture("content", &crate::catalog::testing::cinema()[..1])
     }
 
     #[test]
-    fn remove_drops_every_trigger_and_the_functions() {
+    fn ddl_names_the_schema_everywhere() {
+        let set = movies();
+        let sql = ddl(&set, false);
+        assert!(sql.contains(r#"ON "content"."person_film_work""#));
+        for t in set.deletes() {
+            assert!(sql.contains(&format!("CREATE TRIGGER {} ", t.name)), "{}", t.name);
+            assert!(sql.contains(&format!("DROP TRIGGER IF EXISTS {} ON \"content\".\"{}\";", t.name, t.table)), "{} on {}", t.name, t.table);
+        }
+        assert_eq!(sql.matches("CREATE TRIGGER").count(), set.deletes().count());
+        assert_eq!(ddl(&set, true).matches("CREATE TRIGGER").count(), set.triggers.len());
+        let weird = crate::catalog::triggers::capture(r#"we"ird"#, &crate::catalog::testing::cinema()[..1]);
+        assert!(ddl(&weird, false).contains(r#""we""ird"."film_work""#));
+    }
+
+    #[test]
+    fn remove_drops_every_trigger_of_pg2es_and_the_functions() {
         let sql = remove_ddl("content");
-        assert_eq!(sql.matches("DROP TRIGGER IF EXISTS").count(), TRIGGERS.len() + WRITE_TRIGGERS.len());
-        let both = format!("{}{}", ddl("content"), write_ddl("content"));
+        assert!(sql.contains("pn.nspname = 'pg2es'") && sql.contains("DROP TRIGGER %I ON %I.%I"), "{sql}");
         for f in FUNCTIONS.split(", ") {
-            assert!(both.contains(&format!("FUNCTION {} RETURNS trigger", f.trim())), "{f}");
+            assert!(sql.contains(f.trim()), "{f}");
         }
-        for (table, trigger) in WRITE_TRIGGERS {
-            assert!(write_ddl("content").contains(&format!("CREATE TRIGGER {trigger} ")), "{trigger}");
-            assert!(sql.contains(&format!("DROP TRIGGER IF EXISTS {trigger} ON \"content\".{table};")), "{trigger} on {table}");
+        for f in ["capture_rows", "capture_moved", "capture_referencing", "capture_referencing_written", "capture_truncate"] {
+            assert!(DDL.contains(&format!("FUNCTION pg2es.{f}() RETURNS trigger")), "{f}");
         }
-        assert!(sql.contains("DROP FUNCTION IF EXISTS pg2es.log_deleted_films()"));
         assert!(sql.contains("DELETE FROM pg2es.consumers WHERE source_schema = 'content'"), "{sql}");
         assert!(remove_ddl("o'brien").contains("source_schema = 'o''brien'"));
     }
 
     #[test]
     fn the_printed_ddl_drops_positions_when_something_was_missing_then_installs() {
-        let sql = print_ddl("content", false);
-        assert!(sql.ends_with(&ddl("content")));
+        let set = movies();
+        let sql = print_ddl(&set, false);
+        assert!(sql.ends_with(&ddl(&set, false)));
         assert!(sql.contains("DELETE FROM pg2es.consumers WHERE source_schema = 'content'"), "{sql}");
-        for (table, trigger) in TRIGGERS {
-            assert!(sql.contains(&format!("'{table}'")) && sql.contains(&format!("'{trigger}'")), "{trigger} on {table}");
+        for t in set.deletes() {
+            assert!(sql.contains(&format!("'{}'", t.table)) && sql.contains(&format!("'{}'", t.name)), "{} on {}", t.name, t.table);
         }
     }
 
     #[test]
     fn what_is_missing_is_said_by_table() {
-        let capture = Capture { log_table: true, missing: TRIGGERS[2..5].to_vec(), writes_missing: vec![] };
-        assert!(!capture.complete() && !capture.nothing_installed());
-        assert_eq!(capture.describe_missing(), "genre_film_work: pg2es_link_deleted, pg2es_link_moved, pg2es_truncated");
-        let capture = Capture { log_table: false, missing: vec![TRIGGERS[0], TRIGGERS[11]], writes_missing: vec![] };
-        assert_eq!(capture.describe_missing(), "table pg2es.film_changes; film_work: pg2es_film_deleted; person: pg2es_truncated");
-        assert!(Capture { log_table: true, missing: vec![], writes_missing: vec![] }.complete());
-        assert!(Capture { log_table: true, missing: TRIGGERS.to_vec(), writes_missing: vec![] }.nothing_installed());
+        let pair = |t: &str, n: &str| (t.to_string(), n.to_string());
+        let capture = |log_table, missing: Vec<(String, String)>| Capture {
+            log_table,
+            missing,
+            writes_missing: vec![],
+            deletes_wanted: 12,
+            writes_wanted: 8,
+            legacy: false,
+            legacy_writes: false,
+        };
+        let c = capture(true, vec![pair("genre_film_work", "pg2es_movies_deleted"), pair("genre_film_work", "pg2es_movies_truncated")]);
+        assert!(!c.complete() && !c.nothing_installed());
+        assert_eq!(c.describe_missing(), "genre_film_work: pg2es_movies_deleted, pg2es_movies_truncated");
+        let c = capture(false, vec![pair("film_work", "pg2es_movies_deleted"), pair("person", "pg2es_movies_truncated")]);
+        assert_eq!(c.describe_missing(), "table pg2es.film_changes; film_work: pg2es_movies_deleted; person: pg2es_movies_truncated");
+        assert!(capture(true, vec![]).complete());
+        assert!(capture(true, (0..12).map(|i| pair("t", &i.to_string())).collect()).nothing_installed());
     }
 
     fn found(name: &str, type_name: &str, not_null: bool, defaulted: bool) -> FoundColumn {

@@ -43,6 +43,16 @@ pub struct DocumentSpec {
     pub source: Source,
     pub selection: Selection,
     pub name: String,
+    /// The definition's first document (it keeps the settings and log rows of pg2es before
+    /// definitions).
+    pub first: bool,
+}
+
+impl DocumentSpec {
+    /// Which rows of the change log are this document's.
+    pub fn log_document(&self) -> delete_log::LogDocument {
+        delete_log::LogDocument { name: self.name.clone(), first: self.first }
+    }
 }
 
 impl DocumentSpec {
@@ -52,6 +62,16 @@ impl DocumentSpec {
         let docs = Selection { documents: vec![self.name.clone()], ..self.selection.clone() }.resolve(&self.source, &live)?;
         docs.into_iter().next().ok_or_else(|| Error::Definition(format!("{}: no document {:?}", self.source.origin, self.name)))
     }
+}
+
+/// The change capture's triggers for these documents, resolved against `schema` now.
+pub async fn trigger_set(client: &Client, schema: &str, specs: &[DocumentSpec]) -> Result<crate::catalog::triggers::TriggerSet> {
+    delete_log::schema_database(client, schema).await?;
+    let mut docs = Vec::new();
+    for spec in specs {
+        docs.push(spec.resolve(client, schema).await?);
+    }
+    Ok(crate::catalog::triggers::capture(schema, &docs))
 }
 
 /// A connected source with the document's queries prepared.

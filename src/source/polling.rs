@@ -141,7 +141,7 @@ impl PollingSource {
             if shutdown.is_triggered() {
                 return Ok(false);
             }
-            let page = delete_log::films_between(pg.client(), schema, from, until, after, self.config.batch_size).await?;
+            let page = delete_log::films_between(pg.client(), schema, &self.spec.log_document(), from, until, after, self.config.batch_size).await?;
             report.logged_films += page.film_ids.len();
             let last_page = page.film_ids.len() < self.config.batch_size;
             let mut completes = Vec::new();
@@ -193,7 +193,7 @@ async fn plan_delete_log(
     notices: &mut LogNotices,
 ) -> Result<Option<LogWindow>> {
     let client = pg.client();
-    let capture = delete_log::status(client, schema).await?;
+    let capture = delete_log::status(client, &crate::catalog::triggers::capture(schema, std::slice::from_ref(&**pg.document()))).await?;
     if !capture.complete() {
         let lost_now = state.delete_log.is_some();
         if lost_now {
@@ -234,7 +234,7 @@ async fn plan_delete_log(
     }
     let until = delete_log::boundary(client).await?;
     // Some write triggers without the others (a table recreated, one dropped) is never meant.
-    let partial = !capture.writes_missing.is_empty() && capture.writes_missing.len() < delete_log::WRITE_TRIGGERS.len();
+    let partial = !capture.writes_missing.is_empty() && capture.writes_missing.len() < capture.writes_wanted;
     if partial && !notices.partial_writes_said {
         let missing: Vec<String> = capture.writes_missing.iter().map(|(table, trigger)| format!("{table}: {trigger}")).collect();
         tracing::warn!(schema, missing = %missing.join("; "), fix = "pg2es delete-capture install --writes", "the write capture is incomplete: changes are found by the tables' timestamps, so writes that leave them alone are missed");

@@ -121,7 +121,7 @@ impl Statements {
         for stream in &doc.streams {
             let mut fan_out = Vec::new();
             for f in &stream.fan_out {
-                fan_out.push(prep(f.clone()).await?);
+                fan_out.push(prep(f.sql(&doc.schema)).await?);
             }
             st.streams.insert(
                 stream.table.clone(),

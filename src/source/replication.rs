@@ -371,7 +371,11 @@ impl ChangeSource for ReplicationSource {
         self.until = Some(until);
         self.checked = true;
         if self.reported_at.is_none_or(|t| t.elapsed() >= SLOT_REPORT_EVERY) {
-            if self.reported_at.is_none() && delete_log::installed(pg.client(), &schema).await.unwrap_or(false) {
+            if self.reported_at.is_none()
+                && delete_log::installed(pg.client(), &crate::catalog::triggers::capture(&schema, std::slice::from_ref(&**pg.document())))
+                    .await
+                    .unwrap_or(false)
+            {
                 tracing::warn!(schema = %schema, "the delete capture triggers are installed but replication mode does not read them (its stream carries deletes); their log is trimmed here; `pg2es delete-capture remove` drops them if no polling pg2es reads them");
             }
             // Replication reads no delete log: what no polling instance still needs goes. Only

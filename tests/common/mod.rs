@@ -45,6 +45,27 @@ pub async fn connect(dsn: &str) -> Client {
     client
 }
 
+/// The change capture's triggers of the cinema's movies document on `schema` of `db` (as
+/// `pg2es delete-capture install` makes them with `PG2ES_DOCUMENTS=movies`).
+pub async fn capture(db: &Client, schema: &str) -> pg2es::catalog::triggers::TriggerSet {
+    capture_of(db, schema, &["movies"]).await
+}
+
+/// [`capture`] for these documents of the built-in cinema definition.
+pub async fn capture_of(db: &Client, schema: &str, documents: &[&str]) -> pg2es::catalog::triggers::TriggerSet {
+    let selection = pg2es::catalog::Selection { documents: documents.iter().map(|d| d.to_string()).collect(), ..Default::default() };
+    let specs: Vec<pg2es::source::DocumentSpec> = documents
+        .iter()
+        .map(|d| pg2es::source::DocumentSpec {
+            source: pg2es::catalog::Source::builtin(),
+            selection: selection.clone(),
+            name: d.to_string(),
+            first: *d == "movies",
+        })
+        .collect();
+    pg2es::source::trigger_set(db, schema, &specs).await.expect("the capture's triggers")
+}
+
 pub struct TestEnv {
     pub name: String,
     pub db: Client,
