@@ -118,13 +118,7 @@ fn is_index_name(s: &str) -> bool {
 }
 
 /// The documents of the definition, resolved against `live` (with their [`heads`]).
-pub fn resolve(
-    src: &Source,
-    live: &LiveSchema,
-    ts: &TimestampChoice,
-    first: &FirstIndex,
-    schema_of: &SchemaOf<'_>,
-) -> Result<Vec<Document>> {
+pub fn resolve(src: &Source, live: &LiveSchema, ts: &TimestampChoice, first: &FirstIndex, schema_of: &SchemaOf<'_>) -> Result<Vec<Document>> {
     let heads = heads(src, first, schema_of)?;
     let raw = src.parse()?;
     let r = Resolver { src, live, ts };
