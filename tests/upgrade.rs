@@ -1,0 +1,74 @@
+//! Upgrading from the release before definitions: its state file and its delete capture keep
+//! working, and nothing is loaded again.
+
+mod common;
+
+use common::TestEnv;
+use pg2es::source::delete_log::{self, LogDocument};
+
+/// A state file the previous release wrote (tests/fixtures/legacy/state.json, after a full load
+/// of the reference catalog), bound to this test's database and index.
+async fn legacy_state(env: &TestEnv) -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/legacy/state.json")).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let row = env.db.query_one("SELECT system_identifier::text, current_database()::text FROM pg_control_system()", &[]).await.unwrap();
+    state["source"]["system_identifier"] = row.get::<_, String>(0).into();
+    state["source"]["database"] = row.get::<_, String>(1).into();
+    state["index"] = env.index.clone().into();
+    serde_json::to_string_pretty(&state).unwrap()
+}
+
+#[tokio::test]
+async fn a_state_file_of_the_previous_release_loads_nothing_again() {
+    let env = TestEnv::new("up_state").await;
+    assert_eq!(env.pass().await.iter().map(|r| r.records).sum::<usize>(), 999);
+    std::fs::write(env.state_file(), legacy_state(&env).await).unwrap();
+    let reports = env.pass().await;
+    assert_eq!(reports.iter().map(|r| r.records).sum::<usize>(), 0, "{reports:?}");
+    // It goes on from its watermarks: a change after them is loaded.
+    env.sql("UPDATE content.film_work SET title = 'After the upgrade', updated_at = now() WHERE id = (SELECT id FROM content.film_work ORDER BY id LIMIT 1)")
+        .await;
+    let reports = env.pass().await;
+    assert_eq!(reports.iter().map(|r| r.records).sum::<usize>(), 1, "{reports:?}");
+    assert!(env.verify().await.is_consistent());
+    env.cleanup().await;
+}
+
+/// The previous release's triggers, installed as it did, are replaced by `install` in one
+/// transaction: the positions stay (no reload), rows they logged are read by the first document,
+/// and no trigger of theirs remains.
+#[tokio::test]
+async fn install_replaces_the_previous_triggers_and_keeps_the_positions() {
+    let env = TestEnv::new("up_triggers").await;
+    let legacy = |file: &str| {
+        std::fs::read_to_string(format!("{}/tests/fixtures/legacy/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap().replace("{schema}", "\"content\"")
+    };
+    env.db.batch_execute(&legacy("delete_capture.sql")).await.unwrap();
+    env.db.batch_execute(&legacy("write_capture.sql")).await.unwrap();
+    let old_triggers = "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid WHERE p.proname LIKE 'log\\_%'";
+    assert_eq!(env.scalar_i64(old_triggers).await, 12 + 8);
+    let from = delete_log::boundary(&env.db).await.unwrap();
+    delete_log::acknowledge(&env.db, "content", "a", from).await.unwrap();
+    // A delete logged by the old triggers, before the upgrade.
+    let film: uuid::Uuid = env.db.query_one("SELECT id FROM content.film_work ORDER BY id LIMIT 1", &[]).await.unwrap().get(0);
+    env.db.execute("DELETE FROM content.film_work WHERE id = $1", &[&film]).await.unwrap();
+
+    let set = common::capture(&env.db, "content").await;
+    let installed = delete_log::install_writes(&env.db, &set).await.unwrap();
+    assert_eq!((installed.positions_dropped, installed.replaced_legacy), (0, true));
+    assert_eq!(env.scalar_i64(old_triggers).await, 0);
+    assert!(delete_log::status(&env.db, &set).await.unwrap().writes_complete());
+    assert!(delete_log::is_consumer(&env.db, "content", "a").await.unwrap());
+
+    // A delete after the upgrade, logged by the generated triggers for the movies document.
+    let second: uuid::Uuid = env.db.query_one("SELECT id FROM content.film_work ORDER BY id LIMIT 1", &[]).await.unwrap().get(0);
+    env.db.execute("DELETE FROM content.film_work WHERE id = $1", &[&second]).await.unwrap();
+    let to = delete_log::boundary(&env.db).await.unwrap();
+    let movies = LogDocument { name: "movies".into(), first: true };
+    let page = delete_log::films_between(&env.db, "content", &movies, from, to, None, 10).await.unwrap();
+    assert!(page.film_ids.contains(&film) && page.film_ids.contains(&second), "{page:?}");
+    // Another document does not read the rows of the old triggers.
+    let genres = LogDocument { name: "genres".into(), first: false };
+    assert!(delete_log::films_between(&env.db, "content", &genres, from, to, None, 10).await.unwrap().film_ids.is_empty());
+    env.cleanup().await;
+}
