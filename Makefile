@@ -83,10 +83,11 @@ DEMO_URL = $(call engine_url,$(ENGINE))
 
 demo: check-tools db build
 	@if [ "$(ENGINE)" != es ] && [ "$(ENGINE)" != os ]; then scripts/stack.sh up $(ENGINE); fi
-	@curl -s -o /dev/null -XDELETE $(DEMO_URL)/movies
-	@rm -f state/demo-state.json
+	@curl -s -o /dev/null -XDELETE '$(DEMO_URL)/movies,genres,persons?ignore_unavailable=true'
+	@rm -f state/demo-state.json state/demo-state.*.json
 	$(LOCAL_ENV) ES_URL=$(DEMO_URL) ETL_STATE_FILE=state/demo-state.json ./target/release/pg2es run --once
 	@scripts/summary.sh $(DEMO_URL) movies
+	@for i in genres persons; do curl -s -XPOST $(DEMO_URL)/$$i/_refresh >/dev/null; echo "index $$i: $$(curl -s $(DEMO_URL)/$$i/_count | grep -o '"count":[0-9]*' | cut -d: -f2) documents"; done
 	@echo
 	@echo "The stack is still running: Postgres $(PG_MOVIES), Elasticsearch $(ES_URL), OpenSearch $(OS_URL)."
 	@echo "Run pg2es continuously:  $(LOCAL_ENV) ES_URL=$(DEMO_URL) ./target/release/pg2es run"
@@ -128,8 +129,8 @@ acceptance:
 	for url in $(ES_URL) $(OS_URL) $(foreach e,$(MATRIX),$(call engine_url,$(e))); do \
 		port=$${url##*:}; started=$$(date +%s); \
 		echo "acceptance: $$url ($$(curl -sf --max-time 5 $$url | tr -d ' \n' | grep -o '"number":"[^"]*"' || echo 'not answering'))"; \
-		curl -s -o /dev/null -XDELETE $$url/movies; \
-		rm -f state/acceptance-$$port.json; \
+		curl -s -o /dev/null -XDELETE "$$url/movies,genres,persons?ignore_unavailable=true"; \
+		rm -f state/acceptance-$$port.json state/acceptance-$$port.*.json; \
 		$(LOCAL_ENV) ES_URL=$$url ETL_STATE_FILE=state/acceptance-$$port.json ./target/debug/pg2es run --once; \
 		tools/acceptance/run.sh $$url; \
 		echo "acceptance: $$url passed in $$(( $$(date +%s) - started ))s"; \
