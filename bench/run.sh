@@ -22,6 +22,8 @@ export ES_URL=${ES_URL:-http://127.0.0.1:9200}
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-app} PGPASSWORD=${PGPASSWORD:-123qwe}
 export ES_SCHEMA_FILE=${ES_SCHEMA_FILE:-$root/../shared/fixtures/movies/es_schema.json}
 export ETL_BATCH_SIZE=${ETL_BATCH_SIZE:-500}
+# The movies document of the cinema definition (the benchmark measures it; bench/ab.sh the bookshop).
+export PG2ES_DOCUMENTS=${PG2ES_DOCUMENTS:-movies}
 export LOG_FORMAT=json RUST_LOG=${RUST_LOG:-info}
 # Bulk requests in flight, for pg2es, the replay and PGSync alike (pg2es's default unless set).
 export ES_BULK_CONCURRENCY=${BENCH_CONCURRENCY:-${ES_BULK_CONCURRENCY:-2}}
@@ -84,7 +86,7 @@ run_pg2es() {
   # Docs re-indexed and the cycle's own time, from the per-cycle log lines.
   jq -s --argjson wall "$wall" --arg name "$label" '
       map(select(.fields.message == "cycle done").fields)
-      | { run: $name, wall_sec: $wall, films: (map(.films) | add), stored: (map(.stored) | add),
+      | { run: $name, wall_sec: $wall, films: (map(.records) | add), stored: (map(.stored) | add),
           dead_lettered: (map(.dead_lettered) | add), cycle_ms: (map(.elapsed_ms) | add) }' "$dir/$label.log" \
     | jq --arg rss "$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/$label.time")" \
          --arg user "$(awk -F': ' '/User time/ {print $2}' "$dir/$label.time")" \
@@ -197,7 +199,7 @@ for n in "${sizes[@]}"; do
   sleep 4
   tail -n +"$(( cycles_before + 1 ))" <(grep '"cycle done"' "$dir/continuous.log") \
     | jq -s --argjson changes "$steady_changes" --argjson rate "$steady_rate" '
-        map(.fields) | { changes: $changes, rate_per_sec: $rate, cycles: length, rows_read: (map(.film_rows) | add),
+        map(.fields) | { changes: $changes, rate_per_sec: $rate, cycles: length, rows_read: (map(.root_rows) | add),
           rows_already_loaded: (map(.rows_already_loaded // 0) | add), stored: (map(.stored) | add),
           docs_per_change: ((map(.stored) | add) / $changes) }' >"$dir/steady.json"
   kill -TERM "$pg2es_pid"
