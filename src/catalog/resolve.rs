@@ -213,7 +213,9 @@ impl Resolver<'_> {
     fn join(&self, root: &Text, root_key: &str, name: &str, rel: &RawRelation, span: std::ops::Range<usize>) -> Result<(Join, Option<(Text, bool)>)> {
         let related = rel.table.get_ref();
         if let (Some(_), Some(on)) = (&rel.through, &rel.on) {
-            return Err(self.src.error(on.span(), format!("relation {name} has both `through` and `on`: keep `through` for a link table, or `on` for a direct join")));
+            return Err(self
+                .src
+                .error(on.span(), format!("relation {name} has both `through` and `on`: keep `through` for a link table, or `on` for a direct join")));
         }
         if let Some(through) = &rel.through {
             let t = through.get_ref();
