@@ -292,7 +292,7 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
     let read = read?;
     // Documents stored outside a full load make the index non-empty: a later reload reconciles.
     *index_empty &= plan.full_load || report.stored == 0;
-    (report.rows, report.already_loaded, report.logged, report.more) = (read.rows, read.already_loaded, read.logged_films, read.more);
+    (report.rows, report.already_loaded, report.logged, report.more) = (read.rows, read.already_loaded, read.logged, read.more);
     (report.document, report.root) = (doc.name.clone(), doc.root.clone());
     report.interrupted |= shutdown.is_triggered();
     // The full load is over, or stopped by shutdown: the index gets its own settings back.

@@ -341,7 +341,7 @@ impl<'a> FilmPages<'a> {
             Some(s) if !s.is_closed() => s,
             _ => PgSource::connect(&self.config.pg, &self.tls, &self.config.pg_schema, &self.spec).await?,
         };
-        let records = source.films_after(after, self.config.batch_size).await;
+        let records = source.records_after(after, self.config.batch_size).await;
         let doc = source.document().clone();
         *slot = Some(source);
         Ok((doc, records?))

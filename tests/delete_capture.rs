@@ -56,12 +56,12 @@ async fn window(client: &Client, from: u64, to: u64) -> LogPage {
     let mut after = None;
     loop {
         let movies = delete_log::LogDocument { name: "movies".into(), first: true };
-        let page = delete_log::films_between(client, SCHEMA, &movies, from, to, after, 2).await.unwrap();
+        let page = delete_log::keys_between(client, SCHEMA, &movies, from, to, after, 2).await.unwrap();
         all.reload |= page.reload;
-        let Some(last) = page.film_ids.last().copied() else { return all };
-        assert!(page.film_ids.len() <= 2 && page.film_ids.windows(2).all(|w| w[0] < w[1]), "{page:?}");
-        assert!(after.is_none_or(|a| page.film_ids[0] > a), "{page:?} after {after:?}");
-        all.film_ids.extend(page.film_ids);
+        let Some(last) = page.keys.last().copied() else { return all };
+        assert!(page.keys.len() <= 2 && page.keys.windows(2).all(|w| w[0] < w[1]), "{page:?}");
+        assert!(after.is_none_or(|a| page.keys[0] > a), "{page:?} after {after:?}");
+        all.keys.extend(page.keys);
         after = Some(last);
     }
 }
@@ -87,7 +87,7 @@ async fn uuids(env: &TestEnv, sql: &str) -> Vec<Uuid> {
 }
 
 fn films(ids: Vec<Uuid>) -> LogPage {
-    LogPage { film_ids: ids, reload: false }
+    LogPage { keys: ids, reload: false }
 }
 
 #[tokio::test]
@@ -167,7 +167,7 @@ async fn a_deleted_person_or_genre_logs_every_film_it_was_in() {
 async fn truncate_asks_for_a_reload() {
     let env = installed_env("dc_truncate").await;
     let page = logged(&env, "TRUNCATE content.person_film_work").await;
-    assert_eq!(page, LogPage { film_ids: vec![], reload: true });
+    assert_eq!(page, LogPage { keys: vec![], reload: true });
     let page = logged(&env, "TRUNCATE content.film_work CASCADE").await;
     assert!(page.reload, "{page:?}");
     env.cleanup().await;

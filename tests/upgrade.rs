@@ -65,10 +65,10 @@ async fn install_replaces_the_previous_triggers_and_keeps_the_positions() {
     env.db.execute("DELETE FROM content.film_work WHERE id = $1", &[&second]).await.unwrap();
     let to = delete_log::boundary(&env.db).await.unwrap();
     let movies = LogDocument { name: "movies".into(), first: true };
-    let page = delete_log::films_between(&env.db, "content", &movies, from, to, None, 10).await.unwrap();
-    assert!(page.film_ids.contains(&film) && page.film_ids.contains(&second), "{page:?}");
+    let page = delete_log::keys_between(&env.db, "content", &movies, from, to, None, 10).await.unwrap();
+    assert!(page.keys.contains(&film) && page.keys.contains(&second), "{page:?}");
     // Another document does not read the rows of the old triggers.
     let genres = LogDocument { name: "genres".into(), first: false };
-    assert!(delete_log::films_between(&env.db, "content", &genres, from, to, None, 10).await.unwrap().film_ids.is_empty());
+    assert!(delete_log::keys_between(&env.db, "content", &genres, from, to, None, 10).await.unwrap().keys.is_empty());
     env.cleanup().await;
 }

@@ -68,7 +68,7 @@ pub struct ReadReport {
     /// Rows read again only because of the commit horizon, unchanged: their films were not sent.
     pub already_loaded: usize,
     /// Films named by the delete log (polling) or the replication stream.
-    pub logged_films: usize,
+    pub logged: usize,
     /// More changes are waiting: the next cycle starts at once.
     pub more: bool,
 }

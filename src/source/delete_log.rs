@@ -245,14 +245,14 @@ pub async fn boundary(client: &impl GenericClient) -> Result<u64> {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogPage {
     /// Films to rebuild or delete: distinct, ascending, after the page's `after`.
-    pub film_ids: Vec<Uuid>,
+    pub keys: Vec<Uuid>,
     /// A table was truncated in the window: the whole catalog must be reloaded.
     pub reload: bool,
 }
 
 /// Rows of a document: its name, or (`$7`, the definition's first document) no name, as the
 /// triggers of pg2es before definitions wrote them.
-const FILMS_BETWEEN_SQL: &str = "SELECT \
+const KEYS_BETWEEN_SQL: &str = "SELECT \
        EXISTS (SELECT 1 FROM pg2es.film_changes \
                WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 AND film_id IS NULL \
                  AND (document = $6 OR ($7 AND document IS NULL))), \
@@ -273,7 +273,7 @@ pub struct LogDocument {
 
 /// Up to `limit` keys logged for `schema`'s `document` by transactions in `[from, to)`, after `after`.
 #[allow(clippy::too_many_arguments)]
-pub async fn films_between(
+pub async fn keys_between(
     client: &impl GenericClient,
     schema: &str,
     document: &LogDocument,
@@ -284,12 +284,12 @@ pub async fn films_between(
 ) -> Result<LogPage> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let row = client
-        .query_one(FILMS_BETWEEN_SQL, &[&schema, &from.to_string(), &to.to_string(), &after, &limit, &document.name, &document.first])
+        .query_one(KEYS_BETWEEN_SQL, &[&schema, &from.to_string(), &to.to_string(), &after, &limit, &document.name, &document.first])
         .await
         .map_err(Error::postgres("read the delete log"))?;
     Ok(LogPage {
         reload: row.try_get(0).map_err(Error::postgres("read the delete log"))?,
-        film_ids: row.try_get(1).map_err(Error::postgres("read the delete log"))?,
+        keys: row.try_get(1).map_err(Error::postgres("read the delete log"))?,
     })
 }
 

@@ -87,7 +87,7 @@ pub struct PgSource {
 pub struct ChangePage {
     pub stream: Stream,
     /// Films to re-index because of this page (deduplicated, sorted).
-    pub film_ids: Vec<Uuid>,
+    pub keys: Vec<Uuid>,
     /// The rows of the page that had not been loaded already: remembered once their films are.
     pub fresh: Vec<RowVersion>,
     /// Rows of the page whose films were loaded in an earlier cycle, unchanged since.
@@ -205,7 +205,7 @@ impl PgSource {
         roots.extend(self.roots_of(stream, &own).await?);
         roots.sort_unstable();
         roots.dedup();
-        Ok(Some(ChangePage { stream: stream.to_string(), film_ids: roots, fresh, already_loaded, last, rows: rows.len() }))
+        Ok(Some(ChangePage { stream: stream.to_string(), keys: roots, fresh, already_loaded, last, rows: rows.len() }))
     }
 
     /// The newest position of a stream now, or `None` for an empty table.
@@ -234,7 +234,7 @@ impl PgSource {
 
     /// Reads the records with these keys, with their relations. Records that no longer exist
     /// are simply absent from the result.
-    pub async fn films(&self, ids: &[Uuid]) -> Result<Vec<Record>> {
+    pub async fn records(&self, ids: &[Uuid]) -> Result<Vec<Record>> {
         let rows = self.client.query(&self.statements.records, &[&ids]).await.map_err(Error::postgres("read records"))?;
         rows.iter().map(|r| record_from_row(&self.doc, r)).collect()
     }
@@ -242,7 +242,7 @@ impl PgSource {
     /// Every film in id order (after `after` when given), streamed: rows are decoded as they are
     /// consumed, and the connection stops reading from the socket while the consumer is behind,
     /// so memory does not grow with the table. Postgres holds one snapshot for the whole scan.
-    pub async fn scan_films(&self, after: Option<Uuid>) -> Result<impl futures_util::Stream<Item = Result<Record>> + Send + 'static> {
+    pub async fn scan_records(&self, after: Option<Uuid>) -> Result<impl futures_util::Stream<Item = Result<Record>> + Send + 'static> {
         let rows = match after {
             Some(id) => self.client.query_raw(&self.statements.scan_after, [&id as &(dyn tokio_postgres::types::ToSql + Sync)]).await,
             None => self.client.query_raw(&self.statements.scan_first, std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>()).await,
@@ -254,14 +254,14 @@ impl PgSource {
 
     /// How many films a scan after `after` reads (for progress; a film with the nil id is not
     /// counted).
-    pub async fn films_left(&self, after: Option<Uuid>) -> Result<u64> {
+    pub async fn records_left(&self, after: Option<Uuid>) -> Result<u64> {
         let row = self.client.query_one(&self.statements.count_after, &[&after.unwrap_or_else(Uuid::nil)]).await.map_err(Error::postgres("count films"))?;
         Ok(row.try_get::<_, i64>(0).map_err(Error::postgres("count films"))?.max(0) as u64)
     }
 
     /// Up to `limit` films with ids after `after`, in id order (uuid byte order), read the same
     /// way as [`PgSource::films`]. Keyset paging: each page is one index range scan.
-    pub async fn films_after(&self, after: Uuid, limit: usize) -> Result<Vec<Record>> {
+    pub async fn records_after(&self, after: Uuid, limit: usize) -> Result<Vec<Record>> {
         let rows = self.client.query(&self.statements.records_after, &[&after, &(limit as i64)]).await.map_err(Error::postgres("read records in key order"))?;
         rows.iter().map(|r| record_from_row(&self.doc, r)).collect()
     }

@@ -116,7 +116,7 @@ impl PollingSource {
                     saved = Some(target);
                 }
                 let receipt = Receipt { rows: vec![(stream.to_string(), page.fresh)] };
-                if !reading::send_films(pg, tx, &page.film_ids, batch_size, Versioning::AtRead, completes, receipt).await? {
+                if !reading::send_records(pg, tx, &page.keys, batch_size, Versioning::AtRead, completes, receipt).await? {
                     return Ok(false);
                 }
                 cursor = Some(page.last);
@@ -141,13 +141,13 @@ impl PollingSource {
             if shutdown.is_triggered() {
                 return Ok(false);
             }
-            let page = delete_log::films_between(pg.client(), schema, &self.spec.log_document(), from, until, after, self.config.batch_size).await?;
-            report.logged_films += page.film_ids.len();
-            let last_page = page.film_ids.len() < self.config.batch_size;
+            let page = delete_log::keys_between(pg.client(), schema, &self.spec.log_document(), from, until, after, self.config.batch_size).await?;
+            report.logged += page.keys.len();
+            let last_page = page.keys.len() < self.config.batch_size;
             let mut completes = Vec::new();
             if last_page {
                 // Nothing logged in the window: the position stays, and the next window is larger.
-                if report.logged_films == 0 && !page.reload {
+                if report.logged == 0 && !page.reload {
                     return Ok(true);
                 }
                 completes.push(PositionDelta::DeleteLog { done: until });
@@ -156,13 +156,13 @@ impl PollingSource {
                     completes.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
                 }
             }
-            if !reading::send_films(pg, tx, &page.film_ids, self.config.batch_size, Versioning::AtRead, completes, Receipt::default()).await? {
+            if !reading::send_records(pg, tx, &page.keys, self.config.batch_size, Versioning::AtRead, completes, Receipt::default()).await? {
                 return Ok(false);
             }
             if last_page {
                 return Ok(true);
             }
-            after = page.film_ids.last().copied();
+            after = page.keys.last().copied();
         }
     }
 }

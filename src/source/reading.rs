@@ -26,9 +26,9 @@ pub async fn full_load(
     progress: Option<&Progress>,
 ) -> Result<(usize, bool)> {
     if let Some(p) = progress {
-        p.start(pg.films_left(from.after).await?);
+        p.start(pg.records_left(from.after).await?);
     }
-    let films = pg.scan_films(from.after).await?;
+    let films = pg.scan_records(from.after).await?;
     futures_util::pin_mut!(films);
     let (mut read, mut after) = (0, from.after);
     let mut batch = Vec::with_capacity(batch_size);
@@ -63,7 +63,7 @@ pub enum Versioning {
 /// Reads these films and sends them: those found as upserts, the others as deletes, in batches of
 /// `batch_size`. The last batch carries `completes` and `receipt` (also when `ids` is empty).
 /// False when the receiver has stopped.
-pub async fn send_films(
+pub async fn send_records(
     pg: &PgSource,
     tx: &mpsc::Sender<ChangeBatch>,
     ids: &[Uuid],
@@ -82,7 +82,7 @@ pub async fn send_films(
             Versioning::Fixed(v) => v,
             Versioning::AtRead => pg.wal_position().await?,
         });
-        let changes = upserts_and_deletes(ids, pg.films(ids).await?);
+        let changes = upserts_and_deletes(ids, pg.records(ids).await?);
         let (completes, receipt) = if i == last { end.take().unwrap_or_default() } else { Default::default() };
         if !send(tx, ChangeBatch { changes, completes, receipt, version }).await {
             return Ok(false);

@@ -120,7 +120,7 @@ impl ReplicationSource {
                 return Ok(());
             }
         };
-        report.logged_films += window.films.len();
+        report.logged += window.films.len();
         let mut films = window.films;
         for (stream, ids) in &window.fanned {
             let ids: Vec<Uuid> = ids.iter().copied().collect();
@@ -141,7 +141,7 @@ impl ReplicationSource {
         }
         let ids: Vec<Uuid> = films.into_iter().collect();
         // Read after `position`: every state read now is at least as new as the stream there.
-        reading::send_films(pg, tx, &ids, self.config.batch_size, Versioning::Fixed(position.max(from)), completes, Receipt::default()).await?;
+        reading::send_records(pg, tx, &ids, self.config.batch_size, Versioning::Fixed(position.max(from)), completes, Receipt::default()).await?;
         Ok(())
     }
 }
