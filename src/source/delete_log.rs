@@ -582,7 +582,7 @@ async fn begin(client: &impl GenericClient, lock_timeout: Duration, context: &'s
     // Creating and dropping triggers locks the tables: wait a while for other transactions, not
     // forever, so the application's queries do not queue up behind us.
     let ms = lock_timeout.as_millis().max(1);
-    if let Err(e) = client.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms'")).await {
+    if let Err(e) = client.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms'; SET LOCAL client_min_messages = warning")).await {
         let _ = client.batch_execute("ROLLBACK").await;
         return Err(Error::postgres(context)(e));
     }

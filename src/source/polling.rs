@@ -152,7 +152,7 @@ impl PollingSource {
                 }
                 completes.push(PositionDelta::DeleteLog { done: until });
                 if page.reload {
-                    tracing::warn!(schema = %schema, "a source table was truncated: every film is loaded again, and documents of films that are gone are removed after");
+                    tracing::warn!(schema = %schema, "a source table was truncated: every record is loaded again, and documents of records that are gone are removed after");
                     completes.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
                 }
             }
@@ -211,7 +211,7 @@ async fn plan_delete_log(
                 schema,
                 missing = %capture.describe_missing(),
                 fix = "pg2es delete-capture install",
-                "the delete capture is incomplete (a migration that recreates a table drops its triggers): deletes are not recorded, so films deleted or unlinked meanwhile stay in the index; once it is installed again every film is loaded again and documents of films that are gone are removed (removed on purpose: nothing to do, deleted films are then removed by reconciliation only)"
+                "the delete capture is incomplete (a migration that recreates a table drops its triggers): deletes are not recorded, so documents whose rows were deleted or unlinked meanwhile stay in the index; once it is installed again every record is loaded again and documents of records that are gone are removed (removed on purpose: nothing to do, documents of deleted roots are then removed by reconciliation only)"
             );
         }
         return Ok(None);
@@ -226,7 +226,7 @@ async fn plan_delete_log(
             Continuity::Expired => Some("this instance was not seen for over 7 days: other instances may have trimmed deletes it had not read"),
         };
         if let Some(why) = why {
-            tracing::warn!(schema, consumer, reason = why, "the delete log cannot be trusted from the saved position: deletes are read from it from now on, every film is loaded again and documents of films that are gone are removed");
+            tracing::warn!(schema, consumer, reason = why, "the delete log cannot be trusted from the saved position: deletes are read from it from now on, every record is loaded again and documents of records that are gone are removed");
             before.push(PositionDelta::DeleteLogLost);
             position = None;
             said = true;
@@ -251,7 +251,7 @@ async fn plan_delete_log(
         (false, Some(load)) if load.after.is_some() => {
             if !notices.deferred_said {
                 notices.deferred_said = true;
-                tracing::info!(schema, "delete capture found during a full load: its log is read once the load is done, and every film is loaded again then (deletes of films already loaded were not recorded)");
+                tracing::info!(schema, "delete capture found during a full load: its log is read once the load is done, and every record is loaded again then (deletes of records already loaded were not recorded)");
             }
             return Ok(None);
         }
@@ -265,7 +265,7 @@ async fn plan_delete_log(
     if reload {
         before.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
         if !said {
-            tracing::warn!(schema, "delete capture found on an index loaded without it (installed for the first time, or again after it was missing): deletes made before it were not recorded, so every film is loaded again, then documents of films that are gone are removed");
+            tracing::warn!(schema, "delete capture found on an index loaded without it (installed for the first time, or again after it was missing): deletes made before it were not recorded, so every record is loaded again, then documents of records that are gone are removed");
         }
     } else if !state.needs_full_load() {
         tracing::info!(schema, "delete capture found: deletes are read from the delete log from now on");
