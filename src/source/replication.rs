@@ -618,7 +618,10 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tabl
     let c = pg.client();
     let context = "read the publication";
     let quoted = |t: &str| format!("\"{schema}\".\"{t}\"");
-    for attempt in 0..2 {
+    // Several documents (each a pipeline) may set up the shared publication at once: a statement
+    // refused because another just did the same is read again.
+    let raced = |e: &tokio_postgres::Error| e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT);
+    for attempt in 0..4 {
         let row = c
             .query_opt(
                 "SELECT p.oid::bigint, p.xmin::text, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, \
@@ -630,8 +633,11 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tabl
             .map_err(Error::postgres(context))?;
         let Some(row) = row else {
             let sql = format!("CREATE PUBLICATION \"{publication}\" FOR TABLE {}", tables.iter().map(|t| quoted(t)).collect::<Vec<_>>().join(", "));
-            c.batch_execute(&sql).await.map_err(|e| setup_error(e, &format!("create publication {publication} (as an owner of the tables: {sql})")))?;
-            tracing::info!(publication, "created the publication");
+            match c.batch_execute(&sql).await {
+                Ok(()) => tracing::info!(publication, "created the publication"),
+                Err(e) if raced(&e) => {}
+                Err(e) => return Err(setup_error(e, &format!("create publication {publication} (as an owner of the tables: {sql})"))),
+            }
             continue;
         };
         let oid: i64 = row.try_get(0).map_err(Error::postgres(context))?;
@@ -680,10 +686,16 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tabl
             return Ok(objects);
         }
         let add = format!("ALTER PUBLICATION \"{publication}\" ADD TABLE {}", missing.iter().map(|t| quoted(t)).collect::<Vec<_>>().join(", "));
-        if owned && attempt == 0 {
-            // A migration that recreates a table leaves the new one out of the publication.
-            c.batch_execute(&add).await.map_err(|e| setup_error(e, &format!("add {} to publication {publication} ({add})", missing.join(", "))))?;
-            tracing::warn!(publication, tables = %missing.join(", "), "tables were missing from the publication (recreated by a migration?): added them");
+        if owned && attempt < 3 {
+            // A migration that recreates a table leaves the new one out of the publication;
+            // another document's tables are added by it the first time it runs.
+            match c.batch_execute(&add).await {
+                Ok(()) => {
+                    tracing::warn!(publication, tables = %missing.join(", "), "tables were missing from the publication (a new document, or recreated by a migration?): added them")
+                }
+                Err(e) if raced(&e) => {}
+                Err(e) => return Err(setup_error(e, &format!("add {} to publication {publication} ({add})", missing.join(", ")))),
+            }
             continue;
         }
         return Err(Error::SourceSetup(format!(
