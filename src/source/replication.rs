@@ -618,7 +618,11 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tabl
     let c = pg.client();
     let context = "read the publication";
     let quoted = |t: &str| format!("\"{schema}\".\"{t}\"");
-    for attempt in 0..2 {
+    // The documents of one run share the publication and set it up at once: a CREATE or an ADD
+    // refused as a duplicate was done by another of them meanwhile, so it is read again. Each
+    // refusal means another made progress, so a few rounds settle it.
+    let mut added = false;
+    for _ in 0..6 {
         let row = c
             .query_opt(
                 "SELECT p.oid::bigint, p.xmin::text, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, \
@@ -630,8 +634,11 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tabl
             .map_err(Error::postgres(context))?;
         let Some(row) = row else {
             let sql = format!("CREATE PUBLICATION \"{publication}\" FOR TABLE {}", tables.iter().map(|t| quoted(t)).collect::<Vec<_>>().join(", "));
-            c.batch_execute(&sql).await.map_err(|e| setup_error(e, &format!("create publication {publication} (as an owner of the tables: {sql})")))?;
-            tracing::info!(publication, "created the publication");
+            match c.batch_execute(&sql).await {
+                Ok(()) => tracing::info!(publication, "created the publication"),
+                Err(e) if lost_race(&e) => tracing::debug!(publication, "the publication was created meanwhile by another document"),
+                Err(e) => return Err(setup_error(e, &format!("create publication {publication} (as an owner of the tables: {sql})"))),
+            }
             continue;
         };
         let oid: i64 = row.try_get(0).map_err(Error::postgres(context))?;
@@ -680,10 +687,16 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tabl
             return Ok(objects);
         }
         let add = format!("ALTER PUBLICATION \"{publication}\" ADD TABLE {}", missing.iter().map(|t| quoted(t)).collect::<Vec<_>>().join(", "));
-        if owned && attempt == 0 {
+        if owned && !added {
             // A migration that recreates a table leaves the new one out of the publication.
-            c.batch_execute(&add).await.map_err(|e| setup_error(e, &format!("add {} to publication {publication} ({add})", missing.join(", "))))?;
-            tracing::warn!(publication, tables = %missing.join(", "), "tables were missing from the publication (recreated by a migration?): added them");
+            match c.batch_execute(&add).await {
+                Ok(()) => {
+                    added = true;
+                    tracing::warn!(publication, tables = %missing.join(", "), "tables were missing from the publication (recreated by a migration?): added them");
+                }
+                Err(e) if lost_race(&e) => tracing::debug!(publication, "tables were added to the publication meanwhile by another document"),
+                Err(e) => return Err(setup_error(e, &format!("add {} to publication {publication} ({add})", missing.join(", ")))),
+            }
             continue;
         }
         return Err(Error::SourceSetup(format!(
@@ -692,6 +705,13 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tabl
         )));
     }
     Err(Error::SourceSetup(format!("publication {publication} could not be set up; check that pg2es may create it (CREATE on the database) or create it: CREATE PUBLICATION \"{publication}\" FOR TABLE {}", tables.iter().map(|t| quoted(t)).collect::<Vec<_>>().join(", "))))
+}
+
+/// Refused because the object was just made by another session: `duplicate_object`, or the
+/// catalog's unique index when both committed at once.
+fn lost_race(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|code| *code == SqlState::DUPLICATE_OBJECT || *code == SqlState::UNIQUE_VIOLATION)
 }
 
 /// A refused setup step: missing privileges are the operator's to fix, the rest as usual.
