@@ -157,6 +157,11 @@ impl Cinema {
         rows.iter().map(|r| r.get::<_, uuid::Uuid>(0).to_string()).collect()
     }
 
+    async fn texts(&self, sql: &str) -> Vec<String> {
+        let rows = self.env.db.query(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
     async fn text(&self, sql: &str) -> Option<String> {
         self.env.db.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
     }
@@ -216,10 +221,8 @@ async fn expected_person(c: &Cinema, person: &str) -> Value {
         )
         .await
         .unwrap();
-    let films: Vec<Value> = rows
-        .iter()
-        .map(|r| json!({ "id": r.get::<_, uuid::Uuid>(0).to_string(), "title": known(r.get(1)), "roles": r.get::<_, Vec<String>>(2) }))
-        .collect();
+    let films: Vec<Value> =
+        rows.iter().map(|r| json!({ "id": r.get::<_, uuid::Uuid>(0).to_string(), "title": known(r.get(1)), "roles": r.get::<_, Vec<String>>(2) })).collect();
     json!({ "id": person, "full_name": known(name), "films": films })
 }
 
@@ -276,8 +279,7 @@ async fn a_renamed_genre_reaches_its_document_and_its_films(name: &str, source: 
     let reports = c
         .passes_until("the genre renamed in its document and every film", || async {
             let renamed = c.doc("genres", &genre).await.is_some_and(|d| d["name"] == "Renamed Genre");
-            renamed
-                && c.docs("movies", &films).await.iter().all(|d| d.as_ref().is_some_and(|d| strings(&d["genre"]).contains(&"Renamed Genre")))
+            renamed && c.docs("movies", &films).await.iter().all(|d| d.as_ref().is_some_and(|d| strings(&d["genre"]).contains(&"Renamed Genre")))
         })
         .await;
     for d in c.docs("movies", &films).await {
@@ -345,7 +347,9 @@ async fn a_deleted_person_leaves_the_persons_index_and_their_films_replication()
 async fn a_renamed_film_reaches_the_documents_of_its_people(name: &str, source: Source) {
     let c = Cinema::new(name, source).await;
     c.pass().await;
-    let film = c.uuid("SELECT film_work_id FROM content.person_film_work GROUP BY film_work_id HAVING count(DISTINCT person_id) >= 3 ORDER BY film_work_id LIMIT 1").await;
+    let film = c
+        .uuid("SELECT film_work_id FROM content.person_film_work GROUP BY film_work_id HAVING count(DISTINCT person_id) >= 3 ORDER BY film_work_id LIMIT 1")
+        .await;
     let people = c.ids(&format!("SELECT DISTINCT person_id FROM content.person_film_work WHERE film_work_id = '{film}'")).await;
     c.env.sql(&format!("UPDATE content.film_work SET title = 'Renamed Film', updated_at = now() WHERE id = '{film}'")).await;
     let renamed = |d: &Value| d["films"].as_array().unwrap().iter().any(|f| f["id"] == film.as_str() && f["title"] == "Renamed Film");
@@ -373,10 +377,16 @@ async fn a_renamed_film_reaches_the_documents_of_its_people_replication() {
     a_renamed_film_reaches_the_documents_of_its_people("cinema_film_repl", Source::Replication).await;
 }
 
-#[tokio::test]
-async fn each_document_keeps_its_own_state_and_a_second_pass_loads_nothing() {
-    let c = Cinema::new("cinema_state", Source::Polling).await;
+async fn each_document_keeps_its_own_state_and_a_second_pass_loads_nothing(name: &str, source: Source) {
+    let c = Cinema::new(name, source).await;
     c.pass().await;
+    if source == Source::Replication {
+        let db = format!("pg2es_t_{}", c.env.name);
+        let slots = c.texts(&format!("SELECT slot_name::text FROM pg_replication_slots WHERE database = '{db}' ORDER BY slot_name")).await;
+        let mut expected: Vec<String> = DOCUMENTS.iter().map(|d| format!("pg2es_{}", c.index(d))).collect();
+        expected.sort();
+        assert_eq!(slots, expected, "a slot per document");
+    }
     let dir = c.env.dir.path();
     let files = [("movies", c.env.state_file()), ("genres", dir.join("state.genres.json")), ("persons", dir.join("state.persons.json"))];
     for (document, path) in &files {
@@ -392,6 +402,16 @@ async fn each_document_keeps_its_own_state_and_a_second_pass_loads_nothing() {
     }
     assert!(reports.iter().all(|r| r.records == 0), "the second pass loads nothing: {reports:?}");
     c.cleanup().await;
+}
+
+#[tokio::test]
+async fn each_document_keeps_its_own_state_and_a_second_pass_loads_nothing_polling() {
+    each_document_keeps_its_own_state_and_a_second_pass_loads_nothing("cinema_state_poll", Source::Polling).await;
+}
+
+#[tokio::test]
+async fn each_document_keeps_its_own_state_and_a_second_pass_loads_nothing_replication() {
+    each_document_keeps_its_own_state_and_a_second_pass_loads_nothing("cinema_state_repl", Source::Replication).await;
 }
 
 #[tokio::test]
