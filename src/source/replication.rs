@@ -618,10 +618,11 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tabl
     let c = pg.client();
     let context = "read the publication";
     let quoted = |t: &str| format!("\"{schema}\".\"{t}\"");
-    // Several documents (each a pipeline) may set up the shared publication at once: a statement
-    // refused because another just did the same is read again.
-    let raced = |e: &tokio_postgres::Error| e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT);
-    for attempt in 0..4 {
+    // The documents of one run share the publication and set it up at once: a CREATE or an ADD
+    // refused as a duplicate was done by another of them meanwhile, so it is read again. Each
+    // refusal means another made progress, so a few rounds settle it.
+    let mut added = false;
+    for _ in 0..6 {
         let row = c
             .query_opt(
                 "SELECT p.oid::bigint, p.xmin::text, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, \
@@ -635,7 +636,7 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tabl
             let sql = format!("CREATE PUBLICATION \"{publication}\" FOR TABLE {}", tables.iter().map(|t| quoted(t)).collect::<Vec<_>>().join(", "));
             match c.batch_execute(&sql).await {
                 Ok(()) => tracing::info!(publication, "created the publication"),
-                Err(e) if raced(&e) => {}
+                Err(e) if lost_race(&e) => tracing::debug!(publication, "the publication was created meanwhile by another document"),
                 Err(e) => return Err(setup_error(e, &format!("create publication {publication} (as an owner of the tables: {sql})"))),
             }
             continue;
@@ -686,14 +687,14 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tabl
             return Ok(objects);
         }
         let add = format!("ALTER PUBLICATION \"{publication}\" ADD TABLE {}", missing.iter().map(|t| quoted(t)).collect::<Vec<_>>().join(", "));
-        if owned && attempt < 3 {
-            // A migration that recreates a table leaves the new one out of the publication;
-            // another document's tables are added by it the first time it runs.
+        if owned && !added {
+            // A migration that recreates a table leaves the new one out of the publication.
             match c.batch_execute(&add).await {
                 Ok(()) => {
-                    tracing::warn!(publication, tables = %missing.join(", "), "tables were missing from the publication (a new document, or recreated by a migration?): added them")
+                    added = true;
+                    tracing::warn!(publication, tables = %missing.join(", "), "tables were missing from the publication (a new document, or recreated by a migration?): added them");
                 }
-                Err(e) if raced(&e) => {}
+                Err(e) if lost_race(&e) => tracing::debug!(publication, "tables were added to the publication meanwhile by another document"),
                 Err(e) => return Err(setup_error(e, &format!("add {} to publication {publication} ({add})", missing.join(", ")))),
             }
             continue;
@@ -704,6 +705,13 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tabl
         )));
     }
     Err(Error::SourceSetup(format!("publication {publication} could not be set up; check that pg2es may create it (CREATE on the database) or create it: CREATE PUBLICATION \"{publication}\" FOR TABLE {}", tables.iter().map(|t| quoted(t)).collect::<Vec<_>>().join(", "))))
+}
+
+/// Refused because the object was just made by another session: `duplicate_object`, or the
+/// catalog's unique index when both committed at once.
+fn lost_race(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|code| *code == SqlState::DUPLICATE_OBJECT || *code == SqlState::UNIQUE_VIOLATION)
 }
 
 /// A refused setup step: missing privileges are the operator's to fix, the rest as usual.

@@ -1,0 +1,453 @@
+//! The cinema's three documents (movies, genres, persons) kept together by one run, against the
+//! real stack: the full load, changes that reach several indexes (polling and replication), the
+//! state file of each document, and `pg2es check`.
+//!
+//! Each test writes its own copy of catalog/cinema.toml whose genres and persons indexes are
+//! named after the test (the movies index is TestEnv's, through ES_INDEX).
+
+mod common;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use pg2es::pipeline::CycleReport;
+use pg2es::shutdown::Shutdown;
+use pg2es::verify::VerifyReport;
+use serde_json::{json, Value};
+
+const DOCUMENTS: [&str; 3] = ["movies", "genres", "persons"];
+
+/// How long a change may take to reach every index (deletes in polling wait for write
+/// transactions still open anywhere on the server, such as another test cloning a database).
+const PROPAGATION: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Polling,
+    Replication,
+}
+
+struct Cinema {
+    env: TestEnv,
+    genres: String,
+    persons: String,
+}
+
+impl Cinema {
+    async fn new(name: &str, source: Source) -> Cinema {
+        let mut env = match source {
+            Source::Polling => TestEnv::new(name).await,
+            Source::Replication => TestEnv::replicated(name).await,
+        };
+        let (genres, persons) = (format!("{}{name}_genres", common::index_prefix()), format!("{}{name}_persons", common::index_prefix()));
+        let catalog = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("catalog");
+        let text = std::fs::read_to_string(catalog.join("cinema.toml")).unwrap();
+        for index in ["genres", "persons"] {
+            assert_eq!(text.matches(&format!("index = \"{index}\"")).count(), 1, "catalog/cinema.toml names index {index} once");
+        }
+        let text = text.replace("index = \"genres\"", &format!("index = \"{genres}\"")).replace("index = \"persons\"", &format!("index = \"{persons}\""));
+        let dir = env.dir.path().join("definition");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("cinema.toml"), text).unwrap();
+        for schema in ["movies.es.json", "genres.es.json", "persons.es.json"] {
+            std::fs::copy(catalog.join(schema), dir.join(schema)).unwrap();
+        }
+        env.extra_env.push(("PG2ES_DEFINITION".into(), dir.join("cinema.toml").display().to_string()));
+        env.extra_env.push(("PG2ES_DOCUMENTS".into(), DOCUMENTS.join(",")));
+        let cinema = Cinema { env, genres, persons };
+        for index in [&cinema.genres, &cinema.persons] {
+            cinema.env.http.delete(format!("{}/{index}", cinema.env.es)).send().await.unwrap();
+        }
+        cinema
+    }
+
+    fn index(&self, document: &str) -> &str {
+        match document {
+            "movies" => &self.env.index,
+            "genres" => &self.genres,
+            "persons" => &self.persons,
+            other => panic!("no document {other}"),
+        }
+    }
+
+    async fn refresh(&self) {
+        for d in DOCUMENTS {
+            self.env.http.post(format!("{}/{}/_refresh", self.env.es, self.index(d))).send().await.unwrap();
+        }
+    }
+
+    async fn count(&self, document: &str) -> u64 {
+        let v: Value = self.env.http.get(format!("{}/{}/_count", self.env.es, self.index(document))).send().await.unwrap().json().await.unwrap();
+        v["count"].as_u64().unwrap_or_else(|| panic!("no count for {document} in {v}"))
+    }
+
+    /// Stored documents by realtime get (no refresh needed), `None` where absent, in `ids` order.
+    async fn docs(&self, document: &str, ids: &[String]) -> Vec<Option<Value>> {
+        let url = format!("{}/{}/_mget", self.env.es, self.index(document));
+        let v: Value = self.env.http.post(url).json(&json!({ "ids": ids })).send().await.unwrap().json().await.unwrap();
+        let found = v["docs"].as_array().unwrap_or_else(|| panic!("no docs in {v}"));
+        found.iter().map(|d| (d["found"] == Value::Bool(true)).then(|| d["_source"].clone())).collect()
+    }
+
+    async fn doc(&self, document: &str, id: &str) -> Option<Value> {
+        self.docs(document, &[id.to_string()]).await.remove(0)
+    }
+
+    /// One `run --once` of every document; the three indexes are refreshed after.
+    async fn pass(&self) -> Vec<CycleReport> {
+        let reports = self.env.pass().await;
+        self.refresh().await;
+        reports
+    }
+
+    /// Passes until `done` holds, within [`PROPAGATION`]; every cycle's report.
+    async fn passes_until<F, Fut>(&self, what: &str, mut done: F) -> Vec<CycleReport>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let (start, mut all) = (Instant::now(), Vec::new());
+        while start.elapsed() < PROPAGATION {
+            all.extend(self.pass().await);
+            if done().await {
+                return all;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("{what}: not done after {PROPAGATION:?}: {all:?}");
+    }
+
+    /// `verify` of each document, by name.
+    async fn verify(&self) -> Vec<(String, VerifyReport)> {
+        self.refresh().await;
+        let (_t, shutdown) = Shutdown::new();
+        let mut reports = Vec::new();
+        for (config, spec, index) in pg2es::pipeline::documents(&self.env.config()).expect("the documents") {
+            let report = pg2es::verify::verify_document(&config, spec.clone(), &index, &shutdown).await.expect("verify");
+            reports.push((spec.name, report));
+        }
+        reports
+    }
+
+    async fn assert_consistent(&self) {
+        let reports = self.verify().await;
+        assert_eq!(reports.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), DOCUMENTS);
+        for (name, report) in &reports {
+            assert!(report.is_consistent(), "{name} differs from Postgres: {report:?}");
+        }
+    }
+
+    /// `pg2es delete-capture install` for the three documents.
+    fn install_delete_capture(&self) {
+        let out = binary(&self.env.env_vars(), &["delete-capture", "install"]);
+        assert!(out.0.success(), "delete-capture install: {out:?}");
+        for d in DOCUMENTS {
+            assert!(out.1.contains(d), "the capture is installed for {d}: {out:?}");
+        }
+    }
+
+    async fn uuid(&self, sql: &str) -> String {
+        self.env.scalar_uuid(sql).await.to_string()
+    }
+
+    async fn ids(&self, sql: &str) -> Vec<String> {
+        let rows = self.env.db.query(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.iter().map(|r| r.get::<_, uuid::Uuid>(0).to_string()).collect()
+    }
+
+    async fn texts(&self, sql: &str) -> Vec<String> {
+        let rows = self.env.db.query(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    async fn text(&self, sql: &str) -> Option<String> {
+        self.env.db.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    }
+
+    async fn cleanup(self) {
+        for index in [&self.genres, &self.persons] {
+            self.env.http.delete(format!("{}/{index}", self.env.es)).send().await.unwrap();
+        }
+        self.env.cleanup().await;
+    }
+}
+
+/// The binary with exactly these variables, bounded: (status, stdout, stderr).
+fn binary(vars: &[(String, String)], args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let mut child = common::pg2es_command(vars, args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn pg2es");
+    // The outputs are a few lines: they fit in the pipes while the child runs.
+    let status = common::wait_exit(&mut child, Duration::from_secs(60));
+    let (mut out, mut err) = (String::new(), String::new());
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status, out, err)
+}
+
+/// Text as the documents hold it: unknown (missing, blank, `N/A`) is null.
+fn known(text: Option<String>) -> Value {
+    match text {
+        Some(t) if !t.trim().is_empty() && !t.trim().eq_ignore_ascii_case("n/a") => Value::String(t),
+        _ => Value::Null,
+    }
+}
+
+fn records_of(reports: &[CycleReport], document: &str) -> usize {
+    reports.iter().filter(|r| r.document == document).map(|r| r.records).sum()
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array().unwrap_or_else(|| panic!("not a list: {v}")).iter().map(|s| s.as_str().unwrap_or("")).collect()
+}
+
+fn ids_in(v: &Value) -> Vec<&str> {
+    v.as_array().unwrap_or_else(|| panic!("not a list: {v}")).iter().map(|o| o["id"].as_str().unwrap_or("")).collect()
+}
+
+/// The persons document of `person` as Postgres says it should be.
+async fn expected_person(c: &Cinema, person: &str) -> Value {
+    let name = c.text(&format!("SELECT full_name FROM content.person WHERE id = '{person}'")).await;
+    let rows = c
+        .env
+        .db
+        .query(
+            &format!(
+                "SELECT fw.id, fw.title, array_agg(DISTINCT l.role COLLATE \"C\" ORDER BY l.role COLLATE \"C\") \
+                 FROM content.person_film_work l JOIN content.film_work fw ON fw.id = l.film_work_id \
+                 WHERE l.person_id = '{person}' GROUP BY fw.id, fw.title ORDER BY fw.title COLLATE \"C\", fw.id::text COLLATE \"C\""
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let films: Vec<Value> =
+        rows.iter().map(|r| json!({ "id": r.get::<_, uuid::Uuid>(0).to_string(), "title": known(r.get(1)), "roles": r.get::<_, Vec<String>>(2) })).collect();
+    json!({ "id": person, "full_name": known(name), "films": films })
+}
+
+#[tokio::test]
+async fn a_full_load_fills_the_three_indexes() {
+    let c = Cinema::new("cinema_load", Source::Polling).await;
+    // Every reference genre has a blank description: give one a text.
+    let described = c.uuid("SELECT id FROM content.genre ORDER BY name, id LIMIT 1").await;
+    c.env.sql(&format!("UPDATE content.genre SET description = 'Films with a plot', updated_at = now() WHERE id = '{described}'")).await;
+    let blank = c.uuid("SELECT id FROM content.genre WHERE description IS NULL OR btrim(description) = '' ORDER BY name, id LIMIT 1").await;
+    let reports = c.pass().await;
+    assert_eq!((c.count("movies").await, c.count("genres").await, c.count("persons").await), (999, 26, 4166), "{reports:?}");
+    assert_eq!((records_of(&reports, "movies"), records_of(&reports, "genres"), records_of(&reports, "persons")), (999, 26, 4166));
+
+    for genre in [&described, &blank] {
+        let row = c.env.db.query_one(&format!("SELECT name, description FROM content.genre WHERE id = '{genre}'"), &[]).await.unwrap();
+        let expected = json!({ "id": genre, "name": known(row.get(0)), "description": known(row.get(1)) });
+        assert_eq!(c.doc("genres", genre).await, Some(expected));
+    }
+    assert_eq!(c.doc("genres", &described).await.unwrap()["description"], "Films with a plot");
+    assert_eq!(c.doc("genres", &blank).await.unwrap()["description"], Value::Null);
+
+    // A person who directed and wrote one film: one entry for it, with both roles.
+    let (person, film) = {
+        let row = c
+            .env
+            .db
+            .query_one(
+                "SELECT person_id, film_work_id FROM content.person_film_work GROUP BY person_id, film_work_id \
+                 HAVING array_agg(DISTINCT role ORDER BY role) = ARRAY['director', 'writer'] ORDER BY person_id, film_work_id LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, uuid::Uuid>(0).to_string(), row.get::<_, uuid::Uuid>(1).to_string())
+    };
+    let doc = c.doc("persons", &person).await.expect("the person's document");
+    assert_eq!(doc, expected_person(&c, &person).await);
+    let entries: Vec<&Value> = doc["films"].as_array().unwrap().iter().filter(|f| f["id"] == film.as_str()).collect();
+    assert_eq!(entries.len(), 1, "{doc}");
+    assert_eq!(entries[0]["roles"], json!(["director", "writer"]), "{doc}");
+    c.assert_consistent().await;
+    c.cleanup().await;
+}
+
+async fn a_renamed_genre_reaches_its_document_and_its_films(name: &str, source: Source) {
+    let c = Cinema::new(name, source).await;
+    c.pass().await;
+    let genre = c.uuid("SELECT genre_id FROM content.genre_film_work GROUP BY genre_id HAVING count(*) >= 2 ORDER BY count(*), genre_id LIMIT 1").await;
+    let old = c.text(&format!("SELECT name FROM content.genre WHERE id = '{genre}'")).await.unwrap();
+    let films = c.ids(&format!("SELECT DISTINCT film_work_id FROM content.genre_film_work WHERE genre_id = '{genre}'")).await;
+    assert!(films.len() >= 2);
+    c.env.sql(&format!("UPDATE content.genre SET name = 'Renamed Genre', updated_at = now() WHERE id = '{genre}'")).await;
+    let reports = c
+        .passes_until("the genre renamed in its document and every film", || async {
+            let renamed = c.doc("genres", &genre).await.is_some_and(|d| d["name"] == "Renamed Genre");
+            renamed && c.docs("movies", &films).await.iter().all(|d| d.as_ref().is_some_and(|d| strings(&d["genre"]).contains(&"Renamed Genre")))
+        })
+        .await;
+    for d in c.docs("movies", &films).await {
+        assert!(!strings(&d.unwrap()["genre"]).contains(&old.as_str()), "the old name {old} is gone");
+    }
+    assert!(records_of(&reports, "movies") >= films.len(), "{reports:?}");
+    c.assert_consistent().await;
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_renamed_genre_reaches_its_document_and_its_films_polling() {
+    a_renamed_genre_reaches_its_document_and_its_films("cinema_genre_poll", Source::Polling).await;
+}
+
+#[tokio::test]
+async fn a_renamed_genre_reaches_its_document_and_its_films_replication() {
+    a_renamed_genre_reaches_its_document_and_its_films("cinema_genre_repl", Source::Replication).await;
+}
+
+async fn a_deleted_person_leaves_the_persons_index_and_their_films(name: &str, source: Source) {
+    let c = Cinema::new(name, source).await;
+    if source == Source::Polling {
+        c.install_delete_capture();
+    }
+    c.pass().await;
+    // In several films, with several roles, and a name no one else has (films list names only).
+    let person = c
+        .uuid(
+            "SELECT l.person_id FROM content.person_film_work l JOIN content.person p ON p.id = l.person_id \
+             WHERE NOT EXISTS (SELECT 1 FROM content.person o WHERE o.full_name = p.full_name AND o.id <> p.id) \
+             GROUP BY l.person_id HAVING count(DISTINCT l.film_work_id) >= 2 \
+             ORDER BY count(DISTINCT l.role) DESC, count(DISTINCT l.film_work_id) DESC, l.person_id LIMIT 1",
+        )
+        .await;
+    let full_name = c.text(&format!("SELECT full_name FROM content.person WHERE id = '{person}'")).await.unwrap();
+    let films = c.ids(&format!("SELECT DISTINCT film_work_id FROM content.person_film_work WHERE person_id = '{person}'")).await;
+    assert!(c.doc("persons", &person).await.is_some());
+    c.env.sql(&format!("DELETE FROM content.person WHERE id = '{person}'")).await;
+    let gone = |d: &Value| {
+        !ids_in(&d["actors"]).contains(&person.as_str())
+            && !ids_in(&d["writers"]).contains(&person.as_str())
+            && ["director", "actors_names", "writers_names"].iter().all(|f| !strings(&d[*f]).contains(&full_name.as_str()))
+    };
+    c.passes_until("the person gone from the persons index and every film", || async {
+        c.doc("persons", &person).await.is_none() && c.docs("movies", &films).await.iter().all(|d| d.as_ref().is_some_and(gone))
+    })
+    .await;
+    c.refresh().await;
+    assert_eq!(c.count("persons").await, 4165);
+    c.assert_consistent().await;
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_deleted_person_leaves_the_persons_index_and_their_films_polling() {
+    a_deleted_person_leaves_the_persons_index_and_their_films("cinema_person_poll", Source::Polling).await;
+}
+
+#[tokio::test]
+async fn a_deleted_person_leaves_the_persons_index_and_their_films_replication() {
+    a_deleted_person_leaves_the_persons_index_and_their_films("cinema_person_repl", Source::Replication).await;
+}
+
+async fn a_renamed_film_reaches_the_documents_of_its_people(name: &str, source: Source) {
+    let c = Cinema::new(name, source).await;
+    c.pass().await;
+    let film = c
+        .uuid("SELECT film_work_id FROM content.person_film_work GROUP BY film_work_id HAVING count(DISTINCT person_id) >= 3 ORDER BY film_work_id LIMIT 1")
+        .await;
+    let people = c.ids(&format!("SELECT DISTINCT person_id FROM content.person_film_work WHERE film_work_id = '{film}'")).await;
+    c.env.sql(&format!("UPDATE content.film_work SET title = 'Renamed Film', updated_at = now() WHERE id = '{film}'")).await;
+    let renamed = |d: &Value| d["films"].as_array().unwrap().iter().any(|f| f["id"] == film.as_str() && f["title"] == "Renamed Film");
+    let reports = c
+        .passes_until("the film renamed in the film and every person's document", || async {
+            c.doc("movies", &film).await.is_some_and(|d| d["title"] == "Renamed Film")
+                && c.docs("persons", &people).await.iter().all(|d| d.as_ref().is_some_and(renamed))
+        })
+        .await;
+    assert!(records_of(&reports, "persons") >= people.len(), "{reports:?}");
+    for person in &people[..2] {
+        assert_eq!(c.doc("persons", person).await, Some(expected_person(&c, person).await));
+    }
+    c.assert_consistent().await;
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_renamed_film_reaches_the_documents_of_its_people_polling() {
+    a_renamed_film_reaches_the_documents_of_its_people("cinema_film_poll", Source::Polling).await;
+}
+
+#[tokio::test]
+async fn a_renamed_film_reaches_the_documents_of_its_people_replication() {
+    a_renamed_film_reaches_the_documents_of_its_people("cinema_film_repl", Source::Replication).await;
+}
+
+async fn each_document_keeps_its_own_state_and_a_second_pass_loads_nothing(name: &str, source: Source) {
+    let c = Cinema::new(name, source).await;
+    c.pass().await;
+    if source == Source::Replication {
+        let db = format!("pg2es_t_{}", c.env.name);
+        let slots = c.texts(&format!("SELECT slot_name::text FROM pg_replication_slots WHERE database = '{db}' ORDER BY slot_name")).await;
+        let mut expected: Vec<String> = DOCUMENTS.iter().map(|d| format!("pg2es_{}", c.index(d))).collect();
+        expected.sort();
+        assert_eq!(slots, expected, "a slot per document");
+    }
+    let dir = c.env.dir.path();
+    let files = [("movies", c.env.state_file()), ("genres", dir.join("state.genres.json")), ("persons", dir.join("state.persons.json"))];
+    for (document, path) in &files {
+        let state: Value = serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{document}'s state {}: {e}", path.display()))).unwrap();
+        assert_eq!(state["index"], c.index(document), "{document}'s state {}: {state}", path.display());
+        // Bound to its index: opening it for another index is refused.
+        let other = if *document == "movies" { c.index("genres") } else { c.index("movies") };
+        assert!(pg2es::checkpoint::Checkpoint::open(path, other).is_err(), "{document}'s state opened for {other}");
+    }
+    let reports = c.pass().await;
+    for d in DOCUMENTS {
+        assert!(reports.iter().any(|r| r.document == d), "a report for {d}: {reports:?}");
+    }
+    assert!(reports.iter().all(|r| r.records == 0), "the second pass loads nothing: {reports:?}");
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn each_document_keeps_its_own_state_and_a_second_pass_loads_nothing_polling() {
+    each_document_keeps_its_own_state_and_a_second_pass_loads_nothing("cinema_state_poll", Source::Polling).await;
+}
+
+#[tokio::test]
+async fn each_document_keeps_its_own_state_and_a_second_pass_loads_nothing_replication() {
+    each_document_keeps_its_own_state_and_a_second_pass_loads_nothing("cinema_state_repl", Source::Replication).await;
+}
+
+#[tokio::test]
+async fn check_says_ok_for_each_document() {
+    let c = Cinema::new("cinema_check", Source::Polling).await;
+    let (status, out, err) = binary(&c.env.env_vars(), &["check"]);
+    assert_eq!(status.code(), Some(0), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for (line, d) in lines.iter().zip(DOCUMENTS) {
+        assert!(line.starts_with(&format!("{d}: ok: index {} ", c.index(d))), "{line}");
+    }
+    c.cleanup().await;
+}
+
+/// The three documents of one run share the schema's publication (PG_PUBLICATION, default
+/// pg2es_<PG_SCHEMA>) and set it up at once, each for its own tables: the first start must not
+/// fail when one of them creates it, or adds a table to it, while another does the same. The
+/// race is in timing, so the first start is made several times (the publication dropped before
+/// each, the slots and states with it).
+#[tokio::test]
+async fn three_documents_set_up_one_publication_at_once() {
+    let c = Cinema::new("cinema_publication", Source::Replication).await;
+    let dir = c.env.dir.path().to_path_buf();
+    for attempt in 0..6 {
+        c.env.sql("DROP PUBLICATION IF EXISTS pg2es_content").await;
+        let admin = common::connect(&common::pg_admin_dsn()).await;
+        common::drop_slots(&admin, &format!("pg2es_t_{}", c.env.name)).await;
+        for state in ["state.json", "state.genres.json", "state.persons.json"] {
+            let _ = std::fs::remove_file(dir.join(state));
+        }
+        let (_t, shutdown) = Shutdown::new();
+        let run = pg2es::pipeline::run(&c.env.config(), pg2es::pipeline::Mode::Once, &shutdown).await;
+        assert!(run.is_ok(), "first start {attempt}: {run:?}");
+    }
+    let tables = c.env.scalar_i64("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'pg2es_content'").await;
+    assert_eq!(tables, 5, "the publication has the five tables of the three documents");
+    c.cleanup().await;
+}
