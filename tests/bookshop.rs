@@ -341,10 +341,14 @@ async fn kills(source: Source) {
     let mut kills = 0;
     while kills < 3 && started.elapsed() < Duration::from_secs(60) {
         let mut child = common::spawn_run(&env, &log);
-        tokio::time::sleep(Duration::from_millis(150 + rng.below(1500))).await;
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(3000))).await;
         common::signal(&child, "-KILL");
-        common::wait_exit(&mut child, Duration::from_secs(10));
+        let status = common::wait_exit(&mut child, Duration::from_secs(10));
+        // Killed, not ended on its own by an error.
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{status:?}: {}", std::fs::read_to_string(&log).unwrap());
         kills += 1;
+        // Changes made while it is down too.
+        tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
     }
     stop_tx.send(true).unwrap();
     let changes = writer.await.unwrap();
