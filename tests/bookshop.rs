@@ -35,6 +35,21 @@ fn ids_of(list: &Value) -> Vec<&str> {
     list.as_array().unwrap_or_else(|| panic!("not a list: {list}")).iter().map(|o| o["id"].as_str().unwrap()).collect()
 }
 
+/// An author of at least three books, and their books.
+async fn author_of_several(env: &TestEnv) -> (String, Vec<String>) {
+    let author = ids(env, "SELECT author_id FROM bookshop.book_author GROUP BY author_id HAVING count(*) >= 3 ORDER BY author_id LIMIT 1").await.remove(0);
+    let books = ids(env, &format!("SELECT book_id FROM bookshop.book_author WHERE author_id = '{author}'")).await;
+    (author, books)
+}
+
+/// The publisher of the most books, and its books.
+async fn busiest_publisher(env: &TestEnv) -> (String, Vec<String>) {
+    let publisher =
+        ids(env, "SELECT publisher_id FROM bookshop.book WHERE publisher_id IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1").await.remove(0);
+    let books = ids(env, &format!("SELECT id FROM bookshop.book WHERE publisher_id = '{publisher}'")).await;
+    (publisher, books)
+}
+
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Source {
     Polling,
@@ -137,11 +152,10 @@ async fn renames(source: Source) {
     // The book itself.
     let b34 = id(&env, "book", 34).await;
     let sql = format!("UPDATE bookshop.book SET title = 'Retitled', updated_at = now() WHERE id = {}", row("book", 34));
-    change(&env, &sql, &[b34.clone()], |d| d.is_some_and(|d| d["title"] == "Retitled")).await;
+    change(&env, &sql, std::slice::from_ref(&b34), |d| d.is_some_and(|d| d["title"] == "Retitled")).await;
 
     // An author in several books: both of its fields, in every one of them.
-    let author = ids(&env, "SELECT author_id FROM bookshop.book_author GROUP BY author_id HAVING count(*) >= 3 ORDER BY author_id LIMIT 1").await.remove(0);
-    let books = ids(&env, &format!("SELECT book_id FROM bookshop.book_author WHERE author_id = '{author}'")).await;
+    let (author, books) = author_of_several(&env).await;
     let sql = format!("UPDATE bookshop.author SET name = 'Renamed Author', updated_at = now() WHERE id = '{author}'");
     change(&env, &sql, &books, |d| {
         d.is_some_and(|d| {
@@ -152,16 +166,14 @@ async fn renames(source: Source) {
     .await;
 
     // The publisher of the most books: every one of them.
-    let publisher =
-        ids(&env, "SELECT publisher_id FROM bookshop.book WHERE publisher_id IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1").await.remove(0);
-    let books = ids(&env, &format!("SELECT id FROM bookshop.book WHERE publisher_id = '{publisher}'")).await;
+    let (publisher, books) = busiest_publisher(&env).await;
     let sql = format!("UPDATE bookshop.publisher SET name = 'Renamed Press', updated_at = now() WHERE id = '{publisher}'");
     change(&env, &sql, &books, |d| d.is_some_and(|d| d["publisher"]["id"] == publisher.as_str() && d["publisher"]["name"] == "Renamed Press")).await;
 
     // A review: the second of book 34's three.
     let review = "52d808bc-e62d-e9ca-52b7-fd50dd4af424";
     let sql = format!("UPDATE bookshop.review SET body = 'Edited.', updated_at = now() WHERE id = '{review}'");
-    change(&env, &sql, &[b34.clone()], |d| {
+    change(&env, &sql, std::slice::from_ref(&b34), |d| {
         d.is_some_and(|d| {
             d["reviews"].as_array().unwrap().iter().any(|r| r["id"] == review && r["body"] == "Edited.") && d["reviews"].as_array().unwrap().len() == 3
         })
@@ -177,7 +189,8 @@ async fn renames(source: Source) {
     reversed.reverse();
     names.reverse();
     let sql = format!("UPDATE bookshop.book_author SET position = 4 - position, updated_at = now() WHERE book_id = '{b228}' AND position IN (1, 3)");
-    change(&env, &sql, &[b228.clone()], |d| d.is_some_and(|d| ids_of(&d["authors"]) == reversed && d["author_names"].as_array() == Some(&names))).await;
+    change(&env, &sql, std::slice::from_ref(&b228), |d| d.is_some_and(|d| ids_of(&d["authors"]) == reversed && d["author_names"].as_array() == Some(&names)))
+        .await;
     env.cleanup().await;
 }
 
@@ -200,26 +213,24 @@ async fn deletes(source: Source) {
     let before = stored(&env, &b228).await.unwrap();
     let (first, third) = (before["authors"][0]["id"].clone(), before["authors"][2]["id"].clone());
     let sql = format!("DELETE FROM bookshop.book_author WHERE book_id = '{b228}' AND position = 2");
-    change(&env, &sql, &[b228.clone()], |d| d.is_some_and(|d| d["authors"].as_array().unwrap().iter().map(|a| &a["id"]).eq([&first, &third]))).await;
+    change(&env, &sql, std::slice::from_ref(&b228), |d| d.is_some_and(|d| d["authors"].as_array().unwrap().iter().map(|a| &a["id"]).eq([&first, &third])))
+        .await;
 
     // A review: book 34 keeps the other two.
     let b34 = id(&env, "book", 34).await;
     let sql = "DELETE FROM bookshop.review WHERE id = '52d808bc-e62d-e9ca-52b7-fd50dd4af424'";
-    change(&env, sql, &[b34.clone()], |d| {
+    change(&env, sql, std::slice::from_ref(&b34), |d| {
         d.is_some_and(|d| ids_of(&d["reviews"]) == ["52659f10-2619-9c75-d49c-37deb57e2c37", "665cfb7e-f1a8-9c0a-bffa-0dcba777d9ed"])
     })
     .await;
 
     // An author of several books (ON DELETE CASCADE of their links): every book loses them.
-    let author = ids(&env, "SELECT author_id FROM bookshop.book_author GROUP BY author_id HAVING count(*) >= 3 ORDER BY author_id LIMIT 1").await.remove(0);
-    let books = ids(&env, &format!("SELECT book_id FROM bookshop.book_author WHERE author_id = '{author}'")).await;
+    let (author, books) = author_of_several(&env).await;
     let sql = format!("DELETE FROM bookshop.author WHERE id = '{author}'");
     change(&env, &sql, &books, |d| d.is_some_and(|d| !ids_of(&d["authors"]).contains(&author.as_str()))).await;
 
     // A publisher (ON DELETE SET NULL, which leaves updated_at alone): its books have none.
-    let publisher =
-        ids(&env, "SELECT publisher_id FROM bookshop.book WHERE publisher_id IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1").await.remove(0);
-    let books = ids(&env, &format!("SELECT id FROM bookshop.book WHERE publisher_id = '{publisher}'")).await;
+    let (publisher, books) = busiest_publisher(&env).await;
     let sql = format!("DELETE FROM bookshop.publisher WHERE id = '{publisher}'");
     change(&env, &sql, &books, |d| d.is_some_and(|d| d["publisher"].is_null())).await;
 
