@@ -576,9 +576,12 @@ fn write_dead_letters(path: &Path, index: &str, rejected: &[(&str, u16, String)]
 /// The first place where an index's mapping differs from its definition's, as
 /// "mappings.path: expected X, found Y".
 pub fn mapping_difference(expected: &Value, actual: &Value) -> Option<String> {
-    // Elasticsearch may echo scalars as strings ("strict", "true"): compare their text.
-    let same = |e: &Value, a: &Value| e == a || scalar_text(e).is_some() && scalar_text(e) == scalar_text(a);
-    let d = crate::diff::first_difference(expected, actual, same)?;
+    // Elasticsearch may echo scalars as strings ("strict", "true"): compare their text; and
+    // numbers as floats (100 as 100.0): compare their value.
+    let same =
+        |e: &Value, a: &Value| e == a || scalar_text(e).is_some() && scalar_text(e) == scalar_text(a) || e.as_f64().is_some() && e.as_f64() == a.as_f64();
+    let (expected, actual) = (without_object_type(expected), without_object_type(actual));
+    let d = crate::diff::first_difference(&expected, &actual, same)?;
     let path = std::iter::once("mappings").chain(d.path.iter().copied()).collect::<Vec<_>>().join(".");
     Some(match (d.expected, d.found) {
         (Some(e), Some(a)) => format!("{path}: expected {e}, found {a}"),
@@ -586,6 +589,17 @@ pub fn mapping_difference(expected: &Value, actual: &Value) -> Option<String> {
         (None, Some(a)) => format!("{path}: not in ES_SCHEMA_FILE, found {a}"),
         (None, None) => path,
     })
+}
+
+/// The mapping without `"type": "object"`: the default type of a field with `properties`, which
+/// Elasticsearch leaves out of the mapping it returns.
+fn without_object_type(mapping: &Value) -> Value {
+    match mapping {
+        Value::Object(m) => Value::Object(
+            m.iter().filter(|(k, v)| !(k.as_str() == "type" && v.as_str() == Some("object"))).map(|(k, v)| (k.clone(), without_object_type(v))).collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 fn scalar_text(v: &Value) -> Option<String> {
@@ -625,6 +639,20 @@ mod tests {
         let a = json!({"dynamic": "strict", "properties": {}});
         assert!(mapping_difference(&e, &a).unwrap().contains("found nothing"));
         assert_eq!(mapping_difference(&json!({"x": true}), &json!({"x": "true"})), None);
+        // Elasticsearch echoes some numbers as floats (a scaled_float's scaling_factor 100 as 100.0).
+        assert_eq!(mapping_difference(&json!({"scaling_factor": 100}), &json!({"scaling_factor": 100.0})), None);
+        assert!(mapping_difference(&json!({"scaling_factor": 100}), &json!({"scaling_factor": 10.0})).is_some());
+        // An object field's "type": "object" is the default, which Elasticsearch leaves out.
+        let object = |t: Option<&str>| {
+            let mut field = json!({"properties": {"id": {"type": "keyword"}}});
+            if let Some(t) = t {
+                field["type"] = json!(t);
+            }
+            json!({"properties": {"publisher": field}})
+        };
+        assert_eq!(mapping_difference(&object(Some("object")), &object(None)), None);
+        assert_eq!(mapping_difference(&object(None), &object(Some("object"))), None);
+        assert!(mapping_difference(&object(Some("nested")), &object(None)).unwrap().contains("publisher.type"));
     }
 
     #[test]

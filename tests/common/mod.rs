@@ -37,6 +37,11 @@ pub fn schema_file() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/movies/es_schema.json")
 }
 
+/// The bookshop catalog: its definition, index schema, schema and seed.
+pub fn bookshop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("catalog/bookshop")
+}
+
 pub async fn connect(dsn: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(dsn, NoTls)
         .await
@@ -111,6 +116,33 @@ impl TestEnv {
         env
     }
 
+    /// A new database `pg2es_t_<name>` holding the bookshop catalog (`catalog/bookshop`: its
+    /// schema.sql, then its seed.sql) and an empty index named after the test, read by the
+    /// bookshop's definition: `PG2ES_DOCUMENTS=books`, and no ES_SCHEMA_FILE (the definition's
+    /// index_schema, books.es.json).
+    pub async fn bookshop(name: &str) -> TestEnv {
+        let admin = connect(&pg_admin_dsn()).await;
+        let db_name = format!("pg2es_t_{name}");
+        drop_slots(&admin, &db_name).await;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await.unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await.unwrap();
+        let dsn = replace_db(&pg_admin_dsn(), &db_name);
+        let db = connect(&dsn).await;
+        for file in ["schema.sql", "seed.sql"] {
+            let sql = std::fs::read_to_string(bookshop_dir().join(file)).unwrap();
+            db.batch_execute(&sql).await.unwrap_or_else(|e| panic!("catalog/bookshop/{file}: {e}"));
+        }
+        let index = format!("{}{name}", index_prefix());
+        let definition = bookshop_dir().join("bookshop.toml").display().to_string();
+        let extra_env = [("PG_SCHEMA", "bookshop".to_string()), ("PG2ES_DEFINITION", definition), ("PG2ES_DOCUMENTS", "books".to_string())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let env = TestEnv { name: name.to_string(), db, dsn, es: es_url(), index, dir: tempfile::tempdir().unwrap(), http: reqwest::Client::new(), extra_env };
+        env.delete_index().await;
+        env
+    }
+
     pub fn state_file(&self) -> PathBuf {
         self.dir.path().join("state.json")
     }
@@ -136,6 +168,12 @@ impl TestEnv {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        // What `extra_env` sets replaces the default above. The movies schema belongs to the
+        // built-in cinema definition: another definition brings its own index_schema.
+        v.retain(|(k, _)| !self.extra_env.iter().any(|(e, _)| e == k));
+        if self.extra_env.iter().any(|(k, _)| k == "PG2ES_DEFINITION") {
+            v.retain(|(k, _)| k != "ES_SCHEMA_FILE");
+        }
         v.extend(self.extra_env.iter().cloned());
         v
     }
