@@ -107,7 +107,7 @@ test-integration:
 test-faults: check-tools db matrix-up
 	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_OS_URL=$(OS_URL) \
 		PG2ES_TEST_ES8_URL=$(ES8_URL) PG2ES_TEST_ES9_URL=$(ES9_URL) \
-		$(CARGO) test --locked --features fault-tests --test faults --test engines -- --test-threads=1 --nocapture
+		$(CARGO) test --locked --features fault-tests --test faults --test engines --test bookshop -- --test-threads=1 --nocapture
 
 # The catalog's real client: a Django 3.2 project (tests/django) makes the schema by its migrations,
 # gets the reference catalog and writes it through every ORM path while pg2es runs; verify after each.
@@ -147,21 +147,21 @@ pg-matrix-up:
 # PG_MATRIX_KILLS kills each, ending with verify. Each line of the summary names the version and its time.
 test-pg-matrix: check-tools pg-matrix-up
 	$(CARGO) build --locked
-	$(CARGO) test --locked --no-run --test delete_capture --test deletes --test replication --test migrations --test write_capture
+	$(CARGO) test --locked --no-run --test delete_capture --test deletes --test replication --test migrations --test write_capture --test bookshop
 	$(CARGO) test --locked --no-run --features fault-tests --test faults
 	for v in $(PG_MATRIX); do \
 		port=$$(( $(PGM_PORT_BASE) + v )); started=$$(date +%s); \
 		admin=postgres://app:123qwe@127.0.0.1:$$port/postgres; \
 		echo "pg-matrix: PostgreSQL $$(psql -X -tA $$admin -c 'show server_version') on 127.0.0.1:$$port"; \
 		PGPORT=$$port DUMP_FILE=$(SHARED)/fixtures/movies/movies_db_dump.sql scripts/load-dump.sh movies; \
-		curl -s -o /dev/null -XDELETE $(ES_URL)/movies; \
-		mkdir -p state; rm -f state/pg-matrix-$$v.json; \
+		curl -s -o /dev/null -XDELETE "$(ES_URL)/movies,genres,persons?ignore_unavailable=true"; \
+		mkdir -p state; rm -f state/pg-matrix-$$v.json state/pg-matrix-$$v.*.json; \
 		$(LOCAL_ENV) PG_DSN=postgres://app:123qwe@127.0.0.1:$$port/movies ES_URL=$(ES_URL) ETL_STATE_FILE=state/pg-matrix-$$v.json \
 			./target/debug/pg2es run --once 2>&1 | tee state/pg-matrix-$$v.log; \
 		grep -q "postgres_version=$$v\." state/pg-matrix-$$v.log || { echo "pg-matrix: pg2es did not report PostgreSQL $$v" >&2; exit 1; }; \
 		tools/acceptance/run.sh $(ES_URL); \
 		PG2ES_TEST_PG_DSN=$$admin PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_INDEX_PREFIX=pg2es_t_pg$${v}_ \
-			$(CARGO) test --locked --test delete_capture --test deletes --test replication --test migrations --test write_capture -- --test-threads=2; \
+			$(CARGO) test --locked --test delete_capture --test deletes --test replication --test migrations --test write_capture --test bookshop -- --test-threads=2; \
 		PG2ES_TEST_PG_DSN=$$admin PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_INDEX_PREFIX=pg2es_t_pg$${v}_ PG2ES_TEST_KILLS=$(PG_MATRIX_KILLS) \
 			$(CARGO) test --locked --features fault-tests --test faults -- survives_sigkill --test-threads=2 --nocapture; \
 		echo "pg-matrix: PostgreSQL $$v passed in $$(( $$(date +%s) - started ))s"; \
