@@ -39,8 +39,8 @@ load() {
   rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/$label.time")
   curl -s -o /dev/null -XPOST "$ES_URL/$index/_refresh"
   docs=$(curl -s "$ES_URL/$index/_count" | jq .count)
-  jq -n --arg label "$label" --argjson wall "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')" --argjson rss "$rss" --argjson docs "$docs" \
-    '{label: $label, wall_sec: $wall, docs: $docs, docs_per_sec: ($docs / $wall), peak_rss_kb: $rss}'
+  jq -n --arg name "$label" --argjson wall "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')" --argjson rss "$rss" --argjson docs "$docs" \
+    '{"label": $name, wall_sec: $wall, docs: $docs, docs_per_sec: ($docs / $wall), peak_rss_kb: $rss}'
   curl -s -o /dev/null -XDELETE "$ES_URL/$index"
 }
 
@@ -65,7 +65,7 @@ psql -X -q -d postgres -c "DROP DATABASE IF EXISTS bench_$n WITH (FORCE)" -c "DR
 jq -s --arg films "$n" --arg books "$books" --arg rounds "$rounds" '
   def med: sort | .[length / 2 | floor];
   def of(p): map(select(.label | startswith(p)));
-  { films: ($films | tonumber), books: ($books | tonumber), rounds: ($rounds | tonumber),
+  { films: ($films | tonumber), book_count: ($books | tonumber), rounds: ($rounds | tonumber),
     base: (of("base-") | { docs_per_sec: (map(.docs_per_sec) | med), all: map(.docs_per_sec), peak_rss_kb: (map(.peak_rss_kb) | max) }),
     new: (of("new-") | { docs_per_sec: (map(.docs_per_sec) | med), all: map(.docs_per_sec), peak_rss_kb: (map(.peak_rss_kb) | max) }),
     books: (of("books-") | { docs_per_sec: (map(.docs_per_sec) | med), all: map(.docs_per_sec), peak_rss_kb: (map(.peak_rss_kb) | max) }) }
