@@ -101,6 +101,18 @@ fn write_known(out: &mut Vec<u8>, v: &Value, f32: bool, notes: &mut Notes) {
     }
 }
 
+/// `[a,b,...]`, each item written by `item`.
+fn write_list<T>(out: &mut Vec<u8>, items: &[T], item: impl Fn(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (j, v) in items.iter().enumerate() {
+        if j > 0 {
+            out.push(b',');
+        }
+        item(out, v);
+    }
+    out.push(b']');
+}
+
 fn write_key(out: &mut Vec<u8>, name: &str) {
     let _ = serde_json::to_writer(&mut *out, name);
     out.push(b':');
@@ -199,14 +211,7 @@ pub fn build(doc: &Document, rec: &Record) -> Result<(Vec<u8>, Notes), ShapeErro
                     values.push(v);
                 }
                 if rel.join.to_many() {
-                    out.push(b'[');
-                    for (j, v) in values.iter().enumerate() {
-                        if j > 0 {
-                            out.push(b',');
-                        }
-                        write_value(&mut out, v);
-                    }
-                    out.push(b']');
+                    write_list(&mut out, &values, |o, v| write_value(o, v));
                 } else {
                     write_value(&mut out, values.first().copied().unwrap_or(&Value::Null));
                 }
@@ -237,14 +242,7 @@ pub fn build(doc: &Document, rec: &Record) -> Result<(Vec<u8>, Notes), ShapeErro
                     }
                 }
                 if rel.join.to_many() {
-                    out.push(b'[');
-                    for (j, o) in objects.iter().enumerate() {
-                        if j > 0 {
-                            out.push(b',');
-                        }
-                        out.extend_from_slice(o);
-                    }
-                    out.push(b']');
+                    write_list(&mut out, &objects, |o, obj| o.extend_from_slice(obj));
                 } else {
                     match objects.first() {
                         Some(o) => out.extend_from_slice(o),
@@ -276,14 +274,7 @@ fn object(fields: &[SubField], rows: &Rows, first: usize, same: &[usize], notes:
                 }
             }
             values.sort_by(|a, b| a.compare(b));
-            o.push(b'[');
-            for (j, v) in values.iter().enumerate() {
-                if j > 0 {
-                    o.push(b',');
-                }
-                write_value(&mut o, v);
-            }
-            o.push(b']');
+            write_list(&mut o, &values, |o, v| write_value(o, v));
             continue;
         }
         let v = rows.get(first, f.column);
