@@ -1,13 +1,12 @@
--- Change capture for pg2es (opt-in): the log and the trigger functions. The triggers themselves
--- are generated from the definition (`pg2es delete-capture print` shows them): for every table of
+-- Change capture for pg2es (opt-in): the log. The triggers and their functions are generated
+-- from the definition (`pg2es delete-capture print` shows them): for every table of
 -- a document, they record the keys of the documents a delete (and, with `install --writes`, an
 -- insert or update) changes, stamped with the writing transaction's id; pg2es reads the log by
 -- transaction id. Idempotent: run it again after an upgrade of pg2es. Needs PostgreSQL 13+ (xid8).
 --
 -- The functions are SECURITY DEFINER so that the application's role, which writes rows, needs no
 -- right on schema pg2es: they run as the role that installed them (an owner of the tables), with
--- search_path pinned and every name qualified, and nobody else may attach them to a table. Names
--- come as trigger arguments and are quoted with %I; values are parameters.
+-- search_path pinned and every name qualified and quoted, and nobody else may call them.
 
 CREATE SCHEMA IF NOT EXISTS pg2es;
 
@@ -33,61 +32,6 @@ CREATE TABLE IF NOT EXISTS pg2es.consumers (
     PRIMARY KEY (source_schema, consumer)
 );
 
--- Rows deleted, inserted or updated (statement level, the rows as `changed`): the keys in their
--- column TG_ARGV[1], for document TG_ARGV[0].
-CREATE OR REPLACE FUNCTION pg2es.capture_rows() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-BEGIN
-    EXECUTE format('INSERT INTO pg2es.film_changes (source_schema, document, film_id) '
-                   'SELECT DISTINCT $1, $2, c.%I FROM changed c WHERE c.%I IS NOT NULL', TG_ARGV[1], TG_ARGV[1])
-        USING TG_TABLE_SCHEMA, TG_ARGV[0];
-    RETURN NULL;
-END $$;
-
--- Rows updated so that column TG_ARGV[3] changed: their old TG_ARGV[1] (a link moved away from
--- its root, a root whose many-to-one reference changed). TG_ARGV[2] is the table's key.
-CREATE OR REPLACE FUNCTION pg2es.capture_moved() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-BEGIN
-    EXECUTE format('INSERT INTO pg2es.film_changes (source_schema, document, film_id) '
-                   'SELECT DISTINCT $1, $2, g.%I FROM gone g WHERE g.%I IS NOT NULL AND NOT EXISTS '
-                   '(SELECT 1 FROM kept k WHERE k.%I = g.%I AND k.%I IS NOT DISTINCT FROM g.%I)',
-                   TG_ARGV[1], TG_ARGV[1], TG_ARGV[2], TG_ARGV[2], TG_ARGV[3], TG_ARGV[3])
-        USING TG_TABLE_SCHEMA, TG_ARGV[0];
-    RETURN NULL;
-END $$;
-
--- A related row about to be deleted (before the cascade removes what points at it): the roots
--- that contain it, read from table TG_ARGV[1] (column TG_ARGV[2] where TG_ARGV[3] holds this
--- row's key, column TG_ARGV[4]).
-CREATE OR REPLACE FUNCTION pg2es.capture_referencing() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-BEGIN
-    EXECUTE format('INSERT INTO pg2es.film_changes (source_schema, document, film_id) '
-                   'SELECT DISTINCT $1, $2, r.%I FROM %I.%I r WHERE r.%I = $3 AND r.%I IS NOT NULL',
-                   TG_ARGV[2], TG_TABLE_SCHEMA, TG_ARGV[1], TG_ARGV[3], TG_ARGV[2])
-        USING TG_TABLE_SCHEMA, TG_ARGV[0], (pg_catalog.to_jsonb(OLD) ->> TG_ARGV[4])::uuid;
-    RETURN OLD;
-END $$;
-
--- Related rows updated (statement level, as `changed`): the roots that contain them, as above.
-CREATE OR REPLACE FUNCTION pg2es.capture_referencing_written() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-BEGIN
-    EXECUTE format('INSERT INTO pg2es.film_changes (source_schema, document, film_id) '
-                   'SELECT DISTINCT $1, $2, r.%I FROM %I.%I r JOIN changed c ON r.%I = c.%I WHERE r.%I IS NOT NULL',
-                   TG_ARGV[2], TG_TABLE_SCHEMA, TG_ARGV[1], TG_ARGV[3], TG_ARGV[4], TG_ARGV[2])
-        USING TG_TABLE_SCHEMA, TG_ARGV[0];
-    RETURN NULL;
-END $$;
-
--- A table truncated: no row tells which documents changed, so document TG_ARGV[0] is reloaded.
-CREATE OR REPLACE FUNCTION pg2es.capture_truncate() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-BEGIN
-    INSERT INTO pg2es.film_changes (source_schema, document, film_id) VALUES (TG_TABLE_SCHEMA, TG_ARGV[0], NULL);
-    RETURN NULL;
-END $$;
-
-REVOKE ALL ON FUNCTION pg2es.capture_rows(), pg2es.capture_moved(), pg2es.capture_referencing(),
-                       pg2es.capture_referencing_written(), pg2es.capture_truncate() FROM PUBLIC;
+-- The triggers and the function each one calls are generated from the definition
+-- (`pg2es delete-capture print` shows them): each function writes its statement out, so that
+-- PL/pgSQL keeps its plan across the application's writes.

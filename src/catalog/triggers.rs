@@ -1,21 +1,29 @@
-//! The change capture's triggers, generated from the documents (the functions they call are in
+//! The change capture's triggers, generated from the documents (the log itself is made by
 //! `sql/capture.sql`). For every table of a document: a delete logs the keys of the documents it
 //! changes (a root's own key, a link's or child's root column, the roots of a related row through
 //! its link or the root's reference to it, before the cascade), a row moved away from its root
 //! logs the old root, a truncate asks for a reload; with the write capture, inserts and updates
 //! are logged the same way.
+//!
+//! Each trigger calls a function of its own, `pg2es.capture_<hash>()`, whose statement is written
+//! out (names quoted, the document a literal): PL/pgSQL keeps its plan, where one generic
+//! function building its statement with `EXECUTE` would plan it at every call, on the
+//! application's writes. The functions are `SECURITY DEFINER` with `search_path` pinned, and
+//! only their owner may run them.
 
 use super::model::Document;
 use super::resolve::{qualified, quote};
 
-/// One trigger on one table.
+/// One trigger on one table, and the function it calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trigger {
     pub table: String,
     pub name: String,
     /// Part of the write capture (`install --writes`).
     pub writes: bool,
-    /// The `CREATE TRIGGER` statement.
+    /// `pg2es."capture_<hash>"`.
+    pub function: String,
+    /// The `CREATE FUNCTION` and `CREATE TRIGGER` statements.
     pub create: String,
 }
 
@@ -34,100 +42,126 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn args(values: &[&str]) -> String {
-    values.iter().map(|v| literal(v)).collect::<Vec<_>>().join(", ")
+/// FNV-1a: a function name that is the same for the same trigger in every build.
+fn hash(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+const INSERT: &str = "INSERT INTO pg2es.film_changes (source_schema, document, film_id)";
+
+/// What a trigger does, as the statement its function runs.
+enum Body<'a> {
+    /// The rows (a transition table `changed`): their column.
+    Rows {
+        column: &'a str,
+    },
+    /// Rows updated so that `watched` changed: their old `logged`.
+    Moved {
+        logged: &'a str,
+        key: &'a str,
+        watched: &'a str,
+    },
+    /// A row about to be deleted: the `select` column of `table`'s rows whose `matching` holds its `key`.
+    Referencing {
+        table: &'a str,
+        select: &'a str,
+        matching: &'a str,
+        key: &'a str,
+    },
+    /// Rows updated (`changed`): as `Referencing`, for each.
+    ReferencingWritten {
+        table: &'a str,
+        select: &'a str,
+        matching: &'a str,
+        key: &'a str,
+    },
+    Truncate,
+}
+
+impl Body<'_> {
+    fn sql(&self, schema: &str, doc: &str) -> String {
+        let d = literal(doc);
+        match self {
+            Body::Rows { column } => {
+                let c = quote(column);
+                format!("{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, c.{c} FROM changed c WHERE c.{c} IS NOT NULL;\n    RETURN NULL;")
+            }
+            Body::Moved { logged, key, watched } => {
+                let (l, k, w) = (quote(logged), quote(key), quote(watched));
+                format!(
+                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, g.{l} FROM gone g WHERE g.{l} IS NOT NULL\n        AND NOT EXISTS (SELECT 1 FROM kept k WHERE k.{k} = g.{k} AND k.{w} IS NOT DISTINCT FROM g.{w});\n    RETURN NULL;"
+                )
+            }
+            Body::Referencing { table, select, matching, key } => {
+                let (s, m) = (quote(select), quote(matching));
+                format!(
+                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, r.{s} FROM {} r WHERE r.{m} = OLD.{} AND r.{s} IS NOT NULL;\n    RETURN OLD;",
+                    qualified(schema, table),
+                    quote(key)
+                )
+            }
+            Body::ReferencingWritten { table, select, matching, key } => {
+                let (s, m) = (quote(select), quote(matching));
+                format!(
+                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, r.{s} FROM {} r JOIN changed c ON r.{m} = c.{} WHERE r.{s} IS NOT NULL;\n    RETURN NULL;",
+                    qualified(schema, table),
+                    quote(key)
+                )
+            }
+            Body::Truncate => format!("{INSERT} VALUES (TG_TABLE_SCHEMA, {d}, NULL);\n    RETURN NULL;"),
+        }
+    }
 }
 
 /// The capture of `docs` (all of one schema).
 pub fn capture(schema: &str, docs: &[Document]) -> TriggerSet {
     let mut triggers: Vec<Trigger> = Vec::new();
-    let mut add = |table: &str, kind: &str, doc: &str, writes: bool, body: String| {
+    let mut add = |table: &str, kind: &str, doc: &str, writes: bool, when: &str, body: Body| {
         let base = format!("pg2es_{doc}_{kind}");
         let same = triggers.iter().filter(|t| t.table == table && (t.name == base || t.name.starts_with(&format!("{base}_")))).count();
         let name = if same == 0 { base } else { format!("{base}_{}", same + 1) };
-        let create = format!("CREATE TRIGGER {name} {body}").replace("{table}", &qualified(schema, table));
-        triggers.push(Trigger { table: table.to_string(), name, writes, create });
+        let function = format!("pg2es.{}", quote(&format!("capture_{}", hash(&[schema, table, &name]))));
+        let create = format!(
+            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger\nLANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$\nBEGIN\n    {}\nEND $$;\n\
+             REVOKE ALL ON FUNCTION {function}() FROM PUBLIC;\n\
+             CREATE TRIGGER {name} {} EXECUTE FUNCTION {function}()",
+            body.sql(schema, doc),
+            when.replace("{table}", &qualified(schema, table))
+        );
+        triggers.push(Trigger { table: table.to_string(), name, writes, function, create });
     };
+    const OLD_ROWS: &str = "AFTER DELETE ON {table} REFERENCING OLD TABLE AS changed FOR EACH STATEMENT";
+    const MOVED: &str = "AFTER UPDATE ON {table} REFERENCING OLD TABLE AS gone NEW TABLE AS kept FOR EACH STATEMENT";
+    const INSERTED: &str = "AFTER INSERT ON {table} REFERENCING NEW TABLE AS changed FOR EACH STATEMENT";
+    const UPDATED: &str = "AFTER UPDATE ON {table} REFERENCING NEW TABLE AS changed FOR EACH STATEMENT";
     for doc in docs {
         let d = doc.name.as_str();
         for s in &doc.streams {
             let t = s.table.as_str();
             for c in &s.direct {
-                add(
-                    t,
-                    "deleted",
-                    d,
-                    false,
-                    format!(
-                        "AFTER DELETE ON {{table}} REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pg2es.capture_rows({})",
-                        args(&[d, c])
-                    ),
-                );
+                add(t, "deleted", d, false, OLD_ROWS, Body::Rows { column: c });
                 if *c != s.key {
-                    add(
-                        t,
-                        "moved",
-                        d,
-                        false,
-                        format!("AFTER UPDATE ON {{table}} REFERENCING OLD TABLE AS gone NEW TABLE AS kept FOR EACH STATEMENT EXECUTE FUNCTION pg2es.capture_moved({})", args(&[d, c, &s.key, c])),
-                    );
+                    add(t, "moved", d, false, MOVED, Body::Moved { logged: c, key: &s.key, watched: c });
                 }
-                add(
-                    t,
-                    "inserted",
-                    d,
-                    true,
-                    format!(
-                        "AFTER INSERT ON {{table}} REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pg2es.capture_rows({})",
-                        args(&[d, c])
-                    ),
-                );
-                add(
-                    t,
-                    "updated",
-                    d,
-                    true,
-                    format!(
-                        "AFTER UPDATE ON {{table}} REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pg2es.capture_rows({})",
-                        args(&[d, c])
-                    ),
-                );
+                add(t, "inserted", d, true, INSERTED, Body::Rows { column: c });
+                add(t, "updated", d, true, UPDATED, Body::Rows { column: c });
             }
             for r in &s.references {
-                add(
-                    t,
-                    "reference_moved",
-                    d,
-                    false,
-                    format!(
-                        "AFTER UPDATE ON {{table}} REFERENCING OLD TABLE AS gone NEW TABLE AS kept FOR EACH STATEMENT EXECUTE FUNCTION pg2es.capture_moved({})",
-                        args(&[d, &s.key, &s.key, r])
-                    ),
-                );
+                add(t, "reference_moved", d, false, MOVED, Body::Moved { logged: &s.key, key: &s.key, watched: r });
             }
             for f in &s.fan_out {
-                add(
-                    t,
-                    "linked",
-                    d,
-                    false,
-                    format!(
-                        "BEFORE DELETE ON {{table}} FOR EACH ROW EXECUTE FUNCTION pg2es.capture_referencing({})",
-                        args(&[d, &f.table, &f.select, &f.matching, &s.key])
-                    ),
-                );
-                add(
-                    t,
-                    "linked_updated",
-                    d,
-                    true,
-                    format!(
-                        "AFTER UPDATE ON {{table}} REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pg2es.capture_referencing_written({})",
-                        args(&[d, &f.table, &f.select, &f.matching, &s.key])
-                    ),
-                );
+                let (table, select, matching, key) = (f.table.as_str(), f.select.as_str(), f.matching.as_str(), s.key.as_str());
+                add(t, "linked", d, false, "BEFORE DELETE ON {table} FOR EACH ROW", Body::Referencing { table, select, matching, key });
+                add(t, "linked_updated", d, true, UPDATED, Body::ReferencingWritten { table, select, matching, key });
             }
-            add(t, "truncated", d, false, format!("AFTER TRUNCATE ON {{table}} FOR EACH STATEMENT EXECUTE FUNCTION pg2es.capture_truncate({})", args(&[d])));
+            add(t, "truncated", d, false, "AFTER TRUNCATE ON {table} FOR EACH STATEMENT", Body::Truncate);
         }
     }
     let mut tables: Vec<String> = triggers.iter().map(|t| t.table.clone()).collect();
@@ -137,8 +171,8 @@ pub fn capture(schema: &str, docs: &[Document]) -> TriggerSet {
 }
 
 impl TriggerSet {
-    /// The statements that create the triggers (after `sql/capture.sql`), each dropped first;
-    /// with `writes`, the write capture's too.
+    /// The statements that create the functions and triggers (after `sql/capture.sql`), each
+    /// trigger dropped first; with `writes`, the write capture's too.
     pub fn create_sql(&self, writes: bool) -> String {
         let mut sql = String::new();
         for t in self.triggers.iter().filter(|t| writes || !t.writes) {
@@ -154,13 +188,27 @@ impl TriggerSet {
     pub fn writes(&self) -> impl Iterator<Item = &Trigger> {
         self.triggers.iter().filter(|t| t.writes)
     }
+}
 
-    /// `"schema"."table"` of a table of the capture.
-    pub fn table(&self, table: &str) -> String {
-        qualified(&self.schema, table)
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    pub fn quoted_schema(&self) -> String {
-        quote(&self.schema)
+    #[test]
+    fn each_trigger_has_a_function_of_its_own_with_its_statement_written_out() {
+        let set = capture("content", &crate::catalog::testing::cinema()[..1]);
+        assert_eq!(set.deletes().count(), 12);
+        assert_eq!(set.writes().count(), 8);
+        let mut functions: Vec<&str> = set.triggers.iter().map(|t| t.function.as_str()).collect();
+        functions.sort_unstable();
+        functions.dedup();
+        assert_eq!(functions.len(), set.triggers.len(), "one function per trigger");
+        let linked = set.triggers.iter().find(|t| t.table == "person" && t.name == "pg2es_movies_linked").unwrap();
+        assert!(linked.create.contains(r#"FROM "content"."person_film_work" r WHERE r."person_id" = OLD."id""#), "{}", linked.create);
+        assert!(linked.create.contains("BEFORE DELETE ON \"content\".\"person\" FOR EACH ROW"), "{}", linked.create);
+        assert!(!set.triggers.iter().any(|t| t.create.contains("EXECUTE format")));
+        // The same trigger gets the same function in every build.
+        assert_eq!(capture("content", &crate::catalog::testing::cinema()[..1]), set);
+        assert_eq!(hash(&["content", "person", "pg2es_movies_linked"]).len(), 16);
     }
 }
