@@ -18,24 +18,25 @@ use pg2es::source::{Change, ChangeBatch, ChangeSource, CyclePlan, ReadReport, Re
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-/// A one-table document (`film`: id, title), resolved without Postgres.
+/// A one-table document (`film`: id, title), resolved without Postgres, once for every test of
+/// this file (they run at once: one file written once).
 fn document() -> std::sync::Arc<Document> {
-    let dir = std::env::temp_dir().join(format!("pg2es-memory-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("films.json"), r#"{"mappings":{"properties":{"id":{"type":"keyword"},"title":{"type":"text"}}}}"#).unwrap();
-    let path = dir.join("films.toml");
-    std::fs::write(
-        &path,
-        "[[documents]]\nname = \"films\"\nindex_schema = \"films.json\"\ntable = \"film\"\nfields = [{ name = \"id\", column = \"id\" }, { name = \"title\", column = \"title\" }]\n",
-    )
-    .unwrap();
-    let cols = [("id", "uuid"), ("title", "text"), ("updated_at", "timestamp with time zone")];
-    let live = LiveSchema {
-        schema: "s".into(),
-        columns: [("film".to_string(), cols.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect())].into(),
-        foreign_keys: vec![],
-    };
-    std::sync::Arc::new(Selection::default().resolve(&Source::read(&path).unwrap(), &live).unwrap().remove(0))
+    static DOC: std::sync::OnceLock<std::sync::Arc<Document>> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("films.json"), r#"{"mappings":{"properties":{"id":{"type":"keyword"},"title":{"type":"text"}}}}"#).unwrap();
+        let path = dir.path().join("films.toml");
+        std::fs::write(
+            &path,
+            "[[documents]]\nname = \"films\"\nindex_schema = \"films.json\"\ntable = \"film\"\nfields = [{ name = \"id\", column = \"id\" }, { name = \"title\", column = \"title\" }]\n",
+        )
+        .unwrap();
+        let cols = [("id", "uuid"), ("title", "text"), ("updated_at", "timestamp with time zone")];
+        let live =
+            LiveSchema { schema: "s".into(), columns: [("film".to_string(), cols.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect())].into(), foreign_keys: vec![] };
+        std::sync::Arc::new(Selection::default().resolve(&Source::read(&path).unwrap(), &live).unwrap().remove(0))
+    })
+    .clone()
 }
 
 fn film(n: u128) -> Record {
