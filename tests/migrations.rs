@@ -105,7 +105,7 @@ async fn a_dropped_publication_is_created_again_and_the_index_heals() {
     let w = writer(&env);
     tokio::time::sleep(Duration::from_millis(800)).await;
     env.sql("DROP PUBLICATION pg2es_content").await;
-    log_shows(&log, FRESH, Duration::from_secs(20)).await;
+    log_shows(&log, FRESH, Duration::from_secs(40)).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     stop_writer(w).await;
     converges(&env, Duration::from_secs(60)).await;
@@ -141,7 +141,7 @@ async fn a_table_recreated_by_a_migration_rejoins_the_publication_and_the_index_
         .await
         .unwrap();
     log_shows(&log, "tables were missing from the publication", Duration::from_secs(20)).await;
-    log_shows(&log, FRESH, Duration::from_secs(20)).await;
+    log_shows(&log, FRESH, Duration::from_secs(40)).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     stop_writer(w).await;
     converges(&env, Duration::from_secs(60)).await;
