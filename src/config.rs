@@ -9,6 +9,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::catalog::is_identifier;
+
 use crate::error::{Error, Result};
 
 /// One setting: its environment variable, default and meaning. The README table mirrors this.
@@ -1041,13 +1043,6 @@ fn pg_tls(src: &Sources, dsn: DsnTls) -> Result<(PgSslMode, Option<PathBuf>)> {
 fn path_setting(src: &Sources, env: &str) -> Result<PathBuf> {
     let v = src.string(env).ok_or_else(|| src.bad(env, "a file path"))?;
     Ok(PathBuf::from(v))
-}
-
-pub fn is_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && s.len() <= 63
 }
 
 fn is_valid_index_name(s: &str) -> bool {

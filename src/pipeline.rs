@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use std::sync::Arc;
 
-use crate::catalog::{Document, IndexSpec, Selection};
+use crate::catalog::{Document, IndexSpec};
 use crate::checkpoint::{Checkpoint, PositionDelta, State};
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, Result, Retry};
@@ -152,13 +152,11 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
 pub fn documents(config: &Config) -> Result<Vec<(Config, DocumentSpec, IndexSpec)>> {
     let selection = config.selection()?;
     let source = selection.source()?;
-    let all = selection.source().and_then(|s| Selection { documents: Vec::new(), ..selection.clone() }.heads(&s))?;
-    let heads = selection.heads(&source)?;
-    Ok(heads
+    Ok(selection
+        .heads(&source)?
         .into_iter()
-        .map(|(name, index)| {
-            // The position in the whole definition: the first document keeps the settings of old.
-            let position = all.iter().position(|(n, _)| *n == name).unwrap_or(0);
+        .map(|(position, name, index)| {
+            // The first document of the definition keeps the settings of old.
             let c = config.for_document(position, &name, &index.name);
             (c, DocumentSpec { source: source.clone(), selection: selection.clone(), name, first: position == 0 }, index)
         })

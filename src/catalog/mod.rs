@@ -38,30 +38,12 @@ impl Selection {
         }
     }
 
-    /// Every table the definition names (to read their columns before resolving).
-    pub fn tables(&self, src: &Source) -> Result<Vec<String>> {
-        let raw = src.parse()?;
-        let mut t = Vec::new();
-        for d in &raw.documents {
-            let d = d.get_ref();
-            t.push(d.table.get_ref().clone());
-            for r in d.relations.values() {
-                let r = r.get_ref();
-                t.push(r.table.get_ref().clone());
-                if let Some(th) = &r.through {
-                    t.push(th.get_ref().table.get_ref().clone());
-                }
-            }
-        }
-        t.sort();
-        t.dedup();
-        Ok(t)
-    }
-
-    /// The selected documents' names and indexes, from the file alone.
-    pub fn heads(&self, src: &Source) -> Result<Vec<(String, IndexSpec)>> {
+    /// The selected documents' positions in the definition, names and indexes, from the file
+    /// alone.
+    pub fn heads(&self, src: &Source) -> Result<Vec<(usize, String, IndexSpec)>> {
         let all = resolve::heads(src, &self.first, &|name| schema_of(src, name))?;
-        self.pick(src, all, |(n, _)| n)
+        let all: Vec<(usize, String, IndexSpec)> = all.into_iter().enumerate().map(|(i, (n, index))| (i, n, index)).collect();
+        self.pick(src, all, |(_, n, _)| n)
     }
 
     fn pick<T>(&self, src: &Source, all: Vec<T>, name: impl Fn(&T) -> &String) -> Result<Vec<T>> {

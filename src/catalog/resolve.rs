@@ -210,7 +210,7 @@ impl Resolver<'_> {
         self.live.foreign_keys.iter().filter(|f| f.table == from && f.references == to).collect()
     }
 
-    fn join(&self, root: &Text, root_key: &str, name: &str, rel: &RawRelation, span: std::ops::Range<usize>) -> Result<(Join, Option<(Text, bool)>)> {
+    fn join(&self, root: &Text, root_key: &str, name: &str, rel: &RawRelation, span: std::ops::Range<usize>) -> Result<Join> {
         let related = rel.table.get_ref();
         if let (Some(_), Some(on)) = (&rel.through, &rel.on) {
             return Err(self
@@ -245,18 +245,18 @@ impl Resolver<'_> {
             let key_text = t.key.clone().unwrap_or_else(|| toml::Spanned::new(t.table.span(), "id".to_string()));
             self.uuid_key(&t.table, &key_text)?;
             let _ = self.timestamp(&t.table, t.timestamp.as_ref(), true)?;
-            return Ok((Join::Through { link: t.table.get_ref().clone(), link_key, root: root_col, related: related_col }, Some((t.table.clone(), true))));
+            return Ok(Join::Through { link: t.table.get_ref().clone(), link_key, root: root_col, related: related_col });
         }
         if let Some(on) = &rel.on {
             let o = on.get_ref();
             return match (&o.root, &o.related) {
                 (Some(c), None) => {
                     self.column(root, c)?;
-                    Ok((Join::RootColumn(c.get_ref().clone()), None))
+                    Ok(Join::RootColumn(c.get_ref().clone()))
                 }
                 (None, Some(c)) => {
                     self.column(&rel.table, c)?;
-                    Ok((Join::RelatedColumn(c.get_ref().clone()), None))
+                    Ok(Join::RelatedColumn(c.get_ref().clone()))
                 }
                 _ => Err(self.src.error(
                     on.span(),
@@ -267,8 +267,8 @@ impl Resolver<'_> {
         let out = self.foreign_key(root.get_ref(), related);
         let back = self.foreign_key(related, root.get_ref());
         match (out.as_slice(), back.as_slice()) {
-            ([f], []) => Ok((Join::RootColumn(f.column.clone()), None)),
-            ([], [f]) if f.referenced_column == root_key => Ok((Join::RelatedColumn(f.column.clone()), None)),
+            ([f], []) => Ok(Join::RootColumn(f.column.clone())),
+            ([], [f]) if f.referenced_column == root_key => Ok(Join::RelatedColumn(f.column.clone())),
             ([], []) => Err(self.src.error(
                 span,
                 format!(
@@ -305,17 +305,13 @@ impl Resolver<'_> {
         }
         let mut root_columns: Vec<(String, ColumnType)> = vec![(key.clone(), ColumnType::Uuid)];
         let mut relations: Vec<Relation> = Vec::new();
-        let mut links: Vec<(Text, bool)> = Vec::new();
         for name in &order {
             let rel = d.relations[*name].get_ref();
             let span = d.relations[*name].span();
             self.columns(&rel.table)?;
             let rkey = rel.key.clone().unwrap_or_else(|| toml::Spanned::new(rel.table.span(), "id".to_string()));
             self.uuid_key(&rel.table, &rkey)?;
-            let (join, link) = self.join(&d.table, &key, name, rel, span)?;
-            if let Some(l) = link {
-                links.push(l);
-            }
+            let join = self.join(&d.table, &key, name, rel, span)?;
             // The related key is read only when a field needs it: objects, one entry per row, a
             // many-to-one relation (whether there is a row at all).
             let needs_key = !join.to_many()
@@ -398,7 +394,6 @@ impl Resolver<'_> {
                 Stream { table: rel.table.clone(), key: rel.key.clone(), timestamp: ts, direct, fan_out, references: vec![], link: false },
             );
         }
-        let _ = links;
         Ok(Document {
             name: d.name.get_ref().clone(),
             index,

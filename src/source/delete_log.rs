@@ -16,6 +16,7 @@ use tokio_postgres::{Client, GenericClient, NoTls};
 use uuid::Uuid;
 
 use super::PgTls;
+use crate::catalog::qualified;
 use crate::catalog::triggers::TriggerSet;
 use crate::error::{Error, Result};
 
@@ -40,15 +41,31 @@ const FUNCTIONS: &str =
      pg2es.log_deleted_films(), pg2es.log_unlinked_films(), pg2es.log_moved_links(), pg2es.log_linked_films(), pg2es.log_truncate(), \
      pg2es.log_written_films(), pg2es.log_written_links(), pg2es.log_renamed_linked()";
 
+/// The triggers on tables of schema `n.nspname` that call a function of schema pg2es (`p`): the
+/// FROM clause of every question about what pg2es installed, whatever the definition.
+macro_rules! pg2es_triggers {
+    () => {
+        "pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+         JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace"
+    };
+}
+
+/// Drops the triggers of pg2es on `schema`'s tables, those whose function also meets `also` (SQL
+/// on `p`, or nothing).
+fn drop_triggers_sql(schema: &str, also: &str) -> String {
+    let lit = quote_literal(schema);
+    format!(
+        "DO $$\nDECLARE r record;\nBEGIN\n    FOR r IN SELECT t.tgname, c.relname FROM {}\n             WHERE n.nspname = {lit} AND pn.nspname = 'pg2es' {also} LOOP\n        EXECUTE format('DROP TRIGGER %I ON %I.%I', r.tgname, {lit}, r.relname);\n    END LOOP;\nEND $$;\n",
+        pg2es_triggers!()
+    )
+}
+
 /// Drops the triggers of pg2es before definitions on the schema's tables (they are replaced in
 /// the same transaction, so the log never misses a change).
 fn legacy_drop_sql(schema: &str) -> String {
     let list = LEGACY_FUNCTIONS.iter().map(|f| quote_literal(f)).collect::<Vec<_>>().join(", ");
-    format!(
-        "DO $$\nDECLARE r record;\nBEGIN\n    FOR r IN SELECT t.tgname, c.relname FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid\n             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid\n             JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace\n             WHERE n.nspname = {} AND pn.nspname = 'pg2es' AND p.proname IN ({list}) LOOP\n        EXECUTE format('DROP TRIGGER %I ON %I.%I', r.tgname, {}, r.relname);\n    END LOOP;\nEND $$;\n",
-        quote_literal(schema),
-        quote_literal(schema)
-    )
+    drop_triggers_sql(schema, &format!("AND p.proname IN ({list})"))
 }
 
 /// The statements that install the capture of `set` (idempotent): the log and functions, the
@@ -78,11 +95,7 @@ pub fn print_ddl(set: &TriggerSet, writes: bool) -> String {
 /// (whatever the definition), and the functions once no schema uses them. The log tables are
 /// left with their rows (other schemas may share them).
 pub fn remove_ddl(schema: &str) -> String {
-    let mut sql = format!(
-        "-- Removes pg2es change capture from schema {schema}; the tables in schema pg2es are kept.\n\
-         DO $$\nDECLARE r record;\nBEGIN\n    FOR r IN SELECT t.tgname, c.relname FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid\n             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid\n             JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace\n             WHERE n.nspname = {lit} AND pn.nspname = 'pg2es' LOOP\n        EXECUTE format('DROP TRIGGER %I ON %I.%I', r.tgname, {lit}, r.relname);\n    END LOOP;\nEND $$;\n",
-        lit = quote_literal(schema)
-    );
+    let mut sql = format!("-- Removes pg2es change capture from schema {schema}; the tables in schema pg2es are kept.\n{}", drop_triggers_sql(schema, ""));
     sql.push_str(&drop_functions_sql());
     sql.push_str(&format!(
         "-- The instances reading this schema's log learn that it stopped.\nDO $$\nBEGIN\n    IF pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL THEN\n        DELETE FROM pg2es.consumers WHERE source_schema = {};\n    END IF;\nEND $$;\n",
@@ -97,10 +110,6 @@ fn drop_functions_sql() -> String {
     format!(
         "DO $$\nDECLARE f record;\nBEGIN\n    FOR f IN SELECT p.oid::regprocedure AS name FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace\n             WHERE n.nspname = 'pg2es' AND p.proname LIKE 'capture\\_%' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgfoid = p.oid) LOOP\n        EXECUTE 'DROP FUNCTION ' || f.name;\n    END LOOP;\n    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid\n                   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'pg2es' AND p.proname NOT LIKE 'capture\\_%') THEN\n        DROP FUNCTION IF EXISTS {FUNCTIONS};\n    END IF;\nEND $$;\n"
     )
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn quote_literal(text: &str) -> String {
@@ -183,20 +192,18 @@ pub async fn status(client: &impl GenericClient, set: &TriggerSet) -> Result<Cap
     let context = "check the capture triggers";
     let row = client
         .query_one(
-            "SELECT pg_catalog.to_regclass('pg2es.film_changes') IS NOT NULL, \
-                ARRAY(SELECT want.n FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS want(tbl, name, n) \
-                      WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t \
-                                        WHERE t.tgrelid = pg_catalog.to_regclass(quote_ident($1) || '.' || quote_ident(want.tbl)) \
-                                          AND t.tgname = want.name AND t.tgenabled <> 'D') \
-                      ORDER BY want.n), \
-                EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
-                        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
-                        JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
-                        WHERE n.nspname = $1 AND pn.nspname = 'pg2es' AND p.proname = ANY($4) AND t.tgenabled <> 'D'), \
-                EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
-                        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
-                        JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
-                        WHERE n.nspname = $1 AND pn.nspname = 'pg2es' AND p.proname = ANY($4) AND p.proname LIKE 'log\\_written%' AND t.tgenabled <> 'D')",
+            concat!(
+                "SELECT pg_catalog.to_regclass('pg2es.film_changes') IS NOT NULL, \
+                    ARRAY(SELECT want.n FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS want(tbl, name, n) \
+                          WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t \
+                                            WHERE t.tgrelid = pg_catalog.to_regclass(quote_ident($1) || '.' || quote_ident(want.tbl)) \
+                                              AND t.tgname = want.name AND t.tgenabled <> 'D') \
+                          ORDER BY want.n), \
+                    legacy.any, legacy.writes \
+                 FROM (SELECT count(*) > 0 AS any, count(*) FILTER (WHERE p.proname LIKE 'log\\_written%') > 0 AS writes FROM ",
+                pg2es_triggers!(),
+                " WHERE n.nspname = $1 AND pn.nspname = 'pg2es' AND p.proname = ANY($4) AND t.tgenabled <> 'D') legacy"
+            ),
             &[&set.schema, &tables, &triggers, &legacy],
         )
         .await
@@ -488,26 +495,18 @@ pub async fn remove_with(client: &impl GenericClient, schema: &str, lock_timeout
 }
 
 async fn remove_locked(client: &impl GenericClient, schema: &str) -> Result<usize, Failure> {
+    // The tables with a trigger of pg2es, and how many each has.
     let rows = client
         .query(
-            "SELECT DISTINCT c.relname::text, count(*) OVER () FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
-             JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace WHERE n.nspname = $1 AND pn.nspname = 'pg2es' ORDER BY 1",
+            concat!("SELECT c.relname::text, count(*) FROM ", pg2es_triggers!(), " WHERE n.nspname = $1 AND pn.nspname = 'pg2es' GROUP BY 1 ORDER BY 1"),
             &[&schema],
         )
         .await
         .map_err(Failure::Sql)?;
-    let count = client
-        .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
-             JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace WHERE n.nspname = $1 AND pn.nspname = 'pg2es'",
-            &[&schema],
-        )
-        .await
-        .map_err(Failure::Sql)?
-        .try_get::<_, i64>(0)
-        .map_err(Failure::Sql)?;
+    let mut count = 0i64;
+    for row in &rows {
+        count += row.try_get::<_, i64>(1).map_err(Failure::Sql)?;
+    }
     for row in &rows {
         let table: String = row.try_get(0).map_err(Failure::Sql)?;
         lock(client, schema, &table, "ACCESS EXCLUSIVE").await?;
@@ -593,7 +592,7 @@ async fn begin(client: &impl GenericClient, lock_timeout: Duration, context: &'s
 
 /// Takes one table's lock, so that a timeout names the table it waited for.
 async fn lock(client: &impl GenericClient, schema: &str, table: &str, mode: &str) -> Result<(), Failure> {
-    let name = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let name = qualified(schema, table);
     match client.batch_execute(&format!("LOCK TABLE {name} IN {mode} MODE")).await {
         Ok(()) => Ok(()),
         Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Err(Failure::LockTimeout { table: format!("{schema}.{table}") }),

@@ -617,7 +617,7 @@ async fn check_identities(pg: &PgSource, schema: &str) -> Result<()> {
 async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tables: &[&str]) -> Result<std::collections::BTreeMap<String, String>> {
     let c = pg.client();
     let context = "read the publication";
-    let quoted = |t: &str| format!("\"{schema}\".\"{t}\"");
+    let quoted = |t: &str| crate::catalog::qualified(schema, t);
     // The documents of one run share the publication and set it up at once: a CREATE or an ADD
     // refused as a duplicate was done by another of them meanwhile, so it is read again. Each
     // refusal means another made progress, so a few rounds settle it.

@@ -174,9 +174,8 @@ pub fn build(doc: &Document, rec: &Record) -> Result<(Vec<u8>, Notes), ShapeErro
     let mut notes = Notes::default();
     let mut out = Vec::with_capacity(1024);
     let rows: Vec<Rows> = doc.relations.iter().map(|r| Rows::of(r, rec)).collect::<Result<_, _>>()?;
-    for (r, rel) in doc.relations.iter().enumerate() {
-        note_unmatched(doc, r, &rows[r], &mut notes);
-        let _ = rel;
+    for (r, relation_rows) in rows.iter().enumerate() {
+        note_unmatched(doc, r, relation_rows, &mut notes);
     }
     out.push(b'{');
     for (i, field) in doc.fields.iter().enumerate() {
