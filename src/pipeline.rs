@@ -115,10 +115,6 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
     let (stop, local) = Shutdown::new();
     let stop = &stop;
     let local = &local;
-    let forward = async {
-        shutdown.wait().await;
-        stop.trigger();
-    };
     let all = futures_util::future::join_all(runs.iter().map(|(c, spec, index)| async move {
         let out = run_document(c, spec.clone(), index, mode, local).await;
         if out.is_err() {
@@ -126,9 +122,14 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
         }
         out
     }));
+    futures_util::pin_mut!(all);
+    // A shutdown asked for reaches every document; they then finish as one does alone.
     let results = tokio::select! {
-        r = all => r,
-        _ = forward => unreachable!("the forward ends only with the runs"),
+        r = &mut all => r,
+        () = shutdown.wait() => {
+            stop.trigger();
+            all.await
+        }
     };
     let mut reports = Vec::new();
     let mut first_error = None;

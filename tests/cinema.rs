@@ -427,6 +427,25 @@ async fn check_says_ok_for_each_document() {
     c.cleanup().await;
 }
 
+/// A continuous run of the three documents stops on SIGTERM as one document does: every
+/// document stops, the exit is 0, and nothing panics (the stop reaches each of them).
+#[tokio::test]
+async fn sigterm_stops_every_document_of_a_continuous_run() {
+    let c = Cinema::new("cinema_sigterm", Source::Polling).await;
+    let log = c.env.dir.path().join("run.log");
+    let mut child = common::spawn_run(&c.env, &log);
+    for d in DOCUMENTS {
+        common::log_shows(&log, &format!("cycle done document={d}"), Duration::from_secs(60)).await;
+    }
+    common::signal(&child, "-TERM");
+    let status = common::wait_exit(&mut child, Duration::from_secs(30));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    assert_eq!(text.matches("pg2es stopped document=").count(), 3, "every document stopped: {text}");
+    c.cleanup().await;
+}
+
 /// The three documents of one run share the schema's publication (PG_PUBLICATION, default
 /// pg2es_<PG_SCHEMA>) and set it up at once, each for its own tables: the first start must not
 /// fail when one of them creates it, or adds a table to it, while another does the same. The
