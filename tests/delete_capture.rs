@@ -55,7 +55,7 @@ async fn window(client: &Client, from: u64, to: u64) -> LogPage {
     let mut all = LogPage::default();
     let mut after = None;
     loop {
-        let movies = delete_log::LogDocument { name: "movies".into(), first: true };
+        let movies = delete_log::LogDocument { name: "movies".into(), first: true, documented: true };
         let page = delete_log::keys_between(client, SCHEMA, &movies, from, to, after, 2).await.unwrap();
         all.reload |= page.reload;
         let Some(last) = page.keys.last().copied() else { return all };

@@ -64,11 +64,42 @@ async fn install_replaces_the_previous_triggers_and_keeps_the_positions() {
     let second: uuid::Uuid = env.db.query_one("SELECT id FROM content.film_work ORDER BY id LIMIT 1", &[]).await.unwrap().get(0);
     env.db.execute("DELETE FROM content.film_work WHERE id = $1", &[&second]).await.unwrap();
     let to = delete_log::boundary(&env.db).await.unwrap();
-    let movies = LogDocument { name: "movies".into(), first: true };
+    let movies = LogDocument { name: "movies".into(), first: true, documented: true };
     let page = delete_log::keys_between(&env.db, "content", &movies, from, to, None, 10).await.unwrap();
     assert!(page.keys.contains(&film) && page.keys.contains(&second), "{page:?}");
     // Another document does not read the rows of the old triggers.
-    let genres = LogDocument { name: "genres".into(), first: false };
+    let genres = LogDocument { name: "genres".into(), first: false, documented: true };
     assert!(delete_log::keys_between(&env.db, "content", &genres, from, to, None, 10).await.unwrap().keys.is_empty());
+    env.cleanup().await;
+}
+
+/// Upgraded but not installed yet: the previous release's capture is read for the first
+/// document (no position lost, no reload), and `install` later replaces it without a reload.
+#[tokio::test]
+async fn before_install_the_previous_capture_is_read_and_install_reloads_nothing() {
+    let mut env = TestEnv::new("up_before_install").await;
+    // Deletes reach the index only through the log: no reconciliation.
+    env.extra_env.push(("ETL_RECONCILE_SEC".into(), "0".into()));
+    let legacy = |file: &str| {
+        std::fs::read_to_string(format!("{}/tests/fixtures/legacy/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap().replace("{schema}", "\"content\"")
+    };
+    env.db.batch_execute(&legacy("delete_capture.sql")).await.unwrap();
+    let records = |reports: &[pg2es::pipeline::CycleReport]| reports.iter().map(|r| r.records).sum::<usize>();
+    let deleted = |reports: &[pg2es::pipeline::CycleReport]| reports.iter().map(|r| r.deleted).sum::<usize>();
+    assert_eq!(records(&env.pass().await), 999);
+    assert!(env.checkpoint().state().delete_log.is_some(), "the previous capture's log was adopted");
+    let film = || async { env.db.query_one("SELECT id FROM content.film_work ORDER BY id LIMIT 1", &[]).await.unwrap().get::<_, uuid::Uuid>(0) };
+    let first = film().await;
+    env.db.execute("DELETE FROM content.film_work WHERE id = $1", &[&first]).await.unwrap();
+    let reports = env.pass().await;
+    assert_eq!((records(&reports), deleted(&reports)), (0, 1), "the delete came through the previous triggers' log: {reports:?}");
+
+    let set = common::capture(&env.db, "content").await;
+    assert_eq!(delete_log::install(&env.db, &set).await.unwrap().positions_dropped, 0);
+    let second = film().await;
+    env.db.execute("DELETE FROM content.film_work WHERE id = $1", &[&second]).await.unwrap();
+    let reports = env.pass().await;
+    assert_eq!((records(&reports), deleted(&reports)), (0, 1), "no reload after install, and the generated triggers' delete is read: {reports:?}");
+    assert!(env.verify().await.is_consistent());
     env.cleanup().await;
 }

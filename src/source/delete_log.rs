@@ -149,9 +149,28 @@ pub struct Capture {
     pub legacy: bool,
     /// Among them, the write capture's.
     pub legacy_writes: bool,
+    /// They stand in for the generated ones (see [`Capture::with_legacy_for`]).
+    pub legacy_in_use: bool,
+    /// The log has its `document` column (an earlier release's log gets it at `install`).
+    pub documented: bool,
 }
 
 impl Capture {
+    /// For the definition's first document (`first`), the capture of a release before
+    /// definitions stands in for the generated one until `install` replaces it: its triggers log
+    /// that document's keys (as rows without a document, which it reads), so an upgrade neither
+    /// loses the log's position nor reloads.
+    pub fn with_legacy_for(mut self, first: bool) -> Capture {
+        if first && self.legacy && self.missing.len() == self.deletes_wanted {
+            self.missing.clear();
+            self.legacy_in_use = true;
+            if self.legacy_writes && self.writes_missing.len() == self.writes_wanted {
+                self.writes_missing.clear();
+            }
+        }
+        self
+    }
+
     /// The delete capture and the write capture: every change of a document is logged.
     pub fn writes_complete(&self) -> bool {
         self.complete() && self.writes_missing.is_empty()
@@ -199,7 +218,9 @@ pub async fn status(client: &impl GenericClient, set: &TriggerSet) -> Result<Cap
                                             WHERE t.tgrelid = pg_catalog.to_regclass(quote_ident($1) || '.' || quote_ident(want.tbl)) \
                                               AND t.tgname = want.name AND t.tgenabled <> 'D') \
                           ORDER BY want.n), \
-                    legacy.any, legacy.writes \
+                    legacy.any, legacy.writes, \
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass('pg2es.film_changes') \
+                            AND a.attname = 'document' AND NOT a.attisdropped) \
                  FROM (SELECT count(*) > 0 AS any, count(*) FILTER (WHERE p.proname LIKE 'log\\_written%') > 0 AS writes FROM ",
                 pg2es_triggers!(),
                 " WHERE n.nspname = $1 AND pn.nspname = 'pg2es' AND p.proname = ANY($4) AND t.tgenabled <> 'D') legacy"
@@ -212,6 +233,7 @@ pub async fn status(client: &impl GenericClient, set: &TriggerSet) -> Result<Cap
     let missing: Vec<i64> = row.try_get(1).map_err(Error::postgres(context))?;
     let legacy: bool = row.try_get(2).map_err(Error::postgres(context))?;
     let legacy_writes: bool = row.try_get(3).map_err(Error::postgres(context))?;
+    let documented: bool = row.try_get(4).map_err(Error::postgres(context))?;
     let (mut deletes, mut writes) = (Vec::new(), Vec::new());
     for n in missing {
         if let Some((table, name, w)) = usize::try_from(n - 1).ok().and_then(|i| all.get(i)) {
@@ -231,12 +253,19 @@ pub async fn status(client: &impl GenericClient, set: &TriggerSet) -> Result<Cap
         writes_wanted: all.iter().filter(|t| t.2).count(),
         legacy,
         legacy_writes,
+        legacy_in_use: false,
+        documented,
     })
 }
 
 /// True when the log table exists and every delete trigger of `set` is there, enabled.
 pub async fn installed(client: &impl GenericClient, set: &TriggerSet) -> Result<bool> {
     Ok(status(client, set).await?.complete())
+}
+
+/// [`installed`], with an earlier release's capture counted for the first document.
+pub async fn installed_for(client: &impl GenericClient, set: &TriggerSet, first: bool) -> Result<bool> {
+    Ok(status(client, set).await?.with_legacy_for(first).complete())
 }
 
 /// The transaction id below which every transaction has ended: log rows under it are final.
@@ -278,6 +307,9 @@ pub struct LogDocument {
     /// The definition's first document also reads the rows the triggers of pg2es before
     /// definitions wrote (with no document).
     pub first: bool,
+    /// The log has its `document` column ([`Capture::documented`]); an earlier release's log,
+    /// not installed again yet, has none: all its rows are the first document's.
+    pub documented: bool,
 }
 
 /// Up to `limit` keys logged for `schema`'s `document` by transactions in `[from, to)`, after `after`.
@@ -292,8 +324,13 @@ pub async fn keys_between(
     limit: usize,
 ) -> Result<LogPage> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let sql = if document.documented {
+        std::borrow::Cow::Borrowed(KEYS_BETWEEN_SQL)
+    } else {
+        std::borrow::Cow::Owned(KEYS_BETWEEN_SQL.replace("(document = $6 OR ($7 AND document IS NULL))", "($6::text IS NOT NULL AND $7)"))
+    };
     let row = client
-        .query_one(KEYS_BETWEEN_SQL, &[&schema, &from.to_string(), &to.to_string(), &after, &limit, &document.name, &document.first])
+        .query_one(sql.as_ref(), &[&schema, &from.to_string(), &to.to_string(), &after, &limit, &document.name, &document.first])
         .await
         .map_err(Error::postgres("read the delete log"))?;
     Ok(LogPage {
@@ -837,6 +874,8 @@ mod tests {
             writes_wanted: 8,
             legacy: false,
             legacy_writes: false,
+            legacy_in_use: false,
+            documented: true,
         };
         let c = capture(true, vec![pair("genre_film_work", "pg2es_movies_deleted"), pair("genre_film_work", "pg2es_movies_truncated")]);
         assert!(!c.complete() && !c.nothing_installed());
@@ -844,6 +883,13 @@ mod tests {
         let c = capture(false, vec![pair("film_work", "pg2es_movies_deleted"), pair("person", "pg2es_movies_truncated")]);
         assert_eq!(c.describe_missing(), "table pg2es.film_changes; film_work: pg2es_movies_deleted; person: pg2es_movies_truncated");
         assert!(capture(true, vec![]).complete());
+        // An earlier release's capture stands in for the first document only, and only while
+        // none of the generated triggers is there.
+        let all_missing: Vec<(String, String)> = (0..12).map(|i| pair("t", &i.to_string())).collect();
+        let legacy = Capture { legacy: true, ..capture(true, all_missing.clone()) };
+        assert!(legacy.clone().with_legacy_for(true).complete() && legacy.clone().with_legacy_for(true).legacy_in_use);
+        assert!(!legacy.clone().with_legacy_for(false).complete());
+        assert!(!Capture { legacy: true, ..capture(true, all_missing[..3].to_vec()) }.with_legacy_for(true).complete());
         assert!(capture(true, (0..12).map(|i| pair("t", &i.to_string())).collect()).nothing_installed());
     }
 

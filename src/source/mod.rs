@@ -50,8 +50,8 @@ pub struct DocumentSpec {
 
 impl DocumentSpec {
     /// Which rows of the change log are this document's.
-    pub fn log_document(&self) -> delete_log::LogDocument {
-        delete_log::LogDocument { name: self.name.clone(), first: self.first }
+    pub fn log_document(&self, documented: bool) -> delete_log::LogDocument {
+        delete_log::LogDocument { name: self.name.clone(), first: self.first, documented }
     }
 }
 

@@ -39,6 +39,8 @@ pub struct PollingSource {
     horizon: Option<Horizon>,
     /// The delete log's window ends here this cycle (`None`: no log installed).
     log_until: Option<u64>,
+    /// The log read this cycle has its `document` column.
+    log_documented: bool,
     /// The write capture is complete and its log read this cycle: the streams are not read.
     writes_logged: bool,
     /// Kept across cycles, not across restarts: see `recent.rs`.
@@ -58,6 +60,7 @@ impl PollingSource {
             pg: None,
             horizon: None,
             log_until: None,
+            log_documented: true,
             writes_logged: false,
             recent: Mutex::new(RecentlyLoaded::default()),
             notices: LogNotices::default(),
@@ -141,7 +144,8 @@ impl PollingSource {
             if shutdown.is_triggered() {
                 return Ok(false);
             }
-            let page = delete_log::keys_between(pg.client(), schema, &self.spec.log_document(), from, until, after, self.config.batch_size).await?;
+            let page =
+                delete_log::keys_between(pg.client(), schema, &self.spec.log_document(self.log_documented), from, until, after, self.config.batch_size).await?;
             report.logged += page.keys.len();
             let last_page = page.keys.len() < self.config.batch_size;
             let mut completes = Vec::new();
@@ -175,6 +179,7 @@ struct LogNotices {
     lost_checked: Option<Instant>,
     deferred_said: bool,
     partial_writes_said: bool,
+    legacy_said: bool,
 }
 
 const LOST_WARNING_EVERY: Duration = Duration::from_secs(60);
@@ -187,13 +192,22 @@ const LOST_WARNING_EVERY: Duration = Duration::from_secs(60);
 async fn plan_delete_log(
     pg: &PgSource,
     schema: &str,
+    first: bool,
     consumer: &str,
     state: &State,
     before: &mut Vec<PositionDelta>,
     notices: &mut LogNotices,
 ) -> Result<Option<LogWindow>> {
     let client = pg.client();
-    let capture = delete_log::status(client, &crate::catalog::triggers::capture(schema, std::slice::from_ref(&**pg.document()))).await?;
+    let capture = delete_log::status(client, &crate::catalog::triggers::capture(schema, std::slice::from_ref(&**pg.document()))).await?.with_legacy_for(first);
+    if capture.legacy_in_use && !notices.legacy_said {
+        notices.legacy_said = true;
+        tracing::warn!(
+            schema,
+            fix = "pg2es delete-capture install",
+            "the delete capture of a release before definitions is installed: it is read for this document until `pg2es delete-capture install` replaces it with the generated triggers (in one transaction, keeping the positions: nothing is loaded again); the other documents have no delete capture until then"
+        );
+    }
     if !capture.complete() {
         let lost_now = state.delete_log.is_some();
         if lost_now {
@@ -240,7 +254,7 @@ async fn plan_delete_log(
         tracing::warn!(schema, missing = %missing.join("; "), fix = "pg2es delete-capture install --writes", "the write capture is incomplete: changes are found by the tables' timestamps, so writes that leave them alone are missed");
     }
     notices.partial_writes_said = partial;
-    let window = LogWindow { until, writes: capture.writes_complete() };
+    let window = LogWindow { until, writes: capture.writes_complete(), documented: capture.documented };
     if position.is_some() {
         return Ok(Some(window));
     }
@@ -279,6 +293,8 @@ async fn plan_delete_log(
 struct LogWindow {
     until: u64,
     writes: bool,
+    /// The log has its `document` column.
+    documented: bool,
 }
 
 /// The slot name replication mode uses for this index by default (`PG_REPLICATION_SLOT`), as
@@ -348,8 +364,9 @@ impl ChangeSource for PollingSource {
             before.push(PositionDelta::BeginFullLoad { heads: Self::heads(pg, &horizon).await? });
             tracing::info!("full load: every film is read in id order; each table's changes are read from its newest row once it is done");
         }
-        let window = plan_delete_log(pg, &schema, &consumer, state, &mut before, &mut self.notices).await?;
+        let window = plan_delete_log(pg, &schema, self.spec.first, &consumer, state, &mut before, &mut self.notices).await?;
         let log_until = window.map(|w| w.until);
+        self.log_documented = window.is_none_or(|w| w.documented);
         let writes_logged = window.is_some_and(|w| w.writes);
         let notices_partial = self.notices.partial_writes_said;
         if writes_logged != self.writes_logged {
