@@ -12,6 +12,10 @@ use std::time::Duration;
 pub use crate::catalog::is_identifier;
 
 use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
+use crate::secret::Secret;
+use crate::sink::{EsAuth, SinkSettings};
+use crate::source::{replication_name, HorizonPolicy, PgSslMode, ReplicationSettings, SourceSettings};
 
 /// One setting: its environment variable, default and meaning. The README table mirrors this.
 pub struct Setting {
@@ -60,25 +64,6 @@ pub const SETTINGS: &[Setting] = &[
     setting("LOG_FORMAT", Some("text"), "text or json"),
 ];
 
-/// A value that must never reach a log line.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -104,44 +89,6 @@ impl fmt::Display for IndexDefinition {
             IndexDefinition::Builtin => f.write_str("(the definition's index_schema)"),
             IndexDefinition::File(path) => write!(f, "{}", path.display()),
         }
-    }
-}
-
-/// libpq's `sslmode`, with what each means in pg2es (README, "TLS to Postgres").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PgSslMode {
-    /// Plain connection. Also what pg2es does without `sslmode` (libpq would try `prefer`).
-    Disable,
-    /// As `Prefer`: tokio-postgres cannot start plain and retry with TLS.
-    Allow,
-    /// TLS when the server offers it, certificate not verified; plain otherwise.
-    Prefer,
-    /// TLS, certificate chain and host name verified (stricter than libpq, which verifies
-    /// nothing here without a root certificate): what pg2es has always done with `require`.
-    Require,
-    /// TLS, certificate chain verified against the CA given, host name not checked.
-    VerifyCa,
-    /// TLS, certificate chain and host name verified.
-    VerifyFull,
-}
-
-impl PgSslMode {
-    const ALL: [(&'static str, PgSslMode); 6] = [
-        ("disable", PgSslMode::Disable),
-        ("allow", PgSslMode::Allow),
-        ("prefer", PgSslMode::Prefer),
-        ("require", PgSslMode::Require),
-        ("verify-ca", PgSslMode::VerifyCa),
-        ("verify-full", PgSslMode::VerifyFull),
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        Self::ALL.iter().find(|(_, m)| *m == self).map_or("disable", |(name, _)| name)
-    }
-
-    /// Whether the server's certificate is checked against a CA.
-    pub fn verifies(self) -> bool {
-        matches!(self, PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull)
     }
 }
 
@@ -317,16 +264,41 @@ pub enum SourceKind {
     Replication(ReplicationSettings),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplicationSettings {
-    pub slot: String,
-    pub publication: String,
-    pub max_retained_bytes: u64,
-    /// PG_REPLICATION_SLOT was set (not derived from the index name).
-    pub slot_explicit: bool,
-}
-
 impl Config {
+    /// The source's settings (the document's, after [`Config::for_document`]).
+    pub fn source_settings(&self) -> SourceSettings {
+        SourceSettings {
+            pg: self.pg.clone(),
+            ssl_mode: self.pg_ssl_mode,
+            ca_file: self.pg_ca_file.clone(),
+            schema: self.pg_schema.clone(),
+            batch_size: self.batch_size,
+            consumer: self.es_index.clone(),
+            horizon: self.commit_horizon,
+        }
+    }
+
+    /// The sink's settings (the document's, after [`Config::for_document`]).
+    pub fn sink_settings(&self) -> SinkSettings {
+        SinkSettings {
+            url: self.es_url.clone(),
+            index: self.es_index.clone(),
+            auth: self.es_auth.clone(),
+            ca_file: self.es_ca_file.clone(),
+            timeout: self.es_timeout,
+            max_docs: self.batch_size,
+            max_bytes: self.bulk_max_bytes,
+            dead_letter_file: self.dead_letter_file.clone(),
+            dead_letter_max_ratio: self.dead_letter_max_ratio,
+            retry: self.retry_policy(),
+        }
+    }
+
+    /// `ETL_BACKOFF_INITIAL_MS` and `ETL_BACKOFF_MAX_SEC`.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy { initial: self.backoff_initial, cap: self.backoff_max }
+    }
+
     /// What picks the documents, from PG2ES_DEFINITION, PG2ES_DOCUMENTS, ES_INDEX,
     /// ES_SCHEMA_FILE and ETL_TIMESTAMP_COLUMN.
     pub fn selection(&self) -> Result<crate::catalog::Selection> {
@@ -377,35 +349,6 @@ impl Config {
         }
         c
     }
-}
-
-/// A replication slot or publication name from another name: lower case, `[a-z0-9_]`, at most
-/// 63. A name that had to change (other characters, upper case, too long) gets a hash of the
-/// original, so `a-c`, `a.c` and `a_c` never share a slot; one that fits is kept as it is.
-pub fn replication_name(base: &str) -> String {
-    let mut name: String = base.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    if name == base && name.len() <= 63 {
-        return name;
-    }
-    // FNV-1a: stable across builds and platforms, which a slot name must be.
-    let hash = base.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
-    name.truncate(63 - 9);
-    format!("{name}_{hash:08x}")
-}
-
-/// How far behind "now" a watermark must stay so that no transaction still open can commit rows
-/// older than it (see `source::Horizon`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HorizonPolicy {
-    pub clock_skew: Duration,
-    pub max_transaction: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub enum EsAuth {
-    None,
-    Basic { username: String, password: Secret },
-    ApiKey(Secret),
 }
 
 /// Where a raw value came from, for error messages and `print-config`.

@@ -72,7 +72,7 @@ fn try_main() -> pg2es::Result<ExitCode> {
             let docs = pipeline::documents(&config)?;
             let config = &config;
             return with_runtime(|_shutdown| async move {
-                let client = delete_log::connect(&config.pg, &PgTls::from_config(config)?).await?;
+                let client = delete_log::connect(&config.pg, &PgTls::new(&config.source_settings())?).await?;
                 pg2es::source::server_version(&client).await?;
                 for (_, spec, _) in &docs {
                     let doc = spec.resolve(&client, &config.pg_schema).await?;
@@ -110,7 +110,7 @@ fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result
     let specs: Vec<_> = docs.into_iter().map(|(_, spec, _)| spec).collect();
     let specs = &specs;
     with_runtime(|_shutdown| async move {
-        let client = delete_log::connect(&config.pg, &PgTls::from_config(config)?).await?;
+        let client = delete_log::connect(&config.pg, &PgTls::new(&config.source_settings())?).await?;
         pg2es::source::server_version(&client).await?;
         if let DeleteCaptureAction::Remove = action {
             let removed = delete_log::remove(&client, schema).await?;

@@ -6,8 +6,9 @@
 //! loading and takes their results back in read order: a batch's position is committed only after
 //! the sink stored (or dead-lettered) every change of it and of every batch before it. Writes carry
 //! the version of the state they were read in, so two states of one film in flight at once end as
-//! the newer. Between cycles, documents of films that are gone are removed by
-//! reconciliation, every `ETL_RECONCILE_SEC` and after a full load.
+//! the newer. Around a full load the sink tunes the index and puts its settings back
+//! (`sink::tuning`); between cycles the reconcile stage removes documents whose record is gone,
+//! every `ETL_RECONCILE_SEC` and after a full load.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -18,22 +19,20 @@ use tokio::sync::mpsc;
 use std::sync::Arc;
 
 use crate::catalog::{Document, IndexSpec};
-use crate::checkpoint::{Checkpoint, PositionDelta, State};
+use crate::checkpoint::{Checkpoint, PositionDelta};
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, Result, Retry};
 use crate::progress::Progress;
+use crate::reconcile;
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
-use crate::sink::{full_load_settings, ElasticsearchSink, IndexAction, IndexBootstrap, IndexSettings, IndexSink, LoadReport};
+use crate::sink::tuning::{restore_settings, tune_for_full_load};
+use crate::sink::{ElasticsearchSink, IndexAction, IndexBootstrap, IndexSink, LoadReport};
 use crate::source::{Change, ChangeBatch, ChangeSource, DocumentSpec, PollingSource, Receipt, ReplicationSource};
 use crate::transform::build;
 
 /// Batches read ahead of the writer. Small: memory stays flat however large the tables are.
 const CHANNEL_DEPTH: usize = 4;
-
-/// Document ids compared with Postgres per request during reconciliation (at most the index's
-/// `max_result_window`, 10 000 by default).
-const RECONCILE_PAGE: usize = 5_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -64,7 +63,7 @@ impl Options {
             cycle: config.cycle,
             bulk_concurrency: config.bulk_concurrency,
             reconcile_every: config.reconcile_every,
-            retry: RetryPolicy::from_config(config),
+            retry: config.retry_policy(),
             index_empty_at_start: false,
         }
     }
@@ -169,7 +168,7 @@ async fn run_document(config: &Config, spec: DocumentSpec, index: &IndexSpec, mo
     // The lock comes first: a second instance must not even touch Elasticsearch.
     let mut checkpoint = Checkpoint::open(&config.state_file, &config.es_index)?;
     let definition = index.schema.clone();
-    let sink = ElasticsearchSink::new(config)?;
+    let sink = ElasticsearchSink::new(&config.sink_settings())?;
     let mut options = Options::from_config(config, mode);
     let engine = sink.engine(shutdown).await?;
     let bootstrap = retry(&options.retry, shutdown, "check index", || sink.ensure_index(&definition)).await?;
@@ -177,8 +176,10 @@ async fn run_document(config: &Config, spec: DocumentSpec, index: &IndexSpec, mo
     let name = spec.name.clone();
     tracing::info!(document = %name, index = %config.es_index, url = %config.es_url, engine = %engine, bootstrap = %bootstrap, state = %config.state_file.display(), "pg2es started");
     let outcome = match &config.source {
-        SourceKind::Polling => run_cycles(&mut PollingSource::new(config, spec)?, &sink, &mut checkpoint, &options, shutdown).await,
-        SourceKind::Replication(settings) => run_cycles(&mut ReplicationSource::new(config, settings, spec)?, &sink, &mut checkpoint, &options, shutdown).await,
+        SourceKind::Polling => run_cycles(&mut PollingSource::new(&config.source_settings(), spec)?, &sink, &mut checkpoint, &options, shutdown).await,
+        SourceKind::Replication(settings) => {
+            run_cycles(&mut ReplicationSource::new(&config.source_settings(), settings, spec)?, &sink, &mut checkpoint, &options, shutdown).await
+        }
     };
     // A full load cut short (shutdown, a fatal error) leaves the index searchable while stopped.
     if let Err(e) = restore_settings(&sink, &mut checkpoint, shutdown).await {
@@ -304,77 +305,14 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
     // index was empty when it began.
     let after_full_load = full_load_done && !std::mem::take(index_empty);
     if full_load_done && !after_full_load {
-        checkpoint.commit(&[PositionDelta::Reconciled { at: chrono::Utc::now() }])?;
+        reconcile::skip(checkpoint)?;
     }
-    if after_full_load || reconcile_due(checkpoint.state(), options) {
-        let (checked, deleted) = reconcile(reader, sink, checkpoint, shutdown).await?;
-        report.reconciled = Some(checked);
-        report.deleted += deleted;
+    if after_full_load || reconcile::due(checkpoint.state(), options.reconcile_every) {
+        let done = reconcile::run(&doc, reader, sink, checkpoint, shutdown).await?;
+        report.reconciled = Some(done.checked);
+        report.deleted += done.deleted;
     }
     Ok(report)
-}
-
-fn reconcile_due(state: &State, options: &Options) -> bool {
-    let Some(every) = options.reconcile_every else { return false };
-    let every = chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX);
-    state.snapshot_in_progress().is_none() && state.reconciled_at.is_none_or(|at| chrono::Utc::now() - at >= every)
-}
-
-/// Removes the documents of films that are gone: the index's document ids a page at a time, each
-/// page looked up in Postgres. Memory holds one page. A film created after its page was looked up
-/// is read by the change streams after this, so it is never lost.
-async fn reconcile<S: ChangeSource, K: IndexSink>(source: &S, sink: &K, checkpoint: &mut Checkpoint, shutdown: &Shutdown) -> Result<(usize, usize)> {
-    let started_at = chrono::Utc::now();
-    let clock = Instant::now();
-    let (mut checked, mut deleted, mut cursor) = (0, 0, None);
-    loop {
-        let page = sink.id_page(cursor, RECONCILE_PAGE, shutdown).await?;
-        checked += page.ids.len();
-        // Only canonical uuid keys are pg2es's: other documents are left for `verify` to report.
-        let films: Vec<uuid::Uuid> = page.ids.iter().filter_map(|id| uuid::Uuid::parse_str(id).ok().filter(|u| u.to_string() == *id)).collect();
-        let existing: std::collections::HashSet<uuid::Uuid> = source.existing(&films).await?.into_iter().collect();
-        let gone: Vec<IndexAction> = films.iter().filter(|f| !existing.contains(f)).map(|f| IndexAction::Delete { id: f.to_string(), version: None }).collect();
-        if !gone.is_empty() {
-            deleted += gone.len();
-            sink.write(gone, shutdown).await?;
-        }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    checkpoint.commit(&[PositionDelta::Reconciled { at: started_at }])?;
-    tracing::info!(documents = checked, deleted, elapsed_ms = clock.elapsed().as_millis() as u64, "reconciled the index with postgres");
-    Ok((checked, deleted))
-}
-
-/// Turns refresh and replicas off for the full load, after saving the values to put back.
-async fn tune_for_full_load<K: IndexSink>(sink: &K, checkpoint: &mut Checkpoint, shutdown: &Shutdown) -> Result<()> {
-    if checkpoint.state().tuned.is_some() {
-        // A crash during the full load left them off, and the originals on disk.
-        return Ok(());
-    }
-    let original = sink.settings_before_full_load(shutdown).await?;
-    // On disk first: a crash after the change still knows what to put back.
-    checkpoint.set_tuned(Some(original.clone()))?;
-    sink.tune_for_full_load(shutdown).await?;
-    tracing::info!(settings = %settings_text(&full_load_settings()), restore = %settings_text(&original), "index tuned for the full load");
-    Ok(())
-}
-
-/// Puts back the settings `tune_for_full_load` changed, then makes the load visible to search.
-async fn restore_settings<K: IndexSink>(sink: &K, checkpoint: &mut Checkpoint, shutdown: &Shutdown) -> Result<()> {
-    let Some(original) = checkpoint.state().tuned.clone() else { return Ok(()) };
-    sink.restore_settings(&original, shutdown).await?;
-    checkpoint.set_tuned(None)?;
-    tracing::info!(settings = %settings_text(&original), "index settings restored");
-    Ok(())
-}
-
-/// Settings as an operator writes them: `index.number_of_replicas=1, index.refresh_interval=(default)`.
-fn settings_text(settings: &IndexSettings) -> String {
-    let pairs: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("(default)"))).collect();
-    pairs.join(", ")
 }
 
 /// The cycle line, at the level given: INFO, or DEBUG for a cycle that found nothing.
@@ -514,17 +452,4 @@ async fn write_batches<S: ChangeSource, K: IndexSink>(
         }
     }
     Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn settings_are_logged_as_an_operator_writes_them() {
-        let mut s = BTreeMap::new();
-        s.insert("index.number_of_replicas".to_string(), Some("1".to_string()));
-        s.insert("index.refresh_interval".to_string(), None);
-        assert_eq!(settings_text(&s), "index.number_of_replicas=1, index.refresh_interval=(default)");
-    }
 }

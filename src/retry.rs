@@ -19,11 +19,6 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// `ETL_BACKOFF_INITIAL_MS` and `ETL_BACKOFF_MAX_SEC`.
-    pub fn from_config(config: &crate::Config) -> RetryPolicy {
-        RetryPolicy { initial: config.backoff_initial, cap: config.backoff_max }
-    }
-
     pub fn delays(&self) -> impl Iterator<Item = Duration> {
         let half_cap = self.cap / 2;
         ExponentialBuilder::default()

@@ -196,7 +196,7 @@ pub async fn verify(config: &Config, shutdown: &Shutdown) -> Result<VerifyReport
 /// Reads both sides of one document and compares them; see the module notes.
 pub async fn verify_document(config: &Config, spec: DocumentSpec, index: &IndexSpec, shutdown: &Shutdown) -> Result<VerifyReport> {
     let started = Instant::now();
-    let sink = ElasticsearchSink::new(config)?;
+    let sink = ElasticsearchSink::new(&config.sink_settings())?;
     // A missing index or another mapping is said as such, not as the first search's error.
     sink.engine(shutdown).await?;
     sink.check_index(&index.schema, shutdown).await?;
@@ -206,7 +206,7 @@ pub async fn verify_document(config: &Config, spec: DocumentSpec, index: &IndexS
 
     let setup = Setup {
         replication: matches!(config.source, SourceKind::Replication(_)),
-        delete_capture: retry(&RetryPolicy::from_config(config), shutdown, "check the delete capture", || delete_capture_installed(config, &spec)).await?,
+        delete_capture: retry(&config.retry_policy(), shutdown, "check the delete capture", || delete_capture_installed(config, &spec)).await?,
     };
     let mut report = VerifyReport { setup, ..VerifyReport::default() };
     let (mut expected, mut stored) = (VecDeque::new(), VecDeque::new());
@@ -232,7 +232,7 @@ pub async fn verify_document(config: &Config, spec: DocumentSpec, index: &IndexS
 }
 
 async fn delete_capture_installed(config: &Config, spec: &DocumentSpec) -> Result<bool> {
-    let client = delete_log::connect(&config.pg, &PgTls::from_config(config)?).await?;
+    let client = delete_log::connect(&config.pg, &PgTls::new(&config.source_settings())?).await?;
     let doc = spec.resolve(&client, &config.pg_schema).await?;
     delete_log::installed_for(&client, &crate::catalog::triggers::capture(&config.pg_schema, &[doc]), spec.first).await
 }
@@ -311,8 +311,8 @@ impl<'a> FilmPages<'a> {
         Ok(FilmPages {
             config,
             spec,
-            tls: PgTls::from_config(config)?,
-            policy: RetryPolicy::from_config(config),
+            tls: PgTls::new(&config.source_settings())?,
+            policy: config.retry_policy(),
             shutdown,
             source: Mutex::new(None),
             after: Uuid::nil(),

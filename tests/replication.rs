@@ -165,7 +165,7 @@ async fn an_older_version_never_overwrites_a_newer_one() {
     let env = TestEnv::new("repl_versions").await;
     env.run_once().await;
     let config = env.config();
-    let sink = ElasticsearchSink::new(&config).unwrap();
+    let sink = ElasticsearchSink::new(&config.sink_settings()).unwrap();
     let (_t, shutdown) = Shutdown::new();
     let id = film(&env, 0).await;
     // The full load versioned every document with the WAL position it was read after.

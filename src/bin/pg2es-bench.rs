@@ -26,7 +26,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use pg2es::shutdown::Shutdown;
-use pg2es::sink::{bulk, read_index_definition, ElasticsearchSink, IndexSink};
+use pg2es::sink::{bulk, ElasticsearchSink, IndexSink};
 use pg2es::Config;
 
 type BenchResult<T> = Result<T, String>;
@@ -117,7 +117,7 @@ fn try_main() -> BenchResult<()> {
 }
 
 async fn dump(config: &Config, out: &PathBuf) -> BenchResult<Value> {
-    let sink = ElasticsearchSink::new(config).map_err(|e| e.to_string())?;
+    let sink = ElasticsearchSink::new(&config.sink_settings()).map_err(|e| e.to_string())?;
     let (_trigger, shutdown) = Shutdown::new();
     // pg2es does not wait for a refresh; without one the last second of its writes is not searchable.
     sink.refresh().await.map_err(|e| e.to_string())?;
@@ -168,10 +168,11 @@ async fn replay(config: &Config, file: &PathBuf, concurrency: usize, gzip: bool)
     let base = config.es_url.as_str().trim_end_matches('/');
     let index_url = format!("{base}/{}", config.es_index);
     send(&http, Method::DELETE, &index_url, None, &[200, 404]).await?;
-    let definition = read_index_definition(&config.es_schema_file).map_err(|e| e.to_string())?;
+    // The first selected document's index schema, as `pg2es run` creates it.
+    let definition = pg2es::pipeline::documents(config).map_err(|e| e.to_string())?.into_iter().next().ok_or("no document selected")?.2.schema;
     send(&http, Method::PUT, &index_url, Some(definition.to_string().into_bytes()), &[200]).await?;
     // The settings pg2es gives a full load, and the values it puts back after.
-    let sink = ElasticsearchSink::new(config).map_err(|e| e.to_string())?;
+    let sink = ElasticsearchSink::new(&config.sink_settings()).map_err(|e| e.to_string())?;
     let (_trigger, shutdown) = Shutdown::new();
     let original = sink.settings_before_full_load(&shutdown).await.map_err(|e| e.to_string())?;
     sink.tune_for_full_load(&shutdown).await.map_err(|e| e.to_string())?;

@@ -261,6 +261,12 @@ pub struct Document {
 }
 
 impl Document {
+    /// The key a document id stands for: only the canonical text of a key is pg2es's `_id`
+    /// (other documents in the index are left alone, for `verify` to report).
+    pub fn key_of(&self, id: &str) -> Option<Uuid> {
+        Uuid::parse_str(id).ok().filter(|k| k.to_string() == id)
+    }
+
     /// Every table this document reads.
     pub fn tables(&self) -> Vec<&str> {
         let mut t: Vec<&str> = self.streams.iter().map(|s| s.table.as_str()).collect();

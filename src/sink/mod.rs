@@ -7,6 +7,8 @@
 pub mod bulk;
 pub mod engine;
 mod inspect;
+mod settings;
+pub mod tuning;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -19,11 +21,11 @@ use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
 use serde_json::Value;
 
-use crate::config::{Config, EsAuth};
 use crate::error::{Error, Result};
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 use bulk::{BulkItemOutcome, BulkResponse, EncodedDoc};
+pub use settings::{EsAuth, SinkSettings};
 
 /// Attempts for items answered 429/5xx before the whole batch is handed back as transient.
 const MAX_ITEM_ATTEMPTS: u32 = 8;
@@ -164,31 +166,31 @@ pub struct LoadReport {
 
 impl ElasticsearchSink {
     /// Builds the client; no request is sent.
-    pub fn new(config: &Config) -> Result<ElasticsearchSink> {
+    pub fn new(settings: &SinkSettings) -> Result<ElasticsearchSink> {
         let mut builder = reqwest::Client::builder();
-        if let Some(path) = &config.es_ca_file {
+        if let Some(path) = &settings.ca_file {
             for cert in crate::pem::ca_certificates("ES_CA_FILE", path)? {
                 let cert =
                     reqwest::Certificate::from_der(&cert).map_err(|e| Error::Config(format!("ES_CA_FILE='{}': unusable certificate ({e})", path.display())))?;
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let http = builder.connect_timeout(config.es_timeout.min(CONNECT_TIMEOUT)).build().map_err(Error::es_transport("build http client"))?;
-        let mut base = config.es_url.clone();
+        let http = builder.connect_timeout(settings.timeout.min(CONNECT_TIMEOUT)).build().map_err(Error::es_transport("build http client"))?;
+        let mut base = settings.url.clone();
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
         Ok(ElasticsearchSink {
             http,
             base,
-            index: config.es_index.clone(),
-            max_docs: config.batch_size,
-            max_bytes: config.bulk_max_bytes,
-            dead_letter: config.dead_letter_file.clone(),
-            retry: RetryPolicy::from_config(config),
-            auth: config.es_auth.clone(),
-            timeout: config.es_timeout,
-            rejections: Mutex::new(RejectionWindow::new(config.dead_letter_max_ratio)),
+            index: settings.index.clone(),
+            max_docs: settings.max_docs,
+            max_bytes: settings.max_bytes,
+            dead_letter: settings.dead_letter_file.clone(),
+            retry: settings.retry,
+            auth: settings.auth.clone(),
+            timeout: settings.timeout,
+            rejections: Mutex::new(RejectionWindow::new(settings.dead_letter_max_ratio)),
         })
     }
 
@@ -532,29 +534,6 @@ struct TotalHits {
     value: u64,
 }
 
-/// Reads the index definition (body of `PUT /<index>`): settings and mappings, from
-/// `ES_SCHEMA_FILE` or the movies definition built into the binary.
-pub fn read_index_definition(source: &crate::config::IndexDefinition) -> Result<Value> {
-    use crate::config::{IndexDefinition, MOVIES_INDEX_DEFINITION};
-    let (text, name) = match source {
-        IndexDefinition::Builtin => (MOVIES_INDEX_DEFINITION.to_string(), "the built-in movies index definition".to_string()),
-        IndexDefinition::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::Config(format!(
-                    "ES_SCHEMA_FILE='{}': cannot read it ({e}); set ES_SCHEMA_FILE to the index definition JSON, or unset it for the built-in movies definition",
-                    path.display()
-                ))
-            })?;
-            (text, format!("ES_SCHEMA_FILE='{}'", path.display()))
-        }
-    };
-    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Config(format!("{name}: not valid JSON ({e})")))?;
-    if !v.get("mappings").is_some_and(Value::is_object) {
-        return Err(Error::Config(format!("{name}: expected an object with \"mappings\" (the body of PUT /<index>)")));
-    }
-    Ok(v)
-}
-
 fn write_dead_letters(path: &Path, index: &str, rejected: &[(&str, u16, String)]) -> Result<()> {
     let io = |source| Error::Io { context: "cannot write dead-letter file", path: path.to_path_buf(), source };
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -661,9 +640,19 @@ mod tests {
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         for path in [dir.path().join("missing.pem"), empty] {
-            let env = vec![("ES_CA_FILE".to_string(), path.display().to_string())];
-            let config = Config::from_sources(&crate::config::Sources::gather(None, env).unwrap()).unwrap();
-            let err = ElasticsearchSink::new(&config).err().expect("refused").to_string();
+            let settings = SinkSettings {
+                url: Url::parse("https://127.0.0.1:9200").unwrap(),
+                index: "movies".into(),
+                auth: EsAuth::None,
+                ca_file: Some(path),
+                timeout: Duration::from_secs(30),
+                max_docs: 500,
+                max_bytes: 8 << 20,
+                dead_letter_file: dir.path().join("dead.jsonl"),
+                dead_letter_max_ratio: 0.5,
+                retry: RetryPolicy { initial: Duration::from_millis(100), cap: Duration::from_secs(1) },
+            };
+            let err = ElasticsearchSink::new(&settings).err().expect("refused").to_string();
             assert!(err.contains("ES_CA_FILE"), "{err}");
         }
     }

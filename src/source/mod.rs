@@ -13,6 +13,7 @@ mod queries;
 mod reading;
 mod recent;
 mod replication;
+mod settings;
 mod tls;
 mod version;
 
@@ -20,6 +21,7 @@ pub use change::{Change, ChangeBatch, ChangeSource, CyclePlan, ReadReport, Recei
 pub use polling::PollingSource;
 pub use recent::{RecentlyLoaded, RowVersion};
 pub use replication::ReplicationSource;
+pub use settings::{replication_name, HorizonPolicy, PgSslMode, ReplicationSettings, SourceSettings};
 pub use version::{server_version, PgVersion, OLDEST_SUPPORTED_MAJOR};
 
 use chrono::{DateTime, Utc};
@@ -31,7 +33,6 @@ use std::sync::Arc;
 
 use crate::catalog::{Cell, ColumnType, Document, Record, Selection, Source, Value};
 use crate::checkpoint::{SourceIdentity, Stream, Watermark};
-use crate::config::{Config, HorizonPolicy};
 use crate::error::{Error, Result};
 
 pub use queries::{describe, live_schema, missing_indexes};
@@ -274,7 +275,7 @@ async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>
 }
 
 /// How to reach Postgres: plain, or TLS with rustls as the DSN's `sslmode` asks (see
-/// [`crate::config::PgSslMode`] and `tls.rs`).
+/// [`PgSslMode`] and `tls.rs`).
 #[derive(Clone)]
 pub enum PgTls {
     Off,
@@ -282,8 +283,8 @@ pub enum PgTls {
 }
 
 impl PgTls {
-    pub fn from_config(config: &Config) -> Result<PgTls> {
-        Ok(match tls::client_config(config)? {
+    pub fn new(settings: &SourceSettings) -> Result<PgTls> {
+        Ok(match tls::client_config(settings.ssl_mode, settings.ca_file.as_deref())? {
             None => PgTls::Off,
             Some(tls) => PgTls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(tls)),
         })

@@ -23,15 +23,15 @@ use uuid::Uuid;
 use super::change::{ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 use super::delete_log::{self, Continuity};
 use super::reading::{self, Versioning};
+use super::SourceSettings;
 use super::{DocumentSpec, Horizon, PgSource, PgTls, RecentlyLoaded};
 use crate::checkpoint::{PositionDelta, State, Stream, Watermark};
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
 
 pub struct PollingSource {
-    config: Config,
+    settings: SourceSettings,
     spec: DocumentSpec,
     tls: PgTls,
     pg: Option<PgSource>,
@@ -52,11 +52,11 @@ pub struct PollingSource {
 
 impl PollingSource {
     /// Checks the TLS settings; connects in `prepare`.
-    pub fn new(config: &Config, spec: DocumentSpec) -> Result<PollingSource> {
+    pub fn new(settings: &SourceSettings, spec: DocumentSpec) -> Result<PollingSource> {
         Ok(PollingSource {
-            config: config.clone(),
+            settings: settings.clone(),
             spec,
-            tls: PgTls::from_config(config)?,
+            tls: PgTls::new(settings)?,
             pg: None,
             horizon: None,
             log_until: None,
@@ -75,9 +75,9 @@ impl PollingSource {
 
     async fn connect(&mut self) -> Result<&PgSource> {
         if self.pg.as_ref().is_none_or(PgSource::is_closed) {
-            let c = &self.config;
-            let pg = PgSource::connect(&c.pg, &self.tls, &c.pg_schema, &self.spec).await?;
-            tracing::info!(postgres_version = %pg.version(), schema = %c.pg_schema, document = %self.spec.name, change_columns = %super::describe(pg.document()), "connected to postgres");
+            let c = &self.settings;
+            let pg = PgSource::connect(&c.pg, &self.tls, &c.schema, &self.spec).await?;
+            tracing::info!(postgres_version = %pg.version(), schema = %c.schema, document = %self.spec.name, change_columns = %super::describe(pg.document()), "connected to postgres");
             self.pg = Some(pg);
         }
         self.pg()
@@ -98,7 +98,7 @@ impl PollingSource {
     async fn read_streams(&self, state: &State, tx: &mpsc::Sender<ChangeBatch>, shutdown: &Shutdown, report: &mut ReadReport) -> Result<bool> {
         let pg = self.pg()?;
         let horizon = self.horizon.ok_or_else(|| crate::Error::SourceSetup("no horizon: the source was not prepared".into()))?;
-        let batch_size = self.config.batch_size;
+        let batch_size = self.settings.batch_size;
         let loaded = self.recent.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for stream in pg.document().streams.iter().map(|s| s.table.as_str()) {
             let mut cursor = state.watermark(stream);
@@ -138,16 +138,17 @@ impl PollingSource {
             return Ok(true);
         }
         let pg = self.pg()?;
-        let schema = &self.config.pg_schema;
+        let schema = &self.settings.schema;
         let mut after = None;
         loop {
             if shutdown.is_triggered() {
                 return Ok(false);
             }
             let page =
-                delete_log::keys_between(pg.client(), schema, &self.spec.log_document(self.log_documented), from, until, after, self.config.batch_size).await?;
+                delete_log::keys_between(pg.client(), schema, &self.spec.log_document(self.log_documented), from, until, after, self.settings.batch_size)
+                    .await?;
             report.logged += page.keys.len();
-            let last_page = page.keys.len() < self.config.batch_size;
+            let last_page = page.keys.len() < self.settings.batch_size;
             let mut completes = Vec::new();
             if last_page {
                 // Nothing logged in the window: the position stays, and the next window is larger.
@@ -160,7 +161,7 @@ impl PollingSource {
                     completes.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
                 }
             }
-            if !reading::send_records(pg, tx, &page.keys, self.config.batch_size, Versioning::AtRead, completes, Receipt::default()).await? {
+            if !reading::send_records(pg, tx, &page.keys, self.settings.batch_size, Versioning::AtRead, completes, Receipt::default()).await? {
                 return Ok(false);
             }
             if last_page {
@@ -297,10 +298,9 @@ struct LogWindow {
     documented: bool,
 }
 
-/// The slot name replication mode uses for this index by default (`PG_REPLICATION_SLOT`), as
-/// config.rs derives it.
+/// The slot name replication mode uses for this index by default (`PG_REPLICATION_SLOT`).
 fn default_slot_name(index: &str) -> String {
-    crate::config::replication_name(&format!("pg2es_{index}"))
+    super::replication_name(&format!("pg2es_{index}"))
 }
 
 /// A logical slot that a replication run of pg2es left in this database holds WAL for nobody
@@ -347,7 +347,7 @@ fn log_horizon(h: &Horizon) {
 
 impl ChangeSource for PollingSource {
     async fn prepare(&mut self, state: &State) -> Result<CyclePlan> {
-        let (schema, consumer, policy) = (self.config.pg_schema.clone(), self.config.es_index.clone(), self.config.commit_horizon);
+        let (schema, consumer, policy) = (self.settings.schema.clone(), self.settings.consumer.clone(), self.settings.horizon);
         self.connect().await?;
         let Some(pg) = self.pg.as_ref() else { return Err(Error::SourceSetup("the polling source could not connect".into())) };
         let identity = pg.identity(&schema).await?;
@@ -405,7 +405,7 @@ impl ChangeSource for PollingSource {
             // Versioned with the WAL position before the scan: every film read after it has a higher one.
             let pg = self.pg()?;
             let version = Some(pg.wal_position().await?);
-            let (films, finished) = reading::full_load(pg, snapshot, self.config.batch_size, version, &tx, shutdown, progress).await?;
+            let (films, finished) = reading::full_load(pg, snapshot, self.settings.batch_size, version, &tx, shutdown, progress).await?;
             report.rows.insert(pg.document().root.clone(), films);
             if !finished {
                 return Ok(report);

@@ -21,10 +21,9 @@ use uuid::Uuid;
 use super::change::{ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 use super::pgoutput::{self, format_lsn, parse_lsn, Lsn, Message, Relations};
 use super::reading::{self, Versioning};
-use super::{delete_log, DocumentSpec, PgSource, PgTls};
+use super::{delete_log, DocumentSpec, PgSource, PgTls, ReplicationSettings, SourceSettings};
 use crate::catalog::Document;
 use crate::checkpoint::{PositionDelta, State, StreamSetup};
-use crate::config::{Config, ReplicationSettings};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
@@ -43,7 +42,8 @@ const SLOT_WAIT_REPORT: std::time::Duration = std::time::Duration::from_secs(10)
 const SLOT_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct ReplicationSource {
-    config: Config,
+    /// What every source reads with (connection, schema, batch size).
+    base: SourceSettings,
     spec: DocumentSpec,
     settings: ReplicationSettings,
     tls: PgTls,
@@ -63,12 +63,12 @@ pub struct ReplicationSource {
 }
 
 impl ReplicationSource {
-    pub fn new(config: &Config, settings: &ReplicationSettings, spec: DocumentSpec) -> Result<ReplicationSource> {
+    pub fn new(base: &SourceSettings, settings: &ReplicationSettings, spec: DocumentSpec) -> Result<ReplicationSource> {
         Ok(ReplicationSource {
-            config: config.clone(),
+            base: base.clone(),
             spec,
             settings: settings.clone(),
-            tls: PgTls::from_config(config)?,
+            tls: PgTls::new(base)?,
             pg: None,
             checked: false,
             setup: None,
@@ -106,13 +106,13 @@ impl ReplicationSource {
             // Nothing committed in the window (a fresh position was just taken at its end).
             return Ok(());
         }
-        let window = match read_window(pg, &self.settings, &self.config.pg_schema, until).await? {
+        let window = match read_window(pg, &self.settings, &self.base.schema, until).await? {
             Ok(window) => window,
             Err(lost) => {
                 // Changes in the stream that cannot be followed: if Postgres is set up right now,
                 // take a fresh position at the window's end (the films are all loaded again after
                 // it); otherwise the check names what to fix, and the next start comes back here.
-                let setup = self.check_setup(pg, &self.config.pg_schema).await?;
+                let setup = self.check_setup(pg, &self.base.schema).await?;
                 tracing::warn!(slot = %self.settings.slot, reason = %lost, resyncs = state.resyncs + 1, "the replication stream cannot be followed from the saved position: taking a fresh one; every film is loaded again, then documents of films that are gone are removed");
                 let completes = vec![PositionDelta::Resync { lsn: until, setup }];
                 // A closed channel: the writer stopped, and says why.
@@ -136,12 +136,12 @@ impl ReplicationSource {
         }
         let mut completes = vec![PositionDelta::Replication { lsn: position.max(from) }];
         if window.reload {
-            tracing::warn!(schema = %self.config.pg_schema, document = %self.spec.name, "a source table was truncated: every record is loaded again, and documents of records that are gone are removed after");
+            tracing::warn!(schema = %self.base.schema, document = %self.spec.name, "a source table was truncated: every record is loaded again, and documents of records that are gone are removed after");
             completes.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
         }
         let ids: Vec<Uuid> = films.into_iter().collect();
         // Read after `position`: every state read now is at least as new as the stream there.
-        reading::send_records(pg, tx, &ids, self.config.batch_size, Versioning::Fixed(position.max(from)), completes, Receipt::default()).await?;
+        reading::send_records(pg, tx, &ids, self.base.batch_size, Versioning::Fixed(position.max(from)), completes, Receipt::default()).await?;
         Ok(())
     }
 }
@@ -286,15 +286,15 @@ fn note(window: &mut Window, relations: &Relations, doc: &Document, relation: u3
 impl ChangeSource for ReplicationSource {
     async fn prepare(&mut self, state: &State) -> Result<CyclePlan> {
         if self.pg.as_ref().is_none_or(PgSource::is_closed) {
-            let c = &self.config;
-            let pg = PgSource::connect(&c.pg, &self.tls, &c.pg_schema, &self.spec).await?;
-            tracing::info!(postgres_version = %pg.version(), schema = %c.pg_schema, slot = %self.settings.slot, publication = %self.settings.publication, "connected to postgres for logical replication");
+            let c = &self.base;
+            let pg = PgSource::connect(&c.pg, &self.tls, &c.schema, &self.spec).await?;
+            tracing::info!(postgres_version = %pg.version(), schema = %c.schema, slot = %self.settings.slot, publication = %self.settings.publication, "connected to postgres for logical replication");
             self.pg = Some(pg);
             self.checked = false;
             self.setup = None;
         }
         let pg = self.pg.as_ref().ok_or_else(|| Error::SourceSetup("no connection".into()))?;
-        let schema = self.config.pg_schema.clone();
+        let schema = self.base.schema.clone();
         let identity = pg.identity(&schema).await?;
         if !self.checked {
             check_role(pg).await?;
@@ -380,7 +380,7 @@ impl ChangeSource for ReplicationSource {
             }
             // Replication reads no delete log: what no polling instance still needs goes. Only
             // housekeeping: a role without rights on schema pg2es replicates all the same.
-            match delete_log::trim_for_replication(pg.client(), &schema, &self.config.es_index).await {
+            match delete_log::trim_for_replication(pg.client(), &schema, &self.base.consumer).await {
                 Ok(0) => {}
                 Ok(rows) => tracing::info!(schema = %schema, rows, "trimmed the delete capture's log"),
                 Err(e) => tracing::warn!(error = %e, "could not trim the delete capture's log"),
@@ -398,7 +398,7 @@ impl ChangeSource for ReplicationSource {
         if let Some(snapshot) = state.snapshot_in_progress() {
             // Versioned with the stream's position at the load's start: every change after it
             // carries a higher version.
-            let (films, finished) = reading::full_load(self.pg()?, snapshot, self.config.batch_size, state.replication, &tx, shutdown, progress).await?;
+            let (films, finished) = reading::full_load(self.pg()?, snapshot, self.base.batch_size, state.replication, &tx, shutdown, progress).await?;
             report.rows.insert(self.pg()?.document().root.clone(), films);
             if !finished {
                 return Ok(report);

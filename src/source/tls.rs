@@ -9,20 +9,20 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::{Config, PgSslMode};
+use super::PgSslMode;
 use crate::error::{Error, Result};
 
 /// The rustls client configuration for the configured `sslmode`; `None` for a plain connection.
-pub(super) fn client_config(config: &Config) -> Result<Option<rustls::ClientConfig>> {
+pub(super) fn client_config(mode: PgSslMode, ca_file: Option<&std::path::Path>) -> Result<Option<rustls::ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = || match &config.pg_ca_file {
+    let roots = || match ca_file {
         Some(path) => read_roots("PG_CA_FILE (or sslrootcert in PG_DSN)", path),
         None => Ok(RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }),
     };
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(format!("cannot set up TLS for Postgres: {e}")))?;
-    let tls = match config.pg_ssl_mode {
+    let tls = match mode {
         PgSslMode::Disable => return Ok(None),
         PgSslMode::Require | PgSslMode::VerifyFull => builder.with_root_certificates(roots()?).with_no_client_auth(),
         PgSslMode::VerifyCa => {
