@@ -1,6 +1,7 @@
 //! The cinema's three documents (movies, genres, persons) kept together by one run, against the
 //! real stack: the full load, changes that reach several indexes (polling and replication), the
-//! state file of each document, and `pg2es check`.
+//! state file of each document, `pg2es check`, and (feature `fault-tests`) SIGKILLs while a writer
+//! changes persons, genres, films and links.
 //!
 //! Each test writes its own copy of catalog/cinema.toml whose genres and persons indexes are
 //! named after the test (the movies index is TestEnv's, through ES_INDEX).
@@ -469,4 +470,120 @@ async fn three_documents_set_up_one_publication_at_once() {
     let tables = c.env.scalar_i64("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'pg2es_content'").await;
     assert_eq!(tables, 5, "the publication has the five tables of the three documents");
     c.cleanup().await;
+}
+
+/// Tiny deterministic generator; the seed is printed so a failure can be replayed.
+#[cfg(feature = "fault-tests")]
+struct Rng(u64);
+
+#[cfg(feature = "fault-tests")]
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Renames persons, genres and films, deletes persons and links, adds persons with a role in a
+/// film, until told to stop (at most 2,000 changes): every change reaches the genres or persons
+/// index, and most of them the movies index too.
+#[cfg(feature = "fault-tests")]
+async fn write(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>) -> usize {
+    let db = common::connect(&dsn).await;
+    let mut rng = Rng(seed | 1);
+    let mut done = 0;
+    let nth = |table: &str, n: u64| format!("(SELECT id FROM content.{table} ORDER BY id OFFSET {n} LIMIT 1)");
+    while !*stop.borrow() && done < 2_000 {
+        let n = rng.below(1000);
+        let sql = match rng.below(8) {
+            0 | 1 => format!("UPDATE content.person SET full_name = 'Person {n}', updated_at = now() WHERE id = {}", nth("person", n)),
+            2 => format!("UPDATE content.genre SET name = 'Genre {n}', updated_at = now() WHERE id = {}", nth("genre", n % 20)),
+            3 => format!("UPDATE content.genre SET description = 'About {n}', updated_at = now() WHERE id = {}", nth("genre", n % 20)),
+            4 => format!("UPDATE content.film_work SET title = 'Film {n}', updated_at = now() WHERE id = {}", nth("film_work", n)),
+            5 => format!("DELETE FROM content.person WHERE id = {}", nth("person", n)),
+            6 => format!("DELETE FROM content.person_film_work WHERE id = {}", nth("person_film_work", n)),
+            _ => format!(
+                "WITH p AS (INSERT INTO content.person (id, full_name) VALUES (gen_random_uuid(), 'New {n}') RETURNING id) \
+                 INSERT INTO content.person_film_work (id, film_work_id, person_id, role) SELECT gen_random_uuid(), {}, p.id, 'actor' FROM p",
+                nth("film_work", n)
+            ),
+        };
+        db.execute(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        done += 1;
+        tokio::time::sleep(Duration::from_millis(20 + rng.below(80))).await;
+    }
+    done
+}
+
+/// `pg2es run` of the three documents killed 3 times at random moments (within a minute, the
+/// first ones inside the full loads) while the writer runs, each time started again; then one
+/// pass, and each of the three indexes is what Postgres says.
+#[cfg(feature = "fault-tests")]
+async fn kills(source: Source) {
+    let name = if source == Source::Polling { "cinema_kills" } else { "cinema_kills_repl" };
+    let mut c = Cinema::new(name, source).await;
+    if source == Source::Polling {
+        c.install_delete_capture();
+    }
+    // Small batches, so that a kill can land inside a full load; the default clock margin, as
+    // tests/faults.rs explains (a cycle under load may read the horizon before a write shows).
+    c.env.extra_env.push(("ETL_BATCH_SIZE".into(), "40".into()));
+    c.env.extra_env.push(("ETL_CLOCK_SKEW_MS".into(), "1000".into()));
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    println!("cinema kill test seed {seed}");
+    let mut rng = Rng(seed | 1);
+    let log = c.env.dir.path().join("pg2es.log");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(write(c.env.dsn.clone(), seed, stop_rx));
+    let started = Instant::now();
+    let mut kills = 0;
+    while kills < 3 && started.elapsed() < Duration::from_secs(60) {
+        let mut child = common::spawn_run(&c.env, &log);
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(3000))).await;
+        common::signal(&child, "-KILL");
+        let status = common::wait_exit(&mut child, Duration::from_secs(10));
+        // Killed, not ended on its own by an error.
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{status:?}: {}", std::fs::read_to_string(&log).unwrap());
+        kills += 1;
+        // Changes made while it is down too.
+        tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
+    }
+    stop_tx.send(true).unwrap();
+    let changes = writer.await.unwrap();
+    println!("kills survived: {kills}, changes made meanwhile: {changes}");
+    assert_eq!(kills, 3);
+    let (status, _, err) = binary(&c.env.env_vars(), &["run", "--once"]);
+    assert!(status.success(), "{err}");
+    c.assert_consistent().await;
+    // Each index got its own settings back after the kills during its full load.
+    for d in DOCUMENTS {
+        let v: Value = c
+            .env
+            .http
+            .get(format!("{}/{}/_settings/index.refresh_interval?flat_settings=true&include_defaults=true", c.env.es, c.index(d)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let index = &v[c.index(d)];
+        let interval = index["settings"]["index.refresh_interval"].as_str().or(index["defaults"]["index.refresh_interval"].as_str());
+        assert_ne!(interval, Some("-1"), "{d}'s index is left tuned for a full load: {v}");
+    }
+    c.cleanup().await;
+}
+
+#[cfg(feature = "fault-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_sigkill_under_a_writer_by_polling() {
+    kills(Source::Polling).await;
+}
+
+#[cfg(feature = "fault-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_sigkill_under_a_writer_by_replication() {
+    kills(Source::Replication).await;
 }

@@ -82,6 +82,19 @@ pub struct TestEnv {
     pub extra_env: Vec<(String, String)>,
 }
 
+/// pg2es's log (INFO, or `RUST_LOG`) goes to the test's captured output: shown when the test
+/// fails, so a failure that does not come back says what pg2es saw (a fresh position and why, a
+/// reload, a retry).
+pub fn show_log_on_failure() {
+    // With --nocapture every line would print (the fault tests): those say what they need.
+    if std::env::args().any(|a| a == "--nocapture") {
+        return;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pg2es=info"));
+    // Once per test binary; a second call finds the subscriber set and leaves it.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
 impl TestEnv {
     /// A fresh copy of the reference catalog and an empty index named after the test.
     pub async fn new(name: &str) -> TestEnv {
@@ -99,6 +112,7 @@ impl TestEnv {
     }
 
     pub async fn on(name: &str, es: &str) -> TestEnv {
+        show_log_on_failure();
         let admin = connect(&pg_admin_dsn()).await;
         let db_name = format!("pg2es_t_{name}");
         drop_slots(&admin, &db_name).await;
@@ -121,6 +135,7 @@ impl TestEnv {
     /// bookshop's definition: `PG2ES_DOCUMENTS=books`, and no ES_SCHEMA_FILE (the definition's
     /// index_schema, books.es.json).
     pub async fn bookshop(name: &str) -> TestEnv {
+        show_log_on_failure();
         let admin = connect(&pg_admin_dsn()).await;
         let db_name = format!("pg2es_t_{name}");
         drop_slots(&admin, &db_name).await;
