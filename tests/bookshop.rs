@@ -274,26 +274,12 @@ async fn check_accepts_the_definition_and_names_the_line_of_a_mistake() {
     env.cleanup().await;
 }
 
-/// Tiny deterministic generator; the seed is printed so a failure can be replayed.
-#[cfg(feature = "fault-tests")]
-struct Rng(u64);
-
-#[cfg(feature = "fault-tests")]
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Renames authors and publishers, edits, adds and deletes reviews, and now and then deletes an
 /// author, until told to stop (at most 2,000 changes).
 #[cfg(feature = "fault-tests")]
 async fn write(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>) -> usize {
     let db = common::connect(&dsn).await;
-    let mut rng = Rng(seed | 1);
+    let mut rng = common::Rng::new(seed);
     let mut done = 0;
     let review_of = |n: u64| format!("(SELECT id FROM bookshop.review WHERE book_id = {} ORDER BY id LIMIT 1)", row("book", 1 + (n % 300) as u32));
     while !*stop.borrow() && done < 2_000 {
@@ -342,25 +328,11 @@ async fn kills(source: Source) {
     // tests/faults.rs explains (a cycle under load may read the horizon before a write shows).
     env.extra_env.push(("ETL_BATCH_SIZE".into(), "40".into()));
     env.extra_env.push(("ETL_CLOCK_SKEW_MS".into(), "1000".into()));
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    println!("bookshop kill test seed {seed}");
-    let mut rng = Rng(seed | 1);
+    let mut rng = common::Rng::from_clock("bookshop kill test");
     let log = env.dir.path().join("pg2es.log");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let writer = tokio::spawn(write(env.dsn.clone(), seed, stop_rx));
-    let started = Instant::now();
-    let mut kills = 0;
-    while kills < 3 && started.elapsed() < Duration::from_secs(60) {
-        let mut child = common::spawn_run(&env, &log);
-        tokio::time::sleep(Duration::from_millis(300 + rng.below(3000))).await;
-        common::signal(&child, "-KILL");
-        let status = common::wait_exit(&mut child, Duration::from_secs(10));
-        // Killed, not ended on its own by an error.
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{status:?}: {}", std::fs::read_to_string(&log).unwrap());
-        kills += 1;
-        // Changes made while it is down too.
-        tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
-    }
+    let writer = tokio::spawn(write(env.dsn.clone(), rng.next(), stop_rx));
+    let kills = common::kill_repeatedly(&env, &log, &mut rng, 3, Duration::from_secs(60)).await;
     stop_tx.send(true).unwrap();
     let changes = writer.await.unwrap();
     println!("kills survived: {kills}, changes made meanwhile: {changes}");

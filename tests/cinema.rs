@@ -472,27 +472,13 @@ async fn three_documents_set_up_one_publication_at_once() {
     c.cleanup().await;
 }
 
-/// Tiny deterministic generator; the seed is printed so a failure can be replayed.
-#[cfg(feature = "fault-tests")]
-struct Rng(u64);
-
-#[cfg(feature = "fault-tests")]
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Renames persons, genres and films, deletes persons and links, adds persons with a role in a
 /// film, until told to stop (at most 2,000 changes): every change reaches the genres or persons
 /// index, and most of them the movies index too.
 #[cfg(feature = "fault-tests")]
 async fn write(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>) -> usize {
     let db = common::connect(&dsn).await;
-    let mut rng = Rng(seed | 1);
+    let mut rng = common::Rng::new(seed);
     let mut done = 0;
     let nth = |table: &str, n: u64| format!("(SELECT id FROM content.{table} ORDER BY id OFFSET {n} LIMIT 1)");
     while !*stop.borrow() && done < 2_000 {
@@ -531,25 +517,11 @@ async fn kills(source: Source) {
     // tests/faults.rs explains (a cycle under load may read the horizon before a write shows).
     c.env.extra_env.push(("ETL_BATCH_SIZE".into(), "40".into()));
     c.env.extra_env.push(("ETL_CLOCK_SKEW_MS".into(), "1000".into()));
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    println!("cinema kill test seed {seed}");
-    let mut rng = Rng(seed | 1);
+    let mut rng = common::Rng::from_clock("cinema kill test");
     let log = c.env.dir.path().join("pg2es.log");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let writer = tokio::spawn(write(c.env.dsn.clone(), seed, stop_rx));
-    let started = Instant::now();
-    let mut kills = 0;
-    while kills < 3 && started.elapsed() < Duration::from_secs(60) {
-        let mut child = common::spawn_run(&c.env, &log);
-        tokio::time::sleep(Duration::from_millis(300 + rng.below(3000))).await;
-        common::signal(&child, "-KILL");
-        let status = common::wait_exit(&mut child, Duration::from_secs(10));
-        // Killed, not ended on its own by an error.
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{status:?}: {}", std::fs::read_to_string(&log).unwrap());
-        kills += 1;
-        // Changes made while it is down too.
-        tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
-    }
+    let writer = tokio::spawn(write(c.env.dsn.clone(), rng.next(), stop_rx));
+    let kills = common::kill_repeatedly(&c.env, &log, &mut rng, 3, Duration::from_secs(60)).await;
     stop_tx.send(true).unwrap();
     let changes = writer.await.unwrap();
     println!("kills survived: {kills}, changes made meanwhile: {changes}");
@@ -559,19 +531,8 @@ async fn kills(source: Source) {
     c.assert_consistent().await;
     // Each index got its own settings back after the kills during its full load.
     for d in DOCUMENTS {
-        let v: Value = c
-            .env
-            .http
-            .get(format!("{}/{}/_settings/index.refresh_interval?flat_settings=true&include_defaults=true", c.env.es, c.index(d)))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let index = &v[c.index(d)];
-        let interval = index["settings"]["index.refresh_interval"].as_str().or(index["defaults"]["index.refresh_interval"].as_str());
-        assert_ne!(interval, Some("-1"), "{d}'s index is left tuned for a full load: {v}");
+        let settings = c.env.settings_of(c.index(d)).await;
+        assert_ne!(settings["index.refresh_interval"], json!("-1"), "{d}'s index is left tuned for a full load: {settings}");
     }
     c.cleanup().await;
 }

@@ -41,25 +41,11 @@ async fn assert_consistent(env: &TestEnv) {
     assert_eq!(env.count().await, films);
 }
 
-/// Tiny deterministic generator; the seed is printed so a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Changes films, persons, genres and links while pg2es runs, until told to stop (bounded):
 /// inserts, updates and deletes in all five tables, deletes being about half of the writes.
 async fn mutate(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>) -> usize {
     let db = common::connect(&dsn).await;
-    let mut rng = Rng(seed | 1);
+    let mut rng = common::Rng::new(seed);
     let mut done = 0;
     // Rows picked by position among those left: a position past the end picks nothing.
     let film = |n: u64| format!("(SELECT id FROM content.film_work ORDER BY id OFFSET {} LIMIT 1)", n % 999);
@@ -149,7 +135,7 @@ async fn kills(source: Source) {
     env.extra_env.push(("ETL_CLOCK_SKEW_MS".into(), "1000".into()));
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     println!("kill test seed {seed}");
-    let mut rng = Rng(seed | 1);
+    let mut rng = common::Rng::new(seed);
     let log = env.dir.path().join("pg2es.log");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

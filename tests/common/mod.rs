@@ -233,8 +233,13 @@ impl TestEnv {
 
     /// The index's own settings, flat (`index.refresh_interval`, ...).
     pub async fn settings(&self) -> Value {
-        let v: Value = self.http.get(format!("{}/{}/_settings?flat_settings=true", self.es, self.index)).send().await.unwrap().json().await.unwrap();
-        v[&self.index]["settings"].clone()
+        self.settings_of(&self.index).await
+    }
+
+    /// The settings of any index (flat names), as set on it.
+    pub async fn settings_of(&self, index: &str) -> Value {
+        let v: Value = self.http.get(format!("{}/{index}/_settings?flat_settings=true", self.es)).send().await.unwrap().json().await.unwrap();
+        v[index]["settings"].clone()
     }
 
     pub async fn count(&self) -> u64 {
@@ -359,4 +364,50 @@ impl TestEnv {
     pub async fn scalar_uuid(&self, sql: &str) -> uuid::Uuid {
         self.db.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
     }
+}
+
+/// Tiny deterministic generator (xorshift); the seed is printed so a failure can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from the clock; the seed is printed under `what`.
+    pub fn from_clock(what: &str) -> Rng {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        println!("{what} seed {seed}");
+        Rng::new(seed)
+    }
+
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `pg2es run` started and SIGKILLed `kills` times, each after 0.3 to 3.3 s (so the first ones
+/// land inside the full load), with up to 0.5 s down between, within `limit` in all; each exit
+/// must be the kill, not an error of its own. Returns the kills made.
+pub async fn kill_repeatedly(env: &TestEnv, log: &std::path::Path, rng: &mut Rng, kills: usize, limit: Duration) -> usize {
+    let started = std::time::Instant::now();
+    let mut done = 0;
+    while done < kills && started.elapsed() < limit {
+        let mut child = spawn_run(env, log);
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(3000))).await;
+        signal(&child, "-KILL");
+        let status = wait_exit(&mut child, Duration::from_secs(10));
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{status:?}: {}", std::fs::read_to_string(log).unwrap_or_default());
+        done += 1;
+        // Changes made while it is down too.
+        tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
+    }
+    done
 }
