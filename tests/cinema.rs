@@ -451,7 +451,8 @@ async fn sigterm_stops_every_document_of_a_continuous_run() {
 /// pg2es_<PG_SCHEMA>) and set it up at once, each for its own tables: the first start must not
 /// fail when one of them creates it, or adds a table to it, while another does the same. The
 /// race is in timing, so the first start is made several times (the publication dropped before
-/// each, the slots and states with it).
+/// each, the slots and states with it), each followed by a start that must find the setup it
+/// recorded.
 #[tokio::test]
 async fn three_documents_set_up_one_publication_at_once() {
     let c = Cinema::new("cinema_publication", Source::Replication).await;
@@ -466,6 +467,11 @@ async fn three_documents_set_up_one_publication_at_once() {
         let (_t, shutdown) = Shutdown::new();
         let run = pg2es::pipeline::run(&c.env.config(), pg2es::pipeline::Mode::Once, &shutdown).await;
         assert!(run.is_ok(), "first start {attempt}: {run:?}");
+        // Each recorded the publication as it is: the next start finds the same, so it takes no
+        // fresh position (a full load) for any document. A table another document added while
+        // one read the publication was once recorded as published "by schema".
+        let again = c.pass().await;
+        assert!(again.iter().all(|r| r.records == 0), "start {attempt} again loads nothing: {again:?}");
     }
     let tables = c.env.scalar_i64("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'pg2es_content'").await;
     assert_eq!(tables, 5, "the publication has the five tables of the three documents");
