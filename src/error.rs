@@ -201,7 +201,7 @@ impl Error {
                 }
                 Some(c) if *c == SqlState::INVALID_CATALOG_NAME => Some("the database in PG_DSN does not exist"),
                 Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::UNDEFINED_COLUMN => {
-                    Some("check PG_SCHEMA and ETL_TIMESTAMP_COLUMN against the source tables")
+                    Some("a table or column pg2es reads is not there (renamed or dropped by a migration?): restore it, or set PG_SCHEMA, ETL_TIMESTAMP_COLUMN or the definition to what the tables have, then start pg2es again; it checks the definition against the schema at start")
                 }
                 _ => None,
             },
