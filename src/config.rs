@@ -9,8 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::catalog::is_identifier;
-
+use crate::catalog::is_identifier;
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
 use crate::secret::Secret;
@@ -70,14 +69,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// The movies index definition (a copy of the catalog's `es_schema.json`), built into the binary
-/// so that pg2es runs from any directory and in a container without a mount.
-pub const MOVIES_INDEX_DEFINITION: &str = include_str!("../catalog/movies.es.json");
-
 /// Where the body of `PUT /<index>` comes from when the index is absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IndexDefinition {
-    /// [`MOVIES_INDEX_DEFINITION`].
+    /// The definition's `index_schema` (built into the binary for the cinema).
     Builtin,
     /// The file named by `ES_SCHEMA_FILE`.
     File(PathBuf),
@@ -1080,7 +1075,8 @@ mod tests {
     fn builtin_index_definition_is_the_shared_fixture() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/movies/es_schema.json");
         let shared = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}; the shared fixtures are needed"));
-        assert!(MOVIES_INDEX_DEFINITION == shared, "catalog/movies.es.json differs from {path}: copy it again");
+        let builtin = crate::catalog::definition::CINEMA_SCHEMAS.iter().find(|(file, _)| *file == "movies.es.json").map(|(_, text)| *text);
+        assert!(builtin == Some(shared.as_str()), "catalog/movies.es.json differs from {path}: copy it again");
         assert_eq!(config(&[]).unwrap().es_schema_file, IndexDefinition::Builtin);
         assert_eq!(config(&[("ES_SCHEMA_FILE", "/etc/x.json")]).unwrap().es_schema_file, IndexDefinition::File("/etc/x.json".into()));
     }

@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 use pg2es::cli::{Cli, Command, DeleteCaptureAction};
 use pg2es::config::LogFormat;
 use pg2es::pipeline::{self, Mode};
-use pg2es::source::{delete_log, PgTls};
+use pg2es::source::delete_log;
 use pg2es::verify::{self, VerifyReport};
 use pg2es::{shutdown, Config, Error};
 
@@ -72,7 +72,7 @@ fn try_main() -> pg2es::Result<ExitCode> {
             let docs = pipeline::documents(&config)?;
             let config = &config;
             return with_runtime(|_shutdown| async move {
-                let client = delete_log::connect(&config.pg, &PgTls::new(&config.source_settings())?).await?;
+                let client = delete_log::connect_with(&config.source_settings()).await?;
                 pg2es::source::server_version(&client).await?;
                 for (_, spec, _) in &docs {
                     let doc = spec.resolve(&client, &config.pg_schema).await?;
@@ -110,7 +110,7 @@ fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result
     let specs: Vec<_> = docs.into_iter().map(|(_, spec, _)| spec).collect();
     let specs = &specs;
     with_runtime(|_shutdown| async move {
-        let client = delete_log::connect(&config.pg, &PgTls::new(&config.source_settings())?).await?;
+        let client = delete_log::connect_with(&config.source_settings()).await?;
         pg2es::source::server_version(&client).await?;
         if let DeleteCaptureAction::Remove = action {
             let removed = delete_log::remove(&client, schema).await?;

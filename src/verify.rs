@@ -232,7 +232,7 @@ pub async fn verify_document(config: &Config, spec: DocumentSpec, index: &IndexS
 }
 
 async fn delete_capture_installed(config: &Config, spec: &DocumentSpec) -> Result<bool> {
-    let client = delete_log::connect(&config.pg, &PgTls::new(&config.source_settings())?).await?;
+    let client = delete_log::connect_with(&config.source_settings()).await?;
     let doc = spec.resolve(&client, &config.pg_schema).await?;
     delete_log::installed_for(&client, &crate::catalog::triggers::capture(&config.pg_schema, &[doc]), spec.first).await
 }

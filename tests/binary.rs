@@ -241,7 +241,8 @@ async fn the_builtin_index_definition_works_from_any_directory() {
     env.refresh().await;
     assert_eq!(env.count().await, 999);
     let mapping: serde_json::Value = env.http.get(format!("{}/{}/_mapping", env.es, env.index)).send().await.unwrap().json().await.unwrap();
-    let expected: serde_json::Value = serde_json::from_str(pg2es::config::MOVIES_INDEX_DEFINITION).unwrap();
+    let builtin = pg2es::catalog::definition::CINEMA_SCHEMAS.iter().find(|(file, _)| *file == "movies.es.json").expect("the movies schema is built in").1;
+    let expected: serde_json::Value = serde_json::from_str(builtin).unwrap();
     assert_eq!(mapping[&env.index]["mappings"], expected["mappings"], "the index has the movies mapping");
     env.cleanup().await;
 }

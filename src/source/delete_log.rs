@@ -116,6 +116,11 @@ fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// [`connect`] with the source's settings (its TLS built from them): for commands.
+pub async fn connect_with(settings: &super::SourceSettings) -> Result<Client> {
+    connect(&settings.pg, &PgTls::new(settings)?).await
+}
+
 /// A plain connection for administering the log (the pipeline reads it through its own).
 pub async fn connect(pg: &tokio_postgres::Config, tls: &PgTls) -> Result<Client> {
     let client = match tls {
@@ -290,15 +295,26 @@ pub struct LogPage {
 
 /// Rows of a document: its name, or (`$7`, the definition's first document) no name, as the
 /// triggers of pg2es before definitions wrote them.
-const KEYS_BETWEEN_SQL: &str = "SELECT \
-       EXISTS (SELECT 1 FROM pg2es.film_changes \
-               WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 AND film_id IS NULL \
-                 AND (document = $6 OR ($7 AND document IS NULL))), \
-       ARRAY(SELECT DISTINCT film_id FROM pg2es.film_changes \
-             WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 \
-               AND (document = $6 OR ($7 AND document IS NULL)) \
-               AND film_id IS NOT NULL AND ($4::uuid IS NULL OR film_id > $4::uuid) \
-             ORDER BY film_id LIMIT $5)";
+/// The window's page of keys, with `$filter` choosing the document's rows.
+macro_rules! keys_between_sql {
+    ($filter:literal) => {
+        concat!(
+            "SELECT EXISTS (SELECT 1 FROM pg2es.film_changes \
+                    WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 AND film_id IS NULL AND ",
+            $filter,
+            "), ARRAY(SELECT DISTINCT film_id FROM pg2es.film_changes \
+                    WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 AND ",
+            $filter,
+            " AND film_id IS NOT NULL AND ($4::uuid IS NULL OR film_id > $4::uuid) ORDER BY film_id LIMIT $5)"
+        )
+    };
+}
+
+/// The document's rows (`$6`), and for the first document (`$7`) the rows without a document.
+const KEYS_BETWEEN_SQL: &str = keys_between_sql!("(document = $6 OR ($7 AND document IS NULL))");
+
+/// An earlier release's log, without the `document` column: every row is the first document's.
+const KEYS_BETWEEN_UNDOCUMENTED_SQL: &str = keys_between_sql!("($6::text IS NOT NULL AND $7)");
 
 /// Which document's rows of the log to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -324,13 +340,9 @@ pub async fn keys_between(
     limit: usize,
 ) -> Result<LogPage> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let sql = if document.documented {
-        std::borrow::Cow::Borrowed(KEYS_BETWEEN_SQL)
-    } else {
-        std::borrow::Cow::Owned(KEYS_BETWEEN_SQL.replace("(document = $6 OR ($7 AND document IS NULL))", "($6::text IS NOT NULL AND $7)"))
-    };
+    let sql = if document.documented { KEYS_BETWEEN_SQL } else { KEYS_BETWEEN_UNDOCUMENTED_SQL };
     let row = client
-        .query_one(sql.as_ref(), &[&schema, &from.to_string(), &to.to_string(), &after, &limit, &document.name, &document.first])
+        .query_one(sql, &[&schema, &from.to_string(), &to.to_string(), &after, &limit, &document.name, &document.first])
         .await
         .map_err(Error::postgres("read the delete log"))?;
     Ok(LogPage {
