@@ -91,6 +91,9 @@ pub struct CycleReport {
     pub dead_lettered: usize,
     /// Related rows no field keeps (their `where` values are none of the wanted ones).
     pub unmatched: usize,
+    /// Some of the values behind `unmatched` (at most [`UNMATCHED_VALUES_SHOWN`]), for the
+    /// cycle's one line about them.
+    pub unmatched_values: std::collections::BTreeSet<String>,
     /// Numbers the index cannot store, loaded as unknown.
     pub bad_numbers: usize,
     /// Documents checked by reconciliation this cycle (`None`: it did not run).
@@ -377,6 +380,23 @@ impl IdleCycles {
 
 fn log_cycle(r: &CycleReport, elapsed: Duration) {
     cycle_line!(info, r, elapsed);
+    if r.unmatched > 0 {
+        // Left out on purpose, mostly (`where`): one line a cycle, not one per document.
+        let values: Vec<&str> = r.unmatched_values.iter().map(String::as_str).collect();
+        tracing::info!(document = %r.document, rows = r.unmatched, values = %values.join(","), "related rows that no field's where keeps were left out");
+    }
+}
+
+/// How many distinct values of rows no field keeps a cycle's line names.
+pub const UNMATCHED_VALUES_SHOWN: usize = 20;
+
+fn note_values(into: &mut std::collections::BTreeSet<String>, values: impl IntoIterator<Item = String>) {
+    for v in values {
+        if into.len() >= UNMATCHED_VALUES_SHOWN {
+            break;
+        }
+        into.insert(v);
+    }
 }
 
 /// What loading one batch did.
@@ -385,6 +405,7 @@ struct Loaded {
     deleted: usize,
     load: LoadReport,
     unmatched: usize,
+    unmatched_values: std::collections::BTreeSet<String>,
     bad_numbers: usize,
     completes: Vec<PositionDelta>,
     receipt: Receipt,
@@ -394,6 +415,7 @@ struct Loaded {
 async fn load_batch<K: IndexSink>(batch: ChangeBatch, doc: &Document, sink: &K, shutdown: &Shutdown) -> Result<Loaded> {
     let mut actions = Vec::with_capacity(batch.changes.len());
     let (mut records, mut deleted, mut unmatched, mut bad_numbers) = (0, 0, 0, 0);
+    let mut unmatched_values = std::collections::BTreeSet::new();
     for change in batch.changes {
         let record = match change {
             Change::Upsert(record) => record,
@@ -410,13 +432,11 @@ async fn load_batch<K: IndexSink>(batch: ChangeBatch, doc: &Document, sink: &K, 
         if notes.bad_numbers > 0 {
             tracing::warn!(document = %doc.name, key = %record.key, numbers = notes.bad_numbers, "numbers the index cannot store (NaN, infinite, beyond a float field) loaded as unknown");
         }
-        if !notes.unmatched_values.is_empty() {
-            tracing::warn!(document = %doc.name, key = %record.key, values = %notes.unmatched_values.join(","), rows = notes.unmatched, "related rows that no field keeps were left out of the document");
-        }
+        note_values(&mut unmatched_values, notes.unmatched_values);
         actions.push(IndexAction::Index { id: record.key.to_string(), body, version: batch.version });
     }
     let load = if actions.is_empty() { LoadReport::default() } else { sink.write(actions, shutdown).await? };
-    Ok(Loaded { records, deleted, load, unmatched, bad_numbers, completes: batch.completes, receipt: batch.receipt })
+    Ok(Loaded { records, deleted, load, unmatched, unmatched_values, bad_numbers, completes: batch.completes, receipt: batch.receipt })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -444,6 +464,7 @@ async fn write_batches<S: ChangeSource, K: IndexSink>(
         report.stored += loaded.load.stored;
         report.dead_lettered += loaded.load.dead_lettered;
         report.unmatched += loaded.unmatched;
+        note_values(&mut report.unmatched_values, loaded.unmatched_values);
         report.bad_numbers += loaded.bad_numbers;
         checkpoint.commit(&loaded.completes)?;
         source.acknowledge(loaded.receipt);

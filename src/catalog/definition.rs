@@ -86,6 +86,9 @@ pub struct RawDocument {
     pub table: Text,
     pub key: Option<Text>,
     pub timestamp: Option<Text>,
+    /// The rows that have a document: `{ column = value }`, as a field's `where`.
+    #[serde(rename = "where", default)]
+    pub filter: BTreeMap<String, Spanned<RawCondition>>,
     #[serde(default)]
     pub relations: BTreeMap<String, Spanned<RawRelation>>,
     pub fields: Vec<Spanned<RawField>>,
@@ -126,7 +129,7 @@ pub struct RawField {
     pub from: Option<Text>,
     pub fields: Option<Vec<Spanned<RawSubField>>>,
     #[serde(rename = "where", default)]
-    pub filter: BTreeMap<String, Spanned<OneOrMany>>,
+    pub filter: BTreeMap<String, Spanned<RawCondition>>,
     pub order: Option<Spanned<Vec<String>>>,
     pub distinct: Option<Text>,
 }
@@ -142,18 +145,35 @@ pub struct RawSubField {
     pub list: bool,
 }
 
+/// A `where` condition as written: a value, a list of values (any of them), or
+/// `{ null = true | false }`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
+pub enum RawCondition {
+    One(Scalar),
+    Many(Vec<Scalar>),
+    Null {
+        null: bool,
+    },
 }
 
-impl OneOrMany {
-    pub fn values(&self) -> Vec<String> {
+/// A value in a `where`: TOML's string, integer, float or boolean.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            OneOrMany::One(v) => vec![v.clone()],
-            OneOrMany::Many(v) => v.clone(),
+            Scalar::Bool(b) => write!(f, "{b}"),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Text(t) => write!(f, "{t:?}"),
         }
     }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 pub use definition::{Origin, Source};
 pub use model::*;
-pub use resolve::{is_identifier, qualified, quote, FirstIndex, ForeignKey, LiveSchema, TimestampChoice};
+pub use resolve::{is_identifier, qualified, quote, FirstIndex, ForeignKey, LiveSchema, TableKeys, TimestampChoice};
 
 use crate::error::Result;
 
@@ -110,7 +110,11 @@ pub mod testing {
         columns.insert("genre_film_work".into(), table(&[("id", "uuid"), ("genre_id", "uuid"), ("film_work_id", "uuid"), ("created_at", tz)]));
         columns
             .insert("person_film_work".into(), table(&[("id", "uuid"), ("film_work_id", "uuid"), ("person_id", "uuid"), ("role", "text"), ("created_at", tz)]));
-        LiveSchema { schema: "content".into(), columns, foreign_keys: vec![] }
+        let keys = ["film_work", "genre", "person", "genre_film_work", "person_film_work"]
+            .iter()
+            .map(|t| (t.to_string(), TableKeys { primary: Some(vec!["id".into()]), unique: vec![] }))
+            .collect();
+        LiveSchema { schema: "content".into(), columns, foreign_keys: vec![], keys, ..LiveSchema::default() }
     }
 
     pub fn cinema() -> Vec<Document> {

@@ -15,6 +15,10 @@ pub enum ColumnType {
     Time,
     /// `json`/`jsonb`, as JSON.
     Json,
+    /// An array of any element type, as a JSON array (`to_json`).
+    Array,
+    /// `character(n)`: read as stored, padded to its length (a cast to `text` would trim it).
+    Char,
 }
 
 impl ColumnType {
@@ -27,6 +31,8 @@ impl ColumnType {
             "boolean" => ColumnType::Bool,
             "date" | "timestamp with time zone" | "timestamp without time zone" => ColumnType::Time,
             "json" | "jsonb" => ColumnType::Json,
+            "ARRAY" => ColumnType::Array,
+            "character" => ColumnType::Char,
             _ => ColumnType::Text,
         }
     }
@@ -35,7 +41,8 @@ impl ColumnType {
     pub fn select(self, column: &str) -> String {
         match self {
             ColumnType::Text | ColumnType::Json => format!("{column}::text"),
-            ColumnType::Uuid | ColumnType::Bool => column.to_string(),
+            ColumnType::Uuid | ColumnType::Bool | ColumnType::Char => column.to_string(),
+            ColumnType::Array => format!("to_json({column})::text"),
             ColumnType::Int => format!("{column}::int8"),
             ColumnType::Float => format!("{column}::float8"),
             ColumnType::Time => format!("to_json({column})#>>'{{}}'"),
@@ -79,6 +86,20 @@ impl Value {
         match self {
             Value::Text(s) => Some(s.trim()),
             _ => None,
+        }
+    }
+
+    /// The value as a log line names it: text trimmed and in lower case, others as written;
+    /// `None` for NULL and blank text.
+    pub fn label(&self) -> Option<String> {
+        match self {
+            Value::Null => None,
+            Value::Text(s) => Some(s.trim().to_lowercase()).filter(|s| !s.is_empty()),
+            Value::Json(j) => Some(j.clone()),
+            Value::Uuid(u) => Some(u.to_string()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
         }
     }
 }
@@ -151,17 +172,55 @@ pub struct Relation {
     pub first: usize,
 }
 
-/// Rows of a relation a field keeps: `column` (an index into the relation's columns) equals one
-/// of `values` after trimming, ignoring ASCII case.
+/// Rows a filter keeps: `column` (an index into the relation's columns, or into the record's
+/// root columns for a document's own `where`) passes `test`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     pub column: usize,
-    pub values: Vec<String>,
+    pub test: Test,
+}
+
+/// What a `where` asks of a column, checked against the column's type when the definition is
+/// resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Test {
+    /// Equal to one of these.
+    AnyOf(Vec<Expected>),
+    /// NULL (`true`) or not NULL (`false`).
+    Null(bool),
+}
+
+/// A value a `where` compares with, typed as its column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// Text: trimmed and in ASCII lower case; compared with the value trimmed, ignoring ASCII case.
+    Text(String),
+    /// An enum label (or a uuid's text): compared exactly.
+    Exact(String),
+    Int(i64),
+    Bool(bool),
+    Uuid(Uuid),
+}
+
+impl Expected {
+    fn matches(&self, value: &Value) -> bool {
+        match (self, value) {
+            (Expected::Text(want), Value::Text(v)) => v.trim().eq_ignore_ascii_case(want),
+            (Expected::Exact(want), Value::Text(v)) => v == want,
+            (Expected::Int(want), Value::Int(v)) => v == want,
+            (Expected::Bool(want), Value::Bool(v)) => v == want,
+            (Expected::Uuid(want), Value::Uuid(v)) => v == want,
+            _ => false,
+        }
+    }
 }
 
 impl Filter {
     pub fn keeps(&self, value: &Value) -> bool {
-        value.as_text().is_some_and(|v| self.values.iter().any(|w| w.eq_ignore_ascii_case(v)))
+        match &self.test {
+            Test::Null(null) => (*value == Value::Null) == *null,
+            Test::AnyOf(values) => values.iter().any(|w| w.matches(value)),
+        }
     }
 }
 
@@ -258,6 +317,10 @@ pub struct Document {
     pub relations: Vec<Relation>,
     pub fields: Vec<Field>,
     pub streams: Vec<Stream>,
+    /// The document's own `where`, on root columns (indexes into `root_columns`): a row that does
+    /// not pass it has no document (a soft-deleted row, say), and one that stops passing leaves
+    /// the index.
+    pub filter: Vec<Filter>,
 }
 
 impl Document {
@@ -265,6 +328,11 @@ impl Document {
     /// (other documents in the index are left alone, for `verify` to report).
     pub fn key_of(&self, id: &str) -> Option<Uuid> {
         Uuid::parse_str(id).ok().filter(|k| k.to_string() == id)
+    }
+
+    /// Whether the record has a document: it passes the document's own `where`.
+    pub fn keeps(&self, rec: &Record) -> bool {
+        self.filter.iter().all(|f| matches!(rec.cells.get(f.column), Some(Cell::One(v)) if f.keeps(v)))
     }
 
     /// Every table this document reads.

@@ -1,21 +1,42 @@
 //! A parsed definition checked against the live schema and the index mapping, and resolved into
 //! [`Document`]s. Every error names the definition's file and line, and the fix.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value as Json;
+use toml::Spanned;
 
-use super::definition::{RawDocument, RawField, RawRelation, Source, Text};
+use super::definition::{RawCondition, RawDocument, RawField, RawRelation, Scalar, Source, Text};
 use super::model::*;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-/// What the definition is checked against: the schema's columns (table -> column -> data type)
-/// and its single-column foreign keys.
+/// What the definition is checked against: the schema's columns (table -> column -> data type),
+/// its single-column foreign keys, each table's keys, the labels of its enum columns, and which
+/// of its relations are views.
 #[derive(Debug, Clone, Default)]
 pub struct LiveSchema {
     pub schema: String,
     pub columns: BTreeMap<String, BTreeMap<String, String>>,
     pub foreign_keys: Vec<ForeignKey>,
+    pub keys: BTreeMap<String, TableKeys>,
+    /// table -> column -> the labels of its enum type, in the type's order.
+    pub enum_labels: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// Plain views: no constraint can vouch that a column of one is unique.
+    pub views: BTreeSet<String>,
+}
+
+/// A table's primary key and the column sets its unique indexes cover (whole-table, plain
+/// columns: a partial or expression index vouches for nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableKeys {
+    pub primary: Option<Vec<String>>,
+    pub unique: Vec<Vec<String>>,
+}
+
+impl TableKeys {
+    fn is_unique(&self, column: &str) -> bool {
+        self.primary.iter().chain(&self.unique).any(|set| set.len() == 1 && set[0] == column)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,11 +143,15 @@ pub fn resolve(src: &Source, live: &LiveSchema, ts: &TimestampChoice, first: &Fi
     let heads = heads(src, first, schema_of)?;
     let raw = src.parse()?;
     let r = Resolver { src, live, ts };
-    let mut docs = Vec::new();
+    let (mut docs, mut errors) = (Vec::new(), Errors::default());
     for (d, (_, index)) in raw.documents.iter().zip(heads) {
         let mapping = properties(&index.schema).cloned().unwrap_or_default();
-        docs.push(r.document(d.get_ref(), index, &mapping)?);
+        match r.document(d.get_ref(), index, &mapping) {
+            Ok(doc) => docs.push(doc),
+            Err(e) => errors.0.extend(e.0),
+        }
     }
+    errors.into_result()?;
     Ok(docs)
 }
 
@@ -165,13 +190,92 @@ impl Resolver<'_> {
         }
     }
 
-    fn uuid_key(&self, table: &Text, key: &Text) -> Result<()> {
-        if self.column(table, key)? != ColumnType::Uuid || self.columns(table)?.get(key.get_ref()).map(String::as_str) != Some("uuid") {
-            return Err(self
-                .src
-                .error(key.span(), format!("{}.{} must be of type uuid: pg2es keys documents and change positions by uuid", table.get_ref(), key.get_ref())));
+    /// The key of `table`: the column given, or else its primary key. It must be one `uuid`
+    /// column that a primary key or a unique constraint covers: changes are read in
+    /// `(timestamp, key)` order, and documents and their related rows are told apart by it.
+    fn key(&self, table: &Text, given: Option<&Text>, setting: &str) -> Result<String> {
+        let schema = &self.live.schema;
+        let t = table.get_ref();
+        let keys = self.live.keys.get(t).cloned().unwrap_or_default();
+        let (column, span) = match (given, &keys.primary) {
+            (Some(k), _) => (k.get_ref().clone(), k.span()),
+            (None, Some(pk)) if pk.len() == 1 => (pk[0].clone(), table.span()),
+            (None, Some(pk)) => {
+                return Err(self.src.error(
+                    table.span(),
+                    format!(
+                        "{schema}.{t} has the composite primary key ({}); pg2es reads a table by one key column for now: add a unique uuid column (ALTER TABLE {schema}.{t} ADD COLUMN id uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE) and name it with `{setting} = \"id\"`",
+                        pk.join(", ")
+                    ),
+                ))
+            }
+            (None, None) => ("id".to_string(), table.span()),
+        };
+        let ty = self.column(table, &Spanned::new(span.clone(), column.clone()))?;
+        if ty != ColumnType::Uuid {
+            return Err(self.src.error(
+                span,
+                format!("{t}.{column} must be of type uuid: pg2es keys documents and change positions by uuid (other key types are not supported yet)"),
+            ));
         }
-        Ok(())
+        if !keys.is_unique(&column) && !self.live.views.contains(t) {
+            return Err(self.src.error(
+                span,
+                format!(
+                    "{schema}.{t}.{column} is not unique: no primary key or unique constraint covers it, and pg2es tells rows apart by it (changes sharing a timestamp would be skipped); make it unique (ALTER TABLE {schema}.{t} ADD PRIMARY KEY ({column}), or ADD UNIQUE ({column})), or name a unique column with `{setting} = \"...\"`"
+                ),
+            ));
+        }
+        Ok(column)
+    }
+
+    /// A `where` on `table.column`, checked against the column's type: what the rows must hold.
+    fn test(&self, table: &str, column: &str, ty: ColumnType, cond: &Spanned<RawCondition>) -> Result<Test> {
+        let data_type = self.live.columns.get(table).and_then(|c| c.get(column)).map_or("?", String::as_str);
+        let labels = self.live.enum_labels.get(table).and_then(|c| c.get(column));
+        let bad = |why: String| self.src.error(cond.span(), format!("where {column}: {why}"));
+        let values: Vec<&Scalar> = match cond.get_ref() {
+            RawCondition::Null { null } => return Ok(Test::Null(*null)),
+            RawCondition::One(v) => vec![v],
+            RawCondition::Many(v) => v.iter().collect(),
+        };
+        if values.is_empty() {
+            return Err(bad("give at least one value, or `{ null = true }`".into()));
+        }
+        let mut out = Vec::new();
+        for v in values {
+            out.push(match (ty, v) {
+                (ColumnType::Text | ColumnType::Char, Scalar::Text(t)) => match labels {
+                    Some(labels) if labels.contains(t) => Expected::Exact(t.clone()),
+                    Some(labels) => return Err(bad(format!("{v} is not a label of the column's enum type (it has: {})", labels.join(", ")))),
+                    None => Expected::Text(t.trim().to_ascii_lowercase()),
+                },
+                (ColumnType::Text | ColumnType::Char, _) => return Err(bad(format!("{table}.{column} is {data_type}: write {v} as a string, \"{v}\""))),
+                (ColumnType::Int, Scalar::Int(i)) => Expected::Int(int_in_range(*i, data_type).ok_or_else(|| bad(format!("{i} is out of range for {data_type}")))?),
+                (ColumnType::Int, Scalar::Text(t)) => match t.trim().parse::<i64>().ok().and_then(|i| int_in_range(i, data_type)) {
+                    Some(i) => Expected::Int(i),
+                    None => return Err(bad(format!("{v} is not a {data_type}: write an integer, without quotes"))),
+                },
+                (ColumnType::Bool, Scalar::Bool(b)) => Expected::Bool(*b),
+                (ColumnType::Bool, Scalar::Text(t)) => match pg_bool(t) {
+                    Some(b) => Expected::Bool(b),
+                    None => return Err(bad(format!("{v} is not a boolean: write true or false, without quotes"))),
+                },
+                (ColumnType::Uuid, Scalar::Text(t)) => match uuid::Uuid::parse_str(t.trim()) {
+                    Ok(u) => Expected::Uuid(u),
+                    Err(_) => return Err(bad(format!("{v} is not a uuid"))),
+                },
+                (ColumnType::Int | ColumnType::Bool | ColumnType::Uuid, _) => {
+                    return Err(bad(format!("{table}.{column} is {data_type}, and {v} is not one")));
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "{table}.{column} is {data_type}: `where` compares text, integers, booleans, enums and uuids by value, and any column with `{{ null = true }}` or `{{ null = false }}`"
+                    )))
+                }
+            });
+        }
+        Ok(Test::AnyOf(out))
     }
 
     fn timestamp(&self, table: &Text, named: Option<&Text>, link: bool) -> Result<String> {
@@ -241,9 +345,8 @@ impl Resolver<'_> {
             };
             let root_col = pick(&t.root, root.get_ref(), "root")?;
             let related_col = pick(&t.related, related, "related")?;
-            let link_key = t.key.as_ref().map_or("id".to_string(), |k| k.get_ref().clone());
-            let key_text = t.key.clone().unwrap_or_else(|| toml::Spanned::new(t.table.span(), "id".to_string()));
-            self.uuid_key(&t.table, &key_text)?;
+            self.columns(&t.table)?;
+            let link_key = self.key(&t.table, t.key.as_ref(), "through.key")?;
             let _ = self.timestamp(&t.table, t.timestamp.as_ref(), true)?;
             return Ok(Join::Through { link: t.table.get_ref().clone(), link_key, root: root_col, related: related_col });
         }
@@ -280,70 +383,90 @@ impl Resolver<'_> {
         }
     }
 
-    fn document(&self, d: &RawDocument, index: IndexSpec, mapping: &serde_json::Map<String, Json>) -> Result<Document> {
+    fn document(&self, d: &RawDocument, index: IndexSpec, mapping: &serde_json::Map<String, Json>) -> std::result::Result<Document, Errors> {
         let schema = &self.live.schema;
+        let mut errors = Errors::default();
         self.columns(&d.table)?;
-        let key_text = d.key.clone().unwrap_or_else(|| toml::Spanned::new(d.table.span(), "id".to_string()));
-        self.uuid_key(&d.table, &key_text)?;
-        let key = key_text.get_ref().clone();
-        let root_ts = self.timestamp(&d.table, d.timestamp.as_ref(), false)?;
+        let key = errors.keep(self.key(&d.table, d.key.as_ref(), "key"));
+        let root_ts = errors.keep(self.timestamp(&d.table, d.timestamp.as_ref(), false));
+        let key_name = key.clone().unwrap_or_else(|| "id".to_string());
 
         // Relations in the order fields first use them.
         let mut order: Vec<&String> = Vec::new();
         for f in &d.fields {
             if let Some(from) = &f.get_ref().from {
                 let Some((name, _)) = d.relations.get_key_value(from.get_ref()) else {
-                    return Err(self.src.error(
+                    errors.keep::<()>(Err(self.src.error(
                         from.span(),
                         format!("no relation named {:?}; the document has: {}", from.get_ref(), d.relations.keys().cloned().collect::<Vec<_>>().join(", ")),
-                    ));
+                    )));
+                    continue;
                 };
                 if !order.contains(&name) {
                     order.push(name);
                 }
             }
         }
-        let mut root_columns: Vec<(String, ColumnType)> = vec![(key.clone(), ColumnType::Uuid)];
+        let mut root_columns: Vec<(String, ColumnType)> = vec![(key_name.clone(), ColumnType::Uuid)];
         let mut relations: Vec<Relation> = Vec::new();
-        for name in &order {
+        // A relation that does not resolve is left out, with the fields that read it.
+        order.retain(|name| {
             let rel = d.relations[*name].get_ref();
             let span = d.relations[*name].span();
-            self.columns(&rel.table)?;
-            let rkey = rel.key.clone().unwrap_or_else(|| toml::Spanned::new(rel.table.span(), "id".to_string()));
-            self.uuid_key(&rel.table, &rkey)?;
-            let join = self.join(&d.table, &key, name, rel, span)?;
-            // The related key is read only when a field needs it: objects, one entry per row, a
-            // many-to-one relation (whether there is a row at all).
-            let needs_key = !join.to_many()
-                || d.fields.iter().map(|f| f.get_ref()).any(|f| {
-                    f.from.as_ref().is_some_and(|n| n.get_ref() == *name) && (f.fields.is_some() || f.distinct.as_ref().is_none_or(|v| v.get_ref() != "value"))
-                });
-            let columns = if needs_key { vec![RelationColumn { side: Side::Related, name: rkey.get_ref().clone(), ty: ColumnType::Uuid }] } else { vec![] };
-            relations.push(Relation {
-                name: (*name).clone(),
-                table: rel.table.get_ref().clone(),
-                key: rkey.get_ref().clone(),
-                join,
-                key_column: needs_key.then_some(0),
-                columns,
-                first: 0,
-            });
-        }
+            let resolved = (|| -> Result<Relation> {
+                self.columns(&rel.table)?;
+                let rkey = self.key(&rel.table, rel.key.as_ref(), "key")?;
+                let join = self.join(&d.table, &key_name, name, rel, span)?;
+                // The related key is read only when a field needs it: objects, one entry per row,
+                // a many-to-one relation (whether there is a row at all).
+                let needs_key = !join.to_many()
+                    || d.fields.iter().map(|f| f.get_ref()).any(|f| {
+                        f.from.as_ref().is_some_and(|n| n.get_ref() == *name) && (f.fields.is_some() || f.distinct.as_ref().is_none_or(|v| v.get_ref() != "value"))
+                    });
+                let columns = if needs_key { vec![RelationColumn { side: Side::Related, name: rkey.clone(), ty: ColumnType::Uuid }] } else { vec![] };
+                Ok(Relation { name: (*name).clone(), table: rel.table.get_ref().clone(), key: rkey, join, key_column: needs_key.then_some(0), columns, first: 0 })
+            })();
+            match errors.keep(resolved) {
+                Some(r) => {
+                    relations.push(r);
+                    true
+                }
+                None => false,
+            }
+        });
 
         let mut fields = Vec::new();
         for f in &d.fields {
-            let field = self.field(d, f.get_ref(), f.span(), &order, &mut relations, &mut root_columns, mapping)?;
+            if f.get_ref().from.as_ref().is_some_and(|from| !order.iter().any(|n| *n == from.get_ref())) {
+                continue;
+            }
+            let Some(field) = errors.keep(self.field(d, f.get_ref(), f.span(), &order, &mut relations, &mut root_columns, mapping)) else { continue };
             if fields.iter().any(|o: &Field| o.name == field.name) {
-                return Err(self.src.error(f.get_ref().name.span(), format!("a second field named {:?}", field.name)));
+                errors.keep::<()>(Err(self.src.error(f.get_ref().name.span(), format!("a second field named {:?}", field.name))));
+                continue;
             }
             fields.push(field);
         }
         // Unused relations are an error: they would be tracked for nothing.
         for (name, rel) in &d.relations {
-            if !order.contains(&name) {
-                return Err(self.src.error(rel.span(), format!("relation {name} is not used by any field; remove it or add a field with `from = \"{name}\"`")));
+            let used = d.fields.iter().any(|f| f.get_ref().from.as_ref().is_some_and(|from| from.get_ref() == name));
+            if !used {
+                errors.keep::<()>(Err(self.src.error(rel.span(), format!("relation {name} is not used by any field; remove it or add a field with `from = \"{name}\"`"))));
             }
         }
+        // The document's own `where`: its columns are read with the record.
+        let mut filter = Vec::new();
+        for (column, cond) in &d.filter {
+            let c = Spanned::new(cond.span(), column.clone());
+            let Some(ty) = errors.keep(self.column(&d.table, &c)) else { continue };
+            let Some(test) = errors.keep(self.test(d.table.get_ref(), column, ty, cond)) else { continue };
+            let at = root_column(&mut root_columns, column, ty);
+            filter.push(Filter { column: at, test });
+        }
+        if !errors.0.is_empty() {
+            return Err(errors);
+        }
+        let (Some(key), Some(root_ts)) = (key, root_ts) else { unreachable!("their errors were returned") };
 
         let mut columns: Vec<RecordColumn> = root_columns.iter().map(|(_, ty)| RecordColumn { ty: *ty, many: false }).collect();
         for rel in &mut relations {
@@ -405,6 +528,7 @@ impl Resolver<'_> {
             relations,
             fields,
             streams,
+            filter,
         })
     }
 
@@ -454,13 +578,7 @@ impl Resolver<'_> {
                 return Err(self.src.error(span, format!("field {name}: `fields`, `where`, `order` and `distinct` need `from = \"relation\"`")));
             }
             let ty = self.column(&d.table, column)?;
-            let at = match root_columns.iter().position(|(c, _)| c == column.get_ref()) {
-                Some(i) => i,
-                None => {
-                    root_columns.push((column.get_ref().clone(), ty));
-                    root_columns.len() - 1
-                }
-            };
+            let at = root_column(root_columns, column.get_ref(), ty);
             return Ok(Field { name, kind: FieldKind::Column { column: at, f32: is_f32(Some(mapped)) } });
         };
         let r = order.iter().position(|n| *n == from.get_ref()).expect("relations in use");
@@ -476,9 +594,15 @@ impl Resolver<'_> {
             subs_at.push(self.relation_column(rel, raw, &s.get_ref().column)?);
         }
         let mut filter = Vec::new();
-        for (column, values) in &f.filter {
-            let c = self.relation_column(rel, raw, &toml::Spanned::new(values.span(), column.clone()))?;
-            filter.push(Filter { column: c, values: values.get_ref().values().iter().map(|v| v.trim().to_string()).collect() });
+        for (column, cond) in &f.filter {
+            let c = self.relation_column(rel, raw, &Spanned::new(cond.span(), column.clone()))?;
+            let col = &rel.columns[c];
+            let table = match col.side {
+                Side::Related => raw.table.get_ref().clone(),
+                Side::Link => raw.through.as_ref().map_or_else(String::new, |t| t.get_ref().table.get_ref().clone()),
+            };
+            let test = self.test(&table, &col.name, col.ty, cond)?;
+            filter.push(Filter { column: c, test });
         }
         let mut sort = Vec::new();
         if let Some(o) = &f.order {
@@ -538,6 +662,17 @@ impl Resolver<'_> {
     }
 }
 
+/// The index of `column` among the record's root columns, added when first read.
+fn root_column(root_columns: &mut Vec<(String, ColumnType)>, column: &str, ty: ColumnType) -> usize {
+    match root_columns.iter().position(|(c, _)| c == column) {
+        Some(i) => i,
+        None => {
+            root_columns.push((column.to_string(), ty));
+            root_columns.len() - 1
+        }
+    }
+}
+
 fn add_stream(streams: &mut Vec<Stream>, s: Stream) {
     match streams.iter_mut().find(|o| o.table == s.table) {
         Some(o) => {
@@ -551,5 +686,62 @@ fn add_stream(streams: &mut Vec<Stream>, s: Stream) {
             o.link |= s.link;
         }
         None => streams.push(s),
+    }
+}
+
+/// `i`, if a column of `data_type` can hold it.
+fn int_in_range(i: i64, data_type: &str) -> Option<i64> {
+    let fits = match data_type {
+        "smallint" => i16::try_from(i).is_ok(),
+        "integer" => i32::try_from(i).is_ok(),
+        _ => true,
+    };
+    fits.then_some(i)
+}
+
+/// Postgres's boolean input (`true`, `yes`, `on`, `1`, `t`, ... in any case).
+fn pg_bool(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "t" | "true" | "y" | "yes" | "on" | "1" => Some(true),
+        "f" | "false" | "n" | "no" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Errors gathered while resolving, so that `check` names them all at once.
+#[derive(Debug, Default)]
+struct Errors(Vec<String>);
+
+impl From<Error> for Errors {
+    fn from(e: Error) -> Errors {
+        let mut errors = Errors::default();
+        errors.keep::<()>(Err(e));
+        errors
+    }
+}
+
+impl Errors {
+    /// The value, or `None` with its error kept.
+    fn keep<T>(&mut self, r: Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(Error::Definition(m)) => {
+                self.0.push(m);
+                None
+            }
+            Err(e) => {
+                self.0.push(e.to_string());
+                None
+            }
+        }
+    }
+
+    fn into_result(self) -> Result<()> {
+        // One error reads as before; several are listed, one per line.
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(Error::Definition(self.0.into_iter().next().unwrap_or_default())),
+            n => Err(Error::Definition(format!("{n} errors:\n  {}", self.0.join("\n  ")))),
+        }
     }
 }

@@ -127,9 +127,15 @@ pub fn count_after(doc: &Document) -> String {
     format!("SELECT count(*) FROM {} WHERE {} > $1", qualified(&doc.schema, &doc.root), quote(&doc.key))
 }
 
-/// Which of the keys `$1` exist.
+/// Which of the keys `$1` exist: the key, and for a document with a `where` of its own every
+/// root column (the filter is the catalog's, applied to the row as to a record).
 pub fn existing(doc: &Document) -> String {
-    format!("SELECT {k} FROM {} WHERE {k} = ANY($1::uuid[])", qualified(&doc.schema, &doc.root), k = quote(&doc.key))
+    let k = quote(&doc.key);
+    if doc.filter.is_empty() {
+        return format!("SELECT {k} FROM {} WHERE {k} = ANY($1::uuid[])", qualified(&doc.schema, &doc.root));
+    }
+    let columns: Vec<String> = doc.root_columns.iter().map(|(c, ty)| ty.select(&format!("{ROOT}.{}", quote(c)))).collect();
+    format!("SELECT {} FROM {} {ROOT} WHERE {ROOT}.{k} = ANY($1::uuid[])", columns.join(", "), qualified(&doc.schema, &doc.root))
 }
 
 /// A stream's page after `($1, $2)` (`$3` rows), or the first page (`$1` rows): timestamp, key,

@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use super::testing::{cinema, cinema_live};
 use super::*;
 
@@ -116,4 +118,189 @@ fn settings_rename_the_first_index_only() {
     let sel = Selection { first: FirstIndex { name: Some("films_v2".into()), schema: None }, ..Selection::default() };
     let docs = sel.resolve(&Source::builtin(), &cinema_live()).unwrap();
     assert_eq!((docs[0].index.name.as_str(), docs[1].index.name.as_str()), ("films_v2", "genres"));
+}
+
+/// A schema `lib`: `loan` (root) with a boolean, an integer, an enum, a text, a float and a
+/// timestamp column, and `member`, a many-to-one of it; every table keyed by `id`.
+fn library_live() -> LiveSchema {
+    let tz = "timestamp with time zone";
+    let table = |cols: &[(&str, &str)]| -> BTreeMap<String, String> { cols.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect() };
+    let mut live = LiveSchema { schema: "lib".into(), ..LiveSchema::default() };
+    live.columns.insert(
+        "book".into(),
+        table(&[
+            ("id", "uuid"),
+            ("title", "character"),
+            ("is_deleted", "boolean"),
+            ("deleted_at", tz),
+            ("tags", "ARRAY"),
+            ("weight", "double precision"),
+            ("updated_at", tz),
+        ]),
+    );
+    live.columns.insert(
+        "loan".into(),
+        table(&[("id", "uuid"), ("book_id", "uuid"), ("returned", "boolean"), ("days", "smallint"), ("state", "USER-DEFINED"), ("note", "text"), ("updated_at", tz)]),
+    );
+    live.foreign_keys.push(ForeignKey { table: "loan".into(), column: "book_id".into(), references: "book".into(), referenced_column: "id".into() });
+    for t in ["book", "loan"] {
+        live.keys.insert(t.into(), TableKeys { primary: Some(vec!["id".into()]), unique: vec![] });
+    }
+    live.enum_labels.entry("loan".into()).or_default().insert("state".into(), vec!["open".into(), "late".into(), "Closed".into()]);
+    live
+}
+
+const LIBRARY_MAPPING: &str = r#"{"mappings":{"properties":{"id":{"type":"keyword"},"title":{"type":"text"},"tags":{"type":"keyword"},"loans":{"properties":{"id":{"type":"keyword"}}}}}}"#;
+
+/// The library definition with `root_where` on the book and `loan_where` on the loans field.
+fn library(root_where: &str, loan_where: &str, live: &LiveSchema) -> std::result::Result<Document, String> {
+    let dir = std::env::temp_dir().join(format!("pg2es-lib-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("m.json"), LIBRARY_MAPPING).unwrap();
+    let text = format!(
+        "[[documents]]\nname = \"books\"\nindex_schema = \"m.json\"\ntable = \"book\"\n{root_where}\n\
+         fields = [{{ name = \"id\", column = \"id\" }}, {{ name = \"title\", column = \"title\" }}, {{ name = \"tags\", column = \"tags\" }}, \
+         {{ name = \"loans\", from = \"loans\", {loan_where} fields = [{{ name = \"id\", column = \"id\" }}] }}]\n\
+         [documents.relations.loans]\ntable = \"loan\"\n"
+    );
+    let path = dir.join("lib.toml");
+    std::fs::write(&path, text).unwrap();
+    let r = Selection::default().resolve(&Source::read(&path).unwrap(), live);
+    let _ = std::fs::remove_dir_all(&dir);
+    r.map(|mut d| d.remove(0)).map_err(|e| e.to_string())
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn loan_test(loan_where: &str) -> std::result::Result<Test, String> {
+    let d = library("", &format!("where = {{ {loan_where} }},"), &library_live())?;
+    match &d.fields[3].kind {
+        FieldKind::Objects { filter, .. } => Ok(filter[0].test.clone()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn where_compares_by_the_columns_type() {
+    use Expected::*;
+    assert_eq!(loan_test("returned = false"), Ok(Test::AnyOf(vec![Bool(false)])));
+    assert_eq!(loan_test("returned = \"false\""), Ok(Test::AnyOf(vec![Bool(false)])));
+    assert_eq!(loan_test("returned = [\"t\", \"no\"]"), Ok(Test::AnyOf(vec![Bool(true), Bool(false)])));
+    assert_eq!(loan_test("days = [7, \"14\"]"), Ok(Test::AnyOf(vec![Int(7), Int(14)])));
+    assert_eq!(loan_test("state = \"Closed\""), Ok(Test::AnyOf(vec![Exact("Closed".into())])));
+    assert_eq!(loan_test("note = \" Overdue \""), Ok(Test::AnyOf(vec![Text("overdue".into())])));
+    assert_eq!(loan_test("updated_at = { null = false }"), Ok(Test::Null(false)));
+
+    // Values the column cannot hold are refused, naming the column, the value and the fix.
+    let e = loan_test("returned = \"maybe\"").unwrap_err();
+    assert!(e.contains("lib.toml:6") && e.contains("where returned") && e.contains("write true or false"), "{e}");
+    let e = loan_test("days = 40000").unwrap_err();
+    assert!(e.contains("out of range for smallint"), "{e}");
+    let e = loan_test("days = \"a week\"").unwrap_err();
+    assert!(e.contains("not a smallint"), "{e}");
+    let e = loan_test("state = \"closed\"").unwrap_err();
+    assert!(e.contains("not a label") && e.contains("open, late, Closed"), "{e}");
+    let e = loan_test("note = 3").unwrap_err();
+    assert!(e.contains("write 3 as a string"), "{e}");
+    let e = loan_test("updated_at = \"2024-01-01\"").unwrap_err();
+    assert!(e.contains("null = true"), "{e}");
+    let e = loan_test("returned = []").unwrap_err();
+    assert!(e.contains("at least one value"), "{e}");
+}
+
+#[test]
+fn typed_filters_keep_the_rows_that_match() {
+    let f = |test: Test| Filter { column: 0, test };
+    let not_returned = f(Test::AnyOf(vec![Expected::Bool(false)]));
+    assert!(not_returned.keeps(&Value::Bool(false)));
+    assert!(!not_returned.keeps(&Value::Bool(true)) && !not_returned.keeps(&Value::Null));
+    // Booleans read as booleans are never compared as text (the bug: no row was kept).
+    assert!(!not_returned.keeps(&Value::Text("false".into())));
+    let days = f(Test::AnyOf(vec![Expected::Int(7)]));
+    assert!(days.keeps(&Value::Int(7)) && !days.keeps(&Value::Int(8)));
+    let role = f(Test::AnyOf(vec![Expected::Text("director".into())]));
+    assert!(role.keeps(&Value::Text(" Director ".into())) && !role.keeps(&Value::Text("writer".into())));
+    let label = f(Test::AnyOf(vec![Expected::Exact("Closed".into())]));
+    assert!(label.keeps(&Value::Text("Closed".into())) && !label.keeps(&Value::Text("closed".into())));
+    assert!(f(Test::Null(true)).keeps(&Value::Null) && !f(Test::Null(true)).keeps(&Value::Int(0)));
+    assert!(f(Test::Null(false)).keeps(&Value::Int(0)) && !f(Test::Null(false)).keeps(&Value::Null));
+}
+
+#[test]
+fn a_documents_own_where_reads_its_columns_and_decides_which_rows_have_a_document() {
+    let d = library("where = { is_deleted = false, deleted_at = { null = true } }", "", &library_live()).unwrap();
+    let names: Vec<&str> = d.root_columns.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(names, ["id", "title", "tags", "deleted_at", "is_deleted"]);
+    assert_eq!(d.filter.len(), 2);
+    let record = |deleted_at: Value, is_deleted: bool| Record {
+        key: uuid::Uuid::nil(),
+        cells: vec![
+            Cell::One(Value::Null),
+            Cell::One(Value::Null),
+            Cell::One(Value::Null),
+            Cell::One(deleted_at),
+            Cell::One(Value::Bool(is_deleted)),
+            Cell::Many(vec![]),
+        ],
+    };
+    assert!(d.keeps(&record(Value::Null, false)));
+    assert!(!d.keeps(&record(Value::Null, true)));
+    assert!(!d.keeps(&record(Value::Text("2024-01-01T00:00:00".into()), false)));
+    // Reconciliation reads the root's columns to apply it.
+    assert_eq!(
+        sql::existing(&d),
+        r#"SELECT t."id", t."title", to_json(t."tags")::text, to_json(t."deleted_at")#>>'{}', t."is_deleted" FROM "lib"."book" t WHERE t."id" = ANY($1::uuid[])"#
+    );
+    let e = library("where = { weight = 1 }", "", &library_live()).unwrap_err();
+    assert!(e.contains("lib.toml:5") && e.contains("book.weight is double precision"), "{e}");
+}
+
+#[test]
+fn arrays_are_read_as_json_and_padded_text_as_stored() {
+    assert_eq!(ColumnType::of("ARRAY").select("t.\"tags\""), "to_json(t.\"tags\")::text");
+    // A cast of character(n) to text trims its padding.
+    assert_eq!(ColumnType::of("character").select("t.\"code\""), "t.\"code\"");
+    assert_eq!(ColumnType::of("character varying").select("t.\"c\""), "t.\"c\"::text");
+}
+
+#[test]
+fn a_key_must_be_unique_and_is_the_primary_key_by_default() {
+    // Without the loan's primary key, its key `id` is not unique.
+    let mut live = library_live();
+    live.keys.remove("loan");
+    let e = library("", "", &live).unwrap_err();
+    assert!(e.contains("lib.loan.id is not unique") && e.contains("ADD PRIMARY KEY (id)"), "{e}");
+    // A unique constraint will do.
+    live.keys.insert("loan".into(), TableKeys { primary: None, unique: vec![vec!["book_id".into(), "id".into()], vec!["id".into()]] });
+    assert!(library("", "", &live).is_ok());
+    // The primary key is the key when `key` is not given.
+    let mut live = library_live();
+    live.columns.get_mut("book").unwrap().insert("uid".into(), "uuid".into());
+    live.keys.insert("book".into(), TableKeys { primary: Some(vec!["uid".into()]), unique: vec![] });
+    live.foreign_keys[0].referenced_column = "uid".into();
+    assert_eq!(library("", "", &live).unwrap().key, "uid");
+    // A composite primary key, and no key named: said plainly.
+    live.keys.insert("book".into(), TableKeys { primary: Some(vec!["uid".into(), "id".into()]), unique: vec![] });
+    let e = library("", "", &live).unwrap_err();
+    assert!(e.contains("composite primary key (uid, id)"), "{e}");
+    // A view: nothing can vouch for it, so the key named is taken as given.
+    let mut live = library_live();
+    live.keys.remove("book");
+    live.views.insert("book".into());
+    assert!(library("key = \"id\"", "", &live).is_ok());
+}
+
+#[test]
+fn check_names_every_error_at_once() {
+    let mut live = library_live();
+    live.keys.remove("loan");
+    let e = library("where = { is_deleted = \"perhaps\" }", "where = { days = \"x\" },", &live).unwrap_err();
+    assert!(e.contains("2 errors:"), "{e}");
+    assert!(e.contains("lib.loan.id is not unique") && e.contains("where is_deleted"), "{e}");
+    // The field of the relation that failed is not reported again.
+    assert!(!e.contains("where days"), "{e}");
 }

@@ -149,10 +149,21 @@ impl PgSource {
         pgoutput::parse_lsn(&text).ok_or_else(|| Error::SourceSetup(format!("{text:?} is not a WAL position")))
     }
 
-    /// Which of these records exist.
+    /// Which of these records exist (and pass the document's own `where`).
     pub async fn existing(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
         let rows = self.client.query(&self.statements.existing, &[&ids]).await.map_err(Error::postgres("look up records"))?;
-        rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<Uuid>, _>>().map_err(Error::postgres("read a key"))
+        if self.doc.filter.is_empty() {
+            return rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<Uuid>, _>>().map_err(Error::postgres("read a key"));
+        }
+        // The query read the root's columns: the record without its relations.
+        let mut keys = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let root = record_from_row(&self.doc, r, self.doc.root_columns.len())?;
+            if self.doc.keeps(&root) {
+                keys.push(root.key);
+            }
+        }
+        Ok(keys)
     }
 
     /// Which database this is: the state file is tied to it.
@@ -237,7 +248,20 @@ impl PgSource {
     /// are simply absent from the result.
     pub async fn records(&self, ids: &[Uuid]) -> Result<Vec<Record>> {
         let rows = self.client.query(&self.statements.records, &[&ids]).await.map_err(Error::postgres("read records"))?;
-        rows.iter().map(|r| record_from_row(&self.doc, r)).collect()
+        self.kept(&rows)
+    }
+
+    /// The rows as records, but those the document's own `where` leaves out: they have no
+    /// document, so a change to one deletes it.
+    fn kept(&self, rows: &[tokio_postgres::Row]) -> Result<Vec<Record>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let rec = record_from_row(&self.doc, r, self.doc.columns.len())?;
+            if self.doc.keeps(&rec) {
+                out.push(rec);
+            }
+        }
+        Ok(out)
     }
 
     /// Every film in id order (after `after` when given), streamed: rows are decoded as they are
@@ -250,7 +274,11 @@ impl PgSource {
         }
         .map_err(Error::postgres("read every record"))?;
         let doc = self.doc.clone();
-        Ok(rows.map(move |row| row.map_err(Error::postgres("read every record")).and_then(|r| record_from_row(&doc, &r))))
+        let keeps = {
+            let doc = doc.clone();
+            move |r: &Result<Record>| std::future::ready(r.as_ref().map_or(true, |r| doc.keeps(r)))
+        };
+        Ok(rows.map(move |row| row.map_err(Error::postgres("read every record")).and_then(|r| record_from_row(&doc, &r, doc.columns.len()))).filter(keeps))
     }
 
     /// How many films a scan after `after` reads (for progress; a film with the nil id is not
@@ -262,9 +290,20 @@ impl PgSource {
 
     /// Up to `limit` films with ids after `after`, in id order (uuid byte order), read the same
     /// way as [`PgSource::films`]. Keyset paging: each page is one index range scan.
-    pub async fn records_after(&self, after: Uuid, limit: usize) -> Result<Vec<Record>> {
-        let rows = self.client.query(&self.statements.records_after, &[&after, &(limit as i64)]).await.map_err(Error::postgres("read records in key order"))?;
-        rows.iter().map(|r| record_from_row(&self.doc, r)).collect()
+    /// Fewer than `limit` only at the end: pages that the document's own `where` thins out are
+    /// followed by the next.
+    pub async fn records_after(&self, mut after: Uuid, limit: usize) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        loop {
+            let rows =
+                self.client.query(&self.statements.records_after, &[&after, &(limit as i64)]).await.map_err(Error::postgres("read records in key order"))?;
+            let Some(last) = rows.last() else { return Ok(out) };
+            after = last.try_get(0).map_err(Error::postgres("read a record's key"))?;
+            out.extend(self.kept(&rows)?);
+            if rows.len() < limit || out.len() >= limit {
+                return Ok(out);
+            }
+        }
     }
 }
 
@@ -331,8 +370,8 @@ impl Horizon {
 
 fn value(row: &tokio_postgres::Row, i: usize, ty: ColumnType) -> Result<Value, tokio_postgres::Error> {
     Ok(match ty {
-        ColumnType::Text | ColumnType::Time => row.try_get::<_, Option<String>>(i)?.map_or(Value::Null, Value::Text),
-        ColumnType::Json => row.try_get::<_, Option<String>>(i)?.map_or(Value::Null, Value::Json),
+        ColumnType::Text | ColumnType::Time | ColumnType::Char => row.try_get::<_, Option<String>>(i)?.map_or(Value::Null, Value::Text),
+        ColumnType::Json | ColumnType::Array => row.try_get::<_, Option<String>>(i)?.map_or(Value::Null, Value::Json),
         ColumnType::Uuid => row.try_get::<_, Option<Uuid>>(i)?.map_or(Value::Null, Value::Uuid),
         ColumnType::Int => row.try_get::<_, Option<i64>>(i)?.map_or(Value::Null, Value::Int),
         ColumnType::Float => row.try_get::<_, Option<f64>>(i)?.map_or(Value::Null, Value::Float),
@@ -350,8 +389,8 @@ fn values<T: for<'a> tokio_postgres::types::FromSql<'a>>(
 
 fn array(row: &tokio_postgres::Row, i: usize, ty: ColumnType) -> Result<Vec<Value>, tokio_postgres::Error> {
     match ty {
-        ColumnType::Text | ColumnType::Time => values(row, i, Value::Text),
-        ColumnType::Json => values(row, i, Value::Json),
+        ColumnType::Text | ColumnType::Time | ColumnType::Char => values(row, i, Value::Text),
+        ColumnType::Json | ColumnType::Array => values(row, i, Value::Json),
         ColumnType::Uuid => values(row, i, Value::Uuid),
         ColumnType::Int => values(row, i, Value::Int),
         ColumnType::Float => values(row, i, Value::Float),
@@ -359,12 +398,12 @@ fn array(row: &tokio_postgres::Row, i: usize, ty: ColumnType) -> Result<Vec<Valu
     }
 }
 
-/// One row of the record queries (columns in [`Document::columns`] order) as a record.
-fn record_from_row(doc: &Document, row: &tokio_postgres::Row) -> Result<Record> {
+/// One row of the record queries (the first `columns` of [`Document::columns`]) as a record.
+fn record_from_row(doc: &Document, row: &tokio_postgres::Row, columns: usize) -> Result<Record> {
     let ctx = || Error::postgres("read a record");
     let key: Uuid = row.try_get(0).map_err(Error::postgres("read a record's key"))?;
-    let mut cells = Vec::with_capacity(doc.columns.len());
-    for (i, c) in doc.columns.iter().enumerate() {
+    let mut cells = Vec::with_capacity(columns);
+    for (i, c) in doc.columns.iter().take(columns).enumerate() {
         cells.push(if c.many { Cell::Many(array(row, i, c.ty).map_err(ctx())?) } else { Cell::One(value(row, i, c.ty).map_err(ctx())?) });
     }
     Ok(Record { key, cells })

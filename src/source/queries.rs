@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::{Client, Statement};
 
-use crate::catalog::{qualified, quote, sql, Document, ForeignKey, LiveSchema};
+use crate::catalog::{qualified, quote, sql, Document, ForeignKey, LiveSchema, TableKeys};
 use crate::error::{Error, Result};
 
 /// The clock, the oldest open transaction of another client session, and whether this role can
@@ -47,7 +47,58 @@ pub async fn live_schema(client: &Client, schema: &str) -> Result<LiveSchema> {
         .await
         .map_err(Error::postgres("read foreign keys"))?;
     let foreign_keys = fks.iter().map(|r| ForeignKey { table: r.get(0), column: r.get(1), references: r.get(2), referenced_column: r.get(3) }).collect();
-    Ok(LiveSchema { schema: schema.to_string(), columns, foreign_keys })
+    // Unique indexes (primary keys and unique constraints among them) on plain columns of the
+    // whole table: a partial or expression index does not make a column unique.
+    const READ_KEYS: &str = "read primary keys and unique constraints";
+    let unique = client
+        .query(
+            "SELECT c.relname::text, i.indisprimary, ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
+                    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum ORDER BY k.n) \
+             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND 0 <> ALL (i.indkey) \
+             ORDER BY 1, 2 DESC, 3",
+            &[&schema],
+        )
+        .await
+        .map_err(Error::postgres(READ_KEYS))?;
+    let mut keys: BTreeMap<String, TableKeys> = BTreeMap::new();
+    for r in unique {
+        let (table, primary, columns): (String, bool, Vec<String>) = (r.try_get(0).map_err(Error::postgres(READ_KEYS))?, r.try_get(1).map_err(Error::postgres(READ_KEYS))?, r.try_get(2).map_err(Error::postgres(READ_KEYS))?);
+        let k = keys.entry(table).or_default();
+        if primary {
+            k.primary = Some(columns);
+        } else {
+            k.unique.push(columns);
+        }
+    }
+    const READ_ENUMS: &str = "read enum labels";
+    let labels = client
+        .query(
+            "SELECT c.table_name::text, c.column_name::text, array_agg(e.enumlabel::text ORDER BY e.enumsortorder) \
+             FROM information_schema.columns c \
+             JOIN pg_catalog.pg_type t ON t.typname = c.udt_name JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace AND tn.nspname = c.udt_schema \
+             JOIN pg_catalog.pg_enum e ON e.enumtypid = t.oid \
+             WHERE c.table_schema = $1 GROUP BY 1, 2",
+            &[&schema],
+        )
+        .await
+        .map_err(Error::postgres(READ_ENUMS))?;
+    let mut enum_labels: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for r in labels {
+        let (table, column, l): (String, String, Vec<String>) = (r.try_get(0).map_err(Error::postgres(READ_ENUMS))?, r.try_get(1).map_err(Error::postgres(READ_ENUMS))?, r.try_get(2).map_err(Error::postgres(READ_ENUMS))?);
+        enum_labels.entry(table).or_default().insert(column, l);
+    }
+    const READ_VIEWS: &str = "read views";
+    let views = client
+        .query("SELECT table_name::text FROM information_schema.views WHERE table_schema = $1", &[&schema])
+        .await
+        .map_err(Error::postgres(READ_VIEWS))?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<BTreeSet<String>, _>>()
+        .map_err(Error::postgres(READ_VIEWS))?;
+    Ok(LiveSchema { schema: schema.to_string(), columns, foreign_keys, keys, enum_labels, views })
 }
 
 /// The `CREATE INDEX` statements for the change streams' keyset reads that no index serves

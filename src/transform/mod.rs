@@ -7,9 +7,10 @@
 //!   padding) is unknown: a field is `null`, a list leaves it out, an object whose `required`
 //!   field is unknown is left out. Unknown never reaches the index as text.
 //! - **Known text is kept exactly as stored**, padding included.
-//! - **Filters** (`where`) compare trimmed text ignoring ASCII case. Rows of a relation that no
-//!   field keeps are reported in [`Notes`] (counted, their values named), so the caller logs one
-//!   line per document.
+//! - **Filters** (`where`) compare by the column's type: text trimmed and ignoring ASCII case,
+//!   enum labels exactly, integers, booleans and uuids by value, or NULL. Rows of a relation that
+//!   no field keeps are reported in [`Notes`] (counted, their values named), for the cycle's
+//!   summary.
 //! - **Lists** are never null; rows repeated by joins collapse (by the related key, or by value
 //!   with `distinct = "value"`); lists are sorted by their `order` columns, then the key, so a
 //!   document does not depend on row order.
@@ -27,8 +28,8 @@ use crate::catalog::{Cell, Distinct, Document, FieldKind, Filter, Record, Relati
 pub struct Notes {
     /// Related rows no field keeps (their `where` values are none of the wanted ones).
     pub unmatched: usize,
-    /// The distinct values behind `unmatched` (trimmed, lower-case, sorted; [`NO_VALUE`] for a
-    /// missing or blank one).
+    /// The distinct values behind `unmatched` (text trimmed and in lower case, sorted;
+    /// [`NO_VALUE`] for a missing or blank one).
     pub unmatched_values: Vec<String>,
     /// Objects left out because a `required` field is unknown.
     pub incomplete: usize,
@@ -42,7 +43,7 @@ pub const NO_VALUE: &str = "(none)";
 impl Notes {
     fn unmatched(&mut self, raw: &Value) {
         self.unmatched += 1;
-        let name = raw.as_text().filter(|r| !r.is_empty()).map_or_else(|| NO_VALUE.to_string(), str::to_lowercase);
+        let name = raw.label().unwrap_or_else(|| NO_VALUE.to_string());
         if let Err(at) = self.unmatched_values.binary_search(&name) {
             self.unmatched_values.insert(at, name);
         }
