@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use pg2es::catalog::{Cell, Document, LiveSchema, Record, Selection, Source, Value as Cv};
+use pg2es::catalog::{Cell, Document, LiveSchema, Record, Selection, Source, TableKeys, Value as Cv};
 use pg2es::checkpoint::{Checkpoint, PositionDelta, Snapshot, State};
 use pg2es::error::{Error, Result};
 use pg2es::pipeline::{run_cycles, Mode, Options};
@@ -32,8 +32,12 @@ fn document() -> std::sync::Arc<Document> {
         )
         .unwrap();
         let cols = [("id", "uuid"), ("title", "text"), ("updated_at", "timestamp with time zone")];
-        let live =
-            LiveSchema { schema: "s".into(), columns: [("film".to_string(), cols.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect())].into(), foreign_keys: vec![] };
+        let live = LiveSchema {
+            schema: "s".into(),
+            columns: [("film".to_string(), cols.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect())].into(),
+            keys: [("film".to_string(), TableKeys { primary: Some(vec!["id".into()]), unique: vec![] })].into(),
+            ..LiveSchema::default()
+        };
         std::sync::Arc::new(Selection::default().resolve(&Source::read(&path).unwrap(), &live).unwrap().remove(0))
     })
     .clone()

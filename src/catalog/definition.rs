@@ -126,6 +126,9 @@ pub struct RawOn {
 pub struct RawField {
     pub name: Text,
     pub column: Option<Text>,
+    /// Several columns of one row joined into one text (`separator`, default one space).
+    pub concat: Option<Spanned<Vec<String>>>,
+    pub separator: Option<Text>,
     pub from: Option<Text>,
     pub fields: Option<Vec<Spanned<RawSubField>>>,
     #[serde(rename = "where", default)]
@@ -138,7 +141,9 @@ pub struct RawField {
 #[serde(deny_unknown_fields)]
 pub struct RawSubField {
     pub name: Text,
-    pub column: Text,
+    pub column: Option<Text>,
+    pub concat: Option<Spanned<Vec<String>>>,
+    pub separator: Option<Text>,
     #[serde(default)]
     pub required: bool,
     #[serde(default)]
@@ -152,9 +157,7 @@ pub struct RawSubField {
 pub enum RawCondition {
     One(Scalar),
     Many(Vec<Scalar>),
-    Null {
-        null: bool,
-    },
+    Null { null: bool },
 }
 
 /// A value in a `where`: TOML's string, integer, float or boolean.

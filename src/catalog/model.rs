@@ -235,8 +235,11 @@ pub enum Distinct {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubField {
     pub name: String,
-    /// Index into the relation's columns.
+    /// Index into the relation's columns (the first of `concat`'s).
     pub column: usize,
+    /// Columns whose known values are joined by `separator` into the value (none: `column`'s).
+    pub concat: Vec<usize>,
+    pub separator: String,
     pub required: bool,
     /// Collects the values of every link row joining the same related row.
     pub list: bool,
@@ -248,6 +251,8 @@ pub struct SubField {
 pub enum FieldKind {
     /// A root column (index into `Document::columns`).
     Column { column: usize, f32: bool },
+    /// Root columns whose known values are joined by `separator` (none known: null).
+    Concat { columns: Vec<usize>, separator: String },
     /// A related column: a list for a to-many relation, a single value for many-to-one.
     Values { relation: usize, column: usize, filter: Vec<Filter>, order: Vec<usize>, distinct: Distinct, f32: bool },
     /// Objects of the related rows: a list, or one object (or null) for many-to-one.

@@ -421,10 +421,19 @@ impl Resolver<'_> {
                 // a many-to-one relation (whether there is a row at all).
                 let needs_key = !join.to_many()
                     || d.fields.iter().map(|f| f.get_ref()).any(|f| {
-                        f.from.as_ref().is_some_and(|n| n.get_ref() == *name) && (f.fields.is_some() || f.distinct.as_ref().is_none_or(|v| v.get_ref() != "value"))
+                        f.from.as_ref().is_some_and(|n| n.get_ref() == *name)
+                            && (f.fields.is_some() || f.distinct.as_ref().is_none_or(|v| v.get_ref() != "value"))
                     });
                 let columns = if needs_key { vec![RelationColumn { side: Side::Related, name: rkey.clone(), ty: ColumnType::Uuid }] } else { vec![] };
-                Ok(Relation { name: (*name).clone(), table: rel.table.get_ref().clone(), key: rkey, join, key_column: needs_key.then_some(0), columns, first: 0 })
+                Ok(Relation {
+                    name: (*name).clone(),
+                    table: rel.table.get_ref().clone(),
+                    key: rkey,
+                    join,
+                    key_column: needs_key.then_some(0),
+                    columns,
+                    first: 0,
+                })
             })();
             match errors.keep(resolved) {
                 Some(r) => {
@@ -451,7 +460,9 @@ impl Resolver<'_> {
         for (name, rel) in &d.relations {
             let used = d.fields.iter().any(|f| f.get_ref().from.as_ref().is_some_and(|from| from.get_ref() == name));
             if !used {
-                errors.keep::<()>(Err(self.src.error(rel.span(), format!("relation {name} is not used by any field; remove it or add a field with `from = \"{name}\"`"))));
+                errors.keep::<()>(Err(self
+                    .src
+                    .error(rel.span(), format!("relation {name} is not used by any field; remove it or add a field with `from = \"{name}\"`"))));
             }
         }
         // The document's own `where`: its columns are read with the record.
@@ -568,15 +579,30 @@ impl Resolver<'_> {
                 format!("field {name:?} is not in the index mapping; add it to the index schema's mappings.properties, or remove the field"),
             ));
         };
+        if f.separator.is_some() && f.concat.is_none() {
+            return Err(self.src.error(span, format!("field {name}: `separator` goes with `concat = [\"column\", ...]`")));
+        }
+        if f.concat.is_some() && (f.column.is_some() || f.fields.is_some()) {
+            return Err(self.src.error(span, format!("field {name}: give `concat` (columns of one row joined) or `column`/`fields`, not both")));
+        }
         let Some(from) = &f.from else {
-            let Some(column) = &f.column else {
-                return Err(self
-                    .src
-                    .error(span, format!("field {name}: give `column = \"...\"` (a column of {}), or `from = \"relation\"`", d.table.get_ref())));
-            };
             if f.fields.is_some() || !f.filter.is_empty() || f.order.is_some() || f.distinct.is_some() {
                 return Err(self.src.error(span, format!("field {name}: `fields`, `where`, `order` and `distinct` need `from = \"relation\"`")));
             }
+            if let Some(concat) = &f.concat {
+                let mut columns = Vec::new();
+                for c in concat_columns(self.src, concat)? {
+                    let ty = self.column(&d.table, &c)?;
+                    columns.push(root_column(root_columns, c.get_ref(), ty));
+                }
+                return Ok(Field { name, kind: FieldKind::Concat { columns, separator: separator(&f.separator) } });
+            }
+            let Some(column) = &f.column else {
+                return Err(self.src.error(
+                    span,
+                    format!("field {name}: give `column = \"...\"` (a column of {}), `concat = [...]`, or `from = \"relation\"`", d.table.get_ref()),
+                ));
+            };
             let ty = self.column(&d.table, column)?;
             let at = root_column(root_columns, column.get_ref(), ty);
             return Ok(Field { name, kind: FieldKind::Column { column: at, f32: is_f32(Some(mapped)) } });
@@ -589,9 +615,27 @@ impl Resolver<'_> {
             Some(c) if f.fields.is_none() => Some(self.relation_column(rel, raw, c)?),
             _ => None,
         };
-        let mut subs_at = Vec::new();
+        if f.concat.is_some() {
+            return Err(self.src.error(span, format!("field {name}: with `from`, `concat` goes in a sub-field of `fields`")));
+        }
+        let mut subs_at: Vec<Vec<usize>> = Vec::new();
         for s in f.fields.iter().flatten() {
-            subs_at.push(self.relation_column(rel, raw, &s.get_ref().column)?);
+            let (sub, sub_span) = (s.get_ref(), s.span());
+            let columns = match (&sub.column, &sub.concat) {
+                (Some(c), None) if sub.separator.is_none() => vec![c.clone()],
+                (None, Some(concat)) => concat_columns(self.src, concat)?,
+                _ => {
+                    return Err(self.src.error(
+                        sub_span,
+                        format!("field {name}.{}: give `column = \"...\"`, or `concat = [...]` (with `separator`, if not a space)", sub.name.get_ref()),
+                    ))
+                }
+            };
+            let mut at = Vec::new();
+            for c in &columns {
+                at.push(self.relation_column(rel, raw, c)?);
+            }
+            subs_at.push(at);
         }
         let mut filter = Vec::new();
         for (column, cond) in &f.filter {
@@ -629,8 +673,8 @@ impl Resolver<'_> {
                 }
                 let props = mapped.get("properties").and_then(Json::as_object);
                 let mut fields = Vec::new();
-                for (s, c) in subs.iter().zip(subs_at) {
-                    let s = s.get_ref();
+                for (s, at) in subs.iter().zip(subs_at) {
+                    let (s, c) = (s.get_ref(), at[0]);
                     let sub = s.name.get_ref();
                     let Some(m) = props.and_then(|p| p.get(sub)) else {
                         return Err(self.src.error(
@@ -638,13 +682,22 @@ impl Resolver<'_> {
                             format!("field {name}.{sub} is not in the index mapping; add it under {name}'s properties in the index schema"),
                         ));
                     };
-                    if s.list && rel.columns[c].side != Side::Link {
+                    if s.list && (rel.columns[c].side != Side::Link || s.concat.is_some()) {
                         return Err(self.src.error(
-                            s.column.span(),
-                            format!("`list = true` collects a link table's column (`link.<column>`); {:?} is the related table's", s.column.get_ref()),
+                            s.name.span(),
+                            format!("field {name}.{sub}: `list = true` collects one link table's column (`column = \"link.<column>\"`)"),
                         ));
                     }
-                    fields.push(SubField { name: sub.clone(), column: c, required: s.required, list: s.list, f32: is_f32(Some(m)) });
+                    let concat = if s.concat.is_some() { at } else { Vec::new() };
+                    fields.push(SubField {
+                        name: sub.clone(),
+                        column: c,
+                        concat,
+                        separator: separator(&s.separator),
+                        required: s.required,
+                        list: s.list,
+                        f32: is_f32(Some(m)),
+                    });
                 }
                 if fields.is_empty() {
                     return Err(self.src.error(span, format!("field {name}: `fields` is empty")));
@@ -660,6 +713,18 @@ impl Resolver<'_> {
             }
         }
     }
+}
+
+/// The columns of a `concat`, with the place of the list for errors: at least two.
+fn concat_columns(src: &Source, concat: &Spanned<Vec<String>>) -> Result<Vec<Text>> {
+    if concat.get_ref().len() < 2 {
+        return Err(src.error(concat.span(), "`concat` joins two columns or more: give their names, as `concat = [\"first_name\", \"last_name\"]`"));
+    }
+    Ok(concat.get_ref().iter().map(|c| Spanned::new(concat.span(), c.clone())).collect())
+}
+
+fn separator(given: &Option<Text>) -> String {
+    given.as_ref().map_or_else(|| " ".to_string(), |s| s.get_ref().clone())
 }
 
 /// The index of `column` among the record's root columns, added when first read.

@@ -140,7 +140,15 @@ fn library_live() -> LiveSchema {
     );
     live.columns.insert(
         "loan".into(),
-        table(&[("id", "uuid"), ("book_id", "uuid"), ("returned", "boolean"), ("days", "smallint"), ("state", "USER-DEFINED"), ("note", "text"), ("updated_at", tz)]),
+        table(&[
+            ("id", "uuid"),
+            ("book_id", "uuid"),
+            ("returned", "boolean"),
+            ("days", "smallint"),
+            ("state", "USER-DEFINED"),
+            ("note", "text"),
+            ("updated_at", tz),
+        ]),
     );
     live.foreign_keys.push(ForeignKey { table: "loan".into(), column: "book_id".into(), references: "book".into(), referenced_column: "id".into() });
     for t in ["book", "loan"] {

@@ -87,13 +87,13 @@ pub struct PgSource {
 #[derive(Debug)]
 pub struct ChangePage {
     pub stream: Stream,
-    /// Films to re-index because of this page (deduplicated, sorted).
+    /// Records to re-index because of this page (deduplicated, sorted).
     pub keys: Vec<Uuid>,
-    /// The rows of the page that had not been loaded already: remembered once their films are.
+    /// The rows of the page that had not been loaded already: remembered once their records are.
     pub fresh: Vec<RowVersion>,
-    /// Rows of the page whose films were loaded in an earlier cycle, unchanged since.
+    /// Rows of the page whose records were loaded in an earlier cycle, unchanged since.
     pub already_loaded: usize,
-    /// Position of the last row of the page: the stream's watermark once the films are loaded.
+    /// Position of the last row of the page: the stream's watermark once the records are loaded.
     pub last: Watermark,
     pub rows: usize,
 }
@@ -264,7 +264,7 @@ impl PgSource {
         Ok(out)
     }
 
-    /// Every film in id order (after `after` when given), streamed: rows are decoded as they are
+    /// Every record in key order (after `after` when given), streamed: rows are decoded as they are
     /// consumed, and the connection stops reading from the socket while the consumer is behind,
     /// so memory does not grow with the table. Postgres holds one snapshot for the whole scan.
     pub async fn scan_records(&self, after: Option<Uuid>) -> Result<impl futures_util::Stream<Item = Result<Record>> + Send + 'static> {
@@ -281,15 +281,15 @@ impl PgSource {
         Ok(rows.map(move |row| row.map_err(Error::postgres("read every record")).and_then(|r| record_from_row(&doc, &r, doc.columns.len()))).filter(keeps))
     }
 
-    /// How many films a scan after `after` reads (for progress; a film with the nil id is not
+    /// How many records a scan after `after` reads (for progress; a record with the nil key is not
     /// counted).
     pub async fn records_left(&self, after: Option<Uuid>) -> Result<u64> {
-        let row = self.client.query_one(&self.statements.count_after, &[&after.unwrap_or_else(Uuid::nil)]).await.map_err(Error::postgres("count films"))?;
-        Ok(row.try_get::<_, i64>(0).map_err(Error::postgres("count films"))?.max(0) as u64)
+        let row = self.client.query_one(&self.statements.count_after, &[&after.unwrap_or_else(Uuid::nil)]).await.map_err(Error::postgres("count records"))?;
+        Ok(row.try_get::<_, i64>(0).map_err(Error::postgres("count records"))?.max(0) as u64)
     }
 
-    /// Up to `limit` films with ids after `after`, in id order (uuid byte order), read the same
-    /// way as [`PgSource::films`]. Keyset paging: each page is one index range scan.
+    /// Up to `limit` records with keys after `after`, in key order (uuid byte order), read the same
+    /// way as [`PgSource::records`]. Keyset paging: each page is one index range scan.
     /// Fewer than `limit` only at the end: pages that the document's own `where` thins out are
     /// followed by the next.
     pub async fn records_after(&self, mut after: Uuid, limit: usize) -> Result<Vec<Record>> {

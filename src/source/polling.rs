@@ -1,17 +1,17 @@
 //! The polling source: finds changes by their timestamps, deletes through the delete log.
 //!
 //! Each cycle reads, in this order:
-//! 1. the full load, while one is under way: every film in id order through one streamed query;
-//! 2. the five change streams (film_work, genre, person and the two link tables), each in keyset
-//!    order on `(timestamp, id)` from its watermark; a changed genre or person fans out to every
-//!    film linked to it. Watermarks stop at the commit horizon (see [`Horizon`]);
-//! 3. the delete log, when its triggers are installed (`pg2es delete-capture`): the films named by
+//! 1. the full load, while one is under way: every record in key order through one streamed query;
+//! 2. a change stream per table of the document (the root, each related and each link table),
+//!    each in keyset order on `(timestamp, key)` from its watermark; a changed related row fans
+//!    out to every record it is in. Watermarks stop at the commit horizon (see [`Horizon`]);
+//! 3. the delete log, when its triggers are installed (`pg2es delete-capture`): the records named by
 //!    transactions that ended since the last cycle. The saved position is trusted only while the
 //!    log is complete and this instance's row in `pg2es.consumers` is there; otherwise the log is
-//!    lost (a WARN that says what is missing) and, once it is back, every film is loaded again.
+//!    lost (a WARN that says what is missing) and, once it is back, every record is loaded again.
 //!
-//! Every change is the film as read now: a film that is gone is a [`Change::Delete`]. So the same
-//! film reached twice (through a stream and the log) converges to its latest state, whatever the
+//! Every change is the record as read now: a record that is gone is a [`Change::Delete`]. So the same
+//! record reached twice (through a stream and the log) converges to its latest state, whatever the
 //! order the rows changed in.
 
 use std::sync::Mutex;
@@ -260,7 +260,7 @@ async fn plan_delete_log(
         return Ok(Some(window));
     }
     let reload = match (state.needs_full_load(), state.snapshot_in_progress()) {
-        // The first load reads every film after this point.
+        // The first load reads every record after this point.
         (true, _) => false,
         // Films this load already has may have lost links before the log started: load again once it is done.
         (false, Some(load)) if load.after.is_some() => {
@@ -359,10 +359,10 @@ impl ChangeSource for PollingSource {
         }
         let mut before = Vec::new();
         if state.needs_full_load() {
-            // Every stream starts at its newest row instead of re-indexing each film once per
-            // genre, person and link; read before the films, so changes during the load follow it.
+            // Every stream starts at its newest row instead of re-indexing each record once per
+            // related and link row; read before the records, so changes during the load follow it.
             before.push(PositionDelta::BeginFullLoad { heads: Self::heads(pg, &horizon).await? });
-            tracing::info!("full load: every film is read in id order; each table's changes are read from its newest row once it is done");
+            tracing::info!("full load: every record is read in key order; each table's changes are read from its newest row once it is done");
         }
         let window = plan_delete_log(pg, &schema, self.spec.first, &consumer, state, &mut before, &mut self.notices).await?;
         let log_until = window.map(|w| w.until);
@@ -402,16 +402,16 @@ impl ChangeSource for PollingSource {
     async fn read(&self, state: &State, tx: mpsc::Sender<ChangeBatch>, shutdown: &Shutdown, progress: Option<&Progress>) -> Result<ReadReport> {
         let mut report = ReadReport::default();
         if let Some(snapshot) = state.snapshot_in_progress() {
-            // Versioned with the WAL position before the scan: every film read after it has a higher one.
+            // Versioned with the WAL position before the scan: every record read after it has a higher one.
             let pg = self.pg()?;
             let version = Some(pg.wal_position().await?);
-            let (films, finished) = reading::full_load(pg, snapshot, self.settings.batch_size, version, &tx, shutdown, progress).await?;
-            report.rows.insert(pg.document().root.clone(), films);
+            let (records, finished) = reading::full_load(pg, snapshot, self.settings.batch_size, version, &tx, shutdown, progress).await?;
+            report.rows.insert(pg.document().root.clone(), records);
             if !finished {
                 return Ok(report);
             }
         }
-        // With the write capture the log has every change: the streams would only send films twice.
+        // With the write capture the log has every change: the streams would only send records twice.
         if self.writes_logged || self.read_streams(state, &tx, shutdown, &mut report).await? {
             self.read_delete_log(state, &tx, shutdown, &mut report).await?;
         }

@@ -64,7 +64,11 @@ pub async fn live_schema(client: &Client, schema: &str) -> Result<LiveSchema> {
         .map_err(Error::postgres(READ_KEYS))?;
     let mut keys: BTreeMap<String, TableKeys> = BTreeMap::new();
     for r in unique {
-        let (table, primary, columns): (String, bool, Vec<String>) = (r.try_get(0).map_err(Error::postgres(READ_KEYS))?, r.try_get(1).map_err(Error::postgres(READ_KEYS))?, r.try_get(2).map_err(Error::postgres(READ_KEYS))?);
+        let (table, primary, columns): (String, bool, Vec<String>) = (
+            r.try_get(0).map_err(Error::postgres(READ_KEYS))?,
+            r.try_get(1).map_err(Error::postgres(READ_KEYS))?,
+            r.try_get(2).map_err(Error::postgres(READ_KEYS))?,
+        );
         let k = keys.entry(table).or_default();
         if primary {
             k.primary = Some(columns);
@@ -86,7 +90,11 @@ pub async fn live_schema(client: &Client, schema: &str) -> Result<LiveSchema> {
         .map_err(Error::postgres(READ_ENUMS))?;
     let mut enum_labels: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
     for r in labels {
-        let (table, column, l): (String, String, Vec<String>) = (r.try_get(0).map_err(Error::postgres(READ_ENUMS))?, r.try_get(1).map_err(Error::postgres(READ_ENUMS))?, r.try_get(2).map_err(Error::postgres(READ_ENUMS))?);
+        let (table, column, l): (String, String, Vec<String>) = (
+            r.try_get(0).map_err(Error::postgres(READ_ENUMS))?,
+            r.try_get(1).map_err(Error::postgres(READ_ENUMS))?,
+            r.try_get(2).map_err(Error::postgres(READ_ENUMS))?,
+        );
         enum_labels.entry(table).or_default().insert(column, l);
     }
     const READ_VIEWS: &str = "read views";

@@ -189,6 +189,16 @@ pub fn build(doc: &Document, rec: &Record) -> Result<(Vec<u8>, Notes), ShapeErro
                 Some(Cell::One(v)) => write_known(&mut out, v, *f32, &mut notes),
                 _ => return Err(ShapeError(format!("record {}: column {column} of {} is not a value", rec.key, doc.root))),
             },
+            FieldKind::Concat { columns, separator } => {
+                let mut parts = Vec::with_capacity(columns.len());
+                for column in columns {
+                    match rec.cells.get(*column) {
+                        Some(Cell::One(v)) => parts.push(v),
+                        _ => return Err(ShapeError(format!("record {}: column {column} of {} is not a value", rec.key, doc.root))),
+                    }
+                }
+                write_known(&mut out, &joined(parts, separator), false, &mut notes);
+            }
             FieldKind::Values { relation, column, filter, order, distinct, f32 } => {
                 let (rel, rows) = (&doc.relations[*relation], &rows[*relation]);
                 let mut kept = rows.kept(filter);
@@ -230,7 +240,7 @@ pub fn build(doc: &Document, rec: &Record) -> Result<(Vec<u8>, Notes), ShapeErro
                     }
                     // A row whose required value is unknown does not stand for its related row:
                     // another row of the same one may (joins can repeat it with other values).
-                    if fields.iter().any(|f| f.required && !f.list && !known(rows.get(i, f.column), f.f32, &mut Notes::default())) {
+                    if fields.iter().any(|f| f.required && !f.list && !known(&sub_value(rows, i, f), f.f32, &mut Notes::default())) {
                         notes.incomplete += 1;
                         continue;
                     }
@@ -277,7 +287,7 @@ fn object(fields: &[SubField], rows: &Rows, first: usize, same: &[usize], notes:
             write_list(&mut o, &values, |o, v| write_value(o, v));
             continue;
         }
-        let v = rows.get(first, f.column);
+        let v = &sub_value(rows, first, f);
         if !known(v, f.f32, notes) {
             if f.required {
                 notes.incomplete += 1;
@@ -290,6 +300,38 @@ fn object(fields: &[SubField], rows: &Rows, first: usize, same: &[usize], notes:
     }
     o.push(b'}');
     Some(o)
+}
+
+/// The known values of `parts` (text as stored, others as a log would write them) joined by
+/// `separator`; NULL when none is known.
+fn joined<'a>(parts: impl IntoIterator<Item = &'a Value>, separator: &str) -> Value {
+    let mut out: Option<String> = None;
+    for v in parts {
+        if !known(v, false, &mut Notes::default()) {
+            continue;
+        }
+        let text = match v {
+            Value::Text(t) => t.clone(),
+            other => other.label().unwrap_or_default(),
+        };
+        match &mut out {
+            None => out = Some(text),
+            Some(o) => {
+                o.push_str(separator);
+                o.push_str(&text);
+            }
+        }
+    }
+    out.map_or(Value::Null, Value::Text)
+}
+
+/// A sub-field's value in row `i`: its column's, or its `concat` columns' joined.
+fn sub_value<'a>(rows: &Rows<'a>, i: usize, f: &SubField) -> std::borrow::Cow<'a, Value> {
+    if f.concat.is_empty() {
+        std::borrow::Cow::Borrowed(rows.get(i, f.column))
+    } else {
+        std::borrow::Cow::Owned(joined(f.concat.iter().map(|&c| rows.get(i, c)), &f.separator))
+    }
 }
 
 /// Counts the rows of relation `r` that no field using it keeps (when every such field filters).

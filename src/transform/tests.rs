@@ -4,7 +4,7 @@
 use super::oracle::{self, FilmWork, PersonLink};
 use super::*;
 use crate::catalog::testing::cinema;
-use crate::catalog::{Cell, Document, Record, Side, Value};
+use crate::catalog::{Cell, Document, Field, Record, Side, Value};
 use uuid::Uuid;
 
 fn movies() -> Document {
@@ -182,4 +182,47 @@ mod properties {
             prop_assert_eq!(new, old);
         }
     }
+}
+
+#[test]
+fn concat_joins_the_known_values_of_a_rows_columns() {
+    let mut doc = movies();
+    let col = |name: &str| doc.root_columns.iter().position(|(c, _)| c == name).unwrap();
+    let (title, description) = (col("title"), col("description"));
+    let people = doc.relations.iter().position(|r| r.table == "person").unwrap();
+    let rel = &doc.relations[people];
+    let at = |side: Side, name: &str| rel.columns.iter().position(|c| c.side == side && c.name == name).unwrap();
+    let (key, name, role) = (at(Side::Related, "id"), at(Side::Related, "full_name"), at(Side::Link, "role"));
+    doc.fields = vec![
+        Field { name: "headline".into(), kind: FieldKind::Concat { columns: vec![title, description], separator: " - ".into() } },
+        Field {
+            name: "credits".into(),
+            kind: FieldKind::Objects {
+                relation: people,
+                filter: vec![],
+                order: vec![key],
+                fields: vec![SubField {
+                    name: "who".into(),
+                    column: name,
+                    concat: vec![name, role],
+                    separator: ", ".into(),
+                    required: true,
+                    list: false,
+                    f32: false,
+                }],
+            },
+        },
+    ];
+    let mut f = film();
+    f.title = Some("Dune".into());
+    f.description = Some("  ".into());
+    f.persons = vec![link(1, "Ann", "director"), link(2, "N/A", "writer"), link(3, "", "")];
+    let (body, _) = build(&doc, &record(&doc, &f)).unwrap();
+    // An unknown part is left out with its separator; nothing known is null (and a required
+    // sub-field then drops its object).
+    assert_eq!(String::from_utf8(body).unwrap(), r#"{"headline":"Dune","credits":[{"who":"Ann, director"},{"who":"writer"}]}"#);
+    f.title = None;
+    f.description = None;
+    let (body, _) = build(&doc, &record(&doc, &f)).unwrap();
+    assert!(String::from_utf8(body).unwrap().starts_with(r#"{"headline":null,"#));
 }

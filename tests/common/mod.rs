@@ -135,6 +135,13 @@ impl TestEnv {
     /// bookshop's definition: `PG2ES_DOCUMENTS=books`, and no ES_SCHEMA_FILE (the definition's
     /// index_schema, books.es.json).
     pub async fn bookshop(name: &str) -> TestEnv {
+        TestEnv::catalog(name, &bookshop_dir(), "bookshop.toml", "bookshop", "books").await
+    }
+
+    /// A new database `pg2es_t_<name>` holding the catalog in `dir` (its schema.sql, then its
+    /// seed.sql, in `schema`) and an empty index named after the test, read by the definition
+    /// `dir/definition` (document `document`; no ES_SCHEMA_FILE: the definition's index_schema).
+    pub async fn catalog(name: &str, dir: &std::path::Path, definition: &str, schema: &str, document: &str) -> TestEnv {
         show_log_on_failure();
         let admin = connect(&pg_admin_dsn()).await;
         let db_name = format!("pg2es_t_{name}");
@@ -144,12 +151,12 @@ impl TestEnv {
         let dsn = replace_db(&pg_admin_dsn(), &db_name);
         let db = connect(&dsn).await;
         for file in ["schema.sql", "seed.sql"] {
-            let sql = std::fs::read_to_string(bookshop_dir().join(file)).unwrap();
-            db.batch_execute(&sql).await.unwrap_or_else(|e| panic!("catalog/bookshop/{file}: {e}"));
+            let sql = std::fs::read_to_string(dir.join(file)).unwrap();
+            db.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{}/{file}: {e}", dir.display()));
         }
         let index = format!("{}{name}", index_prefix());
-        let definition = bookshop_dir().join("bookshop.toml").display().to_string();
-        let extra_env = [("PG_SCHEMA", "bookshop".to_string()), ("PG2ES_DEFINITION", definition), ("PG2ES_DOCUMENTS", "books".to_string())]
+        let definition = dir.join(definition).display().to_string();
+        let extra_env = [("PG_SCHEMA", schema.to_string()), ("PG2ES_DEFINITION", definition), ("PG2ES_DOCUMENTS", document.to_string())]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
