@@ -372,6 +372,16 @@ impl Resolver<'_> {
         match (out.as_slice(), back.as_slice()) {
             ([f], []) => Ok(Join::RootColumn(f.column.clone())),
             ([], [f]) if f.referenced_column == root_key => Ok(Join::RelatedColumn(f.column.clone())),
+            ([], [f]) => Err(self.src.error(
+                span,
+                format!(
+                    "relation {name}: the foreign key {related}.{} references {}.{}, not the key {}.{root_key}; say how they join with `on = {{ related = \"...\" }}`",
+                    f.column,
+                    root.get_ref(),
+                    f.referenced_column,
+                    root.get_ref()
+                ),
+            )),
             ([], []) => Err(self.src.error(
                 span,
                 format!(

@@ -289,6 +289,8 @@ fn a_key_must_be_unique_and_is_the_primary_key_by_default() {
     let mut live = library_live();
     live.columns.get_mut("book").unwrap().insert("uid".into(), "uuid".into());
     live.keys.insert("book".into(), TableKeys { primary: Some(vec!["uid".into()]), unique: vec![] });
+    let e = library("", "", &live).unwrap_err();
+    assert!(e.contains("the foreign key loan.book_id references book.id, not the key book.uid"), "{e}");
     live.foreign_keys[0].referenced_column = "uid".into();
     assert_eq!(library("", "", &live).unwrap().key, "uid");
     // A composite primary key, and no key named: said plainly.
