@@ -21,7 +21,7 @@ pub struct LiveSchema {
     pub keys: BTreeMap<String, TableKeys>,
     /// table -> column -> the labels of its enum type, in the type's order.
     pub enum_labels: BTreeMap<String, BTreeMap<String, Vec<String>>>,
-    /// Plain views: no constraint can vouch that a column of one is unique.
+    /// Plain views: a document cannot read one (no row versions, triggers or publication).
     pub views: BTreeSet<String>,
 }
 
@@ -165,6 +165,15 @@ fn is_f32(mapping: Option<&Json>) -> bool {
 
 impl Resolver<'_> {
     fn columns(&self, table: &Text) -> Result<&BTreeMap<String, String>> {
+        if self.live.views.contains(table.get_ref()) {
+            let (schema, t) = (&self.live.schema, table.get_ref());
+            return Err(self.src.error(
+                table.span(),
+                format!(
+                    "{schema}.{t} is a view: pg2es reads a table's changes (its row versions, its triggers or its publication), which a view has not; name the table the view reads, and give the document a `where` for the view's condition"
+                ),
+            ));
+        }
         self.live.columns.get(table.get_ref()).ok_or_else(|| {
             self.src.error(
                 table.span(),
@@ -218,7 +227,7 @@ impl Resolver<'_> {
                 format!("{t}.{column} must be of type uuid: pg2es keys documents and change positions by uuid (other key types are not supported yet)"),
             ));
         }
-        if !keys.is_unique(&column) && !self.live.views.contains(t) {
+        if !keys.is_unique(&column) {
             return Err(self.src.error(
                 span,
                 format!(

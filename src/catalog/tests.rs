@@ -297,11 +297,12 @@ fn a_key_must_be_unique_and_is_the_primary_key_by_default() {
     live.keys.insert("book".into(), TableKeys { primary: Some(vec!["uid".into(), "id".into()]), unique: vec![] });
     let e = library("", "", &live).unwrap_err();
     assert!(e.contains("composite primary key (uid, id)"), "{e}");
-    // A view: nothing can vouch for it, so the key named is taken as given.
+    // A view cannot be read for changes: refused, with what to do instead.
     let mut live = library_live();
     live.keys.remove("book");
     live.views.insert("book".into());
-    assert!(library("key = \"id\"", "", &live).is_ok());
+    let e = library("key = \"id\"", "", &live).unwrap_err();
+    assert!(e.contains("lib.book is a view") && e.contains("give the document a `where`"), "{e}");
 }
 
 #[test]
