@@ -323,7 +323,7 @@ impl Resolver<'_> {
         self.live.foreign_keys.iter().filter(|f| f.table == from && f.references == to).collect()
     }
 
-    fn join(&self, root: &Text, root_key: &str, name: &str, rel: &RawRelation, span: std::ops::Range<usize>) -> Result<Join> {
+    fn join(&self, root: &Text, root_key: &str, name: &str, rel: &RawRelation, related_key: &str, span: std::ops::Range<usize>) -> Result<Join> {
         let related = rel.table.get_ref();
         if let (Some(_), Some(on)) = (&rel.through, &rel.on) {
             return Err(self
@@ -332,13 +332,22 @@ impl Resolver<'_> {
         }
         if let Some(through) = &rel.through {
             let t = through.get_ref();
-            let pick = |given: &Option<Text>, to: &str, what: &str| -> Result<String> {
+            let pick = |given: &Option<Text>, to: &str, to_key: &str, what: &str| -> Result<String> {
                 if let Some(c) = given {
                     self.column(&t.table, c)?;
                     return Ok(c.get_ref().clone());
                 }
                 match self.foreign_key(t.table.get_ref(), to).as_slice() {
-                    [one] => Ok(one.column.clone()),
+                    [one] if one.referenced_column == to_key => Ok(one.column.clone()),
+                    [one] => Err(self.src.error(
+                        through.span(),
+                        format!(
+                            "relation {name}: the foreign key {}.{} references {to}.{}, not its key {to}.{to_key}; name the column that holds the key with `{what} = \"...\"` in `through`",
+                            t.table.get_ref(),
+                            one.column,
+                            one.referenced_column
+                        ),
+                    )),
                     [] => Err(self.src.error(
                         through.span(),
                         format!("relation {name}: {} has no foreign key to {to}; name the column with `{what} = \"...\"` in `through`", t.table.get_ref()),
@@ -352,8 +361,8 @@ impl Resolver<'_> {
                     )),
                 }
             };
-            let root_col = pick(&t.root, root.get_ref(), "root")?;
-            let related_col = pick(&t.related, related, "related")?;
+            let root_col = pick(&t.root, root.get_ref(), root_key, "root")?;
+            let related_col = pick(&t.related, related, related_key, "related")?;
             self.columns(&t.table)?;
             let link_key = self.key(&t.table, t.key.as_ref(), "through.key")?;
             let _ = self.timestamp(&t.table, t.timestamp.as_ref(), true)?;
@@ -379,7 +388,16 @@ impl Resolver<'_> {
         let out = self.foreign_key(root.get_ref(), related);
         let back = self.foreign_key(related, root.get_ref());
         match (out.as_slice(), back.as_slice()) {
-            ([f], []) => Ok(Join::RootColumn(f.column.clone())),
+            ([f], []) if f.referenced_column == related_key => Ok(Join::RootColumn(f.column.clone())),
+            ([f], []) => Err(self.src.error(
+                span,
+                format!(
+                    "relation {name}: the foreign key {}.{} references {related}.{}, not its key {related}.{related_key}; say how they join with `on = {{ root = \"...\" }}`, or name that column as the relation's `key` if it is unique",
+                    root.get_ref(),
+                    f.column,
+                    f.referenced_column
+                ),
+            )),
             ([], [f]) if f.referenced_column == root_key => Ok(Join::RelatedColumn(f.column.clone())),
             ([], [f]) => Err(self.src.error(
                 span,
@@ -435,7 +453,7 @@ impl Resolver<'_> {
             let resolved = (|| -> Result<Relation> {
                 self.columns(&rel.table)?;
                 let rkey = self.key(&rel.table, rel.key.as_ref(), "key")?;
-                let join = self.join(&d.table, &key_name, name, rel, span)?;
+                let join = self.join(&d.table, &key_name, name, rel, &rkey, span)?;
                 // The related key is read only when a field needs it: objects, one entry per row,
                 // a many-to-one relation (whether there is a row at all).
                 let needs_key = !join.to_many()

@@ -306,6 +306,37 @@ fn a_key_must_be_unique_and_is_the_primary_key_by_default() {
 }
 
 #[test]
+fn a_foreign_key_to_a_column_that_is_not_the_key_is_no_join() {
+    // A loan's member, many-to-one by a foreign key to member.code (unique), while member's key
+    // is its primary key id: joining on id would be silently wrong.
+    let mut live = library_live();
+    live.columns.insert(
+        "member".into(),
+        [("id", "uuid"), ("code", "uuid"), ("updated_at", "timestamp with time zone")].iter().map(|(c, t)| (c.to_string(), t.to_string())).collect(),
+    );
+    live.columns.get_mut("loan").unwrap().insert("member_code".into(), "uuid".into());
+    live.keys.insert("member".into(), TableKeys { primary: Some(vec!["id".into()]), unique: vec![vec!["code".into()]] });
+    live.foreign_keys.push(ForeignKey { table: "loan".into(), column: "member_code".into(), references: "member".into(), referenced_column: "code".into() });
+    let dir = std::env::temp_dir().join(format!("pg2es-fk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("m.json"), r#"{"mappings":{"properties":{"id":{"type":"keyword"},"member":{"type":"keyword"}}}}"#).unwrap();
+    let def = |key: &str| {
+        let path = dir.join("loans.toml");
+        std::fs::write(
+            &path,
+            format!("[[documents]]\nname = \"loans\"\nindex_schema = \"m.json\"\ntable = \"loan\"\nfields = [{{ name = \"id\", column = \"id\" }}, {{ name = \"member\", from = \"member\", column = \"id\" }}]\n[documents.relations.member]\ntable = \"member\"\n{key}\n"),
+        )
+        .unwrap();
+        Selection::default().resolve(&Source::read(&path).unwrap(), &live).map(|mut d| d.remove(0)).map_err(|e| e.to_string())
+    };
+    let e = def("").unwrap_err();
+    assert!(e.contains("the foreign key loan.member_code references member.code, not its key member.id"), "{e}");
+    // With the unique column as the relation's key, the foreign key is the join.
+    let d = def("key = \"code\"").unwrap();
+    assert_eq!(d.relations[0].join, Join::RootColumn("member_code".into()));
+}
+
+#[test]
 fn check_names_every_error_at_once() {
     let mut live = library_live();
     live.keys.remove("loan");
