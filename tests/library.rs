@@ -213,3 +213,77 @@ async fn check_refuses_values_the_column_cannot_hold_and_keys_that_are_not_uniqu
     assert_eq!(code, Some(0), "a unique constraint is a key: {err}");
     env.cleanup().await;
 }
+
+/// Flips soft deletes, returns and lends books, changes loans' state and weeks, renames members,
+/// adds and deletes loans and retags books, until told to stop (at most 2,000 changes).
+#[cfg(feature = "fault-tests")]
+async fn write(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>) -> usize {
+    let db = common::connect(&dsn).await;
+    let mut rng = common::Rng::new(seed);
+    let mut done = 0;
+    let loan = |n: u64| format!("(SELECT id FROM library.loan ORDER BY id LIMIT 1 OFFSET {})", n % 6);
+    while !*stop.borrow() && done < 2_000 {
+        let n = rng.below(1000);
+        let book = row("book", 1 + (n % 5) as u32);
+        let sql = match rng.below(8) {
+            0 => format!("UPDATE library.book SET is_deleted = NOT is_deleted, updated_at = now() WHERE id = {book}"),
+            1 => format!("UPDATE library.book SET deleted_at = CASE WHEN deleted_at IS NULL THEN now() END, updated_at = now() WHERE id = {book}"),
+            2 => format!("UPDATE library.loan SET returned = NOT returned, updated_at = now() WHERE id = {}", loan(n)),
+            3 => format!(
+                "UPDATE library.loan SET state = (ARRAY['open', 'late', 'lost'])[{}]::library.loan_state, weeks = {}, updated_at = now() WHERE id = {}",
+                1 + n % 3,
+                1 + n % 4,
+                loan(n)
+            ),
+            4 => format!("UPDATE library.member SET name = 'Member {n}', updated_at = now() WHERE id = {}", row("member", 1 + (n % 4) as u32)),
+            5 => format!(
+                "INSERT INTO library.loan (id, book_id, member_id, returned, state, weeks) VALUES (gen_random_uuid(), {book}, {}, {}, 'late', {})",
+                row("member", 1 + (n % 4) as u32),
+                n % 2 == 0,
+                2 + 2 * (n % 2)
+            ),
+            6 => format!("DELETE FROM library.loan WHERE id = {}", loan(n)),
+            _ => format!("UPDATE library.book SET tags = ARRAY['t{n}', 'classic'], updated_at = now() WHERE id = {book}"),
+        };
+        db.execute(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        done += 1;
+        tokio::time::sleep(Duration::from_millis(20 + rng.below(80))).await;
+    }
+    done
+}
+
+#[cfg(feature = "fault-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_sigkill_under_a_writer_by_polling() {
+    kills(Source::Polling).await;
+}
+
+#[cfg(feature = "fault-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_sigkill_under_a_writer_by_replication() {
+    kills(Source::Replication).await;
+}
+
+/// `pg2es run` killed 3 times at random moments (within 30 s) while the writer flips soft
+/// deletes and filtered columns, each time started again; then one pass, and the index is what
+/// Postgres says.
+#[cfg(feature = "fault-tests")]
+async fn kills(source: Source) {
+    let mut env = library("kills", source).await;
+    env.extra_env.push(("ETL_BATCH_SIZE".into(), "2".into()));
+    env.extra_env.push(("ETL_CLOCK_SKEW_MS".into(), "1000".into()));
+    let mut rng = common::Rng::from_clock("library kill test");
+    let log = env.dir.path().join("pg2es.log");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(write(env.dsn.clone(), rng.next(), stop_rx));
+    let kills = common::kill_repeatedly(&env, &log, &mut rng, 3, Duration::from_secs(30)).await;
+    stop_tx.send(true).unwrap();
+    let changes = writer.await.unwrap();
+    println!("kills survived: {kills}, changes made meanwhile: {changes}");
+    assert_eq!(kills, 3);
+
+    let o = common::pg2es_command(&env.env_vars(), &["run", "--once"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_consistent(&env).await;
+    env.cleanup().await;
+}
