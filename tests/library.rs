@@ -239,7 +239,7 @@ async fn write(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>)
             5 => format!(
                 "INSERT INTO library.loan (id, book_id, member_id, returned, state, weeks) VALUES (gen_random_uuid(), {book}, {}, {}, 'late', {})",
                 row("member", 1 + (n % 4) as u32),
-                n % 2 == 0,
+                n.is_multiple_of(2),
                 2 + 2 * (n % 2)
             ),
             6 => format!("DELETE FROM library.loan WHERE id = {}", loan(n)),
