@@ -507,7 +507,7 @@ async fn create_slot(pg: &PgSource, slot: &str) -> Result<Lsn> {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + SLOT_WAIT_REPORT, SLOT_WAIT_REPORT);
     let row = loop {
         tokio::select! {
-            row = &mut create => break row.map_err(|e| setup_error(e, &format!("create replication slot {slot}")))?,
+            row = &mut create => break row.map_err(|e| create_slot_error(e, slot))?,
             _ = ticker.tick() => tracing::info!(slot, waited_sec = started.elapsed().as_secs(), "still creating the replication slot: a transaction open since before it started has not ended (see pg_stat_activity)"),
         }
     };
@@ -725,6 +725,23 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tabl
 fn lost_race(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     e.code().is_some_and(|code| *code == SqlState::DUPLICATE_OBJECT || *code == SqlState::UNIQUE_VIOLATION)
+}
+
+/// Every slot in use is not an outage to wait out: a slot must be dropped, or the limit raised.
+fn create_slot_error(e: tokio_postgres::Error, slot: &str) -> Error {
+    if e.code() == Some(&tokio_postgres::error::SqlState::CONFIGURATION_LIMIT_EXCEEDED) {
+        return Error::SourceSetup(no_slot_left(slot));
+    }
+    setup_error(e, &format!("create replication slot {slot}"))
+}
+
+fn no_slot_left(slot: &str) -> String {
+    format!(
+        "cannot create replication slot {slot}: every replication slot is in use (max_replication_slots); \
+         list the unused ones: SELECT slot_name, database, active, pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)) FROM pg_replication_slots WHERE NOT active; \
+         drop one that nothing needs: SELECT pg_drop_replication_slot('name'); \
+         or raise max_replication_slots in postgresql.conf (it takes a restart of Postgres), then start pg2es again"
+    )
 }
 
 /// A refused setup step: missing privileges are the operator's to fix, the rest as usual.
