@@ -148,17 +148,16 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
 }
 
 /// The selected documents of the definition, each with its own settings (index, state file,
-/// slot: [`Config::for_document`]), from the definition file alone.
+/// slot: [`Config::documents`]), from the definition file alone.
 pub fn documents(config: &Config) -> Result<Vec<(Config, DocumentSpec, IndexSpec)>> {
     let selection = config.selection()?;
     let source = selection.source()?;
-    Ok(selection
-        .heads(&source)?
+    Ok(config
+        .documents(&selection, &source)?
         .into_iter()
-        .map(|(position, name, index)| {
-            // The first document of the definition keeps the settings of old.
-            let c = config.for_document(position, &name, &index.name);
-            (c, DocumentSpec { source: source.clone(), selection: selection.clone(), name, first: position == 0 }, index)
+        .map(|d| {
+            let spec = DocumentSpec { source: source.clone(), selection: selection.clone(), name: d.name, first: d.position == 0 };
+            (d.config, spec, d.index)
         })
         .collect())
 }
