@@ -27,7 +27,7 @@ use crate::reconcile;
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 use crate::sink::tuning::{restore_settings, tune_for_full_load};
-use crate::sink::{ElasticsearchSink, IndexAction, IndexBootstrap, IndexSink, LoadReport};
+use crate::sink::{ElasticsearchSink, IndexAction, IndexBootstrap, IndexOwner, IndexSink, LoadReport};
 use crate::source::{Change, ChangeBatch, ChangeSource, DocumentSpec, PollingSource, Receipt, ReplicationSource};
 use crate::transform::build;
 
@@ -265,6 +265,8 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
     let plan = source.prepare(checkpoint.state()).await?;
     let doc = source.document().ok_or_else(|| Error::SourceSetup("the source has no document after prepare".into()))?;
     if let Some(identity) = &plan.identity {
+        // Before anything is written: an index another source keeps is refused.
+        sink.claim(&IndexOwner::new(identity, &doc.name), shutdown).await?;
         checkpoint.bind_source(identity)?;
     }
     checkpoint.commit(&plan.before)?;
