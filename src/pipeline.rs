@@ -265,9 +265,9 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
     let plan = source.prepare(checkpoint.state()).await?;
     let doc = source.document().ok_or_else(|| Error::SourceSetup("the source has no document after prepare".into()))?;
     if let Some(identity) = &plan.identity {
+        checkpoint.bind_source(identity)?;
         // Before anything is written: an index another source keeps is refused.
         sink.claim(&IndexOwner::new(identity, &doc.name), shutdown).await?;
-        checkpoint.bind_source(identity)?;
     }
     checkpoint.commit(&plan.before)?;
     let progress = if plan.full_load {

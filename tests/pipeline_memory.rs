@@ -298,6 +298,7 @@ async fn an_index_kept_for_another_database_is_refused_before_any_write() {
     assert!(matches!(err, Error::IndexClaimed { .. }), "{err}");
     assert!(err.to_string().contains("database 'production'") && err.to_string().contains("database 'staging'"), "{err}");
     assert_eq!(sink.docs.lock().unwrap().len(), 10, "nothing written");
-    assert_eq!(checkpoint.state().source, None);
+    // Its own state is bound to its own database, and holds no progress.
+    assert_eq!(checkpoint.state().source, Some(identity("staging")));
     assert_eq!(checkpoint.state().snapshot, None, "no full load begun");
 }
