@@ -46,7 +46,7 @@ pub const SETTINGS: &[Setting] = &[
     setting("ES_TIMEOUT_SEC", Some("30"), "time limit of one request to Elasticsearch (a bulk request gets 1 s more per 256 KiB of body); a timeout is retried like an outage"),
     setting("ES_BULK_MAX_BYTES", Some("8388608"), "largest bulk request body in bytes"),
     setting("ES_BULK_CONCURRENCY", Some("2"), "bulk requests in flight at once (progress is still saved in order)"),
-    setting("ETL_RECONCILE_SEC", Some("300"), "how often the index's document ids are checked against Postgres's films, removing documents of deleted films (also after a full load); 0 turns it off"),
+    setting("ETL_RECONCILE_SEC", Some("300"), "how often the index's document ids are checked against Postgres's records, removing documents of deleted records (also after a full load); 0 turns it off"),
     setting("ETL_DEAD_LETTER_MAX_RATIO", Some("0.5"), "above this share of documents refused for good (over the last 100, from 10 on), pg2es stops without saving progress instead of dead-lettering them: the mapping is wrong, not the rows; 1 turns the check off"),
     setting("ETL_BATCH_SIZE", Some("500"), "rows read per query and documents per bulk request"),
     setting("PG2ES_SOURCE", Some("polling"), "how changes are found: polling (timestamps; no privileges needed) or replication (logical replication: a publication and a pgoutput slot)"),

@@ -5,7 +5,7 @@
 //! at once, joined by a bounded channel. The writer keeps up to `ES_BULK_CONCURRENCY` batches
 //! loading and takes their results back in read order: a batch's position is committed only after
 //! the sink stored (or dead-lettered) every change of it and of every batch before it. Writes carry
-//! the version of the state they were read in, so two states of one film in flight at once end as
+//! the version of the state they were read in, so two states of one record in flight at once end as
 //! the newer. Around a full load the sink tunes the index and puts its settings back
 //! (`sink::tuning`); between cycles the reconcile stage removes documents whose record is gone,
 //! every `ETL_RECONCILE_SEC` and after a full load.
@@ -78,8 +78,8 @@ pub struct CycleReport {
     pub root: String,
     /// Changed rows read, per stream (table).
     pub rows: BTreeMap<String, usize>,
-    /// Changed rows read again (the commit horizon) and unchanged since their films were loaded:
-    /// their films were not sent again.
+    /// Changed rows read again (the commit horizon) and unchanged since their records were loaded:
+    /// their records were not sent again.
     pub already_loaded: usize,
     /// Records named by the delete log or the replication stream.
     pub logged: usize,
@@ -302,7 +302,7 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
     if report.interrupted {
         return Ok(report);
     }
-    // A full load rewrote every film that exists; documents of others may remain, unless the
+    // A full load rewrote every record that exists; documents of others may remain, unless the
     // index was empty when it began.
     let after_full_load = full_load_done && !std::mem::take(index_empty);
     if full_load_done && !after_full_load {

@@ -2,7 +2,7 @@
 //!
 //! Contract with the pipeline: `load` returns only when every document it was given is either
 //! stored (acknowledged by Elasticsearch) or written to the dead-letter file; only then may the
-//! watermark advance. Documents carry `_id` = film id, so loading one twice is harmless.
+//! watermark advance. Documents carry `_id` = the record's key, so loading one twice is harmless.
 
 pub mod bulk;
 mod claim;
@@ -114,8 +114,8 @@ impl std::fmt::Display for IndexBootstrap {
     }
 }
 
-/// What the pipeline asks of the index for one changed film.
-// Deletes are the rare case: boxing the document would cost an allocation per indexed film.
+/// What the pipeline asks of the index for one changed record.
+// Deletes are the rare case: boxing the document would cost an allocation per indexed document.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexAction {
@@ -141,7 +141,7 @@ pub const FULL_LOAD_SETTINGS: [(&str, &str); 2] = [("index.refresh_interval", "-
 ///
 /// Contract: `write` returns only when every action it was given is stored (acknowledged by the
 /// engine) or written to the dead-letter file; only then may the source's position advance.
-/// Documents carry `_id` = film id, so applying an action twice is harmless, and deleting a
+/// Documents carry `_id` = the record's key, so applying an action twice is harmless, and deleting a
 /// document that is not there counts as done.
 pub trait IndexSink: Sync {
     /// Ties the index to the source and document it is kept from, before anything is written:
@@ -690,7 +690,7 @@ mod tests {
     #[test]
     fn a_few_refused_documents_are_bad_rows_most_are_a_bad_mapping() {
         let mut w = RejectionWindow::new(0.5);
-        // One bad film alone, or among good ones: dead-lettered.
+        // One bad document alone, or among good ones: dead-lettered.
         assert_eq!(w.record(1, 1), Ok(()));
         assert_eq!(w.record(500, 1), Ok(()));
         // A whole request refused.
