@@ -19,8 +19,8 @@ struct Deployment {
 }
 
 impl Deployment {
-    async fn new(name: &str) -> Deployment {
-        let env = TestEnv::new(name).await;
+    async fn on(name: &str, es: &str) -> Deployment {
+        let env = TestEnv::on(name, es).await;
         let prefix = format!("{}{name}_", common::index_prefix());
         let d = Deployment { env, prefix };
         for document in DOCUMENTS {
@@ -116,7 +116,17 @@ fn assert_consistent(vars: &[(String, String)], what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_deployments_keep_their_own_indexes_and_a_third_on_anothers_is_refused() {
-    let (a, b) = (Deployment::new("dep_a").await, Deployment::new("dep_b").await);
+    two_deployments_on(&common::es_url(), "dep").await;
+}
+
+/// The same on OpenSearch, whose `_meta` and mapping answers are its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deployments_on_opensearch() {
+    two_deployments_on(&common::os_url(), "depos").await;
+}
+
+async fn two_deployments_on(es: &str, name: &str) {
+    let (a, b) = (Deployment::on(&format!("{name}_a"), es).await, Deployment::on(&format!("{name}_b"), es).await);
     pass(&a.own_vars());
     pass(&b.own_vars());
     let (counts_a, counts_b) = (a.counts().await, b.counts().await);
@@ -167,8 +177,8 @@ async fn two_deployments_keep_their_own_indexes_and_a_third_on_anothers_is_refus
     let error = out.lines().find(|l| l.starts_with("pg2es: error:")).unwrap_or_else(|| panic!("no error line: {out}"));
     for part in [
         format!("index '{}'", a.index("movies")),
-        "database 'pg2es_t_dep_a'".into(),
-        "database 'pg2es_t_dep_b'".into(),
+        format!("database 'pg2es_t_{}'", a.env.name),
+        format!("database 'pg2es_t_{}'", b.env.name),
         "ES_INDEX_PREFIX".into(),
         "delete the index".into(),
     ] {
@@ -190,7 +200,7 @@ async fn two_deployments_keep_their_own_indexes_and_a_third_on_anothers_is_refus
     assert!(out.contains("recorded in the index's _meta which source it is kept from"), "{out}");
     assert!(!out.contains("full load:"), "an adopted index was loaded again:\n{out}");
     for d in DOCUMENTS {
-        assert_eq!(a.meta(d).await["pg2es"]["database"], "pg2es_t_dep_a");
+        assert_eq!(a.meta(d).await["pg2es"]["database"], json!(format!("pg2es_t_{}", a.env.name)));
     }
     assert_consistent(&a.own_vars(), "a after adoption");
 
