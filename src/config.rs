@@ -50,7 +50,7 @@ pub const SETTINGS: &[Setting] = &[
     setting("ETL_DEAD_LETTER_MAX_RATIO", Some("0.5"), "above this share of documents refused for good (over the last 100, from 10 on), pg2es stops without saving progress instead of dead-lettering them: the mapping is wrong, not the rows; 1 turns the check off"),
     setting("ETL_BATCH_SIZE", Some("500"), "rows read per query and documents per bulk request"),
     setting("PG2ES_SOURCE", Some("polling"), "how changes are found: polling (timestamps; no privileges needed) or replication (logical replication: a publication and a pgoutput slot)"),
-    setting("PG_REPLICATION_SLOT", None, "replication slot of PG2ES_SOURCE=replication (default pg2es_<ES_INDEX>)"),
+    setting("PG_REPLICATION_SLOT", None, "replication slot of PG2ES_SOURCE=replication (the first document's; the others get <PG_REPLICATION_SLOT>_<name>); unset, pg2es_<index> for each document"),
     setting("PG_PUBLICATION", None, "publication of PG2ES_SOURCE=replication (default pg2es_<PG_SCHEMA>)"),
     setting("ETL_SLOT_MAX_RETAINED_MB", Some("1024"), "with PG2ES_SOURCE=replication, a warning when the slot retains more WAL than this"),
     setting("ETL_CYCLE_SEC", Some("10"), "pause between two cycles in continuous mode (seconds, from 0.1 to 86400, may be fractional); 0.2 by default with PG2ES_SOURCE=replication"),
