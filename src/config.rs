@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::catalog::is_identifier;
+use crate::catalog::{is_identifier, is_index_name};
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
 use crate::secret::Secret;
@@ -36,7 +36,8 @@ pub const SETTINGS: &[Setting] = &[
     setting("ES_URL", Some("http://127.0.0.1:9200"), "Elasticsearch or OpenSearch base URL"),
     setting("PG2ES_DEFINITION", None, "definition file of the documents to keep (docs/definition.md); the built-in cinema definition (movies, genres, persons) when unset"),
     setting("PG2ES_DOCUMENTS", None, "the documents of the definition to keep, comma-separated (for example movies); all of them when unset"),
-    setting("ES_INDEX", Some("movies"), "index of the definition's first document (the others use the index the definition names)"),
+    setting("ES_INDEX", Some("movies"), "index of the definition's first document, in full (ES_INDEX_PREFIX is not added to it); unset, the definition's index with the prefix"),
+    setting("ES_INDEX_PREFIX", Some(""), "put before every document's index name (and so before the default slot names), except an ES_INDEX set: keeps two deployments of one definition (staging and production) apart on one cluster"),
     setting("ES_SCHEMA_FILE", None, "index definition (body of PUT /<index>) of the first document, used when the index is absent; the definition's index_schema when unset"),
     setting("ES_CA_FILE", None, "PEM CA certificates for an https ES_URL, added to the public roots"),
     setting("ES_USERNAME", None, "Elasticsearch basic-auth user"),
@@ -45,11 +46,11 @@ pub const SETTINGS: &[Setting] = &[
     setting("ES_TIMEOUT_SEC", Some("30"), "time limit of one request to Elasticsearch (a bulk request gets 1 s more per 256 KiB of body); a timeout is retried like an outage"),
     setting("ES_BULK_MAX_BYTES", Some("8388608"), "largest bulk request body in bytes"),
     setting("ES_BULK_CONCURRENCY", Some("2"), "bulk requests in flight at once (progress is still saved in order)"),
-    setting("ETL_RECONCILE_SEC", Some("300"), "how often the index's document ids are checked against Postgres's films, removing documents of deleted films (also after a full load); 0 turns it off"),
+    setting("ETL_RECONCILE_SEC", Some("300"), "how often the index's document ids are checked against Postgres's records, removing documents of deleted records (also after a full load); 0 turns it off"),
     setting("ETL_DEAD_LETTER_MAX_RATIO", Some("0.5"), "above this share of documents refused for good (over the last 100, from 10 on), pg2es stops without saving progress instead of dead-lettering them: the mapping is wrong, not the rows; 1 turns the check off"),
     setting("ETL_BATCH_SIZE", Some("500"), "rows read per query and documents per bulk request"),
     setting("PG2ES_SOURCE", Some("polling"), "how changes are found: polling (timestamps; no privileges needed) or replication (logical replication: a publication and a pgoutput slot)"),
-    setting("PG_REPLICATION_SLOT", None, "replication slot of PG2ES_SOURCE=replication (default pg2es_<ES_INDEX>)"),
+    setting("PG_REPLICATION_SLOT", None, "replication slot of PG2ES_SOURCE=replication (the first document's; the others get <PG_REPLICATION_SLOT>_<name>); unset, pg2es_<index> for each document"),
     setting("PG_PUBLICATION", None, "publication of PG2ES_SOURCE=replication (default pg2es_<PG_SCHEMA>)"),
     setting("ETL_SLOT_MAX_RETAINED_MB", Some("1024"), "with PG2ES_SOURCE=replication, a warning when the slot retains more WAL than this"),
     setting("ETL_CYCLE_SEC", Some("10"), "pause between two cycles in continuous mode (seconds, from 0.1 to 86400, may be fractional); 0.2 by default with PG2ES_SOURCE=replication"),
@@ -223,6 +224,8 @@ pub struct Config {
     pub es_index: String,
     /// ES_INDEX was set: it renames the definition's first index.
     pub es_index_explicit: bool,
+    /// ES_INDEX_PREFIX: before every index name the definition gives (not before ES_INDEX).
+    pub es_index_prefix: String,
     /// PG2ES_DEFINITION: `None` for the built-in cinema definition.
     pub definition: Option<PathBuf>,
     /// PG2ES_DOCUMENTS: empty for all.
@@ -320,9 +323,47 @@ impl Config {
         })
     }
 
-    /// The settings of the document at `position` of the definition, kept in `index`: the first
-    /// keeps the state file, dead-letter file and slot as configured (what pg2es used before
-    /// definitions); each other document gets its own, beside them and named after it.
+    /// The documents `selection` picks from `source` (the definition, read once), each with its
+    /// own settings (index, state file, dead-letter file, slot: [`Config::for_document`]), from
+    /// the definition file alone: no connection. Two documents that would share an index are
+    /// refused.
+    pub fn documents(&self, selection: &crate::catalog::Selection, source: &crate::catalog::Source) -> Result<Vec<DocumentSettings>> {
+        let mut docs: Vec<DocumentSettings> = Vec::new();
+        for (position, name, mut index) in selection.heads(source)? {
+            index.name = self.index_name(position, &index.name);
+            if !is_index_name(&index.name) {
+                return Err(Error::Config(format!(
+                    "ES_INDEX_PREFIX: {:?} before the index of document {name} makes {:?}, not an index name (at most 255 bytes); shorten the prefix",
+                    self.es_index_prefix, index.name
+                )));
+            }
+            if let Some(other) = docs.iter().find(|d| d.index.name == index.name) {
+                return Err(Error::Config(format!(
+                    "ES_INDEX={} is also the index of document {} (ES_INDEX_PREFIX and its definition's index): give document {name} another ES_INDEX",
+                    index.name, other.name
+                )));
+            }
+            let config = self.for_document(position, &name, &index.name);
+            docs.push(DocumentSettings { position, name, index, config });
+        }
+        Ok(docs)
+    }
+
+    /// The index of the document at `position` whose definition names `index`: ES_INDEX when set
+    /// (the selection already gave it to the first), otherwise ES_INDEX_PREFIX and the name.
+    /// With no prefix, every name is what the definition says, as before the prefix existed.
+    pub fn index_name(&self, position: usize, index: &str) -> String {
+        if position == 0 && self.es_index_explicit {
+            index.to_string()
+        } else {
+            format!("{}{index}", self.es_index_prefix)
+        }
+    }
+
+    /// The settings of the document at `position` of the definition, kept in `index` (its full
+    /// name, [`Config::index_name`]): the first keeps the state file, dead-letter file and slot as
+    /// configured (what pg2es used before definitions); each other document gets its own, beside
+    /// them and named after it.
     pub fn for_document(&self, position: usize, name: &str, index: &str) -> Config {
         let mut c = self.clone();
         c.es_index = index.to_string();
@@ -344,6 +385,18 @@ impl Config {
         }
         c
     }
+}
+
+/// One selected document of the definition and its own settings ([`Config::documents`]).
+#[derive(Debug, Clone)]
+pub struct DocumentSettings {
+    /// Its place in the definition (the first keeps the settings of old).
+    pub position: usize,
+    pub name: String,
+    /// Its index: the full name (ES_INDEX or ES_INDEX_PREFIX applied) and the schema.
+    pub index: crate::catalog::IndexSpec,
+    /// The configuration with this document's index, state file, dead-letter file and slot.
+    pub config: Config,
 }
 
 /// Where a raw value came from, for error messages and `print-config`.
@@ -548,8 +601,16 @@ impl Config {
             .ok_or_else(|| src.bad("ES_URL", "an http:// or https:// URL such as http://127.0.0.1:9200"))?;
 
         let es_index = src.string("ES_INDEX").unwrap_or_default();
-        if !is_valid_index_name(&es_index) {
-            return Err(src.bad("ES_INDEX", "a lower-case index name without spaces or any of \\/*?\"<>|,# and not starting with -, _ or +"));
+        if !is_index_name(&es_index) {
+            return Err(src.bad("ES_INDEX", "a lower-case index name without spaces or any of \\/*?\"<>|,#: and not starting with -, _ or +"));
+        }
+        let es_index_prefix = src.string("ES_INDEX_PREFIX").unwrap_or_default();
+        // The start of an index name: what the definition adds after it cannot make it valid.
+        if !es_index_prefix.is_empty() && (!is_index_name(&es_index_prefix) || es_index_prefix.len() > 200) {
+            return Err(src.bad(
+                "ES_INDEX_PREFIX",
+                "empty, or the start of an index name such as staging_: lower case, at most 200 bytes, without spaces or any of \\/*?\"<>|,#: and not starting with -, _ or +",
+            ));
         }
 
         let es_auth = match (src.string("ES_API_KEY"), src.string("ES_USERNAME"), src.string("ES_PASSWORD")) {
@@ -614,6 +675,7 @@ impl Config {
             es_url,
             es_index_explicit: !matches!(src.get("ES_INDEX").map(|r| &r.origin), Some(Origin::Default) | None),
             es_index,
+            es_index_prefix,
             definition: src.string("PG2ES_DEFINITION").map(PathBuf::from),
             documents: src
                 .string("PG2ES_DOCUMENTS")
@@ -692,7 +754,12 @@ impl Config {
         line(&mut out, "ES_URL", &self.es_url);
         line(&mut out, "PG2ES_DEFINITION", &self.definition.as_ref().map_or_else(|| "(built-in cinema definition)".to_string(), |p| p.display().to_string()));
         line(&mut out, "PG2ES_DOCUMENTS", &if self.documents.is_empty() { "(all)".to_string() } else { self.documents.join(",") });
-        line(&mut out, "ES_INDEX", &self.es_index);
+        if self.es_index_explicit {
+            line(&mut out, "ES_INDEX", &self.es_index);
+        } else {
+            line(&mut out, "ES_INDEX", &"(unset: the first document's index is the definition's, with ES_INDEX_PREFIX)");
+        }
+        line(&mut out, "ES_INDEX_PREFIX", &if self.es_index_prefix.is_empty() { "(none)" } else { self.es_index_prefix.as_str() });
         line(&mut out, "ES_SCHEMA_FILE", &self.es_schema_file);
         let auth = match &self.es_auth {
             EsAuth::None => "none".to_string(),
@@ -716,7 +783,11 @@ impl Config {
             }
             SourceKind::Replication(r) => {
                 line(&mut out, "PG2ES_SOURCE", &"replication");
-                line(&mut out, "PG_REPLICATION_SLOT", &r.slot);
+                if r.slot_explicit {
+                    line(&mut out, "PG_REPLICATION_SLOT", &r.slot);
+                } else {
+                    line(&mut out, "PG_REPLICATION_SLOT", &"(unset: pg2es_<index> for each document)");
+                }
                 line(&mut out, "PG_PUBLICATION", &r.publication);
                 line(&mut out, "ETL_SLOT_MAX_RETAINED_MB", &(r.max_retained_bytes >> 20));
             }
@@ -738,6 +809,42 @@ impl Config {
             LogFormat::Json => "json",
         };
         line(&mut out, "LOG_FORMAT", &log_format);
+        out.push_str(&self.render_documents());
+        out
+    }
+
+    /// Each selected document's own index, schema, state file, dead-letter file and slot, as
+    /// `run` uses them; from the definition file alone (no connection).
+    fn render_documents(&self) -> String {
+        let docs = self.selection().and_then(|selection| {
+            let source = selection.source()?;
+            self.documents(&selection, &source)
+        });
+        let docs = match docs {
+            Ok(docs) => docs,
+            Err(e) => return format!("\ndocuments: cannot read them: {e}\n"),
+        };
+        let mut out = String::new();
+        for d in docs {
+            let c = &d.config;
+            let index_origin = if d.position == 0 && self.es_index_explicit {
+                "ES_INDEX"
+            } else if self.es_index_prefix.is_empty() {
+                "the definition"
+            } else {
+                "ES_INDEX_PREFIX and the definition"
+            };
+            out.push_str(&format!("\ndocument {}\n", d.name));
+            let line = |out: &mut String, k: &str, v: &dyn fmt::Display| out.push_str(&format!("  {k:<20} {v}\n"));
+            line(&mut out, "index", &format!("{}  ({index_origin})", c.es_index));
+            line(&mut out, "index schema", &d.index.schema_origin);
+            line(&mut out, "state file", &c.state_file.display());
+            line(&mut out, "dead-letter file", &c.dead_letter_file.display());
+            match &c.source {
+                SourceKind::Polling => line(&mut out, "replication slot", &"(not used: PG2ES_SOURCE=polling)"),
+                SourceKind::Replication(r) => line(&mut out, "replication slot", &r.slot),
+            }
+        }
         out
     }
 }
@@ -981,15 +1088,6 @@ fn pg_tls(src: &Sources, dsn: DsnTls) -> Result<(PgSslMode, Option<PathBuf>)> {
 fn path_setting(src: &Sources, env: &str) -> Result<PathBuf> {
     let v = src.string(env).ok_or_else(|| src.bad(env, "a file path"))?;
     Ok(PathBuf::from(v))
-}
-
-fn is_valid_index_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 255
-        && s != "."
-        && s != ".."
-        && !s.starts_with(['-', '_', '+'])
-        && s.chars().all(|c| !c.is_ascii_uppercase() && !c.is_whitespace() && !"\\/*?\"<>|,#:".contains(c))
 }
 
 #[cfg(test)]
@@ -1287,6 +1385,111 @@ mod tests {
         std::fs::write(&path, "batch = 5\n").unwrap();
         let e = Sources::gather(Some(&path), vec![]).unwrap_err().to_string();
         assert!(e.contains("unknown key 'batch'"), "{e}");
+    }
+
+    /// `print-config` with another definition shows each document's own names, as `run` uses
+    /// them, from the file alone; no secret.
+    #[test]
+    fn print_config_shows_each_documents_index_state_and_slot() {
+        let bookshop = concat!(env!("CARGO_MANIFEST_DIR"), "/catalog/bookshop/bookshop.toml");
+        let env = [
+            ("PG2ES_DEFINITION", bookshop),
+            ("PG2ES_SOURCE", "replication"),
+            ("ES_INDEX_PREFIX", "staging_"),
+            ("ETL_STATE_FILE", "/var/lib/pg2es/state.json"),
+            ("PG_PASSWORD", "hunter2"),
+            ("ES_USERNAME", "elastic"),
+            ("ES_PASSWORD", "s3cret"),
+        ];
+        let c = config(&env).unwrap();
+        let text = c.render();
+        let docs = c.documents(&c.selection().unwrap(), &c.selection().unwrap().source().unwrap()).unwrap();
+        assert!(!docs.is_empty());
+        for d in &docs {
+            let section = text.split(&format!("\ndocument {}\n", d.name)).nth(1).unwrap_or_else(|| panic!("no section for {} in\n{text}", d.name));
+            let section = section.split("\n\n").next().unwrap();
+            let SourceKind::Replication(r) = &d.config.source else { panic!("replication") };
+            for (label, value) in [
+                ("index", d.config.es_index.clone()),
+                ("state file", d.config.state_file.display().to_string()),
+                ("dead-letter file", d.config.dead_letter_file.display().to_string()),
+                ("replication slot", r.slot.clone()),
+            ] {
+                assert!(section.lines().any(|l| l.trim_start().starts_with(label) && l.contains(&value)), "{label} {value} not in\n{section}");
+            }
+            assert!(d.config.es_index.starts_with("staging_") && d.config.es_index != "movies", "{}", d.config.es_index);
+            assert_eq!(r.slot, replication_name(&format!("pg2es_{}", d.config.es_index)));
+        }
+        assert!(!text.contains("pg2es_movies") && !text.contains("ES_INDEX               movies"), "{text}");
+        assert!(!text.contains("hunter2") && !text.contains("s3cret"), "{text}");
+
+        // A definition that cannot be read is said where the documents would be.
+        let c = config(&[("PG2ES_DEFINITION", "/nonexistent/def.toml")]).unwrap();
+        assert!(c.render().contains("documents: cannot read them:"), "{}", c.render());
+    }
+
+    fn index_names(env: &[(&str, &str)]) -> Vec<String> {
+        let c = config(env).unwrap();
+        let selection = c.selection().unwrap();
+        c.documents(&selection, &selection.source().unwrap()).unwrap().into_iter().map(|d| d.config.es_index).collect()
+    }
+
+    /// ES_INDEX_PREFIX before every index but an ES_INDEX that is set; none, the names of old.
+    #[test]
+    fn index_prefix_names_every_index_but_an_explicit_es_index() {
+        assert_eq!(index_names(&[]), ["movies", "genres", "persons"]);
+        assert_eq!(index_names(&[("ES_INDEX", "films")]), ["films", "genres", "persons"]);
+        assert_eq!(index_names(&[("ES_INDEX_PREFIX", "staging_")]), ["staging_movies", "staging_genres", "staging_persons"]);
+        assert_eq!(index_names(&[("ES_INDEX_PREFIX", "staging_"), ("ES_INDEX", "films_v2")]), ["films_v2", "staging_genres", "staging_persons"]);
+        // Replication's default slots follow the index; with no prefix they are those of old.
+        let slots = |env: &[(&str, &str)]| -> Vec<String> {
+            let c = config(env).unwrap();
+            let selection = c.selection().unwrap();
+            let docs = c.documents(&selection, &selection.source().unwrap()).unwrap();
+            docs.into_iter()
+                .map(|d| match d.config.source {
+                    SourceKind::Replication(r) => r.slot,
+                    SourceKind::Polling => panic!("replication"),
+                })
+                .collect()
+        };
+        assert_eq!(slots(&[("PG2ES_SOURCE", "replication")]), ["pg2es_movies", "pg2es_genres", "pg2es_persons"]);
+        assert_eq!(slots(&[("PG2ES_SOURCE", "replication"), ("ES_INDEX_PREFIX", "b_")]), ["pg2es_b_movies", "pg2es_b_genres", "pg2es_b_persons"]);
+
+        // An ES_INDEX that is another document's index with the prefix is refused.
+        let c = config(&[("ES_INDEX_PREFIX", "s_"), ("ES_INDEX", "s_genres")]).unwrap();
+        let selection = c.selection().unwrap();
+        let e = c.documents(&selection, &selection.source().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("ES_INDEX=s_genres") && e.contains("genres"), "{e}");
+        // Too long once the definition's name is added: a copy of the cinema with a long one.
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog");
+        for file in ["movies.es.json", "genres.es.json", "persons.es.json"] {
+            std::fs::copy(catalog.join(file), dir.path().join(file)).unwrap();
+        }
+        let text = std::fs::read_to_string(catalog.join("cinema.toml")).unwrap().replace("index = \"genres\"", &format!("index = \"{}\"", "g".repeat(100)));
+        std::fs::write(dir.path().join("cinema.toml"), text).unwrap();
+        let definition = dir.path().join("cinema.toml").display().to_string();
+        let long = "a".repeat(200);
+        let c = config(&[("ES_INDEX_PREFIX", &long), ("PG2ES_DEFINITION", &definition)]).unwrap();
+        let selection = c.selection().unwrap();
+        let e = c.documents(&selection, &selection.source().unwrap()).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("ES_INDEX_PREFIX"), "{e}");
+    }
+
+    #[test]
+    fn index_prefix_is_the_start_of_an_index_name() {
+        for bad in ["Staging_", "_x", "-x", "+x", "a b", "a/", "a*", "a?", "a\"", "a<", "a>", "a|", "a,", "a#", "a:", "a\\"] {
+            let e = err(&[("ES_INDEX_PREFIX", bad)]);
+            assert!(e.contains("ES_INDEX_PREFIX") && e.contains("expected"), "{bad:?}: {e}");
+        }
+        assert!(err(&[("ES_INDEX_PREFIX", &"a".repeat(201))]).contains("ES_INDEX_PREFIX"));
+        assert_eq!(config(&[("ES_INDEX_PREFIX", "staging-2.")]).unwrap().es_index_prefix, "staging-2.");
+        assert_eq!(config(&[]).unwrap().es_index_prefix, "");
+        // ES_INDEX and the definition's names are checked by the one rule (the catalog's).
+        for bad in [".", "..", "a:b"] {
+            assert!(err(&[("ES_INDEX", bad)]).contains("ES_INDEX"), "{bad:?}");
+        }
     }
 
     /// The README's configuration table is the operator's reference: every setting must be there.

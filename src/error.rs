@@ -71,6 +71,11 @@ pub enum Error {
     #[error("elasticsearch index '{index}' exists with a different mapping ({difference}); delete the index or point ES_INDEX at a new name")]
     MappingConflict { index: String, difference: String },
 
+    /// The index's mapping `_meta` records that another source (database, schema, document)
+    /// keeps it: writing would overwrite that deployment's documents and reconcile them away.
+    #[error("elasticsearch index '{index}' is kept from {holder}, not from {ours}: another deployment (or document) writes it. Give this one indexes of its own with ES_INDEX_PREFIX (or ES_INDEX for the first document), or delete the index to load it again from this database (the same data after a restore or pg_upgrade: clear the record with PUT {index}/_mapping {{\"_meta\": {{}}}})")]
+    IndexClaimed { index: String, holder: String, ours: String },
+
     /// `ES_URL` leads to a search engine (or a server) pg2es does not work with.
     #[error("{0}")]
     UnsupportedEngine(String),
@@ -180,6 +185,7 @@ impl Error {
             | Error::SourceSetup(_)
             | Error::SourceSchema(_)
             | Error::MappingConflict { .. }
+            | Error::IndexClaimed { .. }
             | Error::SystematicRejection { .. }
             | Error::UnsupportedEngine(_)
             | Error::State { .. }

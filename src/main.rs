@@ -54,6 +54,8 @@ fn try_main() -> pg2es::Result<ExitCode> {
     let mode = match cli.command.unwrap_or(Command::Run { once: false }) {
         Command::PrintConfig => {
             print!("{}", config.render());
+            // The settings are shown either way; a definition that cannot be read fails it.
+            pipeline::documents(&config)?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Verify { json } => {
@@ -74,10 +76,10 @@ fn try_main() -> pg2es::Result<ExitCode> {
             return with_runtime(|_shutdown| async move {
                 let client = delete_log::connect_with(&config.source_settings()).await?;
                 pg2es::source::server_version(&client).await?;
-                for (_, spec, _) in &docs {
+                for (c, spec, _) in &docs {
                     let doc = spec.resolve(&client, &config.pg_schema).await?;
                     let tables = doc.tables().join(", ");
-                    println!("{}: ok: index {} ({}), {} fields, tables {tables}", doc.name, doc.index.name, doc.index.schema_origin, doc.fields.len());
+                    println!("{}: ok: index {} ({}), {} fields, tables {tables}", doc.name, c.es_index, doc.index.schema_origin, doc.fields.len());
                 }
                 Ok(ExitCode::SUCCESS)
             });

@@ -5,7 +5,7 @@
 //! at once, joined by a bounded channel. The writer keeps up to `ES_BULK_CONCURRENCY` batches
 //! loading and takes their results back in read order: a batch's position is committed only after
 //! the sink stored (or dead-lettered) every change of it and of every batch before it. Writes carry
-//! the version of the state they were read in, so two states of one film in flight at once end as
+//! the version of the state they were read in, so two states of one record in flight at once end as
 //! the newer. Around a full load the sink tunes the index and puts its settings back
 //! (`sink::tuning`); between cycles the reconcile stage removes documents whose record is gone,
 //! every `ETL_RECONCILE_SEC` and after a full load.
@@ -27,7 +27,7 @@ use crate::reconcile;
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 use crate::sink::tuning::{restore_settings, tune_for_full_load};
-use crate::sink::{ElasticsearchSink, IndexAction, IndexBootstrap, IndexSink, LoadReport};
+use crate::sink::{ElasticsearchSink, IndexAction, IndexBootstrap, IndexOwner, IndexSink, LoadReport};
 use crate::source::{Change, ChangeBatch, ChangeSource, DocumentSpec, PollingSource, Receipt, ReplicationSource};
 use crate::transform::build;
 
@@ -78,8 +78,8 @@ pub struct CycleReport {
     pub root: String,
     /// Changed rows read, per stream (table).
     pub rows: BTreeMap<String, usize>,
-    /// Changed rows read again (the commit horizon) and unchanged since their films were loaded:
-    /// their films were not sent again.
+    /// Changed rows read again (the commit horizon) and unchanged since their records were loaded:
+    /// their records were not sent again.
     pub already_loaded: usize,
     /// Records named by the delete log or the replication stream.
     pub logged: usize,
@@ -151,17 +151,16 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
 }
 
 /// The selected documents of the definition, each with its own settings (index, state file,
-/// slot: [`Config::for_document`]), from the definition file alone.
+/// slot: [`Config::documents`]), from the definition file alone.
 pub fn documents(config: &Config) -> Result<Vec<(Config, DocumentSpec, IndexSpec)>> {
     let selection = config.selection()?;
     let source = selection.source()?;
-    Ok(selection
-        .heads(&source)?
+    Ok(config
+        .documents(&selection, &source)?
         .into_iter()
-        .map(|(position, name, index)| {
-            // The first document of the definition keeps the settings of old.
-            let c = config.for_document(position, &name, &index.name);
-            (c, DocumentSpec { source: source.clone(), selection: selection.clone(), name, first: position == 0 }, index)
+        .map(|d| {
+            let spec = DocumentSpec { source: source.clone(), selection: selection.clone(), name: d.name, first: d.position == 0 };
+            (d.config, spec, d.index)
         })
         .collect())
 }
@@ -270,6 +269,8 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
     let doc = source.document().ok_or_else(|| Error::SourceSetup("the source has no document after prepare".into()))?;
     if let Some(identity) = &plan.identity {
         checkpoint.bind_source(identity)?;
+        // Before anything is written: an index another source keeps is refused.
+        sink.claim(&IndexOwner::new(identity, &doc.name), shutdown).await?;
     }
     checkpoint.commit(&plan.before)?;
     let progress = if plan.full_load {
@@ -304,7 +305,7 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
     if report.interrupted {
         return Ok(report);
     }
-    // A full load rewrote every film that exists; documents of others may remain, unless the
+    // A full load rewrote every record that exists; documents of others may remain, unless the
     // index was empty when it began.
     let after_full_load = full_load_done && !std::mem::take(index_empty);
     if full_load_done && !after_full_load {

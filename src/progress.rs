@@ -45,7 +45,7 @@ impl Progress {
         Progress::new(std::io::IsTerminal::is_terminal(&std::io::stderr()))
     }
 
-    /// The load begins with `total` films to go.
+    /// The load begins with `total` records to go.
     pub fn start(&self, total: u64) {
         if let Ok(mut c) = self.state.lock() {
             *c = Counts { total, started: Some(Instant::now()), ..Counts::default() };
@@ -57,20 +57,20 @@ impl Progress {
                 *slot = Some(bar.clone());
             }
         }
-        tracing::info!(films = total, "full load started");
+        tracing::info!(records = total, "full load started");
     }
 
-    /// `films` more are loaded (and their progress saved).
-    pub fn advance(&self, films: u64) {
+    /// `records` more are loaded (and their progress saved).
+    pub fn advance(&self, records: u64) {
         let Ok(mut c) = self.state.lock() else { return };
-        c.done += films;
+        c.done += records;
         c.batches += 1;
         if let Some(bar) = &self.bar {
-            bar.inc(films);
+            bar.inc(records);
         } else if c.batches % LOG_EVERY_BATCHES == 0 {
             let elapsed = c.started.map_or(Duration::ZERO, |s| s.elapsed());
             let (rate, eta) = rate_and_eta(c.done, c.total, elapsed);
-            tracing::info!(films = c.done, of = c.total, films_per_sec = rate, eta_sec = eta, "full load progress");
+            tracing::info!(records = c.done, of = c.total, records_per_sec = rate, eta_sec = eta, "full load progress");
         }
     }
 
@@ -91,7 +91,7 @@ impl Drop for Progress {
     }
 }
 
-/// Films per second so far, and seconds left at that rate (`None` before any film is loaded).
+/// Records per second so far, and seconds left at that rate (`None` before any record is loaded).
 pub fn rate_and_eta(done: u64, total: u64, elapsed: Duration) -> (u64, Option<u64>) {
     let secs = elapsed.as_secs_f64();
     if done == 0 || secs <= 0.0 {
@@ -105,10 +105,10 @@ fn bar_style() -> Result<ProgressStyle, indicatif::style::TemplateError> {
     let rate = |state: &ProgressState, w: &mut dyn std::fmt::Write| {
         let _ = w.write_str(&rate_text(state.per_sec()));
     };
-    Ok(ProgressStyle::with_template("full load {bar:40} {pos}/{len} films  {rate}  ETA {eta}")?.with_key("rate", rate))
+    Ok(ProgressStyle::with_template("full load {bar:40} {pos}/{len} records  {rate}  ETA {eta}")?.with_key("rate", rate))
 }
 
-/// A rate as the bar shows it: whole films per second, thousands separated (`11,919/s`);
+/// A rate as the bar shows it: whole records per second, thousands separated (`11,919/s`);
 /// indicatif's own `{per_sec}` shows four decimals.
 pub fn rate_text(per_sec: f64) -> String {
     // `as` saturates, and maps NaN (no time elapsed yet) to 0.
@@ -153,7 +153,7 @@ mod tests {
     }
 
     #[test]
-    fn the_bar_shows_whole_films_per_second() {
+    fn the_bar_shows_whole_records_per_second() {
         assert_eq!(rate_text(11_919.291_5), "11,919/s");
         assert_eq!(rate_text(11_919.5), "11,920/s");
         assert_eq!(rate_text(0.4), "0/s");

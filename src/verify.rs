@@ -1,19 +1,19 @@
 //! `pg2es verify`: compares the index with what the transform would make of Postgres now.
 //!
 //! Both sides are read in id order, one page at a time, and merge-joined, so memory holds at most
-//! a page of each however large the tables are. Films come from Postgres by keyset on
-//! `film_work.id`; documents come from Elasticsearch sorted on the `id` keyword, with
+//! a page of each however large the tables are. Records come from Postgres by keyset on the
+//! root table's key; documents come from Elasticsearch sorted on the `id` keyword, with
 //! `search_after`. Postgres orders uuids by their bytes and Elasticsearch orders keywords by their
 //! UTF-8 bytes: for the canonical lowercase text of a uuid the two orders agree, which is what the
 //! join relies on. A document whose `id` is not the canonical text of its `_id` has no place in
-//! that order: it is counted as extra (and its film, if there is one, as missing).
+//! that order: it is counted as extra (and its record, if there is one, as missing).
 //!
 //! Neither side is a snapshot: a long transaction would hold back the commit horizon of a running
-//! pipeline. Against a live pipeline, films changed during the check can show as stale; a second
+//! pipeline. Against a live pipeline, records changed during the check can show as stale; a second
 //! run tells. Verify only reads, and takes no lock.
 //!
-//! Without the delete capture triggers, a film deleted in Postgres stays in the index (extra)
-//! until reconciliation, and a deleted link stays in its film's document (stale); a write that
+//! Without the delete capture triggers, a record deleted in Postgres stays in the index (extra)
+//! until reconciliation, and a deleted link stays in its record's document (stale); a write that
 //! leaves the change column alone is never seen by polling. The report's hints say so, for the
 //! source kind and what is installed ([`Setup`]).
 
@@ -46,13 +46,13 @@ const MAX_SEARCH_SIZE: usize = 10_000;
 /// [`hints`](VerifyReport::hints).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VerifyReport {
-    /// Films read from Postgres.
+    /// Records read from Postgres.
     pub checked: u64,
-    /// Films without a document.
+    /// Records without a document.
     pub missing: Discrepancies<String>,
-    /// Documents that differ from what the transform makes of their film now.
+    /// Documents that differ from what the transform makes of their record now.
     pub stale: Discrepancies<StaleDocument>,
-    /// Documents (by `_id`) whose film is not in Postgres.
+    /// Documents (by `_id`) whose record is not in Postgres.
     pub extra: Discrepancies<String>,
     /// How pg2es reads this catalog: the hints depend on it.
     pub setup: Setup,
@@ -107,7 +107,7 @@ impl VerifyReport {
 
     /// One line: the three counts.
     pub fn summary(&self) -> String {
-        format!("{} missing, {} stale, {} extra of {} films checked", self.missing.count, self.stale.count, self.extra.count, self.checked)
+        format!("{} missing, {} stale, {} extra of {} records checked", self.missing.count, self.stale.count, self.extra.count, self.checked)
     }
 
     /// Why each kind of difference found usually happens in this setup, and what to do about it.
@@ -118,9 +118,9 @@ impl VerifyReport {
         if self.missing.count > 0 {
             let n = self.missing.count;
             let why = if replication {
-                "films not loaded yet; pg2es loads them at its next cycle (the replication stream carries every committed write). One still missing after that: reload (README, 'Running pg2es')"
+                "records not loaded yet; pg2es loads them at its next cycle (the replication stream carries every committed write). One still missing after that: reload (README, 'Running pg2es')"
             } else {
-                "films not loaded yet; `pg2es run` loads them at its next cycle. One still missing after that was written with a change column that is NULL or older than what pg2es had read (an import that keeps old timestamps), which polling does not see: set the column in such writes (UPDATE ... SET updated_at = now() on those films), or reload (README, 'Running pg2es')"
+                "records not loaded yet; `pg2es run` loads them at its next cycle. One still missing after that was written with a change column that is NULL or older than what pg2es had read (an import that keeps old timestamps), which polling does not see: set the column in such writes (UPDATE ... SET updated_at = now() on those rows), or reload (README, 'Running pg2es')"
             };
             hints.push(format!("{n} missing {}: {why}", documents(n)));
         }
@@ -128,17 +128,17 @@ impl VerifyReport {
             let n = self.stale.count;
             let why = match (replication, delete_capture) {
                 (true, _) => "a change not loaded yet: run verify again after pg2es's next cycle (the replication stream carries every committed write and delete). One still stale after that: reload (README, 'Running pg2es')",
-                (false, true) => "a change not loaded yet: run verify again after pg2es's next cycle. One still stale after that was changed by a write that left the change column as it was (an UPDATE that does not set updated_at, such as Django's QuerySet.update()), which polling never sees: set the column in such writes (UPDATE ... SET updated_at = now() on those films' rows), or reload (README, 'Running pg2es')",
-                (false, false) => "a change not loaded yet: run verify again after pg2es's next cycle. One still stale after that lost a genre or person link deleted in Postgres, which polling sees only with the delete capture triggers (README, 'Deletes': `pg2es delete-capture install`), or was changed by a write that left the change column as it was (an UPDATE that does not set updated_at, such as Django's QuerySet.update()), which polling never sees: set the column in such writes, or reload (README, 'Running pg2es')",
+                (false, true) => "a change not loaded yet: run verify again after pg2es's next cycle. One still stale after that was changed by a write that left the change column as it was (an UPDATE that does not set updated_at, such as Django's QuerySet.update()), which polling never sees: set the column in such writes (UPDATE ... SET updated_at = now() on those rows), or reload (README, 'Running pg2es')",
+                (false, false) => "a change not loaded yet: run verify again after pg2es's next cycle. One still stale after that lost a related row or a link deleted in Postgres, which polling sees only with the delete capture triggers (README, 'Deletes': `pg2es delete-capture install`), or was changed by a write that left the change column as it was (an UPDATE that does not set updated_at, such as Django's QuerySet.update()), which polling never sees: set the column in such writes, or reload (README, 'Running pg2es')",
             };
             hints.push(format!("{n} stale {}: {why}", documents(n)));
         }
         if self.extra.count > 0 {
             let n = self.extra.count;
             let why = match (replication, delete_capture) {
-                (true, _) => "films deleted in Postgres; pg2es deletes their documents at its next cycle (the replication stream carries deletes), and reconciliation within ETL_RECONCILE_SEC",
-                (false, true) => "films deleted in Postgres; pg2es deletes their documents at its next cycle (the delete capture), and reconciliation within ETL_RECONCILE_SEC",
-                (false, false) => "films deleted in Postgres; reconciliation deletes their documents within ETL_RECONCILE_SEC (at the next cycle with the delete capture triggers: README, 'Deletes')",
+                (true, _) => "records deleted in Postgres; pg2es deletes their documents at its next cycle (the replication stream carries deletes), and reconciliation within ETL_RECONCILE_SEC",
+                (false, true) => "records deleted in Postgres; pg2es deletes their documents at its next cycle (the delete capture), and reconciliation within ETL_RECONCILE_SEC",
+                (false, false) => "records deleted in Postgres; reconciliation deletes their documents within ETL_RECONCILE_SEC (at the next cycle with the delete capture triggers: README, 'Deletes')",
             };
             hints.push(format!("{n} extra {}: {why}", documents(n)));
         }
@@ -200,7 +200,7 @@ pub async fn verify_document(config: &Config, spec: DocumentSpec, index: &IndexS
     // A missing index or another mapping is said as such, not as the first search's error.
     sink.engine(shutdown).await?;
     sink.check_index(&index.schema, shutdown).await?;
-    let mut films = FilmPages::new(config, spec.clone(), shutdown)?;
+    let mut records = RecordPages::new(config, spec.clone(), shutdown)?;
     let mut documents = DocumentPages::new(&sink, config.batch_size.min(MAX_SEARCH_SIZE), shutdown);
     tracing::info!(index = %config.es_index, page_size = config.batch_size, "verifying index against postgres");
 
@@ -210,12 +210,12 @@ pub async fn verify_document(config: &Config, spec: DocumentSpec, index: &IndexS
     };
     let mut report = VerifyReport { setup, ..VerifyReport::default() };
     let (mut expected, mut stored) = (VecDeque::new(), VecDeque::new());
-    while !(films.done && documents.done && expected.is_empty() && stored.is_empty()) {
+    while !(records.done && documents.done && expected.is_empty() && stored.is_empty()) {
         if shutdown.is_triggered() {
             return Err(Error::Shutdown);
         }
-        tokio::try_join!(films.fill(&mut expected), documents.fill(&mut stored, &mut report.extra))?;
-        join(&mut expected, &mut stored, films.done, documents.done, &mut report);
+        tokio::try_join!(records.fill(&mut expected), documents.fill(&mut stored, &mut report.extra))?;
+        join(&mut expected, &mut stored, records.done, documents.done, &mut report);
     }
     let (count, ids) = sink.documents_without_id(SAMPLE_SIZE, shutdown).await?;
     report.extra.add(count, ids);
@@ -237,7 +237,7 @@ async fn delete_capture_installed(config: &Config, spec: &DocumentSpec) -> Resul
     delete_log::installed_for(&client, &crate::catalog::triggers::capture(&config.pg_schema, &[doc]), spec.first).await
 }
 
-/// A document in the join: the film id it stands for, and its source.
+/// A document in the join: the record key it stands for, and its source.
 #[derive(Debug, Clone, PartialEq)]
 struct OrderedDoc {
     id: Uuid,
@@ -246,32 +246,32 @@ struct OrderedDoc {
 
 /// Compares the heads of both sides for as long as each side either has a document or is
 /// finished; returns when one side needs its next page.
-fn join(expected: &mut VecDeque<OrderedDoc>, stored: &mut VecDeque<OrderedDoc>, films_done: bool, docs_done: bool, report: &mut VerifyReport) {
+fn join(expected: &mut VecDeque<OrderedDoc>, stored: &mut VecDeque<OrderedDoc>, records_done: bool, docs_done: bool, report: &mut VerifyReport) {
     loop {
         let ahead = match (expected.front(), stored.front()) {
             (Some(e), Some(s)) => e.id.cmp(&s.id),
             (Some(_), None) if docs_done => std::cmp::Ordering::Less,
-            (None, Some(_)) if films_done => std::cmp::Ordering::Greater,
+            (None, Some(_)) if records_done => std::cmp::Ordering::Greater,
             _ => return,
         };
         match ahead {
             std::cmp::Ordering::Less => {
-                let Some(film) = expected.pop_front() else { return };
+                let Some(record) = expected.pop_front() else { return };
                 report.checked += 1;
-                tracing::debug!(film = %film.id, "document missing");
-                report.missing.record(film.id.to_string());
+                tracing::debug!(key = %record.id, "document missing");
+                report.missing.record(record.id.to_string());
             }
             std::cmp::Ordering::Greater => {
                 let Some(doc) = stored.pop_front() else { return };
-                tracing::debug!(document = %doc.id, "document without film");
+                tracing::debug!(document = %doc.id, "document without record");
                 report.extra.record(doc.id.to_string());
             }
             std::cmp::Ordering::Equal => {
-                let (Some(film), Some(doc)) = (expected.pop_front(), stored.pop_front()) else { return };
+                let (Some(record), Some(doc)) = (expected.pop_front(), stored.pop_front()) else { return };
                 report.checked += 1;
-                if let Some(field) = first_difference(&film.source, &doc.source) {
-                    tracing::debug!(film = %film.id, field = %field, "document stale");
-                    report.stale.record(StaleDocument { id: film.id.to_string(), field });
+                if let Some(field) = first_difference(&record.source, &doc.source) {
+                    tracing::debug!(key = %record.id, field = %field, "document stale");
+                    report.stale.record(StaleDocument { id: record.id.to_string(), field });
                 }
             }
         }
@@ -292,23 +292,23 @@ fn same_value(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Films in id order, as documents, a page at a time. Reconnects when the connection breaks: a
+/// Records in key order, as documents, a page at a time. Reconnects when the connection breaks: a
 /// keyset page can simply be read again.
-struct FilmPages<'a> {
+struct RecordPages<'a> {
     config: &'a Config,
     spec: DocumentSpec,
     tls: PgTls,
     policy: RetryPolicy,
     shutdown: &'a Shutdown,
     source: Mutex<Option<PgSource>>,
-    /// The last film read. Films sort after the nil uuid, which no catalog uses as an id.
+    /// The last record read. Records sort after the nil uuid, which no catalog uses as an id.
     after: Uuid,
     done: bool,
 }
 
-impl<'a> FilmPages<'a> {
-    fn new(config: &'a Config, spec: DocumentSpec, shutdown: &'a Shutdown) -> Result<FilmPages<'a>> {
-        Ok(FilmPages {
+impl<'a> RecordPages<'a> {
+    fn new(config: &'a Config, spec: DocumentSpec, shutdown: &'a Shutdown) -> Result<RecordPages<'a>> {
+        Ok(RecordPages {
             config,
             spec,
             tls: PgTls::new(&config.source_settings())?,
@@ -392,7 +392,7 @@ impl<'a> DocumentPages<'a> {
     }
 }
 
-/// The film a document stands for in the join: its `id` must be the canonical (lowercase,
+/// The record a document stands for in the join: its `id` must be the canonical (lowercase,
 /// hyphenated) text of a uuid, so that its keyword order is the uuid order, and equal its `_id`.
 fn placed(key: &str, doc_id: &str) -> Option<Uuid> {
     let id = Uuid::parse_str(key).ok()?;
@@ -433,7 +433,7 @@ mod tests {
         let mut stored: VecDeque<_> = [doc(1, "a")].into();
         let mut report = VerifyReport::default();
         join(&mut expected, &mut stored, false, false, &mut report);
-        // Film 5 may still come on the next page of documents: not missing yet.
+        // Record 5 may still come on the next page of documents: not missing yet.
         assert_eq!(expected, [doc(5, "e")]);
         assert_eq!((report.checked, report.missing.count), (1, 0));
         stored.push_back(doc(5, "e"));
@@ -495,7 +495,7 @@ mod tests {
         let table = report.render();
         assert!(table.contains(&format!("{}  (title)", id(4))), "{table}");
         assert!(table.lines().any(|l| l.starts_with("checked") && l.ends_with("999")), "{table}");
-        assert_eq!(report.summary(), "0 missing, 1 stale, 1 extra of 999 films checked");
+        assert_eq!(report.summary(), "0 missing, 1 stale, 1 extra of 999 records checked");
         let v = serde_json::to_value(&report).unwrap();
         assert_eq!(v["stale"]["first"][0]["field"], "title");
         assert_eq!(v["extra"]["count"], 1);
@@ -510,13 +510,13 @@ mod tests {
         report.extra.add(2, [id(8), id(9)]);
         assert_eq!(
             report.hints(),
-            ["2 extra documents: films deleted in Postgres; reconciliation deletes their documents within ETL_RECONCILE_SEC (at the next cycle with the delete capture triggers: README, 'Deletes')"]
+            ["2 extra documents: records deleted in Postgres; reconciliation deletes their documents within ETL_RECONCILE_SEC (at the next cycle with the delete capture triggers: README, 'Deletes')"]
         );
         report.stale.record(StaleDocument { id: id(4), field: "actors".into() });
         report.missing.record(id(5));
         let hints = report.hints();
         assert_eq!(hints.len(), 3, "{hints:?}");
-        assert!(hints[0].starts_with("1 missing document: films not loaded yet"), "{}", hints[0]);
+        assert!(hints[0].starts_with("1 missing document: records not loaded yet"), "{}", hints[0]);
         assert!(hints[1].starts_with("1 stale document: a change not loaded yet") && hints[1].contains("link deleted"), "{}", hints[1]);
         let table = report.render();
         assert!(table.lines().rev().take(3).all(|l| l.starts_with("hint: ")), "{table}");

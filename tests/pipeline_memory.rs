@@ -7,13 +7,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use pg2es::catalog::{Cell, Document, LiveSchema, Record, Selection, Source, TableKeys, Value as Cv};
-use pg2es::checkpoint::{Checkpoint, PositionDelta, Snapshot, State};
+use pg2es::checkpoint::{Checkpoint, PositionDelta, Snapshot, SourceIdentity, State};
 use pg2es::error::{Error, Result};
 use pg2es::pipeline::{run_cycles, Mode, Options};
 use pg2es::progress::Progress;
 use pg2es::retry::RetryPolicy;
 use pg2es::shutdown::Shutdown;
-use pg2es::sink::{IdPage, IndexAction, IndexSettings, IndexSink, LoadReport};
+use pg2es::sink::{IdPage, IndexAction, IndexOwner, IndexSettings, IndexSink, LoadReport};
 use pg2es::source::{Change, ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -99,6 +99,8 @@ struct MemorySink {
     in_flight: AtomicUsize,
     most_in_flight: AtomicUsize,
     fail_batch: Option<u128>,
+    /// Whom the index is kept for (as the real sink records it in the mapping's `_meta`).
+    owner: Mutex<Option<IndexOwner>>,
 }
 
 impl MemorySink {
@@ -110,11 +112,23 @@ impl MemorySink {
             in_flight: AtomicUsize::new(0),
             most_in_flight: AtomicUsize::new(0),
             fail_batch,
+            owner: Mutex::default(),
         }
     }
 }
 
 impl IndexSink for MemorySink {
+    async fn claim(&self, owner: &IndexOwner, _: &Shutdown) -> Result<()> {
+        let mut held = self.owner.lock().unwrap();
+        match &*held {
+            Some(other) if other != owner => Err(Error::IndexClaimed { index: "memory".into(), holder: other.to_string(), ours: owner.to_string() }),
+            _ => {
+                *held = Some(owner.clone());
+                Ok(())
+            }
+        }
+    }
+
     async fn write(&self, actions: Vec<IndexAction>, _: &Shutdown) -> Result<LoadReport> {
         let first: u128 = actions[0].id().parse::<Uuid>().unwrap().as_u128();
         let batch = (first - 1) / self.per_batch;
@@ -243,4 +257,52 @@ async fn reconciliation_removes_documents_of_films_that_are_gone() {
     assert_eq!(docs.len(), 14);
     assert!(docs.keys().all(|id| id.parse::<Uuid>().unwrap().as_u128() % 3 != 0));
     assert!(checkpoint.state().reconciled_at.is_some());
+}
+
+/// A source that says which database it reads, as the real ones do.
+struct Identified(MemorySource, SourceIdentity);
+
+impl ChangeSource for Identified {
+    async fn prepare(&mut self, state: &State) -> Result<CyclePlan> {
+        Ok(CyclePlan { identity: Some(self.1.clone()), ..self.0.prepare(state).await? })
+    }
+    async fn read(&self, state: &State, tx: mpsc::Sender<ChangeBatch>, s: &Shutdown, p: Option<&Progress>) -> Result<ReadReport> {
+        self.0.read(state, tx, s, p).await
+    }
+    fn document(&self) -> Option<std::sync::Arc<Document>> {
+        Some(document())
+    }
+    fn acknowledge(&self, r: Receipt) {
+        self.0.acknowledge(r)
+    }
+    async fn existing(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        self.0.existing(ids).await
+    }
+}
+
+/// The index is claimed for the source's database and the document before anything is written:
+/// one kept for another database is refused, and neither the index nor the state is touched.
+#[tokio::test]
+async fn an_index_kept_for_another_database_is_refused_before_any_write() {
+    let identity = |database: &str| SourceIdentity { system_identifier: "7642011472967116994".into(), database: database.into(), schema: "s".into() };
+    let dir = tempfile::tempdir().unwrap();
+    let (_trigger, shutdown) = Shutdown::new();
+
+    let mut checkpoint = Checkpoint::open(&dir.path().join("a.json"), "memory").unwrap();
+    let sink = MemorySink::new(5, None);
+    let mut source = Identified(MemorySource { batches: 2, per_batch: 5, acknowledged: Mutex::default() }, identity("production"));
+    run_cycles(&mut source, &sink, &mut checkpoint, &options(2), &shutdown).await.unwrap();
+    assert_eq!(*sink.owner.lock().unwrap(), Some(IndexOwner::new(&identity("production"), "films")));
+    assert_eq!(sink.docs.lock().unwrap().len(), 10);
+
+    // Another database's run, with a state of its own, on the same index.
+    let mut checkpoint = Checkpoint::open(&dir.path().join("b.json"), "memory").unwrap();
+    let mut source = Identified(MemorySource { batches: 3, per_batch: 5, acknowledged: Mutex::default() }, identity("staging"));
+    let err = run_cycles(&mut source, &sink, &mut checkpoint, &options(2), &shutdown).await.unwrap_err();
+    assert!(matches!(err, Error::IndexClaimed { .. }), "{err}");
+    assert!(err.to_string().contains("database 'production'") && err.to_string().contains("database 'staging'"), "{err}");
+    assert_eq!(sink.docs.lock().unwrap().len(), 10, "nothing written");
+    // Its own state is bound to its own database, and holds no progress.
+    assert_eq!(checkpoint.state().source, Some(identity("staging")));
+    assert_eq!(checkpoint.state().snapshot, None, "no full load begun");
 }

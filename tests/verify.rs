@@ -91,9 +91,9 @@ async fn small_pages_find_each_difference_by_id() {
     want.sort();
     assert_eq!(extra, want);
     let table = report.render();
-    assert!(table.contains("hint: 2 extra documents: films deleted in Postgres; reconciliation deletes their documents"), "{table}");
+    assert!(table.contains("hint: 2 extra documents: records deleted in Postgres; reconciliation deletes their documents"), "{table}");
     assert!(table.contains("hint: 1 stale document: a change not loaded yet"), "{table}");
-    assert!(table.contains("hint: 2 missing documents: films not loaded yet"), "{table}");
+    assert!(table.contains("hint: 2 missing documents: records not loaded yet"), "{table}");
     env.cleanup().await;
 }
 
@@ -102,7 +102,7 @@ async fn small_pages_find_each_difference_by_id() {
 /// both and says why.
 #[tokio::test]
 async fn deletes_in_postgres_show_as_extra_and_stale_with_the_reason() {
-    const DELETES_HINT: &str = "films deleted in Postgres; reconciliation deletes their documents within ETL_RECONCILE_SEC (at the next cycle with the delete capture triggers: README, 'Deletes')";
+    const DELETES_HINT: &str = "records deleted in Postgres; reconciliation deletes their documents within ETL_RECONCILE_SEC (at the next cycle with the delete capture triggers: README, 'Deletes')";
     let env = TestEnv::new("verify_deletes").await;
     env.run_once().await;
     let deleted = film_id(&env, "SELECT id::text FROM content.film_work ORDER BY id LIMIT 1 OFFSET 10").await;
@@ -155,7 +155,7 @@ async fn the_binary_exits_1_on_a_difference_beside_a_running_pipeline() {
     let differs = run(&env, &["verify", "--json"]);
     let (stdout, stderr) = (String::from_utf8_lossy(&differs.stdout), String::from_utf8_lossy(&differs.stderr));
     assert_eq!(differs.status.code(), Some(1), "{stdout}{stderr}");
-    assert!(stderr.contains("differs from postgres: 1 missing, 0 stale, 0 extra of 999 films checked"), "{stderr}");
+    assert!(stderr.contains("differs from postgres: 1 missing, 0 stale, 0 extra of 999 records checked"), "{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
     assert_eq!(report["missing"], json!({"count": 1, "first": [film]}));
 

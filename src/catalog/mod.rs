@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 pub use definition::{Origin, Source};
 pub use model::*;
-pub use resolve::{is_identifier, qualified, quote, FirstIndex, ForeignKey, LiveSchema, TableKeys, TimestampChoice};
+pub use resolve::{is_identifier, is_index_name, qualified, quote, FirstIndex, ForeignKey, LiveSchema, TableKeys, TimestampChoice};
 
 use crate::error::Result;
 

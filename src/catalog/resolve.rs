@@ -119,7 +119,7 @@ pub fn heads(src: &Source, first: &FirstIndex, schema_of: &SchemaOf<'_>) -> Resu
         if !is_index_name(&index) {
             return Err(src.error(
                 d.index.as_ref().map_or(d.name.span(), |s| s.span()),
-                format!("index {index:?}: use a lower-case index name without spaces or any of \\/*?\"<>|,#"),
+                format!("index {index:?}: use a lower-case index name without spaces or any of \\/*?\"<>|,#:"),
             ));
         }
         if heads.iter().any(|(_, o)| o.name == index) {
@@ -134,8 +134,15 @@ pub fn heads(src: &Source, first: &FirstIndex, schema_of: &SchemaOf<'_>) -> Resu
     Ok(heads)
 }
 
-fn is_index_name(s: &str) -> bool {
-    !s.is_empty() && !s.starts_with(['-', '_', '+']) && s.chars().all(|c| !c.is_ascii_uppercase() && !c.is_whitespace() && !"\\/*?\"<>|,#:".contains(c))
+/// A name Elasticsearch and OpenSearch accept for an index: lower case, at most 255 bytes, not
+/// `.` or `..`, none of `\/*?"<>|,#:` or spaces, not starting with `-`, `_` or `+`.
+pub fn is_index_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s != "."
+        && s != ".."
+        && !s.starts_with(['-', '_', '+'])
+        && s.chars().all(|c| !c.is_ascii_uppercase() && !c.is_whitespace() && !"\\/*?\"<>|,#:".contains(c))
 }
 
 /// The documents of the definition, resolved against `live` (with their [`heads`]).

@@ -48,14 +48,14 @@ pub struct State {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceIdentity>,
     pub watermarks: BTreeMap<Stream, Watermark>,
-    /// The first full load, which reads every film in id order.
+    /// The first full load, which reads every record in key order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Snapshot>,
     /// Index settings changed for the full load, with the values to put back (`None`: the
     /// setting was not set on the index, and is reset to its default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuned: Option<BTreeMap<String, Option<String>>>,
-    /// The delete log (`pg2es delete-capture`): every film logged by a transaction with an id
+    /// The delete log (`pg2es delete-capture`): every record logged by a transaction with an id
     /// below this one is loaded. Absent until the log is installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_log: Option<u64>,
@@ -63,7 +63,7 @@ pub struct State {
     /// slot is advanced to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<u64>,
-    /// When the index's documents were last checked against Postgres's films (reconciliation).
+    /// When the index's documents were last checked against Postgres's records (reconciliation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciled_at: Option<DateTime<Utc>>,
     /// Logical replication: what the position was read through (the slot, the publication and
@@ -120,20 +120,20 @@ impl StreamSetup {
 pub enum PositionDelta {
     /// A change stream has every row up to here loaded.
     Stream { stream: Stream, to: Watermark },
-    /// A full load starts: every film is read in id order from the first, the streams start at
+    /// A full load starts: every record is read in key order from the first, the streams start at
     /// these heads. Also a reload of a catalog whose full load is done (after a TRUNCATE).
     BeginFullLoad { heads: Vec<(Stream, Watermark)> },
-    /// The full load has every film up to here loaded.
+    /// The full load has every record up to here loaded.
     FullLoad(Snapshot),
     /// The delete log is loaded below this transaction id.
     DeleteLog { done: u64 },
-    /// The index's documents were checked against Postgres's films at this time.
+    /// The index's documents were checked against Postgres's records at this time.
     Reconciled { at: DateTime<Utc> },
     /// Logical replication is loaded up to this WAL position.
     Replication { lsn: u64 },
     /// The stream is read through this setup from now on (recorded, nothing else changes).
     StreamSetup(StreamSetup),
-    /// A fresh position: the stream is read from `lsn` through `setup`, and every film is loaded
+    /// A fresh position: the stream is read from `lsn` through `setup`, and every record is loaded
     /// again from the first (restarting a full load under way), since changes before `lsn` may
     /// be missing from what was loaded. Counted in `resyncs`.
     Resync { lsn: u64, setup: StreamSetup },
@@ -163,7 +163,7 @@ impl std::fmt::Display for SourceIdentity {
 /// Progress of the first full load.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// Every film with an id up to this one is loaded (`None`: none yet).
+    /// Every record with a key up to this one is loaded (`None`: none yet).
     pub after: Option<Uuid>,
     pub done: bool,
 }
@@ -219,8 +219,8 @@ impl State {
                 Some(current) if current.done => Err(PositionError::NoFullLoad),
                 Some(current) if to.after < current.after => Err(PositionError::Backwards {
                     what: "the full load".into(),
-                    from: format!("film {:?}", current.after),
-                    to: format!("film {:?}", to.after),
+                    from: format!("record {:?}", current.after),
+                    to: format!("record {:?}", to.after),
                 }),
                 Some(_) => {
                     self.snapshot = Some(*to);
@@ -424,7 +424,7 @@ mod tests {
         let setup = StreamSetup { slot: "s".into(), objects: [("table t".to_string(), "oid 1".to_string())].into() };
         c.commit(&[PositionDelta::Replication { lsn: 100 }, PositionDelta::BeginFullLoad { heads: Vec::new() }]).unwrap();
         c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Uuid::from_u128(7)), done: false })]).unwrap();
-        // Under way or not, the load starts again from the first film.
+        // Under way or not, the load starts again from the first record.
         c.commit(&[PositionDelta::Resync { lsn: 50, setup: setup.clone() }]).unwrap();
         let s = c.state();
         assert_eq!((s.replication, s.snapshot, s.resyncs), (Some(100), Some(Snapshot::default()), 1));
@@ -531,7 +531,7 @@ mod tests {
         assert_eq!(c.state().snapshot_in_progress(), None);
         assert!(!c.state().needs_full_load());
         assert!(c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Uuid::from_u128(10)), done: false })]).is_err());
-        // A reload (after a TRUNCATE) starts over from the first film, streams kept.
+        // A reload (after a TRUNCATE) starts over from the first record, streams kept.
         c.commit(&[PositionDelta::BeginFullLoad { heads: vec![] }]).unwrap();
         assert_eq!(c.state().snapshot_in_progress(), Some(Snapshot::default()));
         assert_eq!(c.state().watermark("genre"), Some(wm(5, 2)));

@@ -2,9 +2,10 @@
 //!
 //! Contract with the pipeline: `load` returns only when every document it was given is either
 //! stored (acknowledged by Elasticsearch) or written to the dead-letter file; only then may the
-//! watermark advance. Documents carry `_id` = film id, so loading one twice is harmless.
+//! watermark advance. Documents carry `_id` = the record's key, so loading one twice is harmless.
 
 pub mod bulk;
+mod claim;
 pub mod engine;
 mod inspect;
 mod settings;
@@ -25,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 use bulk::{BulkItemOutcome, BulkResponse, EncodedDoc};
+pub use claim::IndexOwner;
 pub use settings::{EsAuth, SinkSettings};
 
 /// Attempts for items answered 429/5xx before the whole batch is handed back as transient.
@@ -55,6 +57,8 @@ pub struct ElasticsearchSink {
     /// Time limit of one request (a bulk request gets more, see `timeout_for`).
     timeout: Duration,
     rejections: Mutex<RejectionWindow>,
+    /// The owner recorded in (or found in) the index's `_meta` by `claim`: checked once.
+    claimed: Mutex<Option<IndexOwner>>,
 }
 
 /// Outcomes of the last documents sent, to tell bad rows (a few refused) from a bad mapping (most
@@ -110,8 +114,8 @@ impl std::fmt::Display for IndexBootstrap {
     }
 }
 
-/// What the pipeline asks of the index for one changed film.
-// Deletes are the rare case: boxing the document would cost an allocation per indexed film.
+/// What the pipeline asks of the index for one changed record.
+// Deletes are the rare case: boxing the document would cost an allocation per indexed document.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexAction {
@@ -137,9 +141,14 @@ pub const FULL_LOAD_SETTINGS: [(&str, &str); 2] = [("index.refresh_interval", "-
 ///
 /// Contract: `write` returns only when every action it was given is stored (acknowledged by the
 /// engine) or written to the dead-letter file; only then may the source's position advance.
-/// Documents carry `_id` = film id, so applying an action twice is harmless, and deleting a
+/// Documents carry `_id` = the record's key, so applying an action twice is harmless, and deleting a
 /// document that is not there counts as done.
 pub trait IndexSink: Sync {
+    /// Ties the index to the source and document it is kept from, before anything is written:
+    /// an index another source keeps is refused ([`Error::IndexClaimed`]), one that records
+    /// none is adopted.
+    fn claim(&self, owner: &IndexOwner, shutdown: &Shutdown) -> impl Future<Output = Result<()>> + Send;
+
     fn write(&self, actions: Vec<IndexAction>, shutdown: &Shutdown) -> impl Future<Output = Result<LoadReport>> + Send;
 
     /// The current values of the settings a full load changes: what to put back after it.
@@ -191,6 +200,7 @@ impl ElasticsearchSink {
             auth: settings.auth.clone(),
             timeout: settings.timeout,
             rejections: Mutex::new(RejectionWindow::new(settings.dead_letter_max_ratio)),
+            claimed: Mutex::new(None),
         })
     }
 
@@ -431,6 +441,10 @@ impl ElasticsearchSink {
 }
 
 impl IndexSink for ElasticsearchSink {
+    async fn claim(&self, owner: &IndexOwner, shutdown: &Shutdown) -> Result<()> {
+        self.claim_index(owner, shutdown).await
+    }
+
     async fn write(&self, actions: Vec<IndexAction>, shutdown: &Shutdown) -> Result<LoadReport> {
         let mut encoded = Vec::with_capacity(actions.len());
         for action in actions {
@@ -553,13 +567,14 @@ fn write_dead_letters(path: &Path, index: &str, rejected: &[(&str, u16, String)]
 }
 
 /// The first place where an index's mapping differs from its definition's, as
-/// "mappings.path: expected X, found Y".
+/// "mappings.path: expected X, found Y". `_meta` is not the mapping's shape (pg2es records the
+/// index's source there, `claim`): it is left out on both sides.
 pub fn mapping_difference(expected: &Value, actual: &Value) -> Option<String> {
     // Elasticsearch may echo scalars as strings ("strict", "true"): compare their text; and
     // numbers as floats (100 as 100.0): compare their value.
     let same =
         |e: &Value, a: &Value| e == a || scalar_text(e).is_some() && scalar_text(e) == scalar_text(a) || e.as_f64().is_some() && e.as_f64() == a.as_f64();
-    let (expected, actual) = (without_object_type(expected), without_object_type(actual));
+    let (expected, actual) = (without_object_type(&without_meta(expected)), without_object_type(&without_meta(actual)));
     let d = crate::diff::first_difference(&expected, &actual, same)?;
     let path = std::iter::once("mappings").chain(d.path.iter().copied()).collect::<Vec<_>>().join(".");
     Some(match (d.expected, d.found) {
@@ -568,6 +583,14 @@ pub fn mapping_difference(expected: &Value, actual: &Value) -> Option<String> {
         (None, Some(a)) => format!("{path}: not in ES_SCHEMA_FILE, found {a}"),
         (None, None) => path,
     })
+}
+
+fn without_meta(mapping: &Value) -> Value {
+    let mut mapping = mapping.clone();
+    if let Some(m) = mapping.as_object_mut() {
+        m.remove("_meta");
+    }
+    mapping
 }
 
 /// The mapping without `"type": "object"`: the default type of a field with `properties`, which
@@ -632,6 +655,13 @@ mod tests {
         assert_eq!(mapping_difference(&object(Some("object")), &object(None)), None);
         assert_eq!(mapping_difference(&object(None), &object(Some("object"))), None);
         assert!(mapping_difference(&object(Some("nested")), &object(None)).unwrap().contains("publisher.type"));
+        // `_meta` (the index's source, recorded by pg2es; anything else) is not compared.
+        let with_meta =
+            json!({"dynamic": "strict", "_meta": {"pg2es": {"database": "movies"}}, "properties": {"title": {"type": "text", "analyzer": "ru_en"}}});
+        assert_eq!(mapping_difference(&e, &with_meta), None);
+        assert_eq!(mapping_difference(&with_meta, &e), None);
+        let changed = json!({"dynamic": "strict", "_meta": {}, "properties": {"title": {"type": "keyword"}}});
+        assert!(mapping_difference(&e, &changed).unwrap().contains("properties.title"));
     }
 
     #[test]
@@ -660,7 +690,7 @@ mod tests {
     #[test]
     fn a_few_refused_documents_are_bad_rows_most_are_a_bad_mapping() {
         let mut w = RejectionWindow::new(0.5);
-        // One bad film alone, or among good ones: dead-lettered.
+        // One bad document alone, or among good ones: dead-lettered.
         assert_eq!(w.record(1, 1), Ok(()));
         assert_eq!(w.record(500, 1), Ok(()));
         // A whole request refused.

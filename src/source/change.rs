@@ -4,7 +4,7 @@
 //!
 //! Contract: a batch's `completes` may be saved once the sink has stored (or dead-lettered) every
 //! change of it and of every batch before it, and only then. Delivery is at-least-once; a change
-//! applied twice is harmless, because every change is the film's state as read, not a diff.
+//! applied twice is harmless, because every change is the record's state as read, not a diff.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -42,7 +42,7 @@ pub struct ChangeBatch {
     pub version: Option<u64>,
 }
 
-/// What a source wants to hear back once a batch is durable (polling: the rows whose films are
+/// What a source wants to hear back once a batch is durable (polling: the rows whose records are
 /// now stored, so that reading them again sends nothing).
 #[derive(Debug, Default)]
 pub struct Receipt {
@@ -63,11 +63,11 @@ pub struct CyclePlan {
 /// What one cycle read, for the cycle's log line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReadReport {
-    /// Changed rows read, per stream (the full load counts as film rows).
+    /// Changed rows read, per stream (the full load counts as root rows).
     pub rows: BTreeMap<Stream, usize>,
-    /// Rows read again only because of the commit horizon, unchanged: their films were not sent.
+    /// Rows read again only because of the commit horizon, unchanged: their records were not sent.
     pub already_loaded: usize,
-    /// Films named by the delete log (polling) or the replication stream.
+    /// Records named by the delete log (polling) or the replication stream.
     pub logged: usize,
     /// More changes are waiting: the next cycle starts at once.
     pub more: bool,
@@ -93,6 +93,6 @@ pub trait ChangeSource: Sync {
     /// The document the records of this cycle are read as (after `prepare`).
     fn document(&self) -> Option<std::sync::Arc<Document>>;
 
-    /// Which of these films exist now (reconciliation removes the documents of the others).
+    /// Which of these records exist now (reconciliation removes the documents of the others).
     fn existing(&self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<Uuid>>> + Send;
 }

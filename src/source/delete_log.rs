@@ -1,9 +1,9 @@
-//! Delete capture: the log that opt-in triggers write when a delete changes a film's document.
+//! Delete capture: the log that opt-in triggers write when a delete changes a record's document.
 //!
 //! Polling by timestamp cannot see a row that is gone. The triggers generated from the documents
 //! (`catalog/triggers.rs`, their functions in `sql/capture.sql`)
-//! record, in `pg2es.film_changes`, the id of every film to rebuild (a deleted film, a film that
-//! lost a link, every film of a deleted genre or person; NULL after a `TRUNCATE`), stamped with
+//! record, in `pg2es.film_changes`, the key of every record to rebuild (a deleted root, a root that
+//! lost a link, every root of a deleted related row; NULL after a `TRUNCATE`), stamped with
 //! the writing transaction's id. A reader takes the log by transaction-id window
 //! `[from, boundary)`: every transaction below [`boundary`] has ended, so that part of the log is
 //! final. Several pg2es instances can read the same log; each records its position with
@@ -287,7 +287,7 @@ pub async fn boundary(client: &impl GenericClient) -> Result<u64> {
 /// One page of the log's window.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogPage {
-    /// Films to rebuild or delete: distinct, ascending, after the page's `after`.
+    /// Records to rebuild or delete: distinct, ascending, after the page's `after`.
     pub keys: Vec<Uuid>,
     /// A table was truncated in the window: the whole catalog must be reloaded.
     pub reload: bool,
@@ -820,8 +820,8 @@ async fn check_shape(client: &impl GenericClient, table: &str, expected: &[Colum
         return Ok(());
     }
     let lost = match table {
-        "film_changes" => "rows not read yet are lost with it, so every pg2es reading the log loads every film again at its next cycle",
-        _ => "the positions are lost with it, so every pg2es reading the log loads every film again at its next cycle",
+        "film_changes" => "rows not read yet are lost with it, so every pg2es reading the log loads every record again at its next cycle",
+        _ => "the positions are lost with it, so every pg2es reading the log loads every record again at its next cycle",
     };
     Err(Failure::Other(Error::SourceSetup(format!(
         "table {qualified} is not as pg2es created it: {}; nothing was changed. Fix: DROP TABLE {qualified}; then run `pg2es delete-capture install` again at once ({lost})",

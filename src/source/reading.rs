@@ -1,5 +1,5 @@
-//! Reading films for any source: the full load's streamed scan, and "these films changed" turned
-//! into batches of upserts (the film as it is now) and deletes (the film is gone).
+//! Reading records for any source: the full load's streamed scan, and "these records changed"
+//! turned into batches of upserts (the record as it is now) and deletes (the record is gone).
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -13,8 +13,8 @@ use crate::error::Result;
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
 
-/// Streams every film after the full load's position, in id order, as batches of `batch_size`,
-/// each completing the full load up to its last film. Returns the films read and whether the load
+/// Streams every record after the full load's position, in key order, as batches of `batch_size`,
+/// each completing the full load up to its last record. Returns the records read and whether the load
 /// reached its end.
 pub async fn full_load(
     pg: &PgSource,
@@ -28,14 +28,14 @@ pub async fn full_load(
     if let Some(p) = progress {
         p.start(pg.records_left(from.after).await?);
     }
-    let films = pg.scan_records(from.after).await?;
-    futures_util::pin_mut!(films);
+    let records = pg.scan_records(from.after).await?;
+    futures_util::pin_mut!(records);
     let (mut read, mut after) = (0, from.after);
     let mut batch = Vec::with_capacity(batch_size);
-    while let Some(film) = films.next().await {
-        let film = film?;
-        after = Some(film.key);
-        batch.push(Change::Upsert(film));
+    while let Some(record) = records.next().await {
+        let record = record?;
+        after = Some(record.key);
+        batch.push(Change::Upsert(record));
         read += 1;
         if batch.len() == batch_size {
             let changes = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
@@ -55,12 +55,12 @@ pub async fn full_load(
 pub enum Versioning {
     /// This version for every batch (replication: the stream position read up to).
     Fixed(u64),
-    /// The WAL insert position read just before each batch's films: it only grows, so a batch
+    /// The WAL insert position read just before each batch's records: it only grows, so a batch
     /// read later has a version at least as high, and a state read after it is at least as new.
     AtRead,
 }
 
-/// Reads these films and sends them: those found as upserts, the others as deletes, in batches of
+/// Reads these records and sends them: those found as upserts, the others as deletes, in batches of
 /// `batch_size`. The last batch carries `completes` and `receipt` (also when `ids` is empty).
 /// False when the receiver has stopped.
 pub async fn send_records(
@@ -91,11 +91,11 @@ pub async fn send_records(
     Ok(true)
 }
 
-/// The films found, as upserts, and a delete for every id asked for that is gone.
-fn upserts_and_deletes(ids: &[Uuid], films: Vec<Record>) -> Vec<Change> {
-    let found: std::collections::HashSet<Uuid> = films.iter().map(|f| f.key).collect();
+/// The records found, as upserts, and a delete for every key asked for that is gone.
+fn upserts_and_deletes(ids: &[Uuid], records: Vec<Record>) -> Vec<Change> {
+    let found: std::collections::HashSet<Uuid> = records.iter().map(|r| r.key).collect();
     let gone = ids.iter().filter(|id| !found.contains(id)).map(|id| Change::Delete(*id));
-    films.into_iter().map(Change::Upsert).chain(gone).collect()
+    records.into_iter().map(Change::Upsert).chain(gone).collect()
 }
 
 /// Sends a batch; false when the receiver has stopped.

@@ -1,10 +1,10 @@
-//! Rows whose films were loaded in an earlier cycle but that the next cycle reads again.
+//! Rows whose records were loaded in an earlier cycle but that the next cycle reads again.
 //!
 //! A stream's watermark stops at the commit horizon, so rows changed just before a cycle are read
 //! again by the next one (a transaction still open could commit rows stamped before them). Re-reading
-//! is what makes late commits safe; re-sending the same films is waste. A row read again with the
+//! is what makes late commits safe; re-sending the same records is waste. A row read again with the
 //! same timestamp and the same row version (`xmin`, which every update changes) has not changed
-//! since its films were loaded, so they are not sent again. Memory holds only the rows above the
+//! since its records were loaded, so they are not sent again. Memory holds only the rows above the
 //! committed watermarks, bounded; after a restart it is empty and the overlap is sent once more.
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,12 +31,12 @@ pub struct RecentlyLoaded {
 }
 
 impl RecentlyLoaded {
-    /// True when exactly this version of the row had its films loaded.
+    /// True when exactly this version of the row had its records loaded.
     pub fn contains(&self, stream: &str, row: &RowVersion) -> bool {
         self.rows.get(stream).and_then(|m| m.get(&row.id)) == Some(&(row.ts, row.xmin))
     }
 
-    /// Remembers rows whose films are now stored.
+    /// Remembers rows whose records are now stored.
     pub fn remember(&mut self, stream: &str, rows: &[RowVersion]) {
         let map = self.rows.entry(stream.to_string()).or_default();
         for r in rows {

@@ -1,14 +1,14 @@
 //! The replication source (`PG2ES_SOURCE=replication`): every committed insert, update, delete
-//! and truncate of the five tables, in commit order, from a `pgoutput` logical replication slot.
+//! and truncate of the document's tables, in commit order, from a `pgoutput` logical replication slot.
 //!
 //! The stream is read through SQL on the source's own connection: each cycle peeks the slot's
 //! changes committed before the WAL position read at its start (`pg_logical_slot_peek_binary_changes`),
 //! and the next cycle advances the slot to the position saved once the index has them
-//! (`pg_replication_slot_advance`). A change names films to read again, as polling does: a film
-//! row, a link row (its film, before and after), a renamed genre or person (every film linked to
+//! (`pg_replication_slot_advance`). A change names records to read again, as polling does: a root
+//! row, a link row (its root, before and after), a changed related row (every record linked to
 //! it). So a change read twice, or one already in the full load's snapshot, is harmless, and the
 //! first full load needs no exported snapshot: the slot is created before it starts, and every
-//! change after that point is streamed. Every write carries the stream position the film was read
+//! change after that point is streamed. Every write carries the stream position the record was read
 //! after as its version (`external_gte`): a late, older state never overwrites a newer one.
 
 use std::collections::BTreeSet;
@@ -98,7 +98,7 @@ impl ReplicationSource {
         Ok(StreamSetup { slot: self.settings.slot.clone(), objects })
     }
 
-    /// Reads the slot's changes in this cycle's window and sends the films they name.
+    /// Reads the slot's changes in this cycle's window and sends the records they name.
     async fn read_stream(&self, state: &State, tx: &mpsc::Sender<ChangeBatch>, report: &mut ReadReport) -> Result<()> {
         let (pg, until) = (self.pg()?, self.until.ok_or_else(|| Error::SourceSetup("no window: the source was not prepared".into()))?);
         let Some(from) = state.replication else { return Ok(()) };
@@ -110,28 +110,28 @@ impl ReplicationSource {
             Ok(window) => window,
             Err(lost) => {
                 // Changes in the stream that cannot be followed: if Postgres is set up right now,
-                // take a fresh position at the window's end (the films are all loaded again after
+                // take a fresh position at the window's end (the records are all loaded again after
                 // it); otherwise the check names what to fix, and the next start comes back here.
                 let setup = self.check_setup(pg, &self.base.schema).await?;
-                tracing::warn!(slot = %self.settings.slot, reason = %lost, resyncs = state.resyncs + 1, "the replication stream cannot be followed from the saved position: taking a fresh one; every film is loaded again, then documents of films that are gone are removed");
+                tracing::warn!(slot = %self.settings.slot, reason = %lost, resyncs = state.resyncs + 1, "the replication stream cannot be followed from the saved position: taking a fresh one; every record is loaded again, then documents of records that are gone are removed");
                 let completes = vec![PositionDelta::Resync { lsn: until, setup }];
                 // A closed channel: the writer stopped, and says why.
                 let _ = tx.send(ChangeBatch { changes: Vec::new(), completes, version: Some(until), receipt: Receipt::default() }).await;
                 return Ok(());
             }
         };
-        report.logged += window.films.len();
-        let mut films = window.films;
+        report.logged += window.roots.len();
+        let mut roots = window.roots;
         for (stream, ids) in &window.fanned {
             let ids: Vec<Uuid> = ids.iter().copied().collect();
-            films.extend(pg.roots_of(stream, &ids).await?);
+            roots.extend(pg.roots_of(stream, &ids).await?);
         }
         report.more = !window.exhausted;
         if window.exhausted {
             *self.caught_up_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         }
         let position = if window.exhausted { until } else { window.last_commit_end.unwrap_or(from) };
-        if position <= from && films.is_empty() && !window.reload {
+        if position <= from && roots.is_empty() && !window.reload {
             return Ok(());
         }
         let mut completes = vec![PositionDelta::Replication { lsn: position.max(from) }];
@@ -139,7 +139,7 @@ impl ReplicationSource {
             tracing::warn!(schema = %self.base.schema, document = %self.spec.name, "a source table was truncated: every record is loaded again, and documents of records that are gone are removed after");
             completes.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
         }
-        let ids: Vec<Uuid> = films.into_iter().collect();
+        let ids: Vec<Uuid> = roots.into_iter().collect();
         // Read after `position`: every state read now is at least as new as the stream there.
         reading::send_records(pg, tx, &ids, self.base.batch_size, Versioning::Fixed(position.max(from)), completes, Receipt::default()).await?;
         Ok(())
@@ -174,7 +174,7 @@ async fn report_slot(pg: &PgSource, settings: &ReplicationSettings, lag_sec: u64
 #[derive(Debug, Default)]
 struct Window {
     /// Root keys named by the changes themselves.
-    films: BTreeSet<Uuid>,
+    roots: BTreeSet<Uuid>,
     /// Changed rows, by table, whose roots are found by the document's fan-out queries.
     fanned: std::collections::BTreeMap<String, BTreeSet<Uuid>>,
     /// A table was truncated.
@@ -189,8 +189,8 @@ const PEEK_SQL: &str = "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_
      'proto_version', '1', 'publication_names', $4)";
 
 /// The window's changes, or (inner `Err`) why the stream cannot be followed through it: a change
-/// whose films cannot be named (a column pg2es reads is gone from the table, a link table's
-/// replica identity does not carry its film), or a publication that no longer exists.
+/// whose records cannot be named (a column pg2es reads is gone from the table, a link table's
+/// replica identity does not carry its root's key), or a publication that no longer exists.
 async fn read_window(pg: &PgSource, settings: &ReplicationSettings, schema: &str, until: Lsn) -> Result<std::result::Result<Window, String>> {
     let until_text = format_lsn(until);
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&settings.slot, &until_text, &WINDOW_CHANGES, &settings.publication];
@@ -220,7 +220,7 @@ async fn read_window(pg: &PgSource, settings: &ReplicationSettings, schema: &str
     Ok(Ok(window))
 }
 
-/// What one message adds to the window; `Err`: the films a change touched cannot be named.
+/// What one message adds to the window; `Err`: the records a change touched cannot be named.
 fn apply(window: &mut Window, relations: &mut Relations, doc: &Document, schema: &str, message: Message) -> std::result::Result<(), String> {
     let ours = |relations: &Relations, id: u32| relations.get(id).is_some_and(|r| r.namespace == schema && doc.stream(&r.name).is_some());
     match message {
@@ -229,14 +229,14 @@ fn apply(window: &mut Window, relations: &mut Relations, doc: &Document, schema:
         Message::Truncate { relations: ids, .. } => window.reload |= ids.iter().any(|id| ours(relations, *id)),
         Message::Insert { relation, new } if ours(relations, relation) => note(window, relations, doc, relation, &new, false)?,
         Message::Update { relation, new, old } if ours(relations, relation) => {
-            identity_names_films(relations, doc, relation)?;
+            identity_names_roots(relations, doc, relation)?;
             note(window, relations, doc, relation, &new, false)?;
             if let Some(old) = old {
                 note(window, relations, doc, relation, &old, true)?;
             }
         }
         Message::Delete { relation, old } if ours(relations, relation) => {
-            identity_names_films(relations, doc, relation)?;
+            identity_names_roots(relations, doc, relation)?;
             note(window, relations, doc, relation, &old, true)?;
         }
         _ => {}
@@ -246,7 +246,7 @@ fn apply(window: &mut Window, relations: &mut Relations, doc: &Document, schema:
 
 /// An update or delete of a table whose replica identity (as the stream announced it) does not
 /// carry the columns that name the row's roots: the old row's roots are not in the stream.
-fn identity_names_films(relations: &Relations, doc: &Document, relation: u32) -> std::result::Result<(), String> {
+fn identity_names_roots(relations: &Relations, doc: &Document, relation: u32) -> std::result::Result<(), String> {
     let Some(r) = relations.get(relation) else { return Ok(()) };
     let Some(stream) = doc.stream(&r.name) else { return Ok(()) };
     for column in &stream.direct {
@@ -270,7 +270,7 @@ fn note(window: &mut Window, relations: &Relations, doc: &Document, relation: u3
     };
     let Some(stream) = relations.get(relation).and_then(|r| doc.stream(&r.name)) else { return Ok(()) };
     for column in &stream.direct {
-        window.films.extend(uuid(column)?);
+        window.roots.extend(uuid(column)?);
     }
     // A changed related row changes the records that contain it. A deleted one's links are
     // deleted in the same transaction (the foreign keys cascade, or set null on the root), and
@@ -336,7 +336,7 @@ impl ChangeSource for ReplicationSource {
                 if resync.is_none() && confirmed > saved {
                     if self.took_over_slot {
                         return Err(Error::SourceSetup(format!(
-                            "replication slot {slot} was moved past this state's position again while pg2es ran ({} > {}): another consumer reads it at the same time. Give each pg2es its own PG_REPLICATION_SLOT (and ETL_STATE_FILE), then start again: this state then loads every film from its own slot",
+                            "replication slot {slot} was moved past this state's position again while pg2es ran ({} > {}): another consumer reads it at the same time. Give each pg2es its own PG_REPLICATION_SLOT (and ETL_STATE_FILE), then start again: this state then loads every record from its own slot",
                             format_lsn(confirmed),
                             format_lsn(saved),
                             slot = self.settings.slot
@@ -362,11 +362,11 @@ impl ChangeSource for ReplicationSource {
             // The fresh position is recorded with the setup as it is now.
             let setup = if cached.is_some() { self.check_setup(pg, &schema).await? } else { setup };
             self.setup = Some((setup.clone(), Instant::now()));
-            tracing::warn!(slot = %self.settings.slot, reason = %reason, resyncs = state.resyncs + 1, "the replication stream cannot be followed from the saved position: taking a fresh one; every film is loaded again, then documents of films that are gone are removed");
+            tracing::warn!(slot = %self.settings.slot, reason = %reason, resyncs = state.resyncs + 1, "the replication stream cannot be followed from the saved position: taking a fresh one; every record is loaded again, then documents of records that are gone are removed");
             before.push(PositionDelta::Resync { lsn: until, setup });
         } else if state.needs_full_load() || reload {
             before.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
-            tracing::info!("full load: every film is read in id order; the replication stream is read from where the slot starts once it is done");
+            tracing::info!("full load: every record is read in key order; the replication stream is read from where the slot starts once it is done");
         }
         self.until = Some(until);
         self.checked = true;
@@ -398,8 +398,8 @@ impl ChangeSource for ReplicationSource {
         if let Some(snapshot) = state.snapshot_in_progress() {
             // Versioned with the stream's position at the load's start: every change after it
             // carries a higher version.
-            let (films, finished) = reading::full_load(self.pg()?, snapshot, self.base.batch_size, state.replication, &tx, shutdown, progress).await?;
-            report.rows.insert(self.pg()?.document().root.clone(), films);
+            let (records, finished) = reading::full_load(self.pg()?, snapshot, self.base.batch_size, state.replication, &tx, shutdown, progress).await?;
+            report.rows.insert(self.pg()?.document().root.clone(), records);
             if !finished {
                 return Ok(report);
             }
@@ -507,7 +507,7 @@ async fn create_slot(pg: &PgSource, slot: &str) -> Result<Lsn> {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + SLOT_WAIT_REPORT, SLOT_WAIT_REPORT);
     let row = loop {
         tokio::select! {
-            row = &mut create => break row.map_err(|e| setup_error(e, &format!("create replication slot {slot}")))?,
+            row = &mut create => break row.map_err(|e| create_slot_error(e, slot))?,
             _ = ticker.tick() => tracing::info!(slot, waited_sec = started.elapsed().as_secs(), "still creating the replication slot: a transaction open since before it started has not ended (see pg_stat_activity)"),
         }
     };
@@ -568,7 +568,7 @@ async fn check_role(pg: &PgSource) -> Result<()> {
     Ok(())
 }
 
-/// Replica identities that give an updated or deleted row's film, every table that lacks one
+/// Replica identities that give an updated or deleted row's root, every table that lacks one
 /// named in one error.
 async fn check_identities(pg: &PgSource, schema: &str) -> Result<()> {
     let doc = pg.document();
@@ -713,7 +713,7 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tabl
             continue;
         }
         return Err(Error::SourceSetup(format!(
-            "publication {publication} lacks {} (recreated by a migration?), so their changes are lost: {add}; the next start then loads every film again",
+            "publication {publication} lacks {} (recreated by a migration?), so their changes are lost: {add}; the next start then loads every record again",
             missing.join(", ")
         )));
     }
@@ -725,6 +725,23 @@ async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tabl
 fn lost_race(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     e.code().is_some_and(|code| *code == SqlState::DUPLICATE_OBJECT || *code == SqlState::UNIQUE_VIOLATION)
+}
+
+/// Every slot in use is not an outage to wait out: a slot must be dropped, or the limit raised.
+fn create_slot_error(e: tokio_postgres::Error, slot: &str) -> Error {
+    if e.code() == Some(&tokio_postgres::error::SqlState::CONFIGURATION_LIMIT_EXCEEDED) {
+        return Error::SourceSetup(no_slot_left(slot));
+    }
+    setup_error(e, &format!("create replication slot {slot}"))
+}
+
+fn no_slot_left(slot: &str) -> String {
+    format!(
+        "cannot create replication slot {slot}: every replication slot is in use (max_replication_slots); \
+         list the unused ones: SELECT slot_name, database, active, pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)) FROM pg_replication_slots WHERE NOT active; \
+         drop one that nothing needs: SELECT pg_drop_replication_slot('name'); \
+         or raise max_replication_slots in postgresql.conf (it takes a restart of Postgres), then start pg2es again"
+    )
 }
 
 /// A refused setup step: missing privileges are the operator's to fix, the rest as usual.
@@ -764,7 +781,7 @@ mod tests {
     const P: &str = "00000000-0000-0000-0000-0000000000ff";
 
     #[test]
-    fn changes_name_the_films_to_read_again() {
+    fn changes_name_the_records_to_read_again() {
         let (mut w, mut r, doc) = (Window::default(), Relations::default(), movies());
         for m in [
             relation(1, "film_work", &["id", "title"]),
@@ -779,8 +796,8 @@ mod tests {
         ] {
             apply(&mut w, &mut r, &doc, "content", m).unwrap();
         }
-        let films: Vec<String> = w.films.iter().map(Uuid::to_string).collect();
-        assert_eq!(films, [A, B]);
+        let roots: Vec<String> = w.roots.iter().map(Uuid::to_string).collect();
+        assert_eq!(roots, [A, B]);
         assert_eq!(w.fanned["person"].iter().map(Uuid::to_string).collect::<Vec<_>>(), [P]);
         assert_eq!((w.last_commit_end, w.reload), (Some(20), false));
         apply(&mut w, &mut r, &doc, "content", Message::Truncate { options: 0, relations: vec![2] }).unwrap();
@@ -790,11 +807,11 @@ mod tests {
         let mut rel = Relations::default();
         apply(&mut other, &mut rel, &doc, "elsewhere", relation(1, "film_work", &["id"])).unwrap();
         apply(&mut other, &mut rel, &doc, "elsewhere", Message::Insert { relation: 1, new: text(&[A]) }).unwrap();
-        assert!(other.films.is_empty());
+        assert!(other.roots.is_empty());
     }
 
     #[test]
-    fn a_change_whose_film_is_not_in_the_stream_is_reported() {
+    fn a_change_whose_record_is_not_in_the_stream_is_reported() {
         let (mut w, mut r, doc) = (Window::default(), Relations::default(), movies());
         // A link table with the default replica identity: a delete carries only its key.
         let mut link = relation(2, "genre_film_work", &["id", "film_work_id", "genre_id"]);
