@@ -200,6 +200,11 @@ pub async fn verify_document(config: &Config, spec: DocumentSpec, index: &IndexS
     // A missing index or another mapping is said as such, not as the first search's error.
     sink.engine(shutdown).await?;
     sink.check_index(&index.schema, shutdown).await?;
+    // What pg2es stored is searchable only after a refresh: right after `run --once` it may not
+    // be yet. Best effort: a role that may only read still gets its report.
+    if let Err(e) = sink.refresh().await {
+        tracing::debug!(error = %e, "index not refreshed before verify");
+    }
     let mut records = RecordPages::new(config, spec.clone(), shutdown)?;
     let mut documents = DocumentPages::new(&sink, config.batch_size.min(MAX_SEARCH_SIZE), shutdown);
     tracing::info!(index = %config.es_index, page_size = config.batch_size, "verifying index against postgres");

@@ -397,7 +397,7 @@ impl ElasticsearchSink {
         Ok(true)
     }
 
-    /// Makes recent writes visible to search (tests and `make demo` summaries).
+    /// Makes recent writes visible to search (`verify`, tests and `make demo` summaries).
     pub async fn refresh(&self) -> Result<()> {
         self.send_ok(Method::POST, &format!("{}/_refresh", self.index), "refresh", None).await.map(|_| ())
     }
