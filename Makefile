@@ -149,7 +149,7 @@ pg-matrix-up:
 # PG_MATRIX_KILLS kills each, ending with verify. Each line of the summary names the version and its time.
 test-pg-matrix: check-tools pg-matrix-up
 	$(CARGO) build --locked
-	$(CARGO) test --locked --no-run --test delete_capture --test deletes --test replication --test migrations --test write_capture --test bookshop --test library
+	$(CARGO) test --locked --no-run --test delete_capture --test deletes --test replication --test migrations --test write_capture --test bookshop
 	$(CARGO) test --locked --no-run --features fault-tests --test faults
 	for v in $(PG_MATRIX); do \
 		port=$$(( $(PGM_PORT_BASE) + v )); started=$$(date +%s); \
@@ -163,7 +163,7 @@ test-pg-matrix: check-tools pg-matrix-up
 		grep -q "postgres_version=$$v\." state/pg-matrix-$$v.log || { echo "pg-matrix: pg2es did not report PostgreSQL $$v" >&2; exit 1; }; \
 		tools/acceptance/run.sh $(ES_URL); \
 		PG2ES_TEST_PG_DSN=$$admin PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_INDEX_PREFIX=pg2es_t_pg$${v}_ \
-			$(CARGO) test --locked --test delete_capture --test deletes --test replication --test migrations --test write_capture --test bookshop --test library -- --test-threads=2; \
+			$(CARGO) test --locked --test delete_capture --test deletes --test replication --test migrations --test write_capture --test bookshop -- --test-threads=2; \
 		PG2ES_TEST_PG_DSN=$$admin PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_INDEX_PREFIX=pg2es_t_pg$${v}_ PG2ES_TEST_KILLS=$(PG_MATRIX_KILLS) \
 			$(CARGO) test --locked --features fault-tests --test faults -- survives_sigkill --test-threads=2 --nocapture; \
 		echo "pg-matrix: PostgreSQL $$v passed in $$(( $$(date +%s) - started ))s"; \
