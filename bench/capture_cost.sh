@@ -33,7 +33,7 @@ done
 # EXECUTE, each its own statement; the log is emptied before each round so it does not grow.
 measure() {
   psql -X -At -d "bench_capture_$1" -v n="$n" <<'SQL'
-DO $$ BEGIN IF to_regclass('pg2es.film_changes') IS NOT NULL THEN TRUNCATE pg2es.film_changes; END IF; END $$;
+DO $$ BEGIN IF to_regclass('pg2es.changes') IS NOT NULL THEN TRUNCATE pg2es.changes; END IF; END $$;
 CREATE TEMP TABLE ids AS SELECT row_number() OVER (ORDER BY id) - 1 AS n, id FROM content.film_work;
 CREATE TEMP TABLE people AS SELECT row_number() OVER (ORDER BY p.id) - 1 AS n, p.id FROM content.person p
   WHERE EXISTS (SELECT 1 FROM content.person_film_work l WHERE l.person_id = p.id);

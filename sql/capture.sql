@@ -10,20 +10,40 @@
 
 CREATE SCHEMA IF NOT EXISTS pg2es;
 
+-- The log of earlier releases, pg2es.film_changes, becomes pg2es.changes with its rows (the
+-- positions in pg2es.consumers stay valid: they are transaction ids).
+DO $$
+BEGIN
+    IF pg_catalog.to_regclass('pg2es.changes') IS NULL
+       AND (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass('pg2es.film_changes')) = 'r' THEN
+        ALTER TABLE pg2es.film_changes RENAME TO changes;
+        ALTER INDEX IF EXISTS pg2es.film_changes_source_schema_xid_idx RENAME TO changes_source_schema_xid_idx;
+    END IF;
+END $$;
+
 -- One row per (transaction, document, key) to rebuild: `key` is the document's key as text
 -- (`film_id`, a uuid, is where the triggers of earlier releases wrote it); both NULL: the
 -- whole document must be reloaded (a TRUNCATE). `document` NULL: written by the triggers of
 -- pg2es before definitions, for the definition's first document. Rows below every consumer's
 -- position are trimmed by pg2es.
-CREATE TABLE IF NOT EXISTS pg2es.film_changes (
+CREATE TABLE IF NOT EXISTS pg2es.changes (
     xid           xid8        NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
     source_schema text        NOT NULL,
     film_id       uuid,
     at            timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
-ALTER TABLE pg2es.film_changes ADD COLUMN IF NOT EXISTS document text;
-ALTER TABLE pg2es.film_changes ADD COLUMN IF NOT EXISTS key text;
-CREATE INDEX IF NOT EXISTS film_changes_source_schema_xid_idx ON pg2es.film_changes (source_schema, xid);
+ALTER TABLE pg2es.changes ADD COLUMN IF NOT EXISTS document text;
+ALTER TABLE pg2es.changes ADD COLUMN IF NOT EXISTS key text;
+CREATE INDEX IF NOT EXISTS changes_source_schema_xid_idx ON pg2es.changes (source_schema, xid);
+
+-- The triggers of earlier releases, on schemas not installed again yet, write to
+-- pg2es.film_changes: a view of the log now, through which their rows reach it.
+DO $$
+BEGIN
+    IF pg_catalog.to_regclass('pg2es.film_changes') IS NULL THEN
+        CREATE VIEW pg2es.film_changes AS SELECT xid, source_schema, film_id, at, document, key FROM pg2es.changes;
+    END IF;
+END $$;
 
 -- Each pg2es instance's position: log rows below the oldest one are read by everyone.
 CREATE TABLE IF NOT EXISTS pg2es.consumers (

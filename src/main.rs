@@ -134,9 +134,9 @@ fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result
                 let installed = if writes { delete_log::install_writes(&client, &set).await? } else { delete_log::install(&client, &set).await? };
                 let count = set.triggers.iter().filter(|t| writes || !t.writes).count();
                 if writes {
-                    println!("delete and write capture installed on schema {schema} for {names}: {count} triggers write to pg2es.film_changes; polling reads every change from it");
+                    println!("delete and write capture installed on schema {schema} for {names}: {count} triggers write to pg2es.changes; polling reads every change from it");
                 } else {
-                    println!("delete capture installed on schema {schema} for {names}: {count} triggers write to pg2es.film_changes");
+                    println!("delete capture installed on schema {schema} for {names}: {count} triggers write to pg2es.changes");
                 }
                 if installed.replaced_legacy {
                     println!("the triggers of an earlier pg2es were replaced by these in the same transaction: no change was missed");

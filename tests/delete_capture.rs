@@ -197,7 +197,7 @@ async fn acknowledge_trims_below_the_oldest_position() {
     let first = commit(&env.db, "DELETE FROM content.genre_film_work WHERE id = (SELECT id FROM content.genre_film_work ORDER BY id LIMIT 1)").await;
     let second = commit(&env.db, "DELETE FROM content.genre_film_work WHERE id = (SELECT id FROM content.genre_film_work ORDER BY id LIMIT 1)").await;
     assert!(first < second);
-    let rows = |xid: u64| format!("SELECT count(*) FROM pg2es.film_changes WHERE xid = '{xid}'::xid8");
+    let rows = |xid: u64| format!("SELECT count(*) FROM pg2es.changes WHERE xid = '{xid}'::xid8");
 
     // One instance is past both, the other only past the first: the first is trimmed.
     delete_log::acknowledge(&env.db, SCHEMA, "b", first + 1).await.unwrap();
@@ -206,10 +206,10 @@ async fn acknowledge_trims_below_the_oldest_position() {
 
     // An instance unseen for over 7 days holds nothing back; another schema's rows are not touched.
     env.sql("INSERT INTO pg2es.consumers (source_schema, consumer, done_xid, seen_at) VALUES ('content', 'gone', '1', now() - interval '8 days')").await;
-    env.sql("INSERT INTO pg2es.film_changes (source_schema, film_id) VALUES ('other', NULL)").await;
+    env.sql("INSERT INTO pg2es.changes (source_schema, film_id) VALUES ('other', NULL)").await;
     delete_log::acknowledge(&env.db, SCHEMA, "b", second + 1).await.unwrap();
     assert_eq!(env.scalar_i64(&rows(second)).await, 0);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM pg2es.film_changes WHERE source_schema = 'other'").await, 1);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM pg2es.changes WHERE source_schema = 'other'").await, 1);
     let b: String = env.db.query_one("SELECT done_xid::text FROM pg2es.consumers WHERE consumer = 'b'", &[]).await.unwrap().get(0);
     assert_eq!(b, (second + 1).to_string());
     env.cleanup().await;
@@ -396,7 +396,7 @@ async fn install_drops_positions_the_log_can_no_longer_vouch_for() {
     assert_eq!(delete_log::advance(&env.db, SCHEMA, "old", 2).await.unwrap(), delete_log::Continuity::Expired);
 
     // A new log: every position in the old one goes.
-    env.sql("DROP TABLE pg2es.film_changes").await;
+    env.sql("DROP TABLE pg2es.changes CASCADE").await;
     assert!(!delete_log::installed(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap());
     assert_eq!(delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.unwrap().positions_dropped, 2);
     assert_eq!(env.scalar_i64(consumers).await, 0);
@@ -413,17 +413,20 @@ async fn install_drops_positions_the_log_can_no_longer_vouch_for() {
 #[tokio::test]
 async fn install_refuses_altered_log_tables() {
     let env = installed_env("dc_shape").await;
-    env.sql("ALTER TABLE pg2es.film_changes ALTER COLUMN film_id TYPE text").await;
+    // The view of the old name depends on the column: dropped too (install makes it again).
+    env.sql("DROP VIEW pg2es.film_changes").await;
+    env.sql("ALTER TABLE pg2es.changes ALTER COLUMN film_id TYPE text").await;
     let err = delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.expect_err("film_id is text").to_string();
-    assert!(err.contains("column pg2es.film_changes.film_id is text, pg2es needs uuid") && err.contains("DROP TABLE pg2es.film_changes;"), "{err}");
-    env.sql("ALTER TABLE pg2es.film_changes ALTER COLUMN film_id TYPE uuid USING film_id::uuid").await;
+    assert!(err.contains("column pg2es.changes.film_id is text, pg2es needs uuid") && err.contains("DROP TABLE pg2es.changes CASCADE;"), "{err}");
+    env.sql("ALTER TABLE pg2es.changes ALTER COLUMN film_id TYPE uuid USING film_id::uuid").await;
     delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.expect("as created again");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM pg_views WHERE schemaname = 'pg2es' AND viewname = 'film_changes'").await, 1);
 
     env.sql("ALTER TABLE pg2es.consumers DROP CONSTRAINT consumers_pkey").await;
     env.sql("ALTER TABLE pg2es.consumers ALTER COLUMN seen_at DROP DEFAULT").await;
     let err = delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.expect_err("consumers altered").to_string();
     assert!(err.contains("pg2es.consumers.seen_at has no default") && err.contains("no unique key on (source_schema, consumer)"), "{err}");
-    assert!(err.contains("DROP TABLE pg2es.consumers;"), "{err}");
+    assert!(err.contains("DROP TABLE pg2es.consumers CASCADE;"), "{err}");
     env.sql("DROP TABLE pg2es.consumers").await;
     delete_log::install(&env.db, &common::capture(&env.db, SCHEMA).await).await.expect("consumers created again");
     env.cleanup().await;
@@ -438,26 +441,26 @@ async fn trim_for_replication_keeps_only_what_active_polling_consumers_need() {
     let first = commit(&env.db, delete_one).await;
     let second = commit(&env.db, delete_one).await;
     boundary_past(&env.db, second).await;
-    let rows = "SELECT count(*) FROM pg2es.film_changes WHERE source_schema = 'content'";
+    let rows = "SELECT count(*) FROM pg2es.changes WHERE source_schema = 'content'";
     assert_eq!(env.scalar_i64(rows).await, 2);
     delete_log::acknowledge(&env.db, SCHEMA, "repl", 1).await.unwrap();
     delete_log::acknowledge(&env.db, SCHEMA, "poll", first + 1).await.unwrap();
     env.sql("INSERT INTO pg2es.consumers (source_schema, consumer, done_xid, seen_at) VALUES ('content', 'gone', '1', now() - interval '8 days')").await;
-    env.sql("INSERT INTO pg2es.film_changes (source_schema, film_id) VALUES ('other', NULL)").await;
+    env.sql("INSERT INTO pg2es.changes (source_schema, film_id) VALUES ('other', NULL)").await;
 
     // An active polling consumer still needs the second delete.
     assert_eq!(delete_log::trim_for_replication(&env.db, SCHEMA, "repl").await.unwrap(), 1);
     assert!(!delete_log::is_consumer(&env.db, SCHEMA, "repl").await.unwrap());
-    assert_eq!(env.scalar_i64(&format!("SELECT count(*) FROM pg2es.film_changes WHERE xid = '{second}'::xid8")).await, 1);
+    assert_eq!(env.scalar_i64(&format!("SELECT count(*) FROM pg2es.changes WHERE xid = '{second}'::xid8")).await, 1);
 
     // No active polling consumer: everything below the boundary goes; another schema's rows stay.
     env.sql("DELETE FROM pg2es.consumers WHERE consumer = 'poll'").await;
     assert_eq!(delete_log::trim_for_replication(&env.db, SCHEMA, "repl").await.unwrap(), 1);
     assert_eq!(env.scalar_i64(rows).await, 0);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM pg2es.film_changes WHERE source_schema = 'other'").await, 1);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM pg2es.changes WHERE source_schema = 'other'").await, 1);
 
     // Without the log tables there is nothing to trim.
-    env.sql("DROP TABLE pg2es.film_changes").await;
+    env.sql("DROP TABLE pg2es.changes CASCADE").await;
     assert_eq!(delete_log::trim_for_replication(&env.db, SCHEMA, "repl").await.unwrap(), 0);
     env.cleanup().await;
 }

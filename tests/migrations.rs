@@ -345,12 +345,12 @@ async fn replication_trims_the_delete_capture_log() {
     let env = TestEnv::replicated("mig_trim").await;
     pg2es::source::delete_log::install(&env.db, &common::capture(&env.db, "content").await).await.expect("install the delete capture");
     env.sql("DELETE FROM content.film_work WHERE id IN (SELECT id FROM content.film_work ORDER BY id LIMIT 3)").await;
-    assert!(env.scalar_i64("SELECT count(*) FROM pg2es.film_changes").await > 0);
+    assert!(env.scalar_i64("SELECT count(*) FROM pg2es.changes").await > 0);
     let o = common::pg2es_command(&env.env_vars(), &["run", "--once"]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
     assert!(err.contains("replication mode does not read them"), "{err}");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM pg2es.film_changes").await, 0, "{err}");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM pg2es.changes").await, 0, "{err}");
     converges(&env, Duration::from_secs(30)).await;
     env.cleanup().await;
 }

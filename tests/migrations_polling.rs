@@ -149,9 +149,7 @@ async fn an_altered_log_table_is_refused_by_install_and_the_fix_converges() {
     env.db.execute("DELETE FROM content.genre_film_work WHERE film_work_id = $1", &[&lost_link_film]).await.unwrap();
 
     env.db
-        .batch_execute(
-            "ALTER TABLE pg2es.film_changes ADD COLUMN note text NOT NULL DEFAULT 'x'; ALTER TABLE pg2es.film_changes ALTER COLUMN note DROP DEFAULT",
-        )
+        .batch_execute("ALTER TABLE pg2es.changes ADD COLUMN note text NOT NULL DEFAULT 'x'; ALTER TABLE pg2es.changes ALTER COLUMN note DROP DEFAULT")
         .await
         .unwrap();
     let err = env.db.execute("DELETE FROM content.genre_film_work WHERE film_work_id = $1", &[&later_film]).await.expect_err("the application's DELETE fails");
@@ -160,15 +158,15 @@ async fn an_altered_log_table_is_refused_by_install_and_the_fix_converges() {
     let install = pg2es_command(&env.env_vars(), &["delete-capture", "install"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&install.stderr);
     assert_eq!(install.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("column pg2es.film_changes.note is NOT NULL without a default"), "names the column and what differs: {stderr}");
-    assert!(stderr.contains("DROP TABLE pg2es.film_changes; then run `pg2es delete-capture install` again"), "names the fix: {stderr}");
+    assert!(stderr.contains("column pg2es.changes.note is NOT NULL without a default"), "names the column and what differs: {stderr}");
+    assert!(stderr.contains("DROP TABLE pg2es.changes CASCADE; then run `pg2es delete-capture install` again"), "names the fix: {stderr}");
     assert_eq!(
-        env.scalar_i64("SELECT count(*) FROM pg_attribute WHERE attrelid = 'pg2es.film_changes'::regclass AND attname = 'note'").await,
+        env.scalar_i64("SELECT count(*) FROM pg_attribute WHERE attrelid = 'pg2es.changes'::regclass AND attname = 'note'").await,
         1,
         "nothing was changed"
     );
 
-    env.sql("DROP TABLE pg2es.film_changes").await;
+    env.sql("DROP TABLE pg2es.changes CASCADE").await;
     let install = pg2es_command(&env.env_vars(), &["delete-capture", "install"]).output().unwrap();
     assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
     env.db.execute("DELETE FROM content.genre_film_work WHERE film_work_id = $1", &[&later_film]).await.expect("the application's DELETE works again");

@@ -56,7 +56,7 @@ fn hash(parts: &[&str]) -> String {
 
 /// The log's `key` is the document's key as text (`film_id`, a uuid, is the column the triggers
 /// of earlier releases write).
-const INSERT: &str = "INSERT INTO pg2es.film_changes (source_schema, document, key)";
+const INSERT: &str = "INSERT INTO pg2es.changes (source_schema, document, key)";
 
 /// What a trigger does, as the statement its function runs.
 enum Body<'a> {

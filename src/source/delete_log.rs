@@ -82,7 +82,7 @@ pub fn print_ddl(set: &TriggerSet, writes: bool) -> String {
     format!(
         "-- Changes made while the log or a trigger was missing were not recorded: positions in the log\n\
          -- are dropped then, so each pg2es reading it loads every document again instead of trusting them.\n\
-         DO $$\nBEGIN\n    IF pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL AND (pg_catalog.to_regclass('pg2es.film_changes') IS NULL\n       OR EXISTS (SELECT 1 FROM unnest(ARRAY[{}], ARRAY[{}]) AS want(tbl, name)\n                  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgname = want.name AND t.tgenabled <> 'D'\n                                      AND t.tgrelid = pg_catalog.to_regclass(quote_ident({schema}) || '.' || quote_ident(want.tbl))))) THEN\n        DELETE FROM pg2es.consumers WHERE source_schema = {schema} OR pg_catalog.to_regclass('pg2es.film_changes') IS NULL;\n    END IF;\nEND $$;\n\n{}",
+         DO $$\nBEGIN\n    IF pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL AND (COALESCE(pg_catalog.to_regclass('pg2es.changes'), pg_catalog.to_regclass('pg2es.film_changes')) IS NULL\n       OR EXISTS (SELECT 1 FROM unnest(ARRAY[{}], ARRAY[{}]) AS want(tbl, name)\n                  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgname = want.name AND t.tgenabled <> 'D'\n                                      AND t.tgrelid = pg_catalog.to_regclass(quote_ident({schema}) || '.' || quote_ident(want.tbl))))) THEN\n        DELETE FROM pg2es.consumers WHERE source_schema = {schema} OR COALESCE(pg_catalog.to_regclass('pg2es.changes'), pg_catalog.to_regclass('pg2es.film_changes')) IS NULL;\n    END IF;\nEND $$;\n\n{}",
         list(tables),
         list(triggers),
         ddl(set, writes),
@@ -190,11 +190,11 @@ impl Capture {
         self.missing.len() == self.deletes_wanted
     }
 
-    /// What is missing, for a log line: `pg2es.film_changes; genre_film_work: pg2es_movies_deleted, pg2es_movies_truncated`.
+    /// What is missing, for a log line: `table pg2es.changes; genre_film_work: pg2es_movies_deleted, pg2es_movies_truncated`.
     pub fn describe_missing(&self) -> String {
         let mut parts = Vec::new();
         if !self.log_table {
-            parts.push("table pg2es.film_changes".to_string());
+            parts.push("table pg2es.changes".to_string());
         }
         let mut tables: Vec<&str> = self.missing.iter().map(|(t, _)| t.as_str()).collect();
         tables.dedup();
@@ -216,17 +216,17 @@ pub async fn status(client: &impl GenericClient, set: &TriggerSet) -> Result<Cap
     let row = client
         .query_one(
             concat!(
-                "SELECT pg_catalog.to_regclass('pg2es.film_changes') IS NOT NULL, \
+                "SELECT COALESCE(pg_catalog.to_regclass('pg2es.changes'), pg_catalog.to_regclass('pg2es.film_changes')) IS NOT NULL, \
                     ARRAY(SELECT want.n FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS want(tbl, name, n) \
                           WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t \
                                             WHERE t.tgrelid = pg_catalog.to_regclass(quote_ident($1) || '.' || quote_ident(want.tbl)) \
                                               AND t.tgname = want.name AND t.tgenabled <> 'D') \
                           ORDER BY want.n), \
                     legacy.any, legacy.writes, \
-                    EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass('pg2es.film_changes') \
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
+                            WHERE a.attrelid = COALESCE(pg_catalog.to_regclass('pg2es.changes'), pg_catalog.to_regclass('pg2es.film_changes')) \
                             AND a.attname = 'document' AND NOT a.attisdropped), \
-                    EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass('pg2es.film_changes') \
-                            AND a.attname = 'key' AND NOT a.attisdropped) \
+                    pg_catalog.to_regclass('pg2es.changes') IS NOT NULL \
                  FROM (SELECT count(*) > 0 AS any, count(*) FILTER (WHERE p.proname LIKE 'log\\_written%') > 0 AS writes FROM ",
                 pg2es_triggers!(),
                 " WHERE n.nspname = $1 AND pn.nspname = 'pg2es' AND p.proname = ANY($4) AND t.tgenabled <> 'D') legacy"
@@ -301,19 +301,22 @@ pub struct LogPage {
     pub reload: bool,
 }
 
-/// The window's page of keys: `$key` is a row's key as text, `$filter` chooses the document's rows.
+/// The window's page of keys in the log `$log`: `$key` is a row's key as text, `$filter` chooses
+/// the document's rows.
 macro_rules! keys_between_sql {
-    ($key:literal, $filter:literal) => {
+    ($log:literal, $key:literal, $filter:literal) => {
         concat!(
-            "SELECT EXISTS (SELECT 1 FROM pg2es.film_changes \
-                    WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 AND ",
+            "SELECT EXISTS (SELECT 1 FROM ",
+            $log,
+            " WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 AND ",
             $key,
             " IS NULL AND ",
             $filter,
             "), ARRAY(SELECT DISTINCT ",
             $key,
-            " COLLATE \"C\" FROM pg2es.film_changes \
-                    WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 AND ",
+            " COLLATE \"C\" FROM ",
+            $log,
+            " WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 AND ",
             $filter,
             " AND ",
             $key,
@@ -326,13 +329,14 @@ macro_rules! keys_between_sql {
 
 /// The document's rows (`$6`), and for the first document (`$7`) the rows without a document;
 /// the key in `key` (this release's triggers) or `film_id` (earlier ones').
-const KEYS_BETWEEN_SQL: &str = keys_between_sql!("COALESCE(key, film_id::text)", "(document = $6 OR ($7 AND document IS NULL))");
+const KEYS_BETWEEN_SQL: &str = keys_between_sql!("pg2es.changes", "COALESCE(key, film_id::text)", "(document = $6 OR ($7 AND document IS NULL))");
 
-/// A log before its `key` column: every key is a uuid, in `film_id`.
-const KEYS_BETWEEN_UNKEYED_SQL: &str = keys_between_sql!("film_id::text", "(document = $6 OR ($7 AND document IS NULL))");
+/// An earlier release's log, `pg2es.film_changes` before its `key` column: every key is a uuid,
+/// in `film_id`.
+const KEYS_BETWEEN_UNKEYED_SQL: &str = keys_between_sql!("pg2es.film_changes", "film_id::text", "(document = $6 OR ($7 AND document IS NULL))");
 
 /// An earlier release's log, without the `document` column: every row is the first document's.
-const KEYS_BETWEEN_UNDOCUMENTED_SQL: &str = keys_between_sql!("film_id::text", "($6::text IS NOT NULL AND $7)");
+const KEYS_BETWEEN_UNDOCUMENTED_SQL: &str = keys_between_sql!("pg2es.film_changes", "film_id::text", "($6::text IS NOT NULL AND $7)");
 
 /// Which document's rows of the log to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,7 +357,8 @@ pub enum LogShape {
     Undocumented,
     /// `document`, and the uuid `film_id`.
     Documented,
-    /// `document` and the key as text in `key` (`film_id` still read: earlier triggers wrote it).
+    /// `pg2es.changes`: `document`, and the key as text in `key` (`film_id` still read: earlier
+    /// triggers wrote it, through the view `pg2es.film_changes`).
     #[default]
     Keyed,
 }
@@ -386,7 +391,8 @@ pub async fn keys_between(
 }
 
 /// Trims what every consumer of `schema`'s log seen in the last 7 days has read (a consumer gone
-/// longer holds nothing back).
+/// longer holds nothing back). Through `pg2es.film_changes`: the log itself before `install`
+/// renames it, the view of `pg2es.changes` after.
 const TRIM_SQL: &str = "DELETE FROM pg2es.film_changes WHERE source_schema = $1 AND xid < \
        (SELECT done_xid FROM pg2es.consumers WHERE source_schema = $1 AND seen_at > now() - interval '7 days' \
         ORDER BY done_xid LIMIT 1)";
@@ -529,11 +535,14 @@ async fn install_locked(client: &impl GenericClient, set: &TriggerSet, writes: b
     }
     // Read under the locks: no trigger can come or go until the commit.
     let before = status(client, set).await?;
+    // The log: `changes`, or an earlier release's `film_changes` that the DDL renames.
+    let log = if before.shape == LogShape::Keyed { "changes" } else { "film_changes" };
     if before.log_table {
-        // Other schemas' triggers write to it; the index below needs it still.
-        lock(client, "pg2es", "film_changes", "SHARE").await?;
+        // Other schemas' triggers write to it; the index below needs it still. Renaming it takes
+        // the DDL's own lock.
+        lock(client, "pg2es", log, "SHARE").await?;
     }
-    check_shape(client, "film_changes", &FILM_CHANGES).await?;
+    check_shape(client, log, &FILM_CHANGES).await?;
     check_shape(client, "consumers", &CONSUMERS).await?;
     client.batch_execute(&ddl(set, writes)).await.map_err(Failure::Sql)?;
     // A position in the log stands for "every change since is in the log". A new log, or
@@ -854,11 +863,11 @@ async fn check_shape(client: &impl GenericClient, table: &str, expected: &[Colum
         return Ok(());
     }
     let lost = match table {
-        "film_changes" => "rows not read yet are lost with it, so every pg2es reading the log loads every record again at its next cycle",
+        "changes" | "film_changes" => "rows not read yet are lost with it, so every pg2es reading the log loads every record again at its next cycle",
         _ => "the positions are lost with it, so every pg2es reading the log loads every record again at its next cycle",
     };
     Err(Failure::Other(Error::SourceSetup(format!(
-        "table {qualified} is not as pg2es created it: {}; nothing was changed. Fix: DROP TABLE {qualified}; then run `pg2es delete-capture install` again at once ({lost})",
+        "table {qualified} is not as pg2es created it: {}; nothing was changed. Fix: DROP TABLE {qualified} CASCADE; then run `pg2es delete-capture install` again at once ({lost})",
         problems.join("; ")
     ))))
 }
@@ -927,7 +936,7 @@ mod tests {
         assert!(!c.complete() && !c.nothing_installed());
         assert_eq!(c.describe_missing(), "genre_film_work: pg2es_movies_deleted, pg2es_movies_truncated");
         let c = capture(false, vec![pair("film_work", "pg2es_movies_deleted"), pair("person", "pg2es_movies_truncated")]);
-        assert_eq!(c.describe_missing(), "table pg2es.film_changes; film_work: pg2es_movies_deleted; person: pg2es_movies_truncated");
+        assert_eq!(c.describe_missing(), "table pg2es.changes; film_work: pg2es_movies_deleted; person: pg2es_movies_truncated");
         assert!(capture(true, vec![]).complete());
         // An earlier release's capture stands in for the first document only, and only while
         // none of the generated triggers is there.
