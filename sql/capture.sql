@@ -10,7 +10,8 @@
 
 CREATE SCHEMA IF NOT EXISTS pg2es;
 
--- One row per (transaction, document, key) to rebuild; film_id (the document's key) NULL: the
+-- One row per (transaction, document, key) to rebuild: `key` is the document's key as text
+-- (`film_id`, a uuid, is where the triggers of earlier releases wrote it); both NULL: the
 -- whole document must be reloaded (a TRUNCATE). `document` NULL: written by the triggers of
 -- pg2es before definitions, for the definition's first document. Rows below every consumer's
 -- position are trimmed by pg2es.
@@ -21,6 +22,7 @@ CREATE TABLE IF NOT EXISTS pg2es.film_changes (
     at            timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 ALTER TABLE pg2es.film_changes ADD COLUMN IF NOT EXISTS document text;
+ALTER TABLE pg2es.film_changes ADD COLUMN IF NOT EXISTS key text;
 CREATE INDEX IF NOT EXISTS film_changes_source_schema_xid_idx ON pg2es.film_changes (source_schema, xid);
 
 -- Each pg2es instance's position: log rows below the oldest one are read by everyone.

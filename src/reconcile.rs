@@ -46,8 +46,8 @@ pub async fn run<S: ChangeSource, K: IndexSink>(doc: &Document, source: &S, sink
     loop {
         let page = sink.id_page(cursor, PAGE, shutdown).await?;
         checked += page.ids.len();
-        let keys: Vec<uuid::Uuid> = page.ids.iter().filter_map(|id| doc.key_of(id)).collect();
-        let existing: HashSet<uuid::Uuid> = source.existing(&keys).await?.into_iter().collect();
+        let keys: Vec<crate::position::Key> = page.ids.iter().filter_map(|id| doc.key_of(id)).collect();
+        let existing: HashSet<crate::position::Key> = source.existing(&keys).await?.into_iter().collect();
         let gone: Vec<IndexAction> = keys.iter().filter(|k| !existing.contains(k)).map(|k| IndexAction::Delete { id: k.to_string(), version: None }).collect();
         if !gone.is_empty() {
             deleted += gone.len();

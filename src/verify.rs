@@ -1,11 +1,11 @@
 //! `pg2es verify`: compares the index with what the transform would make of Postgres now.
 //!
 //! Both sides are read in id order, one page at a time, and merge-joined, so memory holds at most
-//! a page of each however large the tables are. Records come from Postgres by keyset on the
-//! root table's key; documents come from Elasticsearch sorted on the `id` keyword, with
-//! `search_after`. Postgres orders uuids by their bytes and Elasticsearch orders keywords by their
-//! UTF-8 bytes: for the canonical lowercase text of a uuid the two orders agree, which is what the
-//! join relies on. A document whose `id` is not the canonical text of its `_id` has no place in
+//! a page of each however large the tables are. Documents come from Elasticsearch sorted on the
+//! `id` keyword, with `search_after`, in the UTF-8 byte order of their ids. Records come from
+//! Postgres by keyset in the byte order of their key's text (`COLLATE "C"`), which is the same
+//! order: for a uuid key that is the key's own order (an index range scan); for an integer or
+//! text key each page sorts the table. A document whose `id` is not its `_id` has no place in
 //! that order: it is counted as extra (and its record, if there is one, as missing).
 //!
 //! Neither side is a snapshot: a long transaction would hold back the commit horizon of a running
@@ -24,7 +24,6 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
-use uuid::Uuid;
 
 use crate::catalog::{IndexSpec, Record};
 use crate::config::{Config, SourceKind};
@@ -245,7 +244,8 @@ async fn delete_capture_installed(config: &Config, spec: &DocumentSpec) -> Resul
 /// A document in the join: the record key it stands for, and its source.
 #[derive(Debug, Clone, PartialEq)]
 struct OrderedDoc {
-    id: Uuid,
+    /// The key's text, the document's `_id`.
+    id: String,
     source: Value,
 }
 
@@ -264,19 +264,19 @@ fn join(expected: &mut VecDeque<OrderedDoc>, stored: &mut VecDeque<OrderedDoc>, 
                 let Some(record) = expected.pop_front() else { return };
                 report.checked += 1;
                 tracing::debug!(key = %record.id, "document missing");
-                report.missing.record(record.id.to_string());
+                report.missing.record(record.id);
             }
             std::cmp::Ordering::Greater => {
                 let Some(doc) = stored.pop_front() else { return };
                 tracing::debug!(document = %doc.id, "document without record");
-                report.extra.record(doc.id.to_string());
+                report.extra.record(doc.id);
             }
             std::cmp::Ordering::Equal => {
                 let (Some(record), Some(doc)) = (expected.pop_front(), stored.pop_front()) else { return };
                 report.checked += 1;
                 if let Some(field) = first_difference(&record.source, &doc.source) {
                     tracing::debug!(key = %record.id, field = %field, "document stale");
-                    report.stale.record(StaleDocument { id: record.id.to_string(), field });
+                    report.stale.record(StaleDocument { id: record.id, field });
                 }
             }
         }
@@ -306,8 +306,8 @@ struct RecordPages<'a> {
     policy: RetryPolicy,
     shutdown: &'a Shutdown,
     source: Mutex<Option<PgSource>>,
-    /// The last record read. Records sort after the nil uuid, which no catalog uses as an id.
-    after: Uuid,
+    /// The text of the last record's key (`None`: none read yet).
+    after: Option<String>,
     done: bool,
 }
 
@@ -320,7 +320,7 @@ impl<'a> RecordPages<'a> {
             policy: config.retry_policy(),
             shutdown,
             source: Mutex::new(None),
-            after: Uuid::nil(),
+            after: None,
             done: false,
         })
     }
@@ -329,18 +329,19 @@ impl<'a> RecordPages<'a> {
         if self.done || !out.is_empty() {
             return Ok(());
         }
-        let (doc, records) = retry(&self.policy, self.shutdown, "read records", || self.read_page(self.after)).await?;
+        let (doc, records) = retry(&self.policy, self.shutdown, "read records", || self.read_page(self.after.as_deref())).await?;
         self.done = records.len() < self.config.batch_size;
         for record in &records {
             let (body, _) = build(&doc, record).map_err(|e| Error::SourceSchema(e.0))?;
             let source = serde_json::from_slice(&body).map_err(|e| Error::Encode(format!("{} {}: {e}", doc.name, record.key)))?;
-            out.push_back(OrderedDoc { id: record.key, source });
-            self.after = record.key;
+            let id = record.key.to_string();
+            self.after = Some(id.clone());
+            out.push_back(OrderedDoc { id, source });
         }
         Ok(())
     }
 
-    async fn read_page(&self, after: Uuid) -> Result<(std::sync::Arc<crate::catalog::Document>, Vec<Record>)> {
+    async fn read_page(&self, after: Option<&str>) -> Result<(std::sync::Arc<crate::catalog::Document>, Vec<Record>)> {
         let mut slot = self.source.lock().await;
         let source = match slot.take() {
             Some(s) if !s.is_closed() => s,
@@ -360,7 +361,7 @@ struct DocumentPages<'a> {
     shutdown: &'a Shutdown,
     /// The sort value of the last document read: where the next page starts.
     after: Option<String>,
-    last_placed: Option<Uuid>,
+    last_placed: Option<String>,
     done: bool,
 }
 
@@ -369,7 +370,7 @@ impl<'a> DocumentPages<'a> {
         DocumentPages { sink, size, shutdown, after: None, last_placed: None, done: false }
     }
 
-    /// Reads the next page into `out`; documents that have no place in uuid order go to `unplaced`.
+    /// Reads the next page into `out`; documents that have no place in id order go to `unplaced`.
     async fn fill(&mut self, out: &mut VecDeque<OrderedDoc>, unplaced: &mut Discrepancies<String>) -> Result<()> {
         if self.done || !out.is_empty() {
             return Ok(());
@@ -383,25 +384,26 @@ impl<'a> DocumentPages<'a> {
             };
             self.after = Some(key.clone());
             let Some(id) = placed(key, &doc.id) else {
-                tracing::debug!(document = %doc.id, id = %key, "document id is not the canonical uuid of its _id");
+                tracing::debug!(document = %doc.id, id = %key, "document id is not its _id");
                 unplaced.record(doc.id);
                 continue;
             };
-            if self.last_placed.is_some_and(|last| id <= last) {
-                return Err(out_of_order(format!("documents are not in uuid order at id {key}; is the id field sorted with a normalizer?")));
+            if self.last_placed.as_ref().is_some_and(|last| id <= *last) {
+                return Err(out_of_order(format!(
+                    "documents are not in id order at id {key}; is the id field a keyword sorted with a normalizer, or not a keyword?"
+                )));
             }
-            self.last_placed = Some(id);
+            self.last_placed = Some(id.clone());
             out.push_back(OrderedDoc { id, source: doc.source });
         }
         Ok(())
     }
 }
 
-/// The record a document stands for in the join: its `id` must be the canonical (lowercase,
-/// hyphenated) text of a uuid, so that its keyword order is the uuid order, and equal its `_id`.
-fn placed(key: &str, doc_id: &str) -> Option<Uuid> {
-    let id = Uuid::parse_str(key).ok()?;
-    (key == doc_id && id.to_string() == key).then_some(id)
+/// The record a document stands for in the join: its `id` must be its `_id` (the text of its
+/// record's key), so that its keyword order is the records' order.
+fn placed(key: &str, doc_id: &str) -> Option<String> {
+    (key == doc_id).then(|| key.to_string())
 }
 
 #[cfg(test)]
@@ -410,12 +412,11 @@ mod tests {
     use serde_json::json;
 
     fn doc(n: u128, title: &str) -> OrderedDoc {
-        let id = Uuid::from_u128(n);
-        OrderedDoc { id, source: json!({ "id": id.to_string(), "title": title, "imdb_rating": 7.1 }) }
+        OrderedDoc { id: id(n), source: json!({ "id": id(n), "title": title, "imdb_rating": 7.1 }) }
     }
 
     fn id(n: u128) -> String {
-        Uuid::from_u128(n).to_string()
+        uuid::Uuid::from_u128(n).to_string()
     }
 
     #[test]
@@ -471,18 +472,18 @@ mod tests {
     }
 
     #[test]
-    fn only_canonical_ids_equal_to_their_id_are_placed() {
+    fn only_ids_equal_to_their_id_are_placed() {
         let u = "0312ed51-8833-413f-bff5-0e139c11264a";
-        assert_eq!(placed(u, u), Uuid::parse_str(u).ok());
-        assert_eq!(placed(&u.to_uppercase(), &u.to_uppercase()), None);
-        assert_eq!(placed(&u.replace('-', ""), &u.replace('-', "")), None);
+        assert_eq!(placed(u, u).as_deref(), Some(u));
+        assert_eq!(placed("42", "42").as_deref(), Some("42"));
         assert_eq!(placed(u, "other"), None);
-        assert_eq!(placed("not a uuid", "not a uuid"), None);
     }
 
-    /// The join relies on keyword (byte) order of the canonical text being uuid order.
+    /// The join relies on keyword (byte) order of the canonical text of a uuid being the uuid's
+    /// order (Postgres's, for a uuid key).
     #[test]
     fn canonical_text_order_is_uuid_order() {
+        use uuid::Uuid;
         let mut ids: Vec<Uuid> = (0..500u128).map(|n| Uuid::from_u128(n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))).collect();
         ids.push(Uuid::max());
         let mut by_text = ids.clone();

@@ -53,14 +53,14 @@ async fn boundary_past(client: &Client, xid: u64) -> u64 {
 /// Every film of the window, read in pages of 2 to go through the keyset.
 async fn window(client: &Client, from: u64, to: u64) -> LogPage {
     let mut all = LogPage::default();
-    let mut after = None;
+    let mut after: Option<String> = None;
     loop {
-        let movies = delete_log::LogDocument { name: "movies".into(), first: true, documented: true };
-        let page = delete_log::keys_between(client, SCHEMA, &movies, from, to, after, 2).await.unwrap();
+        let movies = delete_log::LogDocument { name: "movies".into(), first: true, shape: delete_log::LogShape::Keyed };
+        let page = delete_log::keys_between(client, SCHEMA, &movies, from, to, after.as_deref(), 2).await.unwrap();
         all.reload |= page.reload;
-        let Some(last) = page.keys.last().copied() else { return all };
+        let Some(last) = page.keys.last().cloned() else { return all };
         assert!(page.keys.len() <= 2 && page.keys.windows(2).all(|w| w[0] < w[1]), "{page:?}");
-        assert!(after.is_none_or(|a| page.keys[0] > a), "{page:?} after {after:?}");
+        assert!(after.as_ref().is_none_or(|a| page.keys[0] > *a), "{page:?} after {after:?}");
         all.keys.extend(page.keys);
         after = Some(last);
     }
@@ -87,7 +87,7 @@ async fn uuids(env: &TestEnv, sql: &str) -> Vec<Uuid> {
 }
 
 fn films(ids: Vec<Uuid>) -> LogPage {
-    LogPage { keys: ids, reload: false }
+    LogPage { keys: ids.iter().map(Uuid::to_string).collect(), reload: false }
 }
 
 #[tokio::test]

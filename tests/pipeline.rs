@@ -169,7 +169,7 @@ async fn the_full_load_tunes_the_index_and_puts_its_settings_back() {
     assert_eq!(after["index.number_of_replicas"], before["index.number_of_replicas"]);
     let state = env.checkpoint().state().clone();
     assert_eq!(state.tuned, None);
-    assert!(state.snapshot.is_some_and(|s| s.done), "{state:?}");
+    assert!(state.snapshot.as_ref().is_some_and(|s| s.done), "{state:?}");
     // Visible at once: the restore refreshes.
     assert_eq!(env.count().await, 999);
     env.cleanup().await;
@@ -202,7 +202,7 @@ async fn a_full_load_cut_short_resumes_after_its_last_film_and_restores_the_inde
     assert_eq!(env.count().await, 999);
     assert_eq!(env.settings().await["index.refresh_interval"], json!("1s"));
     let state = env.checkpoint().state().clone();
-    assert_eq!((state.tuned, state.snapshot.map(|s| (s.after, s.done))), (None, Some((Some(ids[998]), true))));
+    assert_eq!((state.tuned, state.snapshot.map(|s| (s.after, s.done))), (None, Some((Some(pg2es::position::Key::text(ids[998].to_string())), true))));
     env.cleanup().await;
 }
 

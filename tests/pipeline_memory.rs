@@ -1,6 +1,7 @@
 //! The pipeline's ordering and commit rules, without services: an in-memory source and sink
 //! (the real ones are tested against the real stack in `pipeline.rs`).
 
+use pg2es::position::Key;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -43,8 +44,17 @@ fn document() -> std::sync::Arc<Document> {
     .clone()
 }
 
+/// Film `n`'s key: the uuid `n`.
+fn key(n: u128) -> Key {
+    Key::text(Uuid::from_u128(n).to_string())
+}
+
+fn number(k: &Key) -> u128 {
+    Uuid::parse_str(&k.to_string()).unwrap().as_u128()
+}
+
 fn film(n: u128) -> Record {
-    Record { key: Uuid::from_u128(n), cells: vec![Cell::One(Cv::Uuid(Uuid::from_u128(n))), Cell::One(Cv::Text(format!("film {n}")))] }
+    Record { key: key(n), cells: vec![Cell::One(Cv::Uuid(Uuid::from_u128(n))), Cell::One(Cv::Text(format!("film {n}")))] }
 }
 
 /// A full load of `batches` batches of `per_batch` films (ids 1, 2, ...), in id order.
@@ -62,11 +72,11 @@ impl ChangeSource for MemorySource {
     }
 
     async fn read(&self, state: &State, tx: mpsc::Sender<ChangeBatch>, _: &Shutdown, _: Option<&Progress>) -> Result<ReadReport> {
-        let done_through = state.snapshot.and_then(|s| s.after).map_or(0, |id| id.as_u128() / self.per_batch);
+        let done_through = state.snapshot.clone().and_then(|s| s.after).map_or(0, |id| number(&id) / self.per_batch);
         for b in done_through..self.batches {
             let ids = (b * self.per_batch + 1)..=((b + 1) * self.per_batch);
             let changes = ids.map(|n| Change::Upsert(film(n))).collect();
-            let after = Some(Uuid::from_u128((b + 1) * self.per_batch));
+            let after = Some(key((b + 1) * self.per_batch));
             let completes = vec![PositionDelta::FullLoad(Snapshot { after, done: b + 1 == self.batches })];
             if tx.send(ChangeBatch { changes, completes, ..ChangeBatch::default() }).await.is_err() {
                 break;
@@ -85,7 +95,7 @@ impl ChangeSource for MemorySource {
         acked.push(n);
     }
 
-    async fn existing(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+    async fn existing(&self, ids: &[Key]) -> Result<Vec<Key>> {
         Ok(ids.to_vec())
     }
 }
@@ -196,7 +206,7 @@ async fn several_requests_in_flight_commit_in_read_order() {
     assert_eq!(reports[0].stored, 60);
     assert!(sink.most_in_flight.load(Ordering::SeqCst) > 1, "requests were never concurrent");
     assert_eq!(sink.docs.lock().unwrap().len(), 60);
-    assert_eq!(checkpoint.state().snapshot, Some(Snapshot { after: Some(Uuid::from_u128(60)), done: true }));
+    assert_eq!(checkpoint.state().snapshot, Some(Snapshot { after: Some(key(60)), done: true }));
     assert_eq!(source.acknowledged.lock().unwrap().len(), 12);
 }
 
@@ -214,10 +224,10 @@ async fn a_failed_batch_keeps_every_later_position_unsaved() {
     assert!(matches!(err, Error::Config(_)), "{err}");
     // Batch 5 (quick) was written while batch 4 (slow) failed.
     assert!(sink.written.lock().unwrap().contains(&5), "{:?}", sink.written.lock().unwrap());
-    assert_eq!(checkpoint.state().snapshot, Some(Snapshot { after: Some(Uuid::from_u128(20)), done: false }));
+    assert_eq!(checkpoint.state().snapshot, Some(Snapshot { after: Some(key(20)), done: false }));
     drop(checkpoint);
     let saved = Checkpoint::open(&path, "memory").unwrap();
-    assert_eq!(saved.state().snapshot, Some(Snapshot { after: Some(Uuid::from_u128(20)), done: false }));
+    assert_eq!(saved.state().snapshot, Some(Snapshot { after: Some(key(20)), done: false }));
     assert_eq!(source.acknowledged.lock().unwrap().len(), 4);
 }
 
@@ -239,8 +249,8 @@ async fn reconciliation_removes_documents_of_films_that_are_gone() {
         fn acknowledge(&self, r: Receipt) {
             self.0.acknowledge(r)
         }
-        async fn existing(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
-            Ok(ids.iter().copied().filter(|id| id.as_u128() % 3 != 0).collect())
+        async fn existing(&self, ids: &[Key]) -> Result<Vec<Key>> {
+            Ok(ids.iter().filter(|id| !number(id).is_multiple_of(3)).cloned().collect())
         }
     }
     let dir = tempfile::tempdir().unwrap();
@@ -275,7 +285,7 @@ impl ChangeSource for Identified {
     fn acknowledge(&self, r: Receipt) {
         self.0.acknowledge(r)
     }
-    async fn existing(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+    async fn existing(&self, ids: &[Key]) -> Result<Vec<Key>> {
         self.0.existing(ids).await
     }
 }

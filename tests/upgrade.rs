@@ -64,11 +64,11 @@ async fn install_replaces_the_previous_triggers_and_keeps_the_positions() {
     let second: uuid::Uuid = env.db.query_one("SELECT id FROM content.film_work ORDER BY id LIMIT 1", &[]).await.unwrap().get(0);
     env.db.execute("DELETE FROM content.film_work WHERE id = $1", &[&second]).await.unwrap();
     let to = delete_log::boundary(&env.db).await.unwrap();
-    let movies = LogDocument { name: "movies".into(), first: true, documented: true };
+    let movies = LogDocument { name: "movies".into(), first: true, shape: delete_log::LogShape::Keyed };
     let page = delete_log::keys_between(&env.db, "content", &movies, from, to, None, 10).await.unwrap();
-    assert!(page.keys.contains(&film) && page.keys.contains(&second), "{page:?}");
+    assert!(page.keys.contains(&film.to_string()) && page.keys.contains(&second.to_string()), "{page:?}");
     // Another document does not read the rows of the old triggers.
-    let genres = LogDocument { name: "genres".into(), first: false, documented: true };
+    let genres = LogDocument { name: "genres".into(), first: false, shape: delete_log::LogShape::Keyed };
     assert!(delete_log::keys_between(&env.db, "content", &genres, from, to, None, 10).await.unwrap().keys.is_empty());
     env.cleanup().await;
 }

@@ -3,6 +3,8 @@
 
 use uuid::Uuid;
 
+use crate::position::{Key, KeyKind, KeyPart};
+
 /// How a column is read and how its value goes into a document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnType {
@@ -115,7 +117,7 @@ pub enum Cell {
 /// A root row as the record query reads it: its key, and the cells in [`Document::columns`] order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    pub key: Uuid,
+    pub key: Key,
     pub cells: Vec<Cell>,
 }
 
@@ -131,7 +133,7 @@ pub struct RecordColumn {
 pub enum Join {
     /// Many-to-many: a link table with a column holding the root's key and one holding the
     /// related row's key.
-    Through { link: String, link_key: String, root: String, related: String },
+    Through { link: String, link_key: Vec<String>, link_kinds: Vec<KeyKind>, root: String, related: String },
     /// Many-to-one: the root's column holds the related row's key.
     RootColumn(String),
     /// One-to-many: the related table's column holds the root's key.
@@ -160,12 +162,16 @@ pub struct RelationColumn {
 
 /// A related table, joined one level from the root. Its columns are read as
 /// `Document::columns[first..first + columns.len()]`; `key_column` is where its key is, when a
-/// field needs it (objects, one entry per row, many-to-one).
+/// field needs it (objects, one entry per row, many-to-one). `key` is the column that tells its
+/// rows apart: the key, or for a one-to-many table keyed by (root column, column) that column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relation {
     pub name: String,
     pub table: String,
     pub key: String,
+    /// The table's key (its change stream's), and how each of its columns is read.
+    pub table_key: Vec<String>,
+    pub kinds: Vec<KeyKind>,
     pub join: Join,
     pub columns: Vec<RelationColumn>,
     pub key_column: Option<usize>,
@@ -272,13 +278,21 @@ pub struct FanOut {
     pub table: String,
     pub select: String,
     pub matching: String,
+    /// The kind of the related rows' key, which `matching` holds.
+    pub kind: KeyKind,
 }
 
 impl FanOut {
-    /// The query: `$1` the related rows' keys, the root keys out.
-    pub fn sql(&self, schema: &str) -> String {
+    /// The query: `$1` the related rows' keys (of kind `kind`), the root keys (of `root`) out.
+    pub fn sql(&self, schema: &str, root: KeyKind) -> String {
         use super::resolve::{qualified, quote};
-        format!("SELECT DISTINCT {} FROM {} WHERE {} = ANY($1::uuid[])", quote(&self.select), qualified(schema, &self.table), quote(&self.matching))
+        format!(
+            "SELECT DISTINCT {} FROM {} WHERE {} = ANY({})",
+            super::sql::read_key(root, &quote(&self.select)),
+            qualified(schema, &self.table),
+            quote(&self.matching),
+            super::sql::key_array(self.kind, 1)
+        )
     }
 }
 
@@ -287,7 +301,9 @@ impl FanOut {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stream {
     pub table: String,
-    pub key: String,
+    /// The table's key columns (several for a composite key), and how each is read.
+    pub key: Vec<String>,
+    pub kinds: Vec<KeyKind>,
     pub timestamp: String,
     pub direct: Vec<String>,
     pub fan_out: Vec<FanOut>,
@@ -315,7 +331,9 @@ pub struct Document {
     pub index: IndexSpec,
     pub schema: String,
     pub root: String,
+    /// The root's key column (the first of `root_columns`) and how it is read.
     pub key: String,
+    pub key_kind: KeyKind,
     pub columns: Vec<RecordColumn>,
     /// The record query's root columns (SQL of each, in `columns` order before the relations').
     pub root_columns: Vec<(String, ColumnType)>,
@@ -331,8 +349,8 @@ pub struct Document {
 impl Document {
     /// The key a document id stands for: only the canonical text of a key is pg2es's `_id`
     /// (other documents in the index are left alone, for `verify` to report).
-    pub fn key_of(&self, id: &str) -> Option<Uuid> {
-        Uuid::parse_str(id).ok().filter(|k| k.to_string() == id)
+    pub fn key_of(&self, id: &str) -> Option<Key> {
+        Key::parse(id, &[self.key_kind])
     }
 
     /// Whether the record has a document: it passes the document's own `where`.
@@ -350,5 +368,20 @@ impl Document {
 
     pub fn stream(&self, table: &str) -> Option<&Stream> {
         self.streams.iter().find(|s| s.table == table)
+    }
+}
+
+impl Value {
+    /// A key column's value as a key part (integers as numbers, anything else as its text);
+    /// `None` for NULL.
+    pub fn key_part(&self) -> Option<KeyPart> {
+        match self {
+            Value::Null => None,
+            Value::Int(i) => Some(KeyPart::Int(*i)),
+            Value::Uuid(u) => Some(KeyPart::Text(u.to_string())),
+            Value::Text(t) | Value::Json(t) => Some(KeyPart::Text(t.clone())),
+            Value::Float(f) => Some(KeyPart::Text(f.to_string())),
+            Value::Bool(b) => Some(KeyPart::Text(b.to_string())),
+        }
     }
 }

@@ -9,6 +9,7 @@ use toml::Spanned;
 use super::definition::{RawCondition, RawDocument, RawField, RawRelation, Scalar, Source, Text};
 use super::model::*;
 use crate::error::{Error, Result};
+use crate::position::KeyKind;
 
 /// What the definition is checked against: the schema's columns (table -> column -> data type),
 /// its single-column foreign keys, each table's keys, the labels of its enum columns, and which
@@ -34,8 +35,24 @@ pub struct TableKeys {
 }
 
 impl TableKeys {
-    fn is_unique(&self, column: &str) -> bool {
-        self.primary.iter().chain(&self.unique).any(|set| set.len() == 1 && set[0] == column)
+    /// A primary key or unique constraint makes these columns, together, unique: its own
+    /// columns are among them.
+    fn covers(&self, columns: &[String]) -> bool {
+        self.primary.iter().chain(&self.unique).any(|set| !set.is_empty() && set.iter().all(|c| columns.contains(c)))
+    }
+}
+
+/// A table's key as resolved: its columns and how each is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TableKey {
+    columns: Vec<String>,
+    kinds: Vec<KeyKind>,
+}
+
+impl TableKey {
+    /// The one column of a key that must have one.
+    fn single(&self) -> (String, KeyKind) {
+        (self.columns[0].clone(), self.kinds[0])
     }
 }
 
@@ -206,43 +223,59 @@ impl Resolver<'_> {
         }
     }
 
-    /// The key of `table`: the column given, or else its primary key. It must be one `uuid`
-    /// column that a primary key or a unique constraint covers: changes are read in
-    /// `(timestamp, key)` order, and documents and their related rows are told apart by it.
-    fn key(&self, table: &Text, given: Option<&Text>, setting: &str) -> Result<String> {
+    /// The key of `table`: the column given, or else its primary key (its columns, in the
+    /// key's order), or else `id`. Each column is a `smallint`, `integer`, `bigint`, `text`,
+    /// `varchar` or `uuid`, and a primary key or a unique constraint covers the columns: changes
+    /// are read in `(timestamp, key)` order, and documents and their related rows are told apart
+    /// by it. Several columns only where `composite` allows them (a link or one-to-many table).
+    fn key(&self, table: &Text, given: Option<&Text>, setting: &str, composite: Option<&str>) -> Result<TableKey> {
         let schema = &self.live.schema;
         let t = table.get_ref();
         let keys = self.live.keys.get(t).cloned().unwrap_or_default();
-        let (column, span) = match (given, &keys.primary) {
-            (Some(k), _) => (k.get_ref().clone(), k.span()),
-            (None, Some(pk)) if pk.len() == 1 => (pk[0].clone(), table.span()),
-            (None, Some(pk)) => {
+        let (columns, span) = match (given, &keys.primary) {
+            (Some(k), _) => (vec![k.get_ref().clone()], k.span()),
+            (None, Some(pk)) => (pk.clone(), table.span()),
+            (None, None) => (vec!["id".to_string()], table.span()),
+        };
+        if columns.len() > 1 {
+            if let Some(why) = composite {
                 return Err(self.src.error(
                     table.span(),
                     format!(
-                        "{schema}.{t} has the composite primary key ({}); pg2es reads a table by one key column for now: add a unique uuid column (ALTER TABLE {schema}.{t} ADD COLUMN id uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE) and name it with `{setting} = \"id\"`",
-                        pk.join(", ")
+                        "{schema}.{t} has the composite primary key ({}); {why}: add a unique column (ALTER TABLE {schema}.{t} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY UNIQUE) and name it with `{setting} = \"id\"`",
+                        columns.join(", ")
                     ),
-                ))
+                ));
             }
-            (None, None) => ("id".to_string(), table.span()),
-        };
-        let ty = self.column(table, &Spanned::new(span.clone(), column.clone()))?;
-        if ty != ColumnType::Uuid {
-            return Err(self.src.error(
-                span,
-                format!("{t}.{column} must be of type uuid: pg2es keys documents and change positions by uuid (other key types are not supported yet)"),
-            ));
         }
-        if !keys.is_unique(&column) {
+        let mut kinds = Vec::with_capacity(columns.len());
+        for column in &columns {
+            self.column(table, &Spanned::new(span.clone(), column.clone()))?;
+            let data_type = self.live.columns.get(t).and_then(|c| c.get(column)).map_or("?", String::as_str);
+            kinds.push(match data_type {
+                "smallint" | "integer" | "bigint" => KeyKind::Int,
+                "uuid" => KeyKind::Uuid,
+                "text" | "character varying" => KeyKind::Text,
+                other => {
+                    return Err(self.src.error(
+                        span,
+                        format!(
+                            "{t}.{column} is {other}: a key column is a smallint, integer, bigint, text, varchar or uuid; name a unique column of one of those types with `{setting} = \"...\"`"
+                        ),
+                    ))
+                }
+            });
+        }
+        if !keys.covers(&columns) {
+            let list = columns.join(", ");
             return Err(self.src.error(
                 span,
                 format!(
-                    "{schema}.{t}.{column} is not unique: no primary key or unique constraint covers it, and pg2es tells rows apart by it (changes sharing a timestamp would be skipped); make it unique (ALTER TABLE {schema}.{t} ADD PRIMARY KEY ({column}), or ADD UNIQUE ({column})), or name a unique column with `{setting} = \"...\"`"
+                    "{schema}.{t}.{list} is not unique: no primary key or unique constraint covers it, and pg2es tells rows apart by it (changes sharing a timestamp would be skipped); make it unique (ALTER TABLE {schema}.{t} ADD PRIMARY KEY ({list}), or ADD UNIQUE ({list})), or name a unique column with `{setting} = \"...\"`"
                 ),
             ));
         }
-        Ok(column)
+        Ok(TableKey { columns, kinds })
     }
 
     /// A `where` on `table.column`, checked against the column's type: what the rows must hold.
@@ -371,9 +404,15 @@ impl Resolver<'_> {
             let root_col = pick(&t.root, root.get_ref(), root_key, "root")?;
             let related_col = pick(&t.related, related, related_key, "related")?;
             self.columns(&t.table)?;
-            let link_key = self.key(&t.table, t.key.as_ref(), "through.key")?;
+            let link_key = self.key(&t.table, t.key.as_ref(), "through.key", None)?;
             let _ = self.timestamp(&t.table, t.timestamp.as_ref(), true)?;
-            return Ok(Join::Through { link: t.table.get_ref().clone(), link_key, root: root_col, related: related_col });
+            return Ok(Join::Through {
+                link: t.table.get_ref().clone(),
+                link_key: link_key.columns,
+                link_kinds: link_key.kinds,
+                root: root_col,
+                related: related_col,
+            });
         }
         if let Some(on) = &rel.on {
             let o = on.get_ref();
@@ -427,13 +466,47 @@ impl Resolver<'_> {
         }
     }
 
+    /// The column that tells a related table's rows apart: its key. A table joined through a
+    /// link or by the root's column is found by its key, which must be one column; a one-to-many
+    /// table may be keyed by its root column and one more (`(film_id, position)`), which tells
+    /// the rows of one document apart.
+    fn row_key(&self, table: &Text, name: &str, join: &Join, key: &TableKey) -> Result<String> {
+        let t = table.get_ref();
+        let schema = &self.live.schema;
+        let list = key.columns.join(", ");
+        match (join, key.columns.as_slice()) {
+            (_, [one]) => Ok(one.clone()),
+            (Join::RelatedColumn(c), columns) => {
+                let rest: Vec<&String> = columns.iter().filter(|k| *k != c).collect();
+                match rest.as_slice() {
+                    [one] => Ok((*one).clone()),
+                    _ => Err(self.src.error(
+                        table.span(),
+                        format!(
+                            "relation {name}: {schema}.{t} has the composite key ({list}); a one-to-many table's key is its root column {c} and one more column, or one column: add a unique column (ALTER TABLE {schema}.{t} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY UNIQUE) and name it with `key = \"id\"`"
+                        ),
+                    )),
+                }
+            }
+            _ => Err(self.src.error(
+                table.span(),
+                format!(
+                    "relation {name}: {schema}.{t} has the composite primary key ({list}); a table joined through a link table or by a column of the root is found by a key of one column: add a unique column (ALTER TABLE {schema}.{t} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY UNIQUE) and name it with `key = \"id\"`"
+                ),
+            )),
+        }
+    }
+
     fn document(&self, d: &RawDocument, index: IndexSpec, mapping: &serde_json::Map<String, Json>) -> std::result::Result<Document, Errors> {
         let schema = &self.live.schema;
         let mut errors = Errors::default();
         self.columns(&d.table)?;
-        let key = errors.keep(self.key(&d.table, d.key.as_ref(), "key"));
+        let key = errors.keep(self.key(&d.table, d.key.as_ref(), "key", Some("a root's key is one column, each document's _id")).map(|k| k.single()));
         let root_ts = errors.keep(self.timestamp(&d.table, d.timestamp.as_ref(), false));
-        let key_name = key.clone().unwrap_or_else(|| "id".to_string());
+        let key_name = key.as_ref().map_or_else(|| "id".to_string(), |(k, _)| k.clone());
+        let key_type = key
+            .as_ref()
+            .map_or(ColumnType::Uuid, |(k, _)| ColumnType::of(self.live.columns.get(d.table.get_ref()).and_then(|c| c.get(k)).map_or("", String::as_str)));
 
         // Relations in the order fields first use them.
         let mut order: Vec<&String> = Vec::new();
@@ -451,7 +524,7 @@ impl Resolver<'_> {
                 }
             }
         }
-        let mut root_columns: Vec<(String, ColumnType)> = vec![(key_name.clone(), ColumnType::Uuid)];
+        let mut root_columns: Vec<(String, ColumnType)> = vec![(key_name.clone(), key_type)];
         let mut relations: Vec<Relation> = Vec::new();
         // A relation that does not resolve is left out, with the fields that read it.
         order.retain(|name| {
@@ -459,8 +532,10 @@ impl Resolver<'_> {
             let span = d.relations[*name].span();
             let resolved = (|| -> Result<Relation> {
                 self.columns(&rel.table)?;
-                let rkey = self.key(&rel.table, rel.key.as_ref(), "key")?;
-                let join = self.join(&d.table, &key_name, name, rel, &rkey, span)?;
+                let table_key = self.key(&rel.table, rel.key.as_ref(), "key", None)?;
+                let join = self.join(&d.table, &key_name, name, rel, &table_key.columns[0], span)?;
+                let rkey = self.row_key(&rel.table, name, &join, &table_key)?;
+                let key_type = ColumnType::of(self.live.columns.get(rel.table.get_ref()).and_then(|c| c.get(&rkey)).map_or("", String::as_str));
                 // The related key is read only when a field needs it: objects, one entry per row,
                 // a many-to-one relation (whether there is a row at all).
                 let needs_key = !join.to_many()
@@ -468,11 +543,13 @@ impl Resolver<'_> {
                         f.from.as_ref().is_some_and(|n| n.get_ref() == *name)
                             && (f.fields.is_some() || f.distinct.as_ref().is_none_or(|v| v.get_ref() != "value"))
                     });
-                let columns = if needs_key { vec![RelationColumn { side: Side::Related, name: rkey.clone(), ty: ColumnType::Uuid }] } else { vec![] };
+                let columns = if needs_key { vec![RelationColumn { side: Side::Related, name: rkey.clone(), ty: key_type }] } else { vec![] };
                 Ok(Relation {
                     name: (*name).clone(),
                     table: rel.table.get_ref().clone(),
                     key: rkey,
+                    table_key: table_key.columns,
+                    kinds: table_key.kinds,
                     join,
                     key_column: needs_key.then_some(0),
                     columns,
@@ -521,7 +598,7 @@ impl Resolver<'_> {
         if !errors.0.is_empty() {
             return Err(errors);
         }
-        let (Some(key), Some(root_ts)) = (key, root_ts) else { unreachable!("their errors were returned") };
+        let (Some((key, key_kind)), Some(root_ts)) = (key, root_ts) else { unreachable!("their errors were returned") };
 
         let mut columns: Vec<RecordColumn> = root_columns.iter().map(|(_, ty)| RecordColumn { ty: *ty, many: false }).collect();
         for rel in &mut relations {
@@ -533,7 +610,8 @@ impl Resolver<'_> {
         // The change streams: the root, each link table, each related table.
         let mut streams: Vec<Stream> = vec![Stream {
             table: d.table.get_ref().clone(),
-            key: key.clone(),
+            key: vec![key.clone()],
+            kinds: vec![key_kind],
             timestamp: root_ts,
             direct: vec![key.clone()],
             fan_out: vec![],
@@ -543,7 +621,7 @@ impl Resolver<'_> {
         for (rel, name) in relations.iter().zip(&order) {
             let raw = d.relations[*name].get_ref();
             let (direct, fan_out) = match &rel.join {
-                Join::Through { link, root, related, link_key } => {
+                Join::Through { link, root, related, link_key, link_kinds } => {
                     let t = raw.through.as_ref().map(|t| t.get_ref());
                     let ts = self.timestamp(&t.expect("through").table, t.and_then(|t| t.timestamp.as_ref()), true)?;
                     add_stream(
@@ -551,6 +629,7 @@ impl Resolver<'_> {
                         Stream {
                             table: link.clone(),
                             key: link_key.clone(),
+                            kinds: link_kinds.clone(),
                             timestamp: ts,
                             direct: vec![root.clone()],
                             fan_out: vec![],
@@ -558,18 +637,27 @@ impl Resolver<'_> {
                             link: true,
                         },
                     );
-                    (vec![], vec![FanOut { table: link.clone(), select: root.clone(), matching: related.clone() }])
+                    (vec![], vec![FanOut { table: link.clone(), select: root.clone(), matching: related.clone(), kind: rel.kinds[0] }])
                 }
                 Join::RelatedColumn(c) => (vec![c.clone()], vec![]),
                 Join::RootColumn(c) => {
                     streams[0].references.push(c.clone());
-                    (vec![], vec![FanOut { table: d.table.get_ref().clone(), select: key.clone(), matching: c.clone() }])
+                    (vec![], vec![FanOut { table: d.table.get_ref().clone(), select: key.clone(), matching: c.clone(), kind: rel.kinds[0] }])
                 }
             };
             let ts = self.timestamp(&raw.table, raw.timestamp.as_ref(), false)?;
             add_stream(
                 &mut streams,
-                Stream { table: rel.table.clone(), key: rel.key.clone(), timestamp: ts, direct, fan_out, references: vec![], link: false },
+                Stream {
+                    table: rel.table.clone(),
+                    key: rel.table_key.clone(),
+                    kinds: rel.kinds.clone(),
+                    timestamp: ts,
+                    direct,
+                    fan_out,
+                    references: vec![],
+                    link: false,
+                },
             );
         }
         Ok(Document {
@@ -578,6 +666,7 @@ impl Resolver<'_> {
             schema: schema.clone(),
             root: d.table.get_ref().clone(),
             key,
+            key_kind,
             columns,
             root_columns,
             relations,

@@ -7,8 +7,48 @@
 //! table's index on its root column: cheap for a few hundred ids), and the full scan, where each
 //! relation is aggregated once in a whole-table join the planner can merge or hash.
 
-use super::model::{Document, Join, Relation, Side};
+use super::model::{Document, Join, Relation, Side, Stream};
 use super::resolve::{qualified, quote};
+use crate::position::KeyKind;
+
+/// A key column read as pg2es keeps a key part: integers as `int8`, anything else as its text.
+pub fn read_key(kind: KeyKind, column: &str) -> String {
+    match kind {
+        KeyKind::Int => format!("{column}::int8"),
+        KeyKind::Uuid | KeyKind::Text => format!("{column}::text"),
+    }
+}
+
+/// Parameter `$n`, an array of key parts (`int8[]` or `text[]`), as the column's type.
+pub fn key_array(kind: KeyKind, n: usize) -> String {
+    match kind {
+        KeyKind::Int => format!("${n}::int8[]"),
+        KeyKind::Uuid => format!("${n}::text[]::uuid[]"),
+        KeyKind::Text => format!("${n}::text[]"),
+    }
+}
+
+/// Parameter `$n`, one key part, as the column's type (and, for text, compared by bytes).
+fn key_param(kind: KeyKind, n: usize) -> String {
+    match kind {
+        KeyKind::Int => format!("${n}::int8"),
+        KeyKind::Uuid => format!("${n}::text::uuid"),
+        KeyKind::Text => format!("${n}::text COLLATE \"C\""),
+    }
+}
+
+/// A key column as it is ordered: text by its bytes, so that Postgres's order is pg2es's.
+fn ordered(kind: KeyKind, column: &str) -> String {
+    match kind {
+        KeyKind::Text => format!("{column} COLLATE \"C\""),
+        KeyKind::Int | KeyKind::Uuid => column.to_string(),
+    }
+}
+
+/// The stream's key columns, as ordered, with `dir` after each.
+fn stream_order(st: &Stream, dir: &str) -> String {
+    st.key.iter().zip(&st.kinds).map(|(c, k)| format!("{}{dir}", ordered(*k, &quote(c)))).collect::<Vec<_>>().join(", ")
+}
 
 const ROOT: &str = "t";
 
@@ -78,15 +118,23 @@ pub fn lookup(doc: &Document, filter: &str) -> String {
     format!("SELECT {}\nFROM {} {ROOT}{}\n{filter}", select_list(doc), qualified(&doc.schema, &doc.root), lookup_joins(doc))
 }
 
-/// The records with these keys (`$1`, uuid[]).
+/// The records with these keys (`$1`, an array of key parts).
 pub fn records(doc: &Document) -> String {
-    lookup(doc, &format!("WHERE {ROOT}.{} = ANY($1::uuid[])", quote(&doc.key)))
+    lookup(doc, &format!("WHERE {ROOT}.{} = ANY({})", quote(&doc.key), key_array(doc.key_kind, 1)))
 }
 
-/// The next `$2` records after key `$1`, in key order.
+/// The next `$2` records after the key whose text is `$1` (NULL: from the first), in the order of
+/// the keys' text by its bytes, which is the order of an index's keyword `_id`s. For a uuid key
+/// that is the key's own order, and this an index range scan (from the nil uuid, which no row
+/// has: `$1` is never NULL); for other keys it is a sort of the table at each page.
 pub fn records_after(doc: &Document) -> String {
     let k = format!("{ROOT}.{}", quote(&doc.key));
-    lookup(doc, &format!("WHERE {k} > $1 ORDER BY {k} LIMIT $2"))
+    let by = match doc.key_kind {
+        KeyKind::Uuid => return lookup(doc, &format!("WHERE {k} > $1::text::uuid ORDER BY {k} LIMIT $2")),
+        KeyKind::Int => format!("{k}::text COLLATE \"C\""),
+        KeyKind::Text => format!("{k} COLLATE \"C\""),
+    };
+    lookup(doc, &format!("WHERE ($1::text IS NULL OR {by} > $1::text COLLATE \"C\") ORDER BY {by} LIMIT $2"))
 }
 
 /// Every record in key order (after `$1` when `after`), for the full load.
@@ -99,7 +147,11 @@ pub fn scan(doc: &Document, after: bool) -> String {
         let a = alias(i);
         let join = match &rel.join {
             Join::Through { link, root, related: rcol, .. } => {
-                let only = if after { format!("WHERE l.{} > $1 ", quote(root)) } else { String::new() };
+                let only = if after {
+                    format!("WHERE {} > {} ", ordered(doc.key_kind, &format!("l.{}", quote(root))), key_param(doc.key_kind, 1))
+                } else {
+                    String::new()
+                };
                 format!(
                     "LEFT JOIN (SELECT l.{root_q} AS k, {} FROM {} l JOIN {related} r ON r.{} = l.{} {only}GROUP BY l.{root_q}) {a} ON {a}.k = {key}",
                     aggregates(rel),
@@ -110,7 +162,11 @@ pub fn scan(doc: &Document, after: bool) -> String {
                 )
             }
             Join::RelatedColumn(c) => {
-                let only = if after { format!("WHERE r.{} > $1 ", quote(c)) } else { String::new() };
+                let only = if after {
+                    format!("WHERE {} > {} ", ordered(doc.key_kind, &format!("r.{}", quote(c))), key_param(doc.key_kind, 1))
+                } else {
+                    String::new()
+                };
                 format!("LEFT JOIN (SELECT r.{c_q} AS k, {} FROM {related} r {only}GROUP BY r.{c_q}) {a} ON {a}.k = {key}", aggregates(rel), c_q = quote(c))
             }
             Join::RootColumn(c) => format!("LEFT JOIN {related} {a} ON {a}.{} = {ROOT}.{}", quote(&rel.key), quote(c)),
@@ -118,13 +174,15 @@ pub fn scan(doc: &Document, after: bool) -> String {
         joins.push('\n');
         joins.push_str(&join);
     }
-    let filter = if after { format!("\nWHERE {key} > $1") } else { String::new() };
-    format!("SELECT {}\nFROM {} {ROOT}{joins}{filter}\nORDER BY {key}", select_list(doc), qualified(s, &doc.root))
+    let by = ordered(doc.key_kind, &key);
+    let filter = if after { format!("\nWHERE {by} > {}", key_param(doc.key_kind, 1)) } else { String::new() };
+    format!("SELECT {}\nFROM {} {ROOT}{joins}{filter}\nORDER BY {by}", select_list(doc), qualified(s, &doc.root))
 }
 
 /// How many records have a key after `$1`.
 pub fn count_after(doc: &Document) -> String {
-    format!("SELECT count(*) FROM {} WHERE {} > $1", qualified(&doc.schema, &doc.root), quote(&doc.key))
+    let by = ordered(doc.key_kind, &quote(&doc.key));
+    format!("SELECT count(*) FROM {} WHERE {by} > {}", qualified(&doc.schema, &doc.root), key_param(doc.key_kind, 1))
 }
 
 /// Which of the keys `$1` exist: the key, and for a document with a `where` of its own every
@@ -132,29 +190,43 @@ pub fn count_after(doc: &Document) -> String {
 pub fn existing(doc: &Document) -> String {
     let k = quote(&doc.key);
     if doc.filter.is_empty() {
-        return format!("SELECT {k} FROM {} WHERE {k} = ANY($1::uuid[])", qualified(&doc.schema, &doc.root));
+        return format!("SELECT {} FROM {} WHERE {k} = ANY({})", read_key(doc.key_kind, &k), qualified(&doc.schema, &doc.root), key_array(doc.key_kind, 1));
     }
     let columns: Vec<String> = doc.root_columns.iter().map(|(c, ty)| ty.select(&format!("{ROOT}.{}", quote(c)))).collect();
-    format!("SELECT {} FROM {} {ROOT} WHERE {ROOT}.{k} = ANY($1::uuid[])", columns.join(", "), qualified(&doc.schema, &doc.root))
+    format!("SELECT {} FROM {} {ROOT} WHERE {ROOT}.{k} = ANY({})", columns.join(", "), qualified(&doc.schema, &doc.root), key_array(doc.key_kind, 1))
 }
 
-/// A stream's page after `($1, $2)` (`$3` rows), or the first page (`$1` rows): timestamp, key,
-/// the direct columns, then `xmin` (the row version).
+/// The stream's key columns as read.
+fn stream_key(st: &Stream) -> String {
+    st.key.iter().zip(&st.kinds).map(|(c, k)| read_key(*k, &quote(c))).collect::<Vec<_>>().join(", ")
+}
+
+/// A stream's page after `($1, $2..)` (the timestamp, then a parameter per key column; then the
+/// limit), or the first page (`$1` rows): timestamp, the key columns, the direct columns (root
+/// keys), then `xmin` (the row version).
 pub fn page(doc: &Document, table: &str, after: bool) -> String {
     let st = doc.stream(table).expect("a stream of the document");
-    let (ts, key) = (quote(&st.timestamp), quote(&st.key));
-    let direct: String = st.direct.iter().map(|c| format!(", {}", quote(c))).collect();
-    let select = format!("SELECT {ts}::timestamptz, {key}{direct}, xmin::text::bigint FROM {}", qualified(&doc.schema, table));
+    let ts = quote(&st.timestamp);
+    let direct: String = st.direct.iter().map(|c| format!(", {}", read_key(doc.key_kind, &quote(c)))).collect();
+    let select = format!("SELECT {ts}::timestamptz, {}{direct}, xmin::text::bigint FROM {}", stream_key(st), qualified(&doc.schema, table));
+    let order = stream_order(st, "");
     if after {
-        format!("{select} WHERE ({ts}, {key}) > ($1::timestamptz, $2::uuid) ORDER BY {ts}, {key} LIMIT $3")
+        let columns: Vec<String> = st.key.iter().zip(&st.kinds).map(|(c, k)| ordered(*k, &quote(c))).collect();
+        let params: Vec<String> = st.kinds.iter().enumerate().map(|(i, k)| key_param(*k, i + 2)).collect();
+        format!("{select} WHERE ({ts}, {}) > ($1::timestamptz, {}) ORDER BY {ts}, {order} LIMIT ${}", columns.join(", "), params.join(", "), st.key.len() + 2)
     } else {
-        format!("{select} WHERE {ts} IS NOT NULL ORDER BY {ts}, {key} LIMIT $1")
+        format!("{select} WHERE {ts} IS NOT NULL ORDER BY {ts}, {order} LIMIT $1")
     }
 }
 
-/// A stream's newest position.
+/// A stream's newest position: timestamp, the key columns.
 pub fn head(doc: &Document, table: &str) -> String {
     let st = doc.stream(table).expect("a stream of the document");
-    let (ts, key) = (quote(&st.timestamp), quote(&st.key));
-    format!("SELECT {ts}::timestamptz, {key} FROM {} WHERE {ts} IS NOT NULL ORDER BY {ts} DESC, {key} DESC LIMIT 1", qualified(&doc.schema, table))
+    let ts = quote(&st.timestamp);
+    format!(
+        "SELECT {ts}::timestamptz, {} FROM {} WHERE {ts} IS NOT NULL ORDER BY {ts} DESC, {} LIMIT 1",
+        stream_key(st),
+        qualified(&doc.schema, table),
+        stream_order(st, " DESC")
+    )
 }

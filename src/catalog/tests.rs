@@ -28,8 +28,8 @@ fn the_cinema_definition_resolves_into_three_documents() {
     // persons: a renamed film re-indexes the people in it.
     let p = &docs[2];
     assert_eq!(
-        p.stream("film_work").unwrap().fan_out[0].sql("content"),
-        r#"SELECT DISTINCT "person_id" FROM "content"."person_film_work" WHERE "film_work_id" = ANY($1::uuid[])"#
+        p.stream("film_work").unwrap().fan_out[0].sql("content", p.key_kind),
+        r#"SELECT DISTINCT "person_id"::text FROM "content"."person_film_work" WHERE "film_work_id" = ANY($1::text[]::uuid[])"#
     );
 }
 
@@ -48,11 +48,11 @@ LEFT JOIN (SELECT l."film_work_id" AS k, array_agg(r."name"::text) AS c0 FROM "c
 LEFT JOIN (SELECT l."film_work_id" AS k, array_agg(r."id") AS c0, array_agg(r."full_name"::text) AS c1, array_agg(l."role"::text) AS c2 FROM "content"."person_film_work" l JOIN "content"."person" r ON r."id" = l."person_id" GROUP BY l."film_work_id") r1 ON r1.k = t."id"
 ORDER BY t."id""#
     );
-    assert!(sql::scan(&m, true).contains(r#"WHERE l."film_work_id" > $1 GROUP BY"#));
-    assert!(sql::records(&m).ends_with(r#"WHERE t."id" = ANY($1::uuid[])"#));
+    assert!(sql::scan(&m, true).contains(r#"WHERE l."film_work_id" > $1::text::uuid GROUP BY"#));
+    assert!(sql::records(&m).ends_with(r#"WHERE t."id" = ANY($1::text[]::uuid[])"#));
     assert_eq!(
         sql::page(&m, "person_film_work", true),
-        r#"SELECT "created_at"::timestamptz, "id", "film_work_id", xmin::text::bigint FROM "content"."person_film_work" WHERE ("created_at", "id") > ($1::timestamptz, $2::uuid) ORDER BY "created_at", "id" LIMIT $3"#
+        r#"SELECT "created_at"::timestamptz, "id"::text, "film_work_id"::text, xmin::text::bigint FROM "content"."person_film_work" WHERE ("created_at", "id") > ($1::timestamptz, $2::text::uuid) ORDER BY "created_at", "id" LIMIT $3"#
     );
 }
 
@@ -97,7 +97,13 @@ fn errors_name_the_file_the_line_and_the_fix() {
     let docs = Selection::default().resolve(&Source::read(&src_path).unwrap(), &fk).unwrap();
     assert_eq!(
         docs[0].relations[0].join,
-        Join::Through { link: "person_film_work".into(), link_key: "id".into(), root: "film_work_id".into(), related: "person_id".into() }
+        Join::Through {
+            link: "person_film_work".into(),
+            link_key: vec!["id".into()],
+            link_kinds: vec![crate::position::KeyKind::Uuid],
+            root: "film_work_id".into(),
+            related: "person_id".into()
+        }
     );
     let e = error(&format!("{HEAD}fields = [{{ name = \"people\", from = \"cast\", column = \"id\" }}]\n"), &live);
     assert!(e.contains("shop.toml:5") && e.contains("no relation named \"cast\""), "{e}");
@@ -245,7 +251,7 @@ fn a_documents_own_where_reads_its_columns_and_decides_which_rows_have_a_documen
     assert_eq!(names, ["id", "title", "tags", "deleted_at", "is_deleted"]);
     assert_eq!(d.filter.len(), 2);
     let record = |deleted_at: Value, is_deleted: bool| Record {
-        key: uuid::Uuid::nil(),
+        key: crate::position::Key::int(1),
         cells: vec![
             Cell::One(Value::Null),
             Cell::One(Value::Null),
@@ -261,7 +267,7 @@ fn a_documents_own_where_reads_its_columns_and_decides_which_rows_have_a_documen
     // Reconciliation reads the root's columns to apply it.
     assert_eq!(
         sql::existing(&d),
-        r#"SELECT t."id", t."title", to_json(t."tags")::text, to_json(t."deleted_at")#>>'{}', t."is_deleted" FROM "lib"."book" t WHERE t."id" = ANY($1::uuid[])"#
+        r#"SELECT t."id", t."title", to_json(t."tags")::text, to_json(t."deleted_at")#>>'{}', t."is_deleted" FROM "lib"."book" t WHERE t."id" = ANY($1::text[]::uuid[])"#
     );
     let e = library("where = { weight = 1 }", "", &library_live()).unwrap_err();
     assert!(e.contains("lib.toml:5") && e.contains("book.weight is double precision"), "{e}");
@@ -345,4 +351,102 @@ fn check_names_every_error_at_once() {
     assert!(e.contains("lib.loan.id is not unique") && e.contains("where is_deleted"), "{e}");
     // The field of the relation that failed is not reported again.
     assert!(!e.contains("where days"), "{e}");
+}
+
+/// A shop: products keyed by a bigint, brands by a varchar code, categories by an integer through
+/// a link keyed by its two foreign keys, and variants keyed by (product_id, sku).
+fn shop_live() -> LiveSchema {
+    let tz = "timestamp with time zone";
+    let table = |cols: &[(&str, &str)]| -> BTreeMap<String, String> { cols.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect() };
+    let mut live = LiveSchema { schema: "shop".into(), ..LiveSchema::default() };
+    live.columns.insert("product".into(), table(&[("id", "bigint"), ("name", "text"), ("brand_code", "character varying"), ("updated_at", tz)]));
+    live.columns.insert("brand".into(), table(&[("code", "character varying"), ("name", "text"), ("updated_at", tz)]));
+    live.columns.insert("category".into(), table(&[("id", "integer"), ("name", "text"), ("updated_at", tz)]));
+    live.columns.insert("product_category".into(), table(&[("product_id", "bigint"), ("category_id", "integer"), ("created_at", tz)]));
+    live.columns.insert("variant".into(), table(&[("product_id", "bigint"), ("sku", "text"), ("price", "numeric"), ("updated_at", tz)]));
+    let fk = |t: &str, c: &str, r: &str, rc: &str| ForeignKey { table: t.into(), column: c.into(), references: r.into(), referenced_column: rc.into() };
+    live.foreign_keys.extend([
+        fk("product", "brand_code", "brand", "code"),
+        fk("product_category", "product_id", "product", "id"),
+        fk("product_category", "category_id", "category", "id"),
+        fk("variant", "product_id", "product", "id"),
+    ]);
+    let pk = |cols: &[&str]| TableKeys { primary: Some(cols.iter().map(|c| c.to_string()).collect()), unique: vec![] };
+    live.keys.insert("product".into(), pk(&["id"]));
+    live.keys.insert("brand".into(), pk(&["code"]));
+    live.keys.insert("category".into(), pk(&["id"]));
+    live.keys.insert("product_category".into(), pk(&["product_id", "category_id"]));
+    live.keys.insert("variant".into(), pk(&["product_id", "sku"]));
+    live
+}
+
+fn shop(live: &LiveSchema) -> std::result::Result<Document, String> {
+    let dir = std::env::temp_dir().join(format!("pg2es-shop-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("m.json"), r#"{"mappings":{"properties":{"id":{"type":"keyword"},"brand":{"type":"keyword"},"categories":{"type":"keyword"},"variants":{"properties":{"sku":{"type":"keyword"}}}}}}"#).unwrap();
+    let text = "[[documents]]\nname = \"products\"\nindex_schema = \"m.json\"\ntable = \"product\"\n\
+         fields = [{ name = \"id\", column = \"id\" }, { name = \"brand\", from = \"brand\", column = \"name\" }, \
+         { name = \"categories\", from = \"categories\", column = \"name\" }, \
+         { name = \"variants\", from = \"variants\", fields = [{ name = \"sku\", column = \"sku\" }] }]\n\
+         [documents.relations.brand]\ntable = \"brand\"\n\
+         [documents.relations.categories]\ntable = \"category\"\nthrough = { table = \"product_category\" }\n\
+         [documents.relations.variants]\ntable = \"variant\"\n";
+    let path = dir.join("shop.toml");
+    std::fs::write(&path, text).unwrap();
+    let r = Selection::default().resolve(&Source::read(&path).unwrap(), live);
+    let _ = std::fs::remove_dir_all(&dir);
+    r.map(|mut d| d.remove(0)).map_err(|e| e.to_string())
+}
+
+#[test]
+fn keys_are_read_as_the_schema_has_them() {
+    use crate::position::KeyKind;
+    let d = shop(&shop_live()).unwrap();
+    assert_eq!((d.key.as_str(), d.key_kind), ("id", KeyKind::Int));
+    assert_eq!(d.key_of("42"), Some(crate::position::Key::int(42)));
+    assert_eq!(d.key_of("042"), None);
+    let link = d.stream("product_category").unwrap();
+    assert_eq!((link.key.clone(), link.kinds.clone()), (vec!["product_id".to_string(), "category_id".into()], vec![KeyKind::Int, KeyKind::Int]));
+    assert_eq!(link.direct, ["product_id"]);
+    let variant = d.stream("variant").unwrap();
+    assert_eq!(variant.kinds, [KeyKind::Int, KeyKind::Text]);
+    // The variants of one product are told apart by the key's other column.
+    assert_eq!(d.relations.iter().find(|r| r.name == "variants").unwrap().key, "sku");
+    let brand = d.stream("brand").unwrap();
+    assert_eq!((brand.kinds.clone(), brand.fan_out[0].kind), (vec![KeyKind::Text], KeyKind::Text));
+    assert_eq!(brand.fan_out[0].sql("shop", d.key_kind), r#"SELECT DISTINCT "id"::int8 FROM "shop"."product" WHERE "brand_code" = ANY($1::text[])"#);
+    assert_eq!(
+        sql::page(&d, "product_category", true),
+        r#"SELECT "created_at"::timestamptz, "product_id"::int8, "category_id"::int8, "product_id"::int8, xmin::text::bigint FROM "shop"."product_category" WHERE ("created_at", "product_id", "category_id") > ($1::timestamptz, $2::int8, $3::int8) ORDER BY "created_at", "product_id", "category_id" LIMIT $4"#
+    );
+    assert_eq!(
+        sql::page(&d, "variant", true),
+        r#"SELECT "updated_at"::timestamptz, "product_id"::int8, "sku"::text, "product_id"::int8, xmin::text::bigint FROM "shop"."variant" WHERE ("updated_at", "product_id", "sku" COLLATE "C") > ($1::timestamptz, $2::int8, $3::text COLLATE "C") ORDER BY "updated_at", "product_id", "sku" COLLATE "C" LIMIT $4"#
+    );
+    assert!(sql::records(&d).ends_with(r#"WHERE t."id" = ANY($1::int8[])"#));
+    assert!(sql::scan(&d, true).ends_with("WHERE t.\"id\" > $1::int8\nORDER BY t.\"id\""), "{}", sql::scan(&d, true));
+    // Verify reads in the order of the keys' text, the index's order of `_id`s.
+    assert!(sql::records_after(&d).contains(r#"ORDER BY t."id"::text COLLATE "C" LIMIT $2"#));
+}
+
+#[test]
+fn keys_that_cannot_be_read_are_refused_with_the_fix() {
+    let mut live = shop_live();
+    live.keys.insert("category".into(), TableKeys { primary: Some(vec!["id".into(), "name".into()]), unique: vec![] });
+    let e = shop(&live).unwrap_err();
+    assert!(e.contains("shop.category has the composite primary key (id, name)") && e.contains("found by a key of one column"), "{e}");
+    let mut live = shop_live();
+    live.columns.get_mut("product").unwrap().insert("id".into(), "numeric".into());
+    let e = shop(&live).unwrap_err();
+    assert!(e.contains("product.id is numeric: a key column is a smallint, integer, bigint, text, varchar or uuid"), "{e}");
+    let mut live = shop_live();
+    live.keys.insert("product".into(), TableKeys { primary: Some(vec!["id".into(), "name".into()]), unique: vec![] });
+    let e = shop(&live).unwrap_err();
+    assert!(e.contains("a root's key is one column"), "{e}");
+    // A link table without any key: its two columns are not known to be unique.
+    let mut live = shop_live();
+    live.keys.remove("product_category");
+    live.columns.get_mut("product_category").unwrap().insert("id".into(), "bigint".into());
+    let e = shop(&live).unwrap_err();
+    assert!(e.contains("shop.product_category.id is not unique"), "{e}");
 }

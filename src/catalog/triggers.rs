@@ -54,7 +54,9 @@ fn hash(parts: &[&str]) -> String {
     format!("{h:016x}")
 }
 
-const INSERT: &str = "INSERT INTO pg2es.film_changes (source_schema, document, film_id)";
+/// The log's `key` is the document's key as text (`film_id`, a uuid, is the column the triggers
+/// of earlier releases write).
+const INSERT: &str = "INSERT INTO pg2es.film_changes (source_schema, document, key)";
 
 /// What a trigger does, as the statement its function runs.
 enum Body<'a> {
@@ -65,7 +67,7 @@ enum Body<'a> {
     /// Rows updated so that `watched` changed: their old `logged`.
     Moved {
         logged: &'a str,
-        key: &'a str,
+        key: &'a [String],
         watched: &'a str,
     },
     /// A row about to be deleted: the `select` column of `table`'s rows whose `matching` holds its `key`.
@@ -91,18 +93,19 @@ impl Body<'_> {
         match self {
             Body::Rows { column } => {
                 let c = quote(column);
-                format!("{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, c.{c} FROM changed c WHERE c.{c} IS NOT NULL;\n    RETURN NULL;")
+                format!("{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, c.{c}::text FROM changed c WHERE c.{c} IS NOT NULL;\n    RETURN NULL;")
             }
             Body::Moved { logged, key, watched } => {
-                let (l, k, w) = (quote(logged), quote(key), quote(watched));
+                let (l, w) = (quote(logged), quote(watched));
+                let same: String = key.iter().map(|k| format!("k.{k} = g.{k} AND ", k = quote(k))).collect();
                 format!(
-                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, g.{l} FROM gone g WHERE g.{l} IS NOT NULL\n        AND NOT EXISTS (SELECT 1 FROM kept k WHERE k.{k} = g.{k} AND k.{w} IS NOT DISTINCT FROM g.{w});\n    RETURN NULL;"
+                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, g.{l}::text FROM gone g WHERE g.{l} IS NOT NULL\n        AND NOT EXISTS (SELECT 1 FROM kept k WHERE {same}k.{w} IS NOT DISTINCT FROM g.{w});\n    RETURN NULL;"
                 )
             }
             Body::Referencing { table, select, matching, key } => {
                 let (s, m) = (quote(select), quote(matching));
                 format!(
-                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, r.{s} FROM {} r WHERE r.{m} = OLD.{} AND r.{s} IS NOT NULL;\n    RETURN OLD;",
+                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, r.{s}::text FROM {} r WHERE r.{m} = OLD.{} AND r.{s} IS NOT NULL;\n    RETURN OLD;",
                     qualified(schema, table),
                     quote(key)
                 )
@@ -110,7 +113,7 @@ impl Body<'_> {
             Body::ReferencingWritten { table, select, matching, key } => {
                 let (s, m) = (quote(select), quote(matching));
                 format!(
-                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, r.{s} FROM {} r JOIN changed c ON r.{m} = c.{} WHERE r.{s} IS NOT NULL;\n    RETURN NULL;",
+                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, r.{s}::text FROM {} r JOIN changed c ON r.{m} = c.{} WHERE r.{s} IS NOT NULL;\n    RETURN NULL;",
                     qualified(schema, table),
                     quote(key)
                 )
@@ -147,17 +150,17 @@ pub fn capture(schema: &str, docs: &[Document]) -> TriggerSet {
             let t = s.table.as_str();
             for c in &s.direct {
                 add(t, "deleted", d, false, OLD_ROWS, Body::Rows { column: c });
-                if *c != s.key {
+                if s.key.len() != 1 || *c != s.key[0] {
                     add(t, "moved", d, false, MOVED, Body::Moved { logged: c, key: &s.key, watched: c });
                 }
                 add(t, "inserted", d, true, INSERTED, Body::Rows { column: c });
                 add(t, "updated", d, true, UPDATED, Body::Rows { column: c });
             }
             for r in &s.references {
-                add(t, "reference_moved", d, false, MOVED, Body::Moved { logged: &s.key, key: &s.key, watched: r });
+                add(t, "reference_moved", d, false, MOVED, Body::Moved { logged: &s.key[0], key: &s.key, watched: r });
             }
             for f in &s.fan_out {
-                let (table, select, matching, key) = (f.table.as_str(), f.select.as_str(), f.matching.as_str(), s.key.as_str());
+                let (table, select, matching, key) = (f.table.as_str(), f.select.as_str(), f.matching.as_str(), s.key[0].as_str());
                 add(t, "linked", d, false, "BEFORE DELETE ON {table} FOR EACH ROW", Body::Referencing { table, select, matching, key });
                 add(t, "linked_updated", d, true, UPDATED, Body::ReferencingWritten { table, select, matching, key });
             }

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::position::Key;
 pub use crate::position::PositionError;
 
 /// The state format this build writes; it refuses to read newer ones. Version 2 added the first
@@ -32,10 +32,12 @@ const OLDEST_READABLE_VERSION: u32 = 1;
 pub type Stream = String;
 
 /// The last row of a stream known to be loaded: keyset position (timestamp, id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Watermark {
     pub ts: DateTime<Utc>,
-    pub id: Uuid,
+    /// The row's key: its text for one column (a uuid as the string it always was), an array
+    /// for a composite key.
+    pub id: Key,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,10 +163,10 @@ impl std::fmt::Display for SourceIdentity {
 }
 
 /// Progress of the first full load.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Every record with a key up to this one is loaded (`None`: none yet).
-    pub after: Option<Uuid>,
+    pub after: Option<Key>,
     pub done: bool,
 }
 
@@ -180,11 +182,11 @@ impl State {
 
     /// The full load's position while it is under way.
     pub fn snapshot_in_progress(&self) -> Option<Snapshot> {
-        self.snapshot.filter(|s| !s.done)
+        self.snapshot.clone().filter(|s| !s.done)
     }
 
     pub fn watermark(&self, stream: &str) -> Option<Watermark> {
-        self.watermarks.get(stream).copied()
+        self.watermarks.get(stream).cloned()
     }
 
     /// Moves a stream forward; refuses to move it back (that would re-deliver or, worse, mean
@@ -207,15 +209,15 @@ impl State {
     /// copy (as [`Checkpoint::commit`] does).
     pub fn apply(&mut self, delta: &PositionDelta) -> Result<(), PositionError> {
         match delta {
-            PositionDelta::Stream { stream, to } => self.try_advance(stream, *to),
+            PositionDelta::Stream { stream, to } => self.try_advance(stream, to.clone()),
             PositionDelta::BeginFullLoad { heads } => {
                 if self.snapshot_in_progress().is_some() {
                     return Err(PositionError::FullLoadUnderWay);
                 }
                 self.snapshot = Some(Snapshot::default());
-                heads.iter().try_for_each(|(stream, to)| self.try_advance(stream, *to))
+                heads.iter().try_for_each(|(stream, to)| self.try_advance(stream, to.clone()))
             }
-            PositionDelta::FullLoad(to) => match self.snapshot {
+            PositionDelta::FullLoad(to) => match &self.snapshot {
                 Some(current) if current.done => Err(PositionError::NoFullLoad),
                 Some(current) if to.after < current.after => Err(PositionError::Backwards {
                     what: "the full load".into(),
@@ -223,7 +225,7 @@ impl State {
                     to: format!("record {:?}", to.after),
                 }),
                 Some(_) => {
-                    self.snapshot = Some(*to);
+                    self.snapshot = Some(to.clone());
                     Ok(())
                 }
                 None => Err(PositionError::NoFullLoad),
@@ -410,7 +412,7 @@ mod tests {
     use chrono::TimeZone;
 
     fn wm(secs: i64, id: u128) -> Watermark {
-        Watermark { ts: Utc.timestamp_opt(secs, 0).unwrap(), id: Uuid::from_u128(id) }
+        Watermark { ts: Utc.timestamp_opt(secs, 0).unwrap(), id: Key::int(id as i64) }
     }
 
     fn stream(stream: &str, to: Watermark) -> PositionDelta {
@@ -423,11 +425,11 @@ mod tests {
         let mut c = Checkpoint::open(&dir.path().join("s.json"), "movies").unwrap();
         let setup = StreamSetup { slot: "s".into(), objects: [("table t".to_string(), "oid 1".to_string())].into() };
         c.commit(&[PositionDelta::Replication { lsn: 100 }, PositionDelta::BeginFullLoad { heads: Vec::new() }]).unwrap();
-        c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Uuid::from_u128(7)), done: false })]).unwrap();
+        c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Key::int(7)), done: false })]).unwrap();
         // Under way or not, the load starts again from the first record.
         c.commit(&[PositionDelta::Resync { lsn: 50, setup: setup.clone() }]).unwrap();
         let s = c.state();
-        assert_eq!((s.replication, s.snapshot, s.resyncs), (Some(100), Some(Snapshot::default()), 1));
+        assert_eq!((s.replication, s.snapshot.clone(), s.resyncs), (Some(100), Some(Snapshot::default()), 1));
         assert_eq!(s.stream_setup.as_ref(), Some(&setup));
         let moved =
             StreamSetup { slot: "t".into(), objects: [("table t".to_string(), "oid 2".to_string()), ("table u".to_string(), "oid 3".to_string())].into() };
@@ -514,8 +516,8 @@ mod tests {
         assert!(!c.state().needs_full_load());
         let again = c.commit(&[PositionDelta::BeginFullLoad { heads: vec![] }]).unwrap_err();
         assert!(matches!(again, Error::Position { source: PositionError::FullLoadUnderWay, .. }), "a second start is refused: {again}");
-        c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Uuid::from_u128(9)), done: false })]).unwrap();
-        let back = c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Uuid::from_u128(3)), done: false })]).unwrap_err();
+        c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Key::int(9)), done: false })]).unwrap();
+        let back = c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Key::int(3)), done: false })]).unwrap_err();
         assert!(matches!(back, Error::Position { source: PositionError::Backwards { .. }, .. }), "{back}");
         assert!(back.to_string().contains("move back"), "{back}");
         let mut tuned = BTreeMap::new();
@@ -524,13 +526,13 @@ mod tests {
         c.set_tuned(Some(tuned.clone())).unwrap();
         drop(c);
         let mut c = Checkpoint::open(&path, "movies").unwrap();
-        assert_eq!(c.state().snapshot_in_progress(), Some(Snapshot { after: Some(Uuid::from_u128(9)), done: false }));
+        assert_eq!(c.state().snapshot_in_progress(), Some(Snapshot { after: Some(Key::int(9)), done: false }));
         assert_eq!(c.state().tuned, Some(tuned));
         assert_eq!(c.state().watermark("genre"), Some(wm(5, 2)));
-        c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Uuid::from_u128(9)), done: true })]).unwrap();
+        c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Key::int(9)), done: true })]).unwrap();
         assert_eq!(c.state().snapshot_in_progress(), None);
         assert!(!c.state().needs_full_load());
-        assert!(c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Uuid::from_u128(10)), done: false })]).is_err());
+        assert!(c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Key::int(10)), done: false })]).is_err());
         // A reload (after a TRUNCATE) starts over from the first record, streams kept.
         c.commit(&[PositionDelta::BeginFullLoad { heads: vec![] }]).unwrap();
         assert_eq!(c.state().snapshot_in_progress(), Some(Snapshot::default()));

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 use crate::catalog::{Document, Record};
 use crate::checkpoint::{PositionDelta, SourceIdentity, State, Stream};
 use crate::error::Result;
+use crate::position::Key;
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
 use crate::source::RowVersion;
@@ -25,7 +25,7 @@ pub enum Change {
     /// The record as it is now, with its relations: index it.
     Upsert(Record),
     /// The record is gone: delete its document.
-    Delete(Uuid),
+    Delete(Key),
 }
 
 /// Changes read together, and what saving them completes.
@@ -94,5 +94,5 @@ pub trait ChangeSource: Sync {
     fn document(&self) -> Option<std::sync::Arc<Document>>;
 
     /// Which of these records exist now (reconciliation removes the documents of the others).
-    fn existing(&self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<Uuid>>> + Send;
+    fn existing(&self, ids: &[Key]) -> impl Future<Output = Result<Vec<Key>>> + Send;
 }

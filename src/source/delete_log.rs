@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient, NoTls};
-use uuid::Uuid;
 
 use super::PgTls;
 use crate::catalog::qualified;
@@ -156,8 +155,8 @@ pub struct Capture {
     pub legacy_writes: bool,
     /// They stand in for the generated ones (see [`Capture::with_legacy_for`]).
     pub legacy_in_use: bool,
-    /// The log has its `document` column (an earlier release's log gets it at `install`).
-    pub documented: bool,
+    /// Which columns the log has (an earlier release's log gets the others at `install`).
+    pub shape: LogShape,
 }
 
 impl Capture {
@@ -225,7 +224,9 @@ pub async fn status(client: &impl GenericClient, set: &TriggerSet) -> Result<Cap
                           ORDER BY want.n), \
                     legacy.any, legacy.writes, \
                     EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass('pg2es.film_changes') \
-                            AND a.attname = 'document' AND NOT a.attisdropped) \
+                            AND a.attname = 'document' AND NOT a.attisdropped), \
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass('pg2es.film_changes') \
+                            AND a.attname = 'key' AND NOT a.attisdropped) \
                  FROM (SELECT count(*) > 0 AS any, count(*) FILTER (WHERE p.proname LIKE 'log\\_written%') > 0 AS writes FROM ",
                 pg2es_triggers!(),
                 " WHERE n.nspname = $1 AND pn.nspname = 'pg2es' AND p.proname = ANY($4) AND t.tgenabled <> 'D') legacy"
@@ -239,6 +240,12 @@ pub async fn status(client: &impl GenericClient, set: &TriggerSet) -> Result<Cap
     let legacy: bool = row.try_get(2).map_err(Error::postgres(context))?;
     let legacy_writes: bool = row.try_get(3).map_err(Error::postgres(context))?;
     let documented: bool = row.try_get(4).map_err(Error::postgres(context))?;
+    let keyed: bool = row.try_get(5).map_err(Error::postgres(context))?;
+    let shape = match (documented, keyed) {
+        (true, true) => LogShape::Keyed,
+        (true, false) => LogShape::Documented,
+        (false, _) => LogShape::Undocumented,
+    };
     let (mut deletes, mut writes) = (Vec::new(), Vec::new());
     for n in missing {
         if let Some((table, name, w)) = usize::try_from(n - 1).ok().and_then(|i| all.get(i)) {
@@ -259,7 +266,7 @@ pub async fn status(client: &impl GenericClient, set: &TriggerSet) -> Result<Cap
         legacy,
         legacy_writes,
         legacy_in_use: false,
-        documented,
+        shape,
     })
 }
 
@@ -287,34 +294,45 @@ pub async fn boundary(client: &impl GenericClient) -> Result<u64> {
 /// One page of the log's window.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogPage {
-    /// Records to rebuild or delete: distinct, ascending, after the page's `after`.
-    pub keys: Vec<Uuid>,
+    /// Records to rebuild or delete, as the text of their keys: distinct, ascending (by bytes),
+    /// after the page's `after`.
+    pub keys: Vec<String>,
     /// A table was truncated in the window: the whole catalog must be reloaded.
     pub reload: bool,
 }
 
-/// Rows of a document: its name, or (`$7`, the definition's first document) no name, as the
-/// triggers of pg2es before definitions wrote them.
-/// The window's page of keys, with `$filter` choosing the document's rows.
+/// The window's page of keys: `$key` is a row's key as text, `$filter` chooses the document's rows.
 macro_rules! keys_between_sql {
-    ($filter:literal) => {
+    ($key:literal, $filter:literal) => {
         concat!(
             "SELECT EXISTS (SELECT 1 FROM pg2es.film_changes \
-                    WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 AND film_id IS NULL AND ",
+                    WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 AND ",
+            $key,
+            " IS NULL AND ",
             $filter,
-            "), ARRAY(SELECT DISTINCT film_id FROM pg2es.film_changes \
+            "), ARRAY(SELECT DISTINCT ",
+            $key,
+            " COLLATE \"C\" FROM pg2es.film_changes \
                     WHERE source_schema = $1 AND xid >= $2::text::xid8 AND xid < $3::text::xid8 AND ",
             $filter,
-            " AND film_id IS NOT NULL AND ($4::uuid IS NULL OR film_id > $4::uuid) ORDER BY film_id LIMIT $5)"
+            " AND ",
+            $key,
+            " IS NOT NULL AND ($4::text IS NULL OR ",
+            $key,
+            " COLLATE \"C\" > $4::text COLLATE \"C\") ORDER BY 1 LIMIT $5)"
         )
     };
 }
 
-/// The document's rows (`$6`), and for the first document (`$7`) the rows without a document.
-const KEYS_BETWEEN_SQL: &str = keys_between_sql!("(document = $6 OR ($7 AND document IS NULL))");
+/// The document's rows (`$6`), and for the first document (`$7`) the rows without a document;
+/// the key in `key` (this release's triggers) or `film_id` (earlier ones').
+const KEYS_BETWEEN_SQL: &str = keys_between_sql!("COALESCE(key, film_id::text)", "(document = $6 OR ($7 AND document IS NULL))");
+
+/// A log before its `key` column: every key is a uuid, in `film_id`.
+const KEYS_BETWEEN_UNKEYED_SQL: &str = keys_between_sql!("film_id::text", "(document = $6 OR ($7 AND document IS NULL))");
 
 /// An earlier release's log, without the `document` column: every row is the first document's.
-const KEYS_BETWEEN_UNDOCUMENTED_SQL: &str = keys_between_sql!("($6::text IS NOT NULL AND $7)");
+const KEYS_BETWEEN_UNDOCUMENTED_SQL: &str = keys_between_sql!("film_id::text", "($6::text IS NOT NULL AND $7)");
 
 /// Which document's rows of the log to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,9 +341,21 @@ pub struct LogDocument {
     /// The definition's first document also reads the rows the triggers of pg2es before
     /// definitions wrote (with no document).
     pub first: bool,
-    /// The log has its `document` column ([`Capture::documented`]); an earlier release's log,
-    /// not installed again yet, has none: all its rows are the first document's.
-    pub documented: bool,
+    /// Which columns the log has ([`Capture::shape`]): an earlier release's log, not installed
+    /// again yet, may have no `document` (all its rows are the first document's) or no `key`.
+    pub shape: LogShape,
+}
+
+/// The columns of the log: each release of pg2es added one, at `install`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogShape {
+    /// `film_id` only.
+    Undocumented,
+    /// `document`, and the uuid `film_id`.
+    Documented,
+    /// `document` and the key as text in `key` (`film_id` still read: earlier triggers wrote it).
+    #[default]
+    Keyed,
 }
 
 /// Up to `limit` keys logged for `schema`'s `document` by transactions in `[from, to)`, after `after`.
@@ -336,11 +366,15 @@ pub async fn keys_between(
     document: &LogDocument,
     from: u64,
     to: u64,
-    after: Option<Uuid>,
+    after: Option<&str>,
     limit: usize,
 ) -> Result<LogPage> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let sql = if document.documented { KEYS_BETWEEN_SQL } else { KEYS_BETWEEN_UNDOCUMENTED_SQL };
+    let sql = match document.shape {
+        LogShape::Keyed => KEYS_BETWEEN_SQL,
+        LogShape::Documented => KEYS_BETWEEN_UNKEYED_SQL,
+        LogShape::Undocumented => KEYS_BETWEEN_UNDOCUMENTED_SQL,
+    };
     let row = client
         .query_one(sql, &[&schema, &from.to_string(), &to.to_string(), &after, &limit, &document.name, &document.first])
         .await
@@ -887,7 +921,7 @@ mod tests {
             legacy: false,
             legacy_writes: false,
             legacy_in_use: false,
-            documented: true,
+            shape: LogShape::Keyed,
         };
         let c = capture(true, vec![pair("genre_film_work", "pg2es_movies_deleted"), pair("genre_film_work", "pg2es_movies_truncated")]);
         assert!(!c.complete() && !c.nothing_installed());

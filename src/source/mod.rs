@@ -26,14 +26,15 @@ pub use version::{server_version, PgVersion, OLDEST_SUPPORTED_MAJOR};
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
-use uuid::Uuid;
 
 use std::sync::Arc;
 
 use crate::catalog::{Cell, ColumnType, Document, Record, Selection, Source, Value};
 use crate::checkpoint::{SourceIdentity, Stream, Watermark};
 use crate::error::{Error, Result};
+use crate::position::{Key, KeyKind, KeyPart};
 
 pub use queries::{describe, live_schema, missing_indexes};
 
@@ -51,8 +52,8 @@ pub struct DocumentSpec {
 
 impl DocumentSpec {
     /// Which rows of the change log are this document's.
-    pub fn log_document(&self, documented: bool) -> delete_log::LogDocument {
-        delete_log::LogDocument { name: self.name.clone(), first: self.first, documented }
+    pub fn log_document(&self, shape: delete_log::LogShape) -> delete_log::LogDocument {
+        delete_log::LogDocument { name: self.name.clone(), first: self.first, shape }
     }
 }
 
@@ -88,7 +89,7 @@ pub struct PgSource {
 pub struct ChangePage {
     pub stream: Stream,
     /// Records to re-index because of this page (deduplicated, sorted).
-    pub keys: Vec<Uuid>,
+    pub keys: Vec<Key>,
     /// The rows of the page that had not been loaded already: remembered once their records are.
     pub fresh: Vec<RowVersion>,
     /// Rows of the page whose records were loaded in an earlier cycle, unchanged since.
@@ -125,16 +126,20 @@ impl PgSource {
 
     /// The root keys of the records that contain these rows of `stream` (by its fan-out queries;
     /// none for a stream whose rows name their roots themselves).
-    pub async fn roots_of(&self, stream: &str, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+    pub async fn roots_of(&self, stream: &str, ids: &[Key]) -> Result<Vec<Key>> {
         let mut roots = Vec::new();
         if ids.is_empty() {
             return Ok(roots);
         }
-        for st in self.statements.fan_out(stream)? {
-            let rows = self.client.query(st, &[&ids]).await.map_err(Error::postgres("find the records of changed rows"))?;
-            for r in rows {
-                if let Some(id) = r.try_get::<_, Option<Uuid>>(0).map_err(Error::postgres("read a key"))? {
-                    roots.push(id);
+        for (st, kind) in self.statements.fan_out(stream)? {
+            let rows = self
+                .client
+                .query(st, &[key_array(ids, *kind).as_ref() as &(dyn ToSql + Sync)])
+                .await
+                .map_err(Error::postgres("find the records of changed rows"))?;
+            for r in &rows {
+                if let Some(part) = key_part(r, 0, self.doc.key_kind).map_err(Error::postgres("read a key"))? {
+                    roots.push(Key::new(vec![part]));
                 }
             }
         }
@@ -150,10 +155,18 @@ impl PgSource {
     }
 
     /// Which of these records exist (and pass the document's own `where`).
-    pub async fn existing(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
-        let rows = self.client.query(&self.statements.existing, &[&ids]).await.map_err(Error::postgres("look up records"))?;
+    pub async fn existing(&self, ids: &[Key]) -> Result<Vec<Key>> {
+        let rows = self
+            .client
+            .query(&self.statements.existing, &[key_array(ids, self.doc.key_kind).as_ref() as &(dyn ToSql + Sync)])
+            .await
+            .map_err(Error::postgres("look up records"))?;
         if self.doc.filter.is_empty() {
-            return rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<Uuid>, _>>().map_err(Error::postgres("read a key"));
+            let mut keys = Vec::with_capacity(rows.len());
+            for r in &rows {
+                keys.extend(key_part(r, 0, self.doc.key_kind).map_err(Error::postgres("read a key"))?.map(|p| Key::new(vec![p])));
+            }
+            return Ok(keys);
         }
         // The query read the root's columns: the record without its relations.
         let mut keys = Vec::with_capacity(rows.len());
@@ -182,36 +195,44 @@ impl PgSource {
 
     /// The next page of changes of `stream` after `after` (all rows when `None`).
     /// Rows in `loaded` (unchanged since their records were loaded) lead to no record.
-    pub async fn next_page(&self, stream: &str, after: Option<Watermark>, limit: usize, loaded: &RecentlyLoaded) -> Result<Option<ChangePage>> {
+    pub async fn next_page(&self, stream: &str, after: Option<&Watermark>, limit: usize, loaded: &RecentlyLoaded) -> Result<Option<ChangePage>> {
         let limit = limit as i64;
         let read = Error::postgres("read changed rows");
+        let st = self.doc.stream(stream).ok_or_else(|| Error::SourceSchema(format!("no stream {stream} in document {}", self.doc.name)))?;
         let rows = match after {
-            Some(w) => self.client.query(self.statements.page_after(stream)?, &[&w.ts, &w.id, &limit]).await.map_err(read)?,
+            Some(w) => {
+                let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(w.ts)];
+                params.extend(w.id.parts().iter().map(part_param));
+                params.push(Box::new(limit));
+                let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+                self.client.query(self.statements.page_after(stream)?, &params).await.map_err(read)?
+            }
             None => self.client.query(self.statements.page_first(stream)?, &[&limit]).await.map_err(read)?,
         };
         let Some(last_row) = rows.last() else { return Ok(None) };
-        let last = Watermark { ts: last_row.try_get(0).map_err(Error::postgres("read ts"))?, id: last_row.try_get(1).map_err(Error::postgres("read id"))? };
-        // Columns: timestamp, key, the direct root columns, xmin.
-        let direct = self.doc.stream(stream).map_or(0, |s| s.direct.len());
-        let mut roots: Vec<Uuid> = Vec::with_capacity(rows.len());
-        let mut own: Vec<Uuid> = Vec::new();
+        let width = st.key.len();
+        let last = Watermark { ts: last_row.try_get(0).map_err(Error::postgres("read ts"))?, id: row_key(last_row, 1, &st.kinds)? };
+        // Columns: timestamp, the key's, the direct root columns, xmin.
+        let direct = st.direct.len();
+        let mut roots: Vec<Key> = Vec::with_capacity(rows.len());
+        let mut own: Vec<Key> = Vec::new();
         let mut fresh = Vec::with_capacity(rows.len());
         for r in &rows {
             let version = RowVersion {
                 ts: r.try_get(0).map_err(Error::postgres("read ts"))?,
-                id: r.try_get(1).map_err(Error::postgres("read id"))?,
-                xmin: r.try_get(2 + direct).map_err(Error::postgres("read row version"))?,
+                id: row_key(r, 1, &st.kinds)?,
+                xmin: r.try_get(1 + width + direct).map_err(Error::postgres("read row version"))?,
             };
             if loaded.contains(stream, &version) {
                 continue;
             }
-            own.push(version.id);
-            fresh.push(version);
             for c in 0..direct {
-                if let Some(id) = r.try_get::<_, Option<Uuid>>(2 + c).map_err(Error::postgres("read row key"))? {
-                    roots.push(id);
+                if let Some(part) = key_part(r, 1 + width + c, self.doc.key_kind).map_err(Error::postgres("read row key"))? {
+                    roots.push(Key::new(vec![part]));
                 }
             }
+            own.push(version.id.clone());
+            fresh.push(version);
         }
         let already_loaded = rows.len() - fresh.len();
         roots.extend(self.roots_of(stream, &own).await?);
@@ -227,8 +248,8 @@ impl PgSource {
             None => Ok(None),
             Some(r) => {
                 let ts: DateTime<Utc> = r.try_get(0).map_err(Error::postgres("read ts"))?;
-                let id: Uuid = r.try_get(1).map_err(Error::postgres("read id"))?;
-                Ok(Some(Watermark { ts, id }))
+                let st = self.doc.stream(stream).ok_or_else(|| Error::SourceSchema(format!("no stream {stream} in document {}", self.doc.name)))?;
+                Ok(Some(Watermark { ts, id: row_key(&r, 1, &st.kinds)? }))
             }
         }
     }
@@ -246,8 +267,12 @@ impl PgSource {
 
     /// Reads the records with these keys, with their relations. Records that no longer exist
     /// are simply absent from the result.
-    pub async fn records(&self, ids: &[Uuid]) -> Result<Vec<Record>> {
-        let rows = self.client.query(&self.statements.records, &[&ids]).await.map_err(Error::postgres("read records"))?;
+    pub async fn records(&self, ids: &[Key]) -> Result<Vec<Record>> {
+        let rows = self
+            .client
+            .query(&self.statements.records, &[key_array(ids, self.doc.key_kind).as_ref() as &(dyn ToSql + Sync)])
+            .await
+            .map_err(Error::postgres("read records"))?;
         self.kept(&rows)
     }
 
@@ -267,9 +292,12 @@ impl PgSource {
     /// Every record in key order (after `after` when given), streamed: rows are decoded as they are
     /// consumed, and the connection stops reading from the socket while the consumer is behind,
     /// so memory does not grow with the table. Postgres holds one snapshot for the whole scan.
-    pub async fn scan_records(&self, after: Option<Uuid>) -> Result<impl futures_util::Stream<Item = Result<Record>> + Send + 'static> {
-        let rows = match after {
-            Some(id) => self.client.query_raw(&self.statements.scan_after, [&id as &(dyn tokio_postgres::types::ToSql + Sync)]).await,
+    pub async fn scan_records(&self, after: Option<&Key>) -> Result<impl futures_util::Stream<Item = Result<Record>> + Send + 'static> {
+        let rows = match after.and_then(|k| k.parts().first()) {
+            Some(part) => {
+                let param = part_param(part);
+                self.client.query_raw(&self.statements.scan_after, [param.as_ref() as &(dyn ToSql + Sync)]).await
+            }
             None => self.client.query_raw(&self.statements.scan_first, std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>()).await,
         }
         .map_err(Error::postgres("read every record"))?;
@@ -281,25 +309,35 @@ impl PgSource {
         Ok(rows.map(move |row| row.map_err(Error::postgres("read every record")).and_then(|r| record_from_row(&doc, &r, doc.columns.len()))).filter(keeps))
     }
 
-    /// How many records a scan after `after` reads (for progress; a record with the nil key is not
-    /// counted).
-    pub async fn records_left(&self, after: Option<Uuid>) -> Result<u64> {
-        let row = self.client.query_one(&self.statements.count_after, &[&after.unwrap_or_else(Uuid::nil)]).await.map_err(Error::postgres("count records"))?;
+    /// How many records a scan after `after` reads (for progress; a record with the least key of
+    /// its type, the nil uuid say, is not counted).
+    pub async fn records_left(&self, after: Option<&Key>) -> Result<u64> {
+        let least = self.doc.key_kind.least();
+        let part = after.and_then(|k| k.parts().first()).unwrap_or(&least);
+        let row = self
+            .client
+            .query_one(&self.statements.count_after, &[part_param(part).as_ref() as &(dyn ToSql + Sync)])
+            .await
+            .map_err(Error::postgres("count records"))?;
         Ok(row.try_get::<_, i64>(0).map_err(Error::postgres("count records"))?.max(0) as u64)
     }
 
-    /// Up to `limit` records with keys after `after`, in key order (uuid byte order), read the same
-    /// way as [`PgSource::records`]. Keyset paging: each page is one index range scan.
+    /// Up to `limit` records whose key's text comes after `after` (`None`: from the first), in the
+    /// byte order of the keys' text (an index's order of keyword `_id`s), read the same way as
+    /// [`PgSource::records`]. Keyset paging: for a uuid key each page is one index range scan.
     /// Fewer than `limit` only at the end: pages that the document's own `where` thins out are
     /// followed by the next.
-    pub async fn records_after(&self, mut after: Uuid, limit: usize) -> Result<Vec<Record>> {
+    pub async fn records_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
         let mut out = Vec::new();
+        let nil = KeyKind::Uuid.least().to_string();
+        let mut after: Option<String> = after.map(str::to_string).or_else(|| (self.doc.key_kind == KeyKind::Uuid).then_some(nil));
         loop {
             let rows =
                 self.client.query(&self.statements.records_after, &[&after, &(limit as i64)]).await.map_err(Error::postgres("read records in key order"))?;
             let Some(last) = rows.last() else { return Ok(out) };
-            after = last.try_get(0).map_err(Error::postgres("read a record's key"))?;
-            out.extend(self.kept(&rows)?);
+            let recs = self.kept(&rows)?;
+            after = Some(record_from_row(&self.doc, last, 1)?.key.to_string());
+            out.extend(recs);
             if rows.len() < limit || out.len() >= limit {
                 return Ok(out);
             }
@@ -363,8 +401,8 @@ impl Horizon {
     }
 
     /// The furthest a stream may advance: rows at the horizon itself are read again.
-    pub fn cap(&self, mark: Watermark) -> Watermark {
-        mark.min(Watermark { ts: self.at, id: Uuid::nil() })
+    pub fn cap(&self, mark: Watermark, kinds: &[KeyKind]) -> Watermark {
+        mark.min(Watermark { ts: self.at, id: Key::least(kinds) })
     }
 }
 
@@ -372,7 +410,7 @@ fn value(row: &tokio_postgres::Row, i: usize, ty: ColumnType) -> Result<Value, t
     Ok(match ty {
         ColumnType::Text | ColumnType::Time | ColumnType::Char => row.try_get::<_, Option<String>>(i)?.map_or(Value::Null, Value::Text),
         ColumnType::Json | ColumnType::Array => row.try_get::<_, Option<String>>(i)?.map_or(Value::Null, Value::Json),
-        ColumnType::Uuid => row.try_get::<_, Option<Uuid>>(i)?.map_or(Value::Null, Value::Uuid),
+        ColumnType::Uuid => row.try_get::<_, Option<uuid::Uuid>>(i)?.map_or(Value::Null, Value::Uuid),
         ColumnType::Int => row.try_get::<_, Option<i64>>(i)?.map_or(Value::Null, Value::Int),
         ColumnType::Float => row.try_get::<_, Option<f64>>(i)?.map_or(Value::Null, Value::Float),
         ColumnType::Bool => row.try_get::<_, Option<bool>>(i)?.map_or(Value::Null, Value::Bool),
@@ -401,12 +439,57 @@ fn array(row: &tokio_postgres::Row, i: usize, ty: ColumnType) -> Result<Vec<Valu
 /// One row of the record queries (the first `columns` of [`Document::columns`]) as a record.
 fn record_from_row(doc: &Document, row: &tokio_postgres::Row, columns: usize) -> Result<Record> {
     let ctx = || Error::postgres("read a record");
-    let key: Uuid = row.try_get(0).map_err(Error::postgres("read a record's key"))?;
     let mut cells = Vec::with_capacity(columns);
     for (i, c) in doc.columns.iter().take(columns).enumerate() {
         cells.push(if c.many { Cell::Many(array(row, i, c.ty).map_err(ctx())?) } else { Cell::One(value(row, i, c.ty).map_err(ctx())?) });
     }
-    Ok(Record { key, cells })
+    let key = match cells.first() {
+        Some(Cell::One(v)) => v.key_part(),
+        _ => None,
+    };
+    let key = key.ok_or_else(|| Error::SourceSchema(format!("a row of {}.{} has a NULL key {}", doc.schema, doc.root, doc.key)))?;
+    Ok(Record { key: Key::new(vec![key]), cells })
+}
+
+/// Column `i`, a key column as `sql::read_key` reads it; `None` for NULL.
+fn key_part(row: &tokio_postgres::Row, i: usize, kind: KeyKind) -> Result<Option<KeyPart>, tokio_postgres::Error> {
+    Ok(match kind {
+        KeyKind::Int => row.try_get::<_, Option<i64>>(i)?.map(KeyPart::Int),
+        KeyKind::Uuid | KeyKind::Text => row.try_get::<_, Option<String>>(i)?.map(KeyPart::Text),
+    })
+}
+
+/// The key in the columns from `first` on, one per kind.
+fn row_key(row: &tokio_postgres::Row, first: usize, kinds: &[KeyKind]) -> Result<Key> {
+    let mut parts = Vec::with_capacity(kinds.len());
+    for (i, kind) in kinds.iter().enumerate() {
+        let part = key_part(row, first + i, *kind).map_err(Error::postgres("read a row's key"))?;
+        parts.push(part.ok_or_else(|| Error::SourceSchema("a row has a NULL key column".into()))?);
+    }
+    Ok(Key::new(parts))
+}
+
+/// One key part as a parameter (`sql::key_param` casts it to the column's type).
+fn part_param(part: &KeyPart) -> Box<dyn ToSql + Sync + Send> {
+    match part {
+        KeyPart::Int(i) => Box::new(*i),
+        KeyPart::Text(t) => Box::new(t.clone()),
+    }
+}
+
+/// Keys of one column as the array parameter `sql::key_array` casts (keys of another shape, which
+/// no row has, are left out).
+fn key_array(keys: &[Key], kind: KeyKind) -> Box<dyn ToSql + Sync + Send> {
+    let one = |k: &Key| match k.parts() {
+        [p] => Some(p.clone()),
+        _ => None,
+    };
+    match kind {
+        KeyKind::Int => Box::new(keys.iter().filter_map(one).filter_map(|p| if let KeyPart::Int(i) = p { Some(i) } else { None }).collect::<Vec<i64>>()),
+        KeyKind::Uuid | KeyKind::Text => {
+            Box::new(keys.iter().filter_map(one).filter_map(|p| if let KeyPart::Text(t) = p { Some(t) } else { None }).collect::<Vec<String>>())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -440,9 +523,12 @@ mod tests {
     #[test]
     fn cap_keeps_rows_at_the_horizon_for_the_next_cycle() {
         let h = Horizon::compute(t(100), None, true, &POLICY);
-        let later = Watermark { ts: t(99), id: Uuid::from_u128(5) };
-        assert_eq!(h.cap(later), Watermark { ts: t(99), id: Uuid::nil() });
-        let earlier = Watermark { ts: t(50), id: Uuid::from_u128(5) };
-        assert_eq!(h.cap(earlier), earlier);
+        let kinds = [KeyKind::Int];
+        let later = Watermark { ts: t(99), id: Key::int(5) };
+        assert_eq!(h.cap(later, &kinds), Watermark { ts: t(99), id: Key::int(i64::MIN) });
+        let earlier = Watermark { ts: t(50), id: Key::int(5) };
+        assert_eq!(h.cap(earlier.clone(), &kinds), earlier);
+        let uuid = Watermark { ts: t(99), id: Key::text("67e55044-10b1-426f-9247-bb680e5fe0c8") };
+        assert_eq!(h.cap(uuid, &[KeyKind::Uuid]).id.to_string(), "00000000-0000-0000-0000-000000000000");
     }
 }

@@ -18,7 +18,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 use super::change::{ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 use super::delete_log::{self, Continuity};
@@ -27,6 +26,7 @@ use super::SourceSettings;
 use super::{DocumentSpec, Horizon, PgSource, PgTls, RecentlyLoaded};
 use crate::checkpoint::{PositionDelta, State, Stream, Watermark};
 use crate::error::{Error, Result};
+use crate::position::Key;
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
 
@@ -39,8 +39,8 @@ pub struct PollingSource {
     horizon: Option<Horizon>,
     /// The delete log's window ends here this cycle (`None`: no log installed).
     log_until: Option<u64>,
-    /// The log read this cycle has its `document` column.
-    log_documented: bool,
+    /// The columns of the log read this cycle.
+    log_shape: delete_log::LogShape,
     /// The write capture is complete and its log read this cycle: the streams are not read.
     writes_logged: bool,
     /// Kept across cycles, not across restarts: see `recent.rs`.
@@ -60,7 +60,7 @@ impl PollingSource {
             pg: None,
             horizon: None,
             log_until: None,
-            log_documented: true,
+            log_shape: delete_log::LogShape::Keyed,
             writes_logged: false,
             recent: Mutex::new(RecentlyLoaded::default()),
             notices: LogNotices::default(),
@@ -86,9 +86,9 @@ impl PollingSource {
     /// Stream heads for a full load: changes after them are read once the load is done.
     async fn heads(pg: &PgSource, horizon: &Horizon) -> Result<Vec<(Stream, Watermark)>> {
         let mut marks = Vec::new();
-        for stream in pg.document().streams.iter().map(|s| &s.table) {
-            if let Some(head) = pg.head(stream).await? {
-                marks.push((stream.clone(), horizon.cap(head)));
+        for stream in &pg.document().streams {
+            if let Some(head) = pg.head(&stream.table).await? {
+                marks.push((stream.table.clone(), horizon.cap(head, &stream.kinds)));
             }
         }
         Ok(marks)
@@ -100,22 +100,23 @@ impl PollingSource {
         let horizon = self.horizon.ok_or_else(|| crate::Error::SourceSetup("no horizon: the source was not prepared".into()))?;
         let batch_size = self.settings.batch_size;
         let loaded = self.recent.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for stream in pg.document().streams.iter().map(|s| s.table.as_str()) {
+        for st in &pg.document().streams {
+            let stream = st.table.as_str();
             let mut cursor = state.watermark(stream);
             // What the stream's watermark is once this cycle's pages are saved.
-            let mut saved = cursor;
+            let mut saved = cursor.clone();
             loop {
                 if shutdown.is_triggered() {
                     return Ok(false);
                 }
-                let Some(page) = pg.next_page(stream, cursor, batch_size, &loaded).await? else { break };
+                let Some(page) = pg.next_page(stream, cursor.as_ref(), batch_size, &loaded).await? else { break };
                 *report.rows.entry(stream.to_string()).or_insert(0) += page.rows;
                 report.already_loaded += page.already_loaded;
                 // Rows after the horizon are read again next cycle: the watermark stops before them.
-                let target = horizon.cap(page.last);
+                let target = horizon.cap(page.last.clone(), &st.kinds);
                 let mut completes = Vec::new();
-                if saved.is_none_or(|s| target > s) {
-                    completes.push(PositionDelta::Stream { stream: stream.to_string(), to: target });
+                if saved.as_ref().is_none_or(|s| target > *s) {
+                    completes.push(PositionDelta::Stream { stream: stream.to_string(), to: target.clone() });
                     saved = Some(target);
                 }
                 let receipt = Receipt { rows: vec![(stream.to_string(), page.fresh)] };
@@ -139,14 +140,13 @@ impl PollingSource {
         }
         let pg = self.pg()?;
         let schema = &self.settings.schema;
-        let mut after = None;
+        let mut after: Option<String> = None;
         loop {
             if shutdown.is_triggered() {
                 return Ok(false);
             }
-            let page =
-                delete_log::keys_between(pg.client(), schema, &self.spec.log_document(self.log_documented), from, until, after, self.settings.batch_size)
-                    .await?;
+            let document = self.spec.log_document(self.log_shape);
+            let page = delete_log::keys_between(pg.client(), schema, &document, from, until, after.as_deref(), self.settings.batch_size).await?;
             report.logged += page.keys.len();
             let last_page = page.keys.len() < self.settings.batch_size;
             let mut completes = Vec::new();
@@ -161,13 +161,15 @@ impl PollingSource {
                     completes.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
                 }
             }
-            if !reading::send_records(pg, tx, &page.keys, self.settings.batch_size, Versioning::AtRead, completes, Receipt::default()).await? {
+            let doc = pg.document();
+            let keys: Vec<Key> = page.keys.iter().filter_map(|text| logged_key(doc, text)).collect();
+            if !reading::send_records(pg, tx, &keys, self.settings.batch_size, Versioning::AtRead, completes, Receipt::default()).await? {
                 return Ok(false);
             }
             if last_page {
                 return Ok(true);
             }
-            after = page.keys.last().copied();
+            after = page.keys.last().cloned();
         }
     }
 }
@@ -255,7 +257,7 @@ async fn plan_delete_log(
         tracing::warn!(schema, missing = %missing.join("; "), fix = "pg2es delete-capture install --writes", "the write capture is incomplete: changes are found by the tables' timestamps, so writes that leave them alone are missed");
     }
     notices.partial_writes_said = partial;
-    let window = LogWindow { until, writes: capture.writes_complete(), documented: capture.documented };
+    let window = LogWindow { until, writes: capture.writes_complete(), shape: capture.shape };
     if position.is_some() {
         return Ok(Some(window));
     }
@@ -294,8 +296,18 @@ async fn plan_delete_log(
 struct LogWindow {
     until: u64,
     writes: bool,
-    /// The log has its `document` column.
-    documented: bool,
+    /// The columns the log has.
+    shape: delete_log::LogShape,
+}
+
+/// A key the log names, as a key of the document; `None` (said) for text that is not one: a row
+/// written for this document when its key had another type.
+fn logged_key(doc: &crate::catalog::Document, text: &str) -> Option<Key> {
+    let key = doc.key_of(text);
+    if key.is_none() {
+        tracing::warn!(document = %doc.name, key = %text, "the delete log names a key that is not one of this document's (its key column had another type when it was logged): skipped");
+    }
+    key
 }
 
 /// The slot name replication mode uses for this index by default (`PG_REPLICATION_SLOT`).
@@ -366,7 +378,7 @@ impl ChangeSource for PollingSource {
         }
         let window = plan_delete_log(pg, &schema, self.spec.first, &consumer, state, &mut before, &mut self.notices).await?;
         let log_until = window.map(|w| w.until);
-        self.log_documented = window.is_none_or(|w| w.documented);
+        self.log_shape = window.map_or(delete_log::LogShape::Keyed, |w| w.shape);
         let writes_logged = window.is_some_and(|w| w.writes);
         let notices_partial = self.notices.partial_writes_said;
         if writes_logged != self.writes_logged {
@@ -389,7 +401,7 @@ impl ChangeSource for PollingSource {
         self.log_until = log_until;
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         for (stream, saved) in &state.watermarks {
-            recent.forget_through(stream, *saved);
+            recent.forget_through(stream, saved);
         }
         drop(recent);
         // A reload begun here (the delete log found on a loaded index) is a full load too, and
@@ -429,7 +441,7 @@ impl ChangeSource for PollingSource {
         }
     }
 
-    async fn existing(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+    async fn existing(&self, ids: &[Key]) -> Result<Vec<Key>> {
         self.pg()?.existing(ids).await
     }
 }

@@ -116,7 +116,7 @@ pub async fn missing_indexes(client: &Client, doc: &Document) -> Result<Vec<Stri
     let context = "read the tables' indexes";
     let rows = client
         .query(
-            "SELECT c.relname::text, ARRAY(SELECT a.attname::text FROM unnest(i.indkey[0:1]) WITH ORDINALITY AS k(attnum, n) \
+            "SELECT c.relname::text, ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
                     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum ORDER BY k.n) \
              FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
@@ -129,10 +129,11 @@ pub async fn missing_indexes(client: &Client, doc: &Document) -> Result<Vec<Stri
         let served = rows.iter().any(|r| {
             let name: Option<String> = r.try_get(0).ok();
             let columns: Vec<String> = r.try_get(1).unwrap_or_default();
-            name.as_deref() == Some(st.table.as_str()) && columns.len() == 2 && columns[0] == st.timestamp && columns[1] == st.key
+            name.as_deref() == Some(st.table.as_str()) && columns.first() == Some(&st.timestamp) && columns.get(1..=st.key.len()) == Some(&st.key[..])
         });
         if !served {
-            missing.push(format!("CREATE INDEX CONCURRENTLY ON {} ({}, {});", qualified(&doc.schema, &st.table), quote(&st.timestamp), quote(&st.key)));
+            let key: Vec<String> = st.key.iter().map(|k| quote(k)).collect();
+            missing.push(format!("CREATE INDEX CONCURRENTLY ON {} ({}, {});", qualified(&doc.schema, &st.table), quote(&st.timestamp), key.join(", ")));
         }
     }
     Ok(missing)
@@ -148,7 +149,8 @@ struct StreamStatements {
     page_first: Statement,
     page_after: Statement,
     head: Statement,
-    fan_out: Vec<Statement>,
+    /// Each fan-out query, and the kind of the keys it is given.
+    fan_out: Vec<(Statement, crate::position::KeyKind)>,
 }
 
 pub struct Statements {
@@ -180,7 +182,7 @@ impl Statements {
         for stream in &doc.streams {
             let mut fan_out = Vec::new();
             for f in &stream.fan_out {
-                fan_out.push(prep(f.sql(&doc.schema)).await?);
+                fan_out.push((prep(f.sql(&doc.schema, doc.key_kind)).await?, f.kind));
             }
             st.streams.insert(
                 stream.table.clone(),
@@ -207,7 +209,7 @@ impl Statements {
     pub fn head(&self, s: &str) -> Result<&Statement> {
         Ok(&self.stream(s)?.head)
     }
-    pub fn fan_out(&self, s: &str) -> Result<&[Statement]> {
+    pub fn fan_out(&self, s: &str) -> Result<&[(Statement, crate::position::KeyKind)]> {
         Ok(&self.stream(s)?.fan_out)
     }
 }

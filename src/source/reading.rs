@@ -3,13 +3,13 @@
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 use super::change::{Change, ChangeBatch, Receipt};
 use super::PgSource;
 use crate::catalog::Record;
 use crate::checkpoint::{PositionDelta, Snapshot};
 use crate::error::Result;
+use crate::position::Key;
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
 
@@ -26,20 +26,20 @@ pub async fn full_load(
     progress: Option<&Progress>,
 ) -> Result<(usize, bool)> {
     if let Some(p) = progress {
-        p.start(pg.records_left(from.after).await?);
+        p.start(pg.records_left(from.after.as_ref()).await?);
     }
-    let records = pg.scan_records(from.after).await?;
+    let records = pg.scan_records(from.after.as_ref()).await?;
     futures_util::pin_mut!(records);
     let (mut read, mut after) = (0, from.after);
     let mut batch = Vec::with_capacity(batch_size);
     while let Some(record) = records.next().await {
         let record = record?;
-        after = Some(record.key);
+        after = Some(record.key.clone());
         batch.push(Change::Upsert(record));
         read += 1;
         if batch.len() == batch_size {
             let changes = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
-            let completes = vec![PositionDelta::FullLoad(Snapshot { after, done: false })];
+            let completes = vec![PositionDelta::FullLoad(Snapshot { after: after.clone(), done: false })];
             if !send(tx, ChangeBatch { changes, completes, version, ..ChangeBatch::default() }).await || shutdown.is_triggered() {
                 return Ok((read, false));
             }
@@ -66,13 +66,13 @@ pub enum Versioning {
 pub async fn send_records(
     pg: &PgSource,
     tx: &mpsc::Sender<ChangeBatch>,
-    ids: &[Uuid],
+    ids: &[Key],
     batch_size: usize,
     versioning: Versioning,
     completes: Vec<PositionDelta>,
     receipt: Receipt,
 ) -> Result<bool> {
-    let chunks: Vec<&[Uuid]> = ids.chunks(batch_size.max(1)).collect();
+    let chunks: Vec<&[Key]> = ids.chunks(batch_size.max(1)).collect();
     if chunks.is_empty() {
         return Ok(send(tx, ChangeBatch { changes: Vec::new(), completes, receipt, version: None }).await);
     }
@@ -92,9 +92,9 @@ pub async fn send_records(
 }
 
 /// The records found, as upserts, and a delete for every key asked for that is gone.
-fn upserts_and_deletes(ids: &[Uuid], records: Vec<Record>) -> Vec<Change> {
-    let found: std::collections::HashSet<Uuid> = records.iter().map(|r| r.key).collect();
-    let gone = ids.iter().filter(|id| !found.contains(id)).map(|id| Change::Delete(*id));
+fn upserts_and_deletes(ids: &[Key], records: Vec<Record>) -> Vec<Change> {
+    let found: std::collections::HashSet<&Key> = records.iter().map(|r| &r.key).collect();
+    let gone: Vec<Change> = ids.iter().filter(|id| !found.contains(id)).map(|id| Change::Delete(id.clone())).collect();
     records.into_iter().map(Change::Upsert).chain(gone).collect()
 }
 

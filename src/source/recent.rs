@@ -9,25 +9,24 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, Utc};
-use uuid::Uuid;
-
 use crate::checkpoint::{Stream, Watermark};
+use crate::position::Key;
+use chrono::{DateTime, Utc};
 
 /// Rows remembered per stream at most; past it rows are simply sent again.
 const MAX_ROWS_PER_STREAM: usize = 50_000;
 
 /// One version of a changed row: its key, change timestamp and `xmin`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowVersion {
-    pub id: Uuid,
+    pub id: Key,
     pub ts: DateTime<Utc>,
     pub xmin: i64,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct RecentlyLoaded {
-    rows: BTreeMap<Stream, HashMap<Uuid, (DateTime<Utc>, i64)>>,
+    rows: BTreeMap<Stream, HashMap<Key, (DateTime<Utc>, i64)>>,
 }
 
 impl RecentlyLoaded {
@@ -43,14 +42,14 @@ impl RecentlyLoaded {
             if map.len() >= MAX_ROWS_PER_STREAM && !map.contains_key(&r.id) {
                 break;
             }
-            map.insert(r.id, (r.ts, r.xmin));
+            map.insert(r.id.clone(), (r.ts, r.xmin));
         }
     }
 
     /// Forgets the rows at or below a stream's saved watermark: the stream will not read them again.
-    pub fn forget_through(&mut self, stream: &str, saved: Watermark) {
+    pub fn forget_through(&mut self, stream: &str, saved: &Watermark) {
         if let Some(map) = self.rows.get_mut(stream) {
-            map.retain(|id, (ts, _)| (*ts, *id) > (saved.ts, saved.id));
+            map.retain(|id, (ts, _)| (*ts, id) > (saved.ts, &saved.id));
         }
     }
 
@@ -69,11 +68,11 @@ mod tests {
     use chrono::TimeZone;
 
     fn row(id: u128, secs: i64, xmin: i64) -> RowVersion {
-        RowVersion { id: Uuid::from_u128(id), ts: Utc.timestamp_opt(secs, 0).unwrap(), xmin }
+        RowVersion { id: Key::int(id as i64), ts: Utc.timestamp_opt(secs, 0).unwrap(), xmin }
     }
 
     fn mark(secs: i64) -> Watermark {
-        Watermark { ts: Utc.timestamp_opt(secs, 0).unwrap(), id: Uuid::nil() }
+        Watermark { ts: Utc.timestamp_opt(secs, 0).unwrap(), id: Key::int(i64::MIN) }
     }
 
     #[test]
@@ -93,10 +92,10 @@ mod tests {
         let mut r = RecentlyLoaded::default();
         r.remember("person", &[row(1, 10, 100), row(2, 20, 101)]);
         assert_eq!(r.len(), 2);
-        r.forget_through("person", mark(15));
+        r.forget_through("person", &mark(15));
         assert_eq!(r.len(), 1);
         assert!(r.contains("person", &row(2, 20, 101)));
-        r.forget_through("genre", mark(30));
+        r.forget_through("genre", &mark(30));
         assert_eq!(r.len(), 1);
     }
 }

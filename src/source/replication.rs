@@ -14,9 +14,9 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+use crate::position::{Key, KeyKind};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 use super::change::{ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 use super::pgoutput::{self, format_lsn, parse_lsn, Lsn, Message, Relations};
@@ -123,7 +123,7 @@ impl ReplicationSource {
         report.logged += window.roots.len();
         let mut roots = window.roots;
         for (stream, ids) in &window.fanned {
-            let ids: Vec<Uuid> = ids.iter().copied().collect();
+            let ids: Vec<Key> = ids.iter().cloned().collect();
             roots.extend(pg.roots_of(stream, &ids).await?);
         }
         report.more = !window.exhausted;
@@ -139,7 +139,7 @@ impl ReplicationSource {
             tracing::warn!(schema = %self.base.schema, document = %self.spec.name, "a source table was truncated: every record is loaded again, and documents of records that are gone are removed after");
             completes.push(PositionDelta::BeginFullLoad { heads: Vec::new() });
         }
-        let ids: Vec<Uuid> = roots.into_iter().collect();
+        let ids: Vec<Key> = roots.into_iter().collect();
         // Read after `position`: every state read now is at least as new as the stream there.
         reading::send_records(pg, tx, &ids, self.base.batch_size, Versioning::Fixed(position.max(from)), completes, Receipt::default()).await?;
         Ok(())
@@ -174,9 +174,9 @@ async fn report_slot(pg: &PgSource, settings: &ReplicationSettings, lag_sec: u64
 #[derive(Debug, Default)]
 struct Window {
     /// Root keys named by the changes themselves.
-    roots: BTreeSet<Uuid>,
+    roots: BTreeSet<Key>,
     /// Changed rows, by table, whose roots are found by the document's fan-out queries.
-    fanned: std::collections::BTreeMap<String, BTreeSet<Uuid>>,
+    fanned: std::collections::BTreeMap<String, BTreeSet<Key>>,
     /// A table was truncated.
     reload: bool,
     /// The end of the last transaction read.
@@ -264,19 +264,20 @@ fn identity_names_roots(relations: &Relations, doc: &Document, relation: u32) ->
 /// The roots one row version of a table of the document names. `gone`: an old row (deleted, or
 /// before an update).
 fn note(window: &mut Window, relations: &Relations, doc: &Document, relation: u32, tuple: &pgoutput::Tuple, gone: bool) -> std::result::Result<(), String> {
-    let uuid = |column: &str| -> std::result::Result<Option<Uuid>, String> {
+    let key = |column: &str, kind: KeyKind| -> std::result::Result<Option<Key>, String> {
         let text = relations.text(relation, tuple, column).map_err(|e| format!("a change cannot be read: {e} (renamed or dropped by a migration?)"))?;
-        text.map(|t| Uuid::parse_str(t).map_err(|_| format!("{column} {t:?} is not a uuid"))).transpose()
+        text.map(|t| kind.parse(t).map(|p| Key::new(vec![p])).ok_or_else(|| format!("{column} {t:?} is not a key of {} (its type changed?)", doc.name)))
+            .transpose()
     };
     let Some(stream) = relations.get(relation).and_then(|r| doc.stream(&r.name)) else { return Ok(()) };
     for column in &stream.direct {
-        window.roots.extend(uuid(column)?);
+        window.roots.extend(key(column, doc.key_kind)?);
     }
     // A changed related row changes the records that contain it. A deleted one's links are
     // deleted in the same transaction (the foreign keys cascade, or set null on the root), and
     // those changes name the records.
     if !gone && !stream.fan_out.is_empty() {
-        if let Some(id) = uuid(&stream.key)? {
+        if let Some(id) = key(&stream.key[0], stream.kinds[0])? {
             window.fanned.entry(stream.table.clone()).or_default().insert(id);
         }
     }
@@ -416,7 +417,7 @@ impl ChangeSource for ReplicationSource {
 
     fn acknowledge(&self, _: Receipt) {}
 
-    async fn existing(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+    async fn existing(&self, ids: &[Key]) -> Result<Vec<Key>> {
         self.pg()?.existing(ids).await
     }
 }
@@ -589,7 +590,7 @@ async fn check_identities(pg: &PgSource, schema: &str) -> Result<()> {
     let mut lacking = Vec::new();
     for st in &doc.streams {
         let table = st.table.as_str();
-        let Some(needed) = st.direct.iter().find(|c| **c != st.key) else { continue };
+        let Some(needed) = st.direct.iter().find(|c| st.key.len() != 1 || **c != st.key[0]) else { continue };
         let Some(row) = rows.iter().find(|r| r.try_get::<_, String>(0).is_ok_and(|name| name == table)) else {
             return Err(Error::SourceSchema(format!("table {schema}.{table} not found; check PG_SCHEMA")));
         };
@@ -796,9 +797,9 @@ mod tests {
         ] {
             apply(&mut w, &mut r, &doc, "content", m).unwrap();
         }
-        let roots: Vec<String> = w.roots.iter().map(Uuid::to_string).collect();
+        let roots: Vec<String> = w.roots.iter().map(Key::to_string).collect();
         assert_eq!(roots, [A, B]);
-        assert_eq!(w.fanned["person"].iter().map(Uuid::to_string).collect::<Vec<_>>(), [P]);
+        assert_eq!(w.fanned["person"].iter().map(Key::to_string).collect::<Vec<_>>(), [P]);
         assert_eq!((w.last_commit_end, w.reload), (Some(20), false));
         apply(&mut w, &mut r, &doc, "content", Message::Truncate { options: 0, relations: vec![2] }).unwrap();
         assert!(w.reload);
