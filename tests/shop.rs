@@ -2,8 +2,9 @@
 //! bigint identity (its `_id` is the number's text), a brand by a varchar code, a category by an
 //! integer; the link table and the variants have composite primary keys and no id. In polling
 //! (with the delete capture) and in replication: the full load's exact documents, then renames and
-//! deletes at every level, each followed by verify; `pg2es check`; and (feature `fault-tests`)
-//! SIGKILLs while a writer changes every table.
+//! deletes at every level, each followed by verify; `pg2es check`, which accepts the definition and
+//! refuses keys it cannot read; and (feature `fault-tests`) SIGKILLs while a writer changes every
+//! table.
 
 mod common;
 
@@ -251,7 +252,7 @@ async fn keys_renames_and_deletes_at_every_level_by_replication() {
 }
 
 #[tokio::test]
-async fn check_accepts_the_definition_and_prints_the_document() {
+async fn check_accepts_the_definition_prints_the_document_and_refuses_keys_it_cannot_read() {
     let env = TestEnv::catalog("shop_check", &shop_dir(), "shop.toml", "shop", "products").await;
     let o = common::pg2es_command(&env.env_vars(), &["check"]).output().unwrap();
     let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
@@ -263,7 +264,32 @@ async fn check_accepts_the_definition_and_prints_the_document() {
     let line = lines[0];
     assert!(line.starts_with(&format!("products: ok: index {} (", env.index)), "{line}");
     assert!(line.ends_with("6 fields, tables brand, category, product, product_category, variant"), "{line}");
+
+    // Keys it cannot read, each named at the line of its table: a one-to-many table keyed by more
+    // than its root column and one more, and a key of a type a key cannot have.
+    let text = std::fs::read_to_string(shop_dir().join("shop.toml")).unwrap();
+    let line_of = |s: &str| 1 + text[..text.find(s).unwrap_or_else(|| panic!("{s} not in shop.toml"))].matches('\n').count();
+    env.sql("ALTER TABLE shop.variant DROP CONSTRAINT variant_pkey, ADD COLUMN color text NOT NULL DEFAULT 'none', ADD PRIMARY KEY (product_id, sku, color)")
+        .await;
+    let err = refused(&env);
+    assert!(
+        err.contains(&format!("shop.toml:{}: relation variants: shop.variant has the composite key (product_id, sku, color)", line_of("table = \"variant\""))),
+        "{err}"
+    );
+    assert!(err.contains("ALTER TABLE shop.variant ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY UNIQUE"), "{err}");
+    env.sql("ALTER TABLE shop.variant DROP CONSTRAINT variant_pkey, ADD PRIMARY KEY (product_id, sku)").await;
+    env.sql("ALTER TABLE shop.category ALTER COLUMN id TYPE numeric(6, 0)").await;
+    let err = refused(&env);
+    assert!(err.contains(&format!("shop.toml:{}: category.id is numeric", line_of("table = \"category\""))), "{err}");
     env.cleanup().await;
+}
+
+/// `pg2es check` exits 2, with its errors (stderr).
+fn refused(env: &TestEnv) -> String {
+    let o = common::pg2es_command(&env.env_vars(), &["check"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    err
 }
 
 /// Renames brands and categories, flips soft deletes and stock, reprices, adds and deletes links,
