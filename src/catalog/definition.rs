@@ -100,6 +100,10 @@ pub struct RawRelation {
     pub table: Text,
     pub key: Option<Text>,
     pub timestamp: Option<Text>,
+    /// Many-to-one relations of this one's rows (`[documents.relations.people.relations.country]`),
+    /// read with them: fields name their columns by path (`country.name`).
+    #[serde(default)]
+    pub relations: BTreeMap<String, Spanned<RawRelation>>,
     pub through: Option<Spanned<RawThrough>>,
     pub on: Option<Spanned<RawOn>>,
 }

@@ -151,6 +151,23 @@ impl Join {
 pub enum Side {
     Related,
     Link,
+    /// A relation of the relation's rows: `Relation::nested[i]`.
+    Nested(usize),
+}
+
+/// A many-to-one relation of a relation's rows, or of another one of these: `column` of the
+/// table above it (the relation's table when `parent` is `None`, else `nested[parent]`'s) holds
+/// this table's `key`. Read with the relation's rows by a `LEFT JOIN`, so that its columns line
+/// up with them; named in fields by its `path` (`country`, `country.continent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nested {
+    pub path: String,
+    pub table: String,
+    pub key: String,
+    pub kind: KeyKind,
+    pub parent: Option<usize>,
+    pub column: String,
+    pub timestamp: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +193,8 @@ pub struct Relation {
     pub columns: Vec<RelationColumn>,
     pub key_column: Option<usize>,
     pub first: usize,
+    /// The relations of its rows, parents before their children.
+    pub nested: Vec<Nested>,
 }
 
 /// Rows a filter keeps: `column` (an index into the relation's columns, or into the record's
@@ -273,26 +292,54 @@ pub struct Field {
 
 /// How a related row leads to root keys: the rows of `table` whose `matching` column holds the
 /// related row's key, and their `select` column (a link table's root column, or the root's key).
+/// For a row of a relation of a relation, `via` goes up first: each hop's `select` of the rows
+/// whose `matching` holds the keys below, the first given the changed rows' keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FanOut {
     pub table: String,
     pub select: String,
     pub matching: String,
-    /// The kind of the related rows' key, which `matching` holds.
+    /// The kind of the changed rows' key (which `matching`, or the first hop's, holds).
     pub kind: KeyKind,
+    pub via: Vec<Hop>,
+}
+
+/// One step up from a changed row towards the root: the `select` column of `table`'s rows whose
+/// `matching` column holds the keys below.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub table: String,
+    pub select: String,
+    pub matching: String,
 }
 
 impl FanOut {
     /// The query: `$1` the related rows' keys (of kind `kind`), the root keys (of `root`) out.
     pub fn sql(&self, schema: &str, root: KeyKind) -> String {
         use super::resolve::{qualified, quote};
-        format!(
-            "SELECT DISTINCT {} FROM {} WHERE {} = ANY({})",
-            super::sql::read_key(root, &quote(&self.select)),
-            qualified(schema, &self.table),
-            quote(&self.matching),
-            super::sql::key_array(self.kind, 1)
-        )
+        let array = super::sql::key_array(self.kind, 1);
+        let m = quote(&self.matching);
+        let condition = match self.via_select(schema, &|c: &str| format!("{c} = ANY({array})")) {
+            None => format!("{m} = ANY({array})"),
+            Some(sub) => format!("{m} IN ({sub})"),
+        };
+        format!("SELECT DISTINCT {} FROM {} WHERE {condition}", super::sql::read_key(root, &quote(&self.select)), qualified(schema, &self.table))
+    }
+
+    /// The keys that `matching` is looked up by, for a row of a relation of a relation: the
+    /// hops of `via` nested, the first's condition made by `first` of its (quoted) column.
+    pub fn via_select(&self, schema: &str, first: &dyn Fn(&str) -> String) -> Option<String> {
+        use super::resolve::{qualified, quote};
+        let mut inner: Option<String> = None;
+        for hop in &self.via {
+            let m = quote(&hop.matching);
+            let condition = match &inner {
+                None => first(&m),
+                Some(sub) => format!("{m} IN ({sub})"),
+            };
+            inner = Some(format!("SELECT {} FROM {} WHERE {condition}", quote(&hop.select), qualified(schema, &hop.table)));
+        }
+        inner
     }
 }
 

@@ -466,6 +466,64 @@ impl Resolver<'_> {
         }
     }
 
+    /// The relations of a relation's rows (`relations` under `table`, the relation `name`'s
+    /// table or, with `parent`, `out[parent]`'s), and theirs, into `out`, parents first. Each is
+    /// many-to-one: a column of the table above holds its key (`on = { root = "..." }`, or the one
+    /// foreign key to it).
+    fn nested(&self, table: &Text, relations: &BTreeMap<String, Spanned<RawRelation>>, name: &str, parent: Option<usize>, out: &mut Vec<Nested>) -> Result<()> {
+        for (n, raw) in relations {
+            let (span, r) = (raw.span(), raw.get_ref());
+            let path = match parent {
+                None => n.clone(),
+                Some(p) => format!("{}.{n}", out[p].path),
+            };
+            if n == "link" {
+                return Err(self.src.error(span, format!("relation {name}.{path}: `link` names the link table's columns; call the relation something else")));
+            }
+            if r.through.is_some() || r.on.as_ref().is_some_and(|o| o.get_ref().related.is_some()) {
+                return Err(self.src.error(
+                    span,
+                    format!(
+                        "relation {name}.{path}: a relation of a relation is many-to-one for now (a column of {} holds its key): give `on = {{ root = \"column\" }}` or leave `on` out to use the foreign key",
+                        table.get_ref()
+                    ),
+                ));
+            }
+            self.columns(&r.table)?;
+            let (key, kind) = self.key(&r.table, r.key.as_ref(), "key", Some("a relation of a relation is found by a key of one column"))?.single();
+            let column = match r.on.as_ref().and_then(|o| o.get_ref().root.clone()) {
+                Some(c) => {
+                    self.column(table, &c)?;
+                    c.get_ref().clone()
+                }
+                None => match self.foreign_key(table.get_ref(), r.table.get_ref()).as_slice() {
+                    [one] if one.referenced_column == key => one.column.clone(),
+                    [] => {
+                        return Err(self.src.error(
+                            span,
+                            format!("relation {name}.{path}: {} has no foreign key to {}; name the column that holds its key with `on = {{ root = \"...\" }}`", table.get_ref(), r.table.get_ref()),
+                        ))
+                    }
+                    _ => {
+                        return Err(self.src.error(
+                            span,
+                            format!(
+                                "relation {name}.{path}: {} has several foreign keys to {} (or one to another column than its key {key}); say which column holds the key with `on = {{ root = \"...\" }}`",
+                                table.get_ref(),
+                                r.table.get_ref()
+                            ),
+                        ))
+                    }
+                },
+            };
+            let timestamp = self.timestamp(&r.table, r.timestamp.as_ref(), false)?;
+            out.push(Nested { path, table: r.table.get_ref().clone(), key, kind, parent, column, timestamp });
+            let at = out.len() - 1;
+            self.nested(&r.table, &r.relations, name, Some(at), out)?;
+        }
+        Ok(())
+    }
+
     /// The column that tells a related table's rows apart: its key. A table joined through a
     /// link or by the root's column is found by its key, which must be one column; a one-to-many
     /// table may be keyed by its root column and one more (`(film_id, position)`), which tells
@@ -544,7 +602,10 @@ impl Resolver<'_> {
                             && (f.fields.is_some() || f.distinct.as_ref().is_none_or(|v| v.get_ref() != "value"))
                     });
                 let columns = if needs_key { vec![RelationColumn { side: Side::Related, name: rkey.clone(), ty: key_type }] } else { vec![] };
+                let mut nested = Vec::new();
+                self.nested(&rel.table, &rel.relations, name, None, &mut nested)?;
                 Ok(Relation {
+                    nested,
                     name: (*name).clone(),
                     table: rel.table.get_ref().clone(),
                     key: rkey,
@@ -584,6 +645,26 @@ impl Resolver<'_> {
                 errors.keep::<()>(Err(self
                     .src
                     .error(rel.span(), format!("relation {name} is not used by any field; remove it or add a field with `from = \"{name}\"`"))));
+            }
+        }
+        // So are unused relations of relations.
+        for rel in &relations {
+            for (j, n) in rel.nested.iter().enumerate() {
+                let below = |mut k: usize| loop {
+                    if k == j {
+                        return true;
+                    }
+                    match rel.nested[k].parent {
+                        Some(p) => k = p,
+                        None => return false,
+                    }
+                };
+                if !rel.columns.iter().any(|c| matches!(c.side, Side::Nested(k) if below(k))) {
+                    errors.keep::<()>(Err(self.src.error(
+                        d.relations[&rel.name].span(),
+                        format!("relation {}.{} is not used by any field; remove it or name one of its columns (\"{}.<column>\")", rel.name, n.path, n.path),
+                    )));
+                }
             }
         }
         // The document's own `where`: its columns are read with the record.
@@ -637,15 +718,16 @@ impl Resolver<'_> {
                             link: true,
                         },
                     );
-                    (vec![], vec![FanOut { table: link.clone(), select: root.clone(), matching: related.clone(), kind: rel.kinds[0] }])
+                    (vec![], vec![FanOut { table: link.clone(), select: root.clone(), matching: related.clone(), kind: rel.kinds[0], via: vec![] }])
                 }
                 Join::RelatedColumn(c) => (vec![c.clone()], vec![]),
                 Join::RootColumn(c) => {
                     streams[0].references.push(c.clone());
-                    (vec![], vec![FanOut { table: d.table.get_ref().clone(), select: key.clone(), matching: c.clone(), kind: rel.kinds[0] }])
+                    (vec![], vec![FanOut { table: d.table.get_ref().clone(), select: key.clone(), matching: c.clone(), kind: rel.kinds[0], via: vec![] }])
                 }
             };
             let ts = self.timestamp(&raw.table, raw.timestamp.as_ref(), false)?;
+            let up = fan_out.first().cloned();
             add_stream(
                 &mut streams,
                 Stream {
@@ -659,6 +741,37 @@ impl Resolver<'_> {
                     link: false,
                 },
             );
+            // A relation's relation: its rows lead up to the relation's rows, then to the roots.
+            for (j, n) in rel.nested.iter().enumerate() {
+                let mut via = Vec::new();
+                let mut at = j;
+                while let Some(p) = rel.nested[at].parent {
+                    via.push(Hop { table: rel.nested[p].table.clone(), select: rel.nested[p].key.clone(), matching: rel.nested[at].column.clone() });
+                    at = p;
+                }
+                let holder = rel.nested[at].column.clone();
+                let fan_out = match (&rel.join, &up) {
+                    (Join::RelatedColumn(c), _) => FanOut { table: rel.table.clone(), select: c.clone(), matching: holder, kind: n.kind, via },
+                    (_, Some(up)) => {
+                        via.push(Hop { table: rel.table.clone(), select: rel.key.clone(), matching: holder });
+                        FanOut { via, kind: n.kind, ..up.clone() }
+                    }
+                    (_, None) => unreachable!("a relation through a link or the root's column has a fan-out"),
+                };
+                add_stream(
+                    &mut streams,
+                    Stream {
+                        table: n.table.clone(),
+                        key: vec![n.key.clone()],
+                        kinds: vec![n.kind],
+                        timestamp: n.timestamp.clone(),
+                        direct: vec![],
+                        fan_out: vec![fan_out],
+                        references: vec![],
+                        link: false,
+                    },
+                );
+            }
         }
         Ok(Document {
             name: d.name.get_ref().clone(),
@@ -679,12 +792,28 @@ impl Resolver<'_> {
     /// A relation column named in the definition (`c` of the related table, `link.c` of the
     /// link table): its index in the relation's columns, added when first named.
     fn relation_column(&self, rel: &mut Relation, raw: &RawRelation, column: &Text) -> Result<usize> {
-        let (side, name, table) = match column.get_ref().strip_prefix("link.") {
-            Some(c) => match &raw.through {
+        let (side, name, table) = match (column.get_ref().strip_prefix("link."), column.get_ref().rsplit_once('.')) {
+            (Some(c), _) => match &raw.through {
                 Some(t) => (Side::Link, c.to_string(), t.get_ref().table.clone()),
                 None => return Err(self.src.error(column.span(), format!("{:?}: relation {} has no link table (`through`)", column.get_ref(), rel.name))),
             },
-            None => (Side::Related, column.get_ref().clone(), raw.table.clone()),
+            (None, Some((path, c))) => match rel.nested.iter().position(|n| n.path == path) {
+                Some(i) => (Side::Nested(i), c.to_string(), Spanned::new(column.span(), rel.nested[i].table.clone())),
+                None => {
+                    let paths: Vec<&str> = rel.nested.iter().map(|n| n.path.as_str()).collect();
+                    return Err(self.src.error(
+                        column.span(),
+                        format!(
+                            "{:?}: relation {} has no relation {path:?} (it has: {}); add `[documents.relations.{}.relations.{path}]`",
+                            column.get_ref(),
+                            rel.name,
+                            if paths.is_empty() { "none".to_string() } else { paths.join(", ") },
+                            rel.name
+                        ),
+                    ));
+                }
+            },
+            (None, None) => (Side::Related, column.get_ref().clone(), raw.table.clone()),
         };
         let ty = self.column(&table, &toml::Spanned::new(column.span(), name.clone()))?;
         if let Some(i) = rel.columns.iter().position(|c| c.side == side && c.name == name) {
@@ -777,6 +906,7 @@ impl Resolver<'_> {
             let table = match col.side {
                 Side::Related => raw.table.get_ref().clone(),
                 Side::Link => raw.through.as_ref().map_or_else(String::new, |t| t.get_ref().table.get_ref().clone()),
+                Side::Nested(i) => rel.nested[i].table.clone(),
             };
             let test = self.test(&table, &col.name, col.ty, cond)?;
             filter.push(Filter { column: c, test });

@@ -64,13 +64,36 @@ fn select_list(doc: &Document) -> String {
             cols.push(match rel.join {
                 Join::RootColumn(_) => {
                     let c = &rel.columns[j];
-                    c.ty.select(&format!("{}.{}", alias(i), quote(&c.name)))
+                    c.ty.select(&format!("{}.{}", table_alias(&alias(i), &alias(i), c.side), quote(&c.name)))
                 }
                 _ => format!("{}.c{j}", alias(i)),
             });
         }
     }
     cols.join(", ")
+}
+
+/// The alias a column's table has: the related table's `related`, the link's `l`, a relation of
+/// the relation's `<prefix>n<i>`.
+fn table_alias(related: &str, prefix: &str, side: Side) -> String {
+    match side {
+        Side::Related => related.to_string(),
+        Side::Link => "l".to_string(),
+        Side::Nested(i) => format!("{prefix}n{i}"),
+    }
+}
+
+/// The `LEFT JOIN`s of a relation's relations, after its table (aliased `related`); theirs are
+/// `<prefix>n<i>`. Many-to-one each: the relation's rows stay as many, so the arrays line up.
+fn nested_joins(rel: &Relation, schema: &str, related: &str, prefix: &str) -> String {
+    rel.nested
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let above = n.parent.map_or_else(|| related.to_string(), |p| format!("{prefix}n{p}"));
+            format!(" LEFT JOIN {} {prefix}n{i} ON {prefix}n{i}.{} = {above}.{}", qualified(schema, &n.table), quote(&n.key), quote(&n.column))
+        })
+        .collect()
 }
 
 /// `array_agg(...) AS cN` for each column of a to-many relation, the related table as `r`, the
@@ -80,7 +103,7 @@ fn aggregates(rel: &Relation) -> String {
         .iter()
         .enumerate()
         .map(|(j, c)| {
-            let table = if c.side == Side::Link { "l" } else { "r" };
+            let table = table_alias("r", "", c.side);
             let expr = c.ty.select(&format!("{table}.{}", quote(&c.name)));
             format!("array_agg({expr}) AS c{j}")
         })
@@ -97,15 +120,23 @@ fn lookup_joins(doc: &Document) -> String {
         let a = alias(i);
         let join = match &rel.join {
             Join::Through { link, root, related: rcol, .. } => format!(
-                "LEFT JOIN LATERAL (SELECT {} FROM {} l JOIN {related} r ON r.{} = l.{} WHERE l.{} = {key}) {a} ON true",
+                "LEFT JOIN LATERAL (SELECT {} FROM {} l JOIN {related} r ON r.{} = l.{}{} WHERE l.{} = {key}) {a} ON true",
                 aggregates(rel),
                 qualified(s, link),
                 quote(&rel.key),
                 quote(rcol),
+                nested_joins(rel, s, "r", ""),
                 quote(root)
             ),
-            Join::RelatedColumn(c) => format!("LEFT JOIN LATERAL (SELECT {} FROM {related} r WHERE r.{} = {key}) {a} ON true", aggregates(rel), quote(c)),
-            Join::RootColumn(c) => format!("LEFT JOIN {related} {a} ON {a}.{} = {ROOT}.{}", quote(&rel.key), quote(c)),
+            Join::RelatedColumn(c) => {
+                format!(
+                    "LEFT JOIN LATERAL (SELECT {} FROM {related} r{} WHERE r.{} = {key}) {a} ON true",
+                    aggregates(rel),
+                    nested_joins(rel, s, "r", ""),
+                    quote(c)
+                )
+            }
+            Join::RootColumn(c) => format!("LEFT JOIN {related} {a} ON {a}.{} = {ROOT}.{}{}", quote(&rel.key), quote(c), nested_joins(rel, s, &a, &a)),
         };
         out.push('\n');
         out.push_str(&join);
@@ -153,11 +184,12 @@ pub fn scan(doc: &Document, after: bool) -> String {
                     String::new()
                 };
                 format!(
-                    "LEFT JOIN (SELECT l.{root_q} AS k, {} FROM {} l JOIN {related} r ON r.{} = l.{} {only}GROUP BY l.{root_q}) {a} ON {a}.k = {key}",
+                    "LEFT JOIN (SELECT l.{root_q} AS k, {} FROM {} l JOIN {related} r ON r.{} = l.{}{} {only}GROUP BY l.{root_q}) {a} ON {a}.k = {key}",
                     aggregates(rel),
                     qualified(s, link),
                     quote(&rel.key),
                     quote(rcol),
+                    nested_joins(rel, s, "r", ""),
                     root_q = quote(root)
                 )
             }
@@ -167,9 +199,14 @@ pub fn scan(doc: &Document, after: bool) -> String {
                 } else {
                     String::new()
                 };
-                format!("LEFT JOIN (SELECT r.{c_q} AS k, {} FROM {related} r {only}GROUP BY r.{c_q}) {a} ON {a}.k = {key}", aggregates(rel), c_q = quote(c))
+                format!(
+                    "LEFT JOIN (SELECT r.{c_q} AS k, {} FROM {related} r{} {only}GROUP BY r.{c_q}) {a} ON {a}.k = {key}",
+                    aggregates(rel),
+                    nested_joins(rel, s, "r", ""),
+                    c_q = quote(c)
+                )
             }
-            Join::RootColumn(c) => format!("LEFT JOIN {related} {a} ON {a}.{} = {ROOT}.{}", quote(&rel.key), quote(c)),
+            Join::RootColumn(c) => format!("LEFT JOIN {related} {a} ON {a}.{} = {ROOT}.{}{}", quote(&rel.key), quote(c), nested_joins(rel, s, &a, &a)),
         };
         joins.push('\n');
         joins.push_str(&join);

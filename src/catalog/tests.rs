@@ -450,3 +450,102 @@ fn keys_that_cannot_be_read_are_refused_with_the_fix() {
     let e = shop(&live).unwrap_err();
     assert!(e.contains("shop.product_category.id is not unique"), "{e}");
 }
+
+/// Films with their people (through a link), each person's country and its continent: three
+/// levels from the root.
+fn deep_live() -> LiveSchema {
+    let tz = "timestamp with time zone";
+    let table = |cols: &[(&str, &str)]| -> BTreeMap<String, String> { cols.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect() };
+    let mut live = LiveSchema { schema: "deep".into(), ..LiveSchema::default() };
+    live.columns.insert("film".into(), table(&[("id", "bigint"), ("title", "text"), ("updated_at", tz)]));
+    live.columns.insert("person".into(), table(&[("id", "bigint"), ("name", "text"), ("country_id", "integer"), ("updated_at", tz)]));
+    live.columns.insert("film_person".into(), table(&[("film_id", "bigint"), ("person_id", "bigint"), ("created_at", tz)]));
+    live.columns.insert("country".into(), table(&[("id", "integer"), ("name", "text"), ("continent_code", "text"), ("updated_at", tz)]));
+    live.columns.insert("continent".into(), table(&[("code", "text"), ("name", "text"), ("updated_at", tz)]));
+    let fk = |t: &str, c: &str, r: &str, rc: &str| ForeignKey { table: t.into(), column: c.into(), references: r.into(), referenced_column: rc.into() };
+    live.foreign_keys.extend([
+        fk("film_person", "film_id", "film", "id"),
+        fk("film_person", "person_id", "person", "id"),
+        fk("person", "country_id", "country", "id"),
+        fk("country", "continent_code", "continent", "code"),
+    ]);
+    let pk = |cols: &[&str]| TableKeys { primary: Some(cols.iter().map(|c| c.to_string()).collect()), unique: vec![] };
+    for t in ["film", "person", "country"] {
+        live.keys.insert(t.into(), pk(&["id"]));
+    }
+    live.keys.insert("continent".into(), pk(&["code"]));
+    live.keys.insert("film_person".into(), pk(&["film_id", "person_id"]));
+    live
+}
+
+fn deep(relations: &str, fields: &str) -> std::result::Result<Document, String> {
+    let dir = std::env::temp_dir().join(format!("pg2es-deep-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("m.json"),
+        r#"{"mappings":{"properties":{"id":{"type":"keyword"},"countries":{"type":"keyword"},"people":{"properties":{"name":{"type":"keyword"},"country":{"type":"keyword"},"continent":{"type":"keyword"}}}}}}"#,
+    )
+    .unwrap();
+    let text = format!(
+        "[[documents]]\nname = \"films\"\nindex_schema = \"m.json\"\ntable = \"film\"\n\
+         fields = [{{ name = \"id\", column = \"id\" }}, {fields}]\n\
+         [documents.relations.people]\ntable = \"person\"\nthrough = {{ table = \"film_person\" }}\n{relations}"
+    );
+    let path = dir.join("deep.toml");
+    std::fs::write(&path, text).unwrap();
+    let r = Selection::default().resolve(&Source::read(&path).unwrap(), &deep_live());
+    let _ = std::fs::remove_dir_all(&dir);
+    r.map(|mut d| d.remove(0)).map_err(|e| e.to_string())
+}
+
+const DEEP_RELATIONS: &str = "[documents.relations.people.relations.country]\ntable = \"country\"\n\
+     [documents.relations.people.relations.country.relations.continent]\ntable = \"continent\"\n";
+
+#[test]
+fn relations_of_relations_are_read_with_their_rows_and_lead_back_to_the_roots() {
+    let d = deep(
+        DEEP_RELATIONS,
+        "{ name = \"countries\", from = \"people\", column = \"country.name\", distinct = \"value\" }, \
+         { name = \"people\", from = \"people\", fields = [{ name = \"name\", column = \"name\" }, { name = \"country\", column = \"country.name\" }, \
+           { name = \"continent\", column = \"country.continent.name\" }] }",
+    )
+    .unwrap();
+    let people = &d.relations[0];
+    assert_eq!(people.nested.iter().map(|n| n.path.as_str()).collect::<Vec<_>>(), ["country", "country.continent"]);
+    assert_eq!((people.nested[1].parent, people.nested[1].column.as_str()), (Some(0), "continent_code"));
+    let lookup = sql::records(&d);
+    assert!(
+        lookup.contains(r#"FROM "deep"."film_person" l JOIN "deep"."person" r ON r."id" = l."person_id" LEFT JOIN "deep"."country" n0 ON n0."id" = r."country_id" LEFT JOIN "deep"."continent" n1 ON n1."code" = n0."continent_code" WHERE l."film_id" = t."id""#),
+        "{lookup}"
+    );
+    assert!(lookup.contains(r#"array_agg(n0."name"::text)"#) && lookup.contains(r#"array_agg(n1."name"::text)"#), "{lookup}");
+    assert!(sql::scan(&d, false).contains(r#"LEFT JOIN "deep"."continent" n1 ON n1."code" = n0."continent_code" GROUP BY l."film_id""#));
+    // A renamed continent re-indexes the films of the people of its countries.
+    let continent = d.stream("continent").unwrap();
+    assert_eq!(
+        continent.fan_out[0].sql("deep", d.key_kind),
+        r#"SELECT DISTINCT "film_id"::int8 FROM "deep"."film_person" WHERE "person_id" IN (SELECT "id" FROM "deep"."person" WHERE "country_id" IN (SELECT "id" FROM "deep"."country" WHERE "continent_code" = ANY($1::text[])))"#
+    );
+    assert_eq!(
+        d.stream("country").unwrap().fan_out[0].sql("deep", d.key_kind),
+        r#"SELECT DISTINCT "film_id"::int8 FROM "deep"."film_person" WHERE "person_id" IN (SELECT "id" FROM "deep"."person" WHERE "country_id" = ANY($1::int8[]))"#
+    );
+    // The delete capture: a deleted continent logs those films before the cascade.
+    let set = super::triggers::capture("deep", std::slice::from_ref(&d));
+    let linked = set.triggers.iter().find(|t| t.table == "continent" && t.name == "pg2es_films_linked").unwrap();
+    assert!(linked.create.contains(r#"WHERE "continent_code" = OLD."code")) AND"#), "{}", linked.create);
+}
+
+#[test]
+fn relations_of_relations_that_cannot_be_read_are_refused() {
+    let people = |column: &str| format!("{{ name = \"people\", from = \"people\", fields = [{{ name = \"country\", column = \"{column}\" }}] }}");
+    let e = deep("", &people("country.name")).unwrap_err();
+    assert!(e.contains(r#""country.name": relation people has no relation "country" (it has: none)"#), "{e}");
+    let e = deep(DEEP_RELATIONS, &people("country.name")).unwrap_err();
+    assert!(e.contains("relation people.country.continent is not used by any field"), "{e}");
+    let e =
+        deep("[documents.relations.people.relations.films]\ntable = \"film\"\nthrough = { table = \"film_person\" }\n", &people("films.title")).unwrap_err();
+    assert!(e.contains("a relation of a relation is many-to-one for now"), "{e}");
+    let e = deep("[documents.relations.people.relations.country]\ntable = \"continent\"\n", &people("country.name")).unwrap_err();
+    assert!(e.contains("person has no foreign key to continent"), "{e}");
+}

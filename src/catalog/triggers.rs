@@ -11,7 +11,7 @@
 //! application's writes. The functions are `SECURITY DEFINER` with `search_path` pinned, and
 //! only their owner may run them.
 
-use super::model::Document;
+use super::model::{Document, FanOut};
 use super::resolve::{qualified, quote};
 
 /// One trigger on one table, and the function it calls.
@@ -70,18 +70,15 @@ enum Body<'a> {
         key: &'a [String],
         watched: &'a str,
     },
-    /// A row about to be deleted: the `select` column of `table`'s rows whose `matching` holds its `key`.
+    /// A row about to be deleted: the roots its `key` leads to by the fan-out (the `select`
+    /// column of `table`'s rows whose `matching` holds it, through `via` for a relation's relation).
     Referencing {
-        table: &'a str,
-        select: &'a str,
-        matching: &'a str,
+        fan_out: &'a FanOut,
         key: &'a str,
     },
     /// Rows updated (`changed`): as `Referencing`, for each.
     ReferencingWritten {
-        table: &'a str,
-        select: &'a str,
-        matching: &'a str,
+        fan_out: &'a FanOut,
         key: &'a str,
     },
     Truncate,
@@ -102,21 +99,28 @@ impl Body<'_> {
                     "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, g.{l}::text FROM gone g WHERE g.{l} IS NOT NULL\n        AND NOT EXISTS (SELECT 1 FROM kept k WHERE {same}k.{w} IS NOT DISTINCT FROM g.{w});\n    RETURN NULL;"
                 )
             }
-            Body::Referencing { table, select, matching, key } => {
-                let (s, m) = (quote(select), quote(matching));
+            Body::Referencing { fan_out, key } => {
+                let (s, m, k) = (quote(&fan_out.select), quote(&fan_out.matching), quote(key));
+                let condition = match fan_out.via_select(schema, &|c: &str| format!("{c} = OLD.{k}")) {
+                    None => format!("r.{m} = OLD.{k}"),
+                    Some(sub) => format!("r.{m} IN ({sub})"),
+                };
                 format!(
-                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, r.{s}::text FROM {} r WHERE r.{m} = OLD.{} AND r.{s} IS NOT NULL;\n    RETURN OLD;",
-                    qualified(schema, table),
-                    quote(key)
+                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, r.{s}::text FROM {} r WHERE {condition} AND r.{s} IS NOT NULL;\n    RETURN OLD;",
+                    qualified(schema, &fan_out.table)
                 )
             }
-            Body::ReferencingWritten { table, select, matching, key } => {
-                let (s, m) = (quote(select), quote(matching));
-                format!(
-                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, r.{s}::text FROM {} r JOIN changed c ON r.{m} = c.{} WHERE r.{s} IS NOT NULL;\n    RETURN NULL;",
-                    qualified(schema, table),
-                    quote(key)
-                )
+            Body::ReferencingWritten { fan_out, key } => {
+                let (s, m, k) = (quote(&fan_out.select), quote(&fan_out.matching), quote(key));
+                let table = qualified(schema, &fan_out.table);
+                match fan_out.via_select(schema, &|c: &str| format!("{c} IN (SELECT c.{k} FROM changed c)")) {
+                    None => format!(
+                        "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, r.{s}::text FROM {table} r JOIN changed c ON r.{m} = c.{k} WHERE r.{s} IS NOT NULL;\n    RETURN NULL;"
+                    ),
+                    Some(sub) => format!(
+                        "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, r.{s}::text FROM {table} r WHERE r.{m} IN ({sub}) AND r.{s} IS NOT NULL;\n    RETURN NULL;"
+                    ),
+                }
             }
             Body::Truncate => format!("{INSERT} VALUES (TG_TABLE_SCHEMA, {d}, NULL);\n    RETURN NULL;"),
         }
@@ -160,9 +164,9 @@ pub fn capture(schema: &str, docs: &[Document]) -> TriggerSet {
                 add(t, "reference_moved", d, false, MOVED, Body::Moved { logged: &s.key[0], key: &s.key, watched: r });
             }
             for f in &s.fan_out {
-                let (table, select, matching, key) = (f.table.as_str(), f.select.as_str(), f.matching.as_str(), s.key[0].as_str());
-                add(t, "linked", d, false, "BEFORE DELETE ON {table} FOR EACH ROW", Body::Referencing { table, select, matching, key });
-                add(t, "linked_updated", d, true, UPDATED, Body::ReferencingWritten { table, select, matching, key });
+                let key = s.key[0].as_str();
+                add(t, "linked", d, false, "BEFORE DELETE ON {table} FOR EACH ROW", Body::Referencing { fan_out: f, key });
+                add(t, "linked_updated", d, true, UPDATED, Body::ReferencingWritten { fan_out: f, key });
             }
             add(t, "truncated", d, false, "AFTER TRUNCATE ON {table} FOR EACH STATEMENT", Body::Truncate);
         }
