@@ -107,7 +107,7 @@ test-integration:
 test-faults: check-tools db matrix-up
 	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_OS_URL=$(OS_URL) \
 		PG2ES_TEST_ES8_URL=$(ES8_URL) PG2ES_TEST_ES9_URL=$(ES9_URL) \
-		$(CARGO) test --locked --features fault-tests --test faults --test engines --test bookshop --test library -- --test-threads=1 --nocapture
+		$(CARGO) test --locked --features fault-tests --test faults --test engines --test bookshop --test library --test shop -- --test-threads=1 --nocapture
 	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) \
 		$(CARGO) test --locked --features fault-tests --test cinema -- survives_sigkill --test-threads=1 --nocapture
 
