@@ -63,7 +63,26 @@ fn v(sku: &str, price: Option<f64>) -> Value {
 }
 
 fn product(id: u32, name: &str, tags: Value, brand: Option<&str>, categories: &[&str], variants: Vec<Value>) -> Value {
-    json!({"id": id, "name": name, "tags": tags, "brand": brand, "categories": categories, "variants": variants})
+    let (country, region) = origin(brand);
+    json!({"id": id, "name": name, "tags": tags, "brand": brand, "brand_country": country, "brand_region": region, "categories": categories, "variants": variants})
+}
+
+/// The country and region of a brand (by its seeded name), as seed.sql has them.
+fn origin(brand: Option<&str>) -> (Option<&'static str>, Option<&'static str>) {
+    match brand {
+        Some("Acme") => (Some("United States"), Some("Americas")),
+        Some("Luma") => (Some("Sweden"), Some("Europe")),
+        Some("Nordlicht" | "Idle") => (Some("Germany"), Some("Europe")),
+        _ => (None, None),
+    }
+}
+
+/// Sets the brand's country and region of products `ns`.
+fn from_where(want: &mut Expected, ns: &[u32], country: Option<&str>, region: Option<&str>) {
+    for &n in ns {
+        want.doc(n)["brand_country"] = json!(country);
+        want.doc(n)["brand_region"] = json!(region);
+    }
 }
 
 /// Product `n` as the definition builds it from seed.sql (see the table at its top): categories
@@ -235,9 +254,34 @@ async fn keys_renames_and_deletes(source: Source) {
 
     // A product given a brand, and a new product: its id from the identity, 21.
     want.doc(5)["brand"] = json!("Idle");
+    from_where(&mut want, &[5], Some("Germany"), Some("Europe"));
     change(&env, "UPDATE shop.product SET brand_code = 'IDLE', updated_at = now() WHERE id = 5", &want, &[5]).await;
     want.set(21, Some(product(21, "Trowel", json!(["garden"]), Some("Nordlicht"), &[], vec![])));
     change(&env, "INSERT INTO shop.product (name, tags, brand_code) VALUES ('Trowel', '{garden}', 'NORD')", &want, &[21]).await;
+
+    // Three levels down, brand -> country -> region, a change at each level re-indexes every
+    // product it reaches. Level 2: a country renamed (Luma's).
+    let (luma, nord) = ([6, 11, 14, 18], [8, 12, 17, 21]);
+    from_where(&mut want, &luma, Some("Sverige"), Some("Europe"));
+    change(&env, "UPDATE shop.country SET name = 'Sverige', updated_at = now() WHERE code = 'SE'", &want, &luma).await;
+    // Level 3: a region renamed, for Luma's, Nordlicht's and Idle's products.
+    from_where(&mut want, &luma, Some("Sverige"), Some("Europa"));
+    from_where(&mut want, &nord, Some("Germany"), Some("Europa"));
+    from_where(&mut want, &[5], Some("Germany"), Some("Europa"));
+    change(&env, "UPDATE shop.region SET name = 'Europa', updated_at = now() WHERE id = 1", &want, &[5, 6, 8, 11, 12, 14, 17, 18, 21]).await;
+    // Level 2's reference to level 3 moved: Germany to the Americas.
+    from_where(&mut want, &nord, Some("Germany"), Some("Americas"));
+    from_where(&mut want, &[5], Some("Germany"), Some("Americas"));
+    change(&env, "UPDATE shop.country SET region_id = 2, updated_at = now() WHERE code = 'DE'", &want, &[5, 8, 12, 17, 21]).await;
+    // Level 1's reference to level 2: Zephyr gets a country.
+    let zeph = [7, 10, 16, 19];
+    from_where(&mut want, &zeph, Some("France"), Some("Europa"));
+    change(&env, "UPDATE shop.brand SET country_code = 'FR', updated_at = now() WHERE code = 'zeph'", &want, &zeph).await;
+    // A level-2 row deleted: its brands' country_code is set NULL by the foreign key (a write
+    // that leaves brand.updated_at alone), and their products lose country and region.
+    let acme = [1, 4, 9, 13, 15, 20];
+    from_where(&mut want, &acme, None, None);
+    change(&env, "DELETE FROM shop.country WHERE code = 'US'", &want, &acme).await;
 
     // Nothing else moved.
     want.assert_stored(&env).await;
@@ -262,11 +306,11 @@ async fn check_accepts_the_definition_prints_the_document_and_refuses_keys_it_ca
     assert_eq!(o.status.code(), Some(0), "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 1, "one line per document: {out}");
-    // ES_INDEX (the test's index) names the first document's index; the definition has 6 fields
-    // and reads 5 tables.
+    // ES_INDEX (the test's index) names the first document's index; the definition has 8 fields
+    // and reads 7 tables.
     let line = lines[0];
     assert!(line.starts_with(&format!("products: ok: index {} (", env.index)), "{line}");
-    assert!(line.ends_with("6 fields, tables brand, category, product, product_category, variant"), "{line}");
+    assert!(line.ends_with("8 fields, tables brand, category, country, product, product_category, region, variant"), "{line}");
 
     // Keys it cannot read, each named at the line of its table: a one-to-many table keyed by more
     // than its root column and one more, and a key of a type a key cannot have.
@@ -295,7 +339,7 @@ fn refused(env: &TestEnv) -> String {
     err
 }
 
-/// Renames brands and categories, flips soft deletes and stock, reprices, adds and deletes links,
+/// Renames brands, categories, countries and regions, moves brands and countries, flips soft deletes and stock, reprices, adds and deletes links,
 /// variants and products, deletes and restores categories and retags products, until told to stop
 /// (at most 2,000 changes). Statements that find no row (a product deleted meanwhile) change nothing.
 #[cfg(feature = "fault-tests")]
@@ -311,7 +355,7 @@ async fn write(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>)
         let brand = brands[(n % 5) as usize];
         let category = categories[(n % 6) as usize];
         let variant = format!("(SELECT product_id, sku FROM shop.variant ORDER BY product_id, sku LIMIT 1 OFFSET {})", n % 30);
-        let sql = match rng.below(14) {
+        let sql = match rng.below(15) {
             0 => format!("UPDATE shop.product SET is_deleted = NOT is_deleted, updated_at = now() WHERE id = {p}"),
             1 => format!("UPDATE shop.brand SET name = 'Brand {n}', updated_at = now() WHERE code = '{brand}'"),
             2 => format!("UPDATE shop.category SET name = 'Category {n}', updated_at = now() WHERE id = {category}"),
@@ -333,6 +377,20 @@ async fn write(dsn: String, seed: u64, stop: tokio::sync::watch::Receiver<bool>)
             10 => format!("INSERT INTO shop.product (name, tags, brand_code) VALUES ('New {n}', '{{new}}', '{brand}')"),
             11 => format!("DELETE FROM shop.product WHERE id = {p}"),
             12 => format!("DELETE FROM shop.category WHERE id = {category}"),
+            // Two and three levels down: a country renamed or moved, a region renamed, a brand's
+            // country changed.
+            13 => match n % 4 {
+                0 => format!(
+                    "UPDATE shop.country SET name = 'Country {n}', updated_at = now() WHERE code = '{}'",
+                    ["DE", "SE", "US", "FR"][(n / 4 % 4) as usize]
+                ),
+                1 => format!("UPDATE shop.region SET name = 'Region {n}', updated_at = now() WHERE id = {}", 1 + n / 4 % 2),
+                2 => format!("UPDATE shop.country SET region_id = {}, updated_at = now() WHERE code = 'DE'", 1 + n / 4 % 2),
+                _ => format!(
+                    "UPDATE shop.brand SET country_code = '{}', updated_at = now() WHERE code = '{brand}'",
+                    ["DE", "SE", "US", "FR"][(n / 4 % 4) as usize]
+                ),
+            },
             _ => format!(
                 "INSERT INTO shop.category (id, name) VALUES ({category}, 'Again {n}') \
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = now()"

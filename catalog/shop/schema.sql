@@ -6,10 +6,25 @@
 DROP SCHEMA IF EXISTS shop CASCADE;
 CREATE SCHEMA shop;
 
-CREATE TABLE shop.brand (
-    code       varchar(10) PRIMARY KEY,
-    name       text,
+-- Where a brand is from, two levels further: a country (a varchar code) in a region (a smallint).
+CREATE TABLE shop.region (
+    id         smallint PRIMARY KEY,
+    name       text NOT NULL,
     updated_at timestamp with time zone NOT NULL DEFAULT now()
+);
+
+CREATE TABLE shop.country (
+    code       varchar(2) PRIMARY KEY,
+    name       text NOT NULL,
+    region_id  smallint REFERENCES shop.region (id),
+    updated_at timestamp with time zone NOT NULL DEFAULT now()
+);
+
+CREATE TABLE shop.brand (
+    code         varchar(10) PRIMARY KEY,
+    name         text,
+    country_code varchar(2) REFERENCES shop.country (code) ON DELETE SET NULL,
+    updated_at   timestamp with time zone NOT NULL DEFAULT now()
 );
 
 CREATE TABLE shop.category (
@@ -48,6 +63,8 @@ CREATE TABLE shop.variant (
 );
 
 -- Keyset reads of changes: (timestamp, key) of each table.
+CREATE INDEX region_updated_at_id_idx ON shop.region (updated_at, id);
+CREATE INDEX country_updated_at_code_idx ON shop.country (updated_at, code);
 CREATE INDEX brand_updated_at_code_idx ON shop.brand (updated_at, code);
 CREATE INDEX category_updated_at_id_idx ON shop.category (updated_at, id);
 CREATE INDEX product_updated_at_id_idx ON shop.product (updated_at, id);
@@ -56,6 +73,9 @@ CREATE INDEX variant_updated_at_key_idx ON shop.variant (updated_at, product_id,
 -- Fan-out from a changed brand or category to its products. A product's links and variants are
 -- found by the primary keys, which lead with product_id.
 CREATE INDEX product_brand_code_idx ON shop.product (brand_code);
+-- ... and from a changed country or region, up to its brands.
+CREATE INDEX brand_country_code_idx ON shop.brand (country_code);
+CREATE INDEX country_region_id_idx ON shop.country (region_id);
 CREATE INDEX product_category_category_id_idx ON shop.product_category (category_id);
 
 -- Logical replication: the default replica identity (the primary key) is enough. A deleted link

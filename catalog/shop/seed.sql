@@ -23,14 +23,26 @@
 --   19  Cooler Box       {camping}         zeph   Outdoor                CB19 (no price)
 --   20  Spatula          {kitchen}         ACME   Kitchen, Clearance     SP20 4.50
 --
--- Brands: ACME Acme, LUMA Luma, NORD Nordlicht, zeph Zephyr (a lower-case code), IDLE Idle (no
--- product). Categories: 1 Kitchen, 2 Outdoor, 3 Garden, 4 Tools, 5 Lighting, 10 Clearance.
-INSERT INTO shop.brand (code, name) VALUES
-    ('ACME', 'Acme'),
-    ('LUMA', 'Luma'),
-    ('NORD', 'Nordlicht'),
-    ('zeph', 'Zephyr'),
-    ('IDLE', 'Idle');
+-- Brands: ACME Acme (US), LUMA Luma (SE), NORD Nordlicht (DE), zeph Zephyr (a lower-case code, no
+-- country), IDLE Idle (DE, no product). Countries: DE Germany and SE Sweden in region 1 Europe, US
+-- United States in 2 Americas; FR France (no brand). Categories: 1 Kitchen, 2 Outdoor, 3 Garden,
+-- 4 Tools, 5 Lighting, 10 Clearance.
+INSERT INTO shop.region (id, name) VALUES
+    (1, 'Europe'),
+    (2, 'Americas');
+
+INSERT INTO shop.country (code, name, region_id) VALUES
+    ('DE', 'Germany', 1),
+    ('SE', 'Sweden', 1),
+    ('US', 'United States', 2),
+    ('FR', 'France', 1);
+
+INSERT INTO shop.brand (code, name, country_code) VALUES
+    ('ACME', 'Acme', 'US'),
+    ('LUMA', 'Luma', 'SE'),
+    ('NORD', 'Nordlicht', 'DE'),
+    ('zeph', 'Zephyr', NULL),
+    ('IDLE', 'Idle', 'DE');
 
 INSERT INTO shop.category (id, name) VALUES
     (1, 'Kitchen'),
