@@ -631,7 +631,7 @@ impl Resolver<'_> {
             if f.get_ref().from.as_ref().is_some_and(|from| !order.iter().any(|n| *n == from.get_ref())) {
                 continue;
             }
-            let Some(field) = errors.keep(self.field(d, f.get_ref(), f.span(), &order, &mut relations, &mut root_columns, mapping)) else { continue };
+            let Some(field) = errors.keep(self.field(d, f.get_ref(), f.span(), &order, &mut relations, &mut root_columns, mapping, &key_name)) else { continue };
             if fields.iter().any(|o: &Field| o.name == field.name) {
                 errors.keep::<()>(Err(self.src.error(f.get_ref().name.span(), format!("a second field named {:?}", field.name))));
                 continue;
@@ -833,6 +833,7 @@ impl Resolver<'_> {
         relations: &mut [Relation],
         root_columns: &mut Vec<(String, ColumnType)>,
         mapping: &serde_json::Map<String, Json>,
+        key: &str,
     ) -> Result<Field> {
         let name = f.name.get_ref().clone();
         let Some(mapped) = mapping.get(&name) else {
@@ -841,6 +842,23 @@ impl Resolver<'_> {
                 format!("field {name:?} is not in the index mapping; add it to the index schema's mappings.properties, or remove the field"),
             ));
         };
+        // `verify` pages the index sorted by `id` and joins it with the records by key: the field
+        // must be the key, indexed as its text.
+        if name == "id" {
+            let ty = mapped.get("type").and_then(Json::as_str).unwrap_or("object");
+            if ty != "keyword" {
+                return Err(self.src.error(
+                    f.name.span(),
+                    format!("field id is mapped as {ty}: map it as {{ \"type\": \"keyword\" }} (pg2es verify reads the index sorted by id, as text, beside the records by key)"),
+                ));
+            }
+            if f.from.is_some() || f.column.as_ref().map(|c| c.get_ref().as_str()) != Some(key) {
+                return Err(self.src.error(
+                    span,
+                    format!("field id is the document's key: give it `column = \"{key}\"` (pg2es verify joins the index with the records by it), or call this field another name"),
+                ));
+            }
+        }
         if f.separator.is_some() && f.concat.is_none() {
             return Err(self.src.error(span, format!("field {name}: `separator` goes with `concat = [\"column\", ...]`")));
         }

@@ -298,7 +298,9 @@ fn a_key_must_be_unique_and_is_the_primary_key_by_default() {
     let e = library("", "", &live).unwrap_err();
     assert!(e.contains("the foreign key loan.book_id references book.id, not the key book.uid"), "{e}");
     live.foreign_keys[0].referenced_column = "uid".into();
-    assert_eq!(library("", "", &live).unwrap().key, "uid");
+    // The key is uid, so the field id (column id) is not the key: verify would join by the wrong one.
+    let e = library("", "", &live).unwrap_err();
+    assert!(e.contains("field id is the document's key: give it `column = \"uid\"`"), "{e}");
     // A composite primary key, and no key named: said plainly.
     live.keys.insert("book".into(), TableKeys { primary: Some(vec!["uid".into(), "id".into()]), unique: vec![] });
     let e = library("", "", &live).unwrap_err();
@@ -380,17 +382,25 @@ fn shop_live() -> LiveSchema {
     live
 }
 
+const SHOP_MAPPING: &str = r#"{"id":{"type":"keyword"},"brand":{"type":"keyword"},"categories":{"type":"keyword"},"variants":{"properties":{"sku":{"type":"keyword"}}}}"#;
+
 fn shop(live: &LiveSchema) -> std::result::Result<Document, String> {
+    shop_with(live, SHOP_MAPPING, "id")
+}
+
+/// The shop with these mapping properties, and its field `id` of column `id_column`.
+fn shop_with(live: &LiveSchema, properties: &str, id_column: &str) -> std::result::Result<Document, String> {
     let dir = std::env::temp_dir().join(format!("pg2es-shop-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("m.json"), r#"{"mappings":{"properties":{"id":{"type":"keyword"},"brand":{"type":"keyword"},"categories":{"type":"keyword"},"variants":{"properties":{"sku":{"type":"keyword"}}}}}}"#).unwrap();
+    std::fs::write(dir.join("m.json"), format!(r#"{{"mappings":{{"properties":{properties}}}}}"#)).unwrap();
     let text = "[[documents]]\nname = \"products\"\nindex_schema = \"m.json\"\ntable = \"product\"\n\
-         fields = [{ name = \"id\", column = \"id\" }, { name = \"brand\", from = \"brand\", column = \"name\" }, \
+         fields = [{ name = \"id\", column = \"ID_COLUMN\" }, { name = \"brand\", from = \"brand\", column = \"name\" }, \
          { name = \"categories\", from = \"categories\", column = \"name\" }, \
          { name = \"variants\", from = \"variants\", fields = [{ name = \"sku\", column = \"sku\" }] }]\n\
          [documents.relations.brand]\ntable = \"brand\"\n\
          [documents.relations.categories]\ntable = \"category\"\nthrough = { table = \"product_category\" }\n\
-         [documents.relations.variants]\ntable = \"variant\"\n";
+         [documents.relations.variants]\ntable = \"variant\"\n"
+        .replace("ID_COLUMN", id_column);
     let path = dir.join("shop.toml");
     std::fs::write(&path, text).unwrap();
     let r = Selection::default().resolve(&Source::read(&path).unwrap(), live);
@@ -427,6 +437,18 @@ fn keys_are_read_as_the_schema_has_them() {
     assert!(sql::scan(&d, true).ends_with("WHERE t.\"id\" > $1::int8\nORDER BY t.\"id\""), "{}", sql::scan(&d, true));
     // Verify reads in the order of the keys' text, the index's order of `_id`s.
     assert!(sql::records_after(&d).contains(r#"ORDER BY t."id"::text COLLATE "C" LIMIT $2"#));
+}
+
+#[test]
+fn an_id_field_is_the_key_as_a_keyword() {
+    let mut live = shop_live();
+    live.columns.get_mut("product").unwrap().insert("sku".into(), "text".into());
+    let ok = shop(&live).unwrap();
+    assert_eq!(ok.fields[0].name, "id");
+    let e = shop_with(&live, r#"{"id":{"type":"long"},"brand":{"type":"keyword"},"categories":{"type":"keyword"},"variants":{"properties":{"sku":{"type":"keyword"}}}}"#, "id").unwrap_err();
+    assert!(e.contains(r#"field id is mapped as long: map it as { "type": "keyword" }"#), "{e}");
+    let e = shop_with(&live, SHOP_MAPPING, "sku").unwrap_err();
+    assert!(e.contains("field id is the document's key: give it `column = \"id\"`"), "{e}");
 }
 
 #[test]
