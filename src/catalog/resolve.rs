@@ -111,44 +111,52 @@ pub fn heads(src: &Source, first: &FirstIndex, schema_of: &SchemaOf<'_>) -> Resu
         return Err(src.error(0..0, "no [[documents]]: a definition names at least one document"));
     }
     let mut heads: Vec<(String, IndexSpec)> = Vec::new();
+    let mut errors = Errors::default();
     for (i, d) in raw.documents.iter().enumerate() {
-        let d = d.get_ref();
-        let name = d.name.get_ref();
-        if !is_identifier(name) || name.len() > 40 {
-            return Err(src.error(
-                d.name.span(),
-                format!("document name {name:?}: use lower-case letters, digits and _, at most 40 (it names the delete capture's triggers)"),
-            ));
+        if let Some(head) = errors.keep(head(src, first, schema_of, i, d.get_ref(), &heads)) {
+            heads.push(head);
         }
-        if heads.iter().any(|(o, _)| o == name) {
-            return Err(src.error(d.name.span(), format!("a second document named {name:?}: names must be unique")));
-        }
-        let mut index = d.index.as_ref().map_or(name.clone(), |s| s.get_ref().clone());
-        let (origin, text) = match (i, &first.schema) {
-            (0, Some(s)) => s.clone(),
-            _ => schema_of(d.index_schema.get_ref()).map_err(|e| src.error(d.index_schema.span(), e))?,
-        };
-        if i == 0 {
-            if let Some(n) = &first.name {
-                index = n.clone();
-            }
-        }
-        if !is_index_name(&index) {
-            return Err(src.error(
-                d.index.as_ref().map_or(d.name.span(), |s| s.span()),
-                format!("index {index:?}: use a lower-case index name without spaces or any of \\/*?\"<>|,#:"),
-            ));
-        }
-        if heads.iter().any(|(_, o)| o.name == index) {
-            return Err(src.error(d.name.span(), format!("index {index:?} is already another document's: give each document its own index")));
-        }
-        let schema: Json = serde_json::from_str(&text).map_err(|e| src.error(d.index_schema.span(), format!("index schema {origin} is not JSON: {e}")))?;
-        if properties(&schema).is_none() {
-            return Err(src.error(d.index_schema.span(), format!("index schema {origin} has no mappings.properties")));
-        }
-        heads.push((name.clone(), IndexSpec { name: index, schema_origin: origin, schema }));
     }
+    errors.into_result()?;
     Ok(heads)
+}
+
+/// The name and index of document `i` of the definition, checked against those before it.
+fn head(src: &Source, first: &FirstIndex, schema_of: &SchemaOf<'_>, i: usize, d: &RawDocument, heads: &[(String, IndexSpec)]) -> Result<(String, IndexSpec)> {
+    let name = d.name.get_ref();
+    if !is_identifier(name) || name.len() > 40 {
+        return Err(src.error(
+            d.name.span(),
+            format!("document name {name:?}: use lower-case letters, digits and _, at most 40 (it names the delete capture's triggers)"),
+        ));
+    }
+    if heads.iter().any(|(o, _)| o == name) {
+        return Err(src.error(d.name.span(), format!("a second document named {name:?}: names must be unique")));
+    }
+    let mut index = d.index.as_ref().map_or(name.clone(), |s| s.get_ref().clone());
+    let (origin, text) = match (i, &first.schema) {
+        (0, Some(s)) => s.clone(),
+        _ => schema_of(d.index_schema.get_ref()).map_err(|e| src.error(d.index_schema.span(), e))?,
+    };
+    if i == 0 {
+        if let Some(n) = &first.name {
+            index = n.clone();
+        }
+    }
+    if !is_index_name(&index) {
+        return Err(src.error(
+            d.index.as_ref().map_or(d.name.span(), |s| s.span()),
+            format!("index {index:?}: use a lower-case index name without spaces or any of \\/*?\"<>|,#:"),
+        ));
+    }
+    if heads.iter().any(|(_, o)| o.name == index) {
+        return Err(src.error(d.name.span(), format!("index {index:?} is already another document's: give each document its own index")));
+    }
+    let schema: Json = serde_json::from_str(&text).map_err(|e| src.error(d.index_schema.span(), format!("index schema {origin} is not JSON: {e}")))?;
+    if properties(&schema).is_none() {
+        return Err(src.error(d.index_schema.span(), format!("index schema {origin} has no mappings.properties")));
+    }
+    Ok((name.clone(), IndexSpec { name: index, schema_origin: origin, schema }))
 }
 
 /// A name Elasticsearch and OpenSearch accept for an index: lower case, at most 255 bytes, not
@@ -631,7 +639,9 @@ impl Resolver<'_> {
             if f.get_ref().from.as_ref().is_some_and(|from| !order.iter().any(|n| *n == from.get_ref())) {
                 continue;
             }
-            let Some(field) = errors.keep(self.field(d, f.get_ref(), f.span(), &order, &mut relations, &mut root_columns, mapping, &key_name)) else { continue };
+            let Some(field) = errors.keep(self.field(d, f.get_ref(), f.span(), &order, &mut relations, &mut root_columns, mapping, &key_name)) else {
+                continue;
+            };
             if fields.iter().any(|o: &Field| o.name == field.name) {
                 errors.keep::<()>(Err(self.src.error(f.get_ref().name.span(), format!("a second field named {:?}", field.name))));
                 continue;

@@ -355,6 +355,20 @@ fn check_names_every_error_at_once() {
     assert!(!e.contains("where days"), "{e}");
 }
 
+#[test]
+fn check_names_every_documents_name_and_index_error_at_once() {
+    let dir = std::env::temp_dir().join(format!("pg2es-heads-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("m.json"), LIBRARY_MAPPING).unwrap();
+    let doc =
+        |name: &str, index: &str| format!("[[documents]]\nname = \"{name}\"\nindex = \"{index}\"\nindex_schema = \"m.json\"\ntable = \"book\"\nfields = []\n");
+    let path = dir.join("two.toml");
+    std::fs::write(&path, format!("{}{}{}", doc("Books", "b"), doc("loans", "Bad Index"), doc("ok", "b2"))).unwrap();
+    let e = Selection::default().heads(&Source::read(&path).unwrap()).unwrap_err().to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(e.contains("2 errors:") && e.contains("document name \"Books\"") && e.contains("index \"Bad Index\""), "{e}");
+}
+
 /// A shop: products keyed by a bigint, brands by a varchar code, categories by an integer through
 /// a link keyed by its two foreign keys, and variants keyed by (product_id, sku).
 fn shop_live() -> LiveSchema {
@@ -382,7 +396,8 @@ fn shop_live() -> LiveSchema {
     live
 }
 
-const SHOP_MAPPING: &str = r#"{"id":{"type":"keyword"},"brand":{"type":"keyword"},"categories":{"type":"keyword"},"variants":{"properties":{"sku":{"type":"keyword"}}}}"#;
+const SHOP_MAPPING: &str =
+    r#"{"id":{"type":"keyword"},"brand":{"type":"keyword"},"categories":{"type":"keyword"},"variants":{"properties":{"sku":{"type":"keyword"}}}}"#;
 
 fn shop(live: &LiveSchema) -> std::result::Result<Document, String> {
     shop_with(live, SHOP_MAPPING, "id")
@@ -445,7 +460,12 @@ fn an_id_field_is_the_key_as_a_keyword() {
     live.columns.get_mut("product").unwrap().insert("sku".into(), "text".into());
     let ok = shop(&live).unwrap();
     assert_eq!(ok.fields[0].name, "id");
-    let e = shop_with(&live, r#"{"id":{"type":"long"},"brand":{"type":"keyword"},"categories":{"type":"keyword"},"variants":{"properties":{"sku":{"type":"keyword"}}}}"#, "id").unwrap_err();
+    let e = shop_with(
+        &live,
+        r#"{"id":{"type":"long"},"brand":{"type":"keyword"},"categories":{"type":"keyword"},"variants":{"properties":{"sku":{"type":"keyword"}}}}"#,
+        "id",
+    )
+    .unwrap_err();
     assert!(e.contains(r#"field id is mapped as long: map it as { "type": "keyword" }"#), "{e}");
     let e = shop_with(&live, SHOP_MAPPING, "sku").unwrap_err();
     assert!(e.contains("field id is the document's key: give it `column = \"id\"`"), "{e}");
