@@ -79,7 +79,16 @@ fn try_main() -> pg2es::Result<ExitCode> {
                 for (c, spec, _) in &docs {
                     let doc = spec.resolve(&client, &config.pg_schema).await?;
                     let tables = doc.tables().join(", ");
-                    println!("{}: ok: index {} ({}), {} fields, tables {tables}", doc.name, c.es_index, doc.index.schema_origin, doc.fields.len());
+                    let untimed = doc.untimed();
+                    let note = if untimed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; no timestamp column: {} (polling needs the write capture, `delete-capture install --writes`; replication needs none)",
+                            untimed.join(", ")
+                        )
+                    };
+                    println!("{}: ok: index {} ({}), {} fields, tables {tables}{note}", doc.name, c.es_index, doc.index.schema_origin, doc.fields.len());
                 }
                 Ok(ExitCode::SUCCESS)
             });

@@ -167,7 +167,7 @@ pub struct Nested {
     pub kind: KeyKind,
     pub parent: Option<usize>,
     pub column: String,
-    pub timestamp: String,
+    pub timestamp: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,7 +351,10 @@ pub struct Stream {
     /// The table's key columns (several for a composite key), and how each is read.
     pub key: Vec<String>,
     pub kinds: Vec<KeyKind>,
-    pub timestamp: String,
+    /// The change-tracking column; `None` for a table that has none (Django's auto-created
+    /// many-to-many tables): its changes are read only from the write capture's log or the
+    /// replication stream, never by polling its rows.
+    pub timestamp: Option<String>,
     pub direct: Vec<String>,
     pub fan_out: Vec<FanOut>,
     /// Columns of this table (the root) that hold a many-to-one relation's key: a change of one
@@ -415,6 +418,11 @@ impl Document {
 
     pub fn stream(&self, table: &str) -> Option<&Stream> {
         self.streams.iter().find(|s| s.table == table)
+    }
+
+    /// The tables with no change-tracking column: polling cannot read their changes by timestamp.
+    pub fn untimed(&self) -> Vec<&str> {
+        self.streams.iter().filter(|s| s.timestamp.is_none()).map(|s| s.table.as_str()).collect()
     }
 }
 

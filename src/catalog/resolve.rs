@@ -335,14 +335,17 @@ impl Resolver<'_> {
         Ok(Test::AnyOf(out))
     }
 
-    fn timestamp(&self, table: &Text, named: Option<&Text>, link: bool) -> Result<String> {
+    /// The change-tracking column of `table`: the one named, or the first candidate it has;
+    /// `None` when it has none (its changes are then read only from the write capture's log or the
+    /// replication stream: polling without them refuses to start).
+    fn timestamp(&self, table: &Text, named: Option<&Text>, link: bool) -> Result<Option<String>> {
         let cols = self.columns(table)?;
         let is_time = |c: &str| cols.get(c).is_some_and(|t| t == "timestamp with time zone" || t == "timestamp without time zone");
         if let Some(n) = named {
             if !is_time(n.get_ref()) {
                 return Err(self.src.error(n.span(), format!("{}.{} is not a timestamp column", table.get_ref(), n.get_ref())));
             }
-            return Ok(n.get_ref().clone());
+            return Ok(Some(n.get_ref().clone()));
         }
         let mut candidates: Vec<&str> = match self.ts {
             TimestampChoice::Named(n) => vec![n.as_str()],
@@ -353,7 +356,8 @@ impl Resolver<'_> {
             candidates.extend(["created_at", "created"]);
         }
         match candidates.iter().find(|c| is_time(c)) {
-            Some(c) if is_identifier(c) => Ok(c.to_string()),
+            Some(c) if is_identifier(c) => Ok(Some(c.to_string())),
+            None => Ok(None),
             _ => Err(self.src.error(
                 table.span(),
                 format!(

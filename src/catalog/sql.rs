@@ -240,30 +240,30 @@ fn stream_key(st: &Stream) -> String {
 
 /// A stream's page after `($1, $2..)` (the timestamp, then a parameter per key column; then the
 /// limit), or the first page (`$1` rows): timestamp, the key columns, the direct columns (root
-/// keys), then `xmin` (the row version).
-pub fn page(doc: &Document, table: &str, after: bool) -> String {
+/// keys), then `xmin` (the row version). `None` for a table without a timestamp.
+pub fn page(doc: &Document, table: &str, after: bool) -> Option<String> {
     let st = doc.stream(table).expect("a stream of the document");
-    let ts = quote(&st.timestamp);
+    let ts = quote(st.timestamp.as_deref()?);
     let direct: String = st.direct.iter().map(|c| format!(", {}", read_key(doc.key_kind, &quote(c)))).collect();
     let select = format!("SELECT {ts}::timestamptz, {}{direct}, xmin::text::bigint FROM {}", stream_key(st), qualified(&doc.schema, table));
     let order = stream_order(st, "");
-    if after {
+    Some(if after {
         let columns: Vec<String> = st.key.iter().zip(&st.kinds).map(|(c, k)| ordered(*k, &quote(c))).collect();
         let params: Vec<String> = st.kinds.iter().enumerate().map(|(i, k)| key_param(*k, i + 2)).collect();
         format!("{select} WHERE ({ts}, {}) > ($1::timestamptz, {}) ORDER BY {ts}, {order} LIMIT ${}", columns.join(", "), params.join(", "), st.key.len() + 2)
     } else {
         format!("{select} WHERE {ts} IS NOT NULL ORDER BY {ts}, {order} LIMIT $1")
-    }
+    })
 }
 
-/// A stream's newest position: timestamp, the key columns.
-pub fn head(doc: &Document, table: &str) -> String {
+/// A stream's newest position: timestamp, the key columns (`None` without a timestamp).
+pub fn head(doc: &Document, table: &str) -> Option<String> {
     let st = doc.stream(table).expect("a stream of the document");
-    let ts = quote(&st.timestamp);
-    format!(
+    let ts = quote(st.timestamp.as_deref()?);
+    Some(format!(
         "SELECT {ts}::timestamptz, {} FROM {} WHERE {ts} IS NOT NULL ORDER BY {ts} DESC, {} LIMIT 1",
         stream_key(st),
         qualified(&doc.schema, table),
         stream_order(st, " DESC")
-    )
+    ))
 }

@@ -86,7 +86,7 @@ impl PollingSource {
     /// Stream heads for a full load: changes after them are read once the load is done.
     async fn heads(pg: &PgSource, horizon: &Horizon) -> Result<Vec<(Stream, Watermark)>> {
         let mut marks = Vec::new();
-        for stream in &pg.document().streams {
+        for stream in pg.document().streams.iter().filter(|s| s.timestamp.is_some()) {
             if let Some(head) = pg.head(&stream.table).await? {
                 marks.push((stream.table.clone(), horizon.cap(head, &stream.kinds)));
             }
@@ -380,6 +380,17 @@ impl ChangeSource for PollingSource {
         let log_until = window.map(|w| w.until);
         self.log_shape = window.map_or(delete_log::LogShape::Keyed, |w| w.shape);
         let writes_logged = window.is_some_and(|w| w.writes);
+        let untimed = pg.document().untimed();
+        if !writes_logged && !untimed.is_empty() {
+            let tables: Vec<String> = untimed.iter().map(|t| format!("{schema}.{t}")).collect();
+            return Err(Error::SourceSetup(format!(
+                "{} {} no timestamp column, so polling finds its changes only in the write capture's log, which is not complete on {schema}: \
+                 install it (pg2es delete-capture install --writes), or read the replication stream (PG2ES_SOURCE=replication), or give the table a \
+                 change column and name it with `timestamp = \"...\"`",
+                tables.join(", "),
+                if tables.len() == 1 { "has" } else { "have" }
+            )));
+        }
         let notices_partial = self.notices.partial_writes_said;
         if writes_logged != self.writes_logged {
             if writes_logged {

@@ -126,14 +126,15 @@ pub async fn missing_indexes(client: &Client, doc: &Document) -> Result<Vec<Stri
         .map_err(Error::postgres(context))?;
     let mut missing = Vec::new();
     for st in &doc.streams {
+        let Some(timestamp) = &st.timestamp else { continue };
         let served = rows.iter().any(|r| {
             let name: Option<String> = r.try_get(0).ok();
             let columns: Vec<String> = r.try_get(1).unwrap_or_default();
-            name.as_deref() == Some(st.table.as_str()) && columns.first() == Some(&st.timestamp) && columns.get(1..=st.key.len()) == Some(&st.key[..])
+            name.as_deref() == Some(st.table.as_str()) && columns.first() == Some(timestamp) && columns.get(1..=st.key.len()) == Some(&st.key[..])
         });
         if !served {
             let key: Vec<String> = st.key.iter().map(|k| quote(k)).collect();
-            missing.push(format!("CREATE INDEX CONCURRENTLY ON {} ({}, {});", qualified(&doc.schema, &st.table), quote(&st.timestamp), key.join(", ")));
+            missing.push(format!("CREATE INDEX CONCURRENTLY ON {} ({}, {});", qualified(&doc.schema, &st.table), quote(timestamp), key.join(", ")));
         }
     }
     Ok(missing)
@@ -141,14 +142,15 @@ pub async fn missing_indexes(client: &Client, doc: &Document) -> Result<Vec<Stri
 
 /// The change columns, as `table.column` pairs, for the log.
 pub fn describe(doc: &Document) -> String {
-    let set: BTreeSet<String> = doc.streams.iter().map(|s| format!("{}.{}", s.table, s.timestamp)).collect();
+    let set: BTreeSet<String> = doc.streams.iter().map(|s| format!("{}.{}", s.table, s.timestamp.as_deref().unwrap_or("(none)"))).collect();
     set.into_iter().collect::<Vec<_>>().join(" ")
 }
 
+/// A stream's statements; the page and head ones only for a table with a timestamp.
 struct StreamStatements {
-    page_first: Statement,
-    page_after: Statement,
-    head: Statement,
+    page_first: Option<Statement>,
+    page_after: Option<Statement>,
+    head: Option<Statement>,
     /// Each fan-out query, and the kind of the keys it is given.
     fan_out: Vec<(Statement, crate::position::KeyKind)>,
 }
@@ -187,9 +189,18 @@ impl Statements {
             st.streams.insert(
                 stream.table.clone(),
                 StreamStatements {
-                    page_first: prep(sql::page(doc, &stream.table, false)).await?,
-                    page_after: prep(sql::page(doc, &stream.table, true)).await?,
-                    head: prep(sql::head(doc, &stream.table)).await?,
+                    page_first: match sql::page(doc, &stream.table, false) {
+                        Some(q) => Some(prep(q).await?),
+                        None => None,
+                    },
+                    page_after: match sql::page(doc, &stream.table, true) {
+                        Some(q) => Some(prep(q).await?),
+                        None => None,
+                    },
+                    head: match sql::head(doc, &stream.table) {
+                        Some(q) => Some(prep(q).await?),
+                        None => None,
+                    },
                     fan_out,
                 },
             );
@@ -201,15 +212,19 @@ impl Statements {
         self.streams.get(s).ok_or_else(|| Error::SourceSchema(format!("{s} is not a table of the document")))
     }
     pub fn page_first(&self, s: &str) -> Result<&Statement> {
-        Ok(&self.stream(s)?.page_first)
+        self.stream(s)?.page_first.as_ref().ok_or_else(|| untimed(s))
     }
     pub fn page_after(&self, s: &str) -> Result<&Statement> {
-        Ok(&self.stream(s)?.page_after)
+        self.stream(s)?.page_after.as_ref().ok_or_else(|| untimed(s))
     }
     pub fn head(&self, s: &str) -> Result<&Statement> {
-        Ok(&self.stream(s)?.head)
+        self.stream(s)?.head.as_ref().ok_or_else(|| untimed(s))
     }
     pub fn fan_out(&self, s: &str) -> Result<&[(Statement, crate::position::KeyKind)]> {
         Ok(&self.stream(s)?.fan_out)
     }
+}
+
+fn untimed(table: &str) -> Error {
+    Error::SourceSetup(format!("{table} has no timestamp column, so polling cannot read its changes by it"))
 }
