@@ -113,9 +113,10 @@ test-faults: check-tools db matrix-up
 
 # The catalog's real client: a Django 3.2 project (tests/django) makes the schema by its migrations,
 # gets the reference catalog and writes it through every ORM path while pg2es runs; verify after each.
+# tests/django_defaults.rs does the same for its app with Django's defaults (tests/django/shelf).
 test-django: check-tools db $(DJANGO_READY)
 	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_DJANGO_PYTHON=$(DJANGO_PY) \
-		$(CARGO) test --locked --features django-tests --test django -- --test-threads=1 --nocapture
+		$(CARGO) test --locked --features django-tests --test django --test django_defaults -- --test-threads=1 --nocapture
 
 $(DJANGO_READY): tests/django/requirements.txt
 	@python3 -c 'import ensurepip' 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv; }
