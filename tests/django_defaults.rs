@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::django::{empty_env, install_delete_capture, manage, project_dir, settle, Running};
 use common::TestEnv;
@@ -87,6 +87,7 @@ async fn heal(env: &TestEnv, path: &str) {
 /// Runs each of the driver's paths alone, then all in one run, while `pg2es run` runs (started
 /// once `log_shows`, when given, is in its log); fails naming every run that left a difference.
 async fn every_path_reaches_the_index(env: TestEnv, mode: &str, log_shows: Option<&str>) {
+    let started = Instant::now();
     check(&env);
     let listed = manage(&env, &["drive_shelf_writes", "--list"]);
     let paths: Vec<&str> = listed.lines().collect();
@@ -99,16 +100,19 @@ async fn every_path_reaches_the_index(env: TestEnv, mode: &str, log_shows: Optio
     }
     let before = env.verify().await;
     assert!(before.is_consistent(), "after the full load:\n{}", before.render());
+    println!("{mode}, full load: {} ({:.1} s after check)", before.summary(), started.elapsed().as_secs_f64());
 
     let mut runs: Vec<(String, Vec<&str>)> = paths.iter().map(|p| (p.to_string(), vec!["--only", *p])).collect();
     runs.push(("all paths in one run".into(), Vec::new()));
     let mut results: Vec<(String, VerifyReport)> = Vec::new();
     for (path, only) in runs {
-        let mut args = vec!["drive_shelf_writes"];
+        let mut args = vec!["drive_shelf_writes", "--pause", "0.3"];
         args.extend(only);
+        let started = Instant::now();
         print!("{}", manage(&env, &args));
+        let written = started.elapsed();
         let report = settle(&env, SETTLE).await;
-        println!("{path}: {}", report.summary());
+        println!("{mode}, {path}: {} (written in {:.1} s, verified {:.1} s later)", report.summary(), written.as_secs_f64(), (started.elapsed() - written).as_secs_f64());
         if !report.is_consistent() {
             print!("{}", report.render());
             heal(&env, &path).await;
@@ -121,7 +125,7 @@ async fn every_path_reaches_the_index(env: TestEnv, mode: &str, log_shows: Optio
     assert!(status.success(), "pg2es run: {status}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
 
     let table: String = results.iter().map(|(p, r)| format!("  {p:<22} {}\n", r.summary())).collect();
-    println!("{mode}:\n{table}");
+    println!("{mode}, in {:.1} s:\n{table}", started.elapsed().as_secs_f64());
     let failed: Vec<String> = results.iter().filter(|(_, r)| !r.is_consistent()).map(|(p, r)| format!("{p}:\n{}", r.render())).collect();
     assert!(failed.is_empty(), "{mode}: {} of {} runs left the index different from Postgres:\n{table}\n{}", failed.len(), results.len(), failed.join("\n"));
     env.cleanup().await;
