@@ -112,7 +112,12 @@ async fn every_path_reaches_the_index(env: TestEnv, mode: &str, log_shows: Optio
         print!("{}", manage(&env, &args));
         let written = started.elapsed();
         let report = settle(&env, SETTLE).await;
-        println!("{mode}, {path}: {} (written in {:.1} s, verified {:.1} s later)", report.summary(), written.as_secs_f64(), (started.elapsed() - written).as_secs_f64());
+        println!(
+            "{mode}, {path}: {} (written in {:.1} s, verified {:.1} s later)",
+            report.summary(),
+            written.as_secs_f64(),
+            (started.elapsed() - written).as_secs_f64()
+        );
         if !report.is_consistent() {
             print!("{}", report.render());
             heal(&env, &path).await;
@@ -149,7 +154,8 @@ async fn polling_with_the_write_capture_sees_every_orm_write_of_django_defaults(
 async fn replication_sees_every_orm_write_of_django_defaults() {
     let mut env = shelf_env("replication", None).await;
     assert_django_defaults(&env).await;
-    let full = "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relname IN ('shelf_book_tags', 'shelf_review') AND relreplident = 'f'";
+    let full =
+        "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relname IN ('shelf_book_tags', 'shelf_review') AND relreplident = 'f'";
     assert_eq!(env.scalar_i64(full).await, 2);
     env.extra_env.push(("PG2ES_SOURCE".into(), "replication".into()));
     every_path_reaches_the_index(env, "replication", None).await;
