@@ -94,7 +94,14 @@ async fn every_path_reaches_the_index(env: TestEnv, mode: &str, log_shows: Optio
     assert!(paths.len() >= 15, "the driver's paths: {paths:?}");
     let log = env.dir.path().join("pg2es.log");
     let mut run = Running(common::spawn_run(&env, &log));
-    common::eventually(Duration::from_secs(60), "full load", || async { env.try_count().await == Some(BOOKS) }).await;
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    while env.try_count().await != Some(BOOKS) {
+        if let Some(status) = run.0.try_wait().unwrap() {
+            panic!("pg2es run stopped ({status}) before its full load:\n{}", log_text());
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no full load after 60 s:\n{}", log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     if let Some(text) = log_shows {
         common::log_shows(&log, text, Duration::from_secs(10)).await;
     }
@@ -124,10 +131,10 @@ async fn every_path_reaches_the_index(env: TestEnv, mode: &str, log_shows: Optio
         }
         results.push((path, report));
     }
-    assert!(run.0.try_wait().unwrap().is_none(), "pg2es run stopped: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(run.0.try_wait().unwrap().is_none(), "pg2es run stopped:\n{}", log_text());
     common::signal(&run.0, "-TERM");
     let status = common::wait_exit(&mut run.0, Duration::from_secs(30));
-    assert!(status.success(), "pg2es run: {status}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(status.success(), "pg2es run: {status}\n{}", log_text());
 
     let table: String = results.iter().map(|(p, r)| format!("  {p:<22} {}\n", r.summary())).collect();
     println!("{mode}, in {:.1} s:\n{table}", started.elapsed().as_secs_f64());
