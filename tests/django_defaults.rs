@@ -84,8 +84,8 @@ async fn heal(env: &TestEnv, path: &str) {
     panic!("the index stays different from Postgres after {path}, even with every book rebuilt:\n{}", env.verify().await.render());
 }
 
-/// Runs each of the driver's paths alone, then all in one run, while `pg2es run` runs (started
-/// once `log_shows`, when given, is in its log); fails naming every run that left a difference.
+/// Runs each of the driver's paths alone, then all in one run, while `pg2es run` runs (the writes
+/// start once `log_shows`, when given, is in its log); fails naming every run that left a difference.
 async fn every_path_reaches_the_index(env: TestEnv, mode: &str, log_shows: Option<&str>) {
     let started = Instant::now();
     check(&env);
