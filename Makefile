@@ -42,7 +42,8 @@ help:
 	@echo "                 (on Elasticsearch 7.10.2; ENGINE=os|es8|es9|os3 for another engine)"
 	@echo "make test        unit + integration tests on the real stack, and a full load + the Postman suite on every engine"
 	@echo "make test-faults kills, outages and bad bulk items against the real stack (stops services)"
-	@echo "make test-django every ORM write of the catalog's Django admin, with pg2es running, then verify"
+	@echo "make test-django every ORM write of the catalog's Django admin and of an app with Django's defaults,"
+	@echo "                 with pg2es running, then verify"
 	@echo "make test-pg-matrix  PostgreSQL 13, 14, 16, 17 and 18: full load + Postman suite, deletes, replication, kills"
 	@echo "make lint        cargo fmt --check and clippy (warnings as errors)"
 	@echo "make stack-up    start Postgres, Elasticsearch and OpenSearch on 127.0.0.1 (installs what is missing)"
@@ -113,9 +114,13 @@ test-faults: check-tools db matrix-up
 
 # The catalog's real client: a Django 3.2 project (tests/django) makes the schema by its migrations,
 # gets the reference catalog and writes it through every ORM path while pg2es runs; verify after each.
+# tests/django_defaults.rs does the same for its app with Django's defaults (tests/django/shelf), its
+# two setups side by side (each in its own database and index): about a minute instead of two.
 test-django: check-tools db $(DJANGO_READY)
 	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_DJANGO_PYTHON=$(DJANGO_PY) \
 		$(CARGO) test --locked --features django-tests --test django -- --test-threads=1 --nocapture
+	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_DJANGO_PYTHON=$(DJANGO_PY) \
+		$(CARGO) test --locked --features django-tests --test django_defaults -- --test-threads=2 --nocapture
 
 $(DJANGO_READY): tests/django/requirements.txt
 	@python3 -c 'import ensurepip' 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv; }

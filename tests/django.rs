@@ -2,15 +2,15 @@
 //! the schema by its own migrations, gets the reference catalog, and writes it through every ORM
 //! path while `pg2es run` runs; after each path `verify` must find no difference.
 //!
-//! Needs `PG2ES_TEST_DJANGO_PYTHON`, the python of the venv `make test-django` makes.
+//! Needs `PG2ES_TEST_DJANGO_PYTHON`, the python of the venv `make test-django` makes
+//! (`common::django`).
 #![cfg(feature = "django-tests")]
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::django::{dsn_of, empty_env, install_delete_capture, manage, settle, Running};
 use common::TestEnv;
 use pg2es::config::SourceKind;
 use pg2es::verify::VerifyReport;
@@ -18,59 +18,13 @@ use pg2es::verify::VerifyReport;
 /// How long a path's changes may take to reach the index (a cycle is 0.2 s).
 const SETTLE: Duration = Duration::from_secs(15);
 
-fn python() -> String {
-    std::env::var("PG2ES_TEST_DJANGO_PYTHON")
-        .unwrap_or_else(|_| panic!("set PG2ES_TEST_DJANGO_PYTHON to the python of the Django venv: `make test-django` makes tools/django/.venv and sets it"))
-}
-
-fn project_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/django")
-}
-
-fn dsn_of(db: &str) -> String {
-    let admin = common::pg_admin_dsn();
-    let (head, _) = admin.rsplit_once('/').expect("PG2ES_TEST_PG_DSN must be a URL such as postgres://app:123qwe@127.0.0.1:5432/postgres");
-    format!("{head}/{db}")
-}
-
-/// `manage.py ARGS` on the test database; its stdout.
-fn manage(env: &TestEnv, args: &[&str]) -> String {
-    let out = Command::new(python())
-        .arg("manage.py")
-        .args(args)
-        .current_dir(project_dir())
-        .env("DATABASE_URL", &env.dsn)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {} ({e}): is PG2ES_TEST_DJANGO_PYTHON the venv's python?", python()));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "manage.py {}: {}\n{stdout}{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
-    stdout
-}
-
 /// An empty database, the schema by Django's migrations (up to `migration`, or all), the
 /// reference catalog copied in, and an empty index.
 async fn django_env(name: &str, migration: Option<&str>) -> TestEnv {
-    let name = format!("django_{name}");
-    let db_name = format!("pg2es_t_{name}");
-    let admin = common::connect(&common::pg_admin_dsn()).await;
-    common::drop_slots(&admin, &db_name).await;
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await.unwrap();
-    admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await.unwrap();
-    let dsn = dsn_of(&db_name);
-    let mut env = TestEnv {
-        name: name.clone(),
-        db: common::connect(&dsn).await,
-        dsn,
-        es: common::es_url(),
-        index: db_name,
-        dir: tempfile::tempdir().unwrap(),
-        http: reqwest::Client::new(),
-        extra_env: Vec::new(),
-    };
-    env.delete_index().await;
+    let mut env = empty_env(&format!("django_{name}")).await;
     match migration {
         Some(m) => manage(&env, &["migrate", "--no-input", "movies", m]),
-        None => manage(&env, &["migrate", "--no-input"]),
+        None => manage(&env, &["migrate", "--no-input", "movies"]),
     };
     print!("{}", manage(&env, &["copy_catalog", "--from-dsn", &dsn_of("movies_ref")]));
     assert_eq!(env.scalar_i64("SELECT count(*) FROM content.film_work").await, 999, "the reference catalog (run scripts/load-dump.sh)");
@@ -79,18 +33,6 @@ async fn django_env(name: &str, migration: Option<&str>) -> TestEnv {
     env.extra_env.push(("ETL_CLOCK_SKEW_MS".into(), "1000".into()));
     env.extra_env.push(("ETL_RECONCILE_SEC".into(), "0".into()));
     env
-}
-
-/// Verify until the index matches, at most `limit`; the last report.
-async fn settle(env: &TestEnv, limit: Duration) -> VerifyReport {
-    let start = Instant::now();
-    loop {
-        let report = env.verify().await;
-        if report.is_consistent() || start.elapsed() > limit {
-            return report;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 /// Brings the index back in step after a path left differences, so the next path is judged
@@ -107,18 +49,6 @@ async fn heal(env: &TestEnv, path: &str) {
         }
     }
     panic!("the index stays different from Postgres after {path}, even with every film rebuilt:\n{}", env.verify().await.render());
-}
-
-/// `pg2es run`, killed when the test fails before stopping it.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 struct PathResult {
@@ -189,11 +119,6 @@ async fn replication_sees_every_orm_write() {
     assert_eq!(env.scalar_i64("SELECT count(*) FROM pg_class WHERE relnamespace = 'content'::regnamespace AND relreplident = 'f'").await, 2);
     env.extra_env.push(("PG2ES_SOURCE".into(), "replication".into()));
     every_path_reaches_the_index(env, "replication", &[], true).await;
-}
-
-fn install_delete_capture(env: &TestEnv, args: &[&str]) {
-    let o = common::pg2es_command(&env.env_vars(), &[&["delete-capture", "install"], args].concat()).output().unwrap();
-    assert!(o.status.success(), "delete-capture install: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// Polling with the write capture (`delete-capture install --writes`, the README's setup for

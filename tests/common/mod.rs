@@ -15,6 +15,9 @@ use pg2es::shutdown::Shutdown;
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
+#[cfg(feature = "django-tests")]
+pub mod django;
+
 pub fn pg_admin_dsn() -> String {
     std::env::var("PG2ES_TEST_PG_DSN").unwrap_or_else(|_| "postgres://app:123qwe@127.0.0.1:5432/postgres".into())
 }

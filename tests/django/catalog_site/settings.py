@@ -1,4 +1,5 @@
-"""Settings: only the catalog app and a database, from DATABASE_URL (postgres://user:pass@host:port/db)."""
+"""Settings: the catalog app, the bookshelf app (Django's defaults) and a database, from DATABASE_URL
+(postgres://user:pass@host:port/db)."""
 import os
 from urllib.parse import unquote, urlsplit
 
@@ -9,7 +10,7 @@ parts = urlsplit(url)
 
 SECRET_KEY = "tests-only"
 DEBUG = False
-INSTALLED_APPS = ["movies"]
+INSTALLED_APPS = ["movies", "shelf"]
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
