@@ -242,4 +242,36 @@ mod tests {
         let err = apply(&mut w, &mut r, &doc, "content", &Message::Insert { relation: 3, new: text(&[P, A, P]) }).unwrap_err();
         assert!(err.contains("has no column film_work_id"), "{err}");
     }
+
+    /// A peek shared by documents at different positions: each takes the transactions that
+    /// commit from its own position up to its window's end, with relations from any of them.
+    #[test]
+    fn a_document_takes_the_transactions_from_its_own_position() {
+        let doc = movies();
+        let txn = |final_lsn: u64, end_lsn: u64, id: &str| {
+            vec![
+                Message::Begin { final_lsn, commit_time_us: 0, xid: 1 },
+                Message::Insert { relation: 1, new: text(&[id, "t"]) },
+                Message::Commit { flags: 0, commit_lsn: final_lsn, end_lsn, commit_time_us: 0 },
+            ]
+        };
+        let mut messages = vec![relation(1, "film_work", &["id", "title"])];
+        for (f, e, id) in [(10, 20, A), (30, 40, B), (50, 60, P)] {
+            messages.extend(txn(f, e, id));
+        }
+        let roots = |w: &Window| w.roots.iter().map(Key::to_string).collect::<Vec<_>>();
+        let whole = Peek { until: 100, messages, exhausted: true };
+        let w = window_of(&whole, &doc, "content", 0, 100).unwrap();
+        assert_eq!((roots(&w), w.exhausted, w.last_commit_end), (vec![A.to_string(), B.to_string(), P.to_string()], true, Some(60)));
+        // From 20 (the first transaction's end) up to 50: only the second; whole up to 50.
+        let w = window_of(&whole, &doc, "content", 20, 50).unwrap();
+        assert_eq!((roots(&w), w.exhausted, w.last_commit_end), (vec![B.to_string()], true, Some(40)));
+        // Past every transaction: nothing, and nothing more.
+        let w = window_of(&whole, &doc, "content", 60, 100).unwrap();
+        assert!(w.roots.is_empty() && w.exhausted && w.last_commit_end.is_none());
+        // A peek cut at WINDOW_CHANGES: whole only up to a transaction that commits past the end.
+        let cut = Peek { exhausted: false, ..whole };
+        assert!(!window_of(&cut, &doc, "content", 20, 100).unwrap().exhausted);
+        assert!(window_of(&cut, &doc, "content", 20, 50).unwrap().exhausted);
+    }
 }
