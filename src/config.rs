@@ -793,7 +793,18 @@ impl Config {
                 if r.slot_explicit {
                     line(&mut out, "PG_REPLICATION_SLOT", &r.slot);
                 } else {
-                    line(&mut out, "PG_REPLICATION_SLOT", &"(unset: pg2es_<index> of the first document, one for the run)");
+                    // The run's slot is named after its first document's index: from the definition.
+                    let run_slot = self.selection().and_then(|selection| self.documents(&selection, &selection.source()?)).ok().and_then(|docs| {
+                        docs.into_iter().next().and_then(|d| match d.config.source {
+                            SourceKind::Replication(r) => Some(r.slot),
+                            SourceKind::Polling => None,
+                        })
+                    });
+                    let shown = match run_slot {
+                        Some(slot) => format!("{slot} (unset: pg2es_<index> of the first document, one for the run)"),
+                        None => "(unset: pg2es_<index> of the first document, one for the run)".to_string(),
+                    };
+                    line(&mut out, "PG_REPLICATION_SLOT", &shown);
                 }
                 line(&mut out, "PG_PUBLICATION", &r.publication);
                 line(&mut out, "ETL_SLOT_MAX_RETAINED_MB", &(r.max_retained_bytes >> 20));
