@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Commit-to-stored latency of pg2es in continuous mode: N single-film updates, one at a time,
 # each timed from its commit until a realtime GET of the document shows it (no refresh needed).
+# The three documents of the cinema run (movies, genres, persons; ES_INDEX_PREFIX keeps their
+# indexes apart); the film's movies document is timed. PG2ES_BIN: the build to time (another
+# release, for an A/B), default target/release/pg2es.
 # Usage: bench/latency.sh [polling|replication] [N]   (local stack; prints one JSON line)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,11 +14,12 @@ export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-app} 
 es=${ES_URL:-http://127.0.0.1:9200}
 db=bench_latency_$source_kind
 index=$db
+bin=${PG2ES_BIN:-target/release/pg2es}
 cleanup() {
   [ -n "${pid:-}" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
   psql -X -q -d postgres -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '$db'" >/dev/null 2>&1 || true
   psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true
-  curl -s -o /dev/null -XDELETE "$es/$index"
+  for i in "$index" "${db}_genres" "${db}_persons"; do curl -s -o /dev/null -XDELETE "$es/$i"; done
   rm -rf "${dir:-}"
 }
 trap cleanup EXIT
@@ -23,12 +27,13 @@ cleanup
 dir=$(mktemp -d)
 psql -X -q -d postgres -c "CREATE DATABASE $db TEMPLATE movies_ref"
 curl -s -o /dev/null -XDELETE "$es/$index"
-PG_DSN="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$db" ES_URL=$es ES_INDEX=$index PG2ES_SOURCE=$source_kind \
+PG_DSN="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$db" ES_URL=$es ES_INDEX=$index ES_INDEX_PREFIX="${db}_" PG2ES_SOURCE=$source_kind \
   ETL_CYCLE_SEC=0.2 ETL_STATE_FILE=$dir/state.json ETL_DEAD_LETTER_FILE=$dir/dead.jsonl LOG_FORMAT=json \
-  target/release/pg2es run 2>"$dir/pg2es.log" &
+  "$bin" run 2>"$dir/pg2es.log" &
 pid=$!
-for _ in $(seq 300); do grep -q '"cycle done"' "$dir/pg2es.log" && break; sleep 0.1; done
-grep -q '"cycle done"' "$dir/pg2es.log" || { echo "latency: pg2es did no cycle in 30 s:" >&2; tail -n 5 "$dir/pg2es.log" >&2; exit 1; }
+cycles() { grep '"cycle done"' "$dir/pg2es.log" | grep -o '"document":"[a-z]*"' | sort -u | wc -l; }
+for _ in $(seq 600); do [ "$(cycles)" -ge 3 ] && break; sleep 0.1; done
+[ "$(cycles)" -ge 3 ] || { echo "latency: the three documents did not each finish a cycle in 60 s:" >&2; tail -n 5 "$dir/pg2es.log" >&2; exit 1; }
 sleep 1
 ids=$(psql -X -At -d "$db" -c "SELECT id FROM content.film_work ORDER BY id LIMIT $n")
 times=()

@@ -50,8 +50,8 @@ pub const SETTINGS: &[Setting] = &[
     setting("ETL_DEAD_LETTER_MAX_RATIO", Some("0.5"), "above this share of documents refused for good (over the last 100, from 10 on), pg2es stops without saving progress instead of dead-lettering them: the mapping is wrong, not the rows; 1 turns the check off"),
     setting("ETL_BATCH_SIZE", Some("500"), "rows read per query and documents per bulk request"),
     setting("PG2ES_SOURCE", Some("polling"), "how changes are found: polling (timestamps; no privileges needed) or replication (logical replication: a publication and a pgoutput slot)"),
-    setting("PG_REPLICATION_SLOT", None, "replication slot of PG2ES_SOURCE=replication (the first document's; the others get <PG_REPLICATION_SLOT>_<name>); unset, pg2es_<index> for each document"),
-    setting("PG_PUBLICATION", None, "publication of PG2ES_SOURCE=replication (default pg2es_<PG_SCHEMA>)"),
+    setting("PG_REPLICATION_SLOT", None, "the one replication slot of PG2ES_SOURCE=replication, read for every document of the run; unset, pg2es_<index> of the first document"),
+    setting("PG_PUBLICATION", None, "the one publication of PG2ES_SOURCE=replication, on the tables of every document (default pg2es_<PG_SCHEMA>)"),
     setting("ETL_SLOT_MAX_RETAINED_MB", Some("1024"), "with PG2ES_SOURCE=replication, a warning when the slot retains more WAL than this"),
     setting("ETL_CYCLE_SEC", Some("10"), "pause between two cycles in continuous mode (seconds, from 0.1 to 86400, may be fractional); 0.2 by default with PG2ES_SOURCE=replication"),
     setting("ETL_STATE_FILE", Some("state/pg2es-state.json"), "durable watermarks; a .lock file beside it keeps one instance"),
@@ -329,6 +329,9 @@ impl Config {
     /// refused.
     pub fn documents(&self, selection: &crate::catalog::Selection, source: &crate::catalog::Source) -> Result<Vec<DocumentSettings>> {
         let mut docs: Vec<DocumentSettings> = Vec::new();
+        // One slot for the run, named after its first document's index (unique per deployment on
+        // a cluster, and the first document's slot of old), unless PG_REPLICATION_SLOT names it.
+        let mut run_slot = None;
         for (position, name, mut index) in selection.heads(source)? {
             index.name = self.index_name(position, &index.name);
             if !is_index_name(&index.name) {
@@ -343,7 +346,10 @@ impl Config {
                     index.name, other.name
                 )));
             }
-            let config = self.for_document(position, &name, &index.name);
+            let mut config = self.for_document(position, &name, &index.name);
+            if let SourceKind::Replication(r) = &mut config.source {
+                r.slot = run_slot.get_or_insert_with(|| if r.slot_explicit { r.slot.clone() } else { r.previous_slot.clone() }).clone();
+            }
             docs.push(DocumentSettings { position, name, index, config });
         }
         Ok(docs)
@@ -361,9 +367,10 @@ impl Config {
     }
 
     /// The settings of the document at `position` of the definition, kept in `index` (its full
-    /// name, [`Config::index_name`]): the first keeps the state file, dead-letter file and slot as
+    /// name, [`Config::index_name`]): the first keeps the state file and dead-letter file as
     /// configured (what pg2es used before definitions); each other document gets its own, beside
-    /// them and named after it.
+    /// them and named after it. `previous_slot` is the document's own slot of releases before one
+    /// slot served a run ([`Config::documents`] sets the run's).
     pub fn for_document(&self, position: usize, name: &str, index: &str) -> Config {
         let mut c = self.clone();
         c.es_index = index.to_string();
@@ -376,12 +383,10 @@ impl Config {
             c.state_file = beside(&self.state_file);
             c.dead_letter_file = beside(&self.dead_letter_file);
             if let SourceKind::Replication(r) = &mut c.source {
-                r.slot = if r.slot_explicit { replication_name(&format!("{}_{name}", r.slot)) } else { replication_name(&format!("pg2es_{index}")) };
+                r.previous_slot = if r.slot_explicit { replication_name(&format!("{}_{name}", r.slot)) } else { replication_name(&format!("pg2es_{index}")) };
             }
         } else if let SourceKind::Replication(r) = &mut c.source {
-            if !r.slot_explicit {
-                r.slot = replication_name(&format!("pg2es_{index}"));
-            }
+            r.previous_slot = if r.slot_explicit { r.slot.clone() } else { replication_name(&format!("pg2es_{index}")) };
         }
         c
     }
@@ -639,9 +644,11 @@ impl Config {
                 if matches!(src.get("ETL_CYCLE_SEC").map(|r| &r.origin), Some(Origin::Default)) {
                     cycle_sec = 0.2;
                 }
+                let slot = name("PG_REPLICATION_SLOT", format!("pg2es_{es_index}"))?;
                 SourceKind::Replication(ReplicationSettings {
                     slot_explicit: src.string("PG_REPLICATION_SLOT").is_some(),
-                    slot: name("PG_REPLICATION_SLOT", format!("pg2es_{es_index}"))?,
+                    previous_slot: slot.clone(),
+                    slot,
                     publication: name("PG_PUBLICATION", format!("pg2es_{pg_schema}"))?,
                     max_retained_bytes: src.number("ETL_SLOT_MAX_RETAINED_MB", 1u64, 1 << 30, "a whole number of MiB")? << 20,
                 })
@@ -786,7 +793,18 @@ impl Config {
                 if r.slot_explicit {
                     line(&mut out, "PG_REPLICATION_SLOT", &r.slot);
                 } else {
-                    line(&mut out, "PG_REPLICATION_SLOT", &"(unset: pg2es_<index> for each document)");
+                    // The run's slot is named after its first document's index: from the definition.
+                    let run_slot = self.selection().and_then(|selection| self.documents(&selection, &selection.source()?)).ok().and_then(|docs| {
+                        docs.into_iter().next().and_then(|d| match d.config.source {
+                            SourceKind::Replication(r) => Some(r.slot),
+                            SourceKind::Polling => None,
+                        })
+                    });
+                    let shown = match run_slot {
+                        Some(slot) => format!("{slot} (unset: pg2es_<index> of the first document, one for the run)"),
+                        None => "(unset: pg2es_<index> of the first document, one for the run)".to_string(),
+                    };
+                    line(&mut out, "PG_REPLICATION_SLOT", &shown);
                 }
                 line(&mut out, "PG_PUBLICATION", &r.publication);
                 line(&mut out, "ETL_SLOT_MAX_RETAINED_MB", &(r.max_retained_bytes >> 20));
@@ -842,7 +860,17 @@ impl Config {
             line(&mut out, "dead-letter file", &c.dead_letter_file.display());
             match &c.source {
                 SourceKind::Polling => line(&mut out, "replication slot", &"(not used: PG2ES_SOURCE=polling)"),
-                SourceKind::Replication(r) => line(&mut out, "replication slot", &r.slot),
+                SourceKind::Replication(r) => {
+                    line(&mut out, "replication slot", &r.slot);
+                    line(&mut out, "publication", &r.publication);
+                    if r.previous_slot != r.slot {
+                        line(
+                            &mut out,
+                            "previous slot",
+                            &format!("{}  (of earlier releases: read until it reaches the run's slot, then dropped)", r.previous_slot),
+                        );
+                    }
+                }
             }
         }
         out
@@ -1414,11 +1442,16 @@ mod tests {
                 ("state file", d.config.state_file.display().to_string()),
                 ("dead-letter file", d.config.dead_letter_file.display().to_string()),
                 ("replication slot", r.slot.clone()),
+                ("publication", r.publication.clone()),
             ] {
                 assert!(section.lines().any(|l| l.trim_start().starts_with(label) && l.contains(&value)), "{label} {value} not in\n{section}");
             }
             assert!(d.config.es_index.starts_with("staging_") && d.config.es_index != "movies", "{}", d.config.es_index);
-            assert_eq!(r.slot, replication_name(&format!("pg2es_{}", d.config.es_index)));
+            // One slot for the run, named after its first document's index; each document's
+            // own slot of earlier releases is the one it reads until it reaches it.
+            assert_eq!(r.slot, replication_name(&format!("pg2es_{}", docs[0].config.es_index)));
+            assert_eq!(r.previous_slot, replication_name(&format!("pg2es_{}", d.config.es_index)));
+            assert_eq!(d.position == 0, !section.contains("previous slot"), "{section}");
         }
         assert!(!text.contains("pg2es_movies") && !text.contains("ES_INDEX               movies"), "{text}");
         assert!(!text.contains("hunter2") && !text.contains("s3cret"), "{text}");
@@ -1441,20 +1474,31 @@ mod tests {
         assert_eq!(index_names(&[("ES_INDEX", "films")]), ["films", "genres", "persons"]);
         assert_eq!(index_names(&[("ES_INDEX_PREFIX", "staging_")]), ["staging_movies", "staging_genres", "staging_persons"]);
         assert_eq!(index_names(&[("ES_INDEX_PREFIX", "staging_"), ("ES_INDEX", "films_v2")]), ["films_v2", "staging_genres", "staging_persons"]);
-        // Replication's default slots follow the index; with no prefix they are those of old.
-        let slots = |env: &[(&str, &str)]| -> Vec<String> {
+        // Replication's one slot follows the first index; with no prefix it is the first of old.
+        let slots = |env: &[(&str, &str)]| -> Vec<(String, String)> {
             let c = config(env).unwrap();
             let selection = c.selection().unwrap();
             let docs = c.documents(&selection, &selection.source().unwrap()).unwrap();
             docs.into_iter()
                 .map(|d| match d.config.source {
-                    SourceKind::Replication(r) => r.slot,
+                    SourceKind::Replication(r) => (r.slot, r.previous_slot),
                     SourceKind::Polling => panic!("replication"),
                 })
                 .collect()
         };
-        assert_eq!(slots(&[("PG2ES_SOURCE", "replication")]), ["pg2es_movies", "pg2es_genres", "pg2es_persons"]);
-        assert_eq!(slots(&[("PG2ES_SOURCE", "replication"), ("ES_INDEX_PREFIX", "b_")]), ["pg2es_b_movies", "pg2es_b_genres", "pg2es_b_persons"]);
+        let pairs = |run: &str, previous: [&str; 3]| -> Vec<(String, String)> { previous.iter().map(|p| (run.to_string(), p.to_string())).collect() };
+        assert_eq!(slots(&[("PG2ES_SOURCE", "replication")]), pairs("pg2es_movies", ["pg2es_movies", "pg2es_genres", "pg2es_persons"]));
+        assert_eq!(
+            slots(&[("PG2ES_SOURCE", "replication"), ("ES_INDEX_PREFIX", "b_")]),
+            pairs("pg2es_b_movies", ["pg2es_b_movies", "pg2es_b_genres", "pg2es_b_persons"])
+        );
+        // PG_REPLICATION_SLOT names the run's slot; the documents after the first had their own.
+        assert_eq!(slots(&[("PG2ES_SOURCE", "replication"), ("PG_REPLICATION_SLOT", "mine")]), pairs("mine", ["mine", "mine_genres", "mine_persons"]));
+        // A run of some documents has its own slot, after its first.
+        assert_eq!(
+            slots(&[("PG2ES_SOURCE", "replication"), ("PG2ES_DOCUMENTS", "genres,persons")]),
+            pairs("pg2es_genres", ["x", "pg2es_genres", "pg2es_persons"])[1..]
+        );
 
         // An ES_INDEX that is another document's index with the prefix is refused.
         let c = config(&[("ES_INDEX_PREFIX", "s_"), ("ES_INDEX", "s_genres")]).unwrap();

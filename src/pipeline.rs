@@ -28,7 +28,7 @@ use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 use crate::sink::tuning::{restore_settings, tune_for_full_load};
 use crate::sink::{ElasticsearchSink, IndexAction, IndexBootstrap, IndexOwner, IndexSink, LoadReport};
-use crate::source::{Change, ChangeBatch, ChangeSource, DocumentSpec, PollingSource, Receipt, ReplicationSource};
+use crate::source::{Change, ChangeBatch, ChangeSource, DocumentSpec, PollingSource, Receipt, ReplicationSource, ReplicationStream};
 use crate::transform::build;
 
 /// Batches read ahead of the writer. Small: memory stays flat however large the tables are.
@@ -110,15 +110,21 @@ pub struct CycleReport {
 /// own settings again when this returns.
 pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec<CycleReport>> {
     let runs = documents(config)?;
+    // Replication: one slot for the run, read once for all of its documents.
+    let stream = runs.first().and_then(|(c, _, _)| match &c.source {
+        SourceKind::Replication(settings) => Some(ReplicationStream::new(settings, runs.len())),
+        SourceKind::Polling => None,
+    });
+    let stream = stream.as_ref();
     if let [(c, spec, index)] = runs.as_slice() {
-        return run_document(c, spec.clone(), index, mode, shutdown).await;
+        return run_document(c, spec.clone(), index, stream, mode, shutdown).await;
     }
     // One fails for good: the others stop too (and save what they loaded).
     let (stop, local) = Shutdown::new();
     let stop = &stop;
     let local = &local;
     let all = futures_util::future::join_all(runs.iter().map(|(c, spec, index)| async move {
-        let out = run_document(c, spec.clone(), index, mode, local).await;
+        let out = run_document(c, spec.clone(), index, stream, mode, local).await;
         if out.is_err() {
             stop.trigger();
         }
@@ -166,7 +172,14 @@ pub fn documents(config: &Config) -> Result<Vec<(Config, DocumentSpec, IndexSpec
 }
 
 /// One document: its index, its state, its source.
-async fn run_document(config: &Config, spec: DocumentSpec, index: &IndexSpec, mode: Mode, shutdown: &Shutdown) -> Result<Vec<CycleReport>> {
+async fn run_document(
+    config: &Config,
+    spec: DocumentSpec,
+    index: &IndexSpec,
+    stream: Option<&Arc<ReplicationStream>>,
+    mode: Mode,
+    shutdown: &Shutdown,
+) -> Result<Vec<CycleReport>> {
     // The lock comes first: a second instance must not even touch Elasticsearch.
     let mut checkpoint = Checkpoint::open(&config.state_file, &config.es_index)?;
     let definition = index.schema.clone();
@@ -180,7 +193,8 @@ async fn run_document(config: &Config, spec: DocumentSpec, index: &IndexSpec, mo
     let outcome = match &config.source {
         SourceKind::Polling => run_cycles(&mut PollingSource::new(&config.source_settings(), spec)?, &sink, &mut checkpoint, &options, shutdown).await,
         SourceKind::Replication(settings) => {
-            run_cycles(&mut ReplicationSource::new(&config.source_settings(), settings, spec)?, &sink, &mut checkpoint, &options, shutdown).await
+            let stream = stream.cloned().unwrap_or_else(|| ReplicationStream::new(settings, 1));
+            run_cycles(&mut ReplicationSource::new(&config.source_settings(), settings, spec, stream)?, &sink, &mut checkpoint, &options, shutdown).await
         }
     };
     // A full load cut short (shutdown, a fatal error) leaves the index searchable while stopped.

@@ -167,6 +167,32 @@ impl Cinema {
         self.env.db.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
     }
 
+    /// The run's one replication slot: named after the first document's index.
+    fn run_slot(&self) -> String {
+        pg2es::source::replication_name(&format!("pg2es_{}", self.env.index))
+    }
+
+    /// The replication slots of the test's database.
+    async fn slots(&self) -> Vec<String> {
+        let db = format!("pg2es_t_{}", self.env.name);
+        self.texts(&format!("SELECT slot_name::text FROM pg_replication_slots WHERE database = '{db}' ORDER BY slot_name")).await
+    }
+
+    fn state_path(&self, document: &str) -> PathBuf {
+        match document {
+            "movies" => self.env.state_file(),
+            d => self.env.dir.path().join(format!("state.{d}.json")),
+        }
+    }
+
+    fn state(&self, document: &str) -> Value {
+        serde_json::from_slice(&std::fs::read(self.state_path(document)).unwrap()).unwrap()
+    }
+
+    fn set_state(&self, document: &str, state: &Value) {
+        std::fs::write(self.state_path(document), serde_json::to_vec_pretty(state).unwrap()).unwrap();
+    }
+
     async fn cleanup(self) {
         for index in [&self.genres, &self.persons] {
             self.env.http.delete(format!("{}/{index}", self.env.es)).send().await.unwrap();
@@ -384,9 +410,7 @@ async fn each_document_keeps_its_own_state_and_a_second_pass_loads_nothing(name:
     if source == Source::Replication {
         let db = format!("pg2es_t_{}", c.env.name);
         let slots = c.texts(&format!("SELECT slot_name::text FROM pg_replication_slots WHERE database = '{db}' ORDER BY slot_name")).await;
-        let mut expected: Vec<String> = DOCUMENTS.iter().map(|d| format!("pg2es_{}", c.index(d))).collect();
-        expected.sort();
-        assert_eq!(slots, expected, "a slot per document");
+        assert_eq!(slots, [c.run_slot()], "one slot for the run");
     }
     let dir = c.env.dir.path();
     let files = [("movies", c.env.state_file()), ("genres", dir.join("state.genres.json")), ("persons", dir.join("state.persons.json"))];
@@ -475,6 +499,131 @@ async fn three_documents_set_up_one_publication_at_once() {
     }
     let tables = c.env.scalar_i64("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'pg2es_content'").await;
     assert_eq!(tables, 5, "the publication has the five tables of the three documents");
+    c.cleanup().await;
+}
+
+/// A change to each of the five tables (a film, a genre and a person renamed, a genre link
+/// added, a person link deleted), then passes until the three documents have them, then verify.
+async fn change_every_table_and_converge(c: &Cinema, tag: &str) -> Vec<CycleReport> {
+    // A person's only link to a film that has other people: deleted below.
+    let link = c
+        .uuid(
+            "SELECT l.id FROM content.person_film_work l \
+             WHERE (SELECT count(*) FROM content.person_film_work o WHERE o.person_id = l.person_id AND o.film_work_id = l.film_work_id) = 1 \
+             AND EXISTS (SELECT 1 FROM content.person_film_work o WHERE o.film_work_id = l.film_work_id AND o.person_id <> l.person_id) ORDER BY l.id LIMIT 1",
+        )
+        .await;
+    let film = c.uuid(&format!("SELECT film_work_id FROM content.person_film_work WHERE id = '{link}'")).await;
+    let unlinked = c.uuid(&format!("SELECT person_id FROM content.person_film_work WHERE id = '{link}'")).await;
+    let person = c
+        .uuid(&format!("SELECT person_id FROM content.person_film_work WHERE film_work_id = '{film}' AND person_id <> '{unlinked}' ORDER BY person_id LIMIT 1"))
+        .await;
+    let genre = c
+        .uuid(&format!(
+            "SELECT id FROM content.genre WHERE id NOT IN (SELECT genre_id FROM content.genre_film_work WHERE film_work_id = '{film}') ORDER BY id LIMIT 1"
+        ))
+        .await;
+    let (title, name, full_name) = (format!("Film {tag}"), format!("Genre {tag}"), format!("Person {tag}"));
+    c.env.sql(&format!("UPDATE content.film_work SET title = '{title}', updated_at = now() WHERE id = '{film}'")).await;
+    c.env.sql(&format!("UPDATE content.genre SET name = '{name}', updated_at = now() WHERE id = '{genre}'")).await;
+    c.env.sql(&format!("UPDATE content.person SET full_name = '{full_name}', updated_at = now() WHERE id = '{person}'")).await;
+    c.env.sql(&format!("INSERT INTO content.genre_film_work (id, genre_id, film_work_id) VALUES (gen_random_uuid(), '{genre}', '{film}')")).await;
+    c.env.sql(&format!("DELETE FROM content.person_film_work WHERE id = '{link}'")).await;
+    let reports = c
+        .passes_until("every document has the change of each table", || async {
+            let movie = c.doc("movies", &film).await.unwrap_or_default();
+            let in_film = |d: &Value| d["films"].as_array().is_some_and(|f| f.iter().any(|f| f["id"] == film.as_str()));
+            movie["title"] == title.as_str()
+                && strings(&movie["genre"]).contains(&name.as_str())
+                && c.doc("genres", &genre).await.is_some_and(|d| d["name"] == name.as_str())
+                && c.doc("persons", &person).await.is_some_and(|d| d["full_name"] == full_name.as_str() && in_film(&d))
+                && c.doc("persons", &unlinked).await.is_some_and(|d| !in_film(&d))
+        })
+        .await;
+    c.assert_consistent().await;
+    reports
+}
+
+/// One run of the three documents reads one replication slot and one publication, and each
+/// table's changes reach every document that uses the table.
+#[tokio::test]
+async fn three_documents_read_one_slot_and_one_publication() {
+    let c = Cinema::new("cinema_one_slot", Source::Replication).await;
+    c.pass().await;
+    assert_eq!(c.slots().await, [c.run_slot()]);
+    let db = format!("pg2es_t_{}", c.env.name);
+    let before = c.text(&format!("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE database = '{db}'")).await.unwrap();
+    let reports = change_every_table_and_converge(&c, "one slot").await;
+    for d in DOCUMENTS {
+        assert!(records_of(&reports, d) > 0, "{d} loaded the changes: {reports:?}");
+    }
+    assert_eq!(c.slots().await, [c.run_slot()], "still one slot");
+    assert_eq!(c.texts("SELECT pubname::text FROM pg_publication").await, ["pg2es_content"], "one publication");
+    assert_eq!(c.env.scalar_i64("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'pg2es_content'").await, 5);
+    // Every document saved its position: the slot moved past the changes.
+    c.pass().await;
+    let moved = c.env.scalar_i64(&format!("SELECT count(*) FROM pg_replication_slots WHERE database = '{db}' AND confirmed_flush_lsn > '{before}'")).await;
+    assert_eq!(moved, 1, "the slot was advanced from {before}");
+    for d in DOCUMENTS {
+        assert_eq!(c.state(d)["stream_setup"]["slot"], c.run_slot().as_str(), "{d}");
+    }
+    c.cleanup().await;
+}
+
+/// From the previous release's slot per document: genres and persons saved positions against
+/// slots of their own (`pg2es_<index>`), with changes pending in them that the run's slot (the
+/// first document's of old) has passed already. The new run reads each from its own slot until
+/// it reaches the run's slot, then only the run's slot, and drops the old ones: no full load, no
+/// change lost.
+#[tokio::test]
+async fn an_upgrade_from_a_slot_per_document_keeps_every_position() {
+    let c = Cinema::new("cinema_slot_upgrade", Source::Replication).await;
+    c.pass().await;
+    // The previous release's layout: a slot for genres and one for persons, each state's
+    // position and recorded setup on its own slot (nothing was written since the load, so the
+    // positions are honest).
+    let lsn = |text: &str| -> u64 {
+        let (hi, lo) = text.split_once('/').unwrap();
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    };
+    let mut old_slots = Vec::new();
+    for d in ["genres", "persons"] {
+        let slot = format!("pg2es_{}", c.index(d));
+        let at = c.text(&format!("SELECT lsn::text FROM pg_create_logical_replication_slot('{slot}', 'pgoutput')")).await.unwrap();
+        let mut state = c.state(d);
+        state["replication"] = json!(lsn(&at));
+        state["stream_setup"]["slot"] = json!(slot);
+        c.set_state(d, &state);
+        old_slots.push(slot);
+    }
+    // Changes only genres and persons have (a genre and a person in no film), then the run's
+    // slot moved past them, as the movies document of old moved its own.
+    let (genre, person) = (c.uuid("SELECT gen_random_uuid()").await, c.uuid("SELECT gen_random_uuid()").await);
+    c.env.sql(&format!("INSERT INTO content.genre (id, name) VALUES ('{genre}', 'Pending genre')")).await;
+    c.env.sql(&format!("INSERT INTO content.person (id, full_name) VALUES ('{person}', 'Pending person')")).await;
+    let run_slot = c.run_slot();
+    let moved = c.text(&format!("SELECT end_lsn::text FROM pg_replication_slot_advance('{run_slot}', pg_current_wal_lsn())")).await.unwrap();
+    let mut movies = c.state("movies");
+    movies["replication"] = json!(lsn(&moved));
+    c.set_state("movies", &movies);
+    let mut slots = [vec![run_slot.clone()], old_slots.clone()].concat();
+    slots.sort();
+    assert_eq!(c.slots().await, slots);
+
+    // The new release: the pending changes come from the old slots, nothing is loaded again.
+    let reports = c
+        .passes_until("the changes pending in the old slots", || async { c.doc("genres", &genre).await.is_some() && c.doc("persons", &person).await.is_some() })
+        .await;
+    let reports = [reports, c.pass().await, change_every_table_and_converge(&c, "upgraded").await].concat();
+    for r in &reports {
+        assert!(r.records < 50, "no full load: {r:?}");
+    }
+    assert_eq!(c.slots().await, std::slice::from_ref(&run_slot), "the old slots are dropped");
+    for d in DOCUMENTS {
+        let state = c.state(d);
+        assert_eq!(state["stream_setup"]["slot"], run_slot.as_str(), "{d}: {state}");
+        assert!(state.get("resyncs").is_none(), "{d} took no fresh position: {state}");
+    }
     c.cleanup().await;
 }
 

@@ -20,7 +20,7 @@ mod version;
 pub use change::{Change, ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 pub use polling::PollingSource;
 pub use recent::{RecentlyLoaded, RowVersion};
-pub use replication::ReplicationSource;
+pub use replication::{ReplicationSource, ReplicationStream};
 pub use settings::{replication_name, HorizonPolicy, PgSslMode, ReplicationSettings, SourceSettings};
 pub use version::{server_version, PgVersion, OLDEST_SUPPORTED_MAJOR};
 

@@ -61,7 +61,13 @@ impl PgSslMode {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicationSettings {
+    /// The run's one slot, read for every document.
     pub slot: String,
+    /// The slot this document had to itself before one slot served a run (`pg2es_<index>`, or
+    /// `<PG_REPLICATION_SLOT>_<name>` for all but the first): a state read through it keeps
+    /// reading it until it reaches `slot`, then it is dropped.
+    pub previous_slot: String,
+    /// The run's one publication (every document's tables).
     pub publication: String,
     pub max_retained_bytes: u64,
     /// PG_REPLICATION_SLOT was set (not derived from the index name).
