@@ -424,18 +424,7 @@ async fn kills(source: Source) {
     // inside composite keys.
     env.extra_env.push(("ETL_BATCH_SIZE".into(), "2".into()));
     env.extra_env.push(("ETL_CLOCK_SKEW_MS".into(), "1000".into()));
-    let mut rng = common::Rng::from_clock("shop kill test");
-    let log = env.dir.path().join("pg2es.log");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let writer = tokio::spawn(write(env.dsn.clone(), rng.next(), stop_rx));
-    let kills = common::kill_repeatedly(&env, &log, &mut rng, 3, Duration::from_secs(30)).await;
-    stop_tx.send(true).unwrap();
-    let changes = writer.await.unwrap();
-    println!("kills survived: {kills}, changes made meanwhile: {changes}");
-    assert_eq!(kills, 3);
-
-    let o = common::pg2es_command(&env.env_vars(), &["run", "--once"]).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::kills_under_a_writer(&env, "shop kill test", Duration::from_secs(30), write).await;
     assert_consistent(&env).await;
     env.cleanup().await;
 }

@@ -403,6 +403,26 @@ impl Rng {
     }
 }
 
+/// [`kill_repeatedly`] 3 times within `limit` while `write` (given the database, a seed and a
+/// stop signal; it returns the changes it made) writes; then one `run --once`, which must succeed.
+/// The caller checks the index against Postgres.
+pub async fn kills_under_a_writer<F>(env: &TestEnv, what: &str, limit: Duration, write: impl FnOnce(String, u64, tokio::sync::watch::Receiver<bool>) -> F)
+where
+    F: std::future::Future<Output = usize> + Send + 'static,
+{
+    let mut rng = Rng::from_clock(what);
+    let log = env.dir.path().join("pg2es.log");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(write(env.dsn.clone(), rng.next(), stop_rx));
+    let kills = kill_repeatedly(env, &log, &mut rng, 3, limit).await;
+    stop_tx.send(true).unwrap();
+    let changes = writer.await.unwrap();
+    println!("kills survived: {kills}, changes made meanwhile: {changes}");
+    assert_eq!(kills, 3);
+    let o = pg2es_command(&env.env_vars(), &["run", "--once"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// `pg2es run` started and SIGKILLed `kills` times, each after 0.3 to 3.3 s (so the first ones
 /// land inside the full load), with up to 0.5 s down between, within `limit` in all; each exit
 /// must be the kill, not an error of its own. Returns the kills made.
