@@ -109,7 +109,7 @@ async fn bulk_item_rejection(node: Node) {
 }
 
 /// The node goes away for 15 s while pg2es runs: pg2es says what it waits for, retries with
-/// backoff, and a change made just before the outage arrives after it.
+/// backoff, and a change made during the outage arrives after it.
 async fn outage(node: Node) {
     let mut env = node_env(node, &format!("{}_outage", node.stack)).await;
     env.extra_env.push(("ETL_BACKOFF_INITIAL_MS".into(), "200".into()));
@@ -119,9 +119,11 @@ async fn outage(node: Node) {
     let mut child = common::spawn_run(&env, &log);
     common::eventually(Duration::from_secs(60), "initial load", || async { env.try_count().await == Some(999) }).await;
 
-    env.sql(&format!("UPDATE content.film_work SET title = 'During the outage', updated_at = now() WHERE id = '{FILM}'")).await;
+    // The change is made once the node is down: made just before, a 0.5 s cycle could load it
+    // before the node is gone, and nothing would wait.
     let down_at = Instant::now();
     stack("stop", node.stack);
+    env.sql(&format!("UPDATE content.film_work SET title = 'During the outage', updated_at = now() WHERE id = '{FILM}'")).await;
     tokio::time::sleep(Duration::from_secs(15)).await;
     stack("start", node.stack);
 
