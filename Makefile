@@ -152,13 +152,13 @@ pg-matrix-up:
 # reloaded; a full load + the Postman suite on Elasticsearch 7.10.2 (index movies); the delete
 # capture and deletes; replication with its setup errors; the kill tests of both modes, with
 # PG_MATRIX_KILLS kills each, ending with verify. The migrations' tests (tests/migrations.rs, a
-# minute each) on the oldest and the newest version only, to keep .ci/run under 30 minutes. Each
-# line of the summary names the version and its time.
+# minute each) and the bookshop's on the oldest and the newest version only, to keep .ci/run under
+# 30 minutes. Each line of the summary names the version and its time.
 test-pg-matrix: check-tools pg-matrix-up
 	$(CARGO) build --locked
 	$(CARGO) test --locked --no-run --test delete_capture --test deletes --test replication --test migrations --test write_capture --test bookshop
 	$(CARGO) test --locked --no-run --features fault-tests --test faults
-	migrations() { case $$1 in $(firstword $(PG_MATRIX))|$(lastword $(PG_MATRIX))) echo --test migrations;; esac; }; \
+	ends() { case $$1 in $(firstword $(PG_MATRIX))|$(lastword $(PG_MATRIX))) echo --test migrations --test bookshop;; esac; }; \
 	for v in $(PG_MATRIX); do \
 		port=$$(( $(PGM_PORT_BASE) + v )); started=$$(date +%s); \
 		admin=postgres://app:123qwe@127.0.0.1:$$port/postgres; \
@@ -171,7 +171,7 @@ test-pg-matrix: check-tools pg-matrix-up
 		grep -q "postgres_version=$$v\." state/pg-matrix-$$v.log || { echo "pg-matrix: pg2es did not report PostgreSQL $$v" >&2; exit 1; }; \
 		tools/acceptance/run.sh $(ES_URL); \
 		PG2ES_TEST_PG_DSN=$$admin PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_INDEX_PREFIX=pg2es_t_pg$${v}_ \
-			$(CARGO) test --locked --test delete_capture --test deletes --test replication $$(migrations $$v) --test write_capture --test bookshop -- --test-threads=2; \
+			$(CARGO) test --locked --test delete_capture --test deletes --test replication $$(ends $$v) --test write_capture -- --test-threads=2; \
 		PG2ES_TEST_PG_DSN=$$admin PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_INDEX_PREFIX=pg2es_t_pg$${v}_ PG2ES_TEST_KILLS=$(PG_MATRIX_KILLS) \
 			$(CARGO) test --locked --features fault-tests --test faults -- survives_sigkill --test-threads=2 --nocapture; \
 		echo "pg-matrix: PostgreSQL $$v passed in $$(( $$(date +%s) - started ))s"; \
