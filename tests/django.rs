@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::django::{dsn_of, empty_env, install_delete_capture, manage, settle, Running};
+use common::django::{dsn_of, empty_env, heal, install_delete_capture, manage, settle, Running};
 use common::TestEnv;
 use pg2es::config::SourceKind;
 use pg2es::verify::VerifyReport;
@@ -35,22 +35,6 @@ async fn django_env(name: &str, migration: Option<&str>) -> TestEnv {
     env
 }
 
-/// Brings the index back in step after a path left differences, so the next path is judged
-/// alone: every film's timestamp moved (all rebuilt), documents of deleted films removed.
-async fn heal(env: &TestEnv, path: &str) {
-    env.sql("UPDATE content.film_work SET updated_at = now()").await;
-    for _ in 0..10 {
-        let report = settle(env, SETTLE).await;
-        if report.is_consistent() {
-            return;
-        }
-        for id in &report.extra.first {
-            env.http.delete(format!("{}/{}/_doc/{id}", env.es, env.index)).send().await.unwrap();
-        }
-    }
-    panic!("the index stays different from Postgres after {path}, even with every film rebuilt:\n{}", env.verify().await.render());
-}
-
 struct PathResult {
     path: String,
     report: VerifyReport,
@@ -73,7 +57,7 @@ async fn drive(env: &TestEnv, paths: &[&str], together: bool, quiet: Duration) -
         println!("{path}: {}", report.summary());
         if !report.is_consistent() {
             print!("{}", report.render());
-            heal(env, &path).await;
+            heal(env, "UPDATE content.film_work SET updated_at = now()", SETTLE, &path).await;
         }
         results.push(PathResult { path, report });
         tokio::time::sleep(quiet).await;

@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::django::{empty_env, install_delete_capture, manage, project_dir, settle, Running};
+use common::django::{empty_env, heal, install_delete_capture, manage, project_dir, settle, Running};
 use common::TestEnv;
 use pg2es::verify::VerifyReport;
 
@@ -68,22 +68,6 @@ fn check(env: &TestEnv) {
     assert!(o.status.success(), "pg2es check: {}\n{}{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }
 
-/// Brings the index back in step after a path left differences, so the next path is judged
-/// alone: every book written again (all rebuilt), documents of deleted books removed.
-async fn heal(env: &TestEnv, path: &str) {
-    env.sql("UPDATE public.shelf_book SET updated_at = now()").await;
-    for _ in 0..10 {
-        let report = settle(env, SETTLE).await;
-        if report.is_consistent() {
-            return;
-        }
-        for id in &report.extra.first {
-            env.http.delete(format!("{}/{}/_doc/{id}", env.es, env.index)).send().await.unwrap();
-        }
-    }
-    panic!("the index stays different from Postgres after {path}, even with every book rebuilt:\n{}", env.verify().await.render());
-}
-
 /// Runs each of the driver's paths alone, then all in one run, while `pg2es run` runs (the writes
 /// start once `log_shows`, when given, is in its log); fails naming every run that left a difference.
 async fn every_path_reaches_the_index(env: TestEnv, mode: &str, log_shows: Option<&str>) {
@@ -127,7 +111,7 @@ async fn every_path_reaches_the_index(env: TestEnv, mode: &str, log_shows: Optio
         );
         if !report.is_consistent() {
             print!("{}", report.render());
-            heal(&env, &path).await;
+            heal(&env, "UPDATE public.shelf_book SET updated_at = now()", SETTLE, &path).await;
         }
         results.push((path, report));
     }

@@ -4,16 +4,14 @@ Prints one JSON line per step: the path, the step and the ids it wrote. Each pat
 among those whose id starts with its own hex digit, so paths run one after another do not touch
 each other's films (fan-outs through a person or genre excepted).
 """
-import json
-import threading
 import time
 
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError
-from django.db import connection, transaction
+from django.core.management.base import CommandError
+from django.db import transaction
 from django.db.models import Count
-from django.utils import timezone
 
+from catalog_site.paths import PathsCommand
 from movies.models import Filmwork, Genre, GenreFilmwork, Person, PersonFilmwork
 
 PATHS = [
@@ -49,27 +47,9 @@ def persons_of(path, films):
     return qs.filter(n__gte=films).order_by("n", "id")
 
 
-class Command(BaseCommand):
+class Command(PathsCommand):
+    paths = PATHS
     help = "write the catalog through each ORM path; --only PATH (repeatable) to choose"
-
-    def add_arguments(self, parser):
-        parser.add_argument("--only", action="append", choices=PATHS, help="run only this path (repeatable)")
-        parser.add_argument("--pause", type=float, default=1.0, help="seconds between transactions that a path splits")
-        parser.add_argument("--list", action="store_true", help="print the paths, one a line, and write nothing")
-
-    def handle(self, *args, **options):
-        if options["list"]:
-            self.stdout.write("\n".join(PATHS))
-            return
-        self.pause = options["pause"]
-        # New values differ at every run, so a second run changes the documents again.
-        self.tag = timezone.now().strftime("%H%M%S%f")
-        for path in options["only"] or PATHS:
-            getattr(self, "path_" + path)()
-
-    def emit(self, path, step, **written):
-        self.stdout.write(json.dumps({"path": path, "step": step, **written}))
-        self.stdout.flush()
 
     def films(self, path, n, **having):
         """n films of this path's bucket, in id order (with links of the kinds asked for)."""
@@ -229,26 +209,10 @@ class Command(BaseCommand):
     def path_slow_atomic(self):
         first, during, last = self.films("slow_atomic", 3)
 
-        def other_session():
-            # Another session commits while the slow transaction is open.
-            try:
-                with transaction.atomic():
-                    during.title = f"Committed during a slow transaction {self.tag}"
-                    during.save()
-            finally:
-                connection.close()
+        def link_a_genre(film):
+            film.genres.add(Genre.objects.exclude(filmwork=film).order_by("id").first())
 
-        with transaction.atomic():
-            first.title = f"Written before the sleep {self.tag}"
-            first.save()
-            writer = threading.Thread(target=other_session)
-            writer.start()
-            writer.join(timeout=30)
-            time.sleep(3)
-            last.title = f"Written after the sleep {self.tag}"
-            last.save()
-            genre = Genre.objects.exclude(filmwork=first).order_by("id").first()
-            first.genres.add(genre)
+        self.slow_transaction(first, during, last, link_a_genre)
         self.emit("slow_atomic", "one transaction of 3 s and one beside it", films=ids([first, during, last]))
 
     def path_schema_edges(self):

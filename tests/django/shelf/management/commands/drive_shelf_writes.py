@@ -7,17 +7,15 @@ among those whose id is its own number modulo 16, so paths run one after another
 other's books (fan-outs through an author, country or tag excepted). Rows the fixture names are
 never deleted, so loaddata finds them.
 """
-import json
-import threading
 import time
 
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError
-from django.db import connection, transaction
+from django.core.management.base import CommandError
+from django.db import transaction
 from django.db.models import Count
 from django.db.models.functions import Mod
-from django.utils import timezone
 
+from catalog_site.paths import PathsCommand
 from shelf.models import Author, Book, Country, Review, Tag
 
 BookTag = Book.tags.through
@@ -60,27 +58,9 @@ def books_of_authors(authors):
     return list(Book.objects.filter(author__in=authors).order_by("id"))
 
 
-class Command(BaseCommand):
+class Command(PathsCommand):
+    paths = PATHS
     help = "write the bookshelf through each ORM path; --only PATH (repeatable) to choose"
-
-    def add_arguments(self, parser):
-        parser.add_argument("--only", action="append", choices=PATHS, help="run only this path (repeatable)")
-        parser.add_argument("--pause", type=float, default=1.0, help="seconds between transactions that a path splits")
-        parser.add_argument("--list", action="store_true", help="print the paths, one a line, and write nothing")
-
-    def handle(self, *args, **options):
-        if options["list"]:
-            self.stdout.write("\n".join(PATHS))
-            return
-        self.pause = options["pause"]
-        # New values differ at every run, so a second run changes the documents again.
-        self.tag = timezone.now().strftime("%H%M%S%f")
-        for path in options["only"] or PATHS:
-            getattr(self, "path_" + path)()
-
-    def emit(self, path, step, **written):
-        self.stdout.write(json.dumps({"path": path, "step": step, **written}))
-        self.stdout.flush()
 
     def books(self, path, n, tags=0, reviews=0):
         """n books of this path's bucket (id modulo 16), in id order, with as many tags and reviews."""
@@ -377,26 +357,10 @@ class Command(BaseCommand):
     def path_slow_atomic(self):
         first, during, last = self.books("slow_atomic", 3)
 
-        def other_session():
-            # Another session commits while the slow transaction is open.
-            try:
-                with transaction.atomic():
-                    during.title = f"Committed during a slow transaction {self.tag}"
-                    during.save()
-            finally:
-                connection.close()
+        def tag_and_move_its_author(book):
+            book.tags.add(Tag.objects.exclude(book=book).order_by("id").first())
+            book.author.country = Country.objects.exclude(id=book.author.country_id).order_by("-id").first()
+            book.author.save()
 
-        with transaction.atomic():
-            first.title = f"Written before the sleep {self.tag}"
-            first.save()
-            writer = threading.Thread(target=other_session)
-            writer.start()
-            writer.join(timeout=30)
-            time.sleep(3)
-            last.title = f"Written after the sleep {self.tag}"
-            last.save()
-            tag = Tag.objects.exclude(book=first).order_by("id").first()
-            first.tags.add(tag)
-            first.author.country = Country.objects.exclude(id=first.author.country_id).order_by("-id").first()
-            first.author.save()
+        self.slow_transaction(first, during, last, tag_and_move_its_author)
         self.emit("slow_atomic", "one transaction of 3 s and one beside it", books=ids([first, during, last]))
