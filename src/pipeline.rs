@@ -182,6 +182,7 @@ async fn run_document(
 ) -> Result<Vec<CycleReport>> {
     // The lock comes first: a second instance must not even touch Elasticsearch.
     let mut checkpoint = Checkpoint::open(&config.state_file, &config.es_index)?;
+    adopt_definition(&mut checkpoint, &spec, index)?;
     let definition = index.schema.clone();
     let sink = ElasticsearchSink::new(&config.sink_settings())?;
     let mut options = Options::from_config(config, mode);
@@ -211,6 +212,24 @@ async fn run_document(
     }
     tracing::info!(document = %name, "pg2es stopped");
     outcome
+}
+
+/// Records which definition the documents are built from; after a change to it (a `where`, a
+/// field reading another column), every record is loaded again over the live index, and the
+/// reconciliation after it removes the documents the definition no longer makes.
+fn adopt_definition(checkpoint: &mut Checkpoint, spec: &DocumentSpec, index: &IndexSpec) -> Result<()> {
+    let Some(fingerprint) = crate::catalog::definition::fingerprint(&spec.source, &spec.name, &index.schema) else { return Ok(()) };
+    if checkpoint.state().definition.as_deref() == Some(fingerprint.as_str()) {
+        return Ok(());
+    }
+    if checkpoint.state().definition_changes(&fingerprint) {
+        tracing::warn!(
+            document = %spec.name,
+            index = %index.name,
+            "the definition of this document (or its index schema) changed since its documents were built: every record is loaded again, over the index as it is, then documents no record makes any more are removed"
+        );
+    }
+    checkpoint.commit(&[PositionDelta::Definition { fingerprint }])
 }
 
 /// The cycle loop, for any source and sink.

@@ -28,8 +28,13 @@ enum Source {
 /// a user would) for polling. Replication runs with the default replica identities: the primary
 /// keys of the link table and of the variants carry their product's id.
 async fn shop(name: &str, source: Source) -> TestEnv {
+    shop_document(name, source, "shop.toml", "products").await
+}
+
+/// As [`shop`], for `document` of the definition `file` in `catalog/shop`.
+async fn shop_document(name: &str, source: Source, file: &str, document: &str) -> TestEnv {
     let suffix = if source == Source::Replication { "_repl" } else { "" };
-    let mut env = TestEnv::catalog(&format!("shop_{name}{suffix}"), &shop_dir(), "shop.toml", "shop", "products").await;
+    let mut env = TestEnv::catalog(&format!("shop_{name}{suffix}"), &shop_dir(), file, "shop", document).await;
     if source == Source::Replication {
         env.extra_env.push(("PG2ES_SOURCE".into(), "replication".into()));
     } else {
@@ -39,10 +44,9 @@ async fn shop(name: &str, source: Source) -> TestEnv {
     env
 }
 
-/// The stored document of product `n` (its `_id` is `n` as text) by a realtime get, or `None`.
+/// The stored document of product `n` (its `_id` is `n` as text), or `None`.
 async fn stored(env: &TestEnv, n: u32) -> Option<Value> {
-    let v: Value = env.http.get(format!("{}/{}/_doc/{n}", env.es, env.index)).send().await.unwrap().json().await.unwrap();
-    (v["found"] == Value::Bool(true)).then(|| v["_source"].clone())
+    stored_id(env, &n.to_string()).await
 }
 
 /// The products that have a document: those not soft-deleted.
@@ -153,24 +157,31 @@ impl Expected {
 /// 30 s (a pass sees a change only once the write transactions open anywhere on the server, such
 /// as another test loading its seed, have ended); then verify agrees.
 async fn change(env: &TestEnv, sql: &str, expected: &Expected, products: &[u32]) {
+    let ids: Vec<String> = products.iter().map(u32::to_string).collect();
+    passes_until(env, sql, &ids, |i, doc| doc == expected.of(products[i])).await;
+    assert_consistent(env).await;
+}
+
+/// Runs `sql`, then passes until `fits` the stored document (or `None`) of each of `ids`, by its
+/// place in `ids`, at most 30 s.
+async fn passes_until(env: &TestEnv, sql: &str, ids: &[String], fits: impl Fn(usize, Option<&Value>) -> bool) {
     assert!(env.sql(sql).await > 0, "{sql}: changed no row");
     let start = Instant::now();
     loop {
         env.pass().await;
         let mut differ = Vec::new();
-        for &n in products {
-            let doc = stored(env, n).await;
-            if doc.as_ref() != expected.of(n) {
-                differ.push((n, doc));
+        for (i, id) in ids.iter().enumerate() {
+            let doc = stored_id(env, id).await;
+            if !fits(i, doc.as_ref()) {
+                differ.push((id, doc));
             }
         }
         if differ.is_empty() {
-            break;
+            return;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "{sql}: after 30 s these products are not as expected: {differ:?}");
+        assert!(start.elapsed() < Duration::from_secs(30), "{sql}: after 30 s these documents are not as expected: {differ:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_consistent(env).await;
 }
 
 async fn keys_renames_and_deletes(source: Source) {
@@ -298,6 +309,152 @@ async fn keys_renames_and_deletes_at_every_level_by_replication() {
     keys_renames_and_deletes(Source::Replication).await;
 }
 
+/// The variants document (`catalog/shop/variants.toml`): a root keyed by `(product_id, sku)`.
+async fn variants(name: &str, source: Source) -> TestEnv {
+    shop_document(&format!("variants_{name}"), source, "variants.toml", "variants").await
+}
+
+/// The stored document whose `_id` is `id`, by a realtime get (the id written into the URL's
+/// path: its `%` and `|` escaped), or `None`.
+async fn stored_id(env: &TestEnv, id: &str) -> Option<Value> {
+    let path = id.replace('%', "%25").replace('|', "%7C");
+    let v: Value = env.http.get(format!("{}/{}/_doc/{path}", env.es, env.index)).send().await.unwrap().json().await.unwrap();
+    (v["found"] == Value::Bool(true)).then(|| v["_source"].clone())
+}
+
+/// Verify agrees with Postgres, and every variant has a document.
+async fn variants_consistent(env: &TestEnv) {
+    let report = env.verify().await;
+    assert!(report.is_consistent(), "the index differs from Postgres:\n{}", report.render());
+    let variants = env.scalar_i64("SELECT count(*) FROM shop.variant").await as u64;
+    assert_eq!((report.checked, env.count().await), (variants, variants));
+}
+
+/// Runs `sql`, then passes until each of `want` is stored as given (`None`: no document; a JSON
+/// object: the document has those fields so), at most 30 s; then verify agrees.
+async fn variant_change(env: &TestEnv, sql: &str, want: &[(&str, Option<Value>)]) {
+    let ids: Vec<String> = want.iter().map(|(id, _)| id.to_string()).collect();
+    passes_until(env, sql, &ids, |i, doc| match (doc, &want[i].1) {
+        (None, None) => true,
+        (Some(d), Some(Value::Object(fields))) => fields.iter().all(|(k, v)| d.get(k) == Some(v)),
+        _ => false,
+    })
+    .await;
+    variants_consistent(env).await;
+}
+
+/// A root whose key is composite: each variant's `_id` is `<product_id>|<sku>`, read back by
+/// reconciliation and verify; changes at the root and at each of three levels above it, a key
+/// that moves, parts with `|` and `%`, and deletes (a cascade from the product among them).
+async fn composite_root_keys(source: Source) {
+    let env = variants("changes", source).await;
+    env.pass().await;
+    variants_consistent(&env).await;
+    let lantern =
+        json!({ "id": "2|L2-BLUE", "sku": "L2-BLUE", "price": 19.5, "in_stock": true, "product": "Camp Lantern", "brand": "Luma", "country": "Sweden" });
+    assert_eq!(stored_id(&env, "2|L2-BLUE").await, Some(lantern));
+    // A variant with no brand above it: the three levels are null.
+    let hammer = json!({ "id": "5|HM5", "sku": "HM5", "price": 12.0, "in_stock": true, "product": "Hammer", "brand": null, "country": null });
+    assert_eq!(stored_id(&env, "5|HM5").await, Some(hammer));
+
+    // A part with the separator and the escape in it: written %7C and %25 in the _id.
+    let odd = "1|A%7CB%25C";
+    variant_change(
+        &env,
+        "INSERT INTO shop.variant (product_id, sku, price, in_stock) VALUES (1, 'A|B%C', 1.50, true)",
+        &[(odd, Some(json!({ "id": odd, "sku": "A|B%C", "product": "Chef Knife" })))],
+    )
+    .await;
+    // The root's own row.
+    variant_change(&env, "UPDATE shop.variant SET price = 21.00, updated_at = now() WHERE sku = 'L2-BLUE'", &[("2|L2-BLUE", Some(json!({ "price": 21.0 })))])
+        .await;
+    // Level 1: a product renamed, found by variant.product_id.
+    variant_change(
+        &env,
+        "UPDATE shop.product SET name = 'Storm Lantern', updated_at = now() WHERE id = 2",
+        &[("2|L2-BLUE", Some(json!({ "product": "Storm Lantern" }))), ("2|L2-RED", Some(json!({ "product": "Storm Lantern" })))],
+    )
+    .await;
+    // Level 2: a brand renamed, through its products.
+    variant_change(
+        &env,
+        "UPDATE shop.brand SET name = 'Luma Light', updated_at = now() WHERE code = 'LUMA'",
+        &[("6|D6-W", Some(json!({ "brand": "Luma Light" })))],
+    )
+    .await;
+    // Level 3: a country renamed, through its brands and their products.
+    variant_change(
+        &env,
+        "UPDATE shop.country SET name = 'Sverige', updated_at = now() WHERE code = 'SE'",
+        &[("11|HL11", Some(json!({ "country": "Sverige" })))],
+    )
+    .await;
+    // The key moves: the variant moved to another product is another document.
+    variant_change(
+        &env,
+        "UPDATE shop.variant SET product_id = 6, updated_at = now() WHERE product_id = 2 AND sku = 'L2-RED'",
+        &[("2|L2-RED", None), ("6|L2-RED", Some(json!({ "product": "Desk Lamp" })))],
+    )
+    .await;
+    // Deletes: the odd one, then a product whose variants go with it (ON DELETE CASCADE).
+    variant_change(&env, "DELETE FROM shop.variant WHERE sku = 'A|B%C'", &[(odd, None)]).await;
+    variant_change(&env, "DELETE FROM shop.product WHERE id = 3", &[("3|H3-15M", None), ("3|H3-30M", None)]).await;
+    // A level-3 row deleted: its brands' country is set NULL, a write that leaves
+    // brand.updated_at alone.
+    variant_change(&env, "DELETE FROM shop.country WHERE code = 'DE'", &[("8|S8", Some(json!({ "brand": "Nordlicht", "country": null })))]).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_composite_root_key_by_polling_with_the_delete_capture() {
+    composite_root_keys(Source::Polling).await;
+}
+
+#[tokio::test]
+async fn a_composite_root_key_by_replication() {
+    composite_root_keys(Source::Replication).await;
+}
+
+/// A definition changed under a kept state file: every record is loaded again, so the index is
+/// what the new definition makes, and documents it no longer makes are removed.
+async fn a_changed_definition_reloads(source: Source) {
+    let mut env = shop("redefined", source).await;
+    env.pass().await;
+    assert_consistent(&env).await;
+    assert_eq!(stored(&env, 4).await, None, "product 4 is soft-deleted");
+    // The same definition without the soft-delete filter, and listing the variants out of stock.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(shop_dir().join("shop.toml")).unwrap();
+    let edited = text.replace("where = { is_deleted = false }\n", "").replace("where = { in_stock = true }", "where = { in_stock = false }");
+    assert!(edited.len() < text.len(), "the filter is in shop.toml");
+    std::fs::write(dir.path().join("shop.toml"), edited).unwrap();
+    std::fs::copy(shop_dir().join("products.es.json"), dir.path().join("products.es.json")).unwrap();
+    let original = env.extra_env.iter().position(|(k, _)| k == "PG2ES_DEFINITION").unwrap();
+    let before = std::mem::replace(&mut env.extra_env[original].1, dir.path().join("shop.toml").display().to_string());
+    env.pass().await;
+    let report = env.verify().await;
+    assert!(report.is_consistent(), "after the definition changed:\n{}", report.render());
+    assert_eq!(report.checked, env.scalar_i64("SELECT count(*) FROM shop.product").await as u64);
+    assert_eq!(stored(&env, 4).await.map(|d| d["name"].clone()), Some(json!("Old Kettle")));
+    assert_eq!(stored(&env, 8).await.map(|d| d["variants"].clone()), Some(json!([{ "sku": "S8", "price": 15.25 }])));
+    // And back: product 4's document goes again, by the reconciliation after the reload.
+    env.extra_env[original].1 = before;
+    env.pass().await;
+    assert_consistent(&env).await;
+    assert_eq!(stored(&env, 4).await, None);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_changed_definition_reloads_every_record_by_polling() {
+    a_changed_definition_reloads(Source::Polling).await;
+}
+
+#[tokio::test]
+async fn a_changed_definition_reloads_every_record_by_replication() {
+    a_changed_definition_reloads(Source::Replication).await;
+}
+
 #[tokio::test]
 async fn check_accepts_the_definition_prints_the_document_and_refuses_keys_it_cannot_read() {
     let env = TestEnv::catalog("shop_check", &shop_dir(), "shop.toml", "shop", "products").await;
@@ -419,12 +576,27 @@ async fn survives_sigkill_under_a_writer_by_replication() {
 /// table, each time started again; then one pass, and the index is what Postgres says.
 #[cfg(feature = "fault-tests")]
 async fn kills(source: Source) {
-    let mut env = shop("kills", source).await;
+    let env = killed(shop("kills", source).await).await;
+    assert_consistent(&env).await;
+    env.cleanup().await;
+}
+
+/// As the products' kill test, for the variants (a composite root key, whose pages of two end
+/// inside a product's variants): polling, where the full load and every stream page on it.
+#[cfg(feature = "fault-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_composite_root_key_survives_sigkill_under_a_writer_by_polling() {
+    let env = killed(variants("kills", Source::Polling).await).await;
+    variants_consistent(&env).await;
+    env.cleanup().await;
+}
+
+#[cfg(feature = "fault-tests")]
+async fn killed(mut env: TestEnv) -> TestEnv {
     // Pages of two: the seed's rows share one timestamp, so pages end between equal timestamps,
     // inside composite keys.
     env.extra_env.push(("ETL_BATCH_SIZE".into(), "2".into()));
     env.extra_env.push(("ETL_CLOCK_SKEW_MS".into(), "1000".into()));
     common::kills_under_a_writer(&env, "shop kill test", Duration::from_secs(30), write).await;
-    assert_consistent(&env).await;
-    env.cleanup().await;
+    env
 }

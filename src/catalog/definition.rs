@@ -209,3 +209,39 @@ mod tests {
         assert!(e.contains("x.toml:3") && e.contains("colour"), "{e}");
     }
 }
+
+/// What the documents of `document` are built from, as a fingerprint that is the same in every
+/// build: its table in the definition (parsed: comments, spacing and the order of keys do not
+/// count) and its index schema. The state file keeps it; a run whose definition has another
+/// reloads every record (`checkpoint::PositionDelta::Definition`). `None` when the text does not
+/// parse, which resolving the definition reports.
+pub fn fingerprint(source: &Source, document: &str, index_schema: &serde_json::Value) -> Option<String> {
+    let table: toml::Table = toml::from_str(&source.text).ok()?;
+    let entry = table.get("documents")?.as_array()?.iter().find(|d| d.get("name").and_then(toml::Value::as_str) == Some(document))?;
+    let entry = serde_json::to_string(entry).ok()?;
+    let schema = serde_json::to_string(index_schema).ok()?;
+    Some(super::triggers::hash(&[&entry, &schema]))
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    #[test]
+    fn a_fingerprint_changes_with_the_document_and_its_schema_only() {
+        let source = |text: &str| Source { origin: Origin::Builtin, text: text.to_string() };
+        let schema = serde_json::json!({ "mappings": { "properties": { "id": { "type": "keyword" } } } });
+        let a = "[[documents]]\nname = \"a\"\ntable = \"t\"\nfields = [{ name = \"id\", column = \"id\" }]\n[[documents]]\nname = \"b\"\ntable = \"u\"\n";
+        let base = fingerprint(&source(a), "a", &schema).unwrap();
+        // Comments, spacing, the order of keys and the other documents do not count.
+        let same = "# the a's\n[[documents]]\ntable   = \"t\"\nname = \"a\"\nfields = [{ column = \"id\", name = \"id\" }]\n[[documents]]\nname = \"b\"\ntable = \"v\"\n";
+        assert_eq!(fingerprint(&source(same), "a", &schema).as_deref(), Some(base.as_str()));
+        // A field, the table, or the mapping does.
+        let other = a.replace("column = \"id\" }]", "column = \"id\" }, { name = \"x\", column = \"x\" }]");
+        assert_ne!(fingerprint(&source(&other), "a", &schema).unwrap(), base);
+        assert_ne!(fingerprint(&source(&a.replace("\"t\"", "\"t2\"")), "a", &schema).unwrap(), base);
+        let mapped = serde_json::json!({ "mappings": { "properties": { "id": { "type": "keyword" }, "x": { "type": "text" } } } });
+        assert_ne!(fingerprint(&source(a), "a", &mapped).unwrap(), base);
+        assert_eq!(fingerprint(&source(a), "c", &schema), None);
+    }
+}

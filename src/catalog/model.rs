@@ -274,6 +274,8 @@ pub struct SubField {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FieldKind {
+    /// The document's `_id`: the key's text (for a composite key, its parts joined by `|`).
+    Id,
     /// A root column (index into `Document::columns`).
     Column { column: usize, f32: bool },
     /// Root columns whose known values are joined by `separator` (none known: null).
@@ -291,13 +293,14 @@ pub struct Field {
 }
 
 /// How a related row leads to root keys: the rows of `table` whose `matching` column holds the
-/// related row's key, and their `select` column (a link table's root column, or the root's key).
+/// related row's key, and their `select` columns (a link table's root column, or the root's key,
+/// a column each of a composite one).
 /// For a row of a relation of a relation, `via` goes up first: each hop's `select` of the rows
 /// whose `matching` holds the keys below, the first given the changed rows' keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FanOut {
     pub table: String,
-    pub select: String,
+    pub select: Vec<String>,
     pub matching: String,
     /// The kind of the changed rows' key (which `matching`, or the first hop's, holds).
     pub kind: KeyKind,
@@ -314,8 +317,8 @@ pub struct Hop {
 }
 
 impl FanOut {
-    /// The query: `$1` the related rows' keys (of kind `kind`), the root keys (of `root`) out.
-    pub fn sql(&self, schema: &str, root: KeyKind) -> String {
+    /// The query: `$1` the related rows' keys (of kind `kind`), the root keys (of kinds `root`) out.
+    pub fn sql(&self, schema: &str, root: &[KeyKind]) -> String {
         use super::resolve::{qualified, quote};
         let array = super::sql::key_array(self.kind, 1);
         let m = quote(&self.matching);
@@ -323,7 +326,8 @@ impl FanOut {
             None => format!("{m} = ANY({array})"),
             Some(sub) => format!("{m} IN ({sub})"),
         };
-        format!("SELECT DISTINCT {} FROM {} WHERE {condition}", super::sql::read_key(root, &quote(&self.select)), qualified(schema, &self.table))
+        let select: Vec<String> = self.select.iter().zip(root).map(|(c, k)| super::sql::read_key(*k, &quote(c))).collect();
+        format!("SELECT DISTINCT {} FROM {} WHERE {condition}", select.join(", "), qualified(schema, &self.table))
     }
 
     /// The keys that `matching` is looked up by, for a row of a relation of a relation: the
@@ -355,7 +359,9 @@ pub struct Stream {
     /// many-to-many tables): its changes are read only from the write capture's log or the
     /// replication stream, never by polling its rows.
     pub timestamp: Option<String>,
-    pub direct: Vec<String>,
+    /// Columns of this table that hold a root key, one list each (the root's own key columns, a
+    /// link's or a child's root column).
+    pub direct: Vec<Vec<String>>,
     pub fan_out: Vec<FanOut>,
     /// Columns of this table (the root) that hold a many-to-one relation's key: a change of one
     /// changes the document.
@@ -381,9 +387,10 @@ pub struct Document {
     pub index: IndexSpec,
     pub schema: String,
     pub root: String,
-    /// The root's key column (the first of `root_columns`) and how it is read.
-    pub key: String,
-    pub key_kind: KeyKind,
+    /// The root's key columns (the first of `root_columns`, several for a composite key) and how
+    /// each is read.
+    pub key: Vec<String>,
+    pub kinds: Vec<KeyKind>,
     pub columns: Vec<RecordColumn>,
     /// The record query's root columns (SQL of each, in `columns` order before the relations').
     pub root_columns: Vec<(String, ColumnType)>,
@@ -400,7 +407,7 @@ impl Document {
     /// The key a document id stands for: only the canonical text of a key is pg2es's `_id`
     /// (other documents in the index are left alone, for `verify` to report).
     pub fn key_of(&self, id: &str) -> Option<Key> {
-        Key::parse(id, &[self.key_kind])
+        Key::parse(id, &self.kinds)
     }
 
     /// Whether the record has a document: it passes the document's own `where`.

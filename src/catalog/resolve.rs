@@ -571,12 +571,11 @@ impl Resolver<'_> {
         let schema = &self.live.schema;
         let mut errors = Errors::default();
         self.columns(&d.table)?;
-        let key = errors.keep(self.key(&d.table, d.key.as_ref(), "key", Some("a root's key is one column, each document's _id")).map(|k| k.single()));
+        let key = errors.keep(self.key(&d.table, d.key.as_ref(), "key", None));
         let root_ts = errors.keep(self.timestamp(&d.table, d.timestamp.as_ref(), false));
-        let key_name = key.as_ref().map_or_else(|| "id".to_string(), |(k, _)| k.clone());
-        let key_type = key
-            .as_ref()
-            .map_or(ColumnType::Uuid, |(k, _)| ColumnType::of(self.live.columns.get(d.table.get_ref()).and_then(|c| c.get(k)).map_or("", String::as_str)));
+        let key_columns = key.as_ref().map_or_else(|| vec!["id".to_string()], |k| k.columns.clone());
+        let key_name = key_columns[0].clone();
+        let type_of = |c: &str| ColumnType::of(self.live.columns.get(d.table.get_ref()).and_then(|t| t.get(c)).map_or("", String::as_str));
 
         // Relations in the order fields first use them.
         let mut order: Vec<&String> = Vec::new();
@@ -594,7 +593,7 @@ impl Resolver<'_> {
                 }
             }
         }
-        let mut root_columns: Vec<(String, ColumnType)> = vec![(key_name.clone(), key_type)];
+        let mut root_columns: Vec<(String, ColumnType)> = key_columns.iter().map(|c| (c.clone(), type_of(c))).collect();
         let mut relations: Vec<Relation> = Vec::new();
         // A relation that does not resolve is left out, with the fields that read it.
         order.retain(|name| {
@@ -603,7 +602,17 @@ impl Resolver<'_> {
             let resolved = (|| -> Result<Relation> {
                 self.columns(&rel.table)?;
                 let table_key = self.key(&rel.table, rel.key.as_ref(), "key", None)?;
-                let join = self.join(&d.table, &key_name, name, rel, &table_key.columns[0], span)?;
+                let join = self.join(&d.table, &key_name, name, rel, &table_key.columns[0], span.clone())?;
+                if key_columns.len() > 1 && join.to_many() {
+                    let (schema, t) = (&self.live.schema, d.table.get_ref());
+                    return Err(self.src.error(
+                        span,
+                        format!(
+                            "relation {name}: the root {schema}.{t} has the composite key ({}), and a link or one-to-many table names its root by one column; a root with a composite key has many-to-one relations only (`on = {{ root = \"...\" }}`): add a unique column to {schema}.{t} (ALTER TABLE {schema}.{t} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY UNIQUE) and name it with `key = \"id\"`",
+                            key_columns.join(", "),
+                        ),
+                    ));
+                }
                 let rkey = self.row_key(&rel.table, name, &join, &table_key)?;
                 let key_type = ColumnType::of(self.live.columns.get(rel.table.get_ref()).and_then(|c| c.get(&rkey)).map_or("", String::as_str));
                 // The related key is read only when a field needs it: objects, one entry per row,
@@ -643,7 +652,7 @@ impl Resolver<'_> {
             if f.get_ref().from.as_ref().is_some_and(|from| !order.iter().any(|n| *n == from.get_ref())) {
                 continue;
             }
-            let Some(field) = errors.keep(self.field(d, f.get_ref(), f.span(), &order, &mut relations, &mut root_columns, mapping, &key_name)) else {
+            let Some(field) = errors.keep(self.field(d, f.get_ref(), f.span(), &order, &mut relations, &mut root_columns, mapping, &key_columns)) else {
                 continue;
             };
             if fields.iter().any(|o: &Field| o.name == field.name) {
@@ -693,7 +702,7 @@ impl Resolver<'_> {
         if !errors.0.is_empty() {
             return Err(errors);
         }
-        let (Some((key, key_kind)), Some(root_ts)) = (key, root_ts) else { unreachable!("their errors were returned") };
+        let (Some(TableKey { columns: key, kinds }), Some(root_ts)) = (key, root_ts) else { unreachable!("their errors were returned") };
 
         let mut columns: Vec<RecordColumn> = root_columns.iter().map(|(_, ty)| RecordColumn { ty: *ty, many: false }).collect();
         for rel in &mut relations {
@@ -705,8 +714,8 @@ impl Resolver<'_> {
         // The change streams: the root, each link table, each related table.
         let mut streams: Vec<Stream> = vec![Stream {
             table: d.table.get_ref().clone(),
-            key: vec![key.clone()],
-            kinds: vec![key_kind],
+            key: key.clone(),
+            kinds: kinds.clone(),
             timestamp: root_ts,
             direct: vec![key.clone()],
             fan_out: vec![],
@@ -726,15 +735,15 @@ impl Resolver<'_> {
                             key: link_key.clone(),
                             kinds: link_kinds.clone(),
                             timestamp: ts,
-                            direct: vec![root.clone()],
+                            direct: vec![vec![root.clone()]],
                             fan_out: vec![],
                             references: vec![],
                             link: true,
                         },
                     );
-                    (vec![], vec![FanOut { table: link.clone(), select: root.clone(), matching: related.clone(), kind: rel.kinds[0], via: vec![] }])
+                    (vec![], vec![FanOut { table: link.clone(), select: vec![root.clone()], matching: related.clone(), kind: rel.kinds[0], via: vec![] }])
                 }
-                Join::RelatedColumn(c) => (vec![c.clone()], vec![]),
+                Join::RelatedColumn(c) => (vec![vec![c.clone()]], vec![]),
                 Join::RootColumn(c) => {
                     streams[0].references.push(c.clone());
                     (vec![], vec![FanOut { table: d.table.get_ref().clone(), select: key.clone(), matching: c.clone(), kind: rel.kinds[0], via: vec![] }])
@@ -765,7 +774,7 @@ impl Resolver<'_> {
                 }
                 let holder = rel.nested[at].column.clone();
                 let fan_out = match (&rel.join, &up) {
-                    (Join::RelatedColumn(c), _) => FanOut { table: rel.table.clone(), select: c.clone(), matching: holder, kind: n.kind, via },
+                    (Join::RelatedColumn(c), _) => FanOut { table: rel.table.clone(), select: vec![c.clone()], matching: holder, kind: n.kind, via },
                     (_, Some(up)) => {
                         via.push(Hop { table: rel.table.clone(), select: rel.key.clone(), matching: holder });
                         FanOut { via, kind: n.kind, ..up.clone() }
@@ -793,7 +802,7 @@ impl Resolver<'_> {
             schema: schema.clone(),
             root: d.table.get_ref().clone(),
             key,
-            key_kind,
+            kinds,
             columns,
             root_columns,
             relations,
@@ -847,7 +856,7 @@ impl Resolver<'_> {
         relations: &mut [Relation],
         root_columns: &mut Vec<(String, ColumnType)>,
         mapping: &serde_json::Map<String, Json>,
-        key: &str,
+        key: &[String],
     ) -> Result<Field> {
         let name = f.name.get_ref().clone();
         let Some(mapped) = mapping.get(&name) else {
@@ -866,11 +875,25 @@ impl Resolver<'_> {
                     format!("field id is mapped as {ty}: map it as {{ \"type\": \"keyword\" }} (pg2es verify reads the index sorted by id, as text, beside the records by key)"),
                 ));
             }
-            if f.from.is_some() || f.column.as_ref().map(|c| c.get_ref().as_str()) != Some(key) {
-                return Err(self.src.error(
-                    span,
-                    format!("field id is the document's key: give it `column = \"{key}\"` (pg2es verify joins the index with the records by it), or call this field another name"),
-                ));
+            let bare = f.from.is_none() && f.column.is_none() && f.concat.is_none() && f.fields.is_none();
+            match key {
+                [one] if f.from.is_some() || f.column.as_ref().map(|c| c.get_ref().as_str()) != Some(one) => {
+                    return Err(self.src.error(
+                        span,
+                        format!("field id is the document's key: give it `column = \"{one}\"` (pg2es verify joins the index with the records by it), or call this field another name"),
+                    ));
+                }
+                [_] => {}
+                _ if bare => return Ok(Field { name, kind: FieldKind::Id }),
+                _ => {
+                    return Err(self.src.error(
+                        span,
+                        format!(
+                            "field id is the document's key, which is composite ({}): write it `{{ name = \"id\" }}`, with no column, for the _id's text (pg2es verify joins the index with the records by it), or call this field another name",
+                            key.join(", ")
+                        ),
+                    ));
+                }
             }
         }
         if f.separator.is_some() && f.concat.is_none() {

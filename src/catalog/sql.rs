@@ -45,6 +45,48 @@ fn ordered(kind: KeyKind, column: &str) -> String {
     }
 }
 
+/// The key columns `columns` (already qualified) as one SQL operand: the column, or a row of them.
+fn operand(parts: Vec<String>) -> String {
+    match parts.as_slice() {
+        [one] => one.clone(),
+        _ => format!("({})", parts.join(", ")),
+    }
+}
+
+/// `columns` (qualified by `prefix`) hold one of the keys given as parameters from `$first` on,
+/// an array per column (`existing`, `records`): `= ANY` for one column, `IN (SELECT * FROM
+/// unnest(...))` of the arrays side by side for several, which the planner joins to the key's index.
+fn keys_in(prefix: &str, columns: &[String], kinds: &[KeyKind], first: usize) -> String {
+    let cols: Vec<String> = columns.iter().map(|c| format!("{prefix}{}", quote(c))).collect();
+    let arrays: Vec<String> = kinds.iter().enumerate().map(|(i, k)| key_array(*k, first + i)).collect();
+    match (cols.as_slice(), arrays.as_slice()) {
+        ([c], [a]) => format!("{c} = ANY({a})"),
+        _ => format!("{} IN (SELECT * FROM unnest({}))", operand(cols), arrays.join(", ")),
+    }
+}
+
+/// The root's key columns (of `t`) after the key given as parameters from `$first` on, in key order.
+fn key_after(doc: &Document, first: usize) -> String {
+    let cols = doc.key.iter().zip(&doc.kinds).map(|(c, k)| ordered(*k, &format!("{ROOT}.{}", quote(c)))).collect();
+    let params = doc.kinds.iter().enumerate().map(|(i, k)| key_param(*k, first + i)).collect();
+    format!("{} > {}", operand(cols), operand(params))
+}
+
+/// The root's key columns (of `t`) in key order, for `ORDER BY`.
+fn key_order(doc: &Document) -> String {
+    doc.key.iter().zip(&doc.kinds).map(|(c, k)| ordered(*k, &format!("{ROOT}.{}", quote(c)))).collect::<Vec<_>>().join(", ")
+}
+
+/// The text of a key in SQL, a document's `_id` (see `position::Key`): the column's text for one
+/// column; for several each part with `%` written `%25` and `|` written `%7C`, joined by `|`.
+/// `prefix` qualifies the columns (`c.`, `OLD.`).
+pub fn key_text(prefix: &str, columns: &[String]) -> String {
+    match columns {
+        [one] => format!("{prefix}{}::text", quote(one)),
+        _ => columns.iter().map(|c| format!("replace(replace({prefix}{}::text, '%', '%25'), '|', '%7C')", quote(c))).collect::<Vec<_>>().join(" || '|' || "),
+    }
+}
+
 /// The stream's key columns, as ordered, with `dir` after each.
 fn stream_order(st: &Stream, dir: &str) -> String {
     st.key.iter().zip(&st.kinds).map(|(c, k)| format!("{}{dir}", ordered(*k, &quote(c)))).collect::<Vec<_>>().join(", ")
@@ -113,7 +155,8 @@ fn aggregates(rel: &Relation) -> String {
 
 fn lookup_joins(doc: &Document) -> String {
     let s = &doc.schema;
-    let key = format!("{ROOT}.{}", quote(&doc.key));
+    // A to-many relation is of a root with a key of one column (see `resolve.rs`).
+    let key = format!("{ROOT}.{}", quote(&doc.key[0]));
     let mut out = String::new();
     for (i, rel) in doc.relations.iter().enumerate() {
         let related = qualified(s, &rel.table);
@@ -149,9 +192,9 @@ pub fn lookup(doc: &Document, filter: &str) -> String {
     format!("SELECT {}\nFROM {} {ROOT}{}\n{filter}", select_list(doc), qualified(&doc.schema, &doc.root), lookup_joins(doc))
 }
 
-/// The records with these keys (`$1`, an array of key parts).
+/// The records with these keys (`$1`, an array of key parts; `$1`, `$2`.. for a composite key).
 pub fn records(doc: &Document) -> String {
-    lookup(doc, &format!("WHERE {ROOT}.{} = ANY({})", quote(&doc.key), key_array(doc.key_kind, 1)))
+    lookup(doc, &format!("WHERE {}", keys_in(&format!("{ROOT}."), &doc.key, &doc.kinds, 1)))
 }
 
 /// The next `$2` records after the key whose text is `$1` (NULL: from the first), in the order of
@@ -159,30 +202,30 @@ pub fn records(doc: &Document) -> String {
 /// that is the key's own order, and this an index range scan (from the nil uuid, which no row
 /// has: `$1` is never NULL); for other keys it is a sort of the table at each page.
 pub fn records_after(doc: &Document) -> String {
-    let k = format!("{ROOT}.{}", quote(&doc.key));
-    let by = match doc.key_kind {
-        KeyKind::Uuid => return lookup(doc, &format!("WHERE {k} > $1::text::uuid ORDER BY {k} LIMIT $2")),
-        KeyKind::Int => format!("{k}::text COLLATE \"C\""),
-        KeyKind::Text => format!("{k} COLLATE \"C\""),
+    let k = format!("{ROOT}.{}", quote(&doc.key[0]));
+    let by = match doc.kinds.as_slice() {
+        [KeyKind::Uuid] => return lookup(doc, &format!("WHERE {k} > $1::text::uuid ORDER BY {k} LIMIT $2")),
+        [KeyKind::Int] => format!("{k}::text COLLATE \"C\""),
+        [KeyKind::Text] => format!("{k} COLLATE \"C\""),
+        _ => format!("({}) COLLATE \"C\"", key_text(&format!("{ROOT}."), &doc.key)),
     };
     lookup(doc, &format!("WHERE ($1::text IS NULL OR {by} > $1::text COLLATE \"C\") ORDER BY {by} LIMIT $2"))
 }
 
-/// Every record in key order (after `$1` when `after`), for the full load.
+/// Every record in key order (after `$1`, or `$1`, `$2`.. for a composite key, when `after`), for
+/// the full load.
 pub fn scan(doc: &Document, after: bool) -> String {
     let s = &doc.schema;
-    let key = format!("{ROOT}.{}", quote(&doc.key));
+    let key = format!("{ROOT}.{}", quote(&doc.key[0]));
+    let key_kind = doc.kinds[0];
     let mut joins = String::new();
     for (i, rel) in doc.relations.iter().enumerate() {
         let related = qualified(s, &rel.table);
         let a = alias(i);
         let join = match &rel.join {
             Join::Through { link, root, related: rcol, .. } => {
-                let only = if after {
-                    format!("WHERE {} > {} ", ordered(doc.key_kind, &format!("l.{}", quote(root))), key_param(doc.key_kind, 1))
-                } else {
-                    String::new()
-                };
+                let only =
+                    if after { format!("WHERE {} > {} ", ordered(key_kind, &format!("l.{}", quote(root))), key_param(key_kind, 1)) } else { String::new() };
                 format!(
                     "LEFT JOIN (SELECT l.{root_q} AS k, {} FROM {} l JOIN {related} r ON r.{} = l.{}{} {only}GROUP BY l.{root_q}) {a} ON {a}.k = {key}",
                     aggregates(rel),
@@ -194,11 +237,7 @@ pub fn scan(doc: &Document, after: bool) -> String {
                 )
             }
             Join::RelatedColumn(c) => {
-                let only = if after {
-                    format!("WHERE {} > {} ", ordered(doc.key_kind, &format!("r.{}", quote(c))), key_param(doc.key_kind, 1))
-                } else {
-                    String::new()
-                };
+                let only = if after { format!("WHERE {} > {} ", ordered(key_kind, &format!("r.{}", quote(c))), key_param(key_kind, 1)) } else { String::new() };
                 format!(
                     "LEFT JOIN (SELECT r.{c_q} AS k, {} FROM {related} r{} {only}GROUP BY r.{c_q}) {a} ON {a}.k = {key}",
                     aggregates(rel),
@@ -211,26 +250,24 @@ pub fn scan(doc: &Document, after: bool) -> String {
         joins.push('\n');
         joins.push_str(&join);
     }
-    let by = ordered(doc.key_kind, &key);
-    let filter = if after { format!("\nWHERE {by} > {}", key_param(doc.key_kind, 1)) } else { String::new() };
-    format!("SELECT {}\nFROM {} {ROOT}{joins}{filter}\nORDER BY {by}", select_list(doc), qualified(s, &doc.root))
+    let filter = if after { format!("\nWHERE {}", key_after(doc, 1)) } else { String::new() };
+    format!("SELECT {}\nFROM {} {ROOT}{joins}{filter}\nORDER BY {}", select_list(doc), qualified(s, &doc.root), key_order(doc))
 }
 
-/// How many records have a key after `$1`.
+/// How many records have a key after `$1` (`$1`, `$2`.. for a composite key).
 pub fn count_after(doc: &Document) -> String {
-    let by = ordered(doc.key_kind, &quote(&doc.key));
-    format!("SELECT count(*) FROM {} WHERE {by} > {}", qualified(&doc.schema, &doc.root), key_param(doc.key_kind, 1))
+    format!("SELECT count(*) FROM {} {ROOT} WHERE {}", qualified(&doc.schema, &doc.root), key_after(doc, 1))
 }
 
 /// Which of the keys `$1` exist: the key, and for a document with a `where` of its own every
 /// root column (the filter is the catalog's, applied to the row as to a record).
 pub fn existing(doc: &Document) -> String {
-    let k = quote(&doc.key);
     if doc.filter.is_empty() {
-        return format!("SELECT {} FROM {} WHERE {k} = ANY({})", read_key(doc.key_kind, &k), qualified(&doc.schema, &doc.root), key_array(doc.key_kind, 1));
+        let key: Vec<String> = doc.key.iter().zip(&doc.kinds).map(|(c, k)| read_key(*k, &quote(c))).collect();
+        return format!("SELECT {} FROM {} WHERE {}", key.join(", "), qualified(&doc.schema, &doc.root), keys_in("", &doc.key, &doc.kinds, 1));
     }
     let columns: Vec<String> = doc.root_columns.iter().map(|(c, ty)| ty.select(&format!("{ROOT}.{}", quote(c)))).collect();
-    format!("SELECT {} FROM {} {ROOT} WHERE {ROOT}.{k} = ANY({})", columns.join(", "), qualified(&doc.schema, &doc.root), key_array(doc.key_kind, 1))
+    format!("SELECT {} FROM {} {ROOT} WHERE {}", columns.join(", "), qualified(&doc.schema, &doc.root), keys_in(&format!("{ROOT}."), &doc.key, &doc.kinds, 1))
 }
 
 /// The stream's key columns as read.
@@ -244,7 +281,7 @@ fn stream_key(st: &Stream) -> String {
 pub fn page(doc: &Document, table: &str, after: bool) -> Option<String> {
     let st = doc.stream(table).expect("a stream of the document");
     let ts = quote(st.timestamp.as_deref()?);
-    let direct: String = st.direct.iter().map(|c| format!(", {}", read_key(doc.key_kind, &quote(c)))).collect();
+    let direct: String = st.direct.iter().flat_map(|columns| columns.iter().zip(&doc.kinds)).map(|(c, k)| format!(", {}", read_key(*k, &quote(c)))).collect();
     let select = format!("SELECT {ts}::timestamptz, {}{direct}, xmin::text::bigint FROM {}", stream_key(st), qualified(&doc.schema, table));
     let order = stream_order(st, "");
     Some(if after {

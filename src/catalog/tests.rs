@@ -16,7 +16,7 @@ fn the_cinema_definition_resolves_into_three_documents() {
     let streams: Vec<(&str, &str, Vec<&str>, usize)> = m
         .streams
         .iter()
-        .map(|s| (s.table.as_str(), s.timestamp.as_deref().unwrap_or(""), s.direct.iter().map(String::as_str).collect(), s.fan_out.len()))
+        .map(|s| (s.table.as_str(), s.timestamp.as_deref().unwrap_or(""), s.direct.iter().flatten().map(String::as_str).collect(), s.fan_out.len()))
         .collect();
     assert_eq!(
         streams,
@@ -31,7 +31,7 @@ fn the_cinema_definition_resolves_into_three_documents() {
     // persons: a renamed film re-indexes the people in it.
     let p = &docs[2];
     assert_eq!(
-        p.stream("film_work").unwrap().fan_out[0].sql("content", p.key_kind),
+        p.stream("film_work").unwrap().fan_out[0].sql("content", &p.kinds),
         r#"SELECT DISTINCT "person_id"::text FROM "content"."person_film_work" WHERE "film_work_id" = ANY($1::text[]::uuid[])"#
     );
 }
@@ -304,10 +304,12 @@ fn a_key_must_be_unique_and_is_the_primary_key_by_default() {
     // The key is uid, so the field id (column id) is not the key: verify would join by the wrong one.
     let e = library("", "", &live).unwrap_err();
     assert!(e.contains("field id is the document's key: give it `column = \"uid\"`"), "{e}");
-    // A composite primary key, and no key named: said plainly.
+    // A composite primary key on a root with a one-to-many relation: said plainly, with the fix;
+    // and the field id of such a root is the _id's text, with no column.
     live.keys.insert("book".into(), TableKeys { primary: Some(vec!["uid".into(), "id".into()]), unique: vec![] });
     let e = library("", "", &live).unwrap_err();
-    assert!(e.contains("composite primary key (uid, id)"), "{e}");
+    assert!(e.contains("relation loans: the root lib.book has the composite key (uid, id)") && e.contains("ADD COLUMN id bigint"), "{e}");
+    assert!(e.contains("write it `{ name = \"id\" }`, with no column"), "{e}");
     // A view cannot be read for changes: refused, with what to do instead.
     let mut live = library_live();
     live.keys.remove("book");
@@ -430,19 +432,19 @@ fn shop_with(live: &LiveSchema, properties: &str, id_column: &str) -> std::resul
 fn keys_are_read_as_the_schema_has_them() {
     use crate::position::KeyKind;
     let d = shop(&shop_live()).unwrap();
-    assert_eq!((d.key.as_str(), d.key_kind), ("id", KeyKind::Int));
+    assert_eq!((d.key.as_slice(), d.kinds.as_slice()), (&["id".to_string()][..], &[KeyKind::Int][..]));
     assert_eq!(d.key_of("42"), Some(crate::position::Key::int(42)));
     assert_eq!(d.key_of("042"), None);
     let link = d.stream("product_category").unwrap();
     assert_eq!((link.key.clone(), link.kinds.clone()), (vec!["product_id".to_string(), "category_id".into()], vec![KeyKind::Int, KeyKind::Int]));
-    assert_eq!(link.direct, ["product_id"]);
+    assert_eq!(link.direct, [["product_id"]]);
     let variant = d.stream("variant").unwrap();
     assert_eq!(variant.kinds, [KeyKind::Int, KeyKind::Text]);
     // The variants of one product are told apart by the key's other column.
     assert_eq!(d.relations.iter().find(|r| r.name == "variants").unwrap().key, "sku");
     let brand = d.stream("brand").unwrap();
     assert_eq!((brand.kinds.clone(), brand.fan_out[0].kind), (vec![KeyKind::Text], KeyKind::Text));
-    assert_eq!(brand.fan_out[0].sql("shop", d.key_kind), r#"SELECT DISTINCT "id"::int8 FROM "shop"."product" WHERE "brand_code" = ANY($1::text[])"#);
+    assert_eq!(brand.fan_out[0].sql("shop", &d.kinds), r#"SELECT DISTINCT "id"::int8 FROM "shop"."product" WHERE "brand_code" = ANY($1::text[])"#);
     assert_eq!(
         sql::page(&d, "product_category", true).unwrap(),
         r#"SELECT "created_at"::timestamptz, "product_id"::int8, "category_id"::int8, "product_id"::int8, xmin::text::bigint FROM "shop"."product_category" WHERE ("created_at", "product_id", "category_id") > ($1::timestamptz, $2::int8, $3::int8) ORDER BY "created_at", "product_id", "category_id" LIMIT $4"#
@@ -487,7 +489,8 @@ fn keys_that_cannot_be_read_are_refused_with_the_fix() {
     let mut live = shop_live();
     live.keys.insert("product".into(), TableKeys { primary: Some(vec!["id".into(), "name".into()]), unique: vec![] });
     let e = shop(&live).unwrap_err();
-    assert!(e.contains("a root's key is one column"), "{e}");
+    assert!(e.contains("relation categories: the root shop.product has the composite key (id, name)"), "{e}");
+    assert!(e.contains("relation variants: the root shop.product has the composite key (id, name)"), "{e}");
     // A link table without any key: its two columns are not known to be unique.
     let mut live = shop_live();
     live.keys.remove("product_category");
@@ -568,11 +571,11 @@ fn relations_of_relations_are_read_with_their_rows_and_lead_back_to_the_roots() 
     // A renamed continent re-indexes the films of the people of its countries.
     let continent = d.stream("continent").unwrap();
     assert_eq!(
-        continent.fan_out[0].sql("deep", d.key_kind),
+        continent.fan_out[0].sql("deep", &d.kinds),
         r#"SELECT DISTINCT "film_id"::int8 FROM "deep"."film_person" WHERE "person_id" IN (SELECT "id" FROM "deep"."person" WHERE "country_id" IN (SELECT "id" FROM "deep"."country" WHERE "continent_code" = ANY($1::text[])))"#
     );
     assert_eq!(
-        d.stream("country").unwrap().fan_out[0].sql("deep", d.key_kind),
+        d.stream("country").unwrap().fan_out[0].sql("deep", &d.kinds),
         r#"SELECT DISTINCT "film_id"::int8 FROM "deep"."film_person" WHERE "person_id" IN (SELECT "id" FROM "deep"."person" WHERE "country_id" = ANY($1::int8[]))"#
     );
     // The delete capture: a deleted continent logs those films before the cascade.
@@ -607,4 +610,73 @@ fn a_table_without_a_timestamp_is_read_only_from_the_log_or_the_stream() {
     // Its rows still lead to their products (the write capture's triggers and replication).
     let set = super::triggers::capture("shop", std::slice::from_ref(&d));
     assert!(set.triggers.iter().any(|t| t.table == "product_category" && t.name == "pg2es_products_inserted"));
+}
+
+/// A root keyed by two columns, `(product_id, sku)`: its SQL reads and compares both, in key
+/// order; the triggers log the key's text as `Key` writes it; the field `id` is the `_id`.
+#[test]
+fn a_composite_root_key_is_read_compared_and_logged_by_all_its_columns() {
+    use crate::position::{Key, KeyKind, KeyPart};
+    let dir = std::env::temp_dir().join(format!("pg2es-variants-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("m.json"), r#"{"mappings":{"properties":{"id":{"type":"keyword"},"product":{"type":"keyword"},"brand":{"type":"keyword"}}}}"#)
+        .unwrap();
+    let definition = |id: &str| {
+        format!(
+            "[[documents]]\nname = \"variants\"\nindex_schema = \"m.json\"\ntable = \"variant\"\n\
+             fields = [{id}, {{ name = \"product\", from = \"product\", column = \"name\" }}, {{ name = \"brand\", from = \"product\", column = \"brand.name\" }}]\n\
+             [documents.relations.product]\ntable = \"product\"\n[documents.relations.product.relations.brand]\ntable = \"brand\"\n"
+        )
+    };
+    let resolve = |id: &str| {
+        let path = dir.join("variants.toml");
+        std::fs::write(&path, definition(id)).unwrap();
+        Selection::default().resolve(&Source::read(&path).unwrap(), &shop_live()).map(|mut d| d.remove(0)).map_err(|e| e.to_string())
+    };
+    let e = resolve("{ name = \"id\", column = \"sku\" }").unwrap_err();
+    assert!(e.contains("field id is the document's key, which is composite (product_id, sku): write it `{ name = \"id\" }`"), "{e}");
+    let d = resolve("{ name = \"id\" }").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!((d.key.as_slice(), d.kinds.as_slice()), (&["product_id".to_string(), "sku".to_string()][..], &[KeyKind::Int, KeyKind::Text][..]));
+    assert_eq!(d.fields[0].kind, FieldKind::Id);
+    assert_eq!(d.key_of("2|L2%7CB"), Some(Key::new(vec![KeyPart::Int(2), KeyPart::Text("L2|B".into())])));
+
+    assert!(sql::records(&d).ends_with(r#"WHERE (t."product_id", t."sku") IN (SELECT * FROM unnest($1::int8[], $2::text[]))"#), "{}", sql::records(&d));
+    let scan = sql::scan(&d, true);
+    assert!(
+        scan.ends_with(
+            "WHERE (t.\"product_id\", t.\"sku\" COLLATE \"C\") > ($1::int8, $2::text COLLATE \"C\")\nORDER BY t.\"product_id\", t.\"sku\" COLLATE \"C\""
+        ),
+        "{scan}"
+    );
+    assert_eq!(
+        sql::count_after(&d),
+        r#"SELECT count(*) FROM "shop"."variant" t WHERE (t."product_id", t."sku" COLLATE "C") > ($1::int8, $2::text COLLATE "C")"#
+    );
+    let text = r#"replace(replace(t."product_id"::text, '%', '%25'), '|', '%7C') || '|' || replace(replace(t."sku"::text, '%', '%25'), '|', '%7C')"#;
+    assert!(sql::records_after(&d).contains(&format!("ORDER BY ({text}) COLLATE \"C\" LIMIT $2")), "{}", sql::records_after(&d));
+    // The root stream names its records by both columns; a product's and a brand's rows lead to
+    // them by fan-out, which reads both.
+    let root = d.stream("variant").unwrap();
+    assert_eq!(root.direct, [["product_id", "sku"]]);
+    let page = sql::page(&d, "variant", false).unwrap();
+    assert!(page.starts_with(r#"SELECT "updated_at"::timestamptz, "product_id"::int8, "sku"::text, "product_id"::int8, "sku"::text, xmin"#), "{page}");
+    assert_eq!(
+        d.stream("brand").unwrap().fan_out[0].sql("shop", &d.kinds),
+        r#"SELECT DISTINCT "product_id"::int8, "sku"::text FROM "shop"."variant" WHERE "product_id" IN (SELECT "id" FROM "shop"."product" WHERE "code" = ANY($1::text[]))"#
+            .replace(r#""code" = ANY"#, r#""brand_code" = ANY"#)
+    );
+    let set = triggers::capture("shop", std::slice::from_ref(&d));
+    let deleted = set.triggers.iter().find(|t| t.table == "variant" && t.name == "pg2es_variants_deleted").unwrap();
+    assert!(
+        deleted.create.contains(r#"SELECT DISTINCT TG_TABLE_SCHEMA, 'variants', replace(replace(c."product_id"::text, '%', '%25'), '|', '%7C') || '|' || replace(replace(c."sku"::text, '%', '%25'), '|', '%7C') FROM changed c WHERE c."product_id" IS NOT NULL AND c."sku" IS NOT NULL"#),
+        "{}",
+        deleted.create
+    );
+    // The variant's own key is its root's: no trigger for a row moving to another root.
+    let names: Vec<&str> = set.triggers.iter().filter(|t| t.table == "variant").map(|t| t.name.as_str()).collect();
+    assert!(!names.contains(&"pg2es_variants_moved"), "{names:?}");
+    // One moved to another product logs its old key, both columns.
+    let moved = set.triggers.iter().find(|t| t.table == "variant" && t.name == "pg2es_variants_reference_moved").unwrap();
+    assert!(moved.create.contains(r#"FROM gone g WHERE g."product_id" IS NOT NULL AND g."sku" IS NOT NULL"#), "{}", moved.create);
 }

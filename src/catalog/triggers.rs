@@ -13,6 +13,12 @@
 
 use super::model::{Document, FanOut};
 use super::resolve::{qualified, quote};
+use super::sql::key_text;
+
+/// `columns` (qualified by `prefix`) all hold a value.
+fn not_null(prefix: &str, columns: &[String]) -> String {
+    columns.iter().map(|c| format!("{prefix}{} IS NOT NULL", quote(c))).collect::<Vec<_>>().join(" AND ")
+}
 
 /// One trigger on one table, and the function it calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +48,9 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// FNV-1a: a function name that is the same for the same trigger in every build.
-fn hash(parts: &[&str]) -> String {
+/// FNV-1a: a function name that is the same for the same trigger in every build (and a
+/// definition's fingerprint, `definition::fingerprint`).
+pub(crate) fn hash(parts: &[&str]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for b in p.bytes().chain(std::iter::once(0)) {
@@ -60,13 +67,13 @@ const INSERT: &str = "INSERT INTO pg2es.changes (source_schema, document, key)";
 
 /// What a trigger does, as the statement its function runs.
 enum Body<'a> {
-    /// The rows (a transition table `changed`): their column.
+    /// The rows (a transition table `changed`): their columns (a root key's).
     Rows {
-        column: &'a str,
+        columns: &'a [String],
     },
-    /// Rows updated so that `watched` changed: their old `logged`.
+    /// Rows updated so that `watched` changed: their old `logged` (a root key's columns).
     Moved {
-        logged: &'a str,
+        logged: &'a [String],
         key: &'a [String],
         watched: &'a str,
     },
@@ -88,38 +95,45 @@ impl Body<'_> {
     fn sql(&self, schema: &str, doc: &str) -> String {
         let d = literal(doc);
         match self {
-            Body::Rows { column } => {
-                let c = quote(column);
-                format!("{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, c.{c}::text FROM changed c WHERE c.{c} IS NOT NULL;\n    RETURN NULL;")
+            Body::Rows { columns } => {
+                format!(
+                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, {} FROM changed c WHERE {};\n    RETURN NULL;",
+                    key_text("c.", columns),
+                    not_null("c.", columns)
+                )
             }
             Body::Moved { logged, key, watched } => {
-                let (l, w) = (quote(logged), quote(watched));
+                let w = quote(watched);
                 let same: String = key.iter().map(|k| format!("k.{k} = g.{k} AND ", k = quote(k))).collect();
                 format!(
-                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, g.{l}::text FROM gone g WHERE g.{l} IS NOT NULL\n        AND NOT EXISTS (SELECT 1 FROM kept k WHERE {same}k.{w} IS NOT DISTINCT FROM g.{w});\n    RETURN NULL;"
+                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, {} FROM gone g WHERE {}\n        AND NOT EXISTS (SELECT 1 FROM kept k WHERE {same}k.{w} IS NOT DISTINCT FROM g.{w});\n    RETURN NULL;",
+                    key_text("g.", logged),
+                    not_null("g.", logged)
                 )
             }
             Body::Referencing { fan_out, key } => {
-                let (s, m, k) = (quote(&fan_out.select), quote(&fan_out.matching), quote(key));
+                let (s, m, k) = (key_text("r.", &fan_out.select), quote(&fan_out.matching), quote(key));
+                let present = not_null("r.", &fan_out.select);
                 let condition = match fan_out.via_select(schema, &|c: &str| format!("{c} = OLD.{k}")) {
                     None => format!("r.{m} = OLD.{k}"),
                     Some(sub) => format!("r.{m} IN ({sub})"),
                 };
                 format!(
-                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, r.{s}::text FROM {} r WHERE {condition} AND r.{s} IS NOT NULL;\n    RETURN OLD;",
+                    "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, {s} FROM {} r WHERE {condition} AND {present};\n    RETURN OLD;",
                     qualified(schema, &fan_out.table)
                 )
             }
             Body::ReferencingWritten { fan_out, key } => {
-                let (s, m, k) = (quote(&fan_out.select), quote(&fan_out.matching), quote(key));
+                let (s, m, k) = (key_text("r.", &fan_out.select), quote(&fan_out.matching), quote(key));
+                let present = not_null("r.", &fan_out.select);
                 let table = qualified(schema, &fan_out.table);
                 match fan_out.via_select(schema, &|c: &str| format!("{c} IN (SELECT c.{k} FROM changed c)")) {
                     None => format!(
-                        "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, r.{s}::text FROM {table} r JOIN changed c ON r.{m} = c.{k} WHERE r.{s} IS NOT NULL;\n    RETURN NULL;"
+                        "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, {s} FROM {table} r JOIN changed c ON r.{m} = c.{k} WHERE {present};\n    RETURN NULL;"
                     ),
-                    Some(sub) => format!(
-                        "{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, r.{s}::text FROM {table} r WHERE r.{m} IN ({sub}) AND r.{s} IS NOT NULL;\n    RETURN NULL;"
-                    ),
+                    Some(sub) => {
+                        format!("{INSERT} SELECT DISTINCT TG_TABLE_SCHEMA, {d}, {s} FROM {table} r WHERE r.{m} IN ({sub}) AND {present};\n    RETURN NULL;")
+                    }
                 }
             }
             Body::Truncate => format!("{INSERT} VALUES (TG_TABLE_SCHEMA, {d}, NULL);\n    RETURN NULL;"),
@@ -153,15 +167,16 @@ pub fn capture(schema: &str, docs: &[Document]) -> TriggerSet {
         for s in &doc.streams {
             let t = s.table.as_str();
             for c in &s.direct {
-                add(t, "deleted", d, false, OLD_ROWS, Body::Rows { column: c });
-                if s.key.len() != 1 || *c != s.key[0] {
-                    add(t, "moved", d, false, MOVED, Body::Moved { logged: c, key: &s.key, watched: c });
+                add(t, "deleted", d, false, OLD_ROWS, Body::Rows { columns: c });
+                // A column naming the root, not the row's own key: a row can move to another root.
+                if *c != s.key {
+                    add(t, "moved", d, false, MOVED, Body::Moved { logged: c, key: &s.key, watched: &c[0] });
                 }
-                add(t, "inserted", d, true, INSERTED, Body::Rows { column: c });
-                add(t, "updated", d, true, UPDATED, Body::Rows { column: c });
+                add(t, "inserted", d, true, INSERTED, Body::Rows { columns: c });
+                add(t, "updated", d, true, UPDATED, Body::Rows { columns: c });
             }
             for r in &s.references {
-                add(t, "reference_moved", d, false, MOVED, Body::Moved { logged: &s.key[0], key: &s.key, watched: r });
+                add(t, "reference_moved", d, false, MOVED, Body::Moved { logged: &s.key, key: &s.key, watched: r });
             }
             for f in &s.fan_out {
                 let key = s.key[0].as_str();

@@ -76,6 +76,10 @@ pub struct State {
     /// from the saved one (each logged as a warning with its reason).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resyncs: u64,
+    /// The fingerprint of the definition the documents were built from (`catalog::definition::
+    /// fingerprint`). Absent in files written before it was recorded: the first run records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -143,6 +147,11 @@ pub enum PositionDelta {
     /// went missing, or its position was dropped): it is forgotten, and read again only after a
     /// reload once it is back.
     DeleteLogLost,
+    /// The documents are built from the definition with this fingerprint from now on. Recorded
+    /// the first time; another one than recorded means every document may be built otherwise,
+    /// so every record is loaded again from the first (a full load under way starts over),
+    /// the streams kept.
+    Definition { fingerprint: String },
 }
 
 /// Which database a state belongs to. Watermarks and the full load's position mean nothing in
@@ -178,6 +187,12 @@ impl State {
     /// True before anything was ever loaded: the next cycle starts the full load.
     pub fn needs_full_load(&self) -> bool {
         self.snapshot.is_none() && self.watermarks.is_empty()
+    }
+
+    /// Whether documents were built from another definition than `fingerprint`: some are loaded,
+    /// and the recorded fingerprint differs (none recorded: an earlier release's, taken as this).
+    pub fn definition_changes(&self, fingerprint: &str) -> bool {
+        !self.needs_full_load() && self.definition.as_deref().is_some_and(|d| d != fingerprint)
     }
 
     /// The full load's position while it is under way.
@@ -267,6 +282,13 @@ impl State {
             }
             PositionDelta::DeleteLogLost => {
                 self.delete_log = None;
+                Ok(())
+            }
+            PositionDelta::Definition { fingerprint } => {
+                if self.definition_changes(fingerprint) {
+                    self.snapshot = Some(Snapshot::default());
+                }
+                self.definition = Some(fingerprint.clone());
                 Ok(())
             }
         }
@@ -537,6 +559,37 @@ mod tests {
         c.commit(&[PositionDelta::BeginFullLoad { heads: vec![] }]).unwrap();
         assert_eq!(c.state().snapshot_in_progress(), Some(Snapshot::default()));
         assert_eq!(c.state().watermark("genre"), Some(wm(5, 2)));
+    }
+
+    #[test]
+    fn another_definition_than_recorded_loads_every_record_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Checkpoint::open(&dir.path().join("s.json"), "movies").unwrap();
+        // Nothing loaded yet: recorded, the first full load is still to come.
+        c.commit(&[PositionDelta::Definition { fingerprint: "a".into() }]).unwrap();
+        assert!(c.state().needs_full_load());
+        c.commit(&[PositionDelta::BeginFullLoad { heads: vec![("genre".to_string(), wm(5, 2))] }]).unwrap();
+        c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Key::int(9)), done: true })]).unwrap();
+        // The same: nothing to do.
+        assert!(!c.state().definition_changes("a"));
+        c.commit(&[PositionDelta::Definition { fingerprint: "a".into() }]).unwrap();
+        assert_eq!(c.state().snapshot_in_progress(), None);
+        // Another: every record again from the first, the streams kept.
+        assert!(c.state().definition_changes("b"));
+        c.commit(&[PositionDelta::Definition { fingerprint: "b".into() }]).unwrap();
+        assert_eq!(c.state().snapshot_in_progress(), Some(Snapshot::default()));
+        assert_eq!(c.state().watermark("genre"), Some(wm(5, 2)));
+        // Changed again during that load: it starts over.
+        c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Key::int(3)), done: false })]).unwrap();
+        c.commit(&[PositionDelta::Definition { fingerprint: "c".into() }]).unwrap();
+        assert_eq!(c.state().snapshot_in_progress(), Some(Snapshot::default()));
+        // A state of an earlier release has none: it takes the one it is given, loading nothing.
+        let mut s = c.state().clone();
+        s.definition = None;
+        s.snapshot = Some(Snapshot { after: Some(Key::int(9)), done: true });
+        assert!(!s.definition_changes("d"));
+        s.apply(&PositionDelta::Definition { fingerprint: "d".into() }).unwrap();
+        assert_eq!((s.snapshot_in_progress(), s.definition.as_deref()), (None, Some("d")));
     }
 
     #[test]

@@ -132,15 +132,10 @@ impl PgSource {
             return Ok(roots);
         }
         for (st, kind) in self.statements.fan_out(stream)? {
-            let rows = self
-                .client
-                .query(st, &[key_array(ids, *kind).as_ref() as &(dyn ToSql + Sync)])
-                .await
-                .map_err(Error::postgres("find the records of changed rows"))?;
+            let params = key_arrays(ids, &[*kind]);
+            let rows = self.client.query(st, &as_params(&params)).await.map_err(Error::postgres("find the records of changed rows"))?;
             for r in &rows {
-                if let Some(part) = key_part(r, 0, self.doc.key_kind).map_err(Error::postgres("read a key"))? {
-                    roots.push(Key::new(vec![part]));
-                }
+                roots.extend(nullable_key(r, 0, &self.doc.kinds)?);
             }
         }
         Ok(roots)
@@ -156,15 +151,12 @@ impl PgSource {
 
     /// Which of these records exist (and pass the document's own `where`).
     pub async fn existing(&self, ids: &[Key]) -> Result<Vec<Key>> {
-        let rows = self
-            .client
-            .query(&self.statements.existing, &[key_array(ids, self.doc.key_kind).as_ref() as &(dyn ToSql + Sync)])
-            .await
-            .map_err(Error::postgres("look up records"))?;
+        let params = key_arrays(ids, &self.doc.kinds);
+        let rows = self.client.query(&self.statements.existing, &as_params(&params)).await.map_err(Error::postgres("look up records"))?;
         if self.doc.filter.is_empty() {
             let mut keys = Vec::with_capacity(rows.len());
             for r in &rows {
-                keys.extend(key_part(r, 0, self.doc.key_kind).map_err(Error::postgres("read a key"))?.map(|p| Key::new(vec![p])));
+                keys.extend(nullable_key(r, 0, &self.doc.kinds)?);
             }
             return Ok(keys);
         }
@@ -204,16 +196,15 @@ impl PgSource {
                 let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(w.ts)];
                 params.extend(w.id.parts().iter().map(part_param));
                 params.push(Box::new(limit));
-                let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-                self.client.query(self.statements.page_after(stream)?, &params).await.map_err(read)?
+                self.client.query(self.statements.page_after(stream)?, &as_params(&params)).await.map_err(read)?
             }
             None => self.client.query(self.statements.page_first(stream)?, &[&limit]).await.map_err(read)?,
         };
         let Some(last_row) = rows.last() else { return Ok(None) };
         let width = st.key.len();
         let last = Watermark { ts: last_row.try_get(0).map_err(Error::postgres("read ts"))?, id: row_key(last_row, 1, &st.kinds)? };
-        // Columns: timestamp, the key's, the direct root columns, xmin.
-        let direct = st.direct.len();
+        // Columns: timestamp, the key's, the direct root columns (a root key's each), xmin.
+        let direct = st.direct.len() * self.doc.kinds.len();
         let mut roots: Vec<Key> = Vec::with_capacity(rows.len());
         let mut own: Vec<Key> = Vec::new();
         let mut fresh = Vec::with_capacity(rows.len());
@@ -226,10 +217,8 @@ impl PgSource {
             if loaded.contains(stream, &version) {
                 continue;
             }
-            for c in 0..direct {
-                if let Some(part) = key_part(r, 1 + width + c, self.doc.key_kind).map_err(Error::postgres("read row key"))? {
-                    roots.push(Key::new(vec![part]));
-                }
+            for c in (0..direct).step_by(self.doc.kinds.len()) {
+                roots.extend(nullable_key(r, 1 + width + c, &self.doc.kinds)?);
             }
             own.push(version.id.clone());
             fresh.push(version);
@@ -268,11 +257,8 @@ impl PgSource {
     /// Reads the records with these keys, with their relations. Records that no longer exist
     /// are simply absent from the result.
     pub async fn records(&self, ids: &[Key]) -> Result<Vec<Record>> {
-        let rows = self
-            .client
-            .query(&self.statements.records, &[key_array(ids, self.doc.key_kind).as_ref() as &(dyn ToSql + Sync)])
-            .await
-            .map_err(Error::postgres("read records"))?;
+        let params = key_arrays(ids, &self.doc.kinds);
+        let rows = self.client.query(&self.statements.records, &as_params(&params)).await.map_err(Error::postgres("read records"))?;
         self.kept(&rows)
     }
 
@@ -293,10 +279,10 @@ impl PgSource {
     /// consumed, and the connection stops reading from the socket while the consumer is behind,
     /// so memory does not grow with the table. Postgres holds one snapshot for the whole scan.
     pub async fn scan_records(&self, after: Option<&Key>) -> Result<impl futures_util::Stream<Item = Result<Record>> + Send + 'static> {
-        let rows = match after.and_then(|k| k.parts().first()) {
-            Some(part) => {
-                let param = part_param(part);
-                self.client.query_raw(&self.statements.scan_after, [param.as_ref() as &(dyn ToSql + Sync)]).await
+        let rows = match after {
+            Some(key) => {
+                let params: Vec<_> = key.parts().iter().map(part_param).collect();
+                self.client.query_raw(&self.statements.scan_after, as_params(&params)).await
             }
             None => self.client.query_raw(&self.statements.scan_first, std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>()).await,
         }
@@ -312,13 +298,9 @@ impl PgSource {
     /// How many records a scan after `after` reads (for progress; a record with the least key of
     /// its type, the nil uuid say, is not counted).
     pub async fn records_left(&self, after: Option<&Key>) -> Result<u64> {
-        let least = self.doc.key_kind.least();
-        let part = after.and_then(|k| k.parts().first()).unwrap_or(&least);
-        let row = self
-            .client
-            .query_one(&self.statements.count_after, &[part_param(part).as_ref() as &(dyn ToSql + Sync)])
-            .await
-            .map_err(Error::postgres("count records"))?;
+        let least = Key::least(&self.doc.kinds);
+        let params: Vec<_> = after.unwrap_or(&least).parts().iter().map(part_param).collect();
+        let row = self.client.query_one(&self.statements.count_after, &as_params(&params)).await.map_err(Error::postgres("count records"))?;
         Ok(row.try_get::<_, i64>(0).map_err(Error::postgres("count records"))?.max(0) as u64)
     }
 
@@ -330,13 +312,13 @@ impl PgSource {
     pub async fn records_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         let nil = KeyKind::Uuid.least().to_string();
-        let mut after: Option<String> = after.map(str::to_string).or_else(|| (self.doc.key_kind == KeyKind::Uuid).then_some(nil));
+        let mut after: Option<String> = after.map(str::to_string).or_else(|| (self.doc.kinds == [KeyKind::Uuid]).then_some(nil));
         loop {
             let rows =
                 self.client.query(&self.statements.records_after, &[&after, &(limit as i64)]).await.map_err(Error::postgres("read records in key order"))?;
             let Some(last) = rows.last() else { return Ok(out) };
             let recs = self.kept(&rows)?;
-            after = Some(record_from_row(&self.doc, last, 1)?.key.to_string());
+            after = Some(record_from_row(&self.doc, last, self.doc.key.len())?.key.to_string());
             out.extend(recs);
             if rows.len() < limit || out.len() >= limit {
                 return Ok(out);
@@ -443,12 +425,15 @@ fn record_from_row(doc: &Document, row: &tokio_postgres::Row, columns: usize) ->
     for (i, c) in doc.columns.iter().take(columns).enumerate() {
         cells.push(if c.many { Cell::Many(array(row, i, c.ty).map_err(ctx())?) } else { Cell::One(value(row, i, c.ty).map_err(ctx())?) });
     }
-    let key = match cells.first() {
-        Some(Cell::One(v)) => v.key_part(),
-        _ => None,
-    };
-    let key = key.ok_or_else(|| Error::SourceSchema(format!("a row of {}.{} has a NULL key {}", doc.schema, doc.root, doc.key)))?;
-    Ok(Record { key: Key::new(vec![key]), cells })
+    let mut key = Vec::with_capacity(doc.key.len());
+    for (cell, column) in cells.iter().zip(&doc.key) {
+        let part = match cell {
+            Cell::One(v) => v.key_part(),
+            Cell::Many(_) => None,
+        };
+        key.push(part.ok_or_else(|| Error::SourceSchema(format!("a row of {}.{} has a NULL key {column}", doc.schema, doc.root)))?);
+    }
+    Ok(Record { key: Key::new(key), cells })
 }
 
 /// Column `i`, a key column as `sql::read_key` reads it; `None` for NULL.
@@ -461,35 +446,60 @@ fn key_part(row: &tokio_postgres::Row, i: usize, kind: KeyKind) -> Result<Option
 
 /// The key in the columns from `first` on, one per kind.
 fn row_key(row: &tokio_postgres::Row, first: usize, kinds: &[KeyKind]) -> Result<Key> {
+    nullable_key(row, first, kinds)?.ok_or_else(|| Error::SourceSchema("a row has a NULL key column".into()))
+}
+
+/// The key in the columns from `first` on, one per kind; `None` when one of them is NULL (a
+/// link row's root column set null, say).
+fn nullable_key(row: &tokio_postgres::Row, first: usize, kinds: &[KeyKind]) -> Result<Option<Key>> {
     let mut parts = Vec::with_capacity(kinds.len());
     for (i, kind) in kinds.iter().enumerate() {
-        let part = key_part(row, first + i, *kind).map_err(Error::postgres("read a row's key"))?;
-        parts.push(part.ok_or_else(|| Error::SourceSchema("a row has a NULL key column".into()))?);
+        match key_part(row, first + i, *kind).map_err(Error::postgres("read a key"))? {
+            Some(p) => parts.push(p),
+            None => return Ok(None),
+        }
     }
-    Ok(Key::new(parts))
+    Ok(Some(Key::new(parts)))
+}
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+fn as_params(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
 }
 
 /// One key part as a parameter (`sql::key_param` casts it to the column's type).
-fn part_param(part: &KeyPart) -> Box<dyn ToSql + Sync + Send> {
+fn part_param(part: &KeyPart) -> Param {
     match part {
         KeyPart::Int(i) => Box::new(*i),
         KeyPart::Text(t) => Box::new(t.clone()),
     }
 }
 
-/// Keys of one column as the array parameter `sql::key_array` casts (keys of another shape, which
-/// no row has, are left out).
-fn key_array(keys: &[Key], kind: KeyKind) -> Box<dyn ToSql + Sync + Send> {
-    let one = |k: &Key| match k.parts() {
-        [p] => Some(p.clone()),
-        _ => None,
+/// Keys as the array parameters `sql::key_array` casts, one per key column, the keys' parts side
+/// by side (keys of another shape, which no row has, are left out).
+fn key_arrays(keys: &[Key], kinds: &[KeyKind]) -> Vec<Param> {
+    let fits = |k: &&Key| {
+        k.parts().len() == kinds.len()
+            && k.parts()
+                .iter()
+                .zip(kinds)
+                .all(|(p, kind)| matches!((p, kind), (KeyPart::Int(_), KeyKind::Int) | (KeyPart::Text(_), KeyKind::Uuid | KeyKind::Text)))
     };
-    match kind {
-        KeyKind::Int => Box::new(keys.iter().filter_map(one).filter_map(|p| if let KeyPart::Int(i) = p { Some(i) } else { None }).collect::<Vec<i64>>()),
-        KeyKind::Uuid | KeyKind::Text => {
-            Box::new(keys.iter().filter_map(one).filter_map(|p| if let KeyPart::Text(t) = p { Some(t) } else { None }).collect::<Vec<String>>())
-        }
-    }
+    let keys: Vec<&Key> = keys.iter().filter(fits).collect();
+    let column = |i: usize| keys.iter().map(move |k| &k.parts()[i]);
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| -> Param {
+            match kind {
+                KeyKind::Int => Box::new(column(i).filter_map(|p| if let KeyPart::Int(n) = p { Some(*n) } else { None }).collect::<Vec<i64>>()),
+                KeyKind::Uuid | KeyKind::Text => {
+                    Box::new(column(i).filter_map(|p| if let KeyPart::Text(t) = p { Some(t.clone()) } else { None }).collect::<Vec<String>>())
+                }
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

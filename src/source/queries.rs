@@ -184,7 +184,7 @@ impl Statements {
         for stream in &doc.streams {
             let mut fan_out = Vec::new();
             for f in &stream.fan_out {
-                fan_out.push((prep(f.sql(&doc.schema, doc.key_kind)).await?, f.kind));
+                fan_out.push((prep(f.sql(&doc.schema, &doc.kinds)).await?, f.kind));
             }
             st.streams.insert(
                 stream.table.clone(),

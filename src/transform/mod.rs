@@ -185,6 +185,7 @@ pub fn build(doc: &Document, rec: &Record) -> Result<(Vec<u8>, Notes), ShapeErro
         }
         write_key(&mut out, &field.name);
         match &field.kind {
+            FieldKind::Id => write_known(&mut out, &Value::Text(rec.key.to_string()), false, &mut notes),
             FieldKind::Column { column, f32 } => match rec.cells.get(*column) {
                 Some(Cell::One(v)) => write_known(&mut out, v, *f32, &mut notes),
                 _ => return Err(ShapeError(format!("record {}: column {column} of {} is not a value", rec.key, doc.root))),

@@ -218,7 +218,8 @@ pub(super) async fn check_identities(pg: &PgSource, schema: &str) -> Result<()> 
     let mut lacking = Vec::new();
     for st in &doc.streams {
         let table = st.table.as_str();
-        let Some(needed) = st.direct.iter().find(|c| st.key.len() != 1 || **c != st.key[0]) else { continue };
+        // The columns that name a root, where they are not the row's own key.
+        let Some(needed) = st.direct.iter().filter(|columns| **columns != st.key).flatten().next() else { continue };
         let Some(row) = rows.iter().find(|r| r.try_get::<_, String>(0).is_ok_and(|name| name == table)) else {
             return Err(Error::SourceSchema(format!("table {schema}.{table} not found; check PG_SCHEMA")));
         };

@@ -131,7 +131,7 @@ pub(super) fn apply(window: &mut Window, relations: &mut Relations, doc: &Docume
 fn identity_names_roots(relations: &Relations, doc: &Document, relation: u32) -> std::result::Result<(), String> {
     let Some(r) = relations.get(relation) else { return Ok(()) };
     let Some(stream) = doc.stream(&r.name) else { return Ok(()) };
-    for column in &stream.direct {
+    for column in stream.direct.iter().flatten() {
         let carried = r.replica_identity == b'f' || r.columns.iter().any(|c| c.key && &c.name == column);
         if !carried {
             return Err(format!(
@@ -146,20 +146,25 @@ fn identity_names_roots(relations: &Relations, doc: &Document, relation: u32) ->
 /// The roots one row version of a table of the document names. `gone`: an old row (deleted, or
 /// before an update).
 fn note(window: &mut Window, relations: &Relations, doc: &Document, relation: u32, tuple: &pgoutput::Tuple, gone: bool) -> std::result::Result<(), String> {
-    let key = |column: &str, kind: KeyKind| -> std::result::Result<Option<Key>, String> {
-        let text = relations.text(relation, tuple, column).map_err(|e| format!("a change cannot be read: {e} (renamed or dropped by a migration?)"))?;
-        text.map(|t| kind.parse(t).map(|p| Key::new(vec![p])).ok_or_else(|| format!("{column} {t:?} is not a key of {} (its type changed?)", doc.name)))
-            .transpose()
+    // The key in these columns; `None` if one of them is NULL.
+    let key = |columns: &[String], kinds: &[KeyKind]| -> std::result::Result<Option<Key>, String> {
+        let mut parts = Vec::with_capacity(columns.len());
+        for (column, kind) in columns.iter().zip(kinds) {
+            let text = relations.text(relation, tuple, column).map_err(|e| format!("a change cannot be read: {e} (renamed or dropped by a migration?)"))?;
+            let Some(t) = text else { return Ok(None) };
+            parts.push(kind.parse(t).ok_or_else(|| format!("{column} {t:?} is not a key of {} (its type changed?)", doc.name))?);
+        }
+        Ok(Some(Key::new(parts)))
     };
     let Some(stream) = relations.get(relation).and_then(|r| doc.stream(&r.name)) else { return Ok(()) };
-    for column in &stream.direct {
-        window.roots.extend(key(column, doc.key_kind)?);
+    for columns in &stream.direct {
+        window.roots.extend(key(columns, &doc.kinds)?);
     }
     // A changed related row changes the records that contain it. A deleted one's links are
     // deleted in the same transaction (the foreign keys cascade, or set null on the root), and
     // those changes name the records.
     if !gone && !stream.fan_out.is_empty() {
-        if let Some(id) = key(&stream.key[0], stream.kinds[0])? {
+        if let Some(id) = key(&stream.key[..1], &stream.kinds[..1])? {
             window.fanned.entry(stream.table.clone()).or_default().insert(id);
         }
     }
