@@ -36,6 +36,20 @@ pub enum Command {
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also write the documents found missing or stale again from Postgres as it is now, and
+        /// delete the extra ones: versioned writes, safe next to `pg2es run`. Exit 0 when every
+        /// difference found was written; the report is of what was found before.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Each document's position, lag, last success and last error, documents against records,
+    /// and dead letters. Takes no lock: it runs beside `pg2es run`. Exit 0 healthy, 5 behind (a
+    /// full load under way, or the lag over PG2ES_HEALTH_MAX_AGE_SEC), 6 failing (no run keeps
+    /// it, nothing stored or a service waited for past the bound, or a service does not answer).
+    Status {
+        /// Print JSON (an object by document name) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Triggers that record deletes for pg2es (opt-in; PostgreSQL 13+): print their DDL for
     /// PG_SCHEMA, or install or remove them with the configured Postgres settings.

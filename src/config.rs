@@ -62,6 +62,8 @@ pub const SETTINGS: &[Setting] = &[
     setting("ETL_BACKOFF_INITIAL_MS", Some("200"), "first retry delay after a connection loss"),
     setting("ETL_BACKOFF_MAX_SEC", Some("30"), "cap of the retry delay"),
     setting("LOG_FORMAT", Some("text"), "text or json"),
+    setting("PG2ES_METRICS_ADDR", None, "host:port where `pg2es run` serves Prometheus /metrics and /healthz (for example 127.0.0.1:9464); unset, nothing is served"),
+    setting("PG2ES_HEALTH_MAX_AGE_SEC", Some("120"), "/healthz and `pg2es status` fail when a document has stored nothing for longer than this, or has waited for Postgres or Elasticsearch for longer"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +241,10 @@ pub struct Config {
     pub dead_letter_max_ratio: f64,
     /// `None`: reconciliation only after a full load.
     pub reconcile_every: Option<Duration>,
+    /// Where `/metrics` and `/healthz` are served (`None`: not served).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How long a document may store nothing, or wait for a service, and still be healthy.
+    pub health_max_age: Duration,
     pub batch_size: usize,
     pub source: SourceKind,
     pub cycle: Duration,
@@ -703,6 +709,11 @@ impl Config {
                 secs => Some(Duration::from_secs(secs)),
             },
             batch_size: src.number("ETL_BATCH_SIZE", 1usize, 100_000, "a whole number")?,
+            metrics_addr: match src.string("PG2ES_METRICS_ADDR") {
+                None => None,
+                Some(v) => Some(v.parse().map_err(|_| src.bad("PG2ES_METRICS_ADDR", "an address and port such as 127.0.0.1:9464"))?),
+            },
+            health_max_age: Duration::from_secs(src.number("PG2ES_HEALTH_MAX_AGE_SEC", 1u64, 604_800, "a whole number of seconds")?),
             source,
             cycle: Duration::from_secs_f64(cycle_sec),
             state_file: path_setting(src, "ETL_STATE_FILE")?,
@@ -781,6 +792,8 @@ impl Config {
         line(&mut out, "ETL_DEAD_LETTER_MAX_RATIO", &self.dead_letter_max_ratio);
         line(&mut out, "ETL_RECONCILE_SEC", &self.reconcile_every.map_or(0, |d| d.as_secs()));
         line(&mut out, "ETL_BATCH_SIZE", &self.batch_size);
+        line(&mut out, "PG2ES_METRICS_ADDR", &self.metrics_addr.map_or_else(|| "(not served)".to_string(), |a| a.to_string()));
+        line(&mut out, "PG2ES_HEALTH_MAX_AGE_SEC", &self.health_max_age.as_secs());
         match &self.source {
             SourceKind::Polling => {
                 line(&mut out, "PG2ES_SOURCE", &"polling");

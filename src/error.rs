@@ -111,6 +111,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A command that would not be safe (or would do nothing useful) in the state it found: the
+    /// message says why, and what to do instead.
+    #[error("refused: {0}")]
+    Refused(String),
+
     /// SIGINT/SIGTERM came before the work was done.
     #[error("stopped by SIGINT/SIGTERM before the pass was complete; progress up to the last stored batch is kept")]
     Shutdown,
@@ -189,6 +194,7 @@ impl Error {
             | Error::SystematicRejection { .. }
             | Error::UnsupportedEngine(_)
             | Error::State { .. }
+            | Error::Refused(_)
             | Error::Position { .. }
             | Error::Encode(_)
             | Error::AlreadyRunning { .. }

@@ -20,6 +20,8 @@ pub mod secret;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod status;
+pub mod telemetry;
 pub mod transform;
 pub mod verify;
 

@@ -58,17 +58,45 @@ fn try_main() -> pg2es::Result<ExitCode> {
             pipeline::documents(&config)?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Verify { json } => {
+        Command::Verify { json, repair } => {
             let docs = pipeline::documents(&config)?;
             let docs = &docs;
             let reports = with_runtime(|shutdown| async move {
                 let mut reports = Vec::new();
                 for (c, spec, index) in docs {
-                    reports.push((spec.name.clone(), c.es_index.clone(), verify::verify_document(c, spec.clone(), index, &shutdown).await?));
+                    let report = match repair {
+                        true => verify::repair_document(c, spec.clone(), index, &shutdown).await?,
+                        false => verify::verify_document(c, spec.clone(), index, &shutdown).await?,
+                    };
+                    reports.push((spec.name.clone(), c.es_index.clone(), report));
                 }
                 Ok(reports)
             })?;
             return print_verify(&reports, json);
+        }
+        Command::Status { json } => {
+            let docs = pipeline::documents(&config)?;
+            let docs = &docs;
+            let all = with_runtime(|shutdown| async move {
+                let mut all = Vec::new();
+                for (c, spec, _) in docs {
+                    all.push(pg2es::status::document_status(c, spec.clone(), &shutdown).await?);
+                }
+                Ok(all)
+            })?;
+            if json {
+                let by_name: serde_json::Map<String, serde_json::Value> = all
+                    .iter()
+                    .map(|s| Ok((s.document.clone(), serde_json::to_value(s).map_err(|e| Error::Encode(format!("the status: {e}")))?)))
+                    .collect::<pg2es::Result<_>>()?;
+                println!("{}", serde_json::to_string_pretty(&by_name).map_err(|e| Error::Encode(format!("the status: {e}")))?);
+            } else {
+                for s in &all {
+                    print!("{}", s.render());
+                }
+            }
+            let worst = all.iter().map(|s| s.verdict).max().unwrap_or(pg2es::status::Verdict::Healthy);
+            return Ok(ExitCode::from(worst.exit_code()));
         }
         Command::Check => {
             let docs = pipeline::documents(&config)?;
@@ -98,7 +126,14 @@ fn try_main() -> pg2es::Result<ExitCode> {
         Command::Run { once: false } => Mode::Continuous,
     };
     let config = &config;
-    let outcome = with_runtime(|shutdown| async move { pipeline::run(config, mode, &shutdown).await });
+    let outcome = with_runtime(|shutdown| async move {
+        // Served for as long as the run lasts.
+        let _server = match config.metrics_addr {
+            Some(addr) => Some(serve_metrics(addr, config.health_max_age).await?),
+            None => None,
+        };
+        pipeline::run(config, mode, &shutdown).await
+    });
     match (mode, outcome) {
         // A service stops on SIGTERM: that is how it is meant to end, wherever it was.
         (Mode::Continuous, Ok(_) | Err(Error::Shutdown)) => Ok(ExitCode::SUCCESS),
@@ -163,6 +198,29 @@ fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result
     })
 }
 
+/// Installs the Prometheus recorder and serves `/metrics` and `/healthz` on `addr`; the server
+/// stops when the returned guard is dropped.
+async fn serve_metrics(addr: std::net::SocketAddr, max_age: std::time::Duration) -> pg2es::Result<AbortOnDrop> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Config(format!("PG2ES_METRICS_ADDR={addr}: cannot listen there ({e}); choose a free port, or unset it")))?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| Error::Config(format!("PG2ES_METRICS_ADDR={addr}: cannot start the metrics recorder ({e})")))?;
+    pg2es::telemetry::describe();
+    tracing::info!(addr = %addr, "serving /metrics and /healthz");
+    let bound = pg2es::telemetry::HealthBound { max_age, started: chrono::Utc::now() };
+    Ok(AbortOnDrop(tokio::spawn(pg2es::telemetry::serve(listener, handle, bound))))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs `task` on a new runtime, with shutdown on SIGINT and SIGTERM.
 fn with_runtime<T, F: std::future::Future<Output = pg2es::Result<T>>>(task: impl FnOnce(shutdown::Shutdown) -> F) -> pg2es::Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|source| Error::Io {
@@ -201,9 +259,23 @@ fn print_verify(reports: &[(String, String, VerifyReport)], json: bool) -> pg2es
     }
     let mut consistent = true;
     for (_, index, report) in reports {
-        if !report.is_consistent() {
-            eprintln!("pg2es: index {index} differs from postgres: {}", report.summary());
-            consistent = false;
+        match report.repaired {
+            _ if report.is_consistent() => {}
+            // Repaired: a success when every difference found was written.
+            Some(r) => {
+                eprintln!("pg2es: index {index} differed from postgres ({}): {} documents indexed, {} deleted", report.summary(), r.indexed, r.deleted);
+                if r.older_than_index > 0 || r.dead_lettered > 0 {
+                    eprintln!(
+                        "pg2es: index {index}: {} writes refused as older than the index, {} dead-lettered (see the hints)",
+                        r.older_than_index, r.dead_lettered
+                    );
+                    consistent = false;
+                }
+            }
+            None => {
+                eprintln!("pg2es: index {index} differs from postgres: {}", report.summary());
+                consistent = false;
+            }
         }
     }
     Ok(if consistent { ExitCode::SUCCESS } else { ExitCode::FAILURE })

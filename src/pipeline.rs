@@ -29,6 +29,7 @@ use crate::shutdown::Shutdown;
 use crate::sink::tuning::{restore_settings, tune_for_full_load};
 use crate::sink::{ElasticsearchSink, IndexAction, IndexBootstrap, IndexOwner, IndexSink, LoadReport};
 use crate::source::{Change, ChangeBatch, ChangeSource, DocumentSpec, PollingSource, Receipt, ReplicationSource, ReplicationStream};
+use crate::telemetry;
 use crate::transform::build;
 
 /// Batches read ahead of the writer. Small: memory stays flat however large the tables are.
@@ -88,6 +89,9 @@ pub struct CycleReport {
     /// Documents deleted because their record is gone (by a change or by reconciliation).
     pub deleted: usize,
     pub stored: usize,
+    /// Writes the index refused because it holds a newer version: written since by a later
+    /// change, or the index was written from another source whose positions are higher.
+    pub older: usize,
     pub dead_lettered: usize,
     /// Related rows no field keeps (their `where` values are none of the wanted ones).
     pub unmatched: usize,
@@ -117,14 +121,14 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
     });
     let stream = stream.as_ref();
     if let [(c, spec, index)] = runs.as_slice() {
-        return run_document(c, spec.clone(), index, stream, mode, shutdown).await;
+        return telemetry::in_document(&spec.name, run_document(c, spec.clone(), index, stream, mode, shutdown)).await;
     }
     // One fails for good: the others stop too (and save what they loaded).
     let (stop, local) = Shutdown::new();
     let stop = &stop;
     let local = &local;
     let all = futures_util::future::join_all(runs.iter().map(|(c, spec, index)| async move {
-        let out = run_document(c, spec.clone(), index, stream, mode, local).await;
+        let out = telemetry::in_document(&spec.name, run_document(c, spec.clone(), index, stream, mode, local)).await;
         if out.is_err() {
             stop.trigger();
         }
@@ -244,10 +248,19 @@ pub async fn run_cycles<S: ChangeSource, K: IndexSink>(
     let mut reports = Vec::new();
     let mut index_empty = options.index_empty_at_start;
     let mut idle = IdleCycles::default();
+    let mut status = Status::new();
     loop {
         let started = Instant::now();
+        let began = chrono::Utc::now();
         // Bounded: a server that stops answering mid-cycle cannot hold a stop back.
         let outcome = shutdown.bounded(run_cycle(source, sink, checkpoint, options, &mut index_empty, shutdown)).await;
+        if let Some(report) = outcome.as_ref().ok().filter(|r| !r.interrupted) {
+            telemetry::progressed();
+            if !report.more && checkpoint.state().snapshot_in_progress().is_none() {
+                telemetry::caught_up(began);
+            }
+            status.cycle(report, started.elapsed());
+        }
         match outcome {
             Ok(report) => {
                 delays = options.retry.delays();
@@ -259,6 +272,7 @@ pub async fn run_cycles<S: ChangeSource, K: IndexSink>(
                 }
                 let (interrupted, more) = (report.interrupted, report.more);
                 reports.push(report);
+                status.write(checkpoint);
                 // A pass is whole once no full load is pending (a TRUNCATE starts a reload) and
                 // the source has nothing more waiting.
                 let pending = more || checkpoint.state().snapshot_in_progress().is_some();
@@ -274,6 +288,8 @@ pub async fn run_cycles<S: ChangeSource, K: IndexSink>(
                 Retry::WaitFor(service) => {
                     let delay = delays.next().unwrap_or(options.retry.cap);
                     tracing::warn!(waiting_for = %service, retry_in_ms = delay.as_millis() as u64, error = %e, "cycle failed, {service} unavailable; progress is kept, retrying");
+                    telemetry::waiting(&service.to_string(), "cycle", &e.to_string(), delay);
+                    status.write(checkpoint);
                     if shutdown.sleep(delay).await {
                         break;
                     }
@@ -287,6 +303,44 @@ pub async fn run_cycles<S: ChangeSource, K: IndexSink>(
         }
     }
     Ok(reports)
+}
+
+/// The document's status file (`checkpoint::RunStatus`), rewritten after each cycle and each
+/// wait: best effort, since it is news and not progress.
+struct Status {
+    started: chrono::DateTime<chrono::Utc>,
+    last_cycle: Option<crate::checkpoint::CycleSummary>,
+}
+
+impl Status {
+    fn new() -> Status {
+        Status { started: chrono::Utc::now(), last_cycle: None }
+    }
+
+    fn cycle(&mut self, r: &CycleReport, elapsed: Duration) {
+        self.last_cycle = Some(crate::checkpoint::CycleSummary {
+            at: Some(chrono::Utc::now()),
+            elapsed_ms: elapsed.as_millis() as u64,
+            records: r.records,
+            stored: r.stored,
+            deleted: r.deleted,
+            dead_lettered: r.dead_lettered,
+            older_than_index: r.older,
+        });
+    }
+
+    fn write(&self, checkpoint: &Checkpoint) {
+        let status = crate::checkpoint::RunStatus {
+            pid: std::process::id(),
+            started: self.started,
+            updated: chrono::Utc::now(),
+            health: telemetry::health(&telemetry::document()).lock().clone(),
+            last_cycle: self.last_cycle.clone(),
+        };
+        if let Err(e) = crate::checkpoint::write_status(checkpoint.path(), &status) {
+            tracing::debug!(error = %e, "status file not written");
+        }
+    }
 }
 
 /// One pass: every change after the saved position, then reconciliation when it is due.
@@ -348,6 +402,7 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
         let done = reconcile::run(&doc, reader, sink, checkpoint, shutdown).await?;
         report.reconciled = Some(done.checked);
         report.deleted += done.deleted;
+        telemetry::count(&telemetry::DELETED, done.deleted as u64);
     }
     Ok(report)
 }
@@ -366,6 +421,7 @@ macro_rules! cycle_line {
             records = r.records,
             deleted = r.deleted,
             stored = r.stored,
+            older_than_index = r.older,
             dead_lettered = r.dead_lettered,
             unmatched = r.unmatched,
             bad_numbers = r.bad_numbers,
@@ -395,6 +451,7 @@ impl IdleCycles {
             || r.records > 0
             || r.deleted > 0
             || r.stored > 0
+            || r.older > 0
             || r.dead_lettered > 0
             || r.reconciled.is_some()
             || r.interrupted;
@@ -496,12 +553,16 @@ async fn write_batches<S: ChangeSource, K: IndexSink>(
         report.records += loaded.records;
         report.deleted += loaded.deleted;
         report.stored += loaded.load.stored;
+        report.older += loaded.load.older;
         report.dead_lettered += loaded.load.dead_lettered;
         report.unmatched += loaded.unmatched;
         note_values(&mut report.unmatched_values, loaded.unmatched_values);
         report.bad_numbers += loaded.bad_numbers;
         checkpoint.commit(&loaded.completes)?;
         source.acknowledge(loaded.receipt);
+        telemetry::count(&telemetry::INDEXED, loaded.records.saturating_sub(loaded.load.dead_lettered) as u64);
+        telemetry::count(&telemetry::DELETED, loaded.deleted as u64);
+        telemetry::progressed();
         if let (Some(p), true) = (progress, loaded.completes.iter().any(|d| matches!(d, PositionDelta::FullLoad(_)))) {
             p.advance(loaded.records as u64);
         }

@@ -57,6 +57,7 @@ impl Progress {
                 *slot = Some(bar.clone());
             }
         }
+        crate::telemetry::full_load(0, total);
         tracing::info!(records = total, "full load started");
     }
 
@@ -65,6 +66,7 @@ impl Progress {
         let Ok(mut c) = self.state.lock() else { return };
         c.done += records;
         c.batches += 1;
+        crate::telemetry::full_load(c.done, c.total);
         if let Some(bar) = &self.bar {
             bar.inc(records);
         } else if c.batches % LOG_EVERY_BATCHES == 0 {
@@ -76,6 +78,7 @@ impl Progress {
 
     /// The load is over (done or interrupted): the bar goes away.
     pub fn finish(&self) {
+        crate::telemetry::full_load(0, 0);
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
             if let Ok(mut slot) = BAR.lock() {

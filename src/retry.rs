@@ -62,6 +62,7 @@ where
             Ok(v) => {
                 if attempt > 1 {
                     tracing::info!(operation = what, attempts = attempt, "recovered");
+                    crate::telemetry::recovered();
                 }
                 return Ok(v);
             }
@@ -77,6 +78,7 @@ where
                     error = %e,
                     "{service} unavailable, retrying"
                 );
+                crate::telemetry::waiting(&service.to_string(), what, &e.to_string(), delay);
                 if shutdown.sleep(delay).await {
                     return Err(Error::Shutdown);
                 }

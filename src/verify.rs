@@ -35,6 +35,9 @@ use crate::source::DocumentSpec;
 use crate::source::{delete_log, PgSource, PgTls};
 use crate::transform::build;
 
+mod repair;
+use repair::Repairer;
+
 /// Ids listed per kind of difference; the counts are always complete.
 pub const SAMPLE_SIZE: usize = 20;
 
@@ -55,6 +58,28 @@ pub struct VerifyReport {
     pub extra: Discrepancies<String>,
     /// How pg2es reads this catalog: the hints depend on it.
     pub setup: Setup,
+    /// What `verify --repair` wrote (`None`: only compared).
+    pub repaired: Option<Repaired>,
+}
+
+/// What `verify --repair` did about the differences it found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Repaired {
+    /// Documents written again from their record as Postgres has it now (missing or stale ones,
+    /// and extra ones whose record exists by the time it was read again).
+    pub indexed: u64,
+    /// Documents deleted: no record makes them any more.
+    pub deleted: u64,
+    /// Writes of the last pass the index refused because it holds a newer version of the
+    /// document. Written since by `pg2es run`, that is as it should be; but if the same documents
+    /// stay stale, the index
+    /// was written from a source with higher WAL positions (another server, or before a restore),
+    /// and only `pg2es reindex` into a new index, or deleting the index, brings it back.
+    pub older_than_index: u64,
+    /// Documents Elasticsearch refused for good (written to the dead-letter file).
+    pub dead_lettered: u64,
+    /// Passes over the whole document (see [`repair_document`]).
+    pub passes: u32,
 }
 
 /// What the hints depend on: how pg2es finds changes, and whether the delete capture is on.
@@ -132,6 +157,12 @@ impl VerifyReport {
             };
             hints.push(format!("{n} stale {}: {why}", documents(n)));
         }
+        if let Some(r) = self.repaired.filter(|r| r.older_than_index > 0) {
+            hints.push(format!(
+                "{} of the repairs were refused as older than the index's version of the document: if `pg2es run` wrote those documents meanwhile, verify shows them equal; if they stay stale, the index was written from a source whose WAL positions are higher (another server, or the database before a restore), so that every write from this one looks older: rebuild it with `pg2es reindex`, or delete the index and its state",
+                r.older_than_index
+            ));
+        }
         if self.extra.count > 0 {
             let n = self.extra.count;
             let why = match (replication, delete_capture) {
@@ -163,6 +194,13 @@ impl VerifyReport {
                 let _ = writeln!(out, "{:IDS_AT$}… {} more", "", count - ids.len() as u64);
             }
         }
+        if let Some(r) = self.repaired {
+            let _ = writeln!(
+                out,
+                "repaired: {} indexed, {} deleted, {} refused as older than the index, {} dead-lettered ({} passes)",
+                r.indexed, r.deleted, r.older_than_index, r.dead_lettered, r.passes
+            );
+        }
         for hint in self.hints() {
             let _ = writeln!(out, "hint: {hint}");
         }
@@ -173,11 +211,14 @@ impl VerifyReport {
 impl Serialize for VerifyReport {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut s = serializer.serialize_struct("VerifyReport", 5)?;
+        let mut s = serializer.serialize_struct("VerifyReport", 6)?;
         s.serialize_field("checked", &self.checked)?;
         s.serialize_field("missing", &self.missing)?;
         s.serialize_field("stale", &self.stale)?;
         s.serialize_field("extra", &self.extra)?;
+        if let Some(r) = &self.repaired {
+            s.serialize_field("repaired", r)?;
+        }
         s.serialize_field("hints", &self.hints())?;
         s.end()
     }
@@ -194,6 +235,43 @@ pub async fn verify(config: &Config, shutdown: &Shutdown) -> Result<VerifyReport
 
 /// Reads both sides of one document and compares them; see the module notes.
 pub async fn verify_document(config: &Config, spec: DocumentSpec, index: &IndexSpec, shutdown: &Shutdown) -> Result<VerifyReport> {
+    compare(config, spec, index, false, shutdown).await
+}
+
+/// Passes of `verify --repair` at most: the first, and again while the one before wrote anything.
+pub const REPAIR_PASSES: u32 = 3;
+
+/// `verify --repair` of one document: compares as [`verify_document`] does, and has every
+/// document found missing, stale or extra written again from Postgres as it is at that moment
+/// ([`Repairer`]), a page at a time. A pass that wrote anything is followed by another (at most
+/// [`REPAIR_PASSES`]): a record changed while its page was repaired can have its repair land over
+/// `run`'s newer write of it (each process's versions are in its own reading order, not in each
+/// other's), and the next pass writes it again. The report is of what the first pass found, with
+/// what every pass wrote.
+pub async fn repair_document(config: &Config, spec: DocumentSpec, index: &IndexSpec, shutdown: &Shutdown) -> Result<VerifyReport> {
+    let mut first: Option<VerifyReport> = None;
+    let mut total = Repaired::default();
+    for pass in 1..=REPAIR_PASSES {
+        let report = compare(config, spec.clone(), index, true, shutdown).await?;
+        let done = report.repaired.unwrap_or_default();
+        total.indexed += done.indexed;
+        total.deleted += done.deleted;
+        // A refusal that a later pass does not meet again was `run`'s newer write: what counts
+        // is the last pass's.
+        total.older_than_index = done.older_than_index;
+        total.dead_lettered += done.dead_lettered;
+        total.passes = pass;
+        first.get_or_insert(report);
+        if done.indexed + done.deleted == 0 {
+            break;
+        }
+    }
+    let mut report = first.unwrap_or_default();
+    report.repaired = Some(total);
+    Ok(report)
+}
+
+async fn compare(config: &Config, spec: DocumentSpec, index: &IndexSpec, repair: bool, shutdown: &Shutdown) -> Result<VerifyReport> {
     let started = Instant::now();
     let sink = ElasticsearchSink::new(&config.sink_settings())?;
     // A missing index or another mapping is said as such, not as the first search's error.
@@ -213,16 +291,32 @@ pub async fn verify_document(config: &Config, spec: DocumentSpec, index: &IndexS
         delete_capture: retry(&config.retry_policy(), shutdown, "check the delete capture", || delete_capture_installed(config, &spec)).await?,
     };
     let mut report = VerifyReport { setup, ..VerifyReport::default() };
+    let mut repairer = match repair {
+        true => Some(Repairer::new(config, &spec, &sink, shutdown).await?),
+        false => None,
+    };
     let (mut expected, mut stored) = (VecDeque::new(), VecDeque::new());
     while !(records.done && documents.done && expected.is_empty() && stored.is_empty()) {
         if shutdown.is_triggered() {
             return Err(Error::Shutdown);
         }
-        tokio::try_join!(records.fill(&mut expected), documents.fill(&mut stored, &mut report.extra))?;
-        join(&mut expected, &mut stored, records.done, documents.done, &mut report);
+        let mut unplaced = Vec::new();
+        tokio::try_join!(records.fill(&mut expected), documents.fill(&mut stored, &mut unplaced))?;
+        let mut found = Vec::new();
+        join(&mut expected, &mut stored, records.done, documents.done, &mut report, &mut found);
+        report.extra.add(unplaced.len() as u64, unplaced.iter().cloned());
+        if let Some(r) = repairer.as_mut() {
+            r.take(found, unplaced);
+            r.flush(false).await?;
+        }
     }
     let (count, ids) = sink.documents_without_id(SAMPLE_SIZE, shutdown).await?;
     report.extra.add(count, ids);
+    if let Some(mut r) = repairer {
+        r.flush(true).await?;
+        r.remove_without_id(count).await?;
+        report.repaired = Some(r.done);
+    }
 
     tracing::info!(
         checked = report.checked,
@@ -251,7 +345,15 @@ struct OrderedDoc {
 
 /// Compares the heads of both sides for as long as each side either has a document or is
 /// finished; returns when one side needs its next page.
-fn join(expected: &mut VecDeque<OrderedDoc>, stored: &mut VecDeque<OrderedDoc>, records_done: bool, docs_done: bool, report: &mut VerifyReport) {
+/// The ids of every difference found go to `found` too, in id order: what a repair writes again.
+fn join(
+    expected: &mut VecDeque<OrderedDoc>,
+    stored: &mut VecDeque<OrderedDoc>,
+    records_done: bool,
+    docs_done: bool,
+    report: &mut VerifyReport,
+    found: &mut Vec<String>,
+) {
     loop {
         let ahead = match (expected.front(), stored.front()) {
             (Some(e), Some(s)) => e.id.cmp(&s.id),
@@ -264,11 +366,13 @@ fn join(expected: &mut VecDeque<OrderedDoc>, stored: &mut VecDeque<OrderedDoc>, 
                 let Some(record) = expected.pop_front() else { return };
                 report.checked += 1;
                 tracing::debug!(key = %record.id, "document missing");
+                found.push(record.id.clone());
                 report.missing.record(record.id);
             }
             std::cmp::Ordering::Greater => {
                 let Some(doc) = stored.pop_front() else { return };
                 tracing::debug!(document = %doc.id, "document without record");
+                found.push(doc.id.clone());
                 report.extra.record(doc.id);
             }
             std::cmp::Ordering::Equal => {
@@ -276,6 +380,7 @@ fn join(expected: &mut VecDeque<OrderedDoc>, stored: &mut VecDeque<OrderedDoc>, 
                 report.checked += 1;
                 if let Some(field) = first_difference(&record.source, &doc.source) {
                     tracing::debug!(key = %record.id, field = %field, "document stale");
+                    found.push(record.id.clone());
                     report.stale.record(StaleDocument { id: record.id, field });
                 }
             }
@@ -297,15 +402,39 @@ fn same_value(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Records in key order, as documents, a page at a time. Reconnects when the connection breaks: a
-/// keyset page can simply be read again.
-struct RecordPages<'a> {
+/// One connection to Postgres for the document, opened when first needed and again after it
+/// broke: a keyset page or a lookup can simply be read again.
+struct Connection<'a> {
     config: &'a Config,
     spec: DocumentSpec,
     tls: PgTls,
+    source: Mutex<Option<PgSource>>,
+}
+
+impl<'a> Connection<'a> {
+    fn new(config: &'a Config, spec: DocumentSpec) -> Result<Connection<'a>> {
+        Ok(Connection { config, spec, tls: PgTls::new(&config.source_settings())?, source: Mutex::new(None) })
+    }
+
+    /// The open connection, or a new one; hand it back with [`Connection::put`].
+    async fn take(&self) -> Result<PgSource> {
+        match self.source.lock().await.take() {
+            Some(s) if !s.is_closed() => Ok(s),
+            _ => PgSource::connect(&self.config.pg, &self.tls, &self.config.pg_schema, &self.spec).await,
+        }
+    }
+
+    async fn put(&self, source: PgSource) {
+        *self.source.lock().await = Some(source);
+    }
+}
+
+/// Records in key order, as documents, a page at a time. Reconnects when the connection breaks.
+struct RecordPages<'a> {
+    config: &'a Config,
+    pg: Connection<'a>,
     policy: RetryPolicy,
     shutdown: &'a Shutdown,
-    source: Mutex<Option<PgSource>>,
     /// The text of the last record's key (`None`: none read yet).
     after: Option<String>,
     done: bool,
@@ -313,16 +442,7 @@ struct RecordPages<'a> {
 
 impl<'a> RecordPages<'a> {
     fn new(config: &'a Config, spec: DocumentSpec, shutdown: &'a Shutdown) -> Result<RecordPages<'a>> {
-        Ok(RecordPages {
-            config,
-            spec,
-            tls: PgTls::new(&config.source_settings())?,
-            policy: config.retry_policy(),
-            shutdown,
-            source: Mutex::new(None),
-            after: None,
-            done: false,
-        })
+        Ok(RecordPages { config, pg: Connection::new(config, spec)?, policy: config.retry_policy(), shutdown, after: None, done: false })
     }
 
     async fn fill(&mut self, out: &mut VecDeque<OrderedDoc>) -> Result<()> {
@@ -342,14 +462,10 @@ impl<'a> RecordPages<'a> {
     }
 
     async fn read_page(&self, after: Option<&str>) -> Result<(std::sync::Arc<crate::catalog::Document>, Vec<Record>)> {
-        let mut slot = self.source.lock().await;
-        let source = match slot.take() {
-            Some(s) if !s.is_closed() => s,
-            _ => PgSource::connect(&self.config.pg, &self.tls, &self.config.pg_schema, &self.spec).await?,
-        };
+        let source = self.pg.take().await?;
         let records = source.records_after(after, self.config.batch_size).await;
         let doc = source.document().clone();
-        *slot = Some(source);
+        self.pg.put(source).await;
         Ok((doc, records?))
     }
 }
@@ -370,8 +486,9 @@ impl<'a> DocumentPages<'a> {
         DocumentPages { sink, size, shutdown, after: None, last_placed: None, done: false }
     }
 
-    /// Reads the next page into `out`; documents that have no place in id order go to `unplaced`.
-    async fn fill(&mut self, out: &mut VecDeque<OrderedDoc>, unplaced: &mut Discrepancies<String>) -> Result<()> {
+    /// Reads the next page into `out`; the `_id`s of documents that have no place in id order go
+    /// to `unplaced`.
+    async fn fill(&mut self, out: &mut VecDeque<OrderedDoc>, unplaced: &mut Vec<String>) -> Result<()> {
         if self.done || !out.is_empty() {
             return Ok(());
         }
@@ -385,7 +502,7 @@ impl<'a> DocumentPages<'a> {
             self.after = Some(key.clone());
             let Some(id) = placed(key, &doc.id) else {
                 tracing::debug!(document = %doc.id, id = %key, "document id is not its _id");
-                unplaced.record(doc.id);
+                unplaced.push(doc.id);
                 continue;
             };
             if self.last_placed.as_ref().is_some_and(|last| id <= *last) {
@@ -424,7 +541,7 @@ mod tests {
         let mut expected: VecDeque<_> = [doc(1, "a"), doc(2, "b"), doc(4, "d"), doc(6, "f")].into();
         let mut stored: VecDeque<_> = [doc(2, "b"), doc(3, "c"), doc(4, "changed"), doc(7, "g")].into();
         let mut report = VerifyReport::default();
-        join(&mut expected, &mut stored, true, true, &mut report);
+        join(&mut expected, &mut stored, true, true, &mut report, &mut Vec::new());
         assert!(expected.is_empty() && stored.is_empty());
         assert_eq!(report.checked, 4);
         assert_eq!(report.missing.first, [id(1), id(6)]);
@@ -438,12 +555,12 @@ mod tests {
         let mut expected: VecDeque<_> = [doc(1, "a"), doc(5, "e")].into();
         let mut stored: VecDeque<_> = [doc(1, "a")].into();
         let mut report = VerifyReport::default();
-        join(&mut expected, &mut stored, false, false, &mut report);
+        join(&mut expected, &mut stored, false, false, &mut report, &mut Vec::new());
         // Record 5 may still come on the next page of documents: not missing yet.
         assert_eq!(expected, [doc(5, "e")]);
         assert_eq!((report.checked, report.missing.count), (1, 0));
         stored.push_back(doc(5, "e"));
-        join(&mut expected, &mut stored, true, false, &mut report);
+        join(&mut expected, &mut stored, true, false, &mut report, &mut Vec::new());
         assert!(report.is_consistent());
         assert_eq!(report.checked, 2);
     }
@@ -452,7 +569,7 @@ mod tests {
     fn counts_go_on_past_the_sample() {
         let mut expected: VecDeque<_> = (1..=30).map(|n| doc(n, "x")).collect();
         let mut report = VerifyReport::default();
-        join(&mut expected, &mut VecDeque::new(), true, true, &mut report);
+        join(&mut expected, &mut VecDeque::new(), true, true, &mut report, &mut Vec::new());
         assert_eq!(report.missing.count, 30);
         assert_eq!(report.missing.first.len(), SAMPLE_SIZE);
         assert!(report.render().contains("… 10 more"), "{}", report.render());

@@ -206,3 +206,131 @@ async fn an_index_with_another_mapping_names_the_first_difference() {
     assert!(!stderr.contains("exception"), "raw elasticsearch json: {stderr}");
     env.cleanup().await;
 }
+
+/// `verify --repair` writes every difference again from Postgres, pages of 7 so that they sit
+/// across page boundaries: records missing from the index, documents edited in the index, a
+/// change polling never sees (an UPDATE that leaves `updated_at` alone), a deleted record, a
+/// stray document and one without an `id`. Verify then finds nothing, and run finds nothing to do.
+#[tokio::test]
+async fn repair_writes_each_difference_again_and_verify_then_finds_none() {
+    let mut env = TestEnv::new("verify_repair").await;
+    env.extra_env.push(("ETL_BATCH_SIZE".into(), "7".into()));
+    env.run_once().await;
+    let nth = |n: usize| format!("SELECT id::text FROM content.film_work ORDER BY id LIMIT 1 OFFSET {n}");
+    let (gone_a, gone_b, edited, unseen, deleted) = (
+        film_id(&env, &nth(6)).await,
+        film_id(&env, &nth(7)).await,
+        film_id(&env, &nth(13)).await,
+        film_id(&env, &nth(14)).await,
+        film_id(&env, &nth(20)).await,
+    );
+    let (stray, no_id) = (random_uuid(&env).await, random_uuid(&env).await);
+    es(&env, reqwest::Method::DELETE, &format!("_doc/{gone_a}"), None).await;
+    es(&env, reqwest::Method::DELETE, &format!("_doc/{gone_b}"), None).await;
+    es(&env, reqwest::Method::POST, &format!("_update/{edited}"), Some(json!({"doc": {"title": "Edited in the index"}}))).await;
+    es(&env, reqwest::Method::PUT, &format!("_doc/{stray}"), Some(json!({"id": stray, "title": "Not a film"}))).await;
+    es(&env, reqwest::Method::PUT, &format!("_doc/{no_id}"), Some(json!({"title": "No id field"}))).await;
+    env.sql(&format!("UPDATE content.film_work SET title = 'Changed behind the change column' WHERE id = '{unseen}'")).await;
+    env.sql(&format!("DELETE FROM content.film_work WHERE id = '{deleted}'")).await;
+    env.refresh().await;
+    let before = check(&env).await;
+    assert_eq!((before.missing.count, before.stale.count, before.extra.count), (2, 2, 3), "{before:?}");
+
+    let out = run(&env, &["verify", "--repair", "--json"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    assert_eq!(
+        (report["missing"]["count"].as_u64(), report["stale"]["count"].as_u64(), report["extra"]["count"].as_u64()),
+        (Some(2), Some(2), Some(3)),
+        "{report}"
+    );
+    // The first pass wrote 4 and deleted 3; the second found nothing.
+    assert_eq!(report["repaired"], json!({"indexed": 4, "deleted": 3, "older_than_index": 0, "dead_lettered": 0, "passes": 2}), "{report}");
+    assert!(stderr.contains("4 documents indexed, 3 deleted"), "{stderr}");
+
+    let after = check(&env).await;
+    assert!(after.is_consistent(), "{after:?}");
+    assert_eq!(after.checked, 998);
+    assert_eq!(env.doc(&unseen).await["title"], "Changed behind the change column");
+    assert_eq!(env.doc(&edited).await["title"], film_id(&env, &format!("SELECT title FROM content.film_work WHERE id = '{edited}'")).await);
+    // The versions are the pipeline's own scale: its next pass rewrites nothing and loses nothing.
+    let next = env.run_once().await;
+    assert_eq!((next.older, next.dead_lettered), (0, 0), "{next:?}");
+    assert!(check(&env).await.is_consistent());
+    env.cleanup().await;
+}
+
+/// A repair while `pg2es run` keeps the index and a writer keeps renaming films: versioned
+/// writes keep the newer state of each document whichever process wrote it, and the index ends
+/// equal to Postgres once the writer stops. The 40 documents deleted or edited in the index are
+/// ones the writer leaves alone, so only the repair can mend them; the renamed ones are stale
+/// while `run` is a cycle behind, so the repair writes them too, racing `run`. Bounded: 150
+/// renames, one repair.
+#[tokio::test]
+async fn repair_beside_a_running_pipeline_and_a_writer_ends_equal() {
+    let mut env = TestEnv::new("verify_repair_live").await;
+    env.extra_env.push(("ETL_CYCLE_SEC".into(), "0.5".into()));
+    let mut pipeline = pg2es(&env, &["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start pg2es run");
+    common::eventually(Duration::from_secs(60), "the running pipeline loads 999 documents", || async { env.try_count().await == Some(999) }).await;
+    // Differences run never sees by itself: documents gone from the index and edited in it.
+    let films: Vec<String> =
+        env.db.query("SELECT id::text FROM content.film_work ORDER BY id LIMIT 100", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    for film in &films[..20] {
+        es(&env, reqwest::Method::DELETE, &format!("_doc/{film}"), None).await;
+    }
+    for film in &films[20..40] {
+        es(&env, reqwest::Method::POST, &format!("_update/{film}"), Some(json!({"doc": {"title": "Edited in the index"}}))).await;
+    }
+    env.refresh().await;
+
+    let writer = {
+        let dsn = env.dsn.clone();
+        let renamed = films[40..].to_vec();
+        tokio::spawn(async move {
+            let db = common::connect(&dsn).await;
+            for n in 0..150 {
+                let film = &renamed[n % renamed.len()];
+                db.execute("UPDATE content.film_work SET title = $1, updated_at = now() WHERE id::text = $2", &[&format!("Renamed {n}"), film])
+                    .await
+                    .expect("rename");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // The writer runs on this test's runtime: the repair waits on a thread of its own.
+    let mut repair = pg2es(&env, &["verify", "--repair"]);
+    let repair = tokio::task::spawn_blocking(move || repair.output().expect("run pg2es")).await.expect("repair");
+    let (stdout, stderr) = (String::from_utf8_lossy(&repair.stdout), String::from_utf8_lossy(&repair.stderr));
+    writer.await.expect("writer");
+    // Refusals as older are `run`'s newer writes winning, which the exit code may report.
+    assert!(repair.status.code() == Some(0) || repair.status.code() == Some(1), "{stdout}{stderr}");
+    let indexed: u64 =
+        stdout.split("repaired: ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{stdout}{stderr}"));
+    assert!(indexed >= 40, "the 40 documents only the repair mends: {stdout}");
+
+    common::eventually(Duration::from_secs(60), "the index equals postgres after the writer stopped", || async {
+        env.refresh().await;
+        check(&env).await.is_consistent()
+    })
+    .await;
+    let _ = pipeline.kill();
+    let _ = pipeline.wait();
+    env.cleanup().await;
+}
+
+/// During the first full load verify counts every record not reached yet as missing: a repair
+/// then would only race the load, and is refused with what to do.
+#[tokio::test]
+async fn repair_is_refused_while_the_full_load_is_unfinished() {
+    let env = TestEnv::new("verify_repair_refused").await;
+    env.run_once().await;
+    let mut state: Value = serde_json::from_slice(&std::fs::read(env.state_file()).unwrap()).unwrap();
+    state["snapshot"] = json!({"after": null, "done": false});
+    std::fs::write(env.state_file(), serde_json::to_vec(&state).unwrap()).unwrap();
+    let out = run(&env, &["verify", "--repair"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused: the full load of index") && stderr.contains("Let `pg2es run` finish it"), "{stderr}");
+    env.cleanup().await;
+}

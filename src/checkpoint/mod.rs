@@ -6,6 +6,8 @@
 //! rename, fsync of the directory), so a crash leaves either the old state or the new one.
 
 mod lock;
+mod status;
+pub use status::{read_status, status_path, write_status, CycleSummary, RunStatus};
 
 pub use lock::InstanceLock;
 
@@ -310,11 +312,7 @@ impl Checkpoint {
             fs::create_dir_all(dir).map_err(|source| Error::Io { context: "cannot create state directory", path: dir.to_path_buf(), source })?;
         }
         let lock = InstanceLock::acquire(&lock_path(path))?;
-        let state = match fs::read(path) {
-            Ok(bytes) => parse_state(path, &bytes, index)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::new(index),
-            Err(source) => return Err(Error::Io { context: "cannot read state file", path: path.to_path_buf(), source }),
-        };
+        let state = read(path, index)?.unwrap_or_else(|| State::new(index));
         // Written once now: a state that cannot be saved (read-only, immutable, a full disk) is
         // refused before anything reaches the index, not after the first batch.
         let mut state = state;
@@ -348,6 +346,10 @@ impl Checkpoint {
         &self.state
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Applies the deltas in order to a copy of the state and makes it durable; only then is it
     /// the state. A delta that does not fit leaves the state and the file as they were.
     pub fn commit(&mut self, deltas: &[PositionDelta]) -> Result<()> {
@@ -373,6 +375,17 @@ impl Checkpoint {
         write_atomically(&self.path, &next)?;
         self.state = next;
         Ok(())
+    }
+}
+
+/// The state as saved, read without the instance lock (`status`, `verify --repair`, beside a
+/// running `run`): `None` when there is no file yet. The file is replaced by a rename, so what
+/// is read is one whole state, possibly one commit old.
+pub fn read(path: &Path, index: &str) -> Result<Option<State>> {
+    match fs::read(path) {
+        Ok(bytes) => parse_state(path, &bytes, index).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io { context: "cannot read state file", path: path.to_path_buf(), source }),
     }
 }
 

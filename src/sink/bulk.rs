@@ -105,8 +105,17 @@ pub struct BulkItem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BulkItemOutcome {
     Stored,
-    Retry { reason: String },
-    Rejected { status: u16, reason: String },
+    /// Refused as older than what the index holds (a version conflict on a versioned write):
+    /// nothing to do when the index's state came from this source later; counted apart, since
+    /// it is also what an index written from a source with higher positions answers.
+    Older,
+    Retry {
+        reason: String,
+    },
+    Rejected {
+        status: u16,
+        reason: String,
+    },
 }
 
 /// Longest part of a reason kept from one error: Elasticsearch 8 and 9 quote the field's value
@@ -153,7 +162,7 @@ pub fn classify(resp: &BulkResponse, sent: usize) -> Result<Vec<BulkItemOutcome>
                 // Deleting a document that is not there: it is gone, which is what was asked.
                 404 if action == "delete" => BulkItemOutcome::Stored,
                 // The index holds a newer state than this write (a higher version): nothing to do.
-                409 if is_version_conflict(item) => BulkItemOutcome::Stored,
+                409 if is_version_conflict(item) => BulkItemOutcome::Older,
                 s if status_is_transient(s) => BulkItemOutcome::Retry { reason: reason(item) },
                 s => BulkItemOutcome::Rejected { status: s, reason: reason(item) },
             }

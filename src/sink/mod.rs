@@ -169,6 +169,8 @@ pub trait IndexSink: Sync {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LoadReport {
     pub stored: usize,
+    /// Writes the index refused as older than the version it holds (not in `stored`).
+    pub older: usize,
     pub dead_lettered: usize,
     pub retried_items: usize,
 }
@@ -291,8 +293,13 @@ impl ElasticsearchSink {
         let mut delays = self.retry.delays();
         for attempt in 1..=MAX_ITEM_ATTEMPTS {
             let body = bulk::body(pending.iter().copied());
-            let raw =
-                retry(&self.retry, shutdown, "bulk", || self.send_ok(Method::POST, "_bulk", "bulk", Some((body.clone(), "application/x-ndjson")))).await?;
+            let raw = retry(&self.retry, shutdown, "bulk", || async {
+                let sent = std::time::Instant::now();
+                let raw = self.send_ok(Method::POST, "_bulk", "bulk", Some((body.clone(), "application/x-ndjson"))).await?;
+                crate::telemetry::bulk_request(sent.elapsed());
+                Ok(raw)
+            })
+            .await?;
             let unreadable = |e: serde_json::Error| Error::Unreadable { context: "bulk", reason: e.to_string() };
             let summary: bulk::BulkSummary = serde_json::from_slice(&raw).map_err(unreadable)?;
             if !summary.errors && summary.items.len() == pending.len() {
@@ -303,12 +310,14 @@ impl ElasticsearchSink {
             let resp: BulkResponse = serde_json::from_slice(&raw).map_err(unreadable)?;
             let outcomes = bulk::classify(&resp, pending.len()).map_err(|reason| Error::Unreadable { context: "bulk", reason })?;
             let sent = pending.len();
+            let older_before = report.older;
             let mut again = Vec::new();
             let mut last_reason = String::new();
             let mut rejected = Vec::new();
             for (doc, outcome) in pending.into_iter().zip(outcomes) {
                 match outcome {
                     BulkItemOutcome::Stored => report.stored += 1,
+                    BulkItemOutcome::Older => report.older += 1,
                     BulkItemOutcome::Retry { reason } => {
                         last_reason = reason;
                         again.push(doc);
@@ -316,10 +325,14 @@ impl ElasticsearchSink {
                     BulkItemOutcome::Rejected { status, reason } => rejected.push((doc.id.as_str(), status, reason)),
                 }
             }
+            crate::telemetry::item_failures("retried", again.len());
+            crate::telemetry::item_failures("rejected", rejected.len());
+            crate::telemetry::item_failures("older", report.older - older_before);
             // Judged on the documents settled by this response (stored or refused).
             self.record_rejections(sent - again.len(), &rejected)?;
             if !rejected.is_empty() {
                 write_dead_letters(&self.dead_letter, &self.index, &rejected)?;
+                crate::telemetry::count(&crate::telemetry::DEAD_LETTERS, rejected.len() as u64);
                 report.dead_lettered += rejected.len();
                 tracing::warn!(count = rejected.len(), file = %self.dead_letter.display(), first_reason = %rejected[0].2, "documents rejected by elasticsearch, written to dead-letter file");
             }

@@ -27,6 +27,7 @@ pub(super) async fn report_slot(pg: &PgSource, settings: &ReplicationSettings, l
     let retained: Option<i64> = row.try_get(0).map_err(Error::postgres("read the replication slot"))?;
     let unconfirmed: Option<i64> = row.try_get(1).map_err(Error::postgres("read the replication slot"))?;
     let (retained, unconfirmed) = (retained.unwrap_or(0).max(0) as u64, unconfirmed.unwrap_or(0).max(0) as u64);
+    crate::telemetry::slot_retained(&settings.slot, retained);
     if retained > settings.max_retained_bytes {
         tracing::warn!(slot = %settings.slot, retained_bytes = retained, unconfirmed_bytes = unconfirmed, lag_sec, limit_mb = settings.max_retained_bytes >> 20, "the replication slot retains more WAL than ETL_SLOT_MAX_RETAINED_MB: Postgres keeps it until pg2es has loaded the changes (an open transaction also holds it)");
     } else {
