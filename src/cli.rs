@@ -51,12 +51,41 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Forget where a document is: its state (and status) file is removed, so that the next run
+    /// loads it again from the first record, over the index as it is. Refused while a run keeps
+    /// it. In replication mode, resetting every document also drops the run's slot.
+    Reset {
+        /// The document of the definition (all selected ones when omitted).
+        document: Option<String>,
+        /// Confirms it: without it nothing is removed.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// The documents Elasticsearch refused for good (the dead-letter files).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Triggers that record deletes for pg2es (opt-in; PostgreSQL 13+): print their DDL for
     /// PG_SCHEMA, or install or remove them with the configured Postgres settings.
     DeleteCapture {
         #[command(subcommand)]
         action: DeleteCaptureAction,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum DlqAction {
+    /// Each dead letter: the document's id, the status and the reason, and when.
+    List {
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build each document named again from Postgres as it is now and write it; the ones stored
+    /// leave the file, the ones refused again are written to it again with the new reason. Safe
+    /// beside `pg2es run`. Exit 0 when none was refused again.
+    Replay,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]

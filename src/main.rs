@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use pg2es::cli::{Cli, Command, DeleteCaptureAction};
+use pg2es::cli::{Cli, Command, DeleteCaptureAction, DlqAction};
 use pg2es::config::LogFormat;
 use pg2es::pipeline::{self, Mode};
 use pg2es::source::delete_log;
@@ -98,6 +98,32 @@ fn try_main() -> pg2es::Result<ExitCode> {
             let worst = all.iter().map(|s| s.verdict).max().unwrap_or(pg2es::status::Verdict::Healthy);
             return Ok(ExitCode::from(worst.exit_code()));
         }
+        Command::Reset { document, yes } => {
+            // The run's slot is its selected documents': dropped when all of them are reset.
+            let selected = pipeline::documents(&config)?.len();
+            let mut config = config;
+            if let Some(d) = document {
+                config.documents = vec![d];
+            }
+            let docs = pipeline::documents(&config)?;
+            let all = docs.len() == selected;
+            let names: Vec<String> = docs.iter().map(|(c, spec, _)| format!("{} (state {})", spec.name, c.state_file.display())).collect();
+            if !yes {
+                return Err(Error::Refused(format!(
+                    "reset removes the state of {}: the next run loads every record again. Add --yes to do it",
+                    names.join(", ")
+                )));
+            }
+            let resets: Vec<(String, &pg2es::Config)> = docs.iter().map(|(c, spec, _)| (spec.name.clone(), c)).collect();
+            let resets = &resets;
+            let done = with_runtime(|_| async move { pg2es::reset::reset(resets, all).await })?;
+            println!("reset {}: the next `pg2es run` loads every record again", names.join(", "));
+            if let Some(slot) = done.slot {
+                println!("dropped the replication slot {slot}; the next run creates it again");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Dlq { action } => return dlq(&config, action),
         Command::Check => {
             let docs = pipeline::documents(&config)?;
             let config = &config;
@@ -218,6 +244,48 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// `pg2es dlq list|replay` for each selected document.
+fn dlq(config: &pg2es::Config, action: DlqAction) -> pg2es::Result<ExitCode> {
+    let docs = pipeline::documents(config)?;
+    match action {
+        DlqAction::List { json } => {
+            for (c, spec, _) in &docs {
+                let letters = pg2es::dlq::list(c)?;
+                if json {
+                    for d in &letters {
+                        println!("{}", serde_json::to_string(d).map_err(|e| Error::Encode(format!("a dead letter: {e}")))?);
+                    }
+                    continue;
+                }
+                println!("== {} (index {}, {}): {} dead letters", spec.name, c.es_index, c.dead_letter_file.display(), letters.len());
+                for d in &letters {
+                    println!("{}  {}  {}  {}", d.time, d.id, d.status, d.reason);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqAction::Replay => {
+            let docs = &docs;
+            let done = with_runtime(|shutdown| async move {
+                let mut done = Vec::new();
+                for (c, spec, _) in docs {
+                    done.push((spec.name.clone(), pg2es::dlq::replay(c, spec, &shutdown).await?));
+                }
+                Ok(done)
+            })?;
+            let mut clean = true;
+            for (name, r) in &done {
+                println!(
+                    "{name}: {} documents replayed: {} indexed, {} deleted (their record is gone), {} refused again, {} refused as older than the index",
+                    r.documents, r.written.indexed, r.written.deleted, r.written.dead_lettered, r.written.older_than_index
+                );
+                clean &= r.written.dead_lettered == 0;
+            }
+            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
     }
 }
 

@@ -228,14 +228,19 @@ impl Health {
     /// (since `started` when there has been none), or waiting for a service for longer.
     pub fn unhealthy(&self, now: DateTime<Utc>, started: DateTime<Utc>, max_age: Duration) -> Option<String> {
         let bound = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
-        if let Some(w) = self.waiting.as_ref().filter(|w| now - w.since > bound) {
-            return Some(format!("waiting for {} ({}) since {}", w.service, w.operation, w.since.to_rfc3339()));
-        }
         let last = self.last_progress.unwrap_or(started);
-        (now - last > bound).then(|| match self.last_progress {
-            Some(at) => format!("no progress since {}", at.to_rfc3339()),
-            None => format!("no progress since the start at {}", started.to_rfc3339()),
-        })
+        let stalled = now - last > bound;
+        let nothing = match self.last_progress {
+            Some(at) => format!("nothing stored since {}", at.to_rfc3339()),
+            None => format!("nothing stored since the start at {}", started.to_rfc3339()),
+        };
+        match &self.waiting {
+            // What it waits for is the news, whichever bound was passed first.
+            Some(w) if stalled || now - w.since > bound => {
+                Some(format!("waiting for {} ({}) since {}; {nothing}", w.service, w.operation, w.since.to_rfc3339()))
+            }
+            _ => stalled.then_some(nothing),
+        }
     }
 
     /// The lag at `now`: see [`LAG_SECONDS`]; `None` before a cycle caught up.
@@ -309,7 +314,7 @@ mod tests {
         let bound = Duration::from_secs(60);
         let mut h = Health::default();
         assert_eq!(h.unhealthy(t0 + chrono::Duration::seconds(30), t0, bound), None);
-        assert!(h.unhealthy(t0 + chrono::Duration::seconds(61), t0, bound).unwrap().contains("since the start"));
+        assert!(h.unhealthy(t0 + chrono::Duration::seconds(61), t0, bound).unwrap().starts_with("nothing stored since the start"));
         h.last_progress = Some(t0 + chrono::Duration::seconds(50));
         assert_eq!(h.unhealthy(t0 + chrono::Duration::seconds(100), t0, bound), None);
         h.waiting = Some(Waiting { service: "elasticsearch".into(), operation: "bulk".into(), since: t0 + chrono::Duration::seconds(20) });

@@ -36,7 +36,7 @@ use crate::source::{delete_log, PgSource, PgTls};
 use crate::transform::build;
 
 mod repair;
-use repair::Repairer;
+pub use repair::Repairer;
 
 /// Ids listed per kind of difference; the counts are always complete.
 pub const SAMPLE_SIZE: usize = 20;

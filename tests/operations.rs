@@ -126,3 +126,95 @@ async fn healthz_fails_while_elasticsearch_is_down_past_the_bound() {
     let _ = run.wait();
     env.cleanup().await;
 }
+
+fn pg2es(vars: &[(String, String)], args: &[&str]) -> (Option<i32>, String, String) {
+    let out = common::pg2es_command(vars, args).output().expect("run pg2es");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn dead_letters(vars: &[(String, String)]) -> Vec<Value> {
+    let (code, stdout, stderr) = pg2es(vars, &["dlq", "list", "--json"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+}
+
+/// Three films Elasticsearch refuses (a 40 kB title is an immense term for `title.raw`) are
+/// dead-lettered. One is then fixed and one deleted in Postgres, by writes polling never sees
+/// (the change column is left alone): `dlq replay` builds each from Postgres as it is now, so the
+/// fixed one is indexed, the deleted one leaves the file, and the one still refused stays in it
+/// with its new refusal. Once it is fixed too, a second replay empties the file.
+#[tokio::test]
+async fn dlq_replay_rebuilds_dead_letters_from_postgres_as_it_is_now() {
+    let env = TestEnv::new("ops_dlq").await;
+    let vars = env.env_vars();
+    let films: Vec<String> = env.db.query("SELECT id::text FROM content.film_work ORDER BY id LIMIT 3", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let long_title = "Ж".repeat(20_000);
+    for film in &films {
+        env.sql(&format!("UPDATE content.film_work SET title = '{long_title}' WHERE id = '{film}'")).await;
+    }
+    let r = env.run_once().await;
+    assert_eq!((r.stored, r.dead_lettered), (996, 3), "{r:?}");
+    let listed = dead_letters(&vars);
+    assert_eq!(listed.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect::<Vec<_>>(), films);
+    assert!(listed.iter().all(|d| d["status"] == 400 && d["reason"].as_str().unwrap().contains("title.raw")), "{listed:?}");
+    let (code, text, _) = pg2es(&vars, &["dlq", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(text.contains(": 3 dead letters"), "{text}");
+
+    let (fixed, broken, deleted) = (&films[0], &films[1], &films[2]);
+    env.sql(&format!("UPDATE content.film_work SET title = 'Fixed quietly' WHERE id = '{fixed}'")).await;
+    env.sql(&format!("DELETE FROM content.film_work WHERE id = '{deleted}'")).await;
+    let (code, stdout, stderr) = pg2es(&vars, &["dlq", "replay"]);
+    assert_eq!(code, Some(1), "one is refused again: {stdout}{stderr}");
+    assert!(stdout.contains("3 documents replayed: 1 indexed, 1 deleted (their record is gone), 1 refused again"), "{stdout}{stderr}");
+    env.refresh().await;
+    assert_eq!(env.doc(fixed).await["title"], "Fixed quietly");
+    let left = dead_letters(&vars);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["id"], broken.as_str());
+    assert_ne!(left[0]["time"], listed[1]["time"], "the refusal is the replay's own");
+
+    env.sql(&format!("UPDATE content.film_work SET title = 'Fixed as well' WHERE id = '{broken}'")).await;
+    let (code, stdout, stderr) = pg2es(&vars, &["dlq", "replay"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("1 documents replayed: 1 indexed"), "{stdout}");
+    assert!(dead_letters(&vars).is_empty());
+    assert!(env.verify().await.is_consistent());
+    env.cleanup().await;
+}
+
+/// `reset` needs `--yes`, refuses while a run keeps the document (exit 3), and then removes the
+/// state so that the next run loads every record again; in replication mode it drops the slot.
+#[tokio::test]
+async fn reset_forgets_the_position_and_drops_the_slot() {
+    let env = TestEnv::replicated("ops_reset").await;
+    let vars = env.env_vars();
+    assert_eq!(env.run_once().await.records, 999);
+    assert_eq!(env.run_once().await.records, 0);
+    let slot = format!("pg2es_{}", env.index);
+    let count = format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'");
+    assert_eq!(env.scalar_i64(&count).await, 1);
+
+    let (code, _, stderr) = pg2es(&vars, &["reset"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("Add --yes to do it"), "{stderr}");
+    assert!(env.state_file().exists());
+
+    let log = env.dir.path().join("run.log");
+    let mut run = common::spawn_run(&env, &log);
+    common::log_shows(&log, "pg2es started", Duration::from_secs(30)).await;
+    let (code, _, stderr) = pg2es(&vars, &["reset", "movies", "--yes"]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("another pg2es instance is running"), "{stderr}");
+    common::signal(&run, "-TERM");
+    common::wait_exit(&mut run, Duration::from_secs(30));
+
+    let (code, stdout, stderr) = pg2es(&vars, &["reset", "--yes"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("dropped the replication slot {slot}")), "{stdout}");
+    assert!(!env.state_file().exists());
+    assert_eq!(env.scalar_i64(&count).await, 0);
+    assert_eq!(env.run_once().await.records, 999, "everything is loaded again");
+    assert_eq!(env.scalar_i64(&count).await, 1);
+    env.cleanup().await;
+}

@@ -561,10 +561,26 @@ struct TotalHits {
     value: u64,
 }
 
+/// Past this size the dead-letter file is rotated to `<file>.1` (replacing an older `.1`): the
+/// file is bounded to twice this, and `pg2es dlq` reads both.
+pub const DEAD_LETTER_ROTATE_BYTES: u64 = 64 << 20;
+
+/// `<file>.<suffix>` beside a dead-letter file (`1`: the rotated one; `replaying`: a replay's).
+pub fn dead_letter_sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    path.with_file_name(name)
+}
+
 fn write_dead_letters(path: &Path, index: &str, rejected: &[(&str, u16, String)]) -> Result<()> {
     let io = |source| Error::Io { context: "cannot write dead-letter file", path: path.to_path_buf(), source };
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > DEAD_LETTER_ROTATE_BYTES) {
+        let rotated = dead_letter_sibling(path, "1");
+        tracing::warn!(file = %path.display(), rotated = %rotated.display(), limit_mb = DEAD_LETTER_ROTATE_BYTES >> 20, "the dead-letter file is full: rotated, replacing the one rotated before (`pg2es dlq replay` sends its documents again)");
+        std::fs::rename(path, &rotated).map_err(io)?;
     }
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
     let time = chrono::Utc::now().to_rfc3339();

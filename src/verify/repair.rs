@@ -24,7 +24,8 @@ use crate::transform::build;
 /// Documents without an `id` field deleted per request (each round then refreshes and looks again).
 const WITHOUT_ID_PAGE: usize = 1_000;
 
-pub(super) struct Repairer<'a> {
+/// Writes documents again from Postgres by id; `verify --repair` and `dlq replay` use it.
+pub struct Repairer<'a> {
     pg: Connection<'a>,
     sink: &'a ElasticsearchSink,
     policy: RetryPolicy,
