@@ -51,6 +51,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild a document's index with no downtime: load `<index>_<n>` from the index schema
+    /// while `run` keeps the live one, catch it up, then move the alias `<index>` to it in one
+    /// step; a running `run` follows. The first one turns the concrete index into an alias.
+    Reindex {
+        /// The document of the definition (all selected ones, one after the other, when omitted).
+        document: Option<String>,
+        /// Keep the old index (not possible the first time: the alias takes its name).
+        #[arg(long)]
+        keep_old: bool,
+    },
     /// Forget where a document is: its state (and status) file is removed, so that the next run
     /// loads it again from the first record, over the index as it is. Refused while a run keeps
     /// it. In replication mode, resetting every document also drops the run's slot.

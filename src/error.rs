@@ -68,7 +68,7 @@ pub enum Error {
     #[error("elasticsearch refused {rejected} of the last {sent} documents for good (first reason: {reason}); stopped without saving progress or dead-lettering them")]
     SystematicRejection { rejected: usize, sent: usize, reason: String },
 
-    #[error("elasticsearch index '{index}' exists with a different mapping ({difference}); delete the index or point ES_INDEX at a new name")]
+    #[error("elasticsearch index '{index}' exists with a different mapping ({difference}); to rebuild it with the new mapping while search keeps the old one, run `pg2es reindex` with the new index schema, then start `pg2es run` with it; or delete the index, or point ES_INDEX at a new name")]
     MappingConflict { index: String, difference: String },
 
     /// The index's mapping `_meta` records that another source (database, schema, document)

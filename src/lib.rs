@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod position;
 pub mod progress;
 pub mod reconcile;
+pub mod reindex;
 pub mod reset;
 pub mod retry;
 pub mod secret;

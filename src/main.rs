@@ -98,6 +98,26 @@ fn try_main() -> pg2es::Result<ExitCode> {
             let worst = all.iter().map(|s| s.verdict).max().unwrap_or(pg2es::status::Verdict::Healthy);
             return Ok(ExitCode::from(worst.exit_code()));
         }
+        Command::Reindex { document, keep_old } => {
+            let mut config = config;
+            if let Some(d) = document {
+                config.documents = vec![d];
+            }
+            let docs = pipeline::documents(&config)?;
+            let docs = &docs;
+            let done = with_runtime(|shutdown| async move {
+                let mut done = Vec::new();
+                for (c, spec, index) in docs {
+                    done.push((spec.name.clone(), c.es_index.clone(), pg2es::reindex::reindex(c, spec.clone(), index, keep_old, &shutdown).await?));
+                }
+                Ok(done)
+            })?;
+            for (name, alias, r) in &done {
+                let old = if r.kept_old { format!("{} kept", r.old) } else { format!("{} deleted", r.old) };
+                println!("{name}: {alias} now points at {} ({} records loaded and caught up); {old}", r.new, r.records);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Reset { document, yes } => {
             // The run's slot is its selected documents': dropped when all of them are reset.
             let selected = pipeline::documents(&config)?.len();
@@ -291,7 +311,8 @@ fn dlq(config: &pg2es::Config, action: DlqAction) -> pg2es::Result<ExitCode> {
 
 /// Runs `task` on a new runtime, with shutdown on SIGINT and SIGTERM.
 fn with_runtime<T, F: std::future::Future<Output = pg2es::Result<T>>>(task: impl FnOnce(shutdown::Shutdown) -> F) -> pg2es::Result<T> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|source| Error::Io {
+    // 8 MiB a worker: the cycle's futures nest deep, most of all in a debug build.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(8 << 20).build().map_err(|source| Error::Io {
         context: "cannot start runtime",
         path: ".".into(),
         source,

@@ -221,9 +221,16 @@ async fn run_document(
 /// Records which definition the documents are built from; after a change to it (a `where`, a
 /// field reading another column), every record is loaded again over the live index, and the
 /// reconciliation after it removes the documents the definition no longer makes.
-fn adopt_definition(checkpoint: &mut Checkpoint, spec: &DocumentSpec, index: &IndexSpec) -> Result<()> {
+pub fn adopt_definition(checkpoint: &mut Checkpoint, spec: &DocumentSpec, index: &IndexSpec) -> Result<()> {
     let Some(fingerprint) = crate::catalog::definition::fingerprint(&spec.source, &spec.name, &index.schema) else { return Ok(()) };
+    checkpoint.set_running_definition(fingerprint.clone());
     if checkpoint.state().definition.as_deref() == Some(fingerprint.as_str()) {
+        return Ok(());
+    }
+    // A rebuild from this definition waits to be taken over (`follow_rebuild`): its positions are
+    // of documents built from it, nothing is loaded again.
+    let handoff = crate::checkpoint::read(&crate::checkpoint::handoff_path(checkpoint.path()), &checkpoint.state().index).ok().flatten();
+    if handoff.is_some_and(|h| h.definition.as_deref() == Some(fingerprint.as_str())) {
         return Ok(());
     }
     if checkpoint.state().definition_changes(&fingerprint) {
@@ -249,11 +256,25 @@ pub async fn run_cycles<S: ChangeSource, K: IndexSink>(
     let mut index_empty = options.index_empty_at_start;
     let mut idle = IdleCycles::default();
     let mut status = Status::new();
+    let mut rebuild_checked: Option<Instant> = None;
     loop {
+        if options.mode == Mode::Once || rebuild_checked.is_none_or(|t| t.elapsed() >= REBUILD_CHECK_EVERY) {
+            // Boxed, like the cycle: the loop's own future stays small (debug builds nest deep).
+            match Box::pin(follow_rebuild(sink, checkpoint, shutdown)).await {
+                Ok(adopted) => {
+                    rebuild_checked = Some(Instant::now());
+                    if adopted {
+                        source.rewound();
+                    }
+                }
+                Err(e) if matches!(e.retry(), Retry::WaitFor(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let started = Instant::now();
         let began = chrono::Utc::now();
         // Bounded: a server that stops answering mid-cycle cannot hold a stop back.
-        let outcome = shutdown.bounded(run_cycle(source, sink, checkpoint, options, &mut index_empty, shutdown)).await;
+        let outcome = shutdown.bounded(Box::pin(run_cycle(source, sink, checkpoint, options, &mut index_empty, shutdown))).await;
         if let Some(report) = outcome.as_ref().ok().filter(|r| !r.interrupted) {
             telemetry::progressed();
             if !report.more && checkpoint.state().snapshot_in_progress().is_none() {
@@ -303,6 +324,45 @@ pub async fn run_cycles<S: ChangeSource, K: IndexSink>(
         }
     }
     Ok(reports)
+}
+
+/// How often a running pipeline looks whether `pg2es reindex` moved the index's alias.
+const REBUILD_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Follows a rebuild by `pg2es reindex`: once the index name points at another concrete index
+/// than the positions were loaded into, the rebuild's hand-over (its positions in the new index,
+/// `checkpoint::handoff_path`) becomes the state, and the cycles read on from there; a
+/// hand-over from another definition stops the run (restarted with that definition, it takes
+/// it). Without a hand-over the new index is loaded in full.
+/// True when a hand-over was taken.
+async fn follow_rebuild<K: IndexSink>(sink: &K, checkpoint: &mut Checkpoint, shutdown: &Shutdown) -> Result<bool> {
+    let Some(target) = sink.target_index(shutdown).await? else { return Ok(false) };
+    let recorded = checkpoint.state().target.clone();
+    if recorded.as_deref() == Some(target.as_str()) {
+        return Ok(false);
+    }
+    let path = crate::checkpoint::handoff_path(checkpoint.path());
+    let handoff = crate::checkpoint::read(&path, &checkpoint.state().index)?.filter(|h| h.target.as_deref() == Some(target.as_str()));
+    let Some(handoff) = handoff else {
+        if recorded.is_some() {
+            tracing::warn!(index = %checkpoint.state().index, now = %target, before = ?recorded, "the index name points at another index and no rebuild handed its positions over: every record is loaded into it");
+        }
+        checkpoint.commit(&[PositionDelta::Target { index: target }])?;
+        return Ok(false);
+    };
+    if let (Some(theirs), Some(ours)) = (&handoff.definition, checkpoint.running_definition()) {
+        if theirs != ours {
+            return Err(Error::Refused(format!(
+                "index {} now points at {target}, which `pg2es reindex` built from another definition than this run's: restart `pg2es run` with that definition (it takes the rebuild's positions, {})",
+                checkpoint.state().index,
+                path.display()
+            )));
+        }
+    }
+    checkpoint.adopt(handoff)?;
+    let _ = std::fs::remove_file(&path);
+    tracing::info!(index = %checkpoint.state().index, now = %target, before = ?recorded, "following the rebuild: reading on from the positions it reached in the new index");
+    Ok(true)
 }
 
 /// The document's status file (`checkpoint::RunStatus`), rewritten after each cycle and each

@@ -82,6 +82,11 @@ pub struct State {
     /// fingerprint`). Absent in files written before it was recorded: the first run records it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub definition: Option<String>,
+    /// The concrete index these positions were loaded into: the index name itself, or the one
+    /// its alias points at after `pg2es reindex`. Absent in files written before it was
+    /// recorded: the first cycle records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -149,6 +154,9 @@ pub enum PositionDelta {
     /// went missing, or its position was dropped): it is forgotten, and read again only after a
     /// reload once it is back.
     DeleteLogLost,
+    /// The positions are of this concrete index (recorded once; another one after a rebuild
+    /// without a hand-over starts the full load over: [`Checkpoint::adopt`] is the other way).
+    Target { index: String },
     /// The documents are built from the definition with this fingerprint from now on. Recorded
     /// the first time; another one than recorded means every document may be built otherwise,
     /// so every record is loaded again from the first (a full load under way starts over),
@@ -286,6 +294,13 @@ impl State {
                 self.delete_log = None;
                 Ok(())
             }
+            PositionDelta::Target { index } => {
+                if self.target.as_deref().is_some_and(|t| t != index) {
+                    self.snapshot = Some(Snapshot::default());
+                }
+                self.target = Some(index.clone());
+                Ok(())
+            }
             PositionDelta::Definition { fingerprint } => {
                 if self.definition_changes(fingerprint) {
                     self.snapshot = Some(Snapshot::default());
@@ -302,6 +317,9 @@ impl State {
 pub struct Checkpoint {
     path: PathBuf,
     state: State,
+    /// The fingerprint of the definition this process builds documents from (in memory only):
+    /// what a rebuild's hand-over is compared with.
+    running: Option<String>,
     _lock: InstanceLock,
 }
 
@@ -318,7 +336,7 @@ impl Checkpoint {
         let mut state = state;
         state.version = STATE_VERSION;
         write_atomically(path, &state)?;
-        Ok(Checkpoint { path: path.to_path_buf(), state, _lock: lock })
+        Ok(Checkpoint { path: path.to_path_buf(), state, running: None, _lock: lock })
     }
 
     /// Ties the state to the database it is read from: records it the first time, and refuses a
@@ -350,6 +368,15 @@ impl Checkpoint {
         &self.path
     }
 
+    /// The fingerprint of the definition this process builds documents from (see `running`).
+    pub fn running_definition(&self) -> Option<&str> {
+        self.running.as_deref().or(self.state.definition.as_deref())
+    }
+
+    pub fn set_running_definition(&mut self, fingerprint: String) {
+        self.running = Some(fingerprint);
+    }
+
     /// Applies the deltas in order to a copy of the state and makes it durable; only then is it
     /// the state. A delta that does not fit leaves the state and the file as they were.
     pub fn commit(&mut self, deltas: &[PositionDelta]) -> Result<()> {
@@ -357,6 +384,18 @@ impl Checkpoint {
             return Ok(());
         }
         self.update(|next| deltas.iter().try_for_each(|d| next.apply(d)))
+    }
+
+    /// Takes `state` as it is, in place of the saved one: the positions `pg2es reindex` reached
+    /// for the index it built and the alias now points at (its hand-over). The one change that
+    /// may move positions back: they are the new index's, read after its full load began, so
+    /// reading on from them loses nothing, and what is read twice is written twice, harmlessly.
+    pub fn adopt(&mut self, state: State) -> Result<()> {
+        self.update(|next| {
+            let index = std::mem::take(&mut next.index);
+            *next = State { index, ..state };
+            Ok(())
+        })
     }
 
     /// Records (or, with `None`, clears) the index settings to put back after the full load.
@@ -391,6 +430,20 @@ pub fn read(path: &Path, index: &str) -> Result<Option<State>> {
 
 fn parent(path: &Path) -> Option<&Path> {
     path.parent().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Where `pg2es reindex` leaves its positions for `run` to take over (`<state>.handoff.json`).
+pub fn handoff_path(state: &Path) -> PathBuf {
+    let mut name = state.file_name().unwrap_or_default().to_os_string();
+    name.push(".handoff.json");
+    state.with_file_name(name)
+}
+
+/// Writes `state` to `path` atomically (a hand-over, by `pg2es reindex`).
+pub fn write_state(path: &Path, state: &State) -> Result<()> {
+    let mut state = state.clone();
+    state.version = STATE_VERSION;
+    write_atomically(path, &state)
 }
 
 pub fn lock_path(state: &Path) -> PathBuf {

@@ -4,6 +4,7 @@
 //! stored (acknowledged by Elasticsearch) or written to the dead-letter file; only then may the
 //! watermark advance. Documents carry `_id` = the record's key, so loading one twice is harmless.
 
+pub mod alias;
 pub mod bulk;
 mod claim;
 pub mod engine;
@@ -150,6 +151,13 @@ pub trait IndexSink: Sync {
     fn claim(&self, owner: &IndexOwner, shutdown: &Shutdown) -> impl Future<Output = Result<()>> + Send;
 
     fn write(&self, actions: Vec<IndexAction>, shutdown: &Shutdown) -> impl Future<Output = Result<LoadReport>> + Send;
+
+    /// The concrete index writes land in (the name's alias target after `pg2es reindex`);
+    /// `None` for a sink that has no such thing.
+    fn target_index(&self, shutdown: &Shutdown) -> impl Future<Output = Result<Option<String>>> + Send {
+        let _ = shutdown;
+        async { Ok(None) }
+    }
 
     /// The current values of the settings a full load changes: what to put back after it.
     fn settings_before_full_load(&self, shutdown: &Shutdown) -> impl Future<Output = Result<IndexSettings>> + Send;
@@ -468,6 +476,10 @@ impl IndexSink for ElasticsearchSink {
             encoded.push(line.map_err(|e| Error::Encode(format!("document {}: {e}", action.id())))?);
         }
         self.load(&encoded, shutdown).await
+    }
+
+    async fn target_index(&self, shutdown: &Shutdown) -> Result<Option<String>> {
+        self.concrete(shutdown).await
     }
 
     async fn settings_before_full_load(&self, shutdown: &Shutdown) -> Result<IndexSettings> {

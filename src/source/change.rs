@@ -90,6 +90,10 @@ pub trait ChangeSource: Sync {
     /// A batch's `completes` is durable.
     fn acknowledge(&self, receipt: Receipt);
 
+    /// The state was replaced by positions further back (a rebuild's hand-over): what the source
+    /// remembers of rows already loaded is of the index before, and is forgotten.
+    fn rewound(&self) {}
+
     /// The document the records of this cycle are read as (after `prepare`).
     fn document(&self) -> Option<std::sync::Arc<Document>>;
 

@@ -445,6 +445,10 @@ impl ChangeSource for PollingSource {
         self.pg.as_ref().map(|pg| pg.document().clone())
     }
 
+    fn rewound(&self) {
+        *self.recent.lock().unwrap_or_else(|p| p.into_inner()) = RecentlyLoaded::default();
+    }
+
     fn acknowledge(&self, receipt: Receipt) {
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         for (stream, rows) in receipt.rows {

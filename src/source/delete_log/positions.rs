@@ -103,3 +103,17 @@ pub async fn trim_for_replication(client: &impl GenericClient, schema: &str, con
         .await
         .map_err(Error::postgres(context))
 }
+
+/// Drops `consumer`'s position in `schema`'s log, if the log and the position exist (a rebuild's
+/// position from the rebuild before).
+pub async fn forget_consumer(client: &impl GenericClient, schema: &str, consumer: &str) -> Result<()> {
+    let context = "drop a delete log position";
+    let row = client.query_one("SELECT pg_catalog.to_regclass('pg2es.consumers') IS NOT NULL", &[]).await.map_err(Error::postgres(context))?;
+    if row.try_get::<_, bool>(0).map_err(Error::postgres(context))? {
+        client
+            .execute("DELETE FROM pg2es.consumers WHERE source_schema = $1 AND consumer = $2", &[&schema, &consumer])
+            .await
+            .map_err(Error::postgres(context))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! `pg2es reindex` on the real stack: a rebuild while `pg2es run` keeps the index and a writer
+//! keeps changing films, with a search loop running the whole time; and a rebuild while `run` is
+//! stopped, taken over at its next start without a reload.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestEnv;
+use serde_json::Value;
+
+fn reindex(vars: &[(String, String)], args: &[&str]) -> (Option<i32>, String, String) {
+    let mut all = vec!["reindex"];
+    all.extend_from_slice(args);
+    let out = common::pg2es_command(vars, &all).output().expect("run pg2es reindex");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The indexes the name points at (`None`: it is not an alias).
+async fn alias_of(env: &TestEnv) -> Option<Vec<String>> {
+    let resp = env.http.get(format!("{}/_alias/{}", env.es, env.index)).send().await.unwrap();
+    if resp.status() == 404 {
+        return None;
+    }
+    let v: Value = resp.json().await.unwrap();
+    let mut names: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    names.sort();
+    Some(names)
+}
+
+/// A fresh environment without the rebuilds an earlier, failed run of the test left.
+async fn fresh(name: &str) -> TestEnv {
+    let env = TestEnv::new(name).await;
+    for n in 1..=3 {
+        let _ = env.http.delete(format!("{}/{}_{n}", env.es, env.index)).send().await;
+    }
+    env.delete_index().await;
+    env
+}
+
+async fn exists(env: &TestEnv, index: &str) -> bool {
+    env.http.head(format!("{}/{index}", env.es)).send().await.unwrap().status() == 200
+}
+
+/// Searches the name every 20 ms until told to stop: counts answers that are not a 200 with hits.
+fn search_loop(env: &TestEnv, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, u64, Vec<String>)> {
+    let (http, url) = (env.http.clone(), format!("{}/{}/_search?q=title:*&size=1", env.es, env.index));
+    tokio::spawn(async move {
+        let (mut ok, mut bad, mut why) = (0u64, 0u64, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            match http.get(&url).timeout(Duration::from_secs(5)).send().await {
+                Ok(resp) if resp.status() == 200 => {
+                    let body: Value = resp.json().await.unwrap_or_default();
+                    if body["hits"]["total"]["value"].as_u64().unwrap_or(0) > 0 {
+                        ok += 1;
+                    } else {
+                        bad += 1;
+                        why.push(format!("no hits: {body}"));
+                    }
+                }
+                Ok(resp) => {
+                    bad += 1;
+                    why.push(format!("{}: {}", resp.status(), resp.text().await.unwrap_or_default()));
+                }
+                Err(e) => {
+                    bad += 1;
+                    why.push(e.to_string());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (ok, bad, why)
+    })
+}
+
+/// Three rebuilds while `run` keeps the index and a writer renames films; the renames made during
+/// each are in the new index, and `verify` finds no difference at the end. The first turns the
+/// concrete index into an alias, deleting the old index in the same step, which fails a search
+/// under way on it at that instant: the search loop starts after it. During the next two (the
+/// old index deleted 5 s after the move, then kept with `--keep-old`) search never fails and
+/// never comes back empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_under_a_writer_keeps_search_serving_and_loses_no_write() {
+    let env = fresh("reindex_live").await;
+    let vars = env.env_vars();
+    let log = env.dir.path().join("run.log");
+    let mut run = common::spawn_run(&env, &log);
+    common::eventually(Duration::from_secs(60), "the running pipeline loads 999 documents", || async { env.try_count().await == Some(999) }).await;
+    let films: Vec<String> = env.db.query("SELECT id::text FROM content.film_work ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let renames = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (dsn, films, stop, renames) = (env.dsn.clone(), films.clone(), stop.clone(), renames.clone());
+        tokio::spawn(async move {
+            let db = common::connect(&dsn).await;
+            let mut rng = common::Rng::from_clock("reindex writer");
+            // Bounded by count and by the stop flag.
+            for n in 0..3_000u64 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let film = &films[(rng.next() % films.len() as u64) as usize];
+                db.execute(
+                    "UPDATE content.film_work SET title = $1, updated_at = now() WHERE id::text = $2",
+                    &[&format!("Renamed during the rebuild {n}"), film],
+                )
+                .await
+                .expect("rename");
+                renames.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        })
+    };
+
+    let rebuild = |args: &'static [&'static str]| {
+        let vars = vars.clone();
+        async move {
+            let (code, stdout, stderr) = tokio::task::spawn_blocking(move || reindex(&vars, args)).await.unwrap();
+            assert_eq!(code, Some(0), "{stdout}{stderr}");
+            stdout
+        }
+    };
+    let converted = rebuild(&[]).await;
+    let first = format!("{}_1", env.index);
+    assert!(converted.contains(&format!("{} now points at {first}", env.index)), "{converted}");
+    assert_eq!(alias_of(&env).await, Some(vec![first.clone()]));
+    common::log_shows(&log, "following the rebuild", Duration::from_secs(30)).await;
+    let during_first = renames.load(Ordering::Relaxed);
+
+    let searches = search_loop(&env, stop.clone());
+    rebuild(&[]).await;
+    let new = format!("{}_2", env.index);
+    assert_eq!(alias_of(&env).await, Some(vec![new.clone()]));
+    assert!(!exists(&env, &first).await, "the old index is deleted after the move");
+    rebuild(&["--keep-old"]).await;
+    let newer = format!("{}_3", env.index);
+    assert_eq!(alias_of(&env).await, Some(vec![newer.clone()]));
+    assert!(exists(&env, &new).await, "--keep-old kept {new}");
+
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let (ok, bad, why) = searches.await.unwrap();
+    assert!(renames.load(Ordering::Relaxed) > during_first && during_first > 0, "the writer ran during both rebuilds");
+    assert_eq!(bad, 0, "search failed or came back empty {bad} times of {}: {:?}", ok + bad, &why[..why.len().min(5)]);
+    assert!(ok > 20, "the search loop ran: {ok}");
+
+    common::eventually(Duration::from_secs(60), "the index equals postgres after the writer stopped", || async {
+        env.refresh().await;
+        env.verify().await.is_consistent()
+    })
+    .await;
+    // The last rename of a film is in the index the name points at now.
+    let last: (String, String) = {
+        let row = env.db.query_one("SELECT id::text, title FROM content.film_work ORDER BY updated_at DESC LIMIT 1", &[]).await.unwrap();
+        (row.get(0), row.get(1))
+    };
+    let doc: Value = env.http.get(format!("{}/{newer}/_doc/{}", env.es, last.0)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(doc["_source"]["title"], last.1.as_str());
+    common::signal(&run, "-TERM");
+    common::wait_exit(&mut run, Duration::from_secs(30));
+    let _ = env.http.delete(format!("{}/{new}", env.es)).send().await;
+    let _ = env.http.delete(format!("{}/{newer}", env.es)).send().await;
+    env.cleanup().await;
+}
+
+/// With `run` stopped, a rebuild leaves its positions behind; the next `run` takes them over and
+/// reads on from there instead of loading everything again, and a change made after the rebuild
+/// reaches the new index.
+#[tokio::test]
+async fn a_rebuild_while_run_is_stopped_is_taken_over_at_its_start() {
+    let env = fresh("reindex_stopped").await;
+    let vars = env.env_vars();
+    assert_eq!(env.run_once().await.records, 999);
+    let (code, stdout, stderr) = reindex(&vars, &["--keep-old"]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("cannot be kept"), "{stderr}");
+    let (code, stdout, stderr) = reindex(&vars, &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("999 records loaded"), "{stdout}");
+    let film: String = env.db.query_one("SELECT id::text FROM content.film_work ORDER BY id LIMIT 1", &[]).await.unwrap().get(0);
+    env.sql(&format!("UPDATE content.film_work SET title = 'After the rebuild', updated_at = now() WHERE id = '{film}'")).await;
+    let next = env.run_once().await;
+    assert!(next.records < 10, "the hand-over is taken, nothing is loaded again: {next:?}");
+    env.refresh().await;
+    assert_eq!(env.doc(&film).await["title"], "After the rebuild");
+    assert!(env.verify().await.is_consistent());
+    let state: Value = serde_json::from_slice(&std::fs::read(env.state_file()).unwrap()).unwrap();
+    assert_eq!(state["target"], format!("{}_1", env.index));
+    let _ = env.http.delete(format!("{}/{}_1", env.es, env.index)).send().await;
+    env.cleanup().await;
+}
+
+/// A mapping change: the index schema gains a sub-field of `title` (the documents stay the same).
+/// `reindex` with the new schema builds the new index while the old `run` keeps the live one; once
+/// the name moves, the old `run` stops, saying to restart it with that schema, and restarted with
+/// it, it takes the hand-over and loads nothing again.
+#[tokio::test]
+async fn a_mapping_change_goes_through_reindex_and_a_restart() {
+    let env = fresh("reindex_mapping").await;
+    let log = env.dir.path().join("run.log");
+    let mut old_run = common::spawn_run(&env, &log);
+    common::eventually(Duration::from_secs(60), "the running pipeline loads 999 documents", || async { env.try_count().await == Some(999) }).await;
+
+    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(common::schema_file()).unwrap()).unwrap();
+    schema["mappings"]["properties"]["title"]["fields"]["sort"] = serde_json::json!({"type": "keyword", "ignore_above": 256});
+    let new_schema = env.dir.path().join("es_schema.v2.json");
+    std::fs::write(&new_schema, serde_json::to_vec_pretty(&schema).unwrap()).unwrap();
+    let mut vars = env.env_vars();
+    vars.retain(|(k, _)| k != "ES_SCHEMA_FILE");
+    vars.push(("ES_SCHEMA_FILE".into(), new_schema.display().to_string()));
+
+    let (code, stdout, stderr) = reindex(&vars, &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let status = common::wait_exit(&mut old_run, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "the old run stops");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("built from another definition than this run's: restart `pg2es run` with that definition"), "{said}");
+
+    let film: String = env.db.query_one("SELECT id::text FROM content.film_work ORDER BY id LIMIT 1", &[]).await.unwrap().get(0);
+    env.sql(&format!("UPDATE content.film_work SET title = 'After the mapping change', updated_at = now() WHERE id = '{film}'")).await;
+    let out = common::pg2es_command(&vars, &["run", "--once"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("following the rebuild"), "{stderr}");
+    assert!(!stderr.contains("full load started"), "nothing is loaded again: {stderr}");
+    env.refresh().await;
+    assert_eq!(env.doc(&film).await["title"], "After the mapping change");
+    let mapping: Value = env.http.get(format!("{}/{}/_mapping", env.es, env.index)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(mapping[format!("{}_1", env.index)]["mappings"]["properties"]["title"]["fields"]["sort"]["type"], "keyword", "{mapping}");
+    let _ = env.http.delete(format!("{}/{}_1", env.es, env.index)).send().await;
+    env.cleanup().await;
+}
