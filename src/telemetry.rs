@@ -197,6 +197,34 @@ pub fn slot_retained(slot: &str, bytes: u64) {
     metrics::gauge!(SLOT_RETAINED.name, "slot" => slot.to_string()).set(bytes as f64);
 }
 
+/// How long a request may go unanswered before the log says what pg2es waits for.
+pub const SLOW_ANSWER: Duration = Duration::from_secs(5);
+
+/// Awaits `work`; when it has not finished after [`SLOW_ANSWER`] (a server that accepted the
+/// connection and says nothing), logs once what pg2es waits for, where, and for how much longer
+/// at most (`limit`: the request's timeout, when it has one), then goes on waiting.
+pub async fn watched<T>(service: &str, what: &str, target: &str, limit: Option<Duration>, work: impl std::future::Future<Output = T>) -> T {
+    let mut work = std::pin::pin!(work);
+    tokio::select! {
+        out = &mut work => return out,
+        () = tokio::time::sleep(SLOW_ANSWER) => {}
+    }
+    match limit {
+        Some(limit) => tracing::warn!(
+            waiting_for = %service,
+            operation = what,
+            at = target,
+            waited_sec = SLOW_ANSWER.as_secs(),
+            timeout_sec = limit.as_secs(),
+            "{service} has not answered for {} s; still waiting, at most until the {} s timeout", SLOW_ANSWER.as_secs(), limit.as_secs()
+        ),
+        None => {
+            tracing::warn!(waiting_for = %service, operation = what, at = target, waited_sec = SLOW_ANSWER.as_secs(), "{service} has not answered for {} s; still waiting", SLOW_ANSWER.as_secs())
+        }
+    }
+    work.await
+}
+
 /// A document's health as this process sees it; also the body of its status file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Health {

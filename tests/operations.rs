@@ -218,3 +218,47 @@ async fn reset_forgets_the_position_and_drops_the_slot() {
     assert_eq!(env.scalar_i64(&count).await, 1);
     env.cleanup().await;
 }
+
+/// A server that accepts connections and never says a word: its port, and the sockets held open.
+fn silent_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        // Bounded: the test process ends long before.
+        for stream in listener.incoming().take(100) {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// Elasticsearch, then Postgres, accepts the connection and never answers: within a few seconds,
+/// well before the request's timeout, the log says what pg2es waits for and where.
+#[tokio::test]
+async fn a_server_that_accepts_and_never_answers_is_named_before_the_timeout() {
+    let mut env = TestEnv::new("ops_silent").await;
+    let es_port = silent_server();
+    env.extra_env.push(("ES_URL".into(), format!("http://127.0.0.1:{es_port}")));
+    env.extra_env.push(("ES_TIMEOUT_SEC".into(), "60".into()));
+    let log = env.dir.path().join("es.log");
+    let mut run = common::spawn_run(&env, &log);
+    common::log_shows(&log, "elasticsearch has not answered for 5 s; still waiting, at most until the 60 s timeout", Duration::from_secs(15)).await;
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains(&format!("at=\"http://127.0.0.1:{es_port}/\"")) && said.contains("operation=\"read engine version\""), "{said}");
+    let _ = run.kill();
+    let _ = run.wait();
+
+    let pg_port = silent_server();
+    env.extra_env.retain(|(k, _)| k != "ES_URL");
+    env.extra_env.push(("PG_DSN".into(), format!("postgres://app@127.0.0.1:{pg_port}/movies?connect_timeout=60")));
+    let log = env.dir.path().join("pg.log");
+    let mut run = common::spawn_run(&env, &log);
+    // Postgres is first met after the index is checked, which a busy Elasticsearch can take a while to do.
+    common::log_shows(&log, "postgres has not answered for 5 s; still waiting, at most until the 60 s timeout", Duration::from_secs(60)).await;
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains(&format!("at=\"127.0.0.1:{pg_port}/movies\"")), "{said}");
+    let _ = run.kill();
+    let _ = run.wait();
+    env.cleanup().await;
+}

@@ -236,14 +236,20 @@ impl ElasticsearchSink {
             }
         };
         let body_len = body.as_ref().map_or(0, |(b, _)| b.len());
-        req = req.timeout(timeout_for(self.timeout, body_len));
+        let limit = timeout_for(self.timeout, body_len);
+        req = req.timeout(limit);
         if let Some((body, content_type)) = body {
             req = req.header(CONTENT_TYPE, content_type).body(body);
         }
-        let resp = req.send().await.map_err(Error::es_transport(context))?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(Error::es_transport(context))?;
-        Ok((status, bytes.to_vec()))
+        let exchange = async {
+            let resp = req.send().await.map_err(Error::es_transport(context))?;
+            let status = resp.status().as_u16();
+            let bytes = resp.bytes().await.map_err(Error::es_transport(context))?;
+            Ok((status, bytes.to_vec()))
+        };
+        let mut at = self.url(path);
+        let _ = (at.set_username(""), at.set_password(None));
+        crate::telemetry::watched("elasticsearch", context, at.as_str(), Some(limit), exchange).await
     }
 
     /// Like `send`, but any status other than 2xx is an error carrying the body.

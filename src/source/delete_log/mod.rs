@@ -46,8 +46,24 @@ pub async fn connect_with(settings: &super::SourceSettings) -> Result<Client> {
     connect(&settings.pg, &PgTls::new(settings)?).await
 }
 
+/// Where a connection goes, for the log: `host:port/database`, no credentials.
+pub fn describe_target(pg: &tokio_postgres::Config) -> String {
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    format!("{host}:{}/{}", pg.get_ports().first().copied().unwrap_or(5432), pg.get_dbname().unwrap_or(""))
+}
+
 /// A plain connection for administering the log (the pipeline reads it through its own).
 pub async fn connect(pg: &tokio_postgres::Config, tls: &PgTls) -> Result<Client> {
+    let target = describe_target(pg);
+    crate::telemetry::watched("postgres", "connect", &target, pg.get_connect_timeout().copied(), open(pg, tls)).await
+}
+
+async fn open(pg: &tokio_postgres::Config, tls: &PgTls) -> Result<Client> {
     let client = match tls {
         PgTls::Off => {
             let (client, connection) = pg.connect(NoTls).await.map_err(Error::postgres_connect("connect"))?;
