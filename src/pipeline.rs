@@ -123,26 +123,44 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
     if let [(c, spec, index)] = runs.as_slice() {
         return telemetry::in_document(&spec.name, run_document(c, spec.clone(), index, stream, mode, shutdown)).await;
     }
-    // One fails for good: the others stop too (and save what they loaded).
+    // One task per document, so that their transforms use every core. One fails for good: the
+    // others stop too (and save what they loaded).
     let (stop, local) = Shutdown::new();
-    let stop = &stop;
-    let local = &local;
-    let all = futures_util::future::join_all(runs.iter().map(|(c, spec, index)| async move {
-        let out = telemetry::in_document(&spec.name, run_document(c, spec.clone(), index, stream, mode, local)).await;
-        if out.is_err() {
-            stop.trigger();
-        }
-        out
-    }));
-    futures_util::pin_mut!(all);
+    let stop = std::sync::Arc::new(stop);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (position, (c, spec, index)) in runs.into_iter().enumerate() {
+        let (stream, local, stop) = (stream.cloned(), local.clone(), stop.clone());
+        tasks.spawn(async move {
+            let name = spec.name.clone();
+            let out = telemetry::in_document(&name, run_document(&c, spec, &index, stream.as_ref(), mode, &local)).await;
+            if out.is_err() {
+                stop.trigger();
+            }
+            (position, out)
+        });
+    }
     // A shutdown asked for reaches every document; they then finish as one does alone.
-    let results = tokio::select! {
-        r = &mut all => r,
-        () = shutdown.wait() => {
-            stop.trigger();
-            all.await
+    let mut results = Vec::new();
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok(r)) => results.push(r),
+                Some(Err(e)) => {
+                    stop.trigger();
+                    results.push((usize::MAX, Err(Error::SourceSetup(format!("a document's task ended abnormally: {e}")))));
+                }
+            },
+            () = shutdown.wait(), if !asked => {
+                asked = true;
+                stop.trigger();
+            }
         }
-    };
+    }
+    // In the definition's order, whichever finished first: the first document's error is told.
+    results.sort_by_key(|(position, _)| *position);
+    let results = results.into_iter().map(|(_, r)| r);
     let mut reports = Vec::new();
     let mut first_error = None;
     for r in results {

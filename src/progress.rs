@@ -1,20 +1,22 @@
 //! Progress of the full load: a bar with rate and ETA when stderr is a terminal (indicatif),
 //! otherwise one log line every [`LOG_EVERY_BATCHES`] batches.
 //!
-//! Log lines go through [`StderrWriter`], which hides the bar while a line is written, so the
-//! two never overwrite each other.
+//! Several documents loading at once get a line each, under one `MultiProgress`, each named
+//! after its document. Log lines go through [`StderrWriter`], which hides the bars while a line
+//! is written, so the two never overwrite each other.
 
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{HumanCount, ProgressBar, ProgressState, ProgressStyle};
+use indicatif::{HumanCount, MultiProgress, ProgressBar, ProgressState, ProgressStyle};
 
 /// Without a terminal, a progress line every this many batches.
 pub const LOG_EVERY_BATCHES: u64 = 20;
 
-/// The bar on screen, if any: the log writer suspends it.
-static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+/// The bars on screen (one per document loading), and how many there are: the log writer
+/// suspends them while it writes.
+static BARS: Mutex<Option<(MultiProgress, usize)>> = Mutex::new(None);
 
 pub struct Progress {
     bar: Option<ProgressBar>,
@@ -27,6 +29,8 @@ struct Counts {
     done: u64,
     batches: u64,
     started: Option<Instant>,
+    /// The bar is among the ones on screen.
+    shown: bool,
 }
 
 impl Progress {
@@ -35,6 +39,7 @@ impl Progress {
         let bar = terminal.then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(bar_style().unwrap_or_else(|_| ProgressStyle::default_bar()));
+            bar.set_prefix(crate::telemetry::document().to_string());
             bar
         });
         Progress { bar, state: Mutex::new(Counts::default()) }
@@ -47,14 +52,24 @@ impl Progress {
 
     /// The load begins with `total` records to go.
     pub fn start(&self, total: u64) {
-        if let Ok(mut c) = self.state.lock() {
-            *c = Counts { total, started: Some(Instant::now()), ..Counts::default() };
-        }
+        let was_shown = match self.state.lock() {
+            Ok(mut c) => {
+                let shown = c.shown;
+                *c = Counts { total, started: Some(Instant::now()), shown: shown || self.bar.is_some(), ..Counts::default() };
+                shown
+            }
+            Err(_) => true,
+        };
         if let Some(bar) = &self.bar {
             bar.set_length(total);
             bar.reset();
-            if let Ok(mut slot) = BAR.lock() {
-                *slot = Some(bar.clone());
+            // Started again (a reload): the bar is on screen already.
+            if !was_shown {
+                if let Ok(mut slot) = BARS.lock() {
+                    let (multi, count) = slot.get_or_insert_with(|| (MultiProgress::new(), 0));
+                    multi.add(bar.clone());
+                    *count += 1;
+                }
             }
         }
         crate::telemetry::full_load(0, total);
@@ -79,10 +94,17 @@ impl Progress {
     /// The load is over (done or interrupted): the bar goes away.
     pub fn finish(&self) {
         crate::telemetry::full_load(0, 0);
-        if let Some(bar) = &self.bar {
+        let shown = self.state.lock().map(|mut c| std::mem::take(&mut c.shown)).unwrap_or(false);
+        if let (Some(bar), true) = (&self.bar, shown) {
             bar.finish_and_clear();
-            if let Ok(mut slot) = BAR.lock() {
-                *slot = None;
+            if let Ok(mut slot) = BARS.lock() {
+                if let Some((multi, count)) = slot.as_mut() {
+                    multi.remove(bar);
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        *slot = None;
+                    }
+                }
             }
         }
     }
@@ -108,7 +130,7 @@ fn bar_style() -> Result<ProgressStyle, indicatif::style::TemplateError> {
     let rate = |state: &ProgressState, w: &mut dyn std::fmt::Write| {
         let _ = w.write_str(&rate_text(state.per_sec()));
     };
-    Ok(ProgressStyle::with_template("full load {bar:40} {pos}/{len} records  {rate}  ETA {eta}")?.with_key("rate", rate))
+    Ok(ProgressStyle::with_template("{prefix:>10} full load {bar:40} {pos}/{len} records  {rate}  ETA {eta}")?.with_key("rate", rate))
 }
 
 /// A rate as the bar shows it: whole records per second, thousands separated (`11,919/s`);
@@ -124,9 +146,9 @@ pub struct StderrWriter;
 
 impl Write for StderrWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let bar = BAR.lock().ok().and_then(|b| b.clone());
-        match bar {
-            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf)).map(|_| buf.len()),
+        let bars = BARS.lock().ok().and_then(|b| b.as_ref().map(|(multi, _)| multi.clone()));
+        match bars {
+            Some(multi) => multi.suspend(|| std::io::stderr().write_all(buf)).map(|_| buf.len()),
             None => std::io::stderr().write_all(buf).map(|_| buf.len()),
         }
     }

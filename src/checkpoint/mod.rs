@@ -411,7 +411,7 @@ impl Checkpoint {
         let mut next = self.state.clone();
         change(&mut next).map_err(|source| Error::Position { path: self.path.clone(), source })?;
         next.version = STATE_VERSION;
-        write_atomically(&self.path, &next)?;
+        off_runtime(|| write_atomically(&self.path, &next))?;
         self.state = next;
         Ok(())
     }
@@ -425,6 +425,16 @@ pub fn read(path: &Path, index: &str) -> Result<Option<State>> {
         Ok(bytes) => parse_state(path, &bytes, index).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(Error::Io { context: "cannot read state file", path: path.to_path_buf(), source }),
+    }
+}
+
+/// Runs `work` (a write and its fsync) so that it does not hold up the other tasks of a
+/// multi-threaded runtime (`block_in_place`: the worker hands its tasks to another first); on a
+/// current-thread runtime or none, simply runs it.
+pub fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 

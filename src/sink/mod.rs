@@ -345,7 +345,7 @@ impl ElasticsearchSink {
             // Judged on the documents settled by this response (stored or refused).
             self.record_rejections(sent - again.len(), &rejected)?;
             if !rejected.is_empty() {
-                write_dead_letters(&self.dead_letter, &self.index, &rejected)?;
+                crate::checkpoint::off_runtime(|| write_dead_letters(&self.dead_letter, &self.index, &rejected))?;
                 crate::telemetry::count(&crate::telemetry::DEAD_LETTERS, rejected.len() as u64);
                 report.dead_lettered += rejected.len();
                 tracing::warn!(count = rejected.len(), file = %self.dead_letter.display(), first_reason = %rejected[0].2, "documents rejected by elasticsearch, written to dead-letter file");
