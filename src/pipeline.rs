@@ -578,6 +578,7 @@ struct Loaded {
     bad_numbers: usize,
     completes: Vec<PositionDelta>,
     receipt: Receipt,
+    committed: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Transforms one batch's changes into index actions and has the sink apply them.
@@ -605,7 +606,17 @@ async fn load_batch<K: IndexSink>(batch: ChangeBatch, doc: &Document, sink: &K, 
         actions.push(IndexAction::Index { id: record.key.to_string(), body, version: batch.version });
     }
     let load = if actions.is_empty() { LoadReport::default() } else { sink.write(actions, shutdown).await? };
-    Ok(Loaded { records, deleted, load, unmatched, unmatched_values, bad_numbers, completes: batch.completes, receipt: batch.receipt })
+    Ok(Loaded {
+        records,
+        deleted,
+        load,
+        unmatched,
+        unmatched_values,
+        bad_numbers,
+        completes: batch.completes,
+        receipt: batch.receipt,
+        committed: batch.committed,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -641,6 +652,9 @@ async fn write_batches<S: ChangeSource, K: IndexSink>(
         telemetry::count(&telemetry::INDEXED, loaded.records.saturating_sub(loaded.load.dead_lettered) as u64);
         telemetry::count(&telemetry::DELETED, loaded.deleted as u64);
         telemetry::progressed();
+        if let Some(at) = loaded.committed.filter(|_| loaded.records + loaded.deleted > 0) {
+            telemetry::commit_to_stored(at);
+        }
         if let (Some(p), true) = (progress, loaded.completes.iter().any(|d| matches!(d, PositionDelta::FullLoad(_)))) {
             p.advance(loaded.records as u64);
         }

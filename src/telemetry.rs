@@ -65,6 +65,12 @@ pub const ITEM_FAILURES: Metric = metric(
 pub const RETRIES: Metric =
     metric("pg2es_retries_total", Kind::Counter, &["document", "service"], "waits for an unavailable service (postgres or elasticsearch) before trying again");
 pub const BACKOFF_MS: Metric = metric("pg2es_backoff_milliseconds_total", Kind::Counter, &["document", "service"], "time spent waiting before those retries");
+pub const COMMIT_TO_STORED: Metric = metric(
+    "pg2es_commit_to_stored_seconds",
+    Kind::Histogram,
+    DOC,
+    "per batch of changes, from the commit of its oldest change (polling: that row's change timestamp) to the batch stored",
+);
 pub const LAG_SECONDS: Metric = metric(
     "pg2es_lag_seconds",
     Kind::Gauge,
@@ -88,6 +94,7 @@ pub const METRICS: &[&Metric] = &[
     &ITEM_FAILURES,
     &RETRIES,
     &BACKOFF_MS,
+    &COMMIT_TO_STORED,
     &LAG_SECONDS,
     &LAST_SUCCESS,
     &DEAD_LETTERS,
@@ -140,6 +147,11 @@ pub fn bulk_request(took: Duration) {
     let doc = document().to_string();
     metrics::counter!(BULK_REQUESTS.name, "document" => doc.clone()).increment(1);
     metrics::histogram!(BULK_SECONDS.name, "document" => doc).record(took.as_secs_f64());
+}
+
+pub fn commit_to_stored(committed: DateTime<Utc>) {
+    let seconds = (Utc::now() - committed).num_milliseconds().max(0) as f64 / 1000.0;
+    metrics::histogram!(COMMIT_TO_STORED.name, "document" => document().to_string()).record(seconds);
 }
 
 pub fn item_failures(reason: &'static str, n: usize) {

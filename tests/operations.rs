@@ -84,6 +84,9 @@ async fn status_and_metrics_follow_a_running_pipeline() {
         sample(&page, indexed).is_some_and(|n| n > 999.0) && sample(&page, r#"pg2es_bulk_requests_total{document="movies"}"#).is_some_and(|n| n > bulks)
     })
     .await;
+    // The change was timed from its row's timestamp to its batch stored.
+    let page = get(&env.http, &metrics).await.1;
+    assert!(sample(&page, r#"pg2es_commit_to_stored_seconds_count{document="movies"}"#).is_some_and(|n| n >= 1.0), "{page}");
     let (code, body) = get(&env.http, &format!("http://127.0.0.1:{port}/healthz")).await;
     assert_eq!((code, body.as_str()), (200, "movies: ok\n"));
 

@@ -40,6 +40,9 @@ pub struct ChangeBatch {
     /// version than the document's is refused by the index, so a late older state never
     /// overwrites a newer one. `None`: unversioned (a batch with no changes).
     pub version: Option<u64>,
+    /// When the oldest change this batch stands for was made (its commit, or its row's change
+    /// timestamp in polling); `None` for a full load's batches, which stand for no change.
+    pub committed: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What a source wants to hear back once a batch is durable (polling: the rows whose records are

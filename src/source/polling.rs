@@ -119,8 +119,9 @@ impl PollingSource {
                     completes.push(PositionDelta::Stream { stream: stream.to_string(), to: target.clone() });
                     saved = Some(target);
                 }
+                let committed = page.fresh.iter().map(|r| r.ts).min();
                 let receipt = Receipt { rows: vec![(stream.to_string(), page.fresh)] };
-                if !reading::send_records(pg, tx, &page.keys, batch_size, Versioning::AtRead, completes, receipt).await? {
+                if !reading::send_records(pg, tx, &page.keys, batch_size, Versioning::AtRead, completes, receipt, committed).await? {
                     return Ok(false);
                 }
                 cursor = Some(page.last);
@@ -163,7 +164,7 @@ impl PollingSource {
             }
             let doc = pg.document();
             let keys: Vec<Key> = page.keys.iter().filter_map(|text| logged_key(doc, text)).collect();
-            if !reading::send_records(pg, tx, &keys, self.settings.batch_size, Versioning::AtRead, completes, Receipt::default()).await? {
+            if !reading::send_records(pg, tx, &keys, self.settings.batch_size, Versioning::AtRead, completes, Receipt::default(), None).await? {
                 return Ok(false);
             }
             if last_page {

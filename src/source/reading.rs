@@ -71,10 +71,11 @@ pub async fn send_records(
     versioning: Versioning,
     completes: Vec<PositionDelta>,
     receipt: Receipt,
+    committed: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<bool> {
     let chunks: Vec<&[Key]> = ids.chunks(batch_size.max(1)).collect();
     if chunks.is_empty() {
-        return Ok(send(tx, ChangeBatch { changes: Vec::new(), completes, receipt, version: None }).await);
+        return Ok(send(tx, ChangeBatch { changes: Vec::new(), completes, receipt, version: None, committed: None }).await);
     }
     let (last, mut end) = (chunks.len() - 1, Some((completes, receipt)));
     for (i, ids) in chunks.into_iter().enumerate() {
@@ -84,7 +85,7 @@ pub async fn send_records(
         });
         let changes = upserts_and_deletes(ids, pg.records(ids).await?);
         let (completes, receipt) = if i == last { end.take().unwrap_or_default() } else { Default::default() };
-        if !send(tx, ChangeBatch { changes, completes, receipt, version }).await {
+        if !send(tx, ChangeBatch { changes, completes, receipt, version, committed }).await {
             return Ok(false);
         }
     }

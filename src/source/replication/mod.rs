@@ -129,7 +129,7 @@ impl ReplicationSource {
                 tracing::warn!(document = %self.spec.name, slot = %self.settings.slot, reason = %lost, resyncs = state.resyncs + 1, "the replication stream cannot be followed from the saved position: taking a fresh one; every record is loaded again, then documents of records that are gone are removed");
                 let completes = vec![PositionDelta::Resync { lsn: until, setup }];
                 // A closed channel: the writer stopped, and says why.
-                let _ = tx.send(ChangeBatch { changes: Vec::new(), completes, version: Some(until), receipt: Receipt::default() }).await;
+                let _ = tx.send(ChangeBatch { changes: Vec::new(), completes, version: Some(until), receipt: Receipt::default(), committed: None }).await;
                 return Ok(());
             }
         };
@@ -156,7 +156,8 @@ impl ReplicationSource {
         }
         let ids: Vec<Key> = roots.into_iter().collect();
         // Read after `position`: every state read now is at least as new as the stream there.
-        reading::send_records(pg, tx, &ids, self.base.batch_size, Versioning::Fixed(position.max(from)), completes, Receipt::default()).await?;
+        let committed = window.oldest_commit.and_then(crate::source::pgoutput::commit_time);
+        reading::send_records(pg, tx, &ids, self.base.batch_size, Versioning::Fixed(position.max(from)), completes, Receipt::default(), committed).await?;
         Ok(())
     }
 }

@@ -32,6 +32,8 @@ pub(super) struct Window {
     pub last_commit_end: Option<Lsn>,
     /// Every change before the window's end was read.
     pub exhausted: bool,
+    /// The commit time (Postgres microseconds) of the oldest transaction in the window.
+    pub oldest_commit: Option<i64>,
 }
 
 /// One peek of a slot, decoded: the messages of the transactions committed before `until`
@@ -88,8 +90,11 @@ pub(super) fn window_of(peek: &Peek, doc: &Document, schema: &str, from: Lsn, un
     for message in &peek.messages {
         match message {
             Message::Relation(_) => {}
-            Message::Begin { final_lsn, .. } => {
+            Message::Begin { final_lsn, commit_time_us, .. } => {
                 taken = (from..until).contains(final_lsn);
+                if taken {
+                    window.oldest_commit = Some(window.oldest_commit.map_or(*commit_time_us, |t| t.min(*commit_time_us)));
+                }
                 past_until |= *final_lsn >= until;
                 continue;
             }
