@@ -44,12 +44,36 @@ load() {
   curl -s -o /dev/null -XDELETE "$ES_URL/$index"
 }
 
+# load_all LABEL BINARY PREFIX [ENV...]: the cinema's three documents (movies, genres, persons)
+# loaded at once by one run into PREFIX<index>; prints one JSON line (documents of all three).
+load_all() {
+  local label=$1 bin=$2 prefix=$3; shift 3
+  curl -s -o /dev/null -XDELETE "$ES_URL/${prefix}movies,${prefix}genres,${prefix}persons?ignore_unavailable=true"
+  rm -f "$dir/$prefix-state"*.json
+  local t0 t1
+  t0=$(date +%s.%N)
+  env "$@" ES_INDEX_PREFIX="$prefix" ETL_STATE_FILE="$dir/$prefix-state.json" ETL_DEAD_LETTER_FILE="$dir/$prefix-dead.jsonl" \
+      /usr/bin/time -v -o "$dir/$label.time" "$bin" run --once 2>"$dir/$label.log" || { say "$label failed: $(tail -3 "$dir/$label.log")"; exit 1; }
+  t1=$(date +%s.%N)
+  local rss docs
+  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/$label.time")
+  curl -s -o /dev/null -XPOST "$ES_URL/${prefix}*/_refresh"
+  docs=$(curl -s "$ES_URL/${prefix}*/_count" | jq .count)
+  jq -n --arg name "$label" --argjson wall "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')" --argjson rss "$rss" --argjson docs "$docs" \
+    '{"label": $name, wall_sec: $wall, docs: $docs, docs_per_sec: ($docs / $wall), peak_rss_kb: $rss}'
+  curl -s -o /dev/null -XDELETE "$ES_URL/${prefix}movies,${prefix}genres,${prefix}persons?ignore_unavailable=true"
+}
+
 : > "$dir/runs.jsonl"
 dsn="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/bench_$n"
 for r in $(seq "$rounds"); do
   for who in base new; do
     bin=$base; [ $who = new ] && bin=target/release/pg2es
     load "$who-$r" "$bin" "bench_ab_$who" PG_DSN="$dsn" PG2ES_DOCUMENTS=movies | tee -a "$dir/runs.jsonl" >&2
+  done
+  for who in base new; do
+    bin=$base; [ $who = new ] && bin=target/release/pg2es
+    load_all "all3-$who-$r" "$bin" "bench_ab3_${who}_" PG_DSN="$dsn" | tee -a "$dir/runs.jsonl" >&2
   done
 done
 
@@ -68,6 +92,8 @@ jq -s --arg films "$n" --arg books "$books" --arg rounds "$rounds" '
   { films: ($films | tonumber), book_count: ($books | tonumber), rounds: ($rounds | tonumber),
     base: (of("base-") | { docs_per_sec: (map(.docs_per_sec) | med), all: map(.docs_per_sec), peak_rss_kb: (map(.peak_rss_kb) | max) }),
     new: (of("new-") | { docs_per_sec: (map(.docs_per_sec) | med), all: map(.docs_per_sec), peak_rss_kb: (map(.peak_rss_kb) | max) }),
+    all3_base: (of("all3-base-") | { docs_per_sec: (map(.docs_per_sec) | med), all: map(.docs_per_sec), peak_rss_kb: (map(.peak_rss_kb) | max) }),
+    all3_new: (of("all3-new-") | { docs_per_sec: (map(.docs_per_sec) | med), all: map(.docs_per_sec), peak_rss_kb: (map(.peak_rss_kb) | max) }),
     books: (of("books-") | { docs_per_sec: (map(.docs_per_sec) | med), all: map(.docs_per_sec), peak_rss_kb: (map(.peak_rss_kb) | max) }) }
-  | . + { ratio_new_to_base: (.new.docs_per_sec / .base.docs_per_sec) }' "$dir/runs.jsonl" > "$out/ab.json"
+  | . + { ratio_new_to_base: (.new.docs_per_sec / .base.docs_per_sec), ratio_all3_new_to_base: (.all3_new.docs_per_sec / .all3_base.docs_per_sec) }' "$dir/runs.jsonl" > "$out/ab.json"
 cat "$out/ab.json"

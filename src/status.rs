@@ -61,6 +61,8 @@ pub struct DocumentStatus {
     pub last_progress: Option<DateTime<Utc>>,
     pub last_error: Option<LastError>,
     pub waiting: Option<Waiting>,
+    /// The concrete index the name points at (itself, or its alias's index after `reindex`).
+    pub serving: Option<String>,
     /// Documents in the index, and records in Postgres that make one (`None`: did not answer).
     pub documents: Option<u64>,
     pub records: Option<u64>,
@@ -114,7 +116,8 @@ pub async fn document_status(config: &Config, spec: DocumentSpec, shutdown: &Shu
     } else if let Some(lag) = lag.filter(|l| *l > config.health_max_age) {
         judge(Verdict::Behind, format!("lag {}s is over PG2ES_HEALTH_MAX_AGE_SEC={}", lag.as_secs(), config.health_max_age.as_secs()));
     }
-    let (documents, records, slot) = tokio::join!(count_documents(config, shutdown), count_records(config, &spec), slot(config));
+    let (documents, records, slot, serving) =
+        tokio::join!(count_documents(config, shutdown), count_records(config, &spec), slot(config), serving(config, shutdown));
     if documents.is_none() {
         judge(Verdict::Failing, format!("the index {} did not answer a count within {}s", config.es_index, PROBE_TIMEOUT.as_secs()));
     }
@@ -132,6 +135,7 @@ pub async fn document_status(config: &Config, spec: DocumentSpec, shutdown: &Shu
         reasons,
         running,
         position: Position { slot, ..position },
+        serving,
         lag_seconds: lag.map(|l| l.as_secs_f64()),
         last_progress: health.last_progress,
         last_error: health.last_error,
@@ -158,6 +162,11 @@ fn position(config: &Config, state: Option<&State>) -> Position {
 async fn count_documents(config: &Config, shutdown: &Shutdown) -> Option<u64> {
     let sink = ElasticsearchSink::new(&config.sink_settings()).ok()?;
     tokio::time::timeout(PROBE_TIMEOUT, sink.count(shutdown)).await.ok()?.ok()
+}
+
+async fn serving(config: &Config, shutdown: &Shutdown) -> Option<String> {
+    let sink = ElasticsearchSink::new(&config.sink_settings()).ok()?;
+    tokio::time::timeout(PROBE_TIMEOUT, sink.concrete(shutdown)).await.ok()?.ok()?
 }
 
 async fn count_records(config: &Config, spec: &DocumentSpec) -> Option<u64> {
@@ -205,6 +214,9 @@ impl DocumentStatus {
         let mut out = format!("{} (index {}, {}): {:?}\n", self.document, self.index, self.mode, self.verdict);
         out = out.replace("Healthy", "healthy").replace("Behind", "behind").replace("Failing", "failing");
         let or_unknown = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |n| n.to_string());
+        if let Some(s) = self.serving.as_ref().filter(|s| **s != self.index) {
+            out.push_str(&format!("  serving      {s} (the alias {} points at it)\n", self.index));
+        }
         out.push_str(&format!("  running      {}\n", self.running.map_or_else(|| "no".to_string(), |p| format!("pid {p}"))));
         out.push_str(&format!("  documents    {} in the index, {} records in postgres\n", or_unknown(self.documents), or_unknown(self.records)));
         out.push_str(&format!("  lag          {}\n", self.lag_seconds.map_or_else(|| "(no cycle has caught up yet)".to_string(), |l| format!("{l:.1}s"))));

@@ -189,6 +189,9 @@ async fn a_rebuild_while_run_is_stopped_is_taken_over_at_its_start() {
     assert!(env.verify().await.is_consistent());
     let state: Value = serde_json::from_slice(&std::fs::read(env.state_file()).unwrap()).unwrap();
     assert_eq!(state["target"], format!("{}_1", env.index));
+    let out = common::pg2es_command(&vars, &["status", "--json"]).output().unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(status["movies"]["serving"], format!("{}_1", env.index), "{status}");
     let _ = env.http.delete(format!("{}/{}_1", env.es, env.index)).send().await;
     env.cleanup().await;
 }
