@@ -73,7 +73,7 @@ pub enum Error {
 
     /// The index's mapping `_meta` records that another source (database, schema, document)
     /// keeps it: writing would overwrite that deployment's documents and reconcile them away.
-    #[error("elasticsearch index '{index}' is kept from {holder}, not from {ours}: another deployment (or document) writes it. Give this one indexes of its own with ES_INDEX_PREFIX (or ES_INDEX for the first document), or delete the index to load it again from this database (the same data after a restore or pg_upgrade: clear the record with PUT {index}/_mapping {{\"_meta\": {{}}}})")]
+    #[error("elasticsearch index '{index}' is kept from {holder}, not from {ours}: another deployment (or document) writes it. Give this one indexes of its own with ES_INDEX_PREFIX (or ES_INDEX for the first document), or delete the index to load it again from this database. The same data after a restore or an upgrade onto another server: `pg2es reindex` builds a new index from this database while search keeps this one (clearing the record with PUT {index}/_mapping {{\"_meta\": {{}}}} is only for the same server: another one's lower WAL positions make every write look older than the index's)")]
     IndexClaimed { index: String, holder: String, ours: String },
 
     /// `ES_URL` leads to a search engine (or a server) pg2es does not work with.

@@ -549,6 +549,9 @@ impl IdleCycles {
 
 fn log_cycle(r: &CycleReport, elapsed: Duration) {
     cycle_line!(info, r, elapsed);
+    if r.older > 0 {
+        tracing::warn!(document = %r.document, refused = r.older, "writes refused because the index holds a newer version of the document: expected now and then, when a document changed while it was written; if many are, or the same documents stay stale in `pg2es verify`, the index was written from a source whose WAL positions are higher (another server, or before a restore), and every write from this one looks older: rebuild it with `pg2es reindex`");
+    }
     if r.unmatched > 0 {
         // Left out on purpose, mostly (`where`): one line a cycle, not one per document.
         let values: Vec<&str> = r.unmatched_values.iter().map(String::as_str).collect();

@@ -347,7 +347,7 @@ impl Checkpoint {
             Some(bound) => Err(Error::State {
                 path: self.path.clone(),
                 reason: format!(
-                    "holds progress read from {bound}, not from {source}; use another ETL_STATE_FILE for this database, or check PG_DSN and PG_SCHEMA (after a restore or pg_upgrade of the same data, delete the state file to reload everything)"
+                    "holds progress read from {bound}, not from {source}; use another ETL_STATE_FILE for this database, or check PG_DSN and PG_SCHEMA (after a restore or pg_upgrade of the same data: `pg2es reindex` builds a new index from this database while search keeps the old one, and `run` takes its positions; or delete the state file to reload everything)"
                 ),
             }),
             None => {
