@@ -236,3 +236,46 @@ async fn a_mapping_change_goes_through_reindex_and_a_restart() {
     let _ = env.http.delete(format!("{}/{}_1", env.es, env.index)).send().await;
     env.cleanup().await;
 }
+
+/// A restore onto another database (the same data, another source): `run` refuses the state and
+/// the index it kept from the first, and names `reindex`. The rebuild, from the restored
+/// database, builds a new index while the old one serves; `run` pointed at the restored database
+/// then takes its positions, and the writes made to it reach the index.
+#[tokio::test]
+async fn a_restore_elsewhere_goes_through_reindex() {
+    let env = fresh("reindex_restore").await;
+    assert_eq!(env.run_once().await.records, 999);
+    // The restore: the same catalog in another database.
+    let admin = common::connect(&common::pg_admin_dsn()).await;
+    let restored = format!("pg2es_t_{}_restored", env.name);
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {restored} WITH (FORCE)")).await.unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {restored} TEMPLATE movies_ref")).await.unwrap();
+    let dsn = env.dsn.replace(&format!("/pg2es_t_{}", env.name), &format!("/{restored}"));
+    let mut vars = env.env_vars();
+    vars.retain(|(k, _)| k != "PG_DSN");
+    vars.push(("PG_DSN".into(), dsn.clone()));
+
+    let out = common::pg2es_command(&vars, &["run", "--once"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds progress read from") && stderr.contains("`pg2es reindex`"), "{stderr}");
+
+    let db = common::connect(&dsn).await;
+    let film: String = db.query_one("SELECT id::text FROM content.film_work ORDER BY id LIMIT 1", &[]).await.unwrap().get(0);
+    db.execute("UPDATE content.film_work SET title = 'Written after the restore', updated_at = now() WHERE id::text = $1", &[&film]).await.unwrap();
+    let (code, stdout, stderr) = reindex(&vars, &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    db.execute("UPDATE content.film_work SET title = 'Written after the rebuild', updated_at = now() WHERE id::text = $1", &[&film]).await.unwrap();
+    let out = common::pg2es_command(&vars, &["run", "--once"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("following the rebuild"), "{stderr}");
+    env.refresh().await;
+    assert_eq!(env.doc(&film).await["title"], "Written after the rebuild");
+    let out = common::pg2es_command(&vars, &["verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    drop(db);
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {restored} WITH (FORCE)")).await.unwrap();
+    let _ = env.http.delete(format!("{}/{}_1", env.es, env.index)).send().await;
+    env.cleanup().await;
+}
