@@ -17,6 +17,9 @@ PG_MATRIX   ?= 13 14 16 17 18
 PG_MATRIX_KILLS ?= 5
 # pgNN listens on PGM_PORT_BASE + NN (scripts/stack.sh reads it too).
 export PGM_PORT_BASE ?= 5400
+# The integration tests run the pipeline in-process on the test harness's threads (2 MiB stacks by
+# default), and a debug build polls it deep: every stage's state machine is a frame of its own.
+export RUST_MIN_STACK ?= 8388608
 # `make demo ENGINE=es8` runs the demo on another engine of the matrix (es, os, es8, es9, os3).
 ENGINE      ?= es
 PG_ADMIN    ?= postgres://app:123qwe@127.0.0.1:5432/postgres

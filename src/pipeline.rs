@@ -121,7 +121,7 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
     });
     let stream = stream.as_ref();
     if let [(c, spec, index)] = runs.as_slice() {
-        return telemetry::in_document(&spec.name, run_document(c, spec.clone(), index, stream, mode, shutdown)).await;
+        return Box::pin(telemetry::in_document(&spec.name, run_document(c, spec.clone(), index, stream, mode, shutdown))).await;
     }
     // One task per document, so that their transforms use every core. One fails for good: the
     // others stop too (and save what they loaded).

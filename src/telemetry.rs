@@ -216,7 +216,9 @@ pub const SLOW_ANSWER: Duration = Duration::from_secs(5);
 /// connection and says nothing), logs once what pg2es waits for, where, and for how much longer
 /// at most (`limit`: the request's timeout, when it has one), then goes on waiting.
 pub async fn watched<T>(service: &str, what: &str, target: &str, limit: Option<Duration>, work: impl std::future::Future<Output = T>) -> T {
-    let mut work = std::pin::pin!(work);
+    // On the heap: every request goes through here, and its future would otherwise grow every
+    // caller's (a test's whole pipeline sits on its thread's stack).
+    let mut work = Box::pin(work);
     tokio::select! {
         out = &mut work => return out,
         () = tokio::time::sleep(SLOW_ANSWER) => {}
