@@ -99,16 +99,19 @@ macro_rules! settings {
     };
 }
 
+// Names that Postgres or Elasticsearch define are checked by the rule of the module that uses
+// them (the catalog's `is_index_name` and `is_identifier`, the source's `replication_name`), so
+// a setting and a definition can never be held to different rules.
 settings! {
     PG_DSN { default: "postgres://app@127.0.0.1:5432/movies", accepts: Accepts::Text("a connection string"), help: "Postgres connection string (URL or `key=value` form)" }
     PG_PASSWORD { aliases: &["DB_PASSWORD"], secret: true, help: "Postgres password; overrides the one in `PG_DSN` (and `PGPASSWORD`, see below)" }
-    PG_CA_FILE { unset: "public web roots", help: "PEM CA that signs the Postgres server certificate, for `sslmode=require`, `verify-ca` or `verify-full` in `PG_DSN` (see \"TLS to Postgres\"); wins over `sslrootcert` in `PG_DSN`" }
+    PG_CA_FILE { unset: "none: public web roots", help: "PEM CA that signs the Postgres server certificate, for `sslmode=require`, `verify-ca` or `verify-full` in `PG_DSN` (see \"TLS to Postgres\"); wins over `sslrootcert` in `PG_DSN`" }
     PG_SCHEMA { default: "content", accepts: Accepts::Checked(is_identifier, "a plain identifier such as content (letters, digits, _)"), help: "schema of the source tables" }
-    ES_URL { aliases: &["ES_HOST"], default: "http://127.0.0.1:9200", accepts: Accepts::Checked(is_http_url, "an http:// or https:// URL such as http://127.0.0.1:9200"), help: "Elasticsearch or OpenSearch base URL" }
+    ES_URL { aliases: &["ES_HOST"], default: "http://127.0.0.1:9200", accepts: Accepts::Checked(|v| reqwest::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some()), "an http:// or https:// URL such as http://127.0.0.1:9200"), help: "Elasticsearch or OpenSearch base URL" }
     PG2ES_DEFINITION { unset: "built-in cinema definition", help: "the definition file: which documents to keep, each in its own index (see \"Documents from a definition\" and `docs/definition.md`); unset, the cinema definition built into the binary (`catalog/cinema.toml`: `movies`, `genres`, `persons`)" }
     PG2ES_DOCUMENTS { unset: "all", help: "the documents of the definition to keep, comma-separated, such as `movies`" }
     ES_INDEX { default: "movies", accepts: Accepts::Checked(is_index_name, INDEX_NAME_RULE), help: "the index of the definition's first document (`movies` in the cinema definition), in full: `ES_INDEX_PREFIX` is not added to it. Unset, the first document's index is its definition's, with the prefix" }
-    ES_INDEX_PREFIX { unset: "none", accepts: Accepts::Checked(is_index_prefix, "empty, or the start of an index name such as staging_ (at most 200 bytes): lower case, without spaces or any of \\/*?\"<>|,#: and not starting with -, _ or +"), help: "put before every document's index name the definition gives (`staging_` makes `staging_movies`, `staging_genres`, `staging_persons`), and so before the default slot names (`pg2es_staging_genres`); not before an `ES_INDEX` that is set. Two deployments of one definition on one cluster (staging and production, two tenants) each need their own (see \"Two deployments on one cluster\"). Empty, every name is the definition's, as before the setting existed" }
+    ES_INDEX_PREFIX { unset: "none", accepts: Accepts::Checked(|v| is_index_name(v) && v.len() <= 200, "empty, or the start of an index name such as staging_ (at most 200 bytes): lower case, without spaces or any of \\/*?\"<>|,#: and not starting with -, _ or +"), help: "put before every document's index name the definition gives (`staging_` makes `staging_movies`, `staging_genres`, `staging_persons`), and so before the default slot names (`pg2es_staging_genres`); not before an `ES_INDEX` that is set. Two deployments of one definition on one cluster (staging and production, two tenants) each need their own (see \"Two deployments on one cluster\"). Empty, every name is the definition's, as before the setting existed" }
     ES_SCHEMA_FILE { unset: "the definition's `index_schema`", help: "index definition (body of `PUT /<index>`) of the first document, used when the index is absent; unset, the definition's `index_schema` (for movies, `catalog/movies.es.json`, a copy of the catalog's `es_schema.json`)" }
     ES_CA_FILE { unset: "none: public web roots", help: "PEM CA certificates for an `https` `ES_URL` (added to the public web roots)" }
     ES_USERNAME { help: "Elasticsearch basic-auth user" }
@@ -119,47 +122,22 @@ settings! {
     ES_BULK_CONCURRENCY { default: "2", accepts: Accepts::Whole(1, 64, "requests"), help: "bulk requests in flight at once; progress is still saved in order" }
     ETL_BATCH_SIZE { aliases: &["BATCH_SIZE"], default: "500", accepts: Accepts::Whole(1, 100_000, ""), help: "rows read per query and documents per bulk request" }
     PG2ES_SOURCE { default: "polling", accepts: Accepts::OneOf(&["polling", "replication"]), help: "how changes are found: `polling` (timestamps, no privileges needed) or `replication` (logical replication: a publication and a `pgoutput` slot; see \"Change capture through logical replication\")" }
-    PG_REPLICATION_SLOT { unset: "`pg2es_<index>`", accepts: Accepts::Checked(is_replication_name, "a name of lower-case letters, digits and _ (at most 63)"), help: "the one `pgoutput` replication slot of `PG2ES_SOURCE=replication`, read for every document of the run, created when missing; unset, `pg2es_` and the first document's index (releases before one slot per run gave the other documents `pg2es_<index>`, or `<PG_REPLICATION_SLOT>_<name>`: read until they reach it, then dropped)" }
-    PG_PUBLICATION { unset: "`pg2es_<PG_SCHEMA>`", accepts: Accepts::Checked(is_replication_name, "a name of lower-case letters, digits and _ (at most 63)"), help: "the one publication of `PG2ES_SOURCE=replication`, on the tables of every document, created when missing (tables added when pg2es may)" }
+    PG_REPLICATION_SLOT { unset: "`pg2es_<index>`", accepts: Accepts::Checked(|v| replication_name(v) == v, "a name of lower-case letters, digits and _ (at most 63)"), help: "the one `pgoutput` replication slot of `PG2ES_SOURCE=replication`, read for every document of the run, created when missing; unset, `pg2es_` and the first document's index (releases before one slot per run gave the other documents `pg2es_<index>`, or `<PG_REPLICATION_SLOT>_<name>`: read until they reach it, then dropped)" }
+    PG_PUBLICATION { unset: "`pg2es_<PG_SCHEMA>`", accepts: Accepts::Checked(|v| replication_name(v) == v, "a name of lower-case letters, digits and _ (at most 63)"), help: "the one publication of `PG2ES_SOURCE=replication`, on the tables of every document, created when missing (tables added when pg2es may)" }
     ETL_SLOT_MAX_RETAINED_MB { default: "1024", accepts: Accepts::Whole(1, 1 << 30, "MiB"), help: "with `PG2ES_SOURCE=replication`, a warning when the slot retains more WAL than this" }
     ETL_CYCLE_SEC { default: "10", accepts: Accepts::Decimal(0.1, 86_400.0, "seconds"), help: "pause between two cycles in continuous mode, from `0.1` to `86400` seconds (fractions allowed); `0.2` by default with `PG2ES_SOURCE=replication`" }
     ETL_STATE_FILE { default: "state/pg2es-state.json", accepts: Accepts::Text("a file path"), help: "durable watermarks; `<file>.lock` keeps one instance" }
     ETL_DEAD_LETTER_FILE { default: "state/pg2es-dead-letter.jsonl", accepts: Accepts::Text("a file path"), help: "documents Elasticsearch refused for good (JSON lines: id, index, status, reason, time)" }
     ETL_RECONCILE_SEC { default: "300", accepts: Accepts::Whole(0, 604_800, "seconds"), help: "how often the index's document ids are checked against Postgres's records, and documents of deleted records removed (also after a full load into an index that was not empty); `0`: only after a full load" }
     ETL_DEAD_LETTER_MAX_RATIO { default: "0.5", accepts: Accepts::Decimal(0.0, 1.0, ""), help: "when more than this share of documents is refused for good (over the last 100 sent, counted from 10 on), the mapping is wrong rather than the rows: pg2es stops with exit 1 and a hint, saves no progress and writes none of them to the dead-letter file. `1` turns the check off" }
-    ETL_TIMESTAMP_COLUMN { default: "auto", accepts: Accepts::Checked(is_timestamp_column, "auto, or a column name such as updated_at or modified"), help: "change column: `auto` (`updated_at`, then `modified`; link tables fall back to `created_at`, `created`) or a name" }
+    ETL_TIMESTAMP_COLUMN { default: "auto", accepts: Accepts::Checked(|v| v == "auto" || is_identifier(v), "auto, or a column name such as updated_at or modified"), help: "change column: `auto` (`updated_at`, then `modified`; link tables fall back to `created_at`, `created`) or a name" }
     ETL_CLOCK_SKEW_MS { default: "1000", accepts: Accepts::Whole(0, 3_600_000, "milliseconds"), help: "how far the clocks that write change timestamps (application servers) may lag Postgres' clock" }
     ETL_MAX_TX_SEC { default: "60", accepts: Accepts::Whole(0, 86_400, "seconds"), help: "longest write transaction expected; used only when pg2es cannot see other sessions' open transactions (grant it `pg_read_all_stats`)" }
     ETL_BACKOFF_INITIAL_MS { default: "200", accepts: Accepts::Whole(1, 60_000, "milliseconds"), help: "first retry delay after a connection loss" }
     ETL_BACKOFF_MAX_SEC { default: "30", accepts: Accepts::Whole(1, 3_600, "seconds"), help: "cap of the retry delay" }
     LOG_FORMAT { default: "text", accepts: Accepts::OneOf(&["text", "json"]), help: "`text` or `json`; the level comes from `RUST_LOG` (default `info`)" }
-    PG2ES_METRICS_ADDR { unset: "not served", accepts: Accepts::Checked(is_socket_addr, "an address and port such as 127.0.0.1:9464"), help: "`host:port` where `pg2es run` serves `/metrics` and `/healthz` (for example `127.0.0.1:9464`); unset, nothing is served" }
+    PG2ES_METRICS_ADDR { unset: "not served", accepts: Accepts::Checked(|v| v.parse::<std::net::SocketAddr>().is_ok(), "an address and port such as 127.0.0.1:9464"), help: "`host:port` where `pg2es run` serves `/metrics` and `/healthz` (for example `127.0.0.1:9464`); unset, nothing is served" }
     PG2ES_HEALTH_MAX_AGE_SEC { default: "120", accepts: Accepts::Whole(1, 604_800, "seconds"), help: "`/healthz` and `pg2es status` fail when a document has stored nothing for longer than this, or has waited for Postgres or Elasticsearch for longer" }
-}
-
-// The checks of the declarations above. Names that Postgres or Elasticsearch define are checked
-// by the rule of the module that uses them (the catalog's, the source's), so they cannot differ.
-
-fn is_http_url(v: &str) -> bool {
-    reqwest::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-}
-
-/// The start of an index name: what the definition adds after it cannot make it valid.
-fn is_index_prefix(v: &str) -> bool {
-    is_index_name(v) && v.len() <= 200
-}
-
-/// A name `replication_name` keeps as it is.
-fn is_replication_name(v: &str) -> bool {
-    replication_name(v) == v
-}
-
-fn is_timestamp_column(v: &str) -> bool {
-    v == "auto" || is_identifier(v)
-}
-
-fn is_socket_addr(v: &str) -> bool {
-    v.parse::<std::net::SocketAddr>().is_ok()
 }
 
 /// The README's configuration table, from [`SETTINGS`] (a test keeps the README equal to it).
@@ -183,6 +161,7 @@ pub fn settings_table() -> String {
     }
     out
 }
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -419,6 +398,8 @@ pub struct DocumentSettings {
     /// The configuration with this document's index, state file, dead-letter file and slot.
     pub config: Config,
 }
+
+/// Where a raw value came from, for error messages and `print-config`.
 #[derive(Debug, Clone)]
 enum Origin {
     Default,
@@ -557,11 +538,8 @@ impl Sources {
         self.text(s)?.ok_or_else(|| self.bad(s.name, &s.expected()))
     }
 
-    fn whole(&self, s: &Setting) -> Result<u64> {
-        self.required(s)?.parse().map_err(|_| self.bad(s.name, &s.expected()))
-    }
-
-    fn decimal(&self, s: &Setting) -> Result<f64> {
+    /// A `Whole` (as `u64`) or `Decimal` (as `f64`) setting.
+    fn number<T: std::str::FromStr>(&self, s: &Setting) -> Result<T> {
         self.required(s)?.parse().map_err(|_| self.bad(s.name, &s.expected()))
     }
 
@@ -604,7 +582,7 @@ impl Config {
             (None, None, Some(_)) => return Err(Error::Config("ES_PASSWORD is set but ES_USERNAME is not: set both".into())),
             (None, None, None) => EsAuth::None,
         };
-        let mut cycle_sec = src.decimal(&ETL_CYCLE_SEC)?;
+        let mut cycle_sec = src.number::<f64>(&ETL_CYCLE_SEC)?;
         let source = match src.choice(&PG2ES_SOURCE)? {
             "replication" => {
                 let name = |s: &Setting, default: String| -> Result<String> { Ok(src.text(s)?.unwrap_or_else(|| replication_name(&default))) };
@@ -618,13 +596,13 @@ impl Config {
                     previous_slot: slot.clone(),
                     slot,
                     publication: name(&PG_PUBLICATION, format!("pg2es_{}", src.required(&PG_SCHEMA)?))?,
-                    max_retained_bytes: src.whole(&ETL_SLOT_MAX_RETAINED_MB)? << 20,
+                    max_retained_bytes: src.number::<u64>(&ETL_SLOT_MAX_RETAINED_MB)? << 20,
                 })
             }
             _ => SourceKind::Polling,
         };
-        let backoff_initial = Duration::from_millis(src.whole(&ETL_BACKOFF_INITIAL_MS)?);
-        let backoff_max = Duration::from_secs(src.whole(&ETL_BACKOFF_MAX_SEC)?);
+        let backoff_initial = Duration::from_millis(src.number::<u64>(&ETL_BACKOFF_INITIAL_MS)?);
+        let backoff_max = Duration::from_secs(src.number::<u64>(&ETL_BACKOFF_MAX_SEC)?);
         if backoff_max < backoff_initial {
             return Err(src.bad(ETL_BACKOFF_MAX_SEC.name, "a cap not smaller than ETL_BACKOFF_INITIAL_MS"));
         }
@@ -643,14 +621,14 @@ impl Config {
             es_schema_file: src.text(&ES_SCHEMA_FILE)?.map_or(IndexDefinition::Builtin, |p| IndexDefinition::File(p.into())),
             es_auth,
             es_ca_file: src.text(&ES_CA_FILE)?.map(PathBuf::from),
-            es_timeout: Duration::from_secs(src.whole(&ES_TIMEOUT_SEC)?),
-            bulk_max_bytes: src.whole(&ES_BULK_MAX_BYTES)? as usize,
-            bulk_concurrency: src.whole(&ES_BULK_CONCURRENCY)? as usize,
-            dead_letter_max_ratio: src.decimal(&ETL_DEAD_LETTER_MAX_RATIO)?,
-            reconcile_every: Some(Duration::from_secs(src.whole(&ETL_RECONCILE_SEC)?)).filter(|d| !d.is_zero()),
-            batch_size: src.whole(&ETL_BATCH_SIZE)? as usize,
+            es_timeout: Duration::from_secs(src.number::<u64>(&ES_TIMEOUT_SEC)?),
+            bulk_max_bytes: src.number::<u64>(&ES_BULK_MAX_BYTES)? as usize,
+            bulk_concurrency: src.number::<u64>(&ES_BULK_CONCURRENCY)? as usize,
+            dead_letter_max_ratio: src.number::<f64>(&ETL_DEAD_LETTER_MAX_RATIO)?,
+            reconcile_every: Some(Duration::from_secs(src.number::<u64>(&ETL_RECONCILE_SEC)?)).filter(|d| !d.is_zero()),
+            batch_size: src.number::<u64>(&ETL_BATCH_SIZE)? as usize,
             metrics_addr: src.text(&PG2ES_METRICS_ADDR)?.and_then(|v| v.parse().ok()),
-            health_max_age: Duration::from_secs(src.whole(&PG2ES_HEALTH_MAX_AGE_SEC)?),
+            health_max_age: Duration::from_secs(src.number::<u64>(&PG2ES_HEALTH_MAX_AGE_SEC)?),
             source,
             cycle: Duration::from_secs_f64(cycle_sec),
             state_file: path(&ETL_STATE_FILE)?,
@@ -663,8 +641,8 @@ impl Config {
             backoff_max,
             log_format: if src.choice(&LOG_FORMAT)? == "json" { LogFormat::Json } else { LogFormat::Text },
             commit_horizon: HorizonPolicy {
-                clock_skew: Duration::from_millis(src.whole(&ETL_CLOCK_SKEW_MS)?),
-                max_transaction: Duration::from_secs(src.whole(&ETL_MAX_TX_SEC)?),
+                clock_skew: Duration::from_millis(src.number::<u64>(&ETL_CLOCK_SKEW_MS)?),
+                max_transaction: Duration::from_secs(src.number::<u64>(&ETL_MAX_TX_SEC)?),
             },
             shown: postgres.shown,
             notices: postgres.notices,
@@ -674,44 +652,41 @@ impl Config {
     }
 
     /// `print-config`'s line of each setting that has no line of the connection: the value in
-    /// use (the raw one where nothing else says more), and where it came from.
+    /// use (the one given where nothing else says more), and where it came from.
     fn shown_settings(&self, src: &Sources) -> Vec<Shown> {
-        let not_used = "(not used: PG2ES_SOURCE=polling)".to_string();
         let replication = match &self.source {
             SourceKind::Replication(r) => Some(r),
             SourceKind::Polling => None,
         };
         let mut lines = Vec::new();
-        for s in SETTINGS.iter().filter(|s| !s.secret && !self.shown.iter().any(|l| l.label == s.name) && s.name != PG_DSN.name) {
-            let raw = || src.string(s.name).unwrap_or_else(|| if s.unset.is_empty() { "(unset)".into() } else { format!("({})", s.unset.replace('`', "")) });
-            let (label, value, origin) = match s.name {
+        for s in SETTINGS.iter().filter(|s| !s.secret && s.name != PG_DSN.name && !self.shown.iter().any(|l| l.label == s.name)) {
+            let value = src.string(s.name).unwrap_or_else(|| if s.unset.is_empty() { "(unset)".into() } else { format!("({})", s.unset.replace('`', "")) });
+            let mut line = Shown { label: s.name, value, origin: src.origin(s.name) };
+            match s.name {
                 name::ES_USERNAME => {
-                    let auth = match &self.es_auth {
-                        EsAuth::None => "none".to_string(),
-                        EsAuth::Basic { username, .. } => format!("basic, user {username}, password ***"),
-                        EsAuth::ApiKey(_) => "api key ***".to_string(),
+                    line.label = "elasticsearch auth";
+                    (line.value, line.origin) = match &self.es_auth {
+                        EsAuth::None => ("none".into(), line.origin),
+                        EsAuth::Basic { username, .. } => (format!("basic, user {username}, password ***"), line.origin),
+                        EsAuth::ApiKey(_) => ("api key ***".into(), src.origin(ES_API_KEY.name)),
                     };
-                    let via = if matches!(self.es_auth, EsAuth::ApiKey(_)) { ES_API_KEY.name } else { ES_USERNAME.name };
-                    ("elasticsearch auth", auth, src.origin(via))
                 }
-                name::ES_URL => (s.name, self.es_url.to_string(), src.origin(s.name)),
+                name::ES_URL => line.value = self.es_url.to_string(),
                 name::ES_INDEX if !self.es_index_explicit => {
-                    (s.name, "(unset: the first document's index is the definition's, with ES_INDEX_PREFIX)".into(), src.origin(s.name))
+                    line.value = "(unset: the first document's index is the definition's, with ES_INDEX_PREFIX)".into()
                 }
-                name::ES_SCHEMA_FILE => {
-                    (s.name, self.es_schema_file.to_string(), if src.string(s.name).is_some() { src.origin(s.name) } else { "default".into() })
-                }
-                name::ETL_CYCLE_SEC => (s.name, self.cycle.as_secs_f64().to_string(), src.origin(s.name)),
+                name::ES_SCHEMA_FILE if self.es_schema_file == IndexDefinition::Builtin => line.origin = "default".into(),
+                name::ETL_CYCLE_SEC => line.value = self.cycle.as_secs_f64().to_string(),
                 name::PG_REPLICATION_SLOT | name::PG_PUBLICATION | name::ETL_SLOT_MAX_RETAINED_MB if replication.is_none() => {
-                    (s.name, not_used.clone(), src.origin(s.name))
+                    line.value = "(not used: PG2ES_SOURCE=polling)".into();
                 }
                 name::PG_REPLICATION_SLOT if replication.is_some_and(|r| !r.slot_explicit) => {
-                    (s.name, "(unset: pg2es_<index> of the first document, one for the run)".into(), src.origin(s.name))
+                    line.value = "(unset: pg2es_<index> of the first document, one for the run)".into();
                 }
-                name::PG_PUBLICATION => (s.name, replication.map(|r| r.publication.clone()).unwrap_or_default(), src.origin(s.name)),
-                _ => (s.name, raw(), src.origin(s.name)),
-            };
-            lines.push(Shown { label, value, origin });
+                name::PG_PUBLICATION => line.value = replication.map(|r| r.publication.clone()).unwrap_or_default(),
+                _ => {}
+            }
+            lines.push(line);
         }
         lines
     }

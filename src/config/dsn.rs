@@ -62,7 +62,7 @@ pub(super) fn postgres(src: &Sources) -> Result<Postgres> {
     .map(|(label, value)| Shown { label, value, origin: origins.remove(label).unwrap_or_default() })
     .collect();
     shown.push(Shown { label: "postgres tls", value: tls, origin: format!("sslmode in PG_DSN, {dsn_origin}") });
-    let ca = ca_file.as_ref().map_or_else(|| "(none: public web roots)".to_string(), |p| p.display().to_string());
+    let ca = ca_file.as_ref().map_or_else(|| format!("({})", PG_CA_FILE.unset), |p| p.display().to_string());
     shown.push(Shown { label: PG_CA_FILE.name, value: ca, origin: ca_origin });
     Ok(Postgres { config: pg, ssl_mode, ca_file, shown, notices })
 }
@@ -87,46 +87,33 @@ struct DsnTls {
 /// this cannot read is returned whole, for tokio-postgres to refuse.
 fn split_dsn_tls(dsn: &str) -> (String, DsnTls) {
     let mut tls = DsnTls::default();
-    let mut take = |key: &str, value: String| match key {
-        "sslmode" => tls.sslmode = Some(value),
-        "sslrootcert" => tls.sslrootcert = Some(value),
-        _ => unreachable!("only TLS keys are taken"),
+    // (key, value, the pair's text) in either form; what is not TLS is kept as it was written.
+    let (head, separator, pairs): (&str, &str, Vec<(Option<String>, Option<String>, &str)>) = match (is_url(dsn), dsn.split_once('?')) {
+        (true, Some((head, query))) => {
+            let pairs = query.split('&').map(|text| {
+                let (key, value) = text.split_once('=').unwrap_or((text, ""));
+                (percent_decode(key), percent_decode(value), text)
+            });
+            (head, "&", pairs.collect())
+        }
+        (false, _) => match keyword_pairs(dsn) {
+            Some(pairs) => ("", " ", pairs.into_iter().map(|(key, value, text)| (Some(key.to_string()), Some(value), text)).collect()),
+            None => return (dsn.to_string(), tls),
+        },
+        (true, None) => return (dsn.to_string(), tls),
     };
-    let ours = |key: &str| matches!(key, "sslmode" | "sslrootcert");
-    let rest = if is_url(dsn) {
-        match dsn.split_once('?') {
-            None => dsn.to_string(),
-            Some((head, query)) => {
-                let mut kept = Vec::new();
-                for pair in query.split('&') {
-                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                    match (percent_decode(key), percent_decode(value)) {
-                        (Some(k), Some(v)) if ours(&k) => take(&k, v),
-                        _ => kept.push(pair),
-                    }
-                }
-                if kept.is_empty() {
-                    head.to_string()
-                } else {
-                    format!("{head}?{}", kept.join("&"))
-                }
-            }
+    let mut kept = Vec::new();
+    for (key, value, text) in pairs {
+        match (key.as_deref(), value) {
+            (Some("sslmode"), Some(v)) => tls.sslmode = Some(v),
+            (Some("sslrootcert"), Some(v)) => tls.sslrootcert = Some(v),
+            _ => kept.push(text),
         }
-    } else {
-        match keyword_pairs(dsn) {
-            Some(pairs) => {
-                let mut kept = Vec::new();
-                for (key, value, text) in pairs {
-                    if ours(key) {
-                        take(key, value);
-                    } else {
-                        kept.push(text);
-                    }
-                }
-                kept.join(" ")
-            }
-            None => dsn.to_string(),
-        }
+    }
+    let rest = match (head, kept.is_empty()) {
+        ("", _) => kept.join(separator),
+        (head, true) => head.to_string(),
+        (head, false) => format!("{head}?{}", kept.join(separator)),
     };
     (rest, tls)
 }
