@@ -24,6 +24,8 @@ pub(super) struct Postgres {
     pub notices: Vec<String>,
 }
 
+/// The connection from [`parse_pg`] and [`pg_tls`], with tokio-postgres's TLS mode for libpq's,
+/// and pg2es's application name and a 10 s connect timeout unless the DSN gives its own.
 pub(super) fn postgres(src: &Sources) -> Result<Postgres> {
     let (mut pg, dsn_tls, mut origins, notices) = parse_pg(src)?;
     let (ssl_mode, ca_file) = pg_tls(src, dsn_tls)?;
@@ -82,13 +84,16 @@ struct DsnTls {
     sslrootcert: Option<String>,
 }
 
+/// A parameter of a DSN: its key and value, decoded (`None` when they cannot be), and its text.
+type Param<'a> = (Option<String>, Option<String>, &'a str);
+
 /// Splits `sslmode` and `sslrootcert` off a DSN (URL or key=value form), returning the rest for
 /// tokio-postgres, which knows only three of libpq's six modes and no root certificate. A DSN
 /// this cannot read is returned whole, for tokio-postgres to refuse.
 fn split_dsn_tls(dsn: &str) -> (String, DsnTls) {
     let mut tls = DsnTls::default();
-    // (key, value, the pair's text) in either form; what is not TLS is kept as it was written.
-    let (head, separator, pairs): (&str, &str, Vec<(Option<String>, Option<String>, &str)>) = match (is_url(dsn), dsn.split_once('?')) {
+    // What is not TLS is kept as it was written.
+    let (head, separator, pairs): (&str, &str, Vec<Param>) = match (is_url(dsn), dsn.split_once('?')) {
         (true, Some((head, query))) => {
             let pairs = query.split('&').map(|text| {
                 let (key, value) = text.split_once('=').unwrap_or((text, ""));
@@ -381,7 +386,7 @@ fn pg_tls(src: &Sources, dsn: DsnTls) -> Result<(PgSslMode, Option<PathBuf>)> {
             .ok_or_else(|| Error::Config(format!("{dsn_name}: sslmode='{value}': expected disable, allow, prefer, require, verify-ca or verify-full")))?,
     };
     let (ca, ca_name) = match (src.string(PG_CA_FILE.name), dsn.sslrootcert) {
-        (Some(file), _) => (Some(PathBuf::from(file)), "PG_CA_FILE".to_string()),
+        (Some(file), _) => (Some(PathBuf::from(file)), PG_CA_FILE.name.to_string()),
         // libpq's sslrootcert=system: the system's roots; here the public web roots.
         (None, Some(root)) if root == "system" => (None, format!("sslrootcert in {dsn_name}")),
         (None, Some(root)) => (Some(PathBuf::from(root)), format!("sslrootcert in {dsn_name}")),
