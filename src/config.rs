@@ -660,7 +660,12 @@ impl Config {
         };
         let mut lines = Vec::new();
         for s in SETTINGS.iter().filter(|s| !s.secret && s.name != PG_DSN.name && !self.shown.iter().any(|l| l.label == s.name)) {
-            let value = src.string(s.name).unwrap_or_else(|| if s.unset.is_empty() { "(unset)".into() } else { format!("({})", s.unset.replace('`', "")) });
+            // Given empty, a setting that has a default uses it (the others refuse an empty value).
+            let value = src.string(s.name).unwrap_or_else(|| match (s.default, s.unset) {
+                ("", "") => "(unset)".into(),
+                ("", unset) => format!("({})", unset.replace('`', "")),
+                (default, _) => default.into(),
+            });
             let mut line = Shown { label: s.name, value, origin: src.origin(s.name) };
             match s.name {
                 name::ES_USERNAME => {
