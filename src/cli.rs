@@ -26,6 +26,8 @@ pub enum Command {
     },
     /// Show the effective settings, secrets masked, and exit.
     PrintConfig,
+    /// List every setting: its name, default and meaning (the README's table), and exit.
+    Settings,
     /// Check the definition (PG2ES_DEFINITION, or the built-in cinema one) against the live
     /// Postgres schema and each document's index mapping, and exit: 0 when it fits, 2 with the
     /// file, the line and the fix when it does not.

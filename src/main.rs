@@ -45,6 +45,11 @@ const INTERRUPTED: u8 = 4;
 
 fn try_main() -> pg2es::Result<ExitCode> {
     let cli = Cli::parse();
+    // The list of settings needs none of them to be right.
+    if matches!(cli.command, Some(Command::Settings)) {
+        print!("{}", pg2es::config::settings_table());
+        return Ok(ExitCode::SUCCESS);
+    }
     // Settings are checked before anything starts: a bad value never reaches the runtime.
     let config = Config::load(cli.config.as_deref())?;
     init_tracing(config.log_format);
@@ -144,6 +149,7 @@ fn try_main() -> pg2es::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Dlq { action } => return dlq(&config, action),
+        Command::Settings => unreachable!("pg2es settings returns before the settings are read"),
         Command::Check => {
             let docs = pipeline::documents(&config)?;
             let config = &config;

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 pub use definition::{Origin, Source};
 pub use model::*;
-pub use resolve::{is_identifier, is_index_name, qualified, quote, FirstIndex, ForeignKey, LiveSchema, TableKeys, TimestampChoice};
+pub use resolve::{is_identifier, is_index_name, qualified, quote, FirstIndex, ForeignKey, LiveSchema, TableKeys, TimestampChoice, INDEX_NAME_RULE};
 
 use crate::error::Result;
 

@@ -144,10 +144,7 @@ fn head(src: &Source, first: &FirstIndex, schema_of: &SchemaOf<'_>, i: usize, d:
         }
     }
     if !is_index_name(&index) {
-        return Err(src.error(
-            d.index.as_ref().map_or(d.name.span(), |s| s.span()),
-            format!("index {index:?}: use a lower-case index name without spaces or any of \\/*?\"<>|,#:"),
-        ));
+        return Err(src.error(d.index.as_ref().map_or(d.name.span(), |s| s.span()), format!("index {index:?}: use {INDEX_NAME_RULE}")));
     }
     if heads.iter().any(|(_, o)| o.name == index) {
         return Err(src.error(d.name.span(), format!("index {index:?} is already another document's: give each document its own index")));
@@ -158,6 +155,10 @@ fn head(src: &Source, first: &FirstIndex, schema_of: &SchemaOf<'_>, i: usize, d:
     }
     Ok((name.clone(), IndexSpec { name: index, schema_origin: origin, schema }))
 }
+
+/// [`is_index_name`] in words, for the messages that refuse a name.
+pub const INDEX_NAME_RULE: &str =
+    "a lower-case index name of at most 255 bytes, not . or .., without spaces or any of \\/*?\"<>|,#: and not starting with -, _ or +";
 
 /// A name Elasticsearch and OpenSearch accept for an index: lower case, at most 255 bytes, not
 /// `.` or `..`, none of `\/*?"<>|,#:` or spaces, not starting with `-`, `_` or `+`.
