@@ -25,43 +25,25 @@ dir=$out/ab
 say "catalog of $n films (bench/gen.sh, database bench_$n)"
 bench/gen.sh "$n" 42 >&2
 
-# load LABEL BINARY INDEX [ENV...]: a full load into a fresh index; prints one JSON line.
+# load LABEL BINARY NAME INDEXES [ENV...]: a full load by one run into fresh INDEXES (comma-separated;
+# ENV says which: ES_INDEX, or ES_INDEX_PREFIX for several documents), state files named NAME; prints one
+# JSON line (documents of all INDEXES).
 load() {
-  local label=$1 bin=$2 index=$3; shift 3
-  curl -s -o /dev/null -XDELETE "$ES_URL/$index"
-  rm -f "$dir/$index-state"*.json
+  local label=$1 bin=$2 name=$3 indexes=$4; shift 4
+  curl -s -o /dev/null -XDELETE "$ES_URL/$indexes?ignore_unavailable=true"
+  rm -f "$dir/$name-state"*.json
   local t0 t1
   t0=$(date +%s.%N)
-  env "$@" ES_INDEX="$index" ETL_STATE_FILE="$dir/$index-state.json" ETL_DEAD_LETTER_FILE="$dir/$index-dead.jsonl" \
+  env "$@" ETL_STATE_FILE="$dir/$name-state.json" ETL_DEAD_LETTER_FILE="$dir/$name-dead.jsonl" \
       /usr/bin/time -v -o "$dir/$label.time" "$bin" run --once 2>"$dir/$label.log" || { say "$label failed: $(tail -3 "$dir/$label.log")"; exit 1; }
   t1=$(date +%s.%N)
   local rss docs
   rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/$label.time")
-  curl -s -o /dev/null -XPOST "$ES_URL/$index/_refresh"
-  docs=$(curl -s "$ES_URL/$index/_count" | jq .count)
+  curl -s -o /dev/null -XPOST "$ES_URL/$indexes/_refresh"
+  docs=$(curl -s "$ES_URL/$indexes/_count" | jq .count)
   jq -n --arg name "$label" --argjson wall "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')" --argjson rss "$rss" --argjson docs "$docs" \
     '{"label": $name, wall_sec: $wall, docs: $docs, docs_per_sec: ($docs / $wall), peak_rss_kb: $rss}'
-  curl -s -o /dev/null -XDELETE "$ES_URL/$index"
-}
-
-# load_all LABEL BINARY PREFIX [ENV...]: the cinema's three documents (movies, genres, persons)
-# loaded at once by one run into PREFIX<index>; prints one JSON line (documents of all three).
-load_all() {
-  local label=$1 bin=$2 prefix=$3; shift 3
-  curl -s -o /dev/null -XDELETE "$ES_URL/${prefix}movies,${prefix}genres,${prefix}persons?ignore_unavailable=true"
-  rm -f "$dir/$prefix-state"*.json
-  local t0 t1
-  t0=$(date +%s.%N)
-  env "$@" ES_INDEX_PREFIX="$prefix" ETL_STATE_FILE="$dir/$prefix-state.json" ETL_DEAD_LETTER_FILE="$dir/$prefix-dead.jsonl" \
-      /usr/bin/time -v -o "$dir/$label.time" "$bin" run --once 2>"$dir/$label.log" || { say "$label failed: $(tail -3 "$dir/$label.log")"; exit 1; }
-  t1=$(date +%s.%N)
-  local rss docs
-  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/$label.time")
-  curl -s -o /dev/null -XPOST "$ES_URL/${prefix}*/_refresh"
-  docs=$(curl -s "$ES_URL/${prefix}*/_count" | jq .count)
-  jq -n --arg name "$label" --argjson wall "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')" --argjson rss "$rss" --argjson docs "$docs" \
-    '{"label": $name, wall_sec: $wall, docs: $docs, docs_per_sec: ($docs / $wall), peak_rss_kb: $rss}'
-  curl -s -o /dev/null -XDELETE "$ES_URL/${prefix}movies,${prefix}genres,${prefix}persons?ignore_unavailable=true"
+  curl -s -o /dev/null -XDELETE "$ES_URL/$indexes?ignore_unavailable=true"
 }
 
 : > "$dir/runs.jsonl"
@@ -69,11 +51,12 @@ dsn="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/bench_$n"
 for r in $(seq "$rounds"); do
   for who in base new; do
     bin=$base; [ $who = new ] && bin=target/release/pg2es
-    load "$who-$r" "$bin" "bench_ab_$who" PG_DSN="$dsn" PG2ES_DOCUMENTS=movies | tee -a "$dir/runs.jsonl" >&2
+    load "$who-$r" "$bin" "bench_ab_$who" "bench_ab_$who" PG_DSN="$dsn" ES_INDEX="bench_ab_$who" PG2ES_DOCUMENTS=movies | tee -a "$dir/runs.jsonl" >&2
   done
   for who in base new; do
     bin=$base; [ $who = new ] && bin=target/release/pg2es
-    load_all "all3-$who-$r" "$bin" "bench_ab3_${who}_" PG_DSN="$dsn" | tee -a "$dir/runs.jsonl" >&2
+    p="bench_ab3_${who}_"
+    load "all3-$who-$r" "$bin" "$p" "${p}movies,${p}genres,${p}persons" PG_DSN="$dsn" ES_INDEX_PREFIX="$p" | tee -a "$dir/runs.jsonl" >&2
   done
 done
 
@@ -81,7 +64,7 @@ say "bookshop: $books books (bench/gen_bookshop.sql)"
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS bench_ab_books WITH (FORCE)" -c "CREATE DATABASE bench_ab_books"
 psql -X -q -v ON_ERROR_STOP=1 -d bench_ab_books -f catalog/bookshop/schema.sql -v books="$books" -f bench/gen_bookshop.sql
 for r in $(seq "$rounds"); do
-  load "books-$r" target/release/pg2es bench_ab_books PG_DSN="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/bench_ab_books" PG_SCHEMA=bookshop PG2ES_DEFINITION="$root/catalog/bookshop/bookshop.toml" ES_SCHEMA_FILE= \
+  load "books-$r" target/release/pg2es bench_ab_books bench_ab_books ES_INDEX=bench_ab_books PG_DSN="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/bench_ab_books" PG_SCHEMA=bookshop PG2ES_DEFINITION="$root/catalog/bookshop/bookshop.toml" ES_SCHEMA_FILE= \
     | tee -a "$dir/runs.jsonl" >&2
 done
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS bench_$n WITH (FORCE)" -c "DROP DATABASE IF EXISTS bench_ab_books WITH (FORCE)"
