@@ -63,6 +63,7 @@ pub enum Versioning {
 /// Reads these records and sends them: those found as upserts, the others as deletes, in batches of
 /// `batch_size`. The last batch carries `completes` and `receipt` (also when `ids` is empty).
 /// False when the receiver has stopped.
+#[allow(clippy::too_many_arguments)]
 pub async fn send_records(
     pg: &PgSource,
     tx: &mpsc::Sender<ChangeBatch>,
