@@ -415,7 +415,7 @@ impl Status {
             health: telemetry::health(&telemetry::document()).lock().clone(),
             last_cycle: self.last_cycle.clone(),
         };
-        if let Err(e) = crate::checkpoint::write_status(checkpoint.path(), &status) {
+        if let Err(e) = crate::checkpoint::off_runtime(|| crate::checkpoint::write_status(checkpoint.path(), &status)) {
             tracing::debug!(error = %e, "status file not written");
         }
     }

@@ -17,8 +17,6 @@
 //! Polling only for now: in replication mode the run's one slot is held by `run`, and a rebuild
 //! would need a slot of its own; it is refused with that said.
 
-use std::path::{Path, PathBuf};
-
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, Result};
@@ -37,12 +35,6 @@ pub struct Rebuilt {
     pub records: usize,
     /// The old index is kept (`--keep-old`).
     pub kept_old: bool,
-}
-
-fn beside(state: &Path, suffix: &str) -> PathBuf {
-    let mut name = state.file_name().unwrap_or_default().to_os_string();
-    name.push(suffix);
-    state.with_file_name(name)
 }
 
 /// The number after `<index>_` in `concrete`, if it is one of this name's rebuilds.
@@ -77,7 +69,7 @@ pub async fn reindex(config: &Config, spec: DocumentSpec, index: &crate::catalog
     // The rebuild's own pipeline: its index, state and delete-log position.
     let mut own = config.clone();
     own.es_index = new.clone();
-    own.state_file = beside(&config.state_file, ".reindex.json");
+    own.state_file = checkpoint::beside(&config.state_file, ".reindex.json");
     let consumer = format!("{}~reindex", config.es_index);
     live.delete_named(&new, shutdown).await?;
     // The position of the rebuild before, if the delete capture is on: this one starts afresh.

@@ -36,6 +36,14 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Healthy => "healthy",
+            Verdict::Behind => "behind",
+            Verdict::Failing => "failing",
+        }
+    }
+
     pub fn exit_code(self) -> u8 {
         match self {
             Verdict::Healthy => 0,
@@ -116,8 +124,10 @@ pub async fn document_status(config: &Config, spec: DocumentSpec, shutdown: &Shu
     } else if let Some(lag) = lag.filter(|l| *l > config.health_max_age) {
         judge(Verdict::Behind, format!("lag {}s is over PG2ES_HEALTH_MAX_AGE_SEC={}", lag.as_secs(), config.health_max_age.as_secs()));
     }
+    let sink = ElasticsearchSink::new(&config.sink_settings())?;
     let (documents, records, slot, serving) =
-        tokio::join!(count_documents(config, shutdown), count_records(config, &spec), slot(config), serving(config, shutdown));
+        tokio::join!(probe(sink.count(shutdown)), count_records(config, &spec), slot(config), probe(sink.concrete(shutdown)));
+    let serving = serving.flatten();
     if documents.is_none() {
         judge(Verdict::Failing, format!("the index {} did not answer a count within {}s", config.es_index, PROBE_TIMEOUT.as_secs()));
     }
@@ -159,14 +169,9 @@ fn position(config: &Config, state: Option<&State>) -> Position {
     }
 }
 
-async fn count_documents(config: &Config, shutdown: &Shutdown) -> Option<u64> {
-    let sink = ElasticsearchSink::new(&config.sink_settings()).ok()?;
-    tokio::time::timeout(PROBE_TIMEOUT, sink.count(shutdown)).await.ok()?.ok()
-}
-
-async fn serving(config: &Config, shutdown: &Shutdown) -> Option<String> {
-    let sink = ElasticsearchSink::new(&config.sink_settings()).ok()?;
-    tokio::time::timeout(PROBE_TIMEOUT, sink.concrete(shutdown)).await.ok()?.ok()?
+/// The answer of a request, or `None` when it fails or takes over [`PROBE_TIMEOUT`].
+async fn probe<T>(request: impl std::future::Future<Output = Result<T>>) -> Option<T> {
+    tokio::time::timeout(PROBE_TIMEOUT, request).await.ok()?.ok()
 }
 
 async fn count_records(config: &Config, spec: &DocumentSpec) -> Option<u64> {
@@ -211,8 +216,7 @@ fn alive(pid: u32) -> bool {
 impl DocumentStatus {
     /// A few lines for a person.
     pub fn render(&self) -> String {
-        let mut out = format!("{} (index {}, {}): {:?}\n", self.document, self.index, self.mode, self.verdict);
-        out = out.replace("Healthy", "healthy").replace("Behind", "behind").replace("Failing", "failing");
+        let mut out = format!("{} (index {}, {}): {}\n", self.document, self.index, self.mode, self.verdict.as_str());
         let or_unknown = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |n| n.to_string());
         if let Some(s) = self.serving.as_ref().filter(|s| **s != self.index) {
             out.push_str(&format!("  serving      {s} (the alias {} points at it)\n", self.index));

@@ -444,9 +444,15 @@ fn parent(path: &Path) -> Option<&Path> {
 
 /// Where `pg2es reindex` leaves its positions for `run` to take over (`<state>.handoff.json`).
 pub fn handoff_path(state: &Path) -> PathBuf {
-    let mut name = state.file_name().unwrap_or_default().to_os_string();
-    name.push(".handoff.json");
-    state.with_file_name(name)
+    beside(state, ".handoff.json")
+}
+
+/// The file beside `path` whose name is `path`'s with `suffix` added (`state.json.lock`): the
+/// lock, status, hand-over and rebuild files of a state, the dead-letter file's rotations.
+pub fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 /// Writes `state` to `path` atomically (a hand-over, by `pg2es reindex`).
@@ -457,9 +463,7 @@ pub fn write_state(path: &Path, state: &State) -> Result<()> {
 }
 
 pub fn lock_path(state: &Path) -> PathBuf {
-    let mut name = state.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
-    state.with_file_name(name)
+    beside(state, ".lock")
 }
 
 fn parse_state(path: &Path, bytes: &[u8], index: &str) -> Result<State> {

@@ -36,9 +36,7 @@ pub struct CycleSummary {
 }
 
 pub fn status_path(state: &Path) -> PathBuf {
-    let mut name = state.file_name().unwrap_or_default().to_os_string();
-    name.push(".status.json");
-    state.with_file_name(name)
+    super::beside(state, ".status.json")
 }
 
 /// Replaces the status file of the state at `state`.

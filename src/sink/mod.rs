@@ -585,9 +585,7 @@ pub const DEAD_LETTER_ROTATE_BYTES: u64 = 64 << 20;
 
 /// `<file>.<suffix>` beside a dead-letter file (`1`: the rotated one; `replaying`: a replay's).
 pub fn dead_letter_sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{suffix}"));
-    path.with_file_name(name)
+    crate::checkpoint::beside(path, &format!(".{suffix}"))
 }
 
 fn write_dead_letters(path: &Path, index: &str, rejected: &[(&str, u16, String)]) -> Result<()> {
