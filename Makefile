@@ -156,10 +156,12 @@ pg-matrix-up:
 # capture and deletes; replication with its setup errors; the kill tests of both modes, with
 # PG_MATRIX_KILLS kills each, ending with verify. The migrations' tests (tests/migrations.rs, a
 # minute each) and the bookshop's on the oldest and the newest version only, to keep .ci/run under
-# 30 minutes. Each line of the summary names the version and its time.
+# 30 minutes. On the newest, while its WAL is still young: a dump of the stack's 15 restored
+# onto it, rebuilt through reindex (tests/reindex.rs, ignored elsewhere: it needs two servers).
+# Each line of the summary names the version and its time.
 test-pg-matrix: check-tools pg-matrix-up
 	$(CARGO) build --locked
-	$(CARGO) test --locked --no-run --test delete_capture --test deletes --test replication --test migrations --test write_capture --test bookshop
+	$(CARGO) test --locked --no-run --test delete_capture --test deletes --test replication --test migrations --test write_capture --test bookshop --test reindex
 	$(CARGO) test --locked --no-run --features fault-tests --test faults
 	ends() { case $$1 in $(firstword $(PG_MATRIX))|$(lastword $(PG_MATRIX))) echo --test migrations --test bookshop;; esac; }; \
 	for v in $(PG_MATRIX); do \
@@ -173,6 +175,10 @@ test-pg-matrix: check-tools pg-matrix-up
 			./target/debug/pg2es run --once 2>&1 | tee state/pg-matrix-$$v.log; \
 		grep -q "postgres_version=$$v\." state/pg-matrix-$$v.log || { echo "pg-matrix: pg2es did not report PostgreSQL $$v" >&2; exit 1; }; \
 		tools/acceptance/run.sh $(ES_URL); \
+		if [ $$v = $(lastword $(PG_MATRIX)) ]; then \
+			PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_RESTORE_PG_DSN=$$admin PG2ES_TEST_ES_URL=$(ES_URL) \
+				$(CARGO) test --locked --test reindex a_dump_restored_onto_another_server -- --ignored; \
+		fi; \
 		PG2ES_TEST_PG_DSN=$$admin PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_INDEX_PREFIX=pg2es_t_pg$${v}_ \
 			$(CARGO) test --locked --test delete_capture --test deletes --test replication $$(ends $$v) --test write_capture -- --test-threads=2; \
 		PG2ES_TEST_PG_DSN=$$admin PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_INDEX_PREFIX=pg2es_t_pg$${v}_ PG2ES_TEST_KILLS=$(PG_MATRIX_KILLS) \

@@ -434,6 +434,9 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
     let doc = source.document().ok_or_else(|| Error::SourceSetup("the source has no document after prepare".into()))?;
     if let Some(identity) = &plan.identity {
         checkpoint.bind_source(identity)?;
+        if let Some(wal) = plan.wal {
+            checkpoint.check_wal(wal)?;
+        }
         // Before anything is written: an index another source keeps is refused.
         sink.claim(&IndexOwner::new(identity, &doc.name), shutdown).await?;
     }

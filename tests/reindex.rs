@@ -279,3 +279,132 @@ async fn a_restore_elsewhere_goes_through_reindex() {
     let _ = env.http.delete(format!("{}/{}_1", env.es, env.index)).send().await;
     env.cleanup().await;
 }
+
+/// The WAL position of the database now.
+async fn wal_now(db: &tokio_postgres::Client) -> u64 {
+    let text: String = db.query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    pg2es::position::parse_lsn(&text).unwrap()
+}
+
+fn run_once_with(vars: &[(String, String)]) -> (Option<i32>, String) {
+    let out = common::pg2es_command(vars, &["run", "--once"]).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The source's WAL went back on the same server (a restore from a backup of it, a failover onto
+/// a standby that was behind): the state and the index hold a document written at a position the
+/// database has not reached. Without the check, every write of that film would be dropped by
+/// Elasticsearch as older, and its old title would stay. `run` refuses and names `reindex`, which
+/// builds a new index at the positions as they are now; `run` then takes its positions.
+#[tokio::test]
+async fn a_wal_that_went_back_goes_through_reindex() {
+    let env = fresh("reindex_wal_back").await;
+    assert_eq!(env.run_once().await.records, 999);
+    let film: String = env.db.query_one("SELECT id::text FROM content.film_work ORDER BY id LIMIT 1", &[]).await.unwrap().get(0);
+    // What this server wrote before it was restored from an older backup: the state, and the
+    // film's document, at a WAL position 4 GiB past where the database is now.
+    let ahead = wal_now(&env.db).await + (1 << 32);
+    let path = env.state_file();
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["wal_seen"] = ahead.into();
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let mut doc = env.doc(&film).await;
+    doc["title"] = "Written before the restore".into();
+    let put = env.http.put(format!("{}/{}/_doc/{film}?version={ahead}&version_type=external_gte", env.es, env.index)).json(&doc).send().await.unwrap();
+    assert!(put.status().is_success(), "{}", put.text().await.unwrap());
+
+    env.sql(&format!("UPDATE content.film_work SET title = 'Written after the restore', updated_at = now() WHERE id::text = '{film}'")).await;
+    let vars = env.env_vars();
+    let (code, stderr) = run_once_with(&vars);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("went back") && stderr.contains("`pg2es reindex`"), "{stderr}");
+    let (code, stdout, stderr) = reindex(&vars, &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let (code, stderr) = run_once_with(&vars);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("following the rebuild"), "{stderr}");
+    env.refresh().await;
+    assert_eq!(env.doc(&film).await["title"], "Written after the restore");
+    assert!(env.verify().await.is_consistent());
+    let _ = env.http.delete(format!("{}/{}_1", env.es, env.index)).send().await;
+    env.cleanup().await;
+}
+
+/// A dump restored onto another server: `PG2ES_TEST_RESTORE_PG_DSN` names its admin connection
+/// (`make test-pg-matrix` gives one of the matrix's servers, a newer major, freshly started, so
+/// its WAL positions are far below this one's). The database has the same name: only the
+/// cluster differs. `run` refuses the state, `reindex` rebuilds from the new server while search
+/// keeps the old index (the name is an alias already: the first rebuild, the conversion, is
+/// made before the move), and `run` pointed at the new server keeps the index equal to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a second server: make test-pg-matrix runs it with PG2ES_TEST_RESTORE_PG_DSN"]
+async fn a_dump_restored_onto_another_server_goes_through_reindex() {
+    let other_admin = std::env::var("PG2ES_TEST_RESTORE_PG_DSN")
+        .expect("PG2ES_TEST_RESTORE_PG_DSN: the admin connection of another server, such as postgres://app:123qwe@127.0.0.1:5416/postgres");
+    let env = fresh("reindex_server").await;
+    assert_eq!(env.run_once().await.records, 999);
+    let vars = env.env_vars();
+    let (code, stdout, stderr) = reindex(&vars, &[]);
+    assert_eq!(code, Some(0), "the conversion into an alias, on the first server: {stdout}{stderr}");
+
+    // The restore: pg_dump of the first server, loaded by psql into a database of the same name.
+    let db_name = format!("pg2es_t_{}", env.name);
+    let other = common::connect(&other_admin).await;
+    other.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await.unwrap();
+    other.batch_execute(&format!("CREATE DATABASE {db_name}")).await.unwrap();
+    let other_dsn = common::replace_db(&other_admin, &db_name);
+    let dump = std::process::Command::new("pg_dump").args(["--no-owner", "--no-acl", &env.dsn]).output().expect("run pg_dump");
+    assert!(dump.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dump.stderr));
+    let restore_file = env.dir.path().join("dump.sql");
+    std::fs::write(&restore_file, &dump.stdout).unwrap();
+    let restore = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", restore_file.to_str().unwrap(), &other_dsn])
+        .output()
+        .expect("run psql");
+    assert!(restore.status.success(), "psql: {}", String::from_utf8_lossy(&restore.stderr));
+    let db = common::connect(&other_dsn).await;
+    let (before, after) = (wal_now(&env.db).await, wal_now(&db).await);
+    assert!(after < before, "the new server's WAL ({after}) is below the first's ({before}): what makes the old index's versions meaningless there");
+
+    let mut vars = vars;
+    vars.retain(|(k, _)| k != "PG_DSN");
+    vars.push(("PG_DSN".into(), other_dsn.clone()));
+    let (code, stderr) = run_once_with(&vars);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("holds progress read from") && stderr.contains("`pg2es reindex`"), "{stderr}");
+
+    let film: String = db.query_one("SELECT id::text FROM content.film_work ORDER BY id LIMIT 1", &[]).await.unwrap().get(0);
+    let rename = |title: &'static str| {
+        let (db, film) = (&db, &film);
+        async move { db.execute("UPDATE content.film_work SET title = $1, updated_at = now() WHERE id::text = $2", &[&title, film]).await.unwrap() }
+    };
+    rename("Written after the restore").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let searches = search_loop(&env, stop.clone());
+    let rebuild_vars = vars.clone();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || reindex(&rebuild_vars, &[])).await.unwrap();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    rename("Written after the rebuild").await;
+    let (code, stderr) = tokio::task::spawn_blocking({
+        let vars = vars.clone();
+        move || run_once_with(&vars)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("following the rebuild"), "{stderr}");
+    stop.store(true, Ordering::Relaxed);
+    let (ok, bad, why) = searches.await.unwrap();
+    assert_eq!(bad, 0, "search failed or came back empty {bad} times of {}: {:?}", ok + bad, &why[..why.len().min(5)]);
+    assert!(ok > 5, "the search loop ran: {ok}");
+    env.refresh().await;
+    assert_eq!(env.doc(&film).await["title"], "Written after the rebuild");
+    let out = common::pg2es_command(&vars, &["verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    drop(db);
+    other.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await.unwrap();
+    for n in 1..=2 {
+        let _ = env.http.delete(format!("{}/{}_{n}", env.es, env.index)).send().await;
+    }
+    env.cleanup().await;
+}

@@ -87,6 +87,13 @@ pub struct State {
     /// recorded: the first cycle records it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The source's WAL position as a cycle began, at the last write of this state: the
+    /// documents written from it have versions at least this high. A source whose position is
+    /// now lower went back (a restore from a backup, a failover onto a standby that was behind),
+    /// and every write would look older than the index's documents. Absent in files written
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_seen: Option<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -320,6 +327,8 @@ pub struct Checkpoint {
     /// The fingerprint of the definition this process builds documents from (in memory only):
     /// what a rebuild's hand-over is compared with.
     running: Option<String>,
+    /// The highest WAL position a cycle began at, saved with the next write of the state.
+    wal_seen: Option<u64>,
     _lock: InstanceLock,
 }
 
@@ -336,7 +345,7 @@ impl Checkpoint {
         let mut state = state;
         state.version = STATE_VERSION;
         write_atomically(path, &state)?;
-        Ok(Checkpoint { path: path.to_path_buf(), state, running: None, _lock: lock })
+        Ok(Checkpoint { path: path.to_path_buf(), state, running: None, wal_seen: None, _lock: lock })
     }
 
     /// Ties the state to the database it is read from: records it the first time, and refuses a
@@ -358,6 +367,23 @@ impl Checkpoint {
                 })
             }
         }
+    }
+
+    /// Refuses a source whose WAL position `now` is below the one the state's documents were
+    /// written at (see [`State::wal_seen`]); otherwise keeps it, saved with the next write.
+    pub fn check_wal(&mut self, now: u64) -> Result<()> {
+        if let Some(seen) = self.state.wal_seen.max(self.wal_seen).filter(|seen| now < *seen) {
+            return Err(Error::State {
+                path: self.path.clone(),
+                reason: format!(
+                    "holds documents written at WAL position {}, but the database's WAL position is now {}: it went back (a restore from a backup, a failover onto a standby that was behind), so every write would look older than what the index holds and be dropped. `pg2es reindex` builds a new index from the database as it is now while search keeps the old one, and `run` takes its positions",
+                    crate::position::format_lsn(seen),
+                    crate::position::format_lsn(now)
+                ),
+            });
+        }
+        self.wal_seen = self.wal_seen.max(Some(now));
+        Ok(())
     }
 
     pub fn state(&self) -> &State {
@@ -391,6 +417,8 @@ impl Checkpoint {
     /// may move positions back: they are the new index's, read after its full load began, so
     /// reading on from them loses nothing, and what is read twice is written twice, harmlessly.
     pub fn adopt(&mut self, state: State) -> Result<()> {
+        // The new index's documents were written at the rebuild's positions, not this run's.
+        self.wal_seen = None;
         self.update(|next| {
             let index = std::mem::take(&mut next.index);
             *next = State { index, ..state };
@@ -410,6 +438,7 @@ impl Checkpoint {
     fn update(&mut self, change: impl FnOnce(&mut State) -> Result<(), PositionError>) -> Result<()> {
         let mut next = self.state.clone();
         change(&mut next).map_err(|source| Error::Position { path: self.path.clone(), source })?;
+        next.wal_seen = next.wal_seen.max(self.wal_seen);
         next.version = STATE_VERSION;
         off_runtime(|| write_atomically(&self.path, &next))?;
         self.state = next;
@@ -710,6 +739,30 @@ mod tests {
         cluster.system_identifier = "1".into();
         assert!(c.bind_source(&cluster).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), before, "a refused binding leaves the file alone");
+    }
+
+    #[test]
+    fn a_source_whose_wal_went_back_is_refused_with_reindex() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let mut c = Checkpoint::open(&path, "movies").unwrap();
+        c.check_wal(0x3_0000_0000).unwrap();
+        // Kept in memory until the state is written anyway: no write of its own.
+        assert_eq!(c.state().wal_seen, None);
+        c.commit(&[stream("genre", wm(5, 2))]).unwrap();
+        assert_eq!(c.state().wal_seen, Some(0x3_0000_0000));
+        c.check_wal(0x3_0000_0100).unwrap();
+        drop(c);
+        let mut c = Checkpoint::open(&path, "movies").unwrap();
+        c.check_wal(0x3_0000_0000).unwrap();
+        let err = c.check_wal(0x1_0000_0000).unwrap_err().to_string();
+        assert!(err.contains("3/0") && err.contains("1/0") && err.contains("went back") && err.contains("pg2es reindex"), "{err}");
+        // A rebuild's hand-over brings the positions of the new index, read at the WAL as it is.
+        let mut handoff = c.state().clone();
+        handoff.wal_seen = Some(0x1_0000_0000);
+        c.adopt(handoff).unwrap();
+        c.check_wal(0x1_0000_0000).unwrap();
+        assert_eq!(c.state().wal_seen, Some(0x1_0000_0000));
     }
 
     #[test]

@@ -28,6 +28,19 @@ pub struct IndexOwner {
     pub schema: String,
     /// The definition's document the index holds.
     pub document: String,
+    /// What the documents' external versions are ([`VERSION_SCHEME`]). Absent in records written
+    /// before it was recorded, which had the same scheme.
+    #[serde(default = "version_scheme")]
+    pub versions: String,
+}
+
+/// The versions pg2es writes: the source's WAL position when the record was read, so a newer
+/// state of a record always has a higher version on one server, and an index written from
+/// another server (or one whose WAL went back) holds versions that mean nothing here.
+pub const VERSION_SCHEME: &str = "pg_wal_lsn";
+
+fn version_scheme() -> String {
+    VERSION_SCHEME.to_string()
 }
 
 impl IndexOwner {
@@ -37,6 +50,7 @@ impl IndexOwner {
             database: source.database.clone(),
             schema: source.schema.clone(),
             document: document.to_string(),
+            versions: version_scheme(),
         }
     }
 }
@@ -129,7 +143,13 @@ mod tests {
     use serde_json::json;
 
     fn owner(database: &str) -> IndexOwner {
-        IndexOwner { system_identifier: "7642011472967116994".into(), database: database.into(), schema: "content".into(), document: "genres".into() }
+        IndexOwner {
+            system_identifier: "7642011472967116994".into(),
+            database: database.into(),
+            schema: "content".into(),
+            document: "genres".into(),
+            versions: version_scheme(),
+        }
     }
 
     #[test]
@@ -144,6 +164,11 @@ mod tests {
         assert_eq!(claim_in(&answer(json!({ "team": "search" }))).0, Claim::None);
         assert_eq!(claim_in(&json!({ "genres": { "mappings": { "properties": {} } } })).0, Claim::None);
         assert!(matches!(claim_in(&answer(json!({ "pg2es": { "database": "movies" } }))).0, Claim::Unreadable(t) if t.contains("movies")));
+        // A record of a release before the version scheme was recorded: the same scheme.
+        let mut older = serde_json::to_value(owner("movies")).unwrap();
+        older.as_object_mut().unwrap().remove("versions");
+        assert_eq!(claim_in(&answer(json!({ "pg2es": older }))).0, Claim::Owner(owner("movies")));
+        assert_eq!(serde_json::to_value(owner("movies")).unwrap()["versions"], VERSION_SCHEME);
     }
 
     #[test]

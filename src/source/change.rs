@@ -57,6 +57,10 @@ pub struct Receipt {
 pub struct CyclePlan {
     /// The database read from: the state must belong to it.
     pub identity: Option<SourceIdentity>,
+    /// The source's WAL position as the cycle began: every version the cycle writes is at least
+    /// this (the state refuses a position below what it was written at: [`crate::checkpoint::
+    /// Checkpoint::check_wal`]).
+    pub wal: Option<u64>,
     /// Saved before reading (a full load beginning, the start of the delete log).
     pub before: Vec<PositionDelta>,
     /// Whether this cycle reads the whole catalog (the index is tuned for it).

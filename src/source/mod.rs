@@ -171,18 +171,20 @@ impl PgSource {
         Ok(keys)
     }
 
-    /// Which database this is: the state file is tied to it.
-    pub async fn identity(&self, schema: &str) -> Result<SourceIdentity> {
+    /// Which database this is (the state file is tied to it), and its WAL position now.
+    pub async fn identity(&self, schema: &str) -> Result<(SourceIdentity, u64)> {
         let row = self
             .client
-            .query_one("SELECT system_identifier::text, current_database()::text FROM pg_control_system()", &[])
+            .query_one("SELECT system_identifier::text, current_database()::text, pg_catalog.pg_current_wal_lsn()::text FROM pg_control_system()", &[])
             .await
             .map_err(Error::postgres("read the database's identity"))?;
-        Ok(SourceIdentity {
+        let identity = SourceIdentity {
             system_identifier: row.try_get(0).map_err(Error::postgres("read system identifier"))?,
             database: row.try_get(1).map_err(Error::postgres("read database name"))?,
             schema: schema.to_string(),
-        })
+        };
+        let wal: String = row.try_get(2).map_err(Error::postgres("read the WAL position"))?;
+        Ok((identity, pgoutput::parse_lsn(&wal).ok_or_else(|| Error::SourceSetup(format!("{wal:?} is not a WAL position")))?))
     }
 
     /// The next page of changes of `stream` after `after` (all rows when `None`).

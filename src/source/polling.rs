@@ -363,7 +363,7 @@ impl ChangeSource for PollingSource {
         let (schema, consumer, policy) = (self.settings.schema.clone(), self.settings.consumer.clone(), self.settings.horizon);
         self.connect().await?;
         let Some(pg) = self.pg.as_ref() else { return Err(Error::SourceSetup("the polling source could not connect".into())) };
-        let identity = pg.identity(&schema).await?;
+        let (identity, wal) = pg.identity(&schema).await?;
         // Before reading anything: whatever is not visible yet will be stamped after this point.
         let horizon = pg.horizon(&policy).await?;
         log_horizon(&horizon);
@@ -420,7 +420,7 @@ impl ChangeSource for PollingSource {
         // reconciliation follows it.
         let reload = before.iter().any(|d| matches!(d, PositionDelta::BeginFullLoad { .. }));
         let full_load = state.needs_full_load() || state.snapshot_in_progress().is_some() || reload;
-        Ok(CyclePlan { identity: Some(identity), before, full_load })
+        Ok(CyclePlan { identity: Some(identity), wal: Some(wal), before, full_load })
     }
 
     async fn read(&self, state: &State, tx: mpsc::Sender<ChangeBatch>, shutdown: &Shutdown, progress: Option<&Progress>) -> Result<ReadReport> {

@@ -298,7 +298,7 @@ pub async fn drop_slots(admin: &Client, db_name: &str) {
     let _ = admin.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active", &[&db_name]).await;
 }
 
-fn replace_db(dsn: &str, db: &str) -> String {
+pub fn replace_db(dsn: &str, db: &str) -> String {
     match dsn.rsplit_once('/') {
         Some((head, tail)) => {
             let query = tail.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();

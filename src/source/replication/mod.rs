@@ -174,7 +174,7 @@ impl ChangeSource for ReplicationSource {
         }
         let pg = self.pg.as_ref().ok_or_else(|| Error::SourceSetup("no connection".into()))?;
         let schema = self.base.schema.clone();
-        let identity = pg.identity(&schema).await?;
+        let (identity, wal) = pg.identity(&schema).await?;
         if !self.checked {
             check_role(pg).await?;
         }
@@ -288,7 +288,7 @@ impl ChangeSource for ReplicationSource {
             report_slot(pg, &self.settings, lag_sec).await?;
         }
         let full_load = state.needs_full_load() || reload || resync.is_some() || state.snapshot_in_progress().is_some();
-        Ok(CyclePlan { identity: Some(identity), before, full_load })
+        Ok(CyclePlan { identity: Some(identity), wal: Some(wal), before, full_load })
     }
 
     async fn read(&self, state: &State, tx: mpsc::Sender<ChangeBatch>, shutdown: &Shutdown, progress: Option<&Progress>) -> Result<ReadReport> {
