@@ -597,6 +597,7 @@ impl Config {
                     slot,
                     publication: name(&PG_PUBLICATION, format!("pg2es_{}", src.required(&PG_SCHEMA)?))?,
                     max_retained_bytes: src.number::<u64>(&ETL_SLOT_MAX_RETAINED_MB)? << 20,
+                    temporary: false,
                 })
             }
             _ => SourceKind::Polling,

@@ -14,8 +14,13 @@
 //!    from the rebuild's positions, which are before every change the rebuild did not read, so
 //!    what `run` wrote to the old index after them is written to the new one too.
 //!
-//! Polling only for now: in replication mode the run's one slot is held by `run`, and a rebuild
-//! would need a slot of its own; it is refused with that said.
+//! With `PG2ES_SOURCE=replication` the rebuild reads a temporary slot of its own
+//! (`<slot>_reindex`, dropped by Postgres when the rebuild's session ends, a crash included),
+//! created before its full load: the load, then the stream up to the WAL position then, as `run`
+//! loads a new index. After the move it reads on up to the WAL position read just after it:
+//! every change `run` wrote to the old index before the move was committed before that, and
+//! every change committed after it, `run` writes through the name into the new index. `run`
+//! keeps its own slot and position and takes only the new index from the hand-over.
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{Config, SourceKind};
@@ -23,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::{self, Mode, Options};
 use crate::shutdown::Shutdown;
 use crate::sink::ElasticsearchSink;
+use crate::source::{replication_name, ChangeSource, ReplicationSource, ReplicationStream};
 use crate::source::{DocumentSpec, PollingSource};
 
 /// What a rebuild did.
@@ -44,11 +50,6 @@ fn generation(index: &str, concrete: &str) -> Option<u64> {
 
 /// Rebuilds one document's index; see the module notes.
 pub async fn reindex(config: &Config, spec: DocumentSpec, index: &crate::catalog::IndexSpec, keep_old: bool, shutdown: &Shutdown) -> Result<Rebuilt> {
-    if matches!(config.source, SourceKind::Replication(_)) {
-        return Err(Error::Refused(
-            "reindex reads the changes made during the rebuild by polling, and is not built for PG2ES_SOURCE=replication yet (the run's one slot is `run`'s). Until it is: create the new index, stop `pg2es run`, point ES_INDEX at the new index and start it (search moves when you move your alias)".into(),
-        ));
-    }
     let live = ElasticsearchSink::new(&config.sink_settings())?;
     live.engine(shutdown).await?;
     let Some(old) = live.concrete(shutdown).await? else {
@@ -71,6 +72,10 @@ pub async fn reindex(config: &Config, spec: DocumentSpec, index: &crate::catalog
     own.es_index = new.clone();
     own.state_file = checkpoint::beside(&config.state_file, ".reindex.json");
     let consumer = format!("{}~reindex", config.es_index);
+    if let SourceKind::Replication(r) = &mut own.source {
+        let slot = replication_name(&format!("{}_reindex", r.slot));
+        (r.slot, r.previous_slot, r.slot_explicit, r.temporary) = (slot.clone(), slot, true, true);
+    }
     live.delete_named(&new, shutdown).await?;
     // The position of the rebuild before, if the delete capture is on: this one starts afresh.
     let client = crate::source::delete_log::connect_with(&own.source_settings()).await?;
@@ -91,25 +96,67 @@ pub async fn reindex(config: &Config, spec: DocumentSpec, index: &crate::catalog
     options.index_empty_at_start = true;
     let mut settings = own.source_settings();
     settings.consumer = consumer;
-    let mut source = PollingSource::new(&settings, spec.clone())?;
-    let reports = pipeline::run_cycles(&mut source, &sink, &mut checkpoint, &options, shutdown).await?;
-    if reports.last().is_none_or(|r| r.interrupted) {
-        return Err(Error::Shutdown);
-    }
-    let records = reports.iter().map(|r| r.records).sum();
-
-    // The hand-over first: a crash before the move leaves one that names an index the alias
-    // does not point at, which `run` ignores.
-    let mut handoff = checkpoint.state().clone();
-    handoff.index = config.es_index.clone();
-    handoff.target = Some(new.clone());
-    handoff.tuned = None;
-    checkpoint::write_state(&checkpoint::handoff_path(&config.state_file), &handoff)?;
-    live.swap_alias(&old, &new, !keep_old, shutdown).await?;
+    let move_alias = |checkpoint: &Checkpoint| {
+        // The hand-over first: a crash before the move leaves one that names an index the alias
+        // does not point at, which `run` ignores.
+        let mut handoff = checkpoint.state().clone();
+        handoff.index = config.es_index.clone();
+        handoff.target = Some(new.clone());
+        handoff.tuned = None;
+        let written = checkpoint::write_state(&checkpoint::handoff_path(&config.state_file), &handoff);
+        async {
+            written?;
+            live.swap_alias(&old, &new, !keep_old, shutdown).await
+        }
+    };
+    let records = match &own.source {
+        SourceKind::Polling => {
+            let mut source = PollingSource::new(&settings, spec.clone())?;
+            let records = load(&mut source, &sink, &mut checkpoint, &options, shutdown).await?;
+            move_alias(&checkpoint).await?;
+            records
+        }
+        SourceKind::Replication(r) => {
+            let mut source = ReplicationSource::new(&settings, r, spec.clone(), ReplicationStream::new(r, 1))?;
+            let mut records = load(&mut source, &sink, &mut checkpoint, &options, shutdown).await?;
+            move_alias(&checkpoint).await?;
+            let client = crate::source::delete_log::connect_with(&settings).await?;
+            let moved = crate::source::wal_position(&client).await?;
+            drop(client);
+            for _ in 0..CATCH_UP_PASSES {
+                if checkpoint.state().replication.is_some_and(|at| at >= moved) {
+                    break;
+                }
+                records += load(&mut source, &sink, &mut checkpoint, &options, shutdown).await?;
+            }
+            let reached = checkpoint.state().replication.unwrap_or(0);
+            if reached < moved {
+                return Err(Error::Refused(format!(
+                    "the rebuild moved the name to {new} but read its slot only to {} of {} in {CATCH_UP_PASSES} passes: run `pg2es verify --repair` for the changes in between",
+                    crate::position::format_lsn(reached),
+                    crate::position::format_lsn(moved)
+                )));
+            }
+            records
+        }
+    };
     drop(checkpoint);
     let _ = std::fs::remove_file(&own.state_file);
     let _ = std::fs::remove_file(checkpoint::status_path(&own.state_file));
     let _ = std::fs::remove_file(checkpoint::lock_path(&own.state_file));
     tracing::info!(document = %spec.name, index = %config.es_index, now = %new, before = %old, kept_old = keep_old && old != config.es_index, records, "rebuilt: the name points at the new index");
     Ok(Rebuilt { old: old.clone(), new, records, kept_old: keep_old && old != config.es_index })
+}
+
+/// How many passes over the rebuild's slot may follow the move before it has reached the WAL
+/// position read just after it (one does, unless the window of a pass is cut).
+const CATCH_UP_PASSES: usize = 20;
+
+/// One pass until nothing is pending (`Mode::Once`): the records it loaded.
+async fn load<S: ChangeSource>(source: &mut S, sink: &ElasticsearchSink, checkpoint: &mut Checkpoint, options: &Options, shutdown: &Shutdown) -> Result<usize> {
+    let reports = pipeline::run_cycles(source, sink, checkpoint, options, shutdown).await?;
+    if reports.last().is_none_or(|r| r.interrupted) {
+        return Err(Error::Shutdown);
+    }
+    Ok(reports.iter().map(|r| r.records).sum())
 }

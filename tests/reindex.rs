@@ -32,7 +32,10 @@ async fn alias_of(env: &TestEnv) -> Option<Vec<String>> {
 
 /// A fresh environment without the rebuilds an earlier, failed run of the test left.
 async fn fresh(name: &str) -> TestEnv {
-    let env = TestEnv::new(name).await;
+    cleared(TestEnv::new(name).await).await
+}
+
+async fn cleared(env: TestEnv) -> TestEnv {
     for n in 1..=3 {
         let _ = env.http.delete(format!("{}/{}_{n}", env.es, env.index)).send().await;
     }
@@ -42,6 +45,26 @@ async fn fresh(name: &str) -> TestEnv {
 
 async fn exists(env: &TestEnv, index: &str) -> bool {
     env.http.head(format!("{}/{index}", env.es)).send().await.unwrap().status() == 200
+}
+
+/// Renames random films of `films` every 15 ms until told to stop (at most 3,000), counting them.
+fn writer(dsn: &str, films: Vec<String>, stop: Arc<AtomicBool>, renames: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    let dsn = dsn.to_string();
+    tokio::spawn(async move {
+        let db = common::connect(&dsn).await;
+        let mut rng = common::Rng::from_clock("reindex writer");
+        for n in 0..3_000u64 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let film = &films[(rng.next() % films.len() as u64) as usize];
+            db.execute("UPDATE content.film_work SET title = $1, updated_at = now() WHERE id::text = $2", &[&format!("Renamed during the rebuild {n}"), film])
+                .await
+                .expect("rename");
+            renames.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    })
 }
 
 /// Searches the name every 20 ms until told to stop: counts answers that are not a 200 with hits.
@@ -92,28 +115,7 @@ async fn a_rebuild_under_a_writer_keeps_search_serving_and_loses_no_write() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let renames = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (dsn, films, stop, renames) = (env.dsn.clone(), films.clone(), stop.clone(), renames.clone());
-        tokio::spawn(async move {
-            let db = common::connect(&dsn).await;
-            let mut rng = common::Rng::from_clock("reindex writer");
-            // Bounded by count and by the stop flag.
-            for n in 0..3_000u64 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let film = &films[(rng.next() % films.len() as u64) as usize];
-                db.execute(
-                    "UPDATE content.film_work SET title = $1, updated_at = now() WHERE id::text = $2",
-                    &[&format!("Renamed during the rebuild {n}"), film],
-                )
-                .await
-                .expect("rename");
-                renames.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(15)).await;
-            }
-        })
-    };
+    let writer = writer(&env.dsn, films, stop.clone(), renames.clone());
 
     let rebuild = |args: &'static [&'static str]| {
         let vars = vars.clone();
@@ -406,5 +408,69 @@ async fn a_dump_restored_onto_another_server_goes_through_reindex() {
     for n in 1..=2 {
         let _ = env.http.delete(format!("{}/{}_{n}", env.es, env.index)).send().await;
     }
+    env.cleanup().await;
+}
+
+/// `PG2ES_SOURCE=replication`: while `run` keeps the index from the run's slot and a writer
+/// renames films, a rebuild (after the first, the conversion into an alias) with a search loop
+/// running. It reads a temporary slot of its own, gone when it ends; `run` keeps its slot and
+/// position and writes into the new index. No search fails or comes back empty, and the index
+/// ends equal to Postgres with the last rename in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_in_replication_mode_reads_a_slot_of_its_own_and_loses_no_write() {
+    let env = cleared(TestEnv::replicated("reindex_repl").await).await;
+    let vars = env.env_vars();
+    let log = env.dir.path().join("run.log");
+    let mut run = common::spawn_run(&env, &log);
+    common::eventually(Duration::from_secs(60), "the running pipeline loads 999 documents", || async { env.try_count().await == Some(999) }).await;
+    let films: Vec<String> = env.db.query("SELECT id::text FROM content.film_work ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let (stop, renames) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let writer = writer(&env.dsn, films, stop.clone(), renames.clone());
+    let rebuild = || {
+        let vars = vars.clone();
+        async move {
+            let (code, stdout, stderr) = tokio::task::spawn_blocking(move || reindex(&vars, &[])).await.unwrap();
+            assert_eq!(code, Some(0), "{stdout}{stderr}");
+        }
+    };
+    rebuild().await;
+    common::log_shows(&log, "following the rebuild", Duration::from_secs(30)).await;
+    let searches = search_loop(&env, stop.clone());
+    let before = renames.load(Ordering::Relaxed);
+    rebuild().await;
+    let new = format!("{}_2", env.index);
+    assert_eq!(alias_of(&env).await, Some(vec![new.clone()]));
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let (ok, bad, why) = searches.await.unwrap();
+    assert!(renames.load(Ordering::Relaxed) > before && before > 0, "the writer ran during both rebuilds");
+    assert_eq!(bad, 0, "search failed or came back empty {bad} times of {}: {:?}", ok + bad, &why[..why.len().min(5)]);
+
+    let slots: Vec<String> = env
+        .db
+        .query("SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database()", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(slots.len(), 1, "only the run's slot is left: {slots:?}");
+    assert!(!slots[0].ends_with("_reindex"), "{slots:?}");
+    common::eventually(Duration::from_secs(60), "the index equals postgres after the writer stopped", || async {
+        env.refresh().await;
+        env.verify().await.is_consistent()
+    })
+    .await;
+    let last: (String, String) = {
+        let row = env.db.query_one("SELECT id::text, title FROM content.film_work ORDER BY updated_at DESC LIMIT 1", &[]).await.unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(env.doc(&last.0).await["title"], last.1.as_str());
+    common::signal(&run, "-TERM");
+    common::wait_exit(&mut run, Duration::from_secs(30));
+    // `run` read on from its own slot: no fresh position, no second full load.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("taking a fresh one") && text.matches("full load: every record").count() == 1, "{text}");
+    let _ = env.http.delete(format!("{}/{new}", env.es)).send().await;
     env.cleanup().await;
 }

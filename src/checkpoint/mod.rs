@@ -416,12 +416,20 @@ impl Checkpoint {
     /// for the index it built and the alias now points at (its hand-over). The one change that
     /// may move positions back: they are the new index's, read after its full load began, so
     /// reading on from them loses nothing, and what is read twice is written twice, harmlessly.
+    ///
+    /// Logical replication keeps its own stream position: the rebuild read a slot of its own,
+    /// up to a point after the move, so every change this run wrote to the old index before the
+    /// move is in the new one too; reading on from this run's slot loses nothing.
     pub fn adopt(&mut self, state: State) -> Result<()> {
         // The new index's documents were written at the rebuild's positions, not this run's.
         self.wal_seen = None;
         self.update(|next| {
             let index = std::mem::take(&mut next.index);
+            let stream = next.replication.map(|at| (at, next.stream_setup.take(), next.resyncs));
             *next = State { index, ..state };
+            if let Some((at, setup, resyncs)) = stream {
+                (next.replication, next.stream_setup, next.resyncs) = (Some(at), setup, resyncs);
+            }
             Ok(())
         })
     }

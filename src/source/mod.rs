@@ -144,9 +144,7 @@ impl PgSource {
     /// The WAL insert position now: it only grows, and every commit before it is visible to a
     /// query that starts after it.
     pub async fn wal_position(&self) -> Result<u64> {
-        let row = self.client.query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[]).await.map_err(Error::postgres("read the WAL position"))?;
-        let text: String = row.try_get(0).map_err(Error::postgres("read the WAL position"))?;
-        pgoutput::parse_lsn(&text).ok_or_else(|| Error::SourceSetup(format!("{text:?} is not a WAL position")))
+        wal_position(&self.client).await
     }
 
     /// Which of these records exist (and pass the document's own `where`).
@@ -502,6 +500,13 @@ fn key_arrays(keys: &[Key], kinds: &[KeyKind]) -> Vec<Param> {
             }
         })
         .collect()
+}
+
+/// The WAL insert position now, on `client`'s server ([`PgSource::wal_position`]).
+pub async fn wal_position(client: &Client) -> Result<u64> {
+    let row = client.query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[]).await.map_err(Error::postgres("read the WAL position"))?;
+    let text: String = row.try_get(0).map_err(Error::postgres("read the WAL position"))?;
+    pgoutput::parse_lsn(&text).ok_or_else(|| Error::SourceSetup(format!("{text:?} is not a WAL position")))
 }
 
 #[cfg(test)]

@@ -72,6 +72,9 @@ pub struct ReplicationSettings {
     pub max_retained_bytes: u64,
     /// PG_REPLICATION_SLOT was set (not derived from the index name).
     pub slot_explicit: bool,
+    /// The slot is created temporary: Postgres drops it when the source's session ends (a
+    /// `pg2es reindex`, whose rebuild reads a slot of its own; a lost session starts it over).
+    pub temporary: bool,
 }
 
 /// A replication slot or publication name from another name: lower case, `[a-z0-9_]`, at most

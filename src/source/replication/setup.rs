@@ -104,16 +104,16 @@ pub(super) async fn find_slot(pg: &PgSource, slot: &str) -> Result<Found> {
 }
 
 /// The slot, created when missing, and created again when invalidated.
-pub(super) async fn ensure_slot(pg: &PgSource, slot: &str) -> Result<Slot> {
+pub(super) async fn ensure_slot(pg: &PgSource, slot: &str, temporary: bool) -> Result<Slot> {
     match find_slot(pg, slot).await? {
         Found::At(confirmed) => Ok(Slot::Existing(confirmed)),
-        Found::Missing => create_slot(pg, slot).await.map(Slot::Created),
+        Found::Missing => create_slot(pg, slot, temporary).await.map(Slot::Created),
         Found::Lost => {
             // Postgres removed WAL the slot needed (max_slot_wal_keep_size). It is pg2es's slot;
             // a new one is the only way on.
             tracing::warn!(slot, "the replication slot was invalidated (wal_status lost: Postgres removed WAL it still needed, see max_slot_wal_keep_size): dropping it and creating it again");
             drop_slot(pg, slot).await?;
-            create_slot(pg, slot).await.map(Slot::Created)
+            create_slot(pg, slot, temporary).await.map(Slot::Created)
         }
     }
 }
@@ -127,8 +127,9 @@ pub(super) async fn drop_slot(pg: &PgSource, slot: &str) -> Result<()> {
 }
 
 /// Creates the slot. Postgres waits for every transaction open now, in any database, to end,
-/// so the slot starts at a consistent point: the log says so while it waits.
-async fn create_slot(pg: &PgSource, slot: &str) -> Result<Lsn> {
+/// so the slot starts at a consistent point: the log says so while it waits. A temporary one is
+/// dropped by Postgres when this session ends.
+async fn create_slot(pg: &PgSource, slot: &str, temporary: bool) -> Result<Lsn> {
     let open = pg
         .client()
         .query_one(
@@ -150,8 +151,8 @@ async fn create_slot(pg: &PgSource, slot: &str) -> Result<Lsn> {
             "creating the replication slot: Postgres waits for the transactions open now to end"
         );
     }
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&slot];
-    let create = pg.client().query_one("SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')", &params);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&slot, &temporary];
+    let create = pg.client().query_one("SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput', $2)", &params);
     futures_util::pin_mut!(create);
     let started = Instant::now();
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + SLOT_WAIT_REPORT, SLOT_WAIT_REPORT);
@@ -162,7 +163,11 @@ async fn create_slot(pg: &PgSource, slot: &str) -> Result<Lsn> {
         }
     };
     let at = lsn_of(row.try_get(0).map_err(Error::postgres("create the replication slot"))?)?;
-    tracing::info!(slot, at = %format_lsn(at), "created the replication slot: Postgres keeps WAL from here until pg2es has loaded it (drop the slot if pg2es is retired)");
+    if temporary {
+        tracing::info!(slot, at = %format_lsn(at), "created a temporary replication slot: Postgres drops it when this session ends");
+    } else {
+        tracing::info!(slot, at = %format_lsn(at), "created the replication slot: Postgres keeps WAL from here until pg2es has loaded it (drop the slot if pg2es is retired)");
+    }
     Ok(at)
 }
 

@@ -21,6 +21,8 @@ use crate::error::Result;
 
 pub struct ReplicationStream {
     slot: String,
+    /// Created temporary ([`ReplicationSettings::temporary`]).
+    temporary: bool,
     publication: String,
     /// How many documents read it: the slot moves once each has said where it is.
     documents: usize,
@@ -43,6 +45,7 @@ impl ReplicationStream {
     pub fn new(settings: &ReplicationSettings, documents: usize) -> Arc<ReplicationStream> {
         Arc::new(ReplicationStream {
             slot: settings.slot.clone(),
+            temporary: settings.temporary,
             publication: settings.publication.clone(),
             documents: documents.max(1),
             inner: tokio::sync::Mutex::new(Inner::default()),
@@ -57,7 +60,7 @@ impl ReplicationStream {
     /// created it (whatever any of them saved before is not in it).
     pub(super) async fn ensure(&self, pg: &PgSource) -> Result<Slot> {
         let mut inner = self.inner.lock().await;
-        let slot = setup::ensure_slot(pg, &self.slot).await?;
+        let slot = setup::ensure_slot(pg, &self.slot, self.temporary).await?;
         if let Slot::Created(at) = slot {
             inner.created = Some(at);
             inner.positions.clear();
