@@ -107,7 +107,7 @@ settings! {
     PG_PASSWORD { aliases: &["DB_PASSWORD"], secret: true, help: "Postgres password; overrides the one in `PG_DSN` (and `PGPASSWORD`, see below)" }
     PG_CA_FILE { unset: "none: public web roots", help: "PEM CA that signs the Postgres server certificate, for `sslmode=require`, `verify-ca` or `verify-full` in `PG_DSN` (see \"TLS to Postgres\"); wins over `sslrootcert` in `PG_DSN`" }
     PG_SCHEMA { default: "content", accepts: Accepts::Checked(is_identifier, "a plain identifier such as content (letters, digits, _)"), help: "schema of the source tables" }
-    ES_URL { aliases: &["ES_HOST"], default: "http://127.0.0.1:9200", accepts: Accepts::Checked(|v| reqwest::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some()), "an http:// or https:// URL such as http://127.0.0.1:9200"), help: "Elasticsearch or OpenSearch base URL" }
+    ES_URL { aliases: &["ES_HOST"], default: "http://127.0.0.1:9200", accepts: Accepts::Checked(|v| node_urls(v).is_some(), "an http:// or https:// URL such as http://127.0.0.1:9200, or the URLs of several nodes of one cluster, comma-separated"), help: "Elasticsearch or OpenSearch base URL; or the nodes of one cluster, comma-separated (`http://es1:9200,http://es2:9200`): each request goes to the node that answered last, and one that fails is skipped for 10 s while the request goes to the next at once" }
     PG2ES_DEFINITION { unset: "built-in cinema definition", help: "the definition file: which documents to keep, each in its own index (see \"Documents from a definition\" and `docs/definition.md`); unset, the cinema definition built into the binary (`catalog/cinema.toml`: `movies`, `genres`, `persons`)" }
     PG2ES_DOCUMENTS { unset: "all", help: "the documents of the definition to keep, comma-separated, such as `movies`" }
     ES_INDEX { default: "movies", accepts: Accepts::Checked(is_index_name, INDEX_NAME_RULE), help: "the index of the definition's first document (`movies` in the cinema definition), in full: `ES_INDEX_PREFIX` is not added to it. Unset, the first document's index is its definition's, with the prefix" }
@@ -138,6 +138,11 @@ settings! {
     LOG_FORMAT { default: "text", accepts: Accepts::OneOf(&["text", "json"]), help: "`text` or `json`; the level comes from `RUST_LOG` (default `info`)" }
     PG2ES_METRICS_ADDR { unset: "not served", accepts: Accepts::Checked(|v| v.parse::<std::net::SocketAddr>().is_ok(), "an address and port such as 127.0.0.1:9464"), help: "`host:port` where `pg2es run` serves `/metrics` and `/healthz` (for example `127.0.0.1:9464`); unset, nothing is served" }
     PG2ES_HEALTH_MAX_AGE_SEC { default: "120", accepts: Accepts::Whole(1, 604_800, "seconds"), help: "`/healthz` and `pg2es status` fail when a document has stored nothing for longer than this, or has waited for Postgres or Elasticsearch for longer" }
+}
+
+/// The nodes of `ES_URL`: each an http(s) URL with a host.
+fn node_urls(v: &str) -> Option<Vec<reqwest::Url>> {
+    v.split(',').map(|u| reqwest::Url::parse(u.trim()).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())).collect()
 }
 
 /// The README's configuration table, from [`SETTINGS`] (a test keeps the README equal to it).
@@ -203,7 +208,8 @@ pub struct Config {
     /// public web roots.
     pub pg_ca_file: Option<PathBuf>,
     pub pg_schema: String,
-    pub es_url: reqwest::Url,
+    /// The nodes of `ES_URL`, at least one.
+    pub es_urls: Vec<reqwest::Url>,
     pub es_index: String,
     /// ES_INDEX was set: it renames the definition's first index.
     pub es_index_explicit: bool,
@@ -274,7 +280,7 @@ impl Config {
     /// The sink's settings (the document's, after [`Config::for_document`]).
     pub fn sink_settings(&self) -> SinkSettings {
         SinkSettings {
-            url: self.es_url.clone(),
+            urls: self.es_urls.clone(),
             index: self.es_index.clone(),
             auth: self.es_auth.clone(),
             ca_file: self.es_ca_file.clone(),
@@ -613,7 +619,7 @@ impl Config {
             pg_ssl_mode: postgres.ssl_mode,
             pg_ca_file: postgres.ca_file,
             pg_schema: src.required(&PG_SCHEMA)?,
-            es_url: reqwest::Url::parse(&src.required(&ES_URL)?).map_err(|_| src.bad(ES_URL.name, &ES_URL.expected()))?,
+            es_urls: node_urls(&src.required(&ES_URL)?).ok_or_else(|| src.bad(ES_URL.name, &ES_URL.expected()))?,
             es_index_explicit: !src.is_default(&ES_INDEX),
             es_index,
             es_index_prefix: src.text(&ES_INDEX_PREFIX)?.unwrap_or_default(),
@@ -677,7 +683,7 @@ impl Config {
                         EsAuth::ApiKey(_) => ("api key ***".into(), src.origin(ES_API_KEY.name)),
                     };
                 }
-                name::ES_URL => line.value = self.es_url.to_string(),
+                name::ES_URL => line.value = self.es_urls.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(","),
                 name::ES_INDEX if !self.es_index_explicit => {
                     line.value = "(unset: the first document's index is the definition's, with ES_INDEX_PREFIX)".into()
                 }
@@ -796,6 +802,9 @@ mod tests {
         assert_eq!(c.cycle, Duration::from_secs(10));
         assert_eq!(c.pg.get_dbname(), Some("movies"));
         assert_eq!(c.timestamp_column, TimestampColumn::Auto);
+        assert_eq!(c.es_urls.len(), 1);
+        let cluster = config(&[("ES_URL", "http://es1:9200, https://es2:9243/prefix")]).unwrap();
+        assert_eq!(cluster.es_urls.iter().map(|u| u.as_str()).collect::<Vec<_>>(), ["http://es1:9200/", "https://es2:9243/prefix"]);
     }
 
     #[test]
@@ -808,6 +817,8 @@ mod tests {
             ("ETL_CYCLE_SEC", "soon"),
             ("ES_URL", "localhost:9200"),
             ("ES_URL", "ftp://x"),
+            ("ES_URL", "http://es1:9200,"),
+            ("ES_URL", "http://es1:9200,es2:9200"),
             ("ES_INDEX", "Movies"),
             ("ES_INDEX", "_x"),
             ("ES_BULK_MAX_BYTES", "12"),

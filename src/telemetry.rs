@@ -65,6 +65,12 @@ pub const ITEM_FAILURES: Metric = metric(
 pub const RETRIES: Metric =
     metric("pg2es_retries_total", Kind::Counter, &["document", "service"], "waits for an unavailable service (postgres or elasticsearch) before trying again");
 pub const BACKOFF_MS: Metric = metric("pg2es_backoff_milliseconds_total", Kind::Counter, &["document", "service"], "time spent waiting before those retries");
+pub const NODE_FAILURES: Metric = metric(
+    "pg2es_elasticsearch_node_failures_total",
+    Kind::Counter,
+    DOC,
+    "requests a node of `ES_URL` did not answer (no connection, a timeout, a 502, 503 or 504), each sent at once to the next node",
+);
 pub const COMMIT_TO_STORED: Metric = metric(
     "pg2es_commit_to_stored_seconds",
     Kind::Histogram,
@@ -94,6 +100,7 @@ pub const METRICS: &[&Metric] = &[
     &ITEM_FAILURES,
     &RETRIES,
     &BACKOFF_MS,
+    &NODE_FAILURES,
     &COMMIT_TO_STORED,
     &LAG_SECONDS,
     &LAST_SUCCESS,

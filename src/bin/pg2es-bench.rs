@@ -165,7 +165,7 @@ async fn replay(config: &Config, file: &PathBuf, concurrency: usize, gzip: bool)
     let sent_bytes = bodies.iter().map(bytes::Bytes::len).sum::<usize>();
 
     let http = reqwest::Client::new();
-    let base = config.es_url.as_str().trim_end_matches('/');
+    let base = config.es_urls[0].as_str().trim_end_matches('/');
     let index_url = format!("{base}/{}", config.es_index);
     send(&http, Method::DELETE, &index_url, None, &[200, 404]).await?;
     // The first selected document's index schema, as `pg2es run` creates it.
@@ -273,7 +273,7 @@ async fn visibility(config: &Config, person_id: uuid::Uuid, expect: u64, timeout
     let committed = Instant::now();
 
     let http = reqwest::Client::new();
-    let url = format!("{}/{}/_count", config.es_url.as_str().trim_end_matches('/'), config.es_index);
+    let url = format!("{}/{}/_count", config.es_urls[0].as_str().trim_end_matches('/'), config.es_index);
     let query = json!({ "query": { "multi_match": {
         "query": name, "type": "phrase", "fields": ["director", "actors_names", "writers_names"] } } });
     let mut first_visible = None;

@@ -430,7 +430,7 @@ mod tests {
         assert_eq!(c.pg.get_user(), Some("etl"));
         assert_eq!(c.pg.get_ports(), &[6432]);
         assert_eq!(c.pg.get_password(), Some(&b"pw"[..]));
-        assert_eq!(c.es_url.as_str(), "http://es:9200/");
+        assert_eq!(c.es_urls[0].as_str(), "http://es:9200/");
         assert!(matches!(&c.pg.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "pg.internal"));
     }
 

@@ -73,7 +73,7 @@ impl ElasticsearchSink {
         let engine = serde_json::from_slice(&raw).ok().and_then(|body: Value| Engine::from_root(&body)).ok_or_else(|| {
             Error::UnsupportedEngine(format!(
                 "{} answers GET / with something that is neither Elasticsearch nor OpenSearch ({})",
-                self.base,
+                self.nodes,
                 super::truncate(&raw)
             ))
         })?;

@@ -9,6 +9,7 @@ pub mod bulk;
 mod claim;
 pub mod engine;
 mod inspect;
+mod nodes;
 mod settings;
 pub mod tuning;
 
@@ -20,7 +21,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use reqwest::{Method, Url};
+use reqwest::Method;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -48,7 +49,7 @@ fn timeout_for(base: Duration, body_len: usize) -> Duration {
 
 pub struct ElasticsearchSink {
     http: reqwest::Client,
-    base: Url,
+    nodes: nodes::Nodes,
     index: String,
     max_docs: usize,
     max_bytes: usize,
@@ -195,13 +196,9 @@ impl ElasticsearchSink {
             }
         }
         let http = builder.connect_timeout(settings.timeout.min(CONNECT_TIMEOUT)).build().map_err(Error::es_transport("build http client"))?;
-        let mut base = settings.url.clone();
-        if !base.path().ends_with('/') {
-            base.set_path(&format!("{}/", base.path()));
-        }
         Ok(ElasticsearchSink {
             http,
-            base,
+            nodes: nodes::Nodes::new(&settings.urls),
             index: settings.index.clone(),
             max_docs: settings.max_docs,
             max_bytes: settings.max_bytes,
@@ -218,13 +215,44 @@ impl ElasticsearchSink {
         &self.index
     }
 
-    fn url(&self, path: &str) -> Url {
-        // `path` is built from a validated index name and fixed API paths.
-        self.base.join(path).unwrap_or_else(|_| self.base.clone())
+    /// Sends the request to the nodes in turn ([`nodes::Nodes`]) until one answers: the status
+    /// and body of the first that does, or the failure of the last.
+    async fn send(&self, method: Method, path: &str, context: &'static str, body: Option<(bytes::Bytes, &'static str)>) -> Result<(u16, Vec<u8>)> {
+        let order = self.nodes.order();
+        let mut outcome = Err(Error::Config("ES_URL names no node".into()));
+        for (n, &node) in order.iter().enumerate() {
+            outcome = self.send_to(node, method.clone(), path, context, body.clone()).await;
+            let failed = match &outcome {
+                Ok((status, _)) => matches!(status, 502..=504),
+                Err(e) => matches!(e, Error::ElasticsearchTransport { .. }),
+            };
+            if !failed {
+                self.nodes.answered(node);
+                return outcome;
+            }
+            self.nodes.failed(node);
+            if let Some(&next) = order.get(n + 1) {
+                let why = match &outcome {
+                    Ok((status, _)) => format!("answered {status}"),
+                    Err(e) => e.to_string(),
+                };
+                tracing::warn!(node = %self.nodes.shown(node, ""), next = %self.nodes.shown(next, ""), context, why = %why, "elasticsearch node failed; sending the request to the next node of ES_URL");
+                crate::telemetry::count(&crate::telemetry::NODE_FAILURES, 1);
+            }
+        }
+        outcome
     }
 
-    async fn send(&self, method: Method, path: &str, context: &'static str, body: Option<(bytes::Bytes, &'static str)>) -> Result<(u16, Vec<u8>)> {
-        let mut req = self.http.request(method, self.url(path));
+    /// One request to one node.
+    async fn send_to(
+        &self,
+        node: usize,
+        method: Method,
+        path: &str,
+        context: &'static str,
+        body: Option<(bytes::Bytes, &'static str)>,
+    ) -> Result<(u16, Vec<u8>)> {
+        let mut req = self.http.request(method, self.nodes.url(node, path));
         req = match &self.auth {
             EsAuth::None => req,
             EsAuth::Basic { username, password } => req.basic_auth(username, Some(password.expose())),
@@ -247,9 +275,7 @@ impl ElasticsearchSink {
             let bytes = resp.bytes().await.map_err(Error::es_transport(context))?;
             Ok((status, bytes.to_vec()))
         };
-        let mut at = self.url(path);
-        let _ = (at.set_username(""), at.set_password(None));
-        crate::telemetry::watched("elasticsearch", context, at.as_str(), Some(limit), exchange).await
+        crate::telemetry::watched("elasticsearch", context, &self.nodes.shown(node, path), Some(limit), exchange).await
     }
 
     /// Like `send`, but any status other than 2xx is an error carrying the body.
@@ -716,7 +742,7 @@ mod tests {
         std::fs::write(&empty, "not a certificate\n").unwrap();
         for path in [dir.path().join("missing.pem"), empty] {
             let settings = SinkSettings {
-                url: Url::parse("https://127.0.0.1:9200").unwrap(),
+                urls: vec![reqwest::Url::parse("https://127.0.0.1:9200").unwrap()],
                 index: "movies".into(),
                 auth: EsAuth::None,
                 ca_file: Some(path),

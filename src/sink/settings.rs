@@ -10,8 +10,8 @@ use crate::secret::Secret;
 /// The sink's own settings.
 #[derive(Debug, Clone)]
 pub struct SinkSettings {
-    /// The engine's base URL.
-    pub url: reqwest::Url,
+    /// The base URL of each node of the cluster (at least one).
+    pub urls: Vec<reqwest::Url>,
     pub index: String,
     pub auth: EsAuth,
     /// CA certificates added to the public roots, for an https URL.
