@@ -113,6 +113,10 @@ pub enum Error {
 
     /// A command that would not be safe (or would do nothing useful) in the state it found: the
     /// message says why, and what to do instead.
+    /// Another instance leads the document now (its lease expired or was taken over): this
+    /// one writes nothing more for it and stands by.
+    #[error("lost the lease of {key}: {why}")]
+    LeaseLost { key: String, why: String },
     #[error("refused: {0}")]
     Refused(String),
 
@@ -209,6 +213,7 @@ impl Error {
             | Error::UnsupportedEngine(_)
             | Error::State { .. }
             | Error::Refused(_)
+            | Error::LeaseLost { .. }
             | Error::Position { .. }
             | Error::Encode(_)
             | Error::AlreadyRunning { .. }

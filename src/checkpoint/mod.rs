@@ -319,33 +319,37 @@ impl State {
     }
 }
 
-/// The state file and its lock, held for the life of the process.
+/// A document's state and where it is kept ([`StateStore`]: the state file and its lock, or a
+/// table row behind a lease), held for the life of the process.
 #[derive(Debug)]
 pub struct Checkpoint {
+    /// The state file: where it is kept with the file store, and what the files beside it are
+    /// named after (status, hand-over, rebuild) with any store.
     path: PathBuf,
+    store: Box<dyn StateStore>,
     state: State,
     /// The fingerprint of the definition this process builds documents from (in memory only):
     /// what a rebuild's hand-over is compared with.
     running: Option<String>,
     /// The highest WAL position a cycle began at, saved with the next write of the state.
     wal_seen: Option<u64>,
-    _lock: InstanceLock,
 }
 
 impl Checkpoint {
-    /// Takes the instance lock, then reads the state (or starts empty when there is no file).
+    /// Takes the instance lock, then reads the state file (or starts empty when there is none).
     pub fn open(path: &Path, index: &str) -> Result<Checkpoint> {
-        if let Some(dir) = parent(path) {
-            fs::create_dir_all(dir).map_err(|source| Error::Io { context: "cannot create state directory", path: dir.to_path_buf(), source })?;
-        }
-        let lock = InstanceLock::acquire(&lock_path(path))?;
-        let state = read(path, index)?.unwrap_or_else(|| State::new(index));
-        // Written once now: a state that cannot be saved (read-only, immutable, a full disk) is
-        // refused before anything reaches the index, not after the first batch.
-        let mut state = state;
+        Checkpoint::in_store(path, index, Box::new(FileStore::open(path)?))
+    }
+
+    /// Reads the state from `store` (or starts empty), for the document whose state file is
+    /// `path`.
+    pub fn in_store(path: &Path, index: &str, mut store: Box<dyn StateStore>) -> Result<Checkpoint> {
+        let mut state = off_runtime(|| store.load(index))?.unwrap_or_else(|| State::new(index));
+        // Written once now: a state that cannot be saved (read-only, immutable, a full disk, a
+        // lost lease) is refused before anything reaches the index, not after the first batch.
         state.version = STATE_VERSION;
-        write_atomically(path, &state)?;
-        Ok(Checkpoint { path: path.to_path_buf(), state, running: None, wal_seen: None, _lock: lock })
+        off_runtime(|| store.save(&state))?;
+        Ok(Checkpoint { path: path.to_path_buf(), store, state, running: None, wal_seen: None })
     }
 
     /// Ties the state to the database it is read from: records it the first time, and refuses a
@@ -448,7 +452,8 @@ impl Checkpoint {
         change(&mut next).map_err(|source| Error::Position { path: self.path.clone(), source })?;
         next.wal_seen = next.wal_seen.max(self.wal_seen);
         next.version = STATE_VERSION;
-        off_runtime(|| write_atomically(&self.path, &next))?;
+        let store = &mut self.store;
+        off_runtime(|| store.save(&next))?;
         self.state = next;
         Ok(())
     }
@@ -503,7 +508,36 @@ pub fn lock_path(state: &Path) -> PathBuf {
     beside(state, ".lock")
 }
 
-fn parse_state(path: &Path, bytes: &[u8], index: &str) -> Result<State> {
+/// The state file and its instance lock: one `run` per state file on this host.
+#[derive(Debug)]
+pub struct FileStore {
+    path: PathBuf,
+    _lock: InstanceLock,
+}
+
+impl FileStore {
+    /// Creates the state's directory if missing and takes the lock.
+    pub fn open(path: &Path) -> Result<FileStore> {
+        if let Some(dir) = parent(path) {
+            fs::create_dir_all(dir).map_err(|source| Error::Io { context: "cannot create state directory", path: dir.to_path_buf(), source })?;
+        }
+        Ok(FileStore { path: path.to_path_buf(), _lock: InstanceLock::acquire(&lock_path(path))? })
+    }
+}
+
+impl StateStore for FileStore {
+    fn load(&mut self, index: &str) -> Result<Option<State>> {
+        read(&self.path, index)
+    }
+
+    fn save(&mut self, state: &State) -> Result<()> {
+        write_atomically(&self.path, state)
+    }
+}
+
+/// The state as a store hands it over (a file's bytes, a table's `jsonb`): the version checked
+/// first, then the index. `path` names it in errors.
+pub fn parse_state(path: &Path, bytes: &[u8], index: &str) -> Result<State> {
     let bad = |reason: String| Error::State { path: path.to_path_buf(), reason };
     // Read the version first, so a newer format is refused as such, not as "corrupt".
     let probe: serde_json::Value = serde_json::from_slice(bytes)
@@ -543,6 +577,17 @@ fn write_atomically(path: &Path, state: &State) -> Result<()> {
     let dir = parent(path).unwrap_or(Path::new("."));
     File::open(dir).and_then(|d| d.sync_all()).map_err(io("cannot fsync directory", dir))?;
     Ok(())
+}
+
+/// Where a document's state is kept. Each save replaces the whole state, durably, before the
+/// pipeline goes on: the positions it holds are what a restart reads on from. Calls are
+/// blocking (the pipeline makes them off the async runtime's workers, as a file's fsync).
+pub trait StateStore: Send + std::fmt::Debug {
+    /// The saved state, `None` when nothing is saved yet; one saved for another index is refused.
+    fn load(&mut self, index: &str) -> Result<Option<State>>;
+    /// Replaces the saved state with `state`. A store fenced by a lease refuses once the lease
+    /// is lost ([`Error::LeaseLost`]), and saves nothing.
+    fn save(&mut self, state: &State) -> Result<()>;
 }
 
 #[cfg(test)]
