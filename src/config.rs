@@ -136,6 +136,9 @@ settings! {
     ETL_BACKOFF_INITIAL_MS { default: "200", accepts: Accepts::Whole(1, 60_000, "milliseconds"), help: "first retry delay after a connection loss" }
     ETL_BACKOFF_MAX_SEC { default: "30", accepts: Accepts::Whole(1, 3_600, "seconds"), help: "cap of the retry delay" }
     LOG_FORMAT { default: "text", accepts: Accepts::OneOf(&["text", "json"]), help: "`text` or `json`; the level comes from `RUST_LOG` (default `info`)" }
+    PG2ES_STATE_STORE { default: "file", accepts: Accepts::OneOf(&["file", "postgres"]), help: "where each document's state is kept: `file` (`ETL_STATE_FILE`, one `run` per file on one host) or `postgres` (table `pg2es.state` of the source database, keyed by the state file's name; several `run` processes with the same settings share the documents, one leader each, the others standing by: see \"Running in production\")" }
+    PG2ES_LEASE_SEC { default: "6", accepts: Accepts::Whole(2, 600, "seconds"), help: "with `PG2ES_STATE_STORE=postgres`, how long a leader's lease lasts unrenewed (renewed every third of it): a standby takes over a paused or cut-off leader after this, a killed one within a second or two" }
+    PG2ES_INSTANCE { unset: "`<host>:<pid>`", help: "with `PG2ES_STATE_STORE=postgres`, this process's name in `pg2es.leases` and `pg2es.instances` and in the logs" }
     PG2ES_METRICS_ADDR { unset: "not served", accepts: Accepts::Checked(|v| v.parse::<std::net::SocketAddr>().is_ok(), "an address and port such as 127.0.0.1:9464"), help: "`host:port` where `pg2es run` serves `/metrics` and `/healthz` (for example `127.0.0.1:9464`); unset, nothing is served" }
     PG2ES_HEALTH_MAX_AGE_SEC { default: "120", accepts: Accepts::Whole(1, 604_800, "seconds"), help: "`/healthz` and `pg2es status` fail when a document has stored nothing for longer than this, or has waited for Postgres or Elasticsearch for longer" }
 }
@@ -228,6 +231,10 @@ pub struct Config {
     pub dead_letter_max_ratio: f64,
     /// `None`: reconciliation only after a full load.
     pub reconcile_every: Option<Duration>,
+    /// `PG2ES_STATE_STORE=postgres`: the state in Postgres, documents led under leases.
+    pub state_in_postgres: bool,
+    pub lease: Duration,
+    pub instance: Option<String>,
     /// Where `/metrics` and `/healthz` are served (`None`: not served).
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// How long a document may store nothing, or wait for a service, and still be healthy.
@@ -635,6 +642,9 @@ impl Config {
             reconcile_every: Some(Duration::from_secs(src.number::<u64>(&ETL_RECONCILE_SEC)?)).filter(|d| !d.is_zero()),
             batch_size: src.number::<u64>(&ETL_BATCH_SIZE)? as usize,
             metrics_addr: src.text(&PG2ES_METRICS_ADDR)?.and_then(|v| v.parse().ok()),
+            state_in_postgres: src.choice(&PG2ES_STATE_STORE)? == "postgres",
+            lease: Duration::from_secs(src.number::<u64>(&PG2ES_LEASE_SEC)?),
+            instance: src.text(&PG2ES_INSTANCE)?,
             health_max_age: Duration::from_secs(src.number::<u64>(&PG2ES_HEALTH_MAX_AGE_SEC)?),
             source,
             cycle: Duration::from_secs_f64(cycle_sec),

@@ -11,6 +11,8 @@ pub mod config;
 pub mod diff;
 pub mod dlq;
 pub mod error;
+pub mod fence;
+pub mod ha;
 pub mod pem;
 pub mod pipeline;
 pub mod position;

@@ -32,6 +32,8 @@ use crate::source::{Change, ChangeBatch, ChangeSource, DocumentSpec, PollingSour
 use crate::telemetry;
 use crate::transform::build;
 
+mod led;
+
 /// Batches read ahead of the writer. Small: memory stays flat however large the tables are.
 const CHANNEL_DEPTH: usize = 4;
 
@@ -114,6 +116,14 @@ pub struct CycleReport {
 /// own settings again when this returns.
 pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec<CycleReport>> {
     let runs = documents(config)?;
+    if config.state_in_postgres {
+        return Box::pin(led::run(config, runs, mode, shutdown)).await;
+    }
+    run_documents(runs, mode, shutdown, None).await
+}
+
+/// The documents of one run (or, led, of one lease), each on its own task.
+async fn run_documents(runs: Vec<(Config, DocumentSpec, IndexSpec)>, mode: Mode, shutdown: &Shutdown, lead: Option<&led::Lead>) -> Result<Vec<CycleReport>> {
     // Replication: one slot for the run, read once for all of its documents.
     let stream = runs.first().and_then(|(c, _, _)| match &c.source {
         SourceKind::Replication(settings) => Some(ReplicationStream::new(settings, runs.len())),
@@ -121,7 +131,7 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
     });
     let stream = stream.as_ref();
     if let [(c, spec, index)] = runs.as_slice() {
-        return Box::pin(telemetry::in_document(&spec.name, run_document(c, spec.clone(), index, stream, mode, shutdown))).await;
+        return Box::pin(telemetry::in_document(&spec.name, run_document(c, spec.clone(), index, stream, mode, shutdown, lead))).await;
     }
     // One task per document, so that their transforms use every core. One fails for good: the
     // others stop too (and save what they loaded).
@@ -129,10 +139,10 @@ pub async fn run(config: &Config, mode: Mode, shutdown: &Shutdown) -> Result<Vec
     let stop = std::sync::Arc::new(stop);
     let mut tasks = tokio::task::JoinSet::new();
     for (position, (c, spec, index)) in runs.into_iter().enumerate() {
-        let (stream, local, stop) = (stream.cloned(), local.clone(), stop.clone());
+        let (stream, local, stop, lead) = (stream.cloned(), local.clone(), stop.clone(), lead.cloned());
         tasks.spawn(async move {
             let name = spec.name.clone();
-            let out = telemetry::in_document(&name, run_document(&c, spec, &index, stream.as_ref(), mode, &local)).await;
+            let out = telemetry::in_document(&name, run_document(&c, spec, &index, stream.as_ref(), mode, &local, lead.as_ref())).await;
             if out.is_err() {
                 stop.trigger();
             }
@@ -201,12 +211,21 @@ async fn run_document(
     stream: Option<&Arc<ReplicationStream>>,
     mode: Mode,
     shutdown: &Shutdown,
+    lead: Option<&led::Lead>,
 ) -> Result<Vec<CycleReport>> {
-    // The lock comes first: a second instance must not even touch Elasticsearch.
-    let mut checkpoint = Checkpoint::open(&config.state_file, &config.es_index)?;
+    // The lock (or the lease) comes first: a second instance must not even touch Elasticsearch.
+    let (mut checkpoint, sink) = match lead {
+        None => (Checkpoint::open(&config.state_file, &config.es_index)?, ElasticsearchSink::new(&config.sink_settings())?),
+        Some(lead) => {
+            let store = lead.store(config)?;
+            (
+                Checkpoint::in_store(&config.state_file, &config.es_index, Box::new(store))?,
+                ElasticsearchSink::new(&config.sink_settings())?.fenced(lead.fence()),
+            )
+        }
+    };
     adopt_definition(&mut checkpoint, &spec, index)?;
     let definition = index.schema.clone();
-    let sink = ElasticsearchSink::new(&config.sink_settings())?;
     let mut options = Options::from_config(config, mode);
     let engine = sink.engine(shutdown).await?;
     let bootstrap = retry(&options.retry, shutdown, "check index", || sink.ensure_index(&definition)).await?;

@@ -61,6 +61,9 @@ pub struct ElasticsearchSink {
     rejections: Mutex<RejectionWindow>,
     /// The owner recorded in (or found in) the index's `_meta` by `claim`: checked once.
     claimed: Mutex<Option<IndexOwner>>,
+    /// The lease this instance leads the document under (`PG2ES_STATE_STORE=postgres`): every
+    /// request checks it first, so a leader that lost it sends nothing more.
+    fence: Option<std::sync::Arc<crate::fence::Fence>>,
 }
 
 /// Outcomes of the last documents sent, to tell bad rows (a few refused) from a bad mapping (most
@@ -208,7 +211,14 @@ impl ElasticsearchSink {
             timeout: settings.timeout,
             rejections: Mutex::new(RejectionWindow::new(settings.dead_letter_max_ratio)),
             claimed: Mutex::new(None),
+            fence: None,
         })
+    }
+
+    /// Sends nothing once `fence`'s lease is lost.
+    pub fn fenced(mut self, fence: std::sync::Arc<crate::fence::Fence>) -> ElasticsearchSink {
+        self.fence = Some(fence);
+        self
     }
 
     pub fn index(&self) -> &str {
@@ -218,6 +228,9 @@ impl ElasticsearchSink {
     /// Sends the request to the nodes in turn ([`nodes::Nodes`]) until one answers: the status
     /// and body of the first that does, or the failure of the last.
     async fn send(&self, method: Method, path: &str, context: &'static str, body: Option<(bytes::Bytes, &'static str)>) -> Result<(u16, Vec<u8>)> {
+        if let Some(fence) = &self.fence {
+            fence.check()?;
+        }
         let order = self.nodes.order();
         let mut outcome = Err(Error::Config("ES_URL names no node".into()));
         for (n, &node) in order.iter().enumerate() {
