@@ -73,6 +73,11 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Copy each selected document's state file into table pg2es.state of the source database,
+    /// for `PG2ES_STATE_STORE=postgres`: the runs that use it then read on from the same
+    /// positions, loading nothing again. A document whose row exists already is left as it is.
+    /// Stop `pg2es run` first (its lock is taken).
+    ImportState,
     /// The documents Elasticsearch refused for good (the dead-letter files).
     Dlq {
         #[command(subcommand)]

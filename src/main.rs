@@ -152,6 +152,28 @@ fn try_main() -> pg2es::Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
+        Command::ImportState => {
+            let docs = pipeline::documents(&config)?;
+            let docs = &docs;
+            return with_runtime(|_| async move {
+                for (c, spec, _) in docs {
+                    // The lock: no `run` may move the file on while it is copied.
+                    let _lock = pg2es::checkpoint::FileStore::open(&c.state_file)?;
+                    let Some(state) = pg2es::checkpoint::read(&c.state_file, &c.es_index)? else {
+                        println!("{}: no state file {}: nothing to import (the first run loads it)", spec.name, c.state_file.display());
+                        continue;
+                    };
+                    let key = pg2es::ha::state_key(&c.state_file);
+                    if pg2es::ha::import(&c.source_settings(), &key, &state).await? {
+                        println!("{}: imported {} into pg2es.state (key {key})", spec.name, c.state_file.display());
+                    } else {
+                        println!("{}: pg2es.state holds a state for key {key} already: left as it is", spec.name);
+                    }
+                }
+                println!("set PG2ES_STATE_STORE=postgres for every instance: they read on from these positions");
+                Ok(ExitCode::SUCCESS)
+            });
+        }
         Command::Dlq { action } => return dlq(&config, action),
         Command::Settings => unreachable!("pg2es settings returns before the settings are read"),
         Command::Check => {

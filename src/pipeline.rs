@@ -188,6 +188,25 @@ async fn run_documents(runs: Vec<(Config, DocumentSpec, IndexSpec)>, mode: Mode,
     }
 }
 
+/// The document's saved state where it is kept (its state file, or its row of `pg2es.state`),
+/// read without the lock or the lease: possibly one save old.
+pub async fn saved_state(config: &Config) -> Result<Option<crate::checkpoint::State>> {
+    if config.state_in_postgres {
+        crate::ha::read_state(&config.source_settings(), &crate::ha::state_key(&config.state_file), &config.es_index).await
+    } else {
+        crate::checkpoint::read(&config.state_file, &config.es_index)
+    }
+}
+
+/// The key of the lease the document is led under (`PG2ES_STATE_STORE=postgres`).
+pub fn lease_key(config: &Config) -> String {
+    let slot = match &config.source {
+        SourceKind::Replication(r) => Some(r.slot.as_str()),
+        SourceKind::Polling => None,
+    };
+    crate::ha::lease_key(&config.state_file, slot)
+}
+
 /// The selected documents of the definition, each with its own settings (index, state file,
 /// slot: [`Config::documents`]), from the definition file alone.
 pub fn documents(config: &Config) -> Result<Vec<(Config, DocumentSpec, IndexSpec)>> {

@@ -23,16 +23,27 @@ pub struct Reset {
 /// Resets the documents `resets` (name, settings); `all` says they are every document the run
 /// selects (PG2ES_DOCUMENTS), so that the run's slot is theirs alone.
 pub async fn reset(resets: &[(String, &Config)], all: bool) -> Result<Reset> {
-    // Every lock first: nothing is removed unless no run keeps any of them.
+    // Every lock (or lease) first: nothing is removed unless no run keeps any of them.
     let mut locks: Vec<InstanceLock> = Vec::new();
+    let in_postgres = resets.first().is_some_and(|(_, c)| c.state_in_postgres);
     for (_, c) in resets {
+        if in_postgres {
+            if let Some(lease) = crate::ha::lease_status(&c.source_settings(), &crate::pipeline::lease_key(c)).await?.filter(|l| l.held) {
+                return Err(Error::AlreadyRunning { path: crate::ha::store::row_name(&crate::ha::state_key(&c.state_file)), holder: lease.holder });
+            }
+            continue;
+        }
         if let Some(dir) = c.state_file.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
             return Err(Error::Refused(format!("state directory {} does not exist: nothing to reset", dir.display())));
         }
         locks.push(InstanceLock::acquire(&lock_path(&c.state_file))?);
     }
     for (_, c) in resets {
-        remove(&c.state_file)?;
+        if in_postgres {
+            crate::ha::forget(&c.source_settings(), &crate::ha::state_key(&c.state_file), &crate::pipeline::lease_key(c)).await?;
+        } else {
+            remove(&c.state_file)?;
+        }
         remove(&status_path(&c.state_file))?;
     }
     let slot = match resets.first().map(|(_, c)| &c.source) {

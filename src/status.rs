@@ -61,8 +61,10 @@ pub struct DocumentStatus {
     pub verdict: Verdict,
     /// Why it is not healthy.
     pub reasons: Vec<String>,
-    /// The pid of the `pg2es run` keeping it, when one is alive.
+    /// The pid of the `pg2es run` keeping it, when one is alive on this host.
     pub running: Option<u32>,
+    /// With `PG2ES_STATE_STORE=postgres`: the instance that leads it (any host), since when.
+    pub leader: Option<crate::ha::LeaseStatus>,
     pub position: Position,
     /// Seconds since the start of the last cycle that read every change there was.
     pub lag_seconds: Option<f64>,
@@ -98,9 +100,13 @@ pub struct SlotStatus {
 
 /// The status of one document; see the module notes.
 pub async fn document_status(config: &Config, spec: DocumentSpec, shutdown: &Shutdown) -> Result<DocumentStatus> {
-    let state = checkpoint::read(&config.state_file, &config.es_index)?;
+    let state = crate::pipeline::saved_state(config).await?;
     let run = checkpoint::read_status(&config.state_file)?;
     let running = run.as_ref().map(|r| r.pid).filter(|pid| alive(*pid));
+    let leader = match config.state_in_postgres {
+        true => crate::ha::lease_status(&config.source_settings(), &crate::pipeline::lease_key(config)).await?,
+        false => None,
+    };
     let now = Utc::now();
     let mut reasons = Vec::new();
     let mut verdict = Verdict::Healthy;
@@ -108,7 +114,11 @@ pub async fn document_status(config: &Config, spec: DocumentSpec, shutdown: &Shu
         verdict = verdict.max(v);
         reasons.push(why);
     };
-    if running.is_none() {
+    if config.state_in_postgres {
+        if !leader.as_ref().is_some_and(|l| l.held) {
+            judge(Verdict::Failing, format!("no instance leads it (pg2es.leases, key {})", crate::pipeline::lease_key(config)));
+        }
+    } else if running.is_none() {
         judge(Verdict::Failing, format!("no `pg2es run` is running it (status file {})", checkpoint::status_path(&config.state_file).display()));
     }
     let health = run.as_ref().map(|r| r.health.clone()).unwrap_or_default();
@@ -144,6 +154,7 @@ pub async fn document_status(config: &Config, spec: DocumentSpec, shutdown: &Shu
         verdict,
         reasons,
         running,
+        leader,
         position: Position { slot, ..position },
         serving,
         lag_seconds: lag.map(|l| l.as_secs_f64()),
@@ -222,6 +233,10 @@ impl DocumentStatus {
             out.push_str(&format!("  serving      {s} (the alias {} points at it)\n", self.index));
         }
         out.push_str(&format!("  running      {}\n", self.running.map_or_else(|| "no".to_string(), |p| format!("pid {p}"))));
+        if let Some(l) = &self.leader {
+            let state = if l.held { "leads it" } else { "led it last (its lease has run out or was given up)" };
+            out.push_str(&format!("  leader       {} {state}, since {} (epoch {})\n", l.holder, l.since, l.epoch));
+        }
         out.push_str(&format!("  documents    {} in the index, {} records in postgres\n", or_unknown(self.documents), or_unknown(self.records)));
         out.push_str(&format!("  lag          {}\n", self.lag_seconds.map_or_else(|| "(no cycle has caught up yet)".to_string(), |l| format!("{l:.1}s"))));
         out.push_str(&format!("  last success {}\n", self.last_progress.map_or_else(|| "(none)".to_string(), |t| t.to_rfc3339())));

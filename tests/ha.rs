@@ -247,3 +247,83 @@ async fn three_instances_lead_one_document_each_and_take_over_a_killed_ones() {
     }
     env.cleanup().await;
 }
+
+/// From the file to the table: `pg2es import-state` copies the state, and a run with
+/// `PG2ES_STATE_STORE=postgres` reads on from it, loading only the change made meanwhile.
+/// `status` then names the instance that led it last; `reset --yes` removes the row, and the
+/// next run loads every record again.
+#[tokio::test]
+async fn a_file_state_moves_to_postgres_and_nothing_is_loaded_again() {
+    let env = TestEnv::new("ha_import").await;
+    assert_eq!(env.run_once().await.records, 999);
+    env.sql(
+        "UPDATE content.film_work SET title = 'Changed before the move', updated_at = now() WHERE id = (SELECT id FROM content.film_work ORDER BY id LIMIT 1)",
+    )
+    .await;
+    let file_vars = env.env_vars();
+    let out = common::pg2es_command(&file_vars, &["import-state"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("imported"), "{said}");
+    let mut vars = file_vars.clone();
+    vars.extend([
+        ("PG2ES_STATE_STORE".to_string(), "postgres".to_string()),
+        ("PG2ES_INSTANCE".to_string(), "ha-import".to_string()),
+        ("RUST_LOG".to_string(), "info".to_string()),
+    ]);
+    let out = common::pg2es_command(&vars, &["run", "--once"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(!log.contains("full load: every record"), "{log}");
+    assert!(log.contains("records=1 "), "only the change is loaded: {log}");
+    // A second import leaves the row alone.
+    let out = common::pg2es_command(&file_vars, &["import-state"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("left as it is"));
+
+    let out = common::pg2es_command(&vars, &["status", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let doc = &status["movies"];
+    assert_eq!(doc["leader"]["holder"], "ha-import", "{status}");
+    assert_eq!(doc["leader"]["held"], false, "{status}");
+    assert_eq!(out.status.code(), Some(6), "no instance leads it now: {status}");
+
+    let out = common::pg2es_command(&vars, &["reset", "--yes"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = common::pg2es_command(&vars, &["run", "--once"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(log.contains("full load: every record"), "after the reset everything is loaded again: {log}");
+    env.cleanup().await;
+}
+
+/// `PG2ES_SOURCE=replication`: the run's one slot is one lease for all of its documents. The
+/// leader is killed with a writer running; the standby takes the slot over and reads on from the
+/// positions in Postgres (no second full load); the index ends equal to Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_replication_mode_the_slot_moves_with_the_lease() {
+    let env = TestEnv::replicated("ha_repl").await;
+    let vars = env.env_vars();
+    let mut instances = vec![start(&env, &vars, "ha-r1")];
+    common::eventually(Duration::from_secs(60), "the first instance leads and loads 999 documents", || async { env.try_count().await == Some(999) }).await;
+    instances.push(start(&env, &vars, "ha-r2"));
+    common::log_shows(&instances[1].log, "standing by", Duration::from_secs(30)).await;
+    let key = leases(&env).await.into_iter().map(|(k, _)| k).next().expect("a lease");
+    assert!(key.starts_with("slot "), "the lease is the slot's: {key}");
+    let (stop, renames) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let writing = writer(&env, stop.clone(), renames.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    instances[0].child.kill().unwrap();
+    let _ = instances[0].child.wait();
+    common::log_shows(&instances[1].log, "took over, the previous leader's session is gone", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    writing.await.unwrap();
+    common::eventually(Duration::from_secs(60), "the index equals postgres after the writer stopped", || async {
+        env.refresh().await;
+        env.verify().await.is_consistent()
+    })
+    .await;
+    stop_all(&mut instances[1..]);
+    let loads: usize = instances.iter().map(|i| log_of(i).matches("full load: every record").count()).sum();
+    assert_eq!(loads, 1, "one full load in all");
+    env.cleanup().await;
+}

@@ -389,3 +389,89 @@ mod tests {
         assert_ne!(lock_key("state/pg2es-state.json"), lock_key("state/pg2es-state.genres.json"));
     }
 }
+
+/// One connection for a one-off look at pg2es's tables (`status`, `verify --repair`, `reset`,
+/// `state import`); `None` when they are not there yet.
+async fn tables(settings: &SourceSettings) -> Result<Option<Client>> {
+    let client = crate::source::delete_log::connect_with(settings).await?;
+    let row = client
+        .query_one("SELECT to_regclass('pg2es.state') IS NOT NULL AND to_regclass('pg2es.leases') IS NOT NULL", &[])
+        .await
+        .map_err(Error::postgres("look for pg2es's tables"))?;
+    Ok(row.try_get::<_, bool>(0).map_err(Error::postgres("look for pg2es's tables"))?.then_some(client))
+}
+
+/// The state saved under `key`, read without a lease (it is one whole row, possibly one save old).
+pub async fn read_state(settings: &SourceSettings, key: &str, index: &str) -> Result<Option<crate::checkpoint::State>> {
+    let Some(client) = tables(settings).await? else { return Ok(None) };
+    let row = client.query_opt("SELECT state::text FROM pg2es.state WHERE key = $1", &[&key]).await.map_err(Error::postgres("read the state"))?;
+    match row {
+        Some(r) => {
+            let text: String = r.try_get(0).map_err(Error::postgres("read the state"))?;
+            crate::checkpoint::parse_state(&store::row_name(key), text.as_bytes(), index).map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
+/// Who leads `key`, as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LeaseStatus {
+    pub holder: String,
+    pub since: String,
+    pub epoch: i64,
+    /// The lease has not run out (its holder renews it).
+    pub held: bool,
+}
+
+pub async fn lease_status(settings: &SourceSettings, key: &str) -> Result<Option<LeaseStatus>> {
+    let Some(client) = tables(settings).await? else { return Ok(None) };
+    let row = client
+        .query_opt("SELECT holder, since::text, epoch, expires_at > now() AND NOT given_up FROM pg2es.leases WHERE key = $1", &[&key])
+        .await
+        .map_err(Error::postgres("read a lease"))?;
+    let read = Error::postgres("read a lease");
+    row.map(|r| -> std::result::Result<LeaseStatus, tokio_postgres::Error> {
+        Ok(LeaseStatus { holder: r.try_get(0)?, since: r.try_get(1)?, epoch: r.try_get(2)?, held: r.try_get(3)? })
+    })
+    .transpose()
+    .map_err(read)
+}
+
+/// Removes the state saved under `key` (`pg2es reset`); refused while an instance leads it.
+pub async fn forget(settings: &SourceSettings, key: &str, lease_key: &str) -> Result<()> {
+    if let Some(lease) = lease_status(settings, lease_key).await?.filter(|l| l.held) {
+        return Err(Error::AlreadyRunning { path: store::row_name(key), holder: lease.holder });
+    }
+    let Some(client) = tables(settings).await? else { return Ok(()) };
+    client.execute("DELETE FROM pg2es.state WHERE key = $1", &[&key]).await.map_err(Error::postgres("remove the state"))?;
+    Ok(())
+}
+
+/// Saves `state` under `key` when nothing is saved there yet (`pg2es state import`): `false`
+/// when a state is there already (it is kept).
+pub async fn import(settings: &SourceSettings, key: &str, state: &crate::checkpoint::State) -> Result<bool> {
+    let client = crate::source::delete_log::connect_with(settings).await?;
+    client.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock(hashtext('pg2es schema')); {SCHEMA_SQL} COMMIT;")).await.map_err(schema_error)?;
+    let text = serde_json::to_string(state).map_err(|e| Error::State { path: store::row_name(key), reason: e.to_string() })?;
+    let n = client
+        .execute("INSERT INTO pg2es.state (key, state, saved_at) VALUES ($1, $2::text::jsonb, now()) ON CONFLICT (key) DO NOTHING", &[&key, &text])
+        .await
+        .map_err(Error::postgres("import the state"))?;
+    Ok(n == 1)
+}
+
+/// A document's key in `pg2es.state`: its state file as configured, which tells the documents
+/// and the deployments apart as the files did.
+pub fn state_key(state_file: &std::path::Path) -> String {
+    state_file.display().to_string()
+}
+
+/// The key of the lease a document is led under: its state key with polling; with replication
+/// the run's slot (`slot`), which one session at a time reads for all of the run's documents.
+pub fn lease_key(state_file: &std::path::Path, slot: Option<&str>) -> String {
+    match slot {
+        Some(slot) => format!("slot {slot}"),
+        None => state_key(state_file),
+    }
+}

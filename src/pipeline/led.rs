@@ -49,10 +49,8 @@ impl Lead {
     }
 }
 
-/// A document's key in `pg2es.state` (and its lease's, with polling): its state file as
-/// configured, which tells the documents and the deployments apart as the files did.
-pub fn state_key(config: &Config) -> String {
-    config.state_file.display().to_string()
+fn state_key(config: &Config) -> String {
+    crate::ha::state_key(&config.state_file)
 }
 
 type Run = (Config, DocumentSpec, IndexSpec);
@@ -68,9 +66,9 @@ pub(super) async fn run(config: &Config, runs: Vec<Run>, mode: Mode, shutdown: &
     let settings = config.source_settings();
     let coordinator =
         crate::retry::retry(&retry_policy, shutdown, "connect for the leases", || Coordinator::start(&settings, instance.clone(), config.lease)).await?;
-    let groups: Vec<Group> = match &config.source {
-        SourceKind::Replication(r) => vec![Group { key: format!("slot {}", r.slot), runs }],
-        SourceKind::Polling => runs.into_iter().map(|run| Group { key: state_key(&run.0), runs: vec![run] }).collect(),
+    let groups: Vec<Group> = match runs.first().map(|(c, _, _)| &c.source) {
+        Some(SourceKind::Replication(r)) => vec![Group { key: crate::ha::lease_key(&config.state_file, Some(&r.slot)), runs }],
+        _ => runs.into_iter().map(|run| Group { key: crate::ha::lease_key(&run.0.state_file, None), runs: vec![run] }).collect(),
     };
     let keys = groups.len();
     tracing::info!(instance = %coordinator.instance(), leases = keys, lease_sec = config.lease.as_secs(), "state in postgres: leading what this instance's share allows, standing by for the rest");

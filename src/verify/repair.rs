@@ -43,7 +43,7 @@ impl<'a> Repairer<'a> {
     /// Refuses when a repair would not be what it looks like: while `run`'s full load is under way
     /// (it writes every record anyway, and verify finds what it has not reached yet).
     pub async fn new(config: &'a Config, spec: &DocumentSpec, sink: &'a ElasticsearchSink, shutdown: &'a Shutdown) -> Result<Repairer<'a>> {
-        if let Some(state) = crate::checkpoint::read(&config.state_file, &config.es_index)? {
+        if let Some(state) = crate::pipeline::saved_state(config).await? {
             if state.snapshot_in_progress().is_some() || state.needs_full_load() {
                 return Err(Error::Refused(format!(
                     "the full load of index {} is not finished (state file {}): it writes every record, and verify counts those it has not reached yet as missing. Let `pg2es run` finish it, then run `pg2es verify --repair` if verify still finds differences",
