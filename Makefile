@@ -14,6 +14,7 @@ OS3_URL     ?= http://127.0.0.1:9204
 # The three-node Elasticsearch 7.10.2 cluster (scripts/stack.sh escluster), for tests that SIGKILL a node.
 ES_CLUSTER_URLS ?= http://127.0.0.1:9221,http://127.0.0.1:9222,http://127.0.0.1:9223
 MATRIX      ?= es8 es9 os3
+comma := ,
 # The Postgres matrix (scripts/stack.sh pg13 ... pg18, on 127.0.0.1:54NN) beside the Debian 15 cluster.
 PG_MATRIX   ?= 13 14 16 17 18
 PG_MATRIX_KILLS ?= 5
@@ -37,7 +38,7 @@ DJANGO_PY    = $(DJANGO_VENV)/bin/python
 # Written once the requirements are installed (bin/python is a link to the system's python).
 DJANGO_READY = $(DJANGO_VENV)/requirements.installed
 
-.PHONY: proxy-up help lint demo test test-faults test-django test-pg-matrix pg-matrix-up test-unit test-integration acceptance stack-up stack-down stack-status matrix-up escluster-up db build check-tools clean
+.PHONY: proxy-up help lint demo test test-faults test-cluster test-django test-pg-matrix pg-matrix-up test-unit test-integration acceptance stack-up stack-down stack-status matrix-up escluster-up db build check-tools clean
 
 # Base URL of each engine, by stack.sh name.
 engine_url = $(if $(filter es,$(1)),$(ES_URL),$(if $(filter os,$(1)),$(OS_URL),$(if $(filter es8,$(1)),$(ES8_URL),$(if $(filter es9,$(1)),$(ES9_URL),$(if $(filter os3,$(1)),$(OS3_URL),$(error unknown engine '$(1)': use es, os, es8, es9 or os3))))))
@@ -55,6 +56,7 @@ help:
 	@echo "make stack-down  stop them and every other service of scripts/stack.sh (data is kept)"
 	@echo "make escluster-up  start a three-node Elasticsearch 7.10.2 cluster on 127.0.0.1:9221-9223"
 	@echo "                 (scripts/stack.sh kill-node|start-node escluster N; not started by stack-up)"
+	@echo "make test-cluster  start that cluster, SIGKILL its nodes under pg2es (tests/cluster_faults.rs), stop it"
 
 # rustfmt (rustfmt.toml) and clippy with every test target and feature, warnings as errors.
 lint:
@@ -129,6 +131,16 @@ test-faults: check-tools db matrix-up
 		$(CARGO) test --locked --features fault-tests --test faults --test engines --test bookshop --test library --test shop -- --test-threads=1 --nocapture
 	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) \
 		$(CARGO) test --locked --features fault-tests --test cinema -- survives_sigkill --test-threads=1 --nocapture
+
+# The three-node cluster losing a node (tests/cluster_faults.rs): a SIGKILL mid full load, one during
+# continuous sync under a writer that deletes, and a delete a node restart makes Elasticsearch forget
+# (undone by reconciliation). Starts escluster, kills and starts only its nodes, and stops it after,
+# whether the tests pass or not.
+test-cluster: check-tools db
+	scripts/stack.sh up escluster
+	rc=0; PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(firstword $(subst $(comma), ,$(ES_CLUSTER_URLS))) PG2ES_TEST_ES_CLUSTER_URLS=$(ES_CLUSTER_URLS) \
+		$(CARGO) test --locked --features fault-tests --test cluster_faults -- --test-threads=1 --nocapture || rc=$$?; \
+	scripts/stack.sh down escluster; exit $$rc
 
 # The catalog's real client: a Django 3.2 project (tests/django) makes the schema by its migrations,
 # gets the reference catalog and writes it through every ORM path while pg2es runs; verify after each.
