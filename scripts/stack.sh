@@ -987,8 +987,13 @@ cluster_kill_node() {
     [ "$(now)" -lt "$deadline" ] || die "escluster: $(cluster_node_name "$n") (pid $pid) still there ${STOP_TIMEOUT}s after SIGKILL"
     sleep 0.1
   done
+  # The kernel closes the dead JVM's sockets a moment after: until then a start finds them in use.
+  until ! port_in_use "$(cluster_http_port "$n")" && ! port_in_use "$(cluster_transport_port "$n")"; do
+    [ "$(now)" -lt "$deadline" ] || die "escluster: the ports of $(cluster_node_name "$n") are still open ${STOP_TIMEOUT}s after SIGKILL"
+    sleep 0.1
+  done
   rm -f "$(cluster_pid_file "$n")"
-  say "escluster: $(cluster_node_name "$n") (pid $pid) killed with SIGKILL, its JVM is gone"
+  say "escluster: $(cluster_node_name "$n") (pid $pid) killed with SIGKILL, its JVM and ports are gone"
 }
 
 # Start node N again on its data dir and wait until the cluster has all its nodes again.
@@ -998,6 +1003,12 @@ cluster_start_node() {
   [ -f "$(cluster_launcher_dir)/classes/EsClusterNode.class" ] || die "escluster: not built yet; run: scripts/stack.sh up escluster"
   started=$(now)
   pid=$(cluster_node_launch "$n")
+  # The node itself answers first: the others' count of nodes may not have noticed it left yet.
+  until curl -sf -o /dev/null --max-time 3 "$(cluster_node_url "$n")/_cluster/health"; do
+    [ -n "$(cluster_node_pid "$n")" ] || fail_with_log escluster "$(cluster_log "$n")" "the JVM of $(cluster_node_name "$n") exited during startup"
+    [ "$(now)" -lt "$(( started + ES_CLUSTER_START_TIMEOUT ))" ] || fail_with_log escluster "$(cluster_log "$n")" "$(cluster_node_name "$n") does not answer after ${ES_CLUSTER_START_TIMEOUT}s"
+    sleep 0.5
+  done
   cluster_wait "$started" "$ES_CLUSTER_NODES" '' "$n"
   health=$(cluster_health)
   say "escluster: $(cluster_node_name "$n") (pid $pid) in the cluster in $(( $(now) - started ))s: ${health%% *} nodes, ${health#* } (log $(cluster_log "$n"))"

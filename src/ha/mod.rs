@@ -364,7 +364,8 @@ fn lock_key(key: &str) -> i64 {
 fn schema_error(e: tokio_postgres::Error) -> Error {
     match e.code() {
         Some(c) if *c == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => Error::SourceSetup(format!(
-            "PG2ES_STATE_STORE=postgres keeps the state in schema pg2es of the source database, which this role may not create ({e}): GRANT CREATE ON DATABASE to it, or create schema pg2es owned by it"
+            "PG2ES_STATE_STORE=postgres keeps the state in schema pg2es of the source database, which this role may not create ({}): GRANT CREATE ON DATABASE to it, or create schema pg2es owned by it",
+            e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())
         )),
         _ => Error::postgres("create pg2es's tables")(e),
     }

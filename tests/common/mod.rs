@@ -200,6 +200,11 @@ impl TestEnv {
             v.retain(|(k, _)| k != "ES_SCHEMA_FILE");
         }
         v.extend(self.extra_env.iter().cloned());
+        // PG2ES_TEST_STATE_STORE=postgres: the same tests with the state in pg2es.state, led
+        // under a lease (`make test` runs some of them so).
+        if let Ok(store) = std::env::var("PG2ES_TEST_STATE_STORE") {
+            v.push(("PG2ES_STATE_STORE".into(), store));
+        }
         v
     }
 
