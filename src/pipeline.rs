@@ -149,7 +149,18 @@ async fn run_documents(runs: Vec<(Config, DocumentSpec, IndexSpec)>, mode: Mode,
             (position, out)
         });
     }
-    // A shutdown asked for reaches every document; they then finish as one does alone.
+    join_in_order(tasks, &stop, shutdown, "a document's task").await
+}
+
+/// Waits for every task of `tasks`, each `(position, its reports)`; a shutdown asked for reaches
+/// them all through `stop` (they then finish as one does alone). The reports in `position`
+/// order; the error of the first position that failed, whichever failed first.
+async fn join_in_order(
+    mut tasks: tokio::task::JoinSet<(usize, Result<Vec<CycleReport>>)>,
+    stop: &crate::shutdown::ShutdownTrigger,
+    shutdown: &Shutdown,
+    what: &str,
+) -> Result<Vec<CycleReport>> {
     let mut results = Vec::new();
     let mut asked = false;
     loop {
@@ -159,7 +170,7 @@ async fn run_documents(runs: Vec<(Config, DocumentSpec, IndexSpec)>, mode: Mode,
                 Some(Ok(r)) => results.push(r),
                 Some(Err(e)) => {
                     stop.trigger();
-                    results.push((usize::MAX, Err(Error::SourceSetup(format!("a document's task ended abnormally: {e}")))));
+                    results.push((usize::MAX, Err(Error::SourceSetup(format!("{what} ended abnormally: {e}")))));
                 }
             },
             () = shutdown.wait(), if !asked => {
@@ -168,12 +179,10 @@ async fn run_documents(runs: Vec<(Config, DocumentSpec, IndexSpec)>, mode: Mode,
             }
         }
     }
-    // In the definition's order, whichever finished first: the first document's error is told.
     results.sort_by_key(|(position, _)| *position);
-    let results = results.into_iter().map(|(_, r)| r);
     let mut reports = Vec::new();
     let mut first_error = None;
-    for r in results {
+    for (_, r) in results {
         match r {
             Ok(mut rs) => reports.append(&mut rs),
             Err(Error::Shutdown) => {}

@@ -102,37 +102,11 @@ pub(super) async fn run(config: &Config, runs: Vec<Run>, mode: Mode, shutdown: &
             (position, out)
         });
     }
-    let mut results = Vec::new();
-    let mut asked = false;
-    loop {
-        tokio::select! {
-            joined = tasks.join_next() => match joined {
-                None => break,
-                Some(Ok(r)) => results.push(r),
-                Some(Err(e)) => {
-                    stop.trigger();
-                    results.push((usize::MAX, Err(Error::SourceSetup(format!("a lease's task ended abnormally: {e}")))));
-                }
-            },
-            () = shutdown.wait(), if !asked => {
-                asked = true;
-                stop.trigger();
-            }
-        }
-    }
+    let outcome = super::join_in_order(tasks, &stop, shutdown, "a lease's task").await;
     stop.trigger();
     let _ = beat.await;
     coordinator.leave().await;
-    results.sort_by_key(|(position, _)| *position);
-    let mut reports = Vec::new();
-    for (_, r) in results {
-        match r {
-            Ok(mut rs) => reports.append(&mut rs),
-            Err(Error::Shutdown) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(reports)
+    outcome
 }
 
 /// Stands by for the group's lease, leads it while it holds, and again after losing it, until
