@@ -122,10 +122,13 @@ test-integration:
 	eval "$$(scripts/proxy.sh env | sed 's/^/export /')"; \
 	PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_OS_URL=$(OS_URL) \
 		$(CARGO) test --locked --test '*' -- --test-threads=2
-	# The pipeline against the other state store: the state in pg2es.state, led under a lease
-	# (a role that may not create schema pg2es is refused there: that test is the file store's).
+	# The pipeline against the other state store: the state in pg2es.state, led under a lease, and
+	# the dead letters in pg2es.dead_letters (a role that may not create schema pg2es is refused
+	# there: that test is the file store's).
 	PG2ES_TEST_STATE_STORE=postgres PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) \
 		$(CARGO) test --locked --test replication --test write_capture --test bookshop -- --test-threads=2 --skip setup_errors_say_what_to_change
+	PG2ES_TEST_STATE_STORE=postgres PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_ES_URL=$(ES_URL) \
+		$(CARGO) test --locked --test operations dlq_replay
 
 # Crashes and outages: these stop and start the shared services, so they run alone, one at a time.
 # tests/engines.rs: a rejected bulk item and an outage on Elasticsearch 8 and 9 (PG2ES_TEST_ES8_URL, PG2ES_TEST_ES9_URL).

@@ -8,8 +8,8 @@
 #   scripts/proxy.sh down   stop it
 #   scripts/proxy.sh env    the test variables (PG2ES_TEST_PROXY_*), one per line
 #
-# https://127.0.0.1:PROXY_BASIC_PORT (9443): basic auth, user PROXY_USER with PROXY_PASSWORD.
-# https://127.0.0.1:PROXY_KEY_PORT (9444): `Authorization: ApiKey PROXY_API_KEY` only.
+# https://127.0.0.1:PROXY_BASIC_PORT (9453): basic auth, user PROXY_USER with PROXY_PASSWORD.
+# https://127.0.0.1:PROXY_KEY_PORT (9454): `Authorization: ApiKey PROXY_API_KEY` only.
 # Anything else is answered 401, as Elasticsearch with security on answers it. Both pass to
 # PROXY_UPSTREAM (127.0.0.1:9200). Requests are logged in .stack/proxy/access.log.
 set -euo pipefail
@@ -17,8 +17,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DIR=$ROOT/.stack/proxy
 NGINX=$DIR/nginx/usr/sbin/nginx
-PROXY_BASIC_PORT=${PROXY_BASIC_PORT:-9443}
-PROXY_KEY_PORT=${PROXY_KEY_PORT:-9444}
+PROXY_BASIC_PORT=${PROXY_BASIC_PORT:-9453}
+PROXY_KEY_PORT=${PROXY_KEY_PORT:-9454}
 PROXY_UPSTREAM=${PROXY_UPSTREAM:-127.0.0.1:9200}
 PROXY_USER=${PROXY_USER:-pg2es}
 PROXY_PASSWORD=${PROXY_PASSWORD:-proxy-secret-7f3a}

@@ -62,7 +62,15 @@ fn lines(path: &Path) -> Result<Vec<std::result::Result<DeadLetter, String>>> {
 }
 
 /// The dead letters of this document's index, oldest first.
-pub fn list(config: &Config) -> Result<Vec<DeadLetter>> {
+pub async fn list(config: &Config) -> Result<Vec<DeadLetter>> {
+    if config.state_in_postgres {
+        let rows = crate::ha::dead_letters(&config.source_settings(), &crate::ha::state_key(&config.state_file)).await?;
+        return Ok(rows
+            .into_iter()
+            .filter(|(_, index, ..)| *index == config.es_index)
+            .map(|(id, index, status, reason, time)| DeadLetter { id, index, status: u16::try_from(status).unwrap_or(0), reason, time })
+            .collect());
+    }
     let mut out = Vec::new();
     for path in files(config) {
         out.extend(lines(&path)?.into_iter().filter_map(|l| l.ok()).filter(|d| d.index == config.es_index));
@@ -81,6 +89,9 @@ pub struct Replayed {
 
 /// Replays the document's dead letters; see the module notes.
 pub async fn replay(config: &Config, spec: &DocumentSpec, shutdown: &Shutdown) -> Result<Replayed> {
+    if config.state_in_postgres {
+        return replay_rows(config, spec, shutdown).await;
+    }
     let [rotated, replaying, live] = files(config);
     if !replaying.exists() && live.exists() {
         std::fs::rename(&live, &replaying).map_err(|source| Error::Io {
@@ -131,5 +142,23 @@ pub async fn replay(config: &Config, spec: &DocumentSpec, shutdown: &Shutdown) -
             Err(source) => return Err(Error::Io { context: "cannot remove replayed dead-letter file", path: path.clone(), source }),
         }
     }
+    Ok(Replayed { documents: ids.len() as u64, written: repairer.done })
+}
+
+/// A replay of the dead letters kept in `pg2es.dead_letters` (`PG2ES_STATE_STORE=postgres`): the
+/// ids recorded up to now are built again from Postgres and written (refused again, they are
+/// recorded anew), then the rows up to now are removed.
+async fn replay_rows(config: &Config, spec: &DocumentSpec, shutdown: &Shutdown) -> Result<Replayed> {
+    let settings = config.source_settings();
+    let key = crate::ha::state_key(&config.state_file);
+    let (ids, started) = crate::ha::dead_letter_ids(&settings, &key, &config.es_index).await?;
+    let sink = ElasticsearchSink::new(&config.sink_settings())?.with_dead_letters(Box::new(crate::ha::store::PgDeadLetters::open(&settings, &key)?));
+    sink.engine(shutdown).await?;
+    let mut repairer = Repairer::new(config, spec, &sink, shutdown).await?;
+    for page in ids.chunks(REPLAY_PAGE) {
+        repairer.take(page.to_vec(), Vec::new());
+        repairer.flush(true).await?;
+    }
+    crate::ha::forget_dead_letters(&settings, &key, &config.es_index, &started).await?;
     Ok(Replayed { documents: ids.len() as u64, written: repairer.done })
 }

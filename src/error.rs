@@ -117,6 +117,10 @@ pub enum Error {
     /// one writes nothing more for it and stands by.
     #[error("lost the lease of {key}: {why}")]
     LeaseLost { key: String, why: String },
+    /// `PG2ES_STATE_STORE=postgres`: another instance leads the document (exit 3, as a second
+    /// `run` of one state file).
+    #[error("instance {holder} leads {key} (pg2es.leases): {what} only while no instance leads it; stop the runs first (`pg2es status` names the leader)")]
+    Led { key: String, holder: String, what: &'static str },
     #[error("refused: {0}")]
     Refused(String),
 
@@ -214,6 +218,7 @@ impl Error {
             | Error::State { .. }
             | Error::Refused(_)
             | Error::LeaseLost { .. }
+            | Error::Led { .. }
             | Error::Position { .. }
             | Error::Encode(_)
             | Error::AlreadyRunning { .. }

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 fn exit_code(e: &Error) -> u8 {
     match e {
         Error::Config(_) | Error::Definition(_) => 2,
-        Error::AlreadyRunning { .. } => 3,
+        Error::AlreadyRunning { .. } | Error::Led { .. } => 3,
         Error::Shutdown => INTERRUPTED,
         e if e.is_credentials_refused() => CREDENTIALS_REFUSED,
         _ => 1,
@@ -304,8 +304,15 @@ fn dlq(config: &pg2es::Config, action: DlqAction) -> pg2es::Result<ExitCode> {
     let docs = pipeline::documents(config)?;
     match action {
         DlqAction::List { json } => {
-            for (c, spec, _) in &docs {
-                let letters = pg2es::dlq::list(c)?;
+            let docs = &docs;
+            let all = with_runtime(|_| async move {
+                let mut all = Vec::new();
+                for (c, _, _) in docs {
+                    all.push(pg2es::dlq::list(c).await?);
+                }
+                Ok(all)
+            })?;
+            for ((c, spec, _), letters) in docs.iter().zip(all) {
                 if json {
                     for d in &letters {
                         println!("{}", serde_json::to_string(d).map_err(|e| Error::Encode(format!("a dead letter: {e}")))?);

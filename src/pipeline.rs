@@ -246,10 +246,8 @@ async fn run_document(
         None => (Checkpoint::open(&config.state_file, &config.es_index)?, ElasticsearchSink::new(&config.sink_settings())?),
         Some(lead) => {
             let store = lead.store(config)?;
-            (
-                Checkpoint::in_store(&config.state_file, &config.es_index, Box::new(store))?,
-                ElasticsearchSink::new(&config.sink_settings())?.fenced(lead.fence()),
-            )
+            let sink = ElasticsearchSink::new(&config.sink_settings())?.fenced(lead.fence()).with_dead_letters(Box::new(store.dead_letters()));
+            (Checkpoint::in_store(&config.state_file, &config.es_index, Box::new(store))?, sink)
         }
     };
     adopt_definition(&mut checkpoint, &spec, index)?;

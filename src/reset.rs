@@ -29,7 +29,7 @@ pub async fn reset(resets: &[(String, &Config)], all: bool) -> Result<Reset> {
     for (_, c) in resets {
         if in_postgres {
             if let Some(lease) = crate::ha::lease_status(&c.source_settings(), &crate::pipeline::lease_key(c)).await?.filter(|l| l.held) {
-                return Err(Error::AlreadyRunning { path: crate::ha::store::row_name(&crate::ha::state_key(&c.state_file)), holder: lease.holder });
+                return Err(Error::Led { key: crate::pipeline::lease_key(c), holder: lease.holder, what: "reset runs" });
             }
             continue;
         }

@@ -152,7 +152,7 @@ async fn wrong_postgres_password_is_fatal_with_a_hint() {
     let mut vars = env.env_vars();
     vars.push(("PG_PASSWORD".into(), "definitely-wrong".into()));
     let o = output(&vars, &["run", "--once"]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("password"), "{err}");
     assert!(!err.contains("definitely-wrong"), "{err}");

@@ -127,6 +127,15 @@ async fn a_killed_leader_is_replaced_within_seconds_and_nothing_is_lost() {
         env.verify().await.is_consistent()
     })
     .await;
+    // While an instance leads, a pass and a reset are refused (exit 3), as beside a file's `run`.
+    let mut once = vars.clone();
+    once.extend([("PG2ES_STATE_STORE".to_string(), "postgres".to_string()), ("PG2ES_INSTANCE".to_string(), "ha-once".to_string())]);
+    for args in [&["run", "--once"][..], &["reset", "--yes"][..]] {
+        let out = common::pg2es_command(&once, args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(err.contains("leads") && err.contains("pg2es.leases"), "{args:?}: {err}");
+    }
     stop_all(&mut instances);
     // Each takeover read on from the state in Postgres: one full load in all.
     let loads: usize = instances.iter().map(|i| log_of(i).matches("full load: every record").count()).sum();

@@ -48,6 +48,15 @@ CREATE TABLE IF NOT EXISTS pg2es.state (
     state jsonb NOT NULL,
     saved_at timestamptz NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pg2es.dead_letters (
+    key text NOT NULL,
+    id text NOT NULL,
+    index text NOT NULL,
+    status integer NOT NULL,
+    reason text NOT NULL,
+    at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_key ON pg2es.dead_letters (key, at);
 CREATE TABLE IF NOT EXISTS pg2es.instances (
     id text PRIMARY KEY,
     started timestamptz NOT NULL,
@@ -442,7 +451,7 @@ pub async fn lease_status(settings: &SourceSettings, key: &str) -> Result<Option
 /// Removes the state saved under `key` (`pg2es reset`); refused while an instance leads it.
 pub async fn forget(settings: &SourceSettings, key: &str, lease_key: &str) -> Result<()> {
     if let Some(lease) = lease_status(settings, lease_key).await?.filter(|l| l.held) {
-        return Err(Error::AlreadyRunning { path: store::row_name(key), holder: lease.holder });
+        return Err(Error::Led { key: lease_key.to_string(), holder: lease.holder, what: "reset runs" });
     }
     let Some(client) = tables(settings).await? else { return Ok(()) };
     client.execute("DELETE FROM pg2es.state WHERE key = $1", &[&key]).await.map_err(Error::postgres("remove the state"))?;
@@ -475,4 +484,52 @@ pub fn lease_key(state_file: &std::path::Path, slot: Option<&str>) -> String {
         Some(slot) => format!("slot {slot}"),
         None => state_key(state_file),
     }
+}
+
+/// A document's dead letters in `pg2es.dead_letters` (`pg2es dlq list`), oldest first: id,
+/// index, status, reason, time.
+pub async fn dead_letters(settings: &SourceSettings, key: &str) -> Result<Vec<(String, String, i32, String, String)>> {
+    let Some(client) = tables(settings).await? else { return Ok(Vec::new()) };
+    let read = || Error::postgres("read the dead letters");
+    let rows = client
+        .query("SELECT id, index, status, reason, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM pg2es.dead_letters WHERE key = $1 ORDER BY at", &[&key])
+        .await
+        .map_err(read())?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get(0).map_err(read())?,
+                r.try_get(1).map_err(read())?,
+                r.try_get(2).map_err(read())?,
+                r.try_get(3).map_err(read())?,
+                r.try_get(4).map_err(read())?,
+            ))
+        })
+        .collect()
+}
+
+/// The distinct ids of a document's dead letters of `index`, and the server's time as they were
+/// read: what a replay sends again, and then removes ([`forget_dead_letters`]).
+pub async fn dead_letter_ids(settings: &SourceSettings, key: &str, index: &str) -> Result<(Vec<String>, String)> {
+    let client = crate::source::delete_log::connect_with(settings).await?;
+    let read = || Error::postgres("read the dead letters");
+    let now: String = client.query_one("SELECT now()::text", &[]).await.map_err(read())?.try_get(0).map_err(read())?;
+    if tables(settings).await?.is_none() {
+        return Ok((Vec::new(), now));
+    }
+    let rows = client
+        .query("SELECT DISTINCT id FROM pg2es.dead_letters WHERE key = $1 AND index = $2 AND at <= $3::text::timestamptz", &[&key, &index, &now])
+        .await
+        .map_err(read())?;
+    Ok((rows.iter().map(|r| r.try_get(0)).collect::<std::result::Result<_, _>>().map_err(read())?, now))
+}
+
+/// Removes the dead letters of `index` recorded up to `until` (a replay's start: what was
+/// refused again during it stays).
+pub async fn forget_dead_letters(settings: &SourceSettings, key: &str, index: &str, until: &str) -> Result<u64> {
+    let client = crate::source::delete_log::connect_with(settings).await?;
+    client
+        .execute("DELETE FROM pg2es.dead_letters WHERE key = $1 AND index = $2 AND at <= $3::text::timestamptz", &[&key, &index, &until])
+        .await
+        .map_err(Error::postgres("remove the replayed dead letters"))
 }

@@ -4,7 +4,8 @@
 //! takeover waits for it, and a leader whose lease moved on saves nothing and stops.
 //!
 //! The store's calls are blocking, as a file's fsync is ([`crate::checkpoint::StateStore`]): each
-//! runs on a thread of the store's own, with its own connection and runtime.
+//! runs on a thread of the store's own, with its own connection and runtime. The document's dead
+//! letters go beside its state, to `pg2es.dead_letters`.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -18,6 +19,8 @@ use crate::source::SourceSettings;
 enum Job {
     Load(mpsc::Sender<Result<Option<String>>>),
     Save(String, mpsc::Sender<Result<u64>>),
+    /// Refused documents of an index: ids, statuses, reasons.
+    DeadLetters(String, Vec<String>, Vec<i32>, Vec<String>, mpsc::Sender<Result<u64>>),
 }
 
 /// One document's row in `pg2es.state`, saved under the lease `lease_key` held as `holder` in
@@ -35,58 +38,105 @@ pub fn row_name(key: &str) -> PathBuf {
     PathBuf::from(format!("pg2es.state[{key}]"))
 }
 
+/// The thread that runs a store's statements on its own connection and runtime, reconnecting
+/// after a failure.
+fn worker(settings: &SourceSettings, key: &str, lease_key: &str, holder: &str, epoch: i64) -> Result<mpsc::Sender<Job>> {
+    let (jobs, inbox) = mpsc::channel::<Job>();
+    let (settings, key_owned, lease_owned, holder) = (settings.clone(), key.to_string(), lease_key.to_string(), holder.to_string());
+    let cannot = |source| Error::Io { context: "cannot start the state store's thread", path: row_name(key), source };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(cannot)?;
+    std::thread::Builder::new()
+        .name("pg2es-state".into())
+        .spawn(move || {
+            let mut client: Option<tokio_postgres::Client> = None;
+            while let Ok(job) = inbox.recv() {
+                runtime.block_on(async {
+                    if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        client = crate::source::delete_log::connect_with(&settings)
+                            .await
+                            .map_err(|e| tracing::debug!(error = %e, "state store: cannot connect"))
+                            .ok();
+                    }
+                    let Some(c) = client.as_ref() else {
+                        let down = || Error::SourceSetup("the state store cannot reach Postgres".into());
+                        match job {
+                            Job::Load(reply) => drop(reply.send(Err(down()))),
+                            Job::Save(_, reply) | Job::DeadLetters(_, _, _, _, reply) => drop(reply.send(Err(down()))),
+                        }
+                        return;
+                    };
+                    match job {
+                        Job::Load(reply) => {
+                            let row = c.query_opt("SELECT state::text FROM pg2es.state WHERE key = $1", &[&key_owned]).await;
+                            let out = row
+                                .map_err(Error::postgres("read the state"))
+                                .and_then(|r| r.map(|r| r.try_get::<_, String>(0).map_err(Error::postgres("read the state"))).transpose());
+                            let _ = reply.send(out);
+                        }
+                        Job::Save(state, reply) => {
+                            let saved = c
+                                .execute(
+                                    "WITH lease AS (SELECT 1 FROM pg2es.leases WHERE key = $2 AND holder = $3 AND epoch = $4 AND expires_at > now() FOR SHARE) \
+                                     INSERT INTO pg2es.state (key, state, saved_at) SELECT $1, $5::text::jsonb, now() FROM lease \
+                                     ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, saved_at = EXCLUDED.saved_at",
+                                    &[&key_owned, &lease_owned, &holder, &epoch, &state],
+                                )
+                                .await
+                                .map_err(Error::postgres("save the state"));
+                            let _ = reply.send(saved);
+                        }
+                        Job::DeadLetters(index, ids, statuses, reasons, reply) => {
+                            let written = c
+                                .execute(
+                                    "INSERT INTO pg2es.dead_letters (key, id, index, status, reason, at) \
+                                     SELECT $1, i, $2, s, r, now() FROM unnest($3::text[], $4::int[], $5::text[]) AS t(i, s, r)",
+                                    &[&key_owned, &index, &ids, &statuses, &reasons],
+                                )
+                                .await
+                                .map_err(Error::postgres("record the dead letters"));
+                            let _ = reply.send(written);
+                        }
+                    }
+                });
+            }
+        })
+        .map_err(cannot)?;
+    Ok(jobs)
+}
+
+/// A document's dead letters in `pg2es.dead_letters`, beside its state.
+#[derive(Debug)]
+pub struct PgDeadLetters {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl PgDeadLetters {
+    /// On a connection of its own (`pg2es dlq replay`, which holds no lease).
+    pub fn open(settings: &SourceSettings, key: &str) -> Result<PgDeadLetters> {
+        Ok(PgDeadLetters { jobs: worker(settings, key, "", "", 0)? })
+    }
+}
+
+impl crate::sink::DeadLetterStore for PgDeadLetters {
+    fn append(&self, index: &str, rejected: &[(&str, u16, String)]) -> Result<()> {
+        let ids = rejected.iter().map(|(id, _, _)| id.to_string()).collect();
+        let statuses = rejected.iter().map(|(_, s, _)| i32::from(*s)).collect();
+        let reasons = rejected.iter().map(|(_, _, r)| r.clone()).collect();
+        let (reply, answer) = mpsc::channel();
+        self.jobs.send(Job::DeadLetters(index.to_string(), ids, statuses, reasons, reply)).map_err(|_| PgStore::gone())?;
+        answer.recv().map_err(|_| PgStore::gone())?.map(|_| ())
+    }
+}
+
 impl PgStore {
     pub fn new(settings: &SourceSettings, key: &str, lease_key: &str, holder: &str, epoch: i64, fence: Arc<Fence>) -> Result<PgStore> {
-        let (jobs, inbox) = mpsc::channel::<Job>();
-        let (settings, key_owned, lease_owned, holder) = (settings.clone(), key.to_string(), lease_key.to_string(), holder.to_string());
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|source| Error::Io {
-            context: "cannot start the state store's thread",
-            path: row_name(key),
-            source,
-        })?;
-        std::thread::Builder::new()
-            .name("pg2es-state".into())
-            .spawn(move || {
-                let mut client: Option<tokio_postgres::Client> = None;
-                while let Ok(job) = inbox.recv() {
-                    runtime.block_on(async {
-                        if client.as_ref().is_none_or(|c| c.is_closed()) {
-                            client = crate::source::delete_log::connect_with(&settings).await.map_err(|e| tracing::debug!(error = %e, "state store: cannot connect")).ok();
-                        }
-                        let Some(c) = client.as_ref() else {
-                            let down = || Error::SourceSetup("the state store cannot reach Postgres".into());
-                            match job {
-                                Job::Load(reply) => drop(reply.send(Err(down()))),
-                                Job::Save(_, reply) => drop(reply.send(Err(down()))),
-                            }
-                            return;
-                        };
-                        match job {
-                            Job::Load(reply) => {
-                                let row = c.query_opt("SELECT state::text FROM pg2es.state WHERE key = $1", &[&key_owned]).await;
-                                let out = row.map_err(Error::postgres("read the state")).and_then(|r| {
-                                    r.map(|r| r.try_get::<_, String>(0).map_err(Error::postgres("read the state"))).transpose()
-                                });
-                                let _ = reply.send(out);
-                            }
-                            Job::Save(state, reply) => {
-                                let saved = c
-                                    .execute(
-                                        "WITH lease AS (SELECT 1 FROM pg2es.leases WHERE key = $2 AND holder = $3 AND epoch = $4 AND expires_at > now() FOR SHARE) \
-                                         INSERT INTO pg2es.state (key, state, saved_at) SELECT $1, $5::text::jsonb, now() FROM lease \
-                                         ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, saved_at = EXCLUDED.saved_at",
-                                        &[&key_owned, &lease_owned, &holder, &epoch, &state],
-                                    )
-                                    .await
-                                    .map_err(Error::postgres("save the state"));
-                                let _ = reply.send(saved);
-                            }
-                        }
-                    });
-                }
-            })
-            .map_err(|source| Error::Io { context: "cannot start the state store's thread", path: row_name(key), source })?;
+        let jobs = worker(settings, key, lease_key, holder, epoch)?;
         Ok(PgStore { key: key.to_string(), lease_key: lease_key.to_string(), fence, jobs })
+    }
+
+    /// The document's dead letters, kept beside its state, through this store's connection.
+    pub fn dead_letters(&self) -> PgDeadLetters {
+        PgDeadLetters { jobs: self.jobs.clone() }
     }
 
     fn gone() -> Error {

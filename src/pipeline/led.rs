@@ -128,7 +128,8 @@ async fn lead_group(
         if shutdown.is_triggered() {
             return Ok(reports);
         }
-        let share = Coordinator::share(keys, live.load(Ordering::SeqCst));
+        // A pass asked for (`--once`) takes what it can, whatever the share.
+        let share = if mode == Mode::Once { keys } else { Coordinator::share(keys, live.load(Ordering::SeqCst)) };
         if coordinator.held() < share {
             match coordinator.try_acquire(&group.key).await {
                 Ok(Some(leadership)) => {
@@ -173,6 +174,12 @@ async fn lead_group(
                         Err(Error::Shutdown) => return Ok(reports),
                         Err(e) => return Err(e),
                     }
+                }
+                Ok(None) if mode == Mode::Once => {
+                    // One pass while another instance leads: refused, as a second `run` of one
+                    // state file is.
+                    let holder = coordinator.holder(&group.key).await.ok().flatten().map(|(h, _, _)| h).unwrap_or_default();
+                    return Err(Error::Led { key: group.key.clone(), holder, what: "`run --once` runs" });
                 }
                 Ok(None) => {
                     if !standing_by {

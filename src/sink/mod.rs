@@ -54,6 +54,9 @@ pub struct ElasticsearchSink {
     max_docs: usize,
     max_bytes: usize,
     dead_letter: PathBuf,
+    /// Where refused documents are recorded: `None`, the dead-letter file; with
+    /// `PG2ES_STATE_STORE=postgres`, beside the state (`pg2es.dead_letters`).
+    dead_letters: Option<Box<dyn DeadLetterStore>>,
     retry: RetryPolicy,
     auth: EsAuth,
     /// Time limit of one request (a bulk request gets more, see `timeout_for`).
@@ -212,7 +215,14 @@ impl ElasticsearchSink {
             rejections: Mutex::new(RejectionWindow::new(settings.dead_letter_max_ratio)),
             claimed: Mutex::new(None),
             fence: None,
+            dead_letters: None,
         })
+    }
+
+    /// Records refused documents in `store` instead of the dead-letter file.
+    pub fn with_dead_letters(mut self, store: Box<dyn DeadLetterStore>) -> ElasticsearchSink {
+        self.dead_letters = Some(store);
+        self
     }
 
     /// Sends nothing once `fence`'s lease is lost.
@@ -384,10 +394,19 @@ impl ElasticsearchSink {
             // Judged on the documents settled by this response (stored or refused).
             self.record_rejections(sent - again.len(), &rejected)?;
             if !rejected.is_empty() {
-                crate::checkpoint::off_runtime(|| write_dead_letters(&self.dead_letter, &self.index, &rejected))?;
+                let place = match &self.dead_letters {
+                    Some(store) => {
+                        crate::checkpoint::off_runtime(|| store.append(&self.index, &rejected))?;
+                        "pg2es.dead_letters".to_string()
+                    }
+                    None => {
+                        crate::checkpoint::off_runtime(|| write_dead_letters(&self.dead_letter, &self.index, &rejected))?;
+                        self.dead_letter.display().to_string()
+                    }
+                };
                 crate::telemetry::count(&crate::telemetry::DEAD_LETTERS, rejected.len() as u64);
                 report.dead_lettered += rejected.len();
-                tracing::warn!(count = rejected.len(), file = %self.dead_letter.display(), first_reason = %rejected[0].2, "documents rejected by elasticsearch, written to dead-letter file");
+                tracing::warn!(count = rejected.len(), file = %place, first_reason = %rejected[0].2, "documents rejected by elasticsearch, written to dead-letter file");
             }
             if again.is_empty() {
                 return Ok(());
@@ -616,6 +635,12 @@ struct SearchHits {
 #[derive(Debug, serde::Deserialize)]
 struct TotalHits {
     value: u64,
+}
+
+/// Where refused documents are recorded when not in the dead-letter file: each `(id, status,
+/// reason)` of `index`, durably before the position moves past them (a blocking call).
+pub trait DeadLetterStore: Send + Sync + std::fmt::Debug {
+    fn append(&self, index: &str, rejected: &[(&str, u16, String)]) -> Result<()>;
 }
 
 /// Past this size the dead-letter file is rotated to `<file>.1` (replacing an older `.1`): the
