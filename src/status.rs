@@ -100,12 +100,19 @@ pub struct SlotStatus {
 
 /// The status of one document; see the module notes.
 pub async fn document_status(config: &Config, spec: DocumentSpec, shutdown: &Shutdown) -> Result<DocumentStatus> {
-    let state = crate::pipeline::saved_state(config).await?;
+    // The state file's errors are told; Postgres not answering for the table is reported below.
+    let state = match config.state_in_postgres {
+        true => probe(crate::pipeline::saved_state(config)).await.flatten(),
+        false => crate::pipeline::saved_state(config).await?,
+    };
     let run = checkpoint::read_status(&config.state_file)?;
     let running = run.as_ref().map(|r| r.pid).filter(|pid| alive(*pid));
-    let leader = match config.state_in_postgres {
-        true => crate::ha::lease_status(&config.source_settings(), &crate::pipeline::lease_key(config)).await?,
-        false => None,
+    let (leader, lease_unread) = match config.state_in_postgres {
+        true => match probe(crate::ha::lease_status(&config.source_settings(), &crate::pipeline::lease_key(config))).await {
+            Some(lease) => (lease, false),
+            None => (None, true),
+        },
+        false => (None, false),
     };
     let now = Utc::now();
     let mut reasons = Vec::new();
@@ -114,7 +121,9 @@ pub async fn document_status(config: &Config, spec: DocumentSpec, shutdown: &Shu
         verdict = verdict.max(v);
         reasons.push(why);
     };
-    if config.state_in_postgres {
+    if lease_unread {
+        judge(Verdict::Failing, format!("postgres did not answer for the lease (pg2es.leases) within {}s", PROBE_TIMEOUT.as_secs()));
+    } else if config.state_in_postgres {
         if !leader.as_ref().is_some_and(|l| l.held) {
             judge(Verdict::Failing, format!("no instance leads it (pg2es.leases, key {})", crate::pipeline::lease_key(config)));
         }

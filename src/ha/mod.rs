@@ -173,6 +173,11 @@ impl Coordinator {
                     )
                     .await
                     .map_err(Error::postgres("say this instance lives"))?;
+                // Rows of instances gone for a day are of no use to anyone.
+                client
+                    .execute("DELETE FROM pg2es.instances WHERE seen_at < now() - interval '1 day'", &[])
+                    .await
+                    .map_err(Error::postgres("count the live instances"))?;
                 // An instance whose lock is free is gone (killed): it counts no more, at once.
                 let rows = client
                     .query("SELECT id FROM pg2es.instances WHERE seen_at > now() - make_interval(secs => $1) AND id <> $2", &[&ttl, &id])

@@ -3,6 +3,9 @@
 //! is the current one: the lease row is locked (`FOR SHARE`) by the saving statement itself, so a
 //! takeover waits for it, and a leader whose lease moved on saves nothing and stops.
 //!
+//! With the delete capture installed, each save also moves the document's position in its log
+//! (`pg2es.consumers`) to the state's, in the same statement.
+//!
 //! The store's calls are blocking, as a file's fsync is ([`crate::checkpoint::StateStore`]): each
 //! runs on a thread of the store's own, with its own connection and runtime. The document's dead
 //! letters go beside its state, to `pg2es.dead_letters`.
@@ -18,7 +21,9 @@ use crate::source::SourceSettings;
 
 enum Job {
     Load(mpsc::Sender<Result<Option<String>>>),
-    Save(String, mpsc::Sender<Result<u64>>),
+    /// The state, and its position in the delete log (`pg2es.consumers`, moved in the same
+    /// statement when the log is there).
+    Save(String, Option<String>, mpsc::Sender<Result<u64>>),
     /// Refused documents of an index: ids, statuses, reasons.
     DeadLetters(String, Vec<String>, Vec<i32>, Vec<String>, mpsc::Sender<Result<u64>>),
 }
@@ -61,7 +66,7 @@ fn worker(settings: &SourceSettings, key: &str, lease_key: &str, holder: &str, e
                         let down = || Error::SourceSetup("the state store cannot reach Postgres".into());
                         match job {
                             Job::Load(reply) => drop(reply.send(Err(down()))),
-                            Job::Save(_, reply) | Job::DeadLetters(_, _, _, _, reply) => drop(reply.send(Err(down()))),
+                            Job::Save(_, _, reply) | Job::DeadLetters(_, _, _, _, reply) => drop(reply.send(Err(down()))),
                         }
                         return;
                     };
@@ -73,16 +78,38 @@ fn worker(settings: &SourceSettings, key: &str, lease_key: &str, holder: &str, e
                                 .and_then(|r| r.map(|r| r.try_get::<_, String>(0).map_err(Error::postgres("read the state"))).transpose());
                             let _ = reply.send(out);
                         }
-                        Job::Save(state, reply) => {
-                            let saved = c
-                                .execute(
+                        Job::Save(state, delete_log, reply) => {
+                            // With the delete capture installed, the consumer's position in its log
+                            // moves with the state, in the same statement (never back, never created:
+                            // a missing row means the log lost deletes, which the source handles).
+                            let has_log = match delete_log {
+                                Some(_) => c.query_one("SELECT to_regclass('pg2es.consumers') IS NOT NULL", &[]).await.ok().and_then(|r| r.try_get::<_, bool>(0).ok()).unwrap_or(false),
+                                None => false,
+                            };
+                            let saved = if has_log {
+                                c.query_one(
+                                    "WITH lease AS (SELECT 1 FROM pg2es.leases WHERE key = $2 AND holder = $3 AND epoch = $4 AND expires_at > now() FOR SHARE), \
+                                     saved AS (INSERT INTO pg2es.state (key, state, saved_at) SELECT $1, $5::text::jsonb, now() FROM lease \
+                                               ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, saved_at = EXCLUDED.saved_at RETURNING 1), \
+                                     consumer AS (UPDATE pg2es.consumers SET done_xid = $6::text::xid8, seen_at = now() \
+                                                  WHERE source_schema = $7 AND consumer = $8 AND done_xid < $6::text::xid8 AND EXISTS (SELECT 1 FROM saved)) \
+                                     SELECT count(*) FROM saved",
+                                    &[&key_owned, &lease_owned, &holder, &epoch, &state, &delete_log, &settings.schema, &settings.consumer],
+                                )
+                                .await
+                                .and_then(|r| r.try_get::<_, i64>(0))
+                                .map(|n| n as u64)
+                                .map_err(Error::postgres("save the state"))
+                            } else {
+                                c.execute(
                                     "WITH lease AS (SELECT 1 FROM pg2es.leases WHERE key = $2 AND holder = $3 AND epoch = $4 AND expires_at > now() FOR SHARE) \
                                      INSERT INTO pg2es.state (key, state, saved_at) SELECT $1, $5::text::jsonb, now() FROM lease \
                                      ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, saved_at = EXCLUDED.saved_at",
                                     &[&key_owned, &lease_owned, &holder, &epoch, &state],
                                 )
                                 .await
-                                .map_err(Error::postgres("save the state"));
+                                .map_err(Error::postgres("save the state"))
+                            };
                             let _ = reply.send(saved);
                         }
                         Job::DeadLetters(index, ids, statuses, reasons, reply) => {
@@ -158,7 +185,7 @@ impl StateStore for PgStore {
         self.fence.check()?;
         let text = serde_json::to_string(state).map_err(|e| Error::State { path: row_name(&self.key), reason: e.to_string() })?;
         let (reply, answer) = mpsc::channel();
-        self.jobs.send(Job::Save(text, reply)).map_err(|_| PgStore::gone())?;
+        self.jobs.send(Job::Save(text, state.delete_log.map(|d| d.to_string()), reply)).map_err(|_| PgStore::gone())?;
         match answer.recv().map_err(|_| PgStore::gone())?? {
             1 => Ok(()),
             _ => {

@@ -123,6 +123,7 @@ async fn lead_group(
     let documents: Vec<&str> = group.runs.iter().map(|(_, spec, _)| spec.name.as_str()).collect();
     let documents = documents.join(",");
     let mut standing_by = false;
+    let mut unreachable = false;
     let mut reports = Vec::new();
     loop {
         if shutdown.is_triggered() {
@@ -131,7 +132,11 @@ async fn lead_group(
         // A pass asked for (`--once`) takes what it can, whatever the share.
         let share = if mode == Mode::Once { keys } else { Coordinator::share(keys, live.load(Ordering::SeqCst)) };
         if coordinator.held() < share {
-            match coordinator.try_acquire(&group.key).await {
+            let attempt = coordinator.try_acquire(&group.key).await;
+            if attempt.is_ok() {
+                unreachable = false;
+            }
+            match attempt {
                 Ok(Some(leadership)) => {
                     standing_by = false;
                     match &leadership.previous {
@@ -190,7 +195,12 @@ async fn lead_group(
                     }
                 }
                 Err(e) if matches!(e.retry(), Retry::WaitFor(_)) => {
-                    tracing::warn!(key = %group.key, error = %e, "cannot reach postgres for the lease; standing by")
+                    // Once per outage: a standby looks every second.
+                    if !unreachable {
+                        unreachable = true;
+                        tracing::warn!(key = %group.key, error = %e, "cannot reach postgres for the lease; standing by until it answers");
+                    }
+                    standing_by = false;
                 }
                 Err(e) => return Err(e),
             }
