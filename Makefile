@@ -191,12 +191,12 @@ pg-matrix-up:
 # PG_MATRIX_KILLS kills each, ending with verify. The migrations' tests (tests/migrations.rs, a
 # minute each) on the oldest version only and the bookshop's on the newest only (both run on 15
 # in `make test`), to keep .ci/run under 30 minutes. On the newest, while its WAL is still young: a dump of the stack's 15 restored
-# onto it, rebuilt through reindex (tests/reindex.rs, ignored elsewhere: it needs two servers).
+# onto it, rebuilt through reindex (tests/reindex.rs, built with fault-tests: it needs two servers).
 # Each line of the summary names the version and its time.
 test-pg-matrix: check-tools pg-matrix-up
 	$(CARGO) build --locked
-	$(CARGO) test --locked --no-run --test delete_capture --test deletes --test replication --test migrations --test write_capture --test bookshop --test reindex
-	$(CARGO) test --locked --no-run --features fault-tests --test faults
+	$(CARGO) test --locked --no-run --test delete_capture --test deletes --test replication --test migrations --test write_capture --test bookshop
+	$(CARGO) test --locked --no-run --features fault-tests --test faults --test reindex
 	ends() { case $$1 in $(firstword $(PG_MATRIX))) echo --test migrations;; $(lastword $(PG_MATRIX))) echo --test bookshop;; esac; }; \
 	for v in $(PG_MATRIX); do \
 		port=$$(( $(PGM_PORT_BASE) + v )); started=$$(date +%s); \
@@ -211,7 +211,7 @@ test-pg-matrix: check-tools pg-matrix-up
 		tools/acceptance/run.sh $(ES_URL); \
 		if [ $$v = $(lastword $(PG_MATRIX)) ]; then \
 			PG2ES_TEST_PG_DSN=$(PG_ADMIN) PG2ES_TEST_RESTORE_PG_DSN=$$admin PG2ES_TEST_ES_URL=$(ES_URL) \
-				$(CARGO) test --locked --test reindex a_dump_restored_onto_another_server -- --ignored; \
+				$(CARGO) test --locked --features fault-tests --test reindex a_dump_restored_onto_another_server; \
 		fi; \
 		PG2ES_TEST_PG_DSN=$$admin PG2ES_TEST_ES_URL=$(ES_URL) PG2ES_TEST_INDEX_PREFIX=pg2es_t_pg$${v}_ \
 			$(CARGO) test --locked --test delete_capture --test deletes --test replication $$(ends $$v) --test write_capture -- --test-threads=2; \

@@ -108,10 +108,7 @@ impl Coordinator {
         c.with_client("create pg2es's tables", |client| {
             Box::pin(async move {
                 // Two instances starting at once must not race on CREATE TABLE.
-                client
-                    .batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock(hashtext('pg2es schema')); {SCHEMA_SQL} COMMIT;"))
-                    .await
-                    .map_err(schema_error)
+                create_tables(client).await
             })
         })
         .await?;
@@ -409,11 +406,20 @@ mod tests {
 /// `state import`); `None` when they are not there yet.
 async fn tables(settings: &SourceSettings) -> Result<Option<Client>> {
     let client = crate::source::delete_log::connect_with(settings).await?;
+    Ok(has_tables(&client).await?.then_some(client))
+}
+
+/// Creates pg2es's tables when missing; two instances starting at once do not race on them.
+async fn create_tables(client: &Client) -> Result<()> {
+    client.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock(hashtext('pg2es schema')); {SCHEMA_SQL} COMMIT;")).await.map_err(schema_error)
+}
+
+async fn has_tables(client: &Client) -> Result<bool> {
     let row = client
         .query_one("SELECT to_regclass('pg2es.state') IS NOT NULL AND to_regclass('pg2es.leases') IS NOT NULL", &[])
         .await
         .map_err(Error::postgres("look for pg2es's tables"))?;
-    Ok(row.try_get::<_, bool>(0).map_err(Error::postgres("look for pg2es's tables"))?.then_some(client))
+    row.try_get::<_, bool>(0).map_err(Error::postgres("look for pg2es's tables"))
 }
 
 /// The state saved under `key`, read without a lease (it is one whole row, possibly one save old).
@@ -467,7 +473,7 @@ pub async fn forget(settings: &SourceSettings, key: &str, lease_key: &str) -> Re
 /// when a state is there already (it is kept).
 pub async fn import(settings: &SourceSettings, key: &str, state: &crate::checkpoint::State) -> Result<bool> {
     let client = crate::source::delete_log::connect_with(settings).await?;
-    client.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock(hashtext('pg2es schema')); {SCHEMA_SQL} COMMIT;")).await.map_err(schema_error)?;
+    create_tables(&client).await?;
     let text = serde_json::to_string(state).map_err(|e| Error::State { path: store::row_name(key), reason: e.to_string() })?;
     let n = client
         .execute("INSERT INTO pg2es.state (key, state, saved_at) VALUES ($1, $2::text::jsonb, now()) ON CONFLICT (key) DO NOTHING", &[&key, &text])
@@ -519,7 +525,7 @@ pub async fn dead_letter_ids(settings: &SourceSettings, key: &str, index: &str) 
     let client = crate::source::delete_log::connect_with(settings).await?;
     let read = || Error::postgres("read the dead letters");
     let now: String = client.query_one("SELECT now()::text", &[]).await.map_err(read())?.try_get(0).map_err(read())?;
-    if tables(settings).await?.is_none() {
+    if !has_tables(&client).await? {
         return Ok((Vec::new(), now));
     }
     let rows = client
