@@ -1,5 +1,9 @@
 //! Error kinds, and the one place that decides whether an error is worth retrying.
 
+use crate::settings::{
+    ES_API_KEY, ES_CA_FILE, ES_INDEX, ES_INDEX_PREFIX, ES_PASSWORD, ES_SCHEMA_FILE, ES_URL, ES_USERNAME, ETL_DEAD_LETTER_MAX_RATIO, ETL_STATE_FILE,
+    ETL_TIMESTAMP_COLUMN, PG_CA_FILE, PG_DSN, PG_PASSWORD, PG_SCHEMA,
+};
 use std::path::PathBuf;
 
 use tokio_postgres::error::SqlState;
@@ -68,12 +72,12 @@ pub enum Error {
     #[error("elasticsearch refused {rejected} of the last {sent} documents for good (first reason: {reason}); stopped without saving progress or dead-lettering them")]
     SystematicRejection { rejected: usize, sent: usize, reason: String },
 
-    #[error("elasticsearch index '{index}' exists with a different mapping ({difference}); to rebuild it with the new mapping while search keeps the old one, run `pg2es reindex` with the new index schema, then start `pg2es run` with it; or delete the index, or point ES_INDEX at a new name")]
+    #[error("elasticsearch index '{index}' exists with a different mapping ({difference}); to rebuild it with the new mapping while search keeps the old one, run `pg2es reindex` with the new index schema, then start `pg2es run` with it; or delete the index, or point {ES_INDEX} at a new name")]
     MappingConflict { index: String, difference: String },
 
     /// The index's mapping `_meta` records that another source (database, schema, document)
     /// keeps it: writing would overwrite that deployment's documents and reconcile them away.
-    #[error("elasticsearch index '{index}' is kept from {holder}, not from {ours}: another deployment (or document) writes it. Give this one indexes of its own with ES_INDEX_PREFIX (or ES_INDEX for the first document), or delete the index to load it again from this database. The same data after a restore or an upgrade onto another server: `pg2es reindex` builds a new index from this database while search keeps this one (clearing the record with PUT {index}/_mapping {{\"_meta\": {{}}}} is only for the same server: another one's lower WAL positions make every write look older than the index's)")]
+    #[error("elasticsearch index '{index}' is kept from {holder}, not from {ours}: another deployment (or document) writes it. Give this one indexes of its own with {ES_INDEX_PREFIX} (or {ES_INDEX} for the first document), or delete the index to load it again from this database. The same data after a restore or an upgrade onto another server: `pg2es reindex` builds a new index from this database while search keeps this one (clearing the record with PUT {index}/_mapping {{\"_meta\": {{}}}} is only for the same server: another one's lower WAL positions make every write look older than the index's)")]
     IndexClaimed { index: String, holder: String, ours: String },
 
     /// `ES_URL` leads to a search engine (or a server) pg2es does not work with.
@@ -100,7 +104,7 @@ pub enum Error {
     #[error("state file {path}: {reason}")]
     State { path: PathBuf, reason: String },
 
-    #[error("another pg2es instance is running with state file lock {path} (pid {holder}); stop it first or use another ETL_STATE_FILE")]
+    #[error("another pg2es instance is running with state file lock {path} (pid {holder}); stop it first or use another {ETL_STATE_FILE}")]
     AlreadyRunning { path: PathBuf, holder: String },
 
     #[error("{context} {path}: {source}")]
@@ -155,11 +159,11 @@ impl Error {
             }
             let why = std::error::Error::source(&source).map(|c| c.to_string()).unwrap_or_default();
             if why == "password missing" {
-                return Error::Config(
-                    "postgres asks for a password and none is set: set PG_PASSWORD (or PG_PASSWORD_FILE, PGPASSWORD), or put it in PG_DSN".into(),
-                );
+                return Error::Config(format!(
+                    "postgres asks for a password and none is set: set {PG_PASSWORD} (or {PG_PASSWORD}_FILE, PGPASSWORD), or put it in {PG_DSN}"
+                ));
             }
-            Error::Config(format!("PG_DSN: {why}"))
+            Error::Config(format!("{PG_DSN}: {why}"))
         }
     }
 
@@ -228,26 +232,24 @@ impl Error {
     }
 
     /// A hint for the operator, shown next to fatal errors.
-    pub fn hint(&self) -> Option<&'static str> {
+    pub fn hint(&self) -> Option<String> {
         match self {
             Error::Postgres { source, .. } if tls_failure(source) => Some(tls_hint(source, Service::Postgres)),
             Error::Postgres { source, .. } => match source.code() {
                 Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
-                    Some("check the user and password in PG_DSN / PG_PASSWORD")
+                    Some(format!("check the user and password in {PG_DSN} / {PG_PASSWORD}"))
                 }
-                Some(c) if *c == SqlState::INVALID_CATALOG_NAME => Some("the database in PG_DSN does not exist"),
+                Some(c) if *c == SqlState::INVALID_CATALOG_NAME => Some(format!("the database in {PG_DSN} does not exist")),
                 Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::UNDEFINED_COLUMN => {
-                    Some("a table or column pg2es reads is not there (renamed or dropped by a migration?): restore it, or set PG_SCHEMA, ETL_TIMESTAMP_COLUMN or the definition to what the tables have, then start pg2es again; it checks the definition against the schema at start")
+                    Some(format!("a table or column pg2es reads is not there (renamed or dropped by a migration?): restore it, or set {PG_SCHEMA}, {ETL_TIMESTAMP_COLUMN} or the definition to what the tables have, then start pg2es again; it checks the definition against the schema at start"))
                 }
                 _ => None,
             },
             Error::ElasticsearchTransport { source, .. } if tls_failure(source) => Some(tls_hint(source, Service::Elasticsearch)),
-            Error::UnsupportedEngine(_) => Some("check ES_URL: it must lead to a supported Elasticsearch or OpenSearch (README, 'Engines')"),
-            Error::SystematicRejection { .. } => Some(
-                "the index mapping does not fit the documents: check ES_SCHEMA_FILE (or delete the index so pg2es creates it from its definition); ETL_DEAD_LETTER_MAX_RATIO=1 dead-letters them instead",
-            ),
+            Error::UnsupportedEngine(_) => Some(format!("check {ES_URL}: it must lead to a supported Elasticsearch or OpenSearch (README, 'Engines')")),
+            Error::SystematicRejection { .. } => Some(format!("the index mapping does not fit the documents: check {ES_SCHEMA_FILE} (or delete the index so pg2es creates it from its definition); {ETL_DEAD_LETTER_MAX_RATIO}=1 dead-letters them instead")),
             Error::ElasticsearchStatus { status: 401 | 403, .. } => {
-                Some("check ES_USERNAME / ES_PASSWORD or ES_API_KEY")
+                Some(format!("check {ES_USERNAME} / {ES_PASSWORD} or {ES_API_KEY}"))
             }
             _ => None,
         }
@@ -276,7 +278,7 @@ fn tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// What is wrong with the server's certificate, and what to do, for the service's settings.
-fn tls_hint(e: &(dyn std::error::Error + 'static), service: Service) -> &'static str {
+fn tls_hint(e: &(dyn std::error::Error + 'static), service: Service) -> String {
     use rustls::CertificateError as Cert;
     let certificate = match rustls_error(e) {
         Some(rustls::Error::InvalidCertificate(c)) => Some(c),
@@ -285,24 +287,24 @@ fn tls_hint(e: &(dyn std::error::Error + 'static), service: Service) -> &'static
     match (certificate, service) {
         // webpki's error is not re-exported by rustls: only its name tells it apart.
         (Some(Cert::Other(other)), Service::Postgres) if other.0.to_string() == "CaUsedAsEndEntity" => {
-            "the Postgres server presents a CA certificate (self-signed, CA:TRUE) as its own certificate, which TLS refuses: issue a server certificate signed by that CA for the server's host name, and give the CA as PG_CA_FILE"
+            format!("the Postgres server presents a CA certificate (self-signed, CA:TRUE) as its own certificate, which TLS refuses: issue a server certificate signed by that CA for the server's host name, and give the CA as {PG_CA_FILE}")
         }
         (Some(Cert::Other(other)), Service::Elasticsearch) if other.0.to_string() == "CaUsedAsEndEntity" => {
-            "Elasticsearch presents a CA certificate (self-signed, CA:TRUE) as its own certificate, which TLS refuses: issue a server certificate signed by that CA for the host in ES_URL, and give the CA as ES_CA_FILE"
+            format!("Elasticsearch presents a CA certificate (self-signed, CA:TRUE) as its own certificate, which TLS refuses: issue a server certificate signed by that CA for the host in {ES_URL}, and give the CA as {ES_CA_FILE}")
         }
         (Some(Cert::NotValidForName | Cert::NotValidForNameContext { .. }), Service::Postgres) => {
-            "the Postgres server's certificate does not carry the host name in PG_DSN: connect by a name or address it carries, reissue it with that name, or use sslmode=verify-ca to check the chain only"
+            format!("the Postgres server's certificate does not carry the host name in {PG_DSN}: connect by a name or address it carries, reissue it with that name, or use sslmode=verify-ca to check the chain only")
         }
         (Some(Cert::NotValidForName | Cert::NotValidForNameContext { .. }), Service::Elasticsearch) => {
-            "Elasticsearch's certificate does not carry the host in ES_URL: use a name or address it carries, or reissue it with that name"
+            format!("Elasticsearch's certificate does not carry the host in {ES_URL}: use a name or address it carries, or reissue it with that name")
         }
         (Some(Cert::Expired | Cert::ExpiredContext { .. } | Cert::NotValidYet | Cert::NotValidYetContext { .. }), _) => {
-            "the server's certificate is expired or not yet valid: renew it (or check this machine's clock)"
+            "the server's certificate is expired or not yet valid: renew it (or check this machine's clock)".to_string()
         }
         (_, Service::Postgres) => {
-            "the Postgres server's TLS certificate was refused: set PG_CA_FILE (or sslrootcert in PG_DSN) to the CA that signed it"
+            format!("the Postgres server's TLS certificate was refused: set {PG_CA_FILE} (or sslrootcert in {PG_DSN}) to the CA that signed it")
         }
-        (_, Service::Elasticsearch) => "Elasticsearch's TLS certificate was refused: set ES_CA_FILE to the CA that signed it",
+        (_, Service::Elasticsearch) => format!("Elasticsearch's TLS certificate was refused: set {ES_CA_FILE} to the CA that signed it"),
     }
 }
 
@@ -338,6 +340,19 @@ pub fn status_is_transient(status: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Messages name settings through their declarations (`{ES_INDEX}` in `#[error]` too).
+    #[test]
+    fn messages_name_the_settings() {
+        let e = Error::MappingConflict { index: "movies".into(), difference: "x".into() };
+        assert!(e.to_string().ends_with("or point ES_INDEX at a new name"), "{e}");
+        let e = Error::AlreadyRunning { path: "s.lock".into(), holder: "1".into() };
+        assert!(e.to_string().ends_with("use another ETL_STATE_FILE"), "{e}");
+        assert_eq!(
+            Error::UnsupportedEngine(String::new()).hint().as_deref(),
+            Some("check ES_URL: it must lead to a supported Elasticsearch or OpenSearch (README, 'Engines')")
+        );
+    }
 
     #[test]
     fn http_statuses_are_classified() {

@@ -6,6 +6,7 @@ use tracing_subscriber::EnvFilter;
 use pg2es::cli::{Cli, Command, DeleteCaptureAction, DlqAction};
 use pg2es::config::LogFormat;
 use pg2es::pipeline::{self, Mode};
+use pg2es::settings::{PG2ES_METRICS_ADDR, PG2ES_STATE_STORE};
 use pg2es::source::delete_log;
 use pg2es::verify::{self, VerifyReport};
 use pg2es::{shutdown, Config, Error};
@@ -170,7 +171,7 @@ fn try_main() -> pg2es::Result<ExitCode> {
                         println!("{}: pg2es.state holds a state for key {key} already: left as it is", spec.name);
                     }
                 }
-                println!("set PG2ES_STATE_STORE=postgres for every instance: they read on from these positions");
+                println!("set {PG2ES_STATE_STORE}=postgres for every instance: they read on from these positions");
                 Ok(ExitCode::SUCCESS)
             });
         }
@@ -183,7 +184,7 @@ fn try_main() -> pg2es::Result<ExitCode> {
                 let client = delete_log::connect_with(&config.source_settings()).await?;
                 pg2es::source::server_version(&client).await?;
                 for (c, spec, _) in &docs {
-                    let doc = spec.resolve(&client, &config.pg_schema).await?;
+                    let doc = spec.resolve(&client, &config.postgres.schema).await?;
                     let tables = doc.tables().join(", ");
                     let untimed = doc.untimed();
                     let note = if untimed.is_empty() {
@@ -225,7 +226,7 @@ fn try_main() -> pg2es::Result<ExitCode> {
 /// `pg2es delete-capture print [--remove]|install|remove` on PG_SCHEMA, for the selected
 /// documents of the definition.
 fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result<ExitCode> {
-    let schema = config.pg_schema.as_str();
+    let schema = config.postgres.schema.as_str();
     if let DeleteCaptureAction::Print { remove: true, .. } = action {
         print!("{}", delete_log::remove_ddl(schema));
         return Ok(ExitCode::SUCCESS);
@@ -281,10 +282,10 @@ fn delete_capture(config: &Config, action: DeleteCaptureAction) -> pg2es::Result
 async fn serve_metrics(addr: std::net::SocketAddr, max_age: std::time::Duration) -> pg2es::Result<AbortOnDrop> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| Error::Config(format!("PG2ES_METRICS_ADDR={addr}: cannot listen there ({e}); choose a free port, or unset it")))?;
+        .map_err(|e| Error::Config(format!("{PG2ES_METRICS_ADDR}={addr}: cannot listen there ({e}); choose a free port, or unset it")))?;
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
-        .map_err(|e| Error::Config(format!("PG2ES_METRICS_ADDR={addr}: cannot start the metrics recorder ({e})")))?;
+        .map_err(|e| Error::Config(format!("{PG2ES_METRICS_ADDR}={addr}: cannot start the metrics recorder ({e})")))?;
     pg2es::telemetry::describe();
     tracing::info!(addr = %addr, "serving /metrics and /healthz");
     let bound = pg2es::telemetry::HealthBound { max_age, started: chrono::Utc::now() };

@@ -25,10 +25,12 @@
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, Result};
+use crate::names::replication_name;
 use crate::pipeline::{self, Mode, Options};
+use crate::settings::{ES_INDEX, ES_INDEX_PREFIX};
 use crate::shutdown::Shutdown;
 use crate::sink::ElasticsearchSink;
-use crate::source::{replication_name, ChangeSource, ReplicationSource, ReplicationStream};
+use crate::source::{ChangeSource, ReplicationSource, ReplicationStream};
 use crate::source::{DocumentSpec, PollingSource};
 
 /// What a rebuild did.
@@ -64,7 +66,7 @@ pub async fn reindex(config: &Config, spec: DocumentSpec, index: &crate::catalog
     let next = if old == config.es_index { 1 } else { generation(&config.es_index, &old).map_or(1, |n| n + 1) };
     let new = format!("{}_{next}", config.es_index);
     if new.len() > 255 {
-        return Err(Error::Refused(format!("{new} is too long for an index name: shorten ES_INDEX or ES_INDEX_PREFIX")));
+        return Err(Error::Refused(format!("{new} is too long for an index name: shorten {ES_INDEX} or {ES_INDEX_PREFIX}")));
     }
 
     // The rebuild's own pipeline: its index, state and delete-log position.
@@ -79,7 +81,7 @@ pub async fn reindex(config: &Config, spec: DocumentSpec, index: &crate::catalog
     live.delete_named(&new, shutdown).await?;
     // The position of the rebuild before, if the delete capture is on: this one starts afresh.
     let client = crate::source::delete_log::connect_with(&own.source_settings()).await?;
-    crate::source::delete_log::forget_consumer(&client, &own.pg_schema, &consumer).await?;
+    crate::source::delete_log::forget_consumer(&client, &own.postgres.schema, &consumer).await?;
     drop(client);
     for leftover in [own.state_file.clone(), checkpoint::status_path(&own.state_file)] {
         let _ = std::fs::remove_file(leftover);

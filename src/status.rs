@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::checkpoint::{self, State};
 use crate::config::{Config, SourceKind};
 use crate::error::Result;
+use crate::settings::PG2ES_HEALTH_MAX_AGE_SEC;
 use crate::shutdown::Shutdown;
 use crate::sink::ElasticsearchSink;
 use crate::source::{DocumentSpec, PgSource, PgTls};
@@ -141,7 +142,7 @@ pub async fn document_status(config: &Config, spec: DocumentSpec, shutdown: &Shu
     if position.full_load.is_some() || state.as_ref().is_none_or(State::needs_full_load) {
         judge(Verdict::Behind, "the full load is not finished".into());
     } else if let Some(lag) = lag.filter(|l| *l > config.health_max_age) {
-        judge(Verdict::Behind, format!("lag {}s is over PG2ES_HEALTH_MAX_AGE_SEC={}", lag.as_secs(), config.health_max_age.as_secs()));
+        judge(Verdict::Behind, format!("lag {}s is over {PG2ES_HEALTH_MAX_AGE_SEC}={}", lag.as_secs(), config.health_max_age.as_secs()));
     }
     let sink = ElasticsearchSink::new(&config.sink_settings())?;
     let (documents, records, slot, serving) =
@@ -197,7 +198,7 @@ async fn probe<T>(request: impl std::future::Future<Output = Result<T>>) -> Opti
 async fn count_records(config: &Config, spec: &DocumentSpec) -> Option<u64> {
     let tls = PgTls::new(&config.source_settings()).ok()?;
     let probe = async {
-        let pg = PgSource::connect(&config.pg, &tls, &config.pg_schema, spec).await?;
+        let pg = PgSource::connect(&config.postgres.pg, &tls, &config.postgres.schema, spec).await?;
         pg.records_left(None).await
     };
     tokio::time::timeout(PROBE_TIMEOUT, probe).await.ok()?.ok()

@@ -69,7 +69,7 @@ pub const NODE_FAILURES: Metric = metric(
     "pg2es_elasticsearch_node_failures_total",
     Kind::Counter,
     DOC,
-    "requests a node of `ES_URL` did not answer (no connection, a timeout, a 502, 503 or 504), each sent at once to the next node",
+    "requests a node of the cluster did not answer (no connection, a timeout, a 502, 503 or 504), each sent at once to the next node",
 );
 pub const COMMIT_TO_STORED: Metric = metric(
     "pg2es_commit_to_stored_seconds",
@@ -89,7 +89,7 @@ pub const DEAD_LETTERS: Metric = metric("pg2es_dead_letters_total", Kind::Counte
 pub const FULL_LOAD_DONE: Metric = metric("pg2es_full_load_records", Kind::Gauge, DOC, "records loaded so far by the full load under way (0 when none is)");
 pub const FULL_LOAD_TOTAL: Metric = metric("pg2es_full_load_records_total", Kind::Gauge, DOC, "records the full load under way reads in all (0 when none is)");
 pub const SLOT_RETAINED: Metric =
-    metric("pg2es_slot_retained_wal_bytes", Kind::Gauge, &["slot"], "WAL the replication slot keeps on the server (PG2ES_SOURCE=replication)");
+    metric("pg2es_slot_retained_wal_bytes", Kind::Gauge, &["slot"], "WAL the replication slot keeps on the server (replication mode)");
 
 /// Every metric pg2es exports, in the README's order.
 pub const METRICS: &[&Metric] = &[

@@ -29,6 +29,7 @@ use crate::catalog::{IndexSpec, Record};
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, Result};
 use crate::retry::{retry, RetryPolicy};
+use crate::settings::{ETL_RECONCILE_SEC, PG2ES_DOCUMENTS};
 use crate::shutdown::Shutdown;
 use crate::sink::ElasticsearchSink;
 use crate::source::DocumentSpec;
@@ -166,9 +167,9 @@ impl VerifyReport {
         if self.extra.count > 0 {
             let n = self.extra.count;
             let why = match (replication, delete_capture) {
-                (true, _) => "records deleted in Postgres; pg2es deletes their documents at its next cycle (the replication stream carries deletes), and reconciliation within ETL_RECONCILE_SEC",
-                (false, true) => "records deleted in Postgres; pg2es deletes their documents at its next cycle (the delete capture), and reconciliation within ETL_RECONCILE_SEC",
-                (false, false) => "records deleted in Postgres; reconciliation deletes their documents within ETL_RECONCILE_SEC (at the next cycle with the delete capture triggers: README, 'Deletes')",
+                (true, _) => format!("records deleted in Postgres; pg2es deletes their documents at its next cycle (the replication stream carries deletes), and reconciliation within {ETL_RECONCILE_SEC}"),
+                (false, true) => format!("records deleted in Postgres; pg2es deletes their documents at its next cycle (the delete capture), and reconciliation within {ETL_RECONCILE_SEC}"),
+                (false, false) => format!("records deleted in Postgres; reconciliation deletes their documents within {ETL_RECONCILE_SEC} (at the next cycle with the delete capture triggers: README, 'Deletes')"),
             };
             hints.push(format!("{n} extra {}: {why}", documents(n)));
         }
@@ -229,7 +230,7 @@ pub async fn verify(config: &Config, shutdown: &Shutdown) -> Result<VerifyReport
     let docs = crate::pipeline::documents(config)?;
     match docs.as_slice() {
         [(c, spec, index)] => verify_document(c, spec.clone(), index, shutdown).await,
-        _ => Err(Error::Config(format!("{} documents are selected: name one with PG2ES_DOCUMENTS", docs.len()))),
+        _ => Err(Error::Config(format!("{} documents are selected: name one with {PG2ES_DOCUMENTS}", docs.len()))),
     }
 }
 
@@ -331,8 +332,8 @@ async fn compare(config: &Config, spec: DocumentSpec, index: &IndexSpec, repair:
 
 async fn delete_capture_installed(config: &Config, spec: &DocumentSpec) -> Result<bool> {
     let client = delete_log::connect_with(&config.source_settings()).await?;
-    let doc = spec.resolve(&client, &config.pg_schema).await?;
-    delete_log::installed_for(&client, &crate::catalog::triggers::capture(&config.pg_schema, &[doc]), spec.first).await
+    let doc = spec.resolve(&client, &config.postgres.schema).await?;
+    delete_log::installed_for(&client, &crate::catalog::triggers::capture(&config.postgres.schema, &[doc]), spec.first).await
 }
 
 /// A document in the join: the record key it stands for, and its source.
@@ -420,7 +421,7 @@ impl<'a> Connection<'a> {
     async fn take(&self) -> Result<PgSource> {
         match self.source.lock().await.take() {
             Some(s) if !s.is_closed() => Ok(s),
-            _ => PgSource::connect(&self.config.pg, &self.tls, &self.config.pg_schema, &self.spec).await,
+            _ => PgSource::connect(&self.config.postgres.pg, &self.tls, &self.config.postgres.schema, &self.spec).await,
         }
     }
 

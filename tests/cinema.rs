@@ -169,7 +169,7 @@ impl Cinema {
 
     /// The run's one replication slot: named after the first document's index.
     fn run_slot(&self) -> String {
-        pg2es::source::replication_name(&format!("pg2es_{}", self.env.index))
+        pg2es::names::replication_name(&format!("pg2es_{}", self.env.index))
     }
 
     /// The replication slots of the test's database.

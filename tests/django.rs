@@ -70,7 +70,7 @@ async fn drive(env: &TestEnv, paths: &[&str], together: bool, quiet: Duration) -
 async fn every_path_reaches_the_index(env: TestEnv, mode: &str, paths: &[&str], together: bool) {
     let config = env.config();
     let quiet = match config.source {
-        SourceKind::Polling => config.commit_horizon.clock_skew + Duration::from_secs(1),
+        SourceKind::Polling => config.postgres.horizon.clock_skew + Duration::from_secs(1),
         SourceKind::Replication(_) => Duration::ZERO,
     };
     let listed = manage(&env, &["drive_writes", "--list"]);

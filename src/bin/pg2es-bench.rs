@@ -155,7 +155,7 @@ async fn replay(config: &Config, file: &PathBuf, concurrency: usize, gzip: bool)
         let id = doc.get("id").and_then(Value::as_str).ok_or_else(|| format!("{}:{}: no id", file.display(), n + 1))?;
         encoded.push(bulk::encode(&config.es_index, id, None, line.as_bytes()).map_err(|e| e.to_string())?);
     }
-    let bodies: Vec<bytes::Bytes> = bulk::chunk(&encoded, config.batch_size, config.bulk_max_bytes).into_iter().map(|r| bulk::body(&encoded[r])).collect();
+    let bodies: Vec<bytes::Bytes> = bulk::chunk(&encoded, config.batch_size, config.sink.max_bytes).into_iter().map(|r| bulk::body(&encoded[r])).collect();
     let (docs, requests, bytes) = (encoded.len(), bodies.len(), bodies.iter().map(bytes::Bytes::len).sum::<usize>());
     if docs == 0 {
         return Err(format!("{} holds no document", file.display()));
@@ -165,7 +165,7 @@ async fn replay(config: &Config, file: &PathBuf, concurrency: usize, gzip: bool)
     let sent_bytes = bodies.iter().map(bytes::Bytes::len).sum::<usize>();
 
     let http = reqwest::Client::new();
-    let base = config.es_urls[0].as_str().trim_end_matches('/');
+    let base = config.sink.urls[0].as_str().trim_end_matches('/');
     let index_url = format!("{base}/{}", config.es_index);
     send(&http, Method::DELETE, &index_url, None, &[200, 404]).await?;
     // The first selected document's index schema, as `pg2es run` creates it.
@@ -240,11 +240,11 @@ async fn send(http: &reqwest::Client, method: Method, url: &str, body: Option<Ve
 }
 
 async fn scan_cost(config: &Config) -> BenchResult<Value> {
-    let (client, connection) = config.pg.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot connect to postgres: {e}"))?;
+    let (client, connection) = config.postgres.pg.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot connect to postgres: {e}"))?;
     tokio::spawn(connection);
     // The first selected document's full-load query, as pg2es generates it from the definition.
     let (_, spec, _) = pg2es::pipeline::documents(config).map_err(|e| e.to_string())?.into_iter().next().ok_or("no document selected")?;
-    let doc = spec.resolve(&client, &config.pg_schema).await.map_err(|e| e.to_string())?;
+    let doc = spec.resolve(&client, &config.postgres.schema).await.map_err(|e| e.to_string())?;
     let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", pg2es::catalog::sql::scan(&doc, false));
     let row = client.query_one(&sql, &[]).await.map_err(|e| format!("cannot explain the full load's query: {e}"))?;
     let plan: tokio_postgres::types::Json<Value> = row.try_get(0).map_err(|e| e.to_string())?;
@@ -258,13 +258,13 @@ async fn scan_cost(config: &Config) -> BenchResult<Value> {
 }
 
 async fn visibility(config: &Config, person_id: uuid::Uuid, expect: u64, timeout: Duration) -> BenchResult<Value> {
-    let (client, connection) = config.pg.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot connect to postgres: {e}"))?;
+    let (client, connection) = config.postgres.pg.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot connect to postgres: {e}"))?;
     tokio::spawn(connection);
     // One word only letters, unique per run, so the analyzer keeps it whole and no old document matches.
     let stamp = chrono::Utc::now().timestamp_millis();
     let word: String = (0..10).map(|i| char::from(b'a' + ((stamp / 26i64.pow(i)) % 26) as u8)).collect();
     let name = format!("Renamed {word}");
-    let sql = format!(r#"UPDATE "{}".person SET full_name = $1, updated_at = now() WHERE id = $2"#, config.pg_schema);
+    let sql = format!(r#"UPDATE "{}".person SET full_name = $1, updated_at = now() WHERE id = $2"#, config.postgres.schema);
     let updated = client.execute(&sql, &[&name, &person_id]).await.map_err(|e| format!("cannot rename person: {e}"))?;
     if updated != 1 {
         return Err(format!("person {person_id} not found"));
@@ -273,7 +273,7 @@ async fn visibility(config: &Config, person_id: uuid::Uuid, expect: u64, timeout
     let committed = Instant::now();
 
     let http = reqwest::Client::new();
-    let url = format!("{}/{}/_count", config.es_urls[0].as_str().trim_end_matches('/'), config.es_index);
+    let url = format!("{}/{}/_count", config.sink.urls[0].as_str().trim_end_matches('/'), config.es_index);
     let query = json!({ "query": { "multi_match": {
         "query": name, "type": "phrase", "fields": ["director", "actors_names", "writers_names"] } } });
     let mut first_visible = None;

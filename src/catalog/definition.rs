@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::{Error, Result};
+use crate::settings::PG2ES_DEFINITION;
 
 /// The cinema definition (movies, genres, persons), built into the binary: the default.
 pub const CINEMA: &str = include_str!("../../catalog/cinema.toml");
@@ -48,7 +49,7 @@ impl Source {
 
     pub fn read(path: &Path) -> Result<Source> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Definition(format!("{}: cannot read it: {e}; set PG2ES_DEFINITION to a definition file", path.display())))?;
+            .map_err(|e| Error::Definition(format!("{}: cannot read it: {e}; set {PG2ES_DEFINITION} to a definition file", path.display())))?;
         Ok(Source { origin: Origin::File(path.to_path_buf()), text })
     }
 

@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 
 pub use definition::{Origin, Source};
 pub use model::*;
-pub use resolve::{is_identifier, is_index_name, qualified, quote, FirstIndex, ForeignKey, LiveSchema, TableKeys, TimestampChoice, INDEX_NAME_RULE};
+pub use resolve::{qualified, quote, FirstIndex, ForeignKey, LiveSchema, TableKeys, TimestampChoice};
 
 use crate::error::Result;
+use crate::settings::PG2ES_DOCUMENTS;
 
 /// What picks the documents: the definition (built-in when `None`), the documents to keep
 /// (all when empty), and the settings that rename the first one's index.
@@ -54,7 +55,7 @@ impl Selection {
             if !all.iter().any(|d| name(d) == wanted) {
                 let names: Vec<&str> = all.iter().map(|d| name(d).as_str()).collect();
                 return Err(crate::error::Error::Config(format!(
-                    "PG2ES_DOCUMENTS names {wanted:?}, which {} does not define (it has: {})",
+                    "{PG2ES_DOCUMENTS} names {wanted:?}, which {} does not define (it has: {})",
                     src.origin,
                     names.join(", ")
                 )));

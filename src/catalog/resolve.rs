@@ -9,7 +9,9 @@ use toml::Spanned;
 use super::definition::{RawCondition, RawDocument, RawField, RawRelation, Scalar, Source, Text};
 use super::model::*;
 use crate::error::{Error, Result};
+use crate::names::{is_identifier, is_index_name, INDEX_NAME_RULE};
 use crate::position::KeyKind;
+use crate::settings::{ETL_TIMESTAMP_COLUMN, PG_SCHEMA};
 
 /// What the definition is checked against: the schema's columns (table -> column -> data type),
 /// its single-column foreign keys, each table's keys, the labels of its enum columns, and which
@@ -77,11 +79,6 @@ pub enum TimestampChoice {
 pub struct FirstIndex {
     pub name: Option<String>,
     pub schema: Option<(String, String)>,
-}
-
-pub fn is_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_') && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') && s.len() <= 63
 }
 
 /// `"schema"."table"`.
@@ -156,21 +153,6 @@ fn head(src: &Source, first: &FirstIndex, schema_of: &SchemaOf<'_>, i: usize, d:
     Ok((name.clone(), IndexSpec { name: index, schema_origin: origin, schema }))
 }
 
-/// [`is_index_name`] in words, for the messages that refuse a name.
-pub const INDEX_NAME_RULE: &str =
-    "a lower-case index name of at most 255 bytes, not . or .., without spaces or any of \\/*?\"<>|,#: and not starting with -, _ or +";
-
-/// A name Elasticsearch and OpenSearch accept for an index: lower case, at most 255 bytes, not
-/// `.` or `..`, none of `\/*?"<>|,#:` or spaces, not starting with `-`, `_` or `+`.
-pub fn is_index_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 255
-        && s != "."
-        && s != ".."
-        && !s.starts_with(['-', '_', '+'])
-        && s.chars().all(|c| !c.is_ascii_uppercase() && !c.is_whitespace() && !"\\/*?\"<>|,#:".contains(c))
-}
-
 /// The documents of the definition, resolved against `live` (with their [`heads`]).
 pub fn resolve(src: &Source, live: &LiveSchema, ts: &TimestampChoice, first: &FirstIndex, schema_of: &SchemaOf<'_>) -> Result<Vec<Document>> {
     let heads = heads(src, first, schema_of)?;
@@ -210,7 +192,7 @@ impl Resolver<'_> {
         self.live.columns.get(table.get_ref()).ok_or_else(|| {
             self.src.error(
                 table.span(),
-                format!("table {}.{} not found; check the name, and that PG_SCHEMA names the schema that holds it", self.live.schema, table.get_ref()),
+                format!("table {}.{} not found; check the name, and that {PG_SCHEMA} names the schema that holds it", self.live.schema, table.get_ref()),
             )
         })
     }
@@ -362,7 +344,7 @@ impl Resolver<'_> {
             _ => Err(self.src.error(
                 table.span(),
                 format!(
-                    "table {}.{} has no timestamp column among {}; set ETL_TIMESTAMP_COLUMN, or `timestamp = \"...\"` here, to the column that records changes",
+                    "table {}.{} has no timestamp column among {}; set {ETL_TIMESTAMP_COLUMN}, or `timestamp = \"...\"` here, to the column that records changes",
                     self.live.schema,
                     table.get_ref(),
                     candidates.join(", ")

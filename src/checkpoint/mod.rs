@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::position::Key;
 pub use crate::position::PositionError;
+use crate::settings::{ETL_STATE_FILE, PG_DSN, PG_SCHEMA};
 
 /// The state format this build writes; it refuses to read newer ones. Version 2 added the first
 /// load's position (`snapshot`) and the index settings to restore (`tuned`); a version 1 file has
@@ -360,7 +361,7 @@ impl Checkpoint {
             Some(bound) => Err(Error::State {
                 path: self.path.clone(),
                 reason: format!(
-                    "holds progress read from {bound}, not from {source}; use another ETL_STATE_FILE for this database, or check PG_DSN and PG_SCHEMA (after a restore or pg_upgrade of the same data: `pg2es reindex` builds a new index from this database while search keeps the old one, and `run` takes its positions; or delete the state file to reload everything)"
+                    "holds progress read from {bound}, not from {source}; use another {ETL_STATE_FILE} for this database, or check {PG_DSN} and {PG_SCHEMA} (after a restore or pg_upgrade of the same data: `pg2es reindex` builds a new index from this database while search keeps the old one, and `run` takes its positions; or delete the state file to reload everything)"
                 ),
             }),
             None => {
@@ -551,7 +552,7 @@ pub fn parse_state(path: &Path, bytes: &[u8], index: &str) -> Result<State> {
     }
     let state: State = serde_json::from_value(probe).map_err(|e| bad(format!("is not a pg2es state ({e}); restore it, or delete it to reload everything")))?;
     if state.index != index {
-        return Err(bad(format!("holds progress for index '{}', not '{index}'; use another ETL_STATE_FILE for this index", state.index)));
+        return Err(bad(format!("holds progress for index '{}', not '{index}'; use another {ETL_STATE_FILE} for this index", state.index)));
     }
     Ok(state)
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use percent_encoding::percent_decode_str;
 use tokio_postgres::config::Host;
 
-use super::{Origin, Shown, Sources, PG_CA_FILE, PG_DSN, PG_PASSWORD};
+use super::{Origin, Shown, Sources};
 use crate::error::{Error, Result};
+use crate::settings::{PGPASSWORD, PG_CA_FILE, PG_DSN, PG_PARTS, PG_PASSWORD};
 use crate::source::PgSslMode;
 
 /// The connection as pg2es uses it, and how `print-config` shows it.
@@ -42,14 +43,14 @@ pub(super) fn postgres(src: &Sources) -> Result<Postgres> {
     }
     let roots = ca_file.as_ref().map_or_else(|| "public web roots".to_string(), |ca| format!("CA {}", ca.display()));
     let tls = match ssl_mode {
-        PgSslMode::Disable => "off (sslmode=disable; add sslmode=verify-full to PG_DSN for TLS)".to_string(),
+        PgSslMode::Disable => format!("off (sslmode=disable; add sslmode=verify-full to {PG_DSN} for TLS)"),
         PgSslMode::Allow | PgSslMode::Prefer => format!("when offered, not verified (sslmode={})", ssl_mode.as_str()),
         PgSslMode::Require | PgSslMode::VerifyFull => format!("required, chain and host name verified against {roots} (sslmode={})", ssl_mode.as_str()),
         PgSslMode::VerifyCa => format!("required, chain verified against {roots}, host name not (sslmode=verify-ca)"),
     };
     let dsn_origin = src.origin(PG_DSN.name);
     let ca_origin = match (src.string(PG_CA_FILE.name), &ca_file) {
-        (None, Some(_)) => format!("sslrootcert in PG_DSN, {dsn_origin}"),
+        (None, Some(_)) => format!("sslrootcert in {PG_DSN}, {dsn_origin}"),
         _ => src.origin(PG_CA_FILE.name),
     };
     let hosts: Vec<String> = pg.get_hosts().iter().map(host_text).collect();
@@ -63,7 +64,7 @@ pub(super) fn postgres(src: &Sources) -> Result<Postgres> {
     .into_iter()
     .map(|(label, value)| Shown { label, value, origin: origins.remove(label).unwrap_or_default() })
     .collect();
-    shown.push(Shown { label: "postgres tls", value: tls, origin: format!("sslmode in PG_DSN, {dsn_origin}") });
+    shown.push(Shown { label: "postgres tls", value: tls, origin: format!("sslmode in {PG_DSN}, {dsn_origin}") });
     let ca = ca_file.as_ref().map_or_else(|| format!("({})", PG_CA_FILE.unset), |p| p.display().to_string());
     shown.push(Shown { label: PG_CA_FILE.name, value: ca, origin: ca_origin });
     Ok(Postgres { config: pg, ssl_mode, ca_file, shown, notices })
@@ -171,14 +172,6 @@ fn percent_decode(s: &str) -> Option<String> {
     percent_decode_str(s).decode_utf8().ok().map(|text| text.into_owned())
 }
 
-/// The parts of the Postgres connection that can come from several variables, in precedence
-/// order: an explicit part of `PG_DSN`, then the course name (`DB_*`), then libpq's variable
-/// (`PG*`), then the built-in default DSN. The password is handled apart (see [`parse_pg`]).
-pub(super) const PG_PARTS: [(&str, &str); 4] = [("DB_HOST", "PGHOST"), ("DB_PORT", "PGPORT"), ("DB_USER", "PGUSER"), ("DB_NAME", "PGDATABASE")];
-
-/// The environment variables of libpq that pg2es reads, as psql and other libpq-based tools do.
-pub(super) const LIBPQ_VARS: [&str; 5] = ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"];
-
 /// The Postgres connection, the DSN's TLS settings, where each part came from, and the settings
 /// given but overridden (for the log).
 type PgParts = (tokio_postgres::Config, DsnTls, BTreeMap<&'static str, String>, Vec<String>);
@@ -253,14 +246,14 @@ fn parse_pg(src: &Sources) -> Result<PgParts> {
     let dsn_password = pg.get_password().is_some();
     if let Some(p) = src.string(PG_PASSWORD.name) {
         pg.password(p);
-    } else if let (None, Some(p)) = (pg.get_password(), src.string("PGPASSWORD")) {
+    } else if let (None, Some(p)) = (pg.get_password(), src.string(PGPASSWORD)) {
         pg.password(p);
     }
     if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
         pg.host("127.0.0.1");
     }
 
-    let dsn_origin = format!("PG_DSN, {}", src.origin(PG_DSN.name));
+    let dsn_origin = format!("{PG_DSN}, {}", src.origin(PG_DSN.name));
     let mut origins = BTreeMap::new();
     for (i, ((label, dsn_set), var)) in
         ["postgres host", "postgres port", "postgres user", "postgres database"].into_iter().zip(dsn_sets).zip(&chosen).enumerate()
@@ -277,10 +270,10 @@ fn parse_pg(src: &Sources) -> Result<PgParts> {
     }
     let mut notices = Vec::new();
     for (_, course, value, part) in &overridden {
-        notices.push(format!("{course}={value} is ignored: PG_DSN gives {part}; unset {course} or change PG_DSN"));
+        notices.push(format!("{course}={value} is ignored: {PG_DSN} gives {part}; unset {course} or change {PG_DSN}"));
     }
     let password_origin = if src.string(PG_PASSWORD.name).is_some() {
-        format!("PG_PASSWORD, {}", src.origin(PG_PASSWORD.name))
+        format!("{PG_PASSWORD}, {}", src.origin(PG_PASSWORD.name))
     } else if dsn_password {
         dsn_origin
     } else if pg.get_password().is_some() {
@@ -394,13 +387,13 @@ fn pg_tls(src: &Sources, dsn: DsnTls) -> Result<(PgSslMode, Option<PathBuf>)> {
     };
     if ca.is_some() && !mode.verifies() {
         return Err(Error::Config(format!(
-            "{ca_name} is set but sslmode={} does not verify the server: expected sslmode=verify-full (or verify-ca, require) in PG_DSN",
+            "{ca_name} is set but sslmode={} does not verify the server: expected sslmode=verify-full (or verify-ca, require) in {PG_DSN}",
             mode.as_str()
         )));
     }
     if mode == PgSslMode::VerifyCa && ca.is_none() {
         return Err(Error::Config(format!(
-            "{dsn_name}: sslmode=verify-ca expected the CA that signs the server's certificate in PG_CA_FILE or sslrootcert (against the public roots any web site's certificate would pass); or use sslmode=verify-full"
+            "{dsn_name}: sslmode=verify-ca expected the CA that signs the server's certificate in {PG_CA_FILE} or sslrootcert (against the public roots any web site's certificate would pass); or use sslmode=verify-full"
         )));
     }
     Ok((mode, ca))
@@ -426,16 +419,16 @@ mod tests {
             ("ES_HOST", "http://es:9200"),
         ])
         .unwrap();
-        assert_eq!(c.pg.get_dbname(), Some("catalog"));
-        assert_eq!(c.pg.get_user(), Some("etl"));
-        assert_eq!(c.pg.get_ports(), &[6432]);
-        assert_eq!(c.pg.get_password(), Some(&b"pw"[..]));
-        assert_eq!(c.es_urls[0].as_str(), "http://es:9200/");
-        assert!(matches!(&c.pg.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "pg.internal"));
+        assert_eq!(c.postgres.pg.get_dbname(), Some("catalog"));
+        assert_eq!(c.postgres.pg.get_user(), Some("etl"));
+        assert_eq!(c.postgres.pg.get_ports(), &[6432]);
+        assert_eq!(c.postgres.pg.get_password(), Some(&b"pw"[..]));
+        assert_eq!(c.sink.urls[0].as_str(), "http://es:9200/");
+        assert!(matches!(&c.postgres.pg.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "pg.internal"));
     }
 
     fn host(c: &Config) -> String {
-        match &c.pg.get_hosts()[0] {
+        match &c.postgres.pg.get_hosts()[0] {
             tokio_postgres::config::Host::Tcp(h) => h.clone(),
             #[cfg(unix)]
             tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
@@ -446,11 +439,11 @@ mod tests {
     fn libpq_variables_replace_the_builtin_dsn() {
         let c = config(&[("PGHOST", "db.internal"), ("PGPORT", "6543"), ("PGUSER", "etl"), ("PGDATABASE", "catalog"), ("PGPASSWORD", "pw")]).unwrap();
         assert_eq!(host(&c), "db.internal");
-        assert_eq!(c.pg.get_hosts().len(), 1);
-        assert_eq!(c.pg.get_ports(), &[6543]);
-        assert_eq!(c.pg.get_user(), Some("etl"));
-        assert_eq!(c.pg.get_dbname(), Some("catalog"));
-        assert_eq!(c.pg.get_password(), Some(&b"pw"[..]));
+        assert_eq!(c.postgres.pg.get_hosts().len(), 1);
+        assert_eq!(c.postgres.pg.get_ports(), &[6543]);
+        assert_eq!(c.postgres.pg.get_user(), Some("etl"));
+        assert_eq!(c.postgres.pg.get_dbname(), Some("catalog"));
+        assert_eq!(c.postgres.pg.get_password(), Some(&b"pw"[..]));
         assert!(err(&[("PGPORT", "x")]).contains("PGPORT"));
     }
 
@@ -464,16 +457,19 @@ mod tests {
         };
         // The DSN names host, user and database; port and password come from PGPORT, PGPASSWORD.
         let c = with("postgres://app@pg1/movies?application_name=mine&connect_timeout=3");
-        assert_eq!((host(&c).as_str(), c.pg.get_ports(), c.pg.get_user(), c.pg.get_dbname()), ("pg1", &[6543][..], Some("app"), Some("movies")));
-        assert_eq!(c.pg.get_password(), Some(&b"env-pw"[..]));
+        assert_eq!(
+            (host(&c).as_str(), c.postgres.pg.get_ports(), c.postgres.pg.get_user(), c.postgres.pg.get_dbname()),
+            ("pg1", &[6543][..], Some("app"), Some("movies"))
+        );
+        assert_eq!(c.postgres.pg.get_password(), Some(&b"env-pw"[..]));
         // Replacing the port kept the DSN's other options.
-        assert_eq!(c.pg.get_application_name(), Some("mine"));
-        assert_eq!(c.pg.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(c.postgres.pg.get_application_name(), Some("mine"));
+        assert_eq!(c.postgres.pg.get_connect_timeout(), Some(&Duration::from_secs(3)));
         // key=value form without a host: PGHOST fills it.
         let c = with("dbname=movies user=app");
-        assert_eq!((host(&c).as_str(), c.pg.get_dbname()), ("other", Some("movies")));
+        assert_eq!((host(&c).as_str(), c.postgres.pg.get_dbname()), ("other", Some("movies")));
         // libpq's rule: a password in the connection string beats PGPASSWORD.
-        assert_eq!(with("postgres://app:dsn-pw@pg1/movies").pg.get_password(), Some(&b"dsn-pw"[..]));
+        assert_eq!(with("postgres://app:dsn-pw@pg1/movies").postgres.pg.get_password(), Some(&b"dsn-pw"[..]));
     }
 
     #[test]
@@ -488,8 +484,8 @@ mod tests {
             ("PGHOST", "b"),
         ])
         .unwrap();
-        assert_eq!(c.pg.get_password(), Some(&b"explicit"[..]));
-        assert_eq!((host(&c).as_str(), c.pg.get_ports(), c.pg.get_dbname()), ("pg1", &[5433][..], Some("movies")));
+        assert_eq!(c.postgres.pg.get_password(), Some(&b"explicit"[..]));
+        assert_eq!((host(&c).as_str(), c.postgres.pg.get_ports(), c.postgres.pg.get_dbname()), ("pg1", &[5433][..], Some("movies")));
         // Never silently: each one that differs is named, with the one that won.
         assert_eq!(
             c.notices,
@@ -502,7 +498,7 @@ mod tests {
         assert!(shown.contains("DB_NAME=django ignored") && !shown.contains("DB_USER=app ignored"), "{shown}");
         // Without an explicit PG_DSN, the course names fill in the parts.
         let c = config(&[("DB_HOST", "a"), ("DB_NAME", "django"), ("PGHOST", "b")]).unwrap();
-        assert_eq!((host(&c).as_str(), c.pg.get_dbname()), ("a", Some("django")));
+        assert_eq!((host(&c).as_str(), c.postgres.pg.get_dbname()), ("a", Some("django")));
         assert!(c.notices.is_empty());
     }
 
@@ -517,23 +513,23 @@ mod tests {
             ("verify-full", PgSslMode::VerifyFull, SslMode::Require),
         ] {
             let c = config(&[("PG_DSN", &format!("postgres://app@db/movies?sslmode={mode}&application_name=x"))]).unwrap();
-            assert_eq!((c.pg_ssl_mode, c.pg.get_ssl_mode(), c.pg.get_application_name()), (expected, tokio, Some("x")), "{mode}");
+            assert_eq!((c.postgres.ssl_mode, c.postgres.pg.get_ssl_mode(), c.postgres.pg.get_application_name()), (expected, tokio, Some("x")), "{mode}");
             let c = config(&[("PG_DSN", &format!("host=db dbname=movies sslmode = {mode} user=app"))]).unwrap();
-            assert_eq!((c.pg_ssl_mode, c.pg.get_user()), (expected, Some("app")), "{mode}");
+            assert_eq!((c.postgres.ssl_mode, c.postgres.pg.get_user()), (expected, Some("app")), "{mode}");
         }
         // Without sslmode pg2es connects in plain text, as it always has.
-        assert_eq!(config(&[]).unwrap().pg_ssl_mode, PgSslMode::Disable);
+        assert_eq!(config(&[]).unwrap().postgres.ssl_mode, PgSslMode::Disable);
 
         let c = config(&[("PG_DSN", "postgres://app:pw@db/movies?sslrootcert=%2Fetc%2Fpg%20ca.pem&sslmode=verify-ca")]).unwrap();
-        assert_eq!((c.pg_ssl_mode, c.pg_ca_file.as_deref()), (PgSslMode::VerifyCa, Some(Path::new("/etc/pg ca.pem"))));
+        assert_eq!((c.postgres.ssl_mode, c.postgres.ca_file.as_deref()), (PgSslMode::VerifyCa, Some(Path::new("/etc/pg ca.pem"))));
         let c = config(&[("PG_DSN", r"dbname=movies sslmode=verify-full sslrootcert='/etc/it\'s ca.pem' host=db")]).unwrap();
-        assert_eq!((c.pg_ssl_mode, c.pg_ca_file.as_deref()), (PgSslMode::VerifyFull, Some(Path::new("/etc/it's ca.pem"))));
-        assert!(matches!(&c.pg.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "db"));
+        assert_eq!((c.postgres.ssl_mode, c.postgres.ca_file.as_deref()), (PgSslMode::VerifyFull, Some(Path::new("/etc/it's ca.pem"))));
+        assert!(matches!(&c.postgres.pg.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "db"));
         // sslrootcert=system: the public roots.
-        assert_eq!(config(&[("PG_DSN", "postgres://db/movies?sslmode=verify-full&sslrootcert=system")]).unwrap().pg_ca_file, None);
+        assert_eq!(config(&[("PG_DSN", "postgres://db/movies?sslmode=verify-full&sslrootcert=system")]).unwrap().postgres.ca_file, None);
         // PG_CA_FILE wins over sslrootcert.
         let c = config(&[("PG_DSN", "postgres://db/movies?sslmode=require&sslrootcert=/dsn.pem"), ("PG_CA_FILE", "/env.pem")]).unwrap();
-        assert_eq!(c.pg_ca_file.as_deref(), Some(Path::new("/env.pem")));
+        assert_eq!(c.postgres.ca_file.as_deref(), Some(Path::new("/env.pem")));
     }
 
     #[test]

@@ -30,6 +30,7 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 use crate::fence::Fence;
+use crate::settings::{PG2ES_INSTANCE, PG2ES_STATE_STORE};
 use crate::source::SourceSettings;
 
 /// pg2es's tables for leadership and the state, created when missing.
@@ -143,7 +144,7 @@ impl Coordinator {
                     return Err(Error::Unreadable { context: "say this instance lives", reason: "its earlier session still holds its lock".into() });
                 }
                 return Err(Error::Config(format!(
-                    "PG2ES_INSTANCE={}: another live pg2es process has this name (its session holds the name's lock): give each instance its own, or leave PG2ES_INSTANCE unset",
+                    "{PG2ES_INSTANCE}={}: another live pg2es process has this name (its session holds the name's lock): give each instance its own, or leave {PG2ES_INSTANCE} unset",
                     self.instance
                 )));
             }
@@ -375,7 +376,7 @@ fn lock_key(key: &str) -> i64 {
 fn schema_error(e: tokio_postgres::Error) -> Error {
     match e.code() {
         Some(c) if *c == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => Error::SourceSetup(format!(
-            "PG2ES_STATE_STORE=postgres keeps the state in schema pg2es of the source database, which this role may not create ({}): GRANT CREATE ON DATABASE to it, or create schema pg2es owned by it",
+            "{PG2ES_STATE_STORE}=postgres keeps the state in schema pg2es of the source database, which this role may not create ({}): GRANT CREATE ON DATABASE to it, or create schema pg2es owned by it",
             e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())
         )),
         _ => Error::postgres("create pg2es's tables")(e),

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::{mapping_difference, ElasticsearchSink};
 use crate::error::{status_is_transient, Error, Result};
 use crate::retry::retry;
+use crate::settings::{ES_INDEX, ES_URL};
 use crate::shutdown::Shutdown;
 
 impl ElasticsearchSink {
@@ -28,7 +29,7 @@ impl ElasticsearchSink {
         match status {
             200..=299 => {}
             404 => {
-                let body = format!("index '{}' does not exist: run `pg2es run` first, or check ES_URL and ES_INDEX", self.index);
+                let body = format!("index '{}' does not exist: run `pg2es run` first, or check {ES_URL} and {ES_INDEX}", self.index);
                 return Err(Error::ElasticsearchStatus { context, status, body });
             }
             _ => return Err(Error::ElasticsearchStatus { context, status, body: String::new() }),

@@ -26,6 +26,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::retry::{retry, RetryPolicy};
+use crate::settings::{ES_API_KEY, ES_CA_FILE, ES_SCHEMA_FILE, ES_URL};
 use crate::shutdown::Shutdown;
 use bulk::{BulkItemOutcome, BulkResponse, EncodedDoc};
 pub use claim::IndexOwner;
@@ -195,9 +196,9 @@ impl ElasticsearchSink {
     pub fn new(settings: &SinkSettings) -> Result<ElasticsearchSink> {
         let mut builder = reqwest::Client::builder();
         if let Some(path) = &settings.ca_file {
-            for cert in crate::pem::ca_certificates("ES_CA_FILE", path)? {
-                let cert =
-                    reqwest::Certificate::from_der(&cert).map_err(|e| Error::Config(format!("ES_CA_FILE='{}': unusable certificate ({e})", path.display())))?;
+            for cert in crate::pem::ca_certificates(ES_CA_FILE.name, path)? {
+                let cert = reqwest::Certificate::from_der(&cert)
+                    .map_err(|e| Error::Config(format!("{ES_CA_FILE}='{}': unusable certificate ({e})", path.display())))?;
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -242,7 +243,7 @@ impl ElasticsearchSink {
             fence.check()?;
         }
         let order = self.nodes.order();
-        let mut outcome = Err(Error::Config("ES_URL names no node".into()));
+        let mut outcome = Err(Error::Config(format!("{ES_URL} names no node")));
         for (n, &node) in order.iter().enumerate() {
             outcome = self.send_to(node, method.clone(), path, context, body.clone()).await;
             let failed = match &outcome {
@@ -259,7 +260,7 @@ impl ElasticsearchSink {
                     Ok((status, _)) => format!("answered {status}"),
                     Err(e) => e.to_string(),
                 };
-                tracing::warn!(node = %self.nodes.shown(node, ""), next = %self.nodes.shown(next, ""), context, why = %why, "elasticsearch node failed; sending the request to the next node of ES_URL");
+                tracing::warn!(node = %self.nodes.shown(node, ""), next = %self.nodes.shown(next, ""), context, why = %why, "elasticsearch node failed; sending the request to the next node of {ES_URL}");
                 crate::telemetry::count(&crate::telemetry::NODE_FAILURES, 1);
             }
         }
@@ -281,7 +282,7 @@ impl ElasticsearchSink {
             EsAuth::Basic { username, password } => req.basic_auth(username, Some(password.expose())),
             EsAuth::ApiKey(key) => {
                 let mut v = HeaderValue::from_str(&format!("ApiKey {}", key.expose()))
-                    .map_err(|_| Error::Config("ES_API_KEY holds characters not allowed in an HTTP header".into()))?;
+                    .map_err(|_| Error::Config(format!("{ES_API_KEY} holds characters not allowed in an HTTP header")))?;
                 v.set_sensitive(true);
                 req.header(AUTHORIZATION, v)
             }
@@ -689,7 +690,7 @@ pub fn mapping_difference(expected: &Value, actual: &Value) -> Option<String> {
     Some(match (d.expected, d.found) {
         (Some(e), Some(a)) => format!("{path}: expected {e}, found {a}"),
         (Some(e), None) => format!("{path}: expected {e}, found nothing"),
-        (None, Some(a)) => format!("{path}: not in ES_SCHEMA_FILE, found {a}"),
+        (None, Some(a)) => format!("{path}: not in {ES_SCHEMA_FILE}, found {a}"),
         (None, None) => path,
     })
 }

@@ -6,6 +6,7 @@
 //! Only when every node failed is the request an error, which the caller retries with backoff as
 //! it does for one node's outage.
 
+use crate::settings::ES_URL;
 use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -40,7 +41,7 @@ impl Nodes {
                 base
             })
             .collect();
-        assert!(!urls.is_empty(), "ES_URL names at least one node");
+        assert!(!urls.is_empty(), "{ES_URL} names at least one node");
         let failed_at = vec![None; urls.len()];
         Nodes { urls, state: Mutex::new(State { preferred: 0, failed_at }) }
     }

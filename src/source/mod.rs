@@ -21,7 +21,7 @@ pub use change::{Change, ChangeBatch, ChangeSource, CyclePlan, ReadReport, Recei
 pub use polling::PollingSource;
 pub use recent::{RecentlyLoaded, RowVersion};
 pub use replication::{ReplicationSource, ReplicationStream};
-pub use settings::{replication_name, HorizonPolicy, PgSslMode, ReplicationSettings, SourceSettings};
+pub use settings::{HorizonPolicy, PgSslMode, ReplicationSettings, SourceSettings};
 pub use version::{server_version, PgVersion, OLDEST_SUPPORTED_MAJOR};
 
 use chrono::{DateTime, Utc};

@@ -28,6 +28,7 @@ use crate::checkpoint::{PositionDelta, State, Stream, Watermark};
 use crate::error::{Error, Result};
 use crate::position::Key;
 use crate::progress::Progress;
+use crate::settings::{ETL_MAX_TX_SEC, PG2ES_SOURCE};
 use crate::shutdown::Shutdown;
 
 pub struct PollingSource {
@@ -313,7 +314,7 @@ fn logged_key(doc: &crate::catalog::Document, text: &str) -> Option<Key> {
 
 /// The slot name replication mode uses for this index by default (`PG_REPLICATION_SLOT`).
 fn default_slot_name(index: &str) -> String {
-    super::replication_name(&format!("pg2es_{index}"))
+    crate::names::replication_name(&format!("pg2es_{index}"))
 }
 
 /// A logical slot that a replication run of pg2es left in this database holds WAL for nobody
@@ -348,7 +349,7 @@ async fn warn_of_replication_slots(pg: &PgSource, index: &str) -> Result<()> {
 
 fn log_horizon(h: &Horizon) {
     if !h.exact {
-        tracing::warn!(horizon = %h.at, "cannot see other sessions' open transactions: watermarks stay ETL_MAX_TX_SEC behind; grant pg_read_all_stats to read less again");
+        tracing::warn!(horizon = %h.at, "cannot see other sessions' open transactions: watermarks stay {ETL_MAX_TX_SEC} behind; grant pg_read_all_stats to read less again");
     }
     if let Some((pid, since)) = h.held_by {
         let age = chrono::Utc::now().signed_duration_since(since);
@@ -386,7 +387,7 @@ impl ChangeSource for PollingSource {
             let tables: Vec<String> = untimed.iter().map(|t| format!("{schema}.{t}")).collect();
             return Err(Error::SourceSetup(format!(
                 "{} {} no timestamp column, so polling finds its changes only in the write capture's log, which is not complete on {schema}: \
-                 install it (pg2es delete-capture install --writes), or read the replication stream (PG2ES_SOURCE=replication), or give the table a \
+                 install it (pg2es delete-capture install --writes), or read the replication stream ({PG2ES_SOURCE}=replication), or give the table a \
                  change column and name it with `timestamp = \"...\"`",
                 tables.join(", "),
                 if tables.len() == 1 { "has" } else { "have" }

@@ -77,20 +77,6 @@ pub struct ReplicationSettings {
     pub temporary: bool,
 }
 
-/// A replication slot or publication name from another name: lower case, `[a-z0-9_]`, at most
-/// 63. A name that had to change (other characters, upper case, too long) gets a hash of the
-/// original, so `a-c`, `a.c` and `a_c` never share a slot; one that fits is kept as it is.
-pub fn replication_name(base: &str) -> String {
-    let mut name: String = base.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    if name == base && name.len() <= 63 {
-        return name;
-    }
-    // FNV-1a: stable across builds and platforms, which a slot name must be.
-    let hash = base.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
-    name.truncate(63 - 9);
-    format!("{name}_{hash:08x}")
-}
-
 /// How far behind "now" a watermark must stay so that no transaction still open can commit rows
 /// older than it (see [`super::Horizon`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

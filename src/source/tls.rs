@@ -11,12 +11,13 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::PgSslMode;
 use crate::error::{Error, Result};
+use crate::settings::{PG_CA_FILE, PG_DSN};
 
 /// The rustls client configuration for the configured `sslmode`; `None` for a plain connection.
 pub(super) fn client_config(mode: PgSslMode, ca_file: Option<&std::path::Path>) -> Result<Option<rustls::ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = || match ca_file {
-        Some(path) => read_roots("PG_CA_FILE (or sslrootcert in PG_DSN)", path),
+        Some(path) => read_roots(&format!("{PG_CA_FILE} (or sslrootcert in {PG_DSN})"), path),
         None => Ok(RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }),
     };
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())

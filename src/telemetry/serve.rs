@@ -1,6 +1,7 @@
 //! `/metrics` (Prometheus text, rendered by the exporter) and `/healthz` on `PG2ES_METRICS_ADDR`,
 //! HTTP/1.1 only, one task per connection.
 
+use crate::settings::PG2ES_HEALTH_MAX_AGE_SEC;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -69,7 +70,7 @@ fn healthz(now: DateTime<Utc>, bound: HealthBound) -> (StatusCode, String) {
             None => body.push_str(&format!("{name}: ok\n")),
             Some(why) => {
                 ok = false;
-                body.push_str(&format!("{name}: failing: {why} (bound PG2ES_HEALTH_MAX_AGE_SEC={})\n", bound.max_age.as_secs()));
+                body.push_str(&format!("{name}: failing: {why} (bound {PG2ES_HEALTH_MAX_AGE_SEC}={})\n", bound.max_age.as_secs()));
             }
         }
     }

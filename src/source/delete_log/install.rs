@@ -2,6 +2,7 @@
 //! checked first; a lock that waits too long names its holder.
 
 use super::*;
+use crate::settings::{PG_DSN, PG_SCHEMA};
 
 /// How long `install` and `remove` wait for each table's lock by default.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -135,7 +136,7 @@ pub async fn schema_database(client: &impl GenericClient, schema: &str) -> Resul
     let database: String = row.try_get(0).map_err(Error::postgres(context))?;
     if !row.try_get::<_, bool>(1).map_err(Error::postgres(context))? {
         return Err(Error::Config(format!(
-            "PG_SCHEMA: schema {schema} does not exist in database {database}; nothing was changed: check PG_SCHEMA, and the database in PG_DSN"
+            "{PG_SCHEMA}: schema {schema} does not exist in database {database}; nothing was changed: check {PG_SCHEMA}, and the database in {PG_DSN}"
         )));
     }
     Ok(database)
@@ -200,7 +201,7 @@ async fn lock(client: &impl GenericClient, schema: &str, table: &str, mode: &str
         Ok(()) => Ok(()),
         Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Err(Failure::LockTimeout { table: format!("{schema}.{table}") }),
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Err(Failure::Other(Error::SourceSchema(format!(
-            "table {schema}.{table} does not exist; nothing was changed: check PG_SCHEMA (the capture needs every table of the documents)"
+            "table {schema}.{table} does not exist; nothing was changed: check {PG_SCHEMA} (the capture needs every table of the documents)"
         )))),
         Err(e) => Err(Failure::Sql(e)),
     }

@@ -8,6 +8,7 @@
 use super::super::pgoutput::{format_lsn, Lsn};
 use super::setup::{Found, Slot};
 use crate::checkpoint::StreamSetup;
+use crate::settings::{ETL_STATE_FILE, PG_REPLICATION_SLOT};
 
 /// What one document found at the start of a cycle.
 #[derive(Debug, Clone)]
@@ -74,13 +75,13 @@ pub(super) fn decide(o: &Observed) -> Decision {
     let moved_past = |slot: &str, confirmed: Lsn| {
         if o.took_over {
             return Decision::Stop(format!(
-                "replication slot {slot} was moved past this state's position again while pg2es ran ({} > {}): another consumer reads it at the same time. Give each pg2es its own PG_REPLICATION_SLOT (and ETL_STATE_FILE), then start again: this state then loads every record from its own slot",
+                "replication slot {slot} was moved past this state's position again while pg2es ran ({} > {}): another consumer reads it at the same time. Give each pg2es its own {PG_REPLICATION_SLOT} (and {ETL_STATE_FILE}), then start again: this state then loads every record from its own slot",
                 format_lsn(confirmed),
                 format_lsn(saved)
             ));
         }
         Decision::TakenOver(format!(
-            "slot {slot} is confirmed up to {}, past this state's {}: another consumer (a second pg2es with another ETL_STATE_FILE?) read it, so the changes between are missing here; give each pg2es its own PG_REPLICATION_SLOT",
+            "slot {slot} is confirmed up to {}, past this state's {}: another consumer (a second pg2es with another {ETL_STATE_FILE}?) read it, so the changes between are missing here; give each pg2es its own {PG_REPLICATION_SLOT}",
             format_lsn(confirmed),
             format_lsn(saved)
         ))

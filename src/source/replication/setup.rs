@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::super::pgoutput::{format_lsn, parse_lsn, Lsn};
 use super::super::{PgSource, ReplicationSettings};
 use crate::error::{Error, Result};
+use crate::settings::{ETL_SLOT_MAX_RETAINED_MB, PG2ES_SOURCE, PG_REPLICATION_SLOT, PG_SCHEMA};
 
 /// How often a slot creation that waits for open transactions says so.
 const SLOT_WAIT_REPORT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -29,7 +30,7 @@ pub(super) async fn report_slot(pg: &PgSource, settings: &ReplicationSettings, l
     let (retained, unconfirmed) = (retained.unwrap_or(0).max(0) as u64, unconfirmed.unwrap_or(0).max(0) as u64);
     crate::telemetry::slot_retained(&settings.slot, retained);
     if retained > settings.max_retained_bytes {
-        tracing::warn!(slot = %settings.slot, retained_bytes = retained, unconfirmed_bytes = unconfirmed, lag_sec, limit_mb = settings.max_retained_bytes >> 20, "the replication slot retains more WAL than ETL_SLOT_MAX_RETAINED_MB: Postgres keeps it until pg2es has loaded the changes (an open transaction also holds it)");
+        tracing::warn!(slot = %settings.slot, retained_bytes = retained, unconfirmed_bytes = unconfirmed, lag_sec, limit_mb = settings.max_retained_bytes >> 20, "the replication slot retains more WAL than {ETL_SLOT_MAX_RETAINED_MB}: Postgres keeps it until pg2es has loaded the changes (an open transaction also holds it)");
     } else {
         tracing::info!(slot = %settings.slot, retained_bytes = retained, unconfirmed_bytes = unconfirmed, lag_sec, "replication slot");
     }
@@ -86,12 +87,12 @@ pub(super) async fn find_slot(pg: &PgSource, slot: &str) -> Result<Found> {
     if here != Some(true) {
         let owner = database.map_or_else(|| "a physical slot".to_string(), |d| format!("a slot of database {d}"));
         return Err(Error::SourceSetup(format!(
-            "replication slot {slot} is {owner}, not of this one: set PG_REPLICATION_SLOT to another name (or, if nothing uses it, drop it there: SELECT pg_drop_replication_slot('{slot}'))"
+            "replication slot {slot} is {owner}, not of this one: set {PG_REPLICATION_SLOT} to another name (or, if nothing uses it, drop it there: SELECT pg_drop_replication_slot('{slot}'))"
         )));
     }
     if plugin.as_deref() != Some("pgoutput") {
         return Err(Error::SourceSetup(format!(
-            "replication slot {slot} decodes with {}, not pgoutput: set PG_REPLICATION_SLOT to another name (or, if nothing uses it, drop it: SELECT pg_drop_replication_slot('{slot}'))",
+            "replication slot {slot} decodes with {}, not pgoutput: set {PG_REPLICATION_SLOT} to another name (or, if nothing uses it, drop it: SELECT pg_drop_replication_slot('{slot}'))",
             plugin.unwrap_or_default()
         )));
     }
@@ -192,12 +193,12 @@ pub(super) async fn check_role(pg: &PgSource) -> Result<()> {
     let role: String = row.try_get(2).map_err(Error::postgres(context))?;
     if wal_level != "logical" {
         return Err(Error::SourceSetup(format!(
-            "wal_level is {wal_level}, logical replication needs logical: set wal_level = logical in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart Postgres, or use PG2ES_SOURCE=polling"
+            "wal_level is {wal_level}, logical replication needs logical: set wal_level = logical in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart Postgres, or use {PG2ES_SOURCE}=polling"
         )));
     }
     if may_replicate != Some(true) {
         return Err(Error::SourceSetup(format!(
-            "role {role} lacks the REPLICATION attribute that replication slots need: ALTER ROLE {role} REPLICATION (as a superuser), or use PG2ES_SOURCE=polling"
+            "role {role} lacks the REPLICATION attribute that replication slots need: ALTER ROLE {role} REPLICATION (as a superuser), or use {PG2ES_SOURCE}=polling"
         )));
     }
     Ok(())
@@ -227,7 +228,7 @@ pub(super) async fn check_identities(pg: &PgSource, schema: &str) -> Result<()> 
         // The columns that name a root, where they are not the row's own key.
         let Some(needed) = st.direct.iter().filter(|columns| **columns != st.key).flatten().next() else { continue };
         let Some(row) = rows.iter().find(|r| r.try_get::<_, String>(0).is_ok_and(|name| name == table)) else {
-            return Err(Error::SourceSchema(format!("table {schema}.{table} not found; check PG_SCHEMA")));
+            return Err(Error::SourceSchema(format!("table {schema}.{table} not found; check {PG_SCHEMA}")));
         };
         let identity: String = row.try_get(1).map_err(Error::postgres(context))?;
         let key: Vec<String> = row.try_get(2).map_err(Error::postgres(context))?;
@@ -312,7 +313,7 @@ pub(super) async fn ensure_publication(pg: &PgSource, schema: &str, publication:
         let mut without_row = false;
         for &table in tables {
             let Some(row) = rows_of_tables.iter().find(|r| r.try_get::<_, String>(0).is_ok_and(|name| name == table)) else {
-                return Err(Error::SourceSchema(format!("table {schema}.{table} not found; check PG_SCHEMA")));
+                return Err(Error::SourceSchema(format!("table {schema}.{table} not found; check {PG_SCHEMA}")));
             };
             let table_oid: i64 = row.try_get(1).map_err(Error::postgres(context))?;
             let member: bool = row.try_get(2).map_err(Error::postgres(context))?;
