@@ -452,7 +452,7 @@ impl Status {
         });
     }
 
-    fn write(&self, checkpoint: &Checkpoint) {
+    fn write(&self, checkpoint: &mut Checkpoint) {
         let status = crate::checkpoint::RunStatus {
             pid: std::process::id(),
             started: self.started,
@@ -460,9 +460,7 @@ impl Status {
             health: telemetry::health(&telemetry::document()).lock().clone(),
             last_cycle: self.last_cycle.clone(),
         };
-        if let Err(e) = crate::checkpoint::off_runtime(|| crate::checkpoint::write_status(checkpoint.path(), &status)) {
-            tracing::debug!(error = %e, "status file not written");
-        }
+        checkpoint.report(&status);
     }
 }
 

@@ -1,7 +1,9 @@
 //! `pg2es status [--json]`: for each selected document, its position, lag, health, size and dead
 //! letters, from its state file, the status file `run` keeps beside it, its dead-letter file, the
-//! index and Postgres. It takes no lock, so it runs beside `pg2es run`; a service that does not
-//! answer within [`PROBE_TIMEOUT`] is reported as such rather than waited for.
+//! index and Postgres; with the state in Postgres, from `pg2es.state`, the status the leader
+//! publishes in `pg2es.status` and `pg2es.dead_letters`, so that it works on any host. It takes
+//! no lock, so it runs beside `pg2es run`; a service that does not answer within
+//! [`PROBE_TIMEOUT`] is reported as such rather than waited for.
 //!
 //! The verdict, and the exit code: healthy (0); behind (5): a full load is under way, or the lag
 //! is over `PG2ES_HEALTH_MAX_AGE_SEC`; failing (6): no `pg2es run` is running the document, it has
@@ -106,8 +108,15 @@ pub async fn document_status(config: &Config, spec: DocumentSpec, shutdown: &Shu
         true => probe(crate::pipeline::saved_state(config)).await.flatten(),
         false => crate::pipeline::saved_state(config).await?,
     };
-    let run = checkpoint::read_status(&config.state_file)?;
-    let running = run.as_ref().map(|r| r.pid).filter(|pid| alive(*pid));
+    let local = checkpoint::read_status(&config.state_file)?;
+    // A process of this host: the status file names it.
+    let running = local.as_ref().map(|r| r.pid).filter(|pid| alive(*pid));
+    let key = crate::ha::state_key(&config.state_file);
+    // With the state in Postgres the leader may run on another host: what it published.
+    let run = match config.state_in_postgres {
+        true => probe(crate::ha::read_run_status(&config.source_settings(), &key)).await.flatten().or(local),
+        false => local,
+    };
     let (leader, lease_unread) = match config.state_in_postgres {
         true => match probe(crate::ha::lease_status(&config.source_settings(), &crate::pipeline::lease_key(config))).await {
             Some(lease) => (lease, false),
@@ -132,7 +141,8 @@ pub async fn document_status(config: &Config, spec: DocumentSpec, shutdown: &Shu
         judge(Verdict::Failing, format!("no `pg2es run` is running it (status file {})", checkpoint::status_path(&config.state_file).display()));
     }
     let health = run.as_ref().map(|r| r.health.clone()).unwrap_or_default();
-    if let (Some(r), Some(_)) = (&run, running) {
+    let led = leader.as_ref().is_some_and(|l| l.held);
+    if let Some(r) = run.as_ref().filter(|_| running.is_some() || led) {
         if let Some(why) = health.unhealthy(now, r.started, config.health_max_age) {
             judge(Verdict::Failing, why);
         }
@@ -173,7 +183,10 @@ pub async fn document_status(config: &Config, spec: DocumentSpec, shutdown: &Shu
         waiting: health.waiting,
         documents,
         records,
-        dead_letters: dead_letters(&config.dead_letter_file, &config.es_index),
+        dead_letters: match config.state_in_postgres {
+            true => probe(crate::ha::count_dead_letters(&config.source_settings(), &key, &config.es_index)).await.unwrap_or_default(),
+            false => dead_letters(&config.dead_letter_file, &config.es_index),
+        },
     })
 }
 
@@ -242,7 +255,9 @@ impl DocumentStatus {
         if let Some(s) = self.serving.as_ref().filter(|s| **s != self.index) {
             out.push_str(&format!("  serving      {s} (the alias {} points at it)\n", self.index));
         }
-        out.push_str(&format!("  running      {}\n", self.running.map_or_else(|| "no".to_string(), |p| format!("pid {p}"))));
+        if self.leader.is_none() || self.running.is_some() {
+            out.push_str(&format!("  running      {}\n", self.running.map_or_else(|| "no".to_string(), |p| format!("pid {p} on this host"))));
+        }
         if let Some(l) = &self.leader {
             let state = if l.held { "leads it" } else { "led it last (its lease has run out or was given up)" };
             out.push_str(&format!("  leader       {} {state}, since {} (epoch {})\n", l.holder, l.since, l.epoch));

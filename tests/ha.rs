@@ -336,3 +336,90 @@ async fn in_replication_mode_the_slot_moves_with_the_lease() {
     assert_eq!(loads, 1, "one full load in all");
     env.cleanup().await;
 }
+
+/// `pg2es status` on another host than the leader's (here: another working directory, so the
+/// relative state file and the status file beside it are not there) sees what the leader
+/// publishes in `pg2es.status`: its last success and its lag, and the dead letters counted in
+/// `pg2es.dead_letters`. Once the leader is killed and its lease runs out, it says failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_on_another_host_sees_the_leaders_health() {
+    let env = TestEnv::new("ha_status_elsewhere").await;
+    let (host_a, host_b) = (env.dir.path().join("a"), env.dir.path().join("b"));
+    std::fs::create_dir_all(&host_a).unwrap();
+    std::fs::create_dir_all(&host_b).unwrap();
+    let mut vars: Vec<(String, String)> = env.env_vars().into_iter().filter(|(k, _)| k != "ETL_STATE_FILE" && k != "ETL_DEAD_LETTER_FILE").collect();
+    vars.extend([
+        ("ETL_STATE_FILE".to_string(), "state/movies.json".to_string()),
+        ("ETL_DEAD_LETTER_FILE".to_string(), "state/dead.jsonl".to_string()),
+        ("PG2ES_STATE_STORE".to_string(), "postgres".to_string()),
+        ("PG2ES_LEASE_SEC".to_string(), LEASE_SEC.to_string()),
+        ("RUST_LOG".to_string(), "info".to_string()),
+    ]);
+    let log = env.dir.path().join("a.log");
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+    let mut leader_vars = vars.clone();
+    leader_vars.push(("PG2ES_INSTANCE".to_string(), "ha-host-a".to_string()));
+    // Killed when dropped, so that a failed assertion leaves no leader renewing its lease.
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut leader = KillOnDrop(
+        common::pg2es_command(&leader_vars, &["run"])
+            .current_dir(&host_a)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(file))
+            .spawn()
+            .unwrap(),
+    );
+    common::eventually(Duration::from_secs(60), "the leader loads every film", || async {
+        let count = env.http.get(format!("{}/{}/_count", env.es, env.index)).send().await.ok();
+        let body: Option<serde_json::Value> = match count {
+            Some(r) => r.json().await.ok(),
+            None => None,
+        };
+        body.is_some_and(|b| b["count"] == 999)
+    })
+    .await;
+    env.sql(&format!(
+        "INSERT INTO pg2es.dead_letters (key, id, index, status, reason, at) VALUES ('state/movies.json', 'f1', '{}', 400, 'refused in a test', now())",
+        env.index
+    ))
+    .await;
+    let status_b = || {
+        let out = common::pg2es_command(&vars, &["status", "--json"]).current_dir(&host_b).output().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        (out.status.code(), json["movies"].clone())
+    };
+    assert!(!host_b.join("state").exists(), "host b has no state directory of its own");
+    let mut seen = None;
+    for _ in 0..50 {
+        let (code, doc) = status_b();
+        if code == Some(0) && doc["lag_seconds"].is_number() {
+            seen = Some(doc);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let doc = seen.unwrap_or_else(|| panic!("status on host b never saw the leader's lag: {:?}", status_b()));
+    assert!(doc["last_progress"].is_string(), "{doc}");
+    assert_eq!(doc["leader"]["holder"], "ha-host-a", "{doc}");
+    assert_eq!(doc["leader"]["held"], true, "{doc}");
+    assert!(doc["running"].is_null(), "no run on host b: {doc}");
+    assert_eq!(doc["dead_letters"], 1, "{doc}");
+
+    leader.0.kill().unwrap();
+    leader.0.wait().unwrap();
+    let killed = Instant::now();
+    let mut last = status_b();
+    while last.0 != Some(6) && killed.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        last = status_b();
+    }
+    assert_eq!(last.0, Some(6), "status on host b says failing once the lease ran out: {:?}", last.1);
+    assert!(last.1["reasons"].to_string().contains("no instance leads it"), "{}", last.1);
+    env.cleanup().await;
+}

@@ -399,6 +399,15 @@ impl Checkpoint {
         &self.path
     }
 
+    /// Rewrites the status file beside the state, and hands the status to the store (the
+    /// Postgres store publishes it in `pg2es.status`); best effort: it is news, not progress.
+    pub fn report(&mut self, status: &RunStatus) {
+        if let Err(e) = off_runtime(|| write_status(&self.path, status)) {
+            tracing::debug!(error = %e, "status file not written");
+        }
+        self.store.report(status);
+    }
+
     /// The fingerprint of the definition this process builds documents from (see `running`).
     pub fn running_definition(&self) -> Option<&str> {
         self.running.as_deref().or(self.state.definition.as_deref())
@@ -589,6 +598,10 @@ pub trait StateStore: Send + std::fmt::Debug {
     /// Replaces the saved state with `state`. A store fenced by a lease refuses once the lease
     /// is lost ([`Error::LeaseLost`]), and saves nothing.
     fn save(&mut self, state: &State) -> Result<()>;
+    /// Publishes what `run` says of the document (its health, its last cycle) where `pg2es
+    /// status` reads it from other hosts; best effort. The status file beside the state is
+    /// written in any case ([`Checkpoint::report`]), so the file store has nothing more to do.
+    fn report(&mut self, _status: &RunStatus) {}
 }
 
 #[cfg(test)]

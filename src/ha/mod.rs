@@ -58,6 +58,11 @@ CREATE TABLE IF NOT EXISTS pg2es.dead_letters (
     at timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_key ON pg2es.dead_letters (key, at);
+CREATE TABLE IF NOT EXISTS pg2es.status (
+    key text PRIMARY KEY,
+    status jsonb NOT NULL,
+    updated_at timestamptz NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pg2es.instances (
     id text PRIMARY KEY,
     started timestamptz NOT NULL,
@@ -460,13 +465,17 @@ pub async fn lease_status(settings: &SourceSettings, key: &str) -> Result<Option
     .map_err(read)
 }
 
-/// Removes the state saved under `key` (`pg2es reset`); refused while an instance leads it.
+/// Removes the state and the published status saved under `key` (`pg2es reset`); refused while
+/// an instance leads it.
 pub async fn forget(settings: &SourceSettings, key: &str, lease_key: &str) -> Result<()> {
     if let Some(lease) = lease_status(settings, lease_key).await?.filter(|l| l.held) {
         return Err(Error::Led { key: lease_key.to_string(), holder: lease.holder, what: "reset runs" });
     }
     let Some(client) = tables(settings).await? else { return Ok(()) };
     client.execute("DELETE FROM pg2es.state WHERE key = $1", &[&key]).await.map_err(Error::postgres("remove the state"))?;
+    if client.query_one("SELECT to_regclass('pg2es.status') IS NOT NULL", &[]).await.ok().and_then(|r| r.try_get::<_, bool>(0).ok()) == Some(true) {
+        client.execute("DELETE FROM pg2es.status WHERE key = $1", &[&key]).await.map_err(Error::postgres("remove the status"))?;
+    }
     Ok(())
 }
 
@@ -518,6 +527,33 @@ pub async fn dead_letters(settings: &SourceSettings, key: &str) -> Result<Vec<(S
             ))
         })
         .collect()
+}
+
+/// What the document's leader last published of its run (`pg2es.status`), from any host; `None`
+/// when no leader has (or pg2es's tables are not there yet).
+pub async fn read_run_status(settings: &SourceSettings, key: &str) -> Result<Option<crate::checkpoint::RunStatus>> {
+    let Some(client) = tables(settings).await? else { return Ok(None) };
+    let read = || Error::postgres("read the status");
+    // A deployment whose tables an older pg2es made has none until a newer `run` starts.
+    if !client.query_one("SELECT to_regclass('pg2es.status') IS NOT NULL", &[]).await.map_err(read())?.try_get::<_, bool>(0).map_err(read())? {
+        return Ok(None);
+    }
+    let row = client.query_opt("SELECT status::text FROM pg2es.status WHERE key = $1", &[&key]).await.map_err(read())?;
+    let Some(text) = row.map(|r| r.try_get::<_, String>(0)).transpose().map_err(read())? else { return Ok(None) };
+    serde_json::from_str(&text).map(Some).map_err(|e| Error::State { path: store::row_name(&format!("status {key}")), reason: e.to_string() })
+}
+
+/// How many dead letters of `index` the document has in `pg2es.dead_letters`.
+pub async fn count_dead_letters(settings: &SourceSettings, key: &str, index: &str) -> Result<u64> {
+    let Some(client) = tables(settings).await? else { return Ok(0) };
+    let read = || Error::postgres("count the dead letters");
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM pg2es.dead_letters WHERE key = $1 AND index = $2", &[&key, &index])
+        .await
+        .map_err(read())?
+        .try_get(0)
+        .map_err(read())?;
+    Ok(n as u64)
 }
 
 /// The distinct ids of a document's dead letters of `index`, and the server's time as they were

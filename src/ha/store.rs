@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use crate::checkpoint::{parse_state, State, StateStore};
+use crate::checkpoint::{parse_state, RunStatus, State, StateStore};
 use crate::error::{Error, Result};
 use crate::fence::Fence;
 use crate::source::SourceSettings;
@@ -26,7 +26,13 @@ enum Job {
     Save(String, Option<String>, mpsc::Sender<Result<u64>>),
     /// Refused documents of an index: ids, statuses, reasons.
     DeadLetters(String, Vec<String>, Vec<i32>, Vec<String>, mpsc::Sender<Result<u64>>),
+    /// What `run` says of the document (`RunStatus` as JSON), for `pg2es status` on any host;
+    /// nobody waits for it.
+    Report(String),
 }
+
+/// How often a leader publishes its status at most, unless its error or its wait changes.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One document's row in `pg2es.state`, saved under the lease `lease_key` held as `holder` in
 /// `epoch`.
@@ -36,6 +42,8 @@ pub struct PgStore {
     lease_key: String,
     fence: Arc<Fence>,
     jobs: mpsc::Sender<Job>,
+    /// When the status was last published, and its error and wait then.
+    reported: Option<(std::time::Instant, String)>,
 }
 
 /// How errors name a row: as a path, since the state's errors name its file.
@@ -67,6 +75,7 @@ fn worker(settings: &SourceSettings, key: &str, lease_key: &str, holder: &str, e
                         match job {
                             Job::Load(reply) => drop(reply.send(Err(down()))),
                             Job::Save(_, _, reply) | Job::DeadLetters(_, _, _, _, reply) => drop(reply.send(Err(down()))),
+                            Job::Report(_) => {}
                         }
                         return;
                     };
@@ -123,6 +132,20 @@ fn worker(settings: &SourceSettings, key: &str, lease_key: &str, holder: &str, e
                                 .map_err(Error::postgres("record the dead letters"));
                             let _ = reply.send(written);
                         }
+                        Job::Report(status) => {
+                            // Under the lease, as a save is: a leader that was replaced says nothing.
+                            let written = c
+                                .execute(
+                                    "INSERT INTO pg2es.status (key, status, updated_at) SELECT $1, $5::text::jsonb, now() \
+                                     WHERE EXISTS (SELECT 1 FROM pg2es.leases WHERE key = $2 AND holder = $3 AND epoch = $4) \
+                                     ON CONFLICT (key) DO UPDATE SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at",
+                                    &[&key_owned, &lease_owned, &holder, &epoch, &status],
+                                )
+                                .await;
+                            if let Err(e) = written {
+                                tracing::debug!(error = %e, "status not published");
+                            }
+                        }
                     }
                 });
             }
@@ -158,7 +181,7 @@ impl crate::sink::DeadLetterStore for PgDeadLetters {
 impl PgStore {
     pub fn new(settings: &SourceSettings, key: &str, lease_key: &str, holder: &str, epoch: i64, fence: Arc<Fence>) -> Result<PgStore> {
         let jobs = worker(settings, key, lease_key, holder, epoch)?;
-        Ok(PgStore { key: key.to_string(), lease_key: lease_key.to_string(), fence, jobs })
+        Ok(PgStore { key: key.to_string(), lease_key: lease_key.to_string(), fence, jobs, reported: None })
     }
 
     /// The document's dead letters, kept beside its state, through this store's connection.
@@ -191,6 +214,23 @@ impl StateStore for PgStore {
             _ => {
                 self.fence.lose("another instance holds it now");
                 Err(Error::LeaseLost { key: self.lease_key.clone(), why: "another instance holds it now: this state was not saved".into() })
+            }
+        }
+    }
+
+    /// Published every [`REPORT_EVERY`] at most (a replication run reports 5 times a second),
+    /// and at once when its error or its wait changes.
+    fn report(&mut self, status: &RunStatus) {
+        if self.fence.check().is_err() {
+            return;
+        }
+        let trouble = serde_json::to_string(&(&status.health.waiting, &status.health.last_error)).unwrap_or_default();
+        if self.reported.as_ref().is_some_and(|(at, was)| at.elapsed() < REPORT_EVERY && *was == trouble) {
+            return;
+        }
+        if let Ok(text) = serde_json::to_string(status) {
+            if self.jobs.send(Job::Report(text)).is_ok() {
+                self.reported = Some((std::time::Instant::now(), trouble));
             }
         }
     }
