@@ -272,6 +272,9 @@ pub struct SubField {
     pub f32: bool,
 }
 
+/// The field that is the document's key (`_id`): `verify` pages the index sorted by it.
+pub const KEY_FIELD: &str = "id";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FieldKind {
     /// The document's `_id`: the key's text (for a composite key, its parts joined by `|`).

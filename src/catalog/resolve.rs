@@ -850,7 +850,7 @@ impl Resolver<'_> {
         };
         // `verify` pages the index sorted by `id` and joins it with the records by key: the field
         // must be the key, indexed as its text.
-        if name == "id" {
+        if name == KEY_FIELD {
             let ty = mapped.get("type").and_then(Json::as_str).unwrap_or("object");
             if ty != "keyword" {
                 return Err(self.src.error(

@@ -5,7 +5,8 @@
 //!
 //! - **Unknown text.** Text that is missing, empty, whitespace only or `N/A` (any case, any
 //!   padding) is unknown: a field is `null`, a list leaves it out, an object whose `required`
-//!   field is unknown is left out. Unknown never reaches the index as text.
+//!   field is unknown is left out. Unknown never reaches the index as text. The key field `id`
+//!   is the key as stored, whatever its text.
 //! - **Known text is kept exactly as stored**, padding included.
 //! - **Filters** (`where`) compare by the column's type: text trimmed and ignoring ASCII case,
 //!   enum labels exactly, integers, booleans and uuids by value, or NULL. Rows of a relation that
@@ -21,7 +22,7 @@ mod oracle;
 
 use std::cmp::Ordering;
 
-use crate::catalog::{Cell, Distinct, Document, FieldKind, Filter, Record, Relation, SubField, Value};
+use crate::catalog::{Cell, Distinct, Document, FieldKind, Filter, Record, Relation, SubField, Value, KEY_FIELD};
 
 /// What the transform left out of a document, for the cycle's counters and a log line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -185,7 +186,13 @@ pub fn build(doc: &Document, rec: &Record) -> Result<(Vec<u8>, Notes), ShapeErro
         }
         write_key(&mut out, &field.name);
         match &field.kind {
-            FieldKind::Id => write_known(&mut out, &Value::Text(rec.key.to_string()), false, &mut notes),
+            // The key as it is, even a blank or `N/A` one: it is the document's `_id`, and
+            // `verify` and `--repair` match records and documents by it.
+            FieldKind::Id => write_value(&mut out, &Value::Text(rec.key.to_string())),
+            FieldKind::Column { column, .. } if field.name == KEY_FIELD => match rec.cells.get(*column) {
+                Some(Cell::One(v)) => write_value(&mut out, v),
+                _ => return Err(ShapeError(format!("record {}: column {column} of {} is not a value", rec.key, doc.root))),
+            },
             FieldKind::Column { column, f32 } => match rec.cells.get(*column) {
                 Some(Cell::One(v)) => write_known(&mut out, v, *f32, &mut notes),
                 _ => return Err(ShapeError(format!("record {}: column {column} of {} is not a value", rec.key, doc.root))),

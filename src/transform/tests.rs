@@ -226,3 +226,19 @@ fn concat_joins_the_known_values_of_a_rows_columns() {
     let (body, _) = build(&doc, &record(&doc, &f)).unwrap();
     assert!(String::from_utf8(body).unwrap().starts_with(r#"{"headline":null,"#));
 }
+
+/// The `id` field is the key as it is: a blank or `N/A` key is a key, not unknown text (`verify`
+/// and `--repair` match documents to records by it).
+#[test]
+fn the_id_field_is_the_key_even_when_it_reads_as_unknown_text() {
+    let doc = movies();
+    for key in [" ", "N/A", "n/a "] {
+        let mut rec = record(&doc, &film());
+        // The movies document's id is its key column: the key as the record query read it.
+        let at = doc.root_columns.iter().position(|(name, _)| name == "id").unwrap();
+        rec.cells[at] = Cell::One(Value::Text(key.to_string()));
+        let (body, _) = build(&doc, &rec).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["id"], key, "{json}");
+    }
+}
