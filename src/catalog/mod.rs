@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 pub use definition::{Origin, Source};
 pub use model::*;
-pub use resolve::{qualified, quote, FirstIndex, ForeignKey, LiveSchema, TableKeys, TimestampChoice};
+pub use resolve::{qualified, quote, sql_ident, sql_table, FirstIndex, ForeignKey, LiveSchema, TableKeys, TimestampChoice};
 
 use crate::error::Result;
 use crate::settings::PG2ES_DOCUMENTS;

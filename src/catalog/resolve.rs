@@ -81,6 +81,21 @@ pub struct FirstIndex {
     pub schema: Option<(String, String)>,
 }
 
+/// A name as an operator would type it in psql: as it is when Postgres folds it to itself (a
+/// plain lower-case identifier), else quoted (`"Node"`). For the SQL in messages.
+pub fn sql_ident(name: &str) -> String {
+    if is_identifier(name) {
+        name.to_string()
+    } else {
+        quote(name)
+    }
+}
+
+/// `schema.table` for a message's SQL, each part as [`sql_ident`] writes it.
+pub fn sql_table(schema: &str, table: &str) -> String {
+    format!("{}.{}", sql_ident(schema), sql_ident(table))
+}
+
 /// `"schema"."table"`.
 pub fn qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", quote(schema), quote(table))
@@ -226,15 +241,24 @@ impl Resolver<'_> {
         let (columns, span) = match (given, &keys.primary) {
             (Some(k), _) => (vec![k.get_ref().clone()], k.span()),
             (None, Some(pk)) => (pk.clone(), table.span()),
-            (None, None) => (vec!["id".to_string()], table.span()),
+            (None, None) if self.live.columns.get(t).is_some_and(|c| c.contains_key("id")) => (vec!["id".to_string()], table.span()),
+            (None, None) => {
+                let unique: Vec<String> = keys.unique.iter().filter(|u| u.len() == 1).map(|u| u[0].clone()).collect();
+                let hint = match unique.first() {
+                    Some(c) => format!("name a unique column with `{setting} = \"...\"` (it has the unique column {c})"),
+                    None => format!("name a unique column with `{setting} = \"...\"`, or give it a primary key (ALTER TABLE {} ADD PRIMARY KEY (...))", sql_table(schema, t)),
+                };
+                return Err(self.src.error(table.span(), format!("{schema}.{t} has no primary key and no column id, so pg2es cannot tell its rows apart: {hint}")));
+            }
         };
         if columns.len() > 1 {
             if let Some(why) = composite {
                 return Err(self.src.error(
                     table.span(),
                     format!(
-                        "{schema}.{t} has the composite primary key ({}); {why}: add a unique column (ALTER TABLE {schema}.{t} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY UNIQUE) and name it with `{setting} = \"id\"`",
-                        columns.join(", ")
+                        "{schema}.{t} has the composite primary key ({}); {why}: add a unique column (ALTER TABLE {target} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY UNIQUE) and name it with `{setting} = \"id\"`",
+                        columns.join(", "),
+                        target = sql_table(schema, t),
                     ),
                 ));
             }
@@ -259,10 +283,11 @@ impl Resolver<'_> {
         }
         if !keys.covers(&columns) {
             let list = columns.join(", ");
+            let sql_list = columns.iter().map(|c| sql_ident(c)).collect::<Vec<_>>().join(", ");
             return Err(self.src.error(
                 span,
                 format!(
-                    "{schema}.{t}.{list} is not unique: no primary key or unique constraint covers it, and pg2es tells rows apart by it (changes sharing a timestamp would be skipped); make it unique (ALTER TABLE {schema}.{t} ADD PRIMARY KEY ({list}), or ADD UNIQUE ({list})), or name a unique column with `{setting} = \"...\"`"
+                    "{schema}.{t}.{list} is not unique: no primary key or unique constraint covers it, and pg2es tells rows apart by it (changes sharing a timestamp would be skipped); make it unique (ALTER TABLE {target} ADD PRIMARY KEY ({sql_list}), or ADD UNIQUE ({sql_list})), or name a unique column with `{setting} = \"...\"`", target = sql_table(schema, t)
                 ),
             ));
         }
@@ -536,7 +561,7 @@ impl Resolver<'_> {
                     _ => Err(self.src.error(
                         table.span(),
                         format!(
-                            "relation {name}: {schema}.{t} has the composite key ({list}); a one-to-many table's key is its root column {c} and one more column, or one column: add a unique column (ALTER TABLE {schema}.{t} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY UNIQUE) and name it with `key = \"id\"`"
+                            "relation {name}: {schema}.{t} has the composite key ({list}); a one-to-many table's key is its root column {c} and one more column, or one column: add a unique column (ALTER TABLE {target} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY UNIQUE) and name it with `key = \"id\"`", target = sql_table(schema, t)
                         ),
                     )),
                 }
@@ -544,7 +569,7 @@ impl Resolver<'_> {
             _ => Err(self.src.error(
                 table.span(),
                 format!(
-                    "relation {name}: {schema}.{t} has the composite primary key ({list}); a table joined through a link table or by a column of the root is found by a key of one column: add a unique column (ALTER TABLE {schema}.{t} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY UNIQUE) and name it with `key = \"id\"`"
+                    "relation {name}: {schema}.{t} has the composite primary key ({list}); a table joined through a link table or by a column of the root is found by a key of one column: add a unique column (ALTER TABLE {target} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY UNIQUE) and name it with `key = \"id\"`", target = sql_table(schema, t)
                 ),
             )),
         }
@@ -557,6 +582,8 @@ impl Resolver<'_> {
         let key = errors.keep(self.key(&d.table, d.key.as_ref(), "key", None));
         let root_ts = errors.keep(self.timestamp(&d.table, d.timestamp.as_ref(), false));
         let key_columns = key.as_ref().map_or_else(|| vec!["id".to_string()], |k| k.columns.clone());
+        // With no key (its error is told), the field id is not checked against one.
+        let id_key = key.as_ref().map_or_else(Vec::new, |k| k.columns.clone());
         let key_name = key_columns[0].clone();
         let type_of = |c: &str| ColumnType::of(self.live.columns.get(d.table.get_ref()).and_then(|t| t.get(c)).map_or("", String::as_str));
 
@@ -591,8 +618,9 @@ impl Resolver<'_> {
                     return Err(self.src.error(
                         span,
                         format!(
-                            "relation {name}: the root {schema}.{t} has the composite key ({}), and a link or one-to-many table names its root by one column; a root with a composite key has many-to-one relations only (`on = {{ root = \"...\" }}`): add a unique column to {schema}.{t} (ALTER TABLE {schema}.{t} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY UNIQUE) and name it with `key = \"id\"`",
+                            "relation {name}: the root {schema}.{t} has the composite key ({}), and a link or one-to-many table names its root by one column; a root with a composite key has many-to-one relations only (`on = {{ root = \"...\" }}`): add a unique column to {schema}.{t} (ALTER TABLE {target} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY UNIQUE) and name it with `key = \"id\"`",
                             key_columns.join(", "),
+                            target = sql_table(schema, t),
                         ),
                     ));
                 }
@@ -635,7 +663,7 @@ impl Resolver<'_> {
             if f.get_ref().from.as_ref().is_some_and(|from| !order.iter().any(|n| *n == from.get_ref())) {
                 continue;
             }
-            let Some(field) = errors.keep(self.field(d, f.get_ref(), f.span(), &order, &mut relations, &mut root_columns, mapping, &key_columns)) else {
+            let Some(field) = errors.keep(self.field(d, f.get_ref(), f.span(), &order, &mut relations, &mut root_columns, mapping, &id_key)) else {
                 continue;
             };
             if fields.iter().any(|o: &Field| o.name == field.name) {
@@ -860,6 +888,7 @@ impl Resolver<'_> {
             }
             let bare = f.from.is_none() && f.column.is_none() && f.concat.is_none() && f.fields.is_none();
             match key {
+                [] => {}
                 [one] if f.from.is_some() || f.column.as_ref().map(|c| c.get_ref().as_str()) != Some(one) => {
                     return Err(self.src.error(
                         span,

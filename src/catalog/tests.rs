@@ -680,3 +680,27 @@ fn a_composite_root_key_is_read_compared_and_logged_by_all_its_columns() {
     let moved = set.triggers.iter().find(|t| t.table == "variant" && t.name == "pg2es_variants_reference_moved").unwrap();
     assert!(moved.create.contains(r#"FROM gone g WHERE g."product_id" IS NOT NULL AND g."sku" IS NOT NULL"#), "{}", moved.create);
 }
+
+/// The SQL a message suggests is what psql takes: a mixed-case name quoted, a plain one not.
+#[test]
+fn suggested_sql_quotes_the_names_postgres_would_fold() {
+    assert_eq!(sql_table("public", "orders"), "public.orders");
+    assert_eq!(sql_table("public", "Node"), "public.\"Node\"");
+    assert_eq!(sql_ident("NodeId"), "\"NodeId\"");
+    assert_eq!(sql_ident("my table"), "\"my table\"");
+    assert_eq!(sql_ident("a\"b"), "\"a\"\"b\"");
+}
+
+/// A root without a primary key and without a column id is told so, with the fix; and a key that
+/// does not resolve is not followed by a second error about the field id naming a made-up key.
+#[test]
+fn a_table_without_a_primary_key_or_id_says_how_to_name_its_key() {
+    let mut live = library_live();
+    live.keys.remove("book");
+    let book = live.columns.get_mut("book").unwrap();
+    let id_type = book.remove("id").unwrap();
+    book.insert("code".into(), id_type);
+    let e = library("", "", &live).unwrap_err();
+    assert!(e.contains("lib.book has no primary key and no column id") && e.contains("`key = \"...\"`"), "{e}");
+    assert!(!e.contains("give it `column = \"id\"`"), "no knock-on error about the field id: {e}");
+}

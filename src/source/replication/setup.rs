@@ -198,7 +198,8 @@ pub(super) async fn check_role(pg: &PgSource) -> Result<()> {
     }
     if may_replicate != Some(true) {
         return Err(Error::SourceSetup(format!(
-            "role {role} lacks the REPLICATION attribute that replication slots need: ALTER ROLE {role} REPLICATION (as a superuser), or use {PG2ES_SOURCE}=polling"
+            "role {role} lacks the REPLICATION attribute that replication slots need: ALTER ROLE {} REPLICATION (as a superuser), or use {PG2ES_SOURCE}=polling",
+            crate::catalog::sql_ident(&role)
         )));
     }
     Ok(())
@@ -240,7 +241,7 @@ pub(super) async fn check_identities(pg: &PgSource, schema: &str) -> Result<()> 
         return Ok(());
     }
     let what: Vec<String> = lacking.iter().map(|(t, c)| format!("{schema}.{t} (its {c})")).collect();
-    let fix: Vec<String> = lacking.iter().map(|(t, _)| format!("ALTER TABLE {schema}.{t} REPLICA IDENTITY FULL;")).collect();
+    let fix: Vec<String> = lacking.iter().map(|(t, _)| format!("ALTER TABLE {} REPLICA IDENTITY FULL;", crate::catalog::sql_table(schema, t))).collect();
     Err(Error::SourceSetup(format!(
         "the replica identity of {} does not give an updated or deleted row's {} record, so it could not be found: {}",
         what.join(", "),
