@@ -319,6 +319,8 @@ pub async fn run_cycles<S: ChangeSource, K: IndexSink>(
     let mut index_empty = options.index_empty_at_start;
     let mut idle = IdleCycles::default();
     let mut status = Status::new();
+    // At once: `pg2es status` tells a run that is in its first cycle (a full load) from none.
+    status.write(checkpoint);
     let mut rebuild_checked: Option<Instant> = None;
     loop {
         if options.mode == Mode::Once || rebuild_checked.is_none_or(|t| t.elapsed() >= REBUILD_CHECK_EVERY) {

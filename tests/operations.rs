@@ -97,6 +97,39 @@ async fn status_and_metrics_follow_a_running_pipeline() {
     env.cleanup().await;
 }
 
+/// While a live `run` does its first full load (one long cycle), `status` says behind (5) and
+/// names the run's pid, and keeps seeing its progress: it is not "no run is running it" (6).
+#[tokio::test]
+async fn status_during_the_first_full_load_says_behind_not_failing() {
+    let mut env = TestEnv::new("ops_status_load").await;
+    // One film per bulk request: the load takes seconds.
+    env.extra_env.extend([("ETL_BATCH_SIZE".to_string(), "1".to_string()), ("ES_BULK_CONCURRENCY".to_string(), "1".to_string())]);
+    let vars = env.env_vars();
+    let log = env.dir.path().join("run.log");
+    let mut run = common::spawn_run(&env, &log);
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let mut during = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        let (code, now, _) = status(&vars);
+        let movies = now["movies"].clone();
+        if movies["position"]["full_load"].is_null() && movies["documents"].as_u64() == Some(999) {
+            break;
+        }
+        // The state says the load is under way: the run has started it.
+        if !movies["position"]["full_load"].is_null() {
+            seen.push((code, movies["running"].as_u64()));
+            during.get_or_insert(movies);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!seen.is_empty(), "status never saw the full load under way (it took {:?})", started.elapsed());
+    assert!(seen.iter().all(|s| *s == (Some(5), Some(u64::from(run.id())))), "behind with the run's pid throughout: {seen:?}; first: {during:?}");
+    common::signal(&run, "-TERM");
+    common::wait_exit(&mut run, Duration::from_secs(30));
+    env.cleanup().await;
+}
+
 /// Elasticsearch does not answer (nothing listens at ES_URL): `/healthz` is 200 within the bound,
 /// then 503 naming what pg2es waits for once the wait is older than PG2ES_HEALTH_MAX_AGE_SEC, and
 /// the retries are counted by service.

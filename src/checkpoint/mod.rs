@@ -334,6 +334,8 @@ pub struct Checkpoint {
     running: Option<String>,
     /// The highest WAL position a cycle began at, saved with the next write of the state.
     wal_seen: Option<u64>,
+    /// The status last reported, and when: a long full load reports it again as it saves.
+    reported: Option<(RunStatus, std::time::Instant)>,
 }
 
 impl Checkpoint {
@@ -350,7 +352,7 @@ impl Checkpoint {
         // lost lease) is refused before anything reaches the index, not after the first batch.
         state.version = STATE_VERSION;
         off_runtime(|| store.save(&state))?;
-        Ok(Checkpoint { path: path.to_path_buf(), store, state, running: None, wal_seen: None })
+        Ok(Checkpoint { path: path.to_path_buf(), store, state, running: None, wal_seen: None, reported: None })
     }
 
     /// Ties the state to the database it is read from: records it the first time, and refuses a
@@ -406,6 +408,22 @@ impl Checkpoint {
             tracing::debug!(error = %e, "status file not written");
         }
         self.store.report(status);
+        self.reported = Some((status.clone(), std::time::Instant::now()));
+    }
+
+    /// The status reported last, with the document's health as it is now, once it is
+    /// [`REPORT_AGAIN`] old: within a cycle (a full load's batches) the status keeps up too.
+    fn report_again(&mut self) {
+        let Some((last, at)) = &self.reported else { return };
+        if at.elapsed() < REPORT_AGAIN {
+            return;
+        }
+        let status = RunStatus {
+            updated: Utc::now(),
+            health: crate::telemetry::health(&crate::telemetry::document()).lock().clone(),
+            ..last.clone()
+        };
+        self.report(&status);
     }
 
     /// The fingerprint of the definition this process builds documents from (see `running`).
@@ -423,7 +441,9 @@ impl Checkpoint {
         if deltas.is_empty() {
             return Ok(());
         }
-        self.update(|next| deltas.iter().try_for_each(|d| next.apply(d)))
+        self.update(|next| deltas.iter().try_for_each(|d| next.apply(d)))?;
+        self.report_again();
+        Ok(())
     }
 
     /// Takes `state` as it is, in place of the saved one: the positions `pg2es reindex` reached
@@ -592,6 +612,9 @@ fn write_atomically(path: &Path, state: &State) -> Result<()> {
 /// Where a document's state is kept. Each save replaces the whole state, durably, before the
 /// pipeline goes on: the positions it holds are what a restart reads on from. Calls are
 /// blocking (the pipeline makes them off the async runtime's workers, as a file's fsync).
+/// How old the status may grow while a cycle saves progress before it is reported again.
+const REPORT_AGAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub trait StateStore: Send + std::fmt::Debug {
     /// The saved state, `None` when nothing is saved yet; one saved for another index is refused.
     fn load(&mut self, index: &str) -> Result<Option<State>>;
