@@ -525,7 +525,7 @@ impl Config {
                         EsAuth::ApiKey(_) => ("api key ***".into(), src.origin(ES_API_KEY.name)),
                     };
                 }
-                name::ES_URL => line.value = self.sink.urls.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(","),
+                name::ES_URL => line.value = crate::sink::shown_urls(&self.sink.urls),
                 name::ES_INDEX if !self.es_index_explicit => {
                     line.value = format!("(unset: the first document's index is the definition's, with {ES_INDEX_PREFIX})")
                 }

@@ -257,7 +257,7 @@ async fn run_document(
     let bootstrap = retry(&options.retry, shutdown, "check index", || sink.ensure_index(&definition)).await?;
     options.index_empty_at_start = bootstrap == IndexBootstrap::Created || sink.count(shutdown).await? == 0;
     let name = spec.name.clone();
-    tracing::info!(document = %name, index = %config.es_index, url = %config.sink.urls.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(","), engine = %engine, bootstrap = %bootstrap, state = %config.state_file.display(), "pg2es started");
+    tracing::info!(document = %name, index = %config.es_index, url = %crate::sink::shown_urls(&config.sink.urls), engine = %engine, bootstrap = %bootstrap, state = %config.state_file.display(), "pg2es started");
     let outcome = match &config.source {
         SourceKind::Polling => run_cycles(&mut PollingSource::new(&config.source_settings(), spec)?, &sink, &mut checkpoint, &options, shutdown).await,
         SourceKind::Replication(settings) => {

@@ -88,6 +88,9 @@ fn secrets_never_print() {
     assert!(rendered.contains("postgres host          db"));
     let bad = err(&[("PG_DSN", "postgres://app:hunter2@db:5432/movies?sslmode=bogus")]);
     assert!(!bad.contains("hunter2"), "{bad}");
+    // Credentials written into ES_URL are masked too.
+    let rendered = config(&[("ES_URL", "http://user:s3cr3t-url@127.0.0.1:9200,http://es2:9200")]).unwrap().render();
+    assert!(!rendered.contains("s3cr3t-url") && rendered.contains("http://***@127.0.0.1:9200/,http://es2:9200/"), "{rendered}");
 }
 
 /// print-config shows every setting, the CA files and LOG_FORMAT included, each with where

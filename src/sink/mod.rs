@@ -10,6 +10,7 @@ mod claim;
 pub mod engine;
 mod inspect;
 mod nodes;
+pub use nodes::shown_urls;
 mod settings;
 pub mod tuning;
 

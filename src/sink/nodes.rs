@@ -86,6 +86,21 @@ fn without_credentials(url: &Url) -> String {
     at.to_string()
 }
 
+/// Node URLs as `print-config` and the start's log line show them: credentials in a URL as `***`.
+pub fn shown_urls(urls: &[Url]) -> String {
+    let shown: Vec<String> = urls
+        .iter()
+        .map(|u| {
+            let mut at = u.clone();
+            if !u.username().is_empty() || u.password().is_some() {
+                let _ = (at.set_username("***"), at.set_password(None));
+            }
+            at.to_string()
+        })
+        .collect();
+    shown.join(",")
+}
+
 /// The nodes as logs and messages show them: comma-separated, without credentials.
 impl fmt::Display for Nodes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
