@@ -172,6 +172,16 @@ fn head(src: &Source, first: &FirstIndex, schema_of: &SchemaOf<'_>, i: usize, d:
 pub fn resolve(src: &Source, live: &LiveSchema, ts: &TimestampChoice, first: &FirstIndex, schema_of: &SchemaOf<'_>) -> Result<Vec<Document>> {
     let heads = heads(src, first, schema_of)?;
     let raw = src.parse()?;
+    // A named change column that no table has is a typo, not a choice: each table without it
+    // falls back to updated_at or modified.
+    if let TimestampChoice::Named(n) = ts {
+        if !live.columns.values().any(|columns| columns.contains_key(n)) {
+            return Err(Error::Config(format!(
+                "{ETL_TIMESTAMP_COLUMN}={n}: no table of schema {} has a column {n}; name the column your tables record changes in, or unset it (auto: updated_at, then modified)",
+                live.schema
+            )));
+        }
+    }
     let r = Resolver { src, live, ts };
     let (mut docs, mut errors) = (Vec::new(), Errors::default());
     for (d, (_, index)) in raw.documents.iter().zip(heads) {
@@ -356,7 +366,8 @@ impl Resolver<'_> {
             return Ok(Some(n.get_ref().clone()));
         }
         let mut candidates: Vec<&str> = match self.ts {
-            TimestampChoice::Named(n) => vec![n.as_str()],
+            // As documented: the named column where a table has it, else the usual ones.
+            TimestampChoice::Named(n) => vec![n.as_str(), "updated_at", "modified"],
             TimestampChoice::Auto => vec!["updated_at", "modified"],
         };
         // A link row is added and removed, not edited: its creation time is its change time.
