@@ -219,3 +219,38 @@ async fn the_slot_does_not_retain_wal_of_unrelated_tables() {
     run.await.unwrap().expect("pipeline run");
     env.cleanup().await;
 }
+
+/// A polling full load cut short, then the same state read with `PG2ES_SOURCE=replication`: the
+/// load starts again through the stream and ends equal to Postgres. Before, every run refused the
+/// state: "a full load is already under way".
+#[tokio::test]
+async fn a_polling_full_load_cut_short_goes_on_in_replication() {
+    let mut env = TestEnv::replicated("repl_after_polling_load").await;
+    env.extra_env.retain(|(k, _)| k != "PG2ES_SOURCE");
+    let mut polling = env.env_vars();
+    polling.extend([
+        ("PG2ES_SOURCE".to_string(), "polling".to_string()),
+        ("ETL_BATCH_SIZE".to_string(), "1".to_string()),
+        ("ES_BULK_CONCURRENCY".to_string(), "1".to_string()),
+    ]);
+    let log = env.dir.path().join("polling.log");
+    let mut run = common::spawn_logged(&polling, &["run", "--once"], &log);
+    let state = env.state_file();
+    within(Duration::from_secs(60), "the polling full load is under way", || async {
+        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"snapshot\"") && s.contains("\"after\""))
+    })
+    .await;
+    common::signal(&run, "-TERM");
+    common::wait_exit(&mut run, Duration::from_secs(30));
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(saved.contains("\"done\": false") || saved.contains("\"done\":false"), "the load was cut short: {saved}");
+
+    env.extra_env.push(("PG2ES_SOURCE".into(), "replication".into()));
+    let out = common::pg2es_command(&env.env_vars(), &["run", "--once"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    env.refresh().await;
+    assert_eq!(env.count().await, 999);
+    let report = env.verify().await;
+    assert!(report.is_consistent(), "{}", report.render());
+    env.cleanup().await;
+}

@@ -212,6 +212,12 @@ impl ChangeSource for ReplicationSource {
         let mut resync = None;
         self.previous = None;
         match &decision {
+            Decision::Start { at } if state.snapshot_in_progress().is_some() => {
+                // Polling's full load was cut short (the source changed meanwhile): it starts
+                // again from the first record, read after this position.
+                tracing::info!(document = %self.spec.name, "a full load of polling was under way: it starts again, read through the replication stream");
+                before.push(PositionDelta::Resync { lsn: *at, setup: setup.clone() });
+            }
             Decision::Start { at } => {
                 before.push(PositionDelta::Replication { lsn: *at });
                 before.push(PositionDelta::StreamSetup(setup.clone()));
