@@ -91,7 +91,7 @@ macro_rules! settings {
 // catalog uses for a definition's names too, so a setting and a definition are held to one rule.
 settings! {
     PG_DSN { default: "postgres://app@127.0.0.1:5432/movies", accepts: Accepts::Text("a connection string"), help: "Postgres connection string (URL or `key=value` form)" }
-    PG_PASSWORD { aliases: &["DB_PASSWORD"], secret: true, help: "Postgres password; overrides the one in `{PG_DSN}` (and `PGPASSWORD`, see below)" }
+    PG_PASSWORD { aliases: &["DB_PASSWORD"], secret: true, help: "Postgres password; overrides the one in `{PG_DSN}` (and `PGPASSWORD`, see below; the course's name fills a password `{PG_DSN}` leaves out, as the other `DB_*` parts do)" }
     PG_CA_FILE { unset: "none: public web roots", help: "PEM CA that signs the Postgres server certificate, for `sslmode=require`, `verify-ca` or `verify-full` in `{PG_DSN}` (see \"TLS to Postgres\"); wins over `sslrootcert` in `{PG_DSN}`" }
     PG_SCHEMA { default: "content", accepts: Accepts::Checked(is_identifier, "a plain identifier such as content (letters, digits, _)"), help: "schema of the source tables" }
     ES_URL { aliases: &["ES_HOST"], default: "http://127.0.0.1:9200", accepts: Accepts::Checked(|v| node_urls(v).is_some(), "an http:// or https:// URL such as http://127.0.0.1:9200, or the URLs of several nodes of one cluster, comma-separated"), help: "Elasticsearch or OpenSearch base URL; or the nodes of one cluster, comma-separated (`http://es1:9200,http://es2:9200`): each request goes to the node that answered last, and one that fails is skipped for 10 s while the request goes to the next at once" }

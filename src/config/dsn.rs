@@ -244,10 +244,20 @@ fn parse_pg(src: &Sources) -> Result<PgParts> {
         pg.dbname(dbname);
     }
     let dsn_password = pg.get_password().is_some();
-    if let Some(p) = src.string(PG_PASSWORD.name) {
-        pg.password(p);
-    } else if let (None, Some(p)) = (pg.get_password(), src.string(PGPASSWORD)) {
-        pg.password(p);
+    // The course's DB_PASSWORD is a part as DB_HOST is: a PG_DSN you set that writes a password
+    // keeps it (a Django .env exported beside PG_DSN); PG_PASSWORD itself overrides it.
+    let course_password = matches!(src.get(PG_PASSWORD.name).map(|r| &r.origin), Some(Origin::EnvAlias(var)) if PG_PASSWORD.aliases.contains(&var.as_str()));
+    let password_ignored = course_password && dsn_password && !dsn_is_default;
+    match src.string(PG_PASSWORD.name) {
+        Some(p) if !password_ignored => {
+            pg.password(p);
+        }
+        _ if pg.get_password().is_none() => {
+            if let Some(p) = src.string(PGPASSWORD) {
+                pg.password(p);
+            }
+        }
+        _ => {}
     }
     if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
         pg.host("127.0.0.1");
@@ -272,8 +282,14 @@ fn parse_pg(src: &Sources) -> Result<PgParts> {
     for (_, course, value, part) in &overridden {
         notices.push(format!("{course}={value} is ignored: {PG_DSN} gives {part}; unset {course} or change {PG_DSN}"));
     }
-    let password_origin = if src.string(PG_PASSWORD.name).is_some() {
+    let course = PG_PASSWORD.aliases.first().copied().unwrap_or_default();
+    if password_ignored && src.string(PG_PASSWORD.name).as_deref().map(str::as_bytes) != pg.get_password() {
+        notices.push(format!("{course} is ignored: {PG_DSN} gives a password of its own; unset {course}, or set {PG_PASSWORD}, which overrides it"));
+    }
+    let password_origin = if src.string(PG_PASSWORD.name).is_some() && !password_ignored {
         format!("{PG_PASSWORD}, {}", src.origin(PG_PASSWORD.name))
+    } else if dsn_password && password_ignored {
+        format!("{dsn_origin}; {course} ignored")
     } else if dsn_password {
         dsn_origin
     } else if pg.get_password().is_some() {
@@ -500,6 +516,23 @@ mod tests {
         let c = config(&[("DB_HOST", "a"), ("DB_NAME", "django"), ("PGHOST", "b")]).unwrap();
         assert_eq!((host(&c).as_str(), c.postgres.pg.get_dbname()), ("a", Some("django")));
         assert!(c.notices.is_empty());
+    }
+
+    /// DB_PASSWORD is a part as DB_HOST is: a password written in a PG_DSN you set wins, with a
+    /// warning; it fills one the DSN leaves out; PG_PASSWORD and its file override the DSN's.
+    #[test]
+    fn an_explicit_dsn_password_beats_db_password() {
+        let c = config(&[("PG_DSN", "postgres://app:dsn-pw@pg1/movies"), ("DB_PASSWORD", "django-pw")]).unwrap();
+        assert_eq!(c.postgres.pg.get_password(), Some(&b"dsn-pw"[..]));
+        assert_eq!(c.notices, ["DB_PASSWORD is ignored: PG_DSN gives a password of its own; unset DB_PASSWORD, or set PG_PASSWORD, which overrides it"]);
+        assert!(c.render().contains("DB_PASSWORD ignored"), "{}", c.render());
+        let c = config(&[("PG_DSN", "postgres://app@pg1/movies"), ("DB_PASSWORD", "django-pw")]).unwrap();
+        assert_eq!(c.postgres.pg.get_password(), Some(&b"django-pw"[..]));
+        assert!(c.notices.is_empty());
+        let c = config(&[("DB_PASSWORD", "django-pw")]).unwrap();
+        assert_eq!(c.postgres.pg.get_password(), Some(&b"django-pw"[..]));
+        let c = config(&[("PG_DSN", "postgres://app:dsn-pw@pg1/movies"), ("PG_PASSWORD", "explicit"), ("DB_PASSWORD", "django-pw")]).unwrap();
+        assert_eq!(c.postgres.pg.get_password(), Some(&b"explicit"[..]));
     }
 
     #[test]
