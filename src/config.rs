@@ -294,11 +294,10 @@ impl Sources {
 
     fn read_file(&mut self, path: &Path) -> Result<()> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
-        let table: toml::Table =
-            text.parse().map_err(|e: toml::de::Error| {
-                let line = e.span().map_or(String::new(), |at| format!(":{}", text[..at.start.min(text.len())].matches('\n').count() + 1));
-                Error::Config(format!("config file {}{line} is not valid TOML: {}", path.display(), e.message()))
-            })?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map_or(String::new(), |at| format!(":{}", text[..at.start.min(text.len())].matches('\n').count() + 1));
+            Error::Config(format!("config file {}{line} is not valid TOML: {}", path.display(), e.message()))
+        })?;
         for (key, value) in table {
             let Some(s) = SETTINGS.iter().find(|s| s.name.eq_ignore_ascii_case(&key)) else {
                 return Err(Error::Config(format!(

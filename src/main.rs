@@ -11,6 +11,9 @@ use pg2es::source::delete_log;
 use pg2es::verify::{self, VerifyReport};
 use pg2es::{shutdown, Config, Error};
 
+/// How long `pg2es check` waits for Elasticsearch to show an index's mapping.
+const CHECK_INDEX_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn main() -> ExitCode {
     match try_main() {
         Ok(code) => code,
@@ -180,10 +183,11 @@ fn try_main() -> pg2es::Result<ExitCode> {
         Command::Check => {
             let docs = pipeline::documents(&config)?;
             let config = &config;
-            return with_runtime(|_shutdown| async move {
+            return with_runtime(|shutdown| async move {
                 let client = delete_log::connect_with(&config.source_settings()).await?;
                 pg2es::source::server_version(&client).await?;
-                for (c, spec, _) in &docs {
+                let mut conflicts = Vec::new();
+                for (c, spec, index) in &docs {
                     let doc = spec.resolve(&client, &config.postgres.schema).await?;
                     let tables = doc.tables().join(", ");
                     let untimed = doc.untimed();
@@ -195,9 +199,31 @@ fn try_main() -> pg2es::Result<ExitCode> {
                             untimed.join(", ")
                         )
                     };
-                    println!("{}: ok: index {} ({}), {} fields, tables {tables}{note}", doc.name, c.es_index, doc.index.schema_origin, doc.fields.len());
+                    // The index as run would find it: its mapping must be the index schema's.
+                    let sink = pg2es::sink::ElasticsearchSink::new(&c.sink_settings())?;
+                    let found = match tokio::time::timeout(CHECK_INDEX_WITHIN, sink.check_index(&index.schema, &shutdown)).await {
+                        Ok(Ok(())) => "; it exists with this mapping".to_string(),
+                        Ok(Err(Error::ElasticsearchStatus { status: 404, .. })) => "; absent: run creates it".to_string(),
+                        Ok(Err(e @ Error::MappingConflict { .. })) => {
+                            println!("{}: {e}", doc.name);
+                            conflicts.push(e);
+                            continue;
+                        }
+                        Ok(Err(e)) if e.is_credentials_refused() => return Err(e),
+                        Ok(Err(e)) => format!("; not checked: {e}"),
+                        Err(_) => format!(
+                            "; not checked: Elasticsearch at {} did not answer within {}s",
+                            pg2es::sink::shown_urls(&c.sink.urls),
+                            CHECK_INDEX_WITHIN.as_secs()
+                        ),
+                    };
+                    println!("{}: ok: index {} ({}{found}), {} fields, tables {tables}{note}", doc.name, c.es_index, doc.index.schema_origin, doc.fields.len());
                 }
-                Ok(ExitCode::SUCCESS)
+                // `run` would refuse these indexes: so does check (the first one, with its fix).
+                match conflicts.into_iter().next() {
+                    Some(e) => Err(e),
+                    None => Ok(ExitCode::SUCCESS),
+                }
             });
         }
         Command::DeleteCapture { action } => return delete_capture(&config, action),

@@ -298,3 +298,26 @@ async fn a_server_that_accepts_and_never_answers_is_named_before_the_timeout() {
     let _ = run.wait();
     env.cleanup().await;
 }
+
+/// `pg2es check` looks at each index as `run` would find it: there with the index schema's
+/// mapping (0), or with another, which `run` refuses: check fails too (1), naming `reindex`.
+#[tokio::test]
+async fn check_refuses_an_index_whose_mapping_run_would_refuse() {
+    let mut env = TestEnv::new("ops_check_index").await;
+    env.run_once().await;
+    let out = common::pg2es_command(&env.env_vars(), &["check"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.lines().count() == 1 && said.contains("; it exists with this mapping), "), "{said}");
+
+    let mut schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(common::schema_file()).unwrap()).unwrap();
+    schema["mappings"]["properties"]["extra_field"] = serde_json::json!({"type": "keyword"});
+    let changed = env.dir.path().join("changed.es.json");
+    std::fs::write(&changed, schema.to_string()).unwrap();
+    env.extra_env.push(("ES_SCHEMA_FILE".into(), changed.display().to_string()));
+    let out = common::pg2es_command(&env.env_vars(), &["check"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("exists with a different mapping") && said.contains("extra_field") && said.contains("pg2es reindex"), "{said}");
+    env.cleanup().await;
+}

@@ -256,9 +256,14 @@ impl Resolver<'_> {
                 let unique: Vec<String> = keys.unique.iter().filter(|u| u.len() == 1).map(|u| u[0].clone()).collect();
                 let hint = match unique.first() {
                     Some(c) => format!("name a unique column with `{setting} = \"...\"` (it has the unique column {c})"),
-                    None => format!("name a unique column with `{setting} = \"...\"`, or give it a primary key (ALTER TABLE {} ADD PRIMARY KEY (...))", sql_table(schema, t)),
+                    None => format!(
+                        "name a unique column with `{setting} = \"...\"`, or give it a primary key (ALTER TABLE {} ADD PRIMARY KEY (...))",
+                        sql_table(schema, t)
+                    ),
                 };
-                return Err(self.src.error(table.span(), format!("{schema}.{t} has no primary key and no column id, so pg2es cannot tell its rows apart: {hint}")));
+                return Err(self
+                    .src
+                    .error(table.span(), format!("{schema}.{t} has no primary key and no column id, so pg2es cannot tell its rows apart: {hint}")));
             }
         };
         if columns.len() > 1 {

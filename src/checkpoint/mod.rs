@@ -418,11 +418,7 @@ impl Checkpoint {
         if at.elapsed() < REPORT_AGAIN {
             return;
         }
-        let status = RunStatus {
-            updated: Utc::now(),
-            health: crate::telemetry::health(&crate::telemetry::document()).lock().clone(),
-            ..last.clone()
-        };
+        let status = RunStatus { updated: Utc::now(), health: crate::telemetry::health(&crate::telemetry::document()).lock().clone(), ..last.clone() };
         self.report(&status);
     }
 
