@@ -247,7 +247,7 @@ impl Error {
             },
             Error::ElasticsearchTransport { source, .. } if tls_failure(source) => Some(tls_hint(source, Service::Elasticsearch)),
             Error::UnsupportedEngine(_) => Some(format!("check {ES_URL}: it must lead to a supported Elasticsearch or OpenSearch (README, 'Engines')")),
-            Error::SystematicRejection { .. } => Some(format!("the index mapping does not fit the documents: check {ES_SCHEMA_FILE} (or delete the index so pg2es creates it from its definition); {ETL_DEAD_LETTER_MAX_RATIO}=1 dead-letters them instead")),
+            Error::SystematicRejection { .. } => Some(format!("the index mapping does not fit the documents: check each field of the definition (its column and type) against the mapping of the index schema (the definition's `index_schema`, or {ES_SCHEMA_FILE}), and that the index was made from that schema (or delete the index so pg2es creates it from it); {ETL_DEAD_LETTER_MAX_RATIO}=1 dead-letters them instead")),
             Error::ElasticsearchStatus { status: 401 | 403, .. } => {
                 Some(format!("check {ES_USERNAME} / {ES_PASSWORD} or {ES_API_KEY}"))
             }

@@ -188,11 +188,14 @@ type PgParts = (tokio_postgres::Config, DsnTls, BTreeMap<&'static str, String>, 
 fn parse_pg(src: &Sources) -> Result<PgParts> {
     let full_dsn = src.required(&PG_DSN)?;
     let (dsn, tls) = split_dsn_tls(&full_dsn);
-    let mut pg: tokio_postgres::Config = dsn.parse().map_err(|_| {
-        // The parser's message may quote the DSN, password included: say what is expected instead.
+    let mut pg: tokio_postgres::Config = dsn.parse().map_err(|e: tokio_postgres::Error| {
+        // The parser's message may quote the DSN, password included: only the two that name an
+        // option (never a value) are passed on; otherwise say what is expected.
+        let why = std::error::Error::source(&e).map(|c| c.to_string()).filter(|m| m.starts_with("unknown option `") || m.starts_with("invalid value for option `"));
         Error::Config(format!(
-            "{}: not a valid connection string; expected postgres://user@host:port/dbname or 'host=... dbname=...'",
-            src.describe(PG_DSN.name)
+            "{}: not a valid connection string{}; expected postgres://user@host:port/dbname or 'host=... dbname=...'",
+            src.describe(PG_DSN.name),
+            why.map(|w| format!(" ({w})")).unwrap_or_default()
         ))
     })?;
     let dsn_is_default = matches!(src.get(PG_DSN.name).map(|r| &r.origin), Some(Origin::Default));
@@ -516,6 +519,17 @@ mod tests {
         let c = config(&[("DB_HOST", "a"), ("DB_NAME", "django"), ("PGHOST", "b")]).unwrap();
         assert_eq!((host(&c).as_str(), c.postgres.pg.get_dbname()), ("a", Some("django")));
         assert!(c.notices.is_empty());
+    }
+
+    /// A connection string pg2es cannot read names the option at fault, never a value.
+    #[test]
+    fn a_bad_dsn_names_the_option_not_the_password() {
+        let e = err(&[("PG_DSN", "host=x bogus=1 password=sekret")]);
+        assert!(e.contains("unknown option `bogus`") && !e.contains("sekret"), "{e}");
+        let e = err(&[("PG_DSN", "postgres://u:sekret@h:99999/db")]);
+        assert!(e.contains("invalid value for option `port`") && !e.contains("sekret"), "{e}");
+        let e = err(&[("PG_DSN", "host='x password=sekret")]);
+        assert!(e.contains("not a valid connection string;") && !e.contains("sekret"), "{e}");
     }
 
     /// DB_PASSWORD is a part as DB_HOST is: a password written in a PG_DSN you set wins, with a
