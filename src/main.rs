@@ -187,8 +187,20 @@ fn try_main() -> pg2es::Result<ExitCode> {
                 let client = delete_log::connect_with(&config.source_settings()).await?;
                 pg2es::source::server_version(&client).await?;
                 let mut conflicts = Vec::new();
+                let replication = matches!(config.source, pg2es::config::SourceKind::Replication(_));
+                if replication {
+                    pg2es::source::role_may_replicate(&client).await?;
+                }
                 for (c, spec, index) in &docs {
                     let doc = spec.resolve(&client, &config.postgres.schema).await?;
+                    // What run would refuse at start in replication mode, for every document at once.
+                    if replication {
+                        if let Err(e) = pg2es::source::replica_identities(&client, &config.postgres.schema, &doc).await {
+                            println!("{}: {e}", doc.name);
+                            conflicts.push(e);
+                            continue;
+                        }
+                    }
                     let tables = doc.tables().join(", ");
                     let untimed = doc.untimed();
                     let note = if untimed.is_empty() {
@@ -219,7 +231,7 @@ fn try_main() -> pg2es::Result<ExitCode> {
                     };
                     println!("{}: ok: index {} ({}{found}), {} fields, tables {tables}{note}", doc.name, c.es_index, doc.index.schema_origin, doc.fields.len());
                 }
-                // `run` would refuse these indexes: so does check (the first one, with its fix).
+                // `run` would refuse these: so does check (the first one, with its fix).
                 match conflicts.into_iter().next() {
                     Some(e) => Err(e),
                     None => Ok(ExitCode::SUCCESS),

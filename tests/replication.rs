@@ -254,3 +254,27 @@ async fn a_polling_full_load_cut_short_goes_on_in_replication() {
     assert!(report.is_consistent(), "{}", report.render());
     env.cleanup().await;
 }
+
+/// `pg2es check` in replication mode names every document's tables whose replica identity would
+/// stop `run`, all at once (run stops at the first document); polling needs none of it.
+#[tokio::test]
+async fn check_names_every_missing_replica_identity_at_once() {
+    let mut env = TestEnv::new("repl_check_identities").await;
+    env.sql("ALTER TABLE content.genre_film_work REPLICA IDENTITY DEFAULT").await;
+    env.sql("ALTER TABLE content.person_film_work REPLICA IDENTITY DEFAULT").await;
+    env.extra_env.push(("PG2ES_DOCUMENTS".into(), "movies,genres,persons".into()));
+    env.extra_env.push(("ES_INDEX_PREFIX".into(), format!("{}_", env.index)));
+    let mut vars: Vec<(String, String)> = env.env_vars().into_iter().filter(|(k, _)| k != "ES_INDEX" && k != "ES_SCHEMA_FILE").collect();
+    vars.push(("PG2ES_SOURCE".into(), "replication".into()));
+    let out = common::pg2es_command(&vars, &["check"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    let line = |doc: &str| said.lines().find(|l| l.starts_with(&format!("{doc}: "))).unwrap_or_default().to_string();
+    assert!(line("movies").contains("ALTER TABLE content.genre_film_work REPLICA IDENTITY FULL; ALTER TABLE content.person_film_work REPLICA IDENTITY FULL;"), "{said}");
+    assert!(line("persons").contains("ALTER TABLE content.person_film_work REPLICA IDENTITY FULL;"), "{said}");
+    assert!(line("genres").starts_with("genres: ok:"), "{said}");
+    vars.retain(|(k, _)| k != "PG2ES_SOURCE");
+    let out = common::pg2es_command(&vars, &["check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "polling needs no replica identity: {}", String::from_utf8_lossy(&out.stdout));
+    env.cleanup().await;
+}

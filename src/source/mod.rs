@@ -20,7 +20,7 @@ mod version;
 pub use change::{Change, ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
 pub use polling::PollingSource;
 pub use recent::{RecentlyLoaded, RowVersion};
-pub use replication::{ReplicationSource, ReplicationStream};
+pub use replication::{replica_identities, role_may_replicate, ReplicationSource, ReplicationStream};
 pub use settings::{HorizonPolicy, PgSslMode, ReplicationSettings, SourceSettings};
 pub use version::{server_version, PgVersion, OLDEST_SUPPORTED_MAJOR};
 

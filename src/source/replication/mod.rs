@@ -17,6 +17,7 @@ mod setup;
 mod stream;
 mod window;
 
+pub use setup::{replica_identities, role_may_replicate};
 pub use stream::ReplicationStream;
 
 use std::sync::Arc;

@@ -182,9 +182,13 @@ pub(super) async fn advance_slot(pg: &PgSource, slot: &str, to: Lsn) -> Result<(
 
 /// `wal_level` and the role's `REPLICATION`.
 pub(super) async fn check_role(pg: &PgSource) -> Result<()> {
+    role_may_replicate(pg.client()).await
+}
+
+/// `wal_level` and the role's REPLICATION attribute, each refused with its fix.
+pub async fn role_may_replicate(client: &tokio_postgres::Client) -> Result<()> {
     let context = "check replication settings";
-    let row = pg
-        .client()
+    let row = client
         .query_one("SELECT current_setting('wal_level'), (SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), current_user::text", &[])
         .await
         .map_err(Error::postgres(context))?;
@@ -208,10 +212,13 @@ pub(super) async fn check_role(pg: &PgSource) -> Result<()> {
 /// Replica identities that give an updated or deleted row's root, every table that lacks one
 /// named in one error.
 pub(super) async fn check_identities(pg: &PgSource, schema: &str) -> Result<()> {
-    let doc = pg.document();
+    replica_identities(pg.client(), schema, pg.document()).await
+}
+
+/// [`check_identities`] for `doc` on `client` (`pg2es check` runs it for every document).
+pub async fn replica_identities(client: &tokio_postgres::Client, schema: &str, doc: &crate::catalog::Document) -> Result<()> {
     let context = "check replica identities";
-    let rows = pg
-        .client()
+    let rows = client
         .query(
             "SELECT c.relname::text, c.relreplident::text, \
                     ARRAY(SELECT a.attname::text FROM pg_catalog.pg_index i \
