@@ -95,7 +95,7 @@ impl ReplicationSource {
     /// What the stream is read through, checked now: replica identities, the columns pg2es
     /// reads, the publication (created when missing, tables added when pg2es may). Whatever
     /// cannot be fixed here is an error that names the fix.
-    async fn check_setup(&self, pg: &PgSource, schema: &str) -> Result<StreamSetup> {
+    async fn check_setup(&self, pg: &PgSource, schema: &str, recorded: Option<&StreamSetup>) -> Result<StreamSetup> {
         check_identities(pg, schema).await?;
         self.spec.resolve(pg.client(), schema).await.map_err(|e| match e {
             Error::Definition(why) | Error::SourceSchema(why) => Error::SourceSchema(format!(
@@ -103,7 +103,7 @@ impl ReplicationSource {
             )),
             other => other,
         })?;
-        let objects = ensure_publication(pg, schema, &self.settings.publication, &pg.document().tables()).await?;
+        let objects = ensure_publication(pg, schema, &self.settings.publication, &pg.document().tables(), recorded.map(|r| &r.objects)).await?;
         Ok(StreamSetup { slot: self.settings.slot.clone(), objects })
     }
 
@@ -126,7 +126,7 @@ impl ReplicationSource {
                 // Changes in the stream that cannot be followed: if Postgres is set up right now,
                 // take a fresh position at the window's end (the records are all loaded again after
                 // it); otherwise the check names what to fix, and the next start comes back here.
-                let setup = self.check_setup(pg, &self.base.schema).await?;
+                let setup = self.check_setup(pg, &self.base.schema, state.stream_setup.as_ref()).await?;
                 tracing::warn!(document = %self.spec.name, slot = %self.settings.slot, reason = %lost, resyncs = state.resyncs + 1, "the replication stream cannot be followed from the saved position: taking a fresh one; every record is loaded again, then documents of records that are gone are removed");
                 let completes = vec![PositionDelta::Resync { lsn: until, setup }];
                 // A closed channel: the writer stopped, and says why.
@@ -186,7 +186,7 @@ impl ChangeSource for ReplicationSource {
         let setup = match cached.clone() {
             Some(setup) => setup,
             None => {
-                let setup = self.check_setup(pg, &schema).await?;
+                let setup = self.check_setup(pg, &schema, state.stream_setup.as_ref()).await?;
                 self.setup = Some((setup.clone(), Instant::now()));
                 setup
             }
@@ -265,7 +265,7 @@ impl ChangeSource for ReplicationSource {
         self.stream.saved(pg, &self.spec.name, state.replication.unwrap_or(slot.confirmed())).await?;
         if let Some(reason) = &resync {
             // The fresh position is recorded with the setup as it is now.
-            let setup = if cached.is_some() { self.check_setup(pg, &schema).await? } else { setup };
+            let setup = if cached.is_some() { self.check_setup(pg, &schema, state.stream_setup.as_ref()).await? } else { setup };
             self.setup = Some((setup.clone(), Instant::now()));
             tracing::warn!(document = %self.spec.name, slot = %self.settings.slot, reason = %reason, resyncs = state.resyncs + 1, "the replication stream cannot be followed from the saved position: taking a fresh one; every record is loaded again, then documents of records that are gone are removed");
             before.push(PositionDelta::Resync { lsn: until, setup });

@@ -259,7 +259,13 @@ pub async fn replica_identities(client: &tokio_postgres::Client, schema: &str, d
 
 /// The publication's identity and options, and each table's oid and membership: created when
 /// missing, tables added when pg2es may; what cannot be fixed here is an error with the fix.
-pub(super) async fn ensure_publication(pg: &PgSource, schema: &str, publication: &str, tables: &[&str]) -> Result<std::collections::BTreeMap<String, String>> {
+pub(super) async fn ensure_publication(
+    pg: &PgSource,
+    schema: &str,
+    publication: &str,
+    tables: &[&str],
+    recorded: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<std::collections::BTreeMap<String, String>> {
     let c = pg.client();
     let context = "read the publication";
     let quoted = |t: &str| crate::catalog::qualified(schema, t);
@@ -350,7 +356,13 @@ pub(super) async fn ensure_publication(pg: &PgSource, schema: &str, publication:
             match c.batch_execute(&add).await {
                 Ok(()) => {
                     added = true;
-                    tracing::warn!(publication, tables = %missing.join(", "), "tables were missing from the publication (a new document, or recreated by a migration?): added them");
+                    // A table the document's stream was read through before has left it: a migration
+                    // recreated it, or an operator removed it. One never recorded is a new document's.
+                    if missing.iter().any(|t| recorded.is_some_and(|r| r.contains_key(&format!("table {schema}.{t}")))) {
+                        tracing::warn!(publication, tables = %missing.join(", "), "tables were missing from the publication (recreated by a migration?): added them");
+                    } else {
+                        tracing::info!(publication, tables = %missing.join(", "), "added the document's tables to the publication");
+                    }
                 }
                 Err(e) if lost_race(&e) => tracing::debug!(publication, "tables were added to the publication meanwhile by another document"),
                 Err(e) => return Err(setup_error(e, &format!("add {} to publication {publication} ({add})", missing.join(", ")))),
