@@ -411,11 +411,19 @@ impl Config {
 
     pub fn from_sources(src: &Sources) -> Result<Config> {
         let postgres = dsn::postgres(src)?;
-        let es_index = src.required(&ES_INDEX)?;
+        // Unset: each document's index is its definition's ([`Config::for_document`] sets it).
+        let es_index_explicit = src.text(&ES_INDEX)?;
+        let es_index = es_index_explicit.clone().unwrap_or_default();
         let auth = match (src.text(&ES_API_KEY)?, src.text(&ES_USERNAME)?, src.text(&ES_PASSWORD)?) {
             (Some(_), Some(_), _) => return Err(Error::Config(format!("{ES_API_KEY} and {ES_USERNAME} are both set: choose one way to authenticate"))),
             (Some(key), None, _) => EsAuth::ApiKey(Secret::new(key)),
-            (None, Some(username), password) => EsAuth::Basic { username, password: Secret::new(password.unwrap_or_default()) },
+            (None, Some(username), Some(password)) => EsAuth::Basic { username, password: Secret::new(password) },
+            // Elasticsearch's users all have passwords: without one every request would get 401.
+            (None, Some(_), None) => {
+                return Err(Error::Config(format!(
+                    "{ES_USERNAME} is set but {ES_PASSWORD} is not: set {ES_PASSWORD} (or {ES_PASSWORD}_FILE), or unset {ES_USERNAME}"
+                )))
+            }
             (None, None, Some(_)) => return Err(Error::Config(format!("{ES_PASSWORD} is set but {ES_USERNAME} is not: set both"))),
             (None, None, None) => EsAuth::None,
         };
@@ -471,7 +479,7 @@ impl Config {
                     max_transaction: Duration::from_secs(src.number::<u64>(&ETL_MAX_TX_SEC)?),
                 },
             },
-            es_index_explicit: !src.is_default(&ES_INDEX),
+            es_index_explicit: es_index_explicit.is_some(),
             es_index,
             es_index_prefix: src.text(&ES_INDEX_PREFIX)?.unwrap_or_default(),
             definition: src.text(&PG2ES_DEFINITION)?.map(PathBuf::from),

@@ -18,10 +18,14 @@ fn main() -> ExitCode {
     match try_main() {
         Ok(code) => code,
         Err(e) => {
-            if matches!(e, Error::Shutdown) {
-                tracing::warn!("pg2es stopped before its pass was complete");
-            } else {
-                tracing::error!(error = %e, "pg2es failed");
+            // Text logs go to stderr too: the two lines below say it once. JSON logs get the
+            // structured record as well, for the collector.
+            if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+                if matches!(e, Error::Shutdown) {
+                    tracing::warn!("pg2es stopped before its pass was complete");
+                } else {
+                    tracing::error!(error = %e, hint = e.hint().unwrap_or_default(), "pg2es failed");
+                }
             }
             eprintln!("pg2es: error: {e}");
             if let Some(hint) = e.hint() {
@@ -448,7 +452,11 @@ fn print_verify(reports: &[(String, String, VerifyReport)], json: bool) -> pg2es
     Ok(if consistent { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// `LOG_FORMAT=json`: a failure is also logged as a structured record ([`main`]).
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn init_tracing(format: LogFormat) {
+    JSON_LOGS.store(format == LogFormat::Json, std::sync::atomic::Ordering::Relaxed);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal; log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -270,7 +270,10 @@ async fn check_names_every_missing_replica_identity_at_once() {
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{said}{}", String::from_utf8_lossy(&out.stderr));
     let line = |doc: &str| said.lines().find(|l| l.starts_with(&format!("{doc}: "))).unwrap_or_default().to_string();
-    assert!(line("movies").contains("ALTER TABLE content.genre_film_work REPLICA IDENTITY FULL; ALTER TABLE content.person_film_work REPLICA IDENTITY FULL;"), "{said}");
+    assert!(
+        line("movies").contains("ALTER TABLE content.genre_film_work REPLICA IDENTITY FULL; ALTER TABLE content.person_film_work REPLICA IDENTITY FULL;"),
+        "{said}"
+    );
     assert!(line("persons").contains("ALTER TABLE content.person_film_work REPLICA IDENTITY FULL;"), "{said}");
     assert!(line("genres").starts_with("genres: ok:"), "{said}");
     vars.retain(|(k, _)| k != "PG2ES_SOURCE");

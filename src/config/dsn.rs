@@ -191,7 +191,8 @@ fn parse_pg(src: &Sources) -> Result<PgParts> {
     let mut pg: tokio_postgres::Config = dsn.parse().map_err(|e: tokio_postgres::Error| {
         // The parser's message may quote the DSN, password included: only the two that name an
         // option (never a value) are passed on; otherwise say what is expected.
-        let why = std::error::Error::source(&e).map(|c| c.to_string()).filter(|m| m.starts_with("unknown option `") || m.starts_with("invalid value for option `"));
+        let why =
+            std::error::Error::source(&e).map(|c| c.to_string()).filter(|m| m.starts_with("unknown option `") || m.starts_with("invalid value for option `"));
         Error::Config(format!(
             "{}: not a valid connection string{}; expected postgres://user@host:port/dbname or 'host=... dbname=...'",
             src.describe(PG_DSN.name),

@@ -12,7 +12,7 @@ pub(super) fn err(env: &[(&str, &str)]) -> String {
 #[test]
 fn defaults_are_valid() {
     let c = config(&[]).unwrap();
-    assert_eq!(c.es_index, "movies");
+    assert_eq!((c.es_index.as_str(), c.es_index_explicit), ("", false));
     assert_eq!(c.batch_size, 500);
     assert_eq!(c.cycle, Duration::from_secs(10));
     assert_eq!(c.postgres.pg.get_dbname(), Some("movies"));
@@ -286,6 +286,7 @@ fn secrets_come_from_files() {
 #[test]
 fn auth_combinations() {
     assert!(err(&[("ES_PASSWORD", "x")]).contains("ES_USERNAME"));
+    assert!(err(&[("ES_USERNAME", "elastic")]).contains("ES_PASSWORD is not"));
     assert!(err(&[("ES_API_KEY", "k"), ("ES_USERNAME", "u")]).contains("choose one"));
     assert!(matches!(config(&[("ES_API_KEY", "k")]).unwrap().sink.auth, EsAuth::ApiKey(_)));
 }
