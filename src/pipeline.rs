@@ -362,7 +362,14 @@ pub async fn run_cycles<S: ChangeSource, K: IndexSink>(
                 // A pass is whole once no full load is pending (a TRUNCATE starts a reload) and
                 // the source has nothing more waiting.
                 let pending = more || checkpoint.state().snapshot_in_progress().is_some();
-                if interrupted || (options.mode == Mode::Once && !pending) {
+                if interrupted {
+                    break;
+                }
+                if options.mode == Mode::Once && !pending {
+                    // Without it the slot would keep this pass's changes until the next run.
+                    if let Err(e) = source.finish(checkpoint.state()).await {
+                        tracing::warn!(error = %e, "the pass is stored, but the replication slot was not moved past it: the next run reads those changes again");
+                    }
                     break;
                 }
                 if pending {

@@ -103,10 +103,16 @@ async fn a_restart_resumes_from_the_confirmed_position_and_truncate_reloads() {
     let env = TestEnv::replicated("repl_restart").await;
     env.pass().await;
     let a = film(&env, 5).await;
+    let lsn = "(pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
+    let before = env.scalar_i64(&format!("SELECT {lsn}")).await;
     env.sql(&format!("UPDATE content.film_work SET title = 'While stopped' WHERE id = '{a}'")).await;
     let r = env.pass().await;
     assert_eq!(r.iter().map(|r| r.records).sum::<usize>(), 1, "{r:?}");
     assert_eq!(stored(&env, &a).await.unwrap()["title"], "While stopped");
+    // The pass confirmed what it stored: the slot keeps no WAL of it for the next run.
+    let slot = format!("pg2es_{}", env.index);
+    let confirmed = env.scalar_i64(&format!("SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = '{slot}'")).await;
+    assert!(confirmed > before, "slot {slot} confirmed {confirmed}, not past the update made at {before}");
     // Nothing changed: nothing read again.
     let r = env.pass().await;
     assert_eq!(r.iter().map(|r| r.records).sum::<usize>(), 0, "{r:?}");

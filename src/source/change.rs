@@ -101,6 +101,12 @@ pub trait ChangeSource: Sync {
     /// remembers of rows already loaded is of the index before, and is forgotten.
     fn rewound(&self) {}
 
+    /// The pass of `run --once` is over and `state` is durable: what the next cycle's `prepare`
+    /// would confirm to Postgres is confirmed now (the replication slot is moved past it).
+    fn finish(&self, _state: &State) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// The document the records of this cycle are read as (after `prepare`).
     fn document(&self) -> Option<std::sync::Arc<Document>>;
 

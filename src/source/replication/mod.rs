@@ -321,6 +321,14 @@ impl ChangeSource for ReplicationSource {
 
     fn acknowledge(&self, _: Receipt) {}
 
+    async fn finish(&self, state: &State) -> Result<()> {
+        match (&self.pg, state.replication) {
+            // Read through an older slot this pass: the run's slot is not this document's yet.
+            (Some(pg), Some(saved)) if self.previous.is_none() => self.stream.saved(pg, &self.spec.name, saved).await,
+            _ => Ok(()),
+        }
+    }
+
     async fn existing(&self, ids: &[Key]) -> Result<Vec<Key>> {
         self.pg()?.existing(ids).await
     }
