@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::TestEnv;
+use pg2es::config::{Config, Sources};
 use pg2es::pipeline::{self, Mode};
 use pg2es::shutdown::Shutdown;
 use serde_json::Value;
@@ -241,15 +242,13 @@ async fn a_polling_full_load_cut_short_goes_on_in_replication() {
     ]);
     let log = env.dir.path().join("polling.log");
     let mut run = common::spawn_logged(&polling, &["run", "--once"], &log);
-    let state = env.state_file();
-    within(Duration::from_secs(60), "the polling full load is under way", || async {
-        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"snapshot\"") && s.contains("\"after\""))
-    })
-    .await;
+    // The state where it is kept: its file, or its row of pg2es.state (PG2ES_TEST_STATE_STORE).
+    let polling_config = Config::from_sources(&Sources::gather(None, polling.clone()).unwrap()).unwrap();
+    let saved = || async { pipeline::saved_state(&polling_config).await.ok().flatten().and_then(|s| s.snapshot_in_progress()) };
+    within(Duration::from_secs(60), "the polling full load is under way", || async { saved().await.is_some_and(|s| s.after.is_some()) }).await;
     common::signal(&run, "-TERM");
     common::wait_exit(&mut run, Duration::from_secs(30));
-    let saved = std::fs::read_to_string(&state).unwrap();
-    assert!(saved.contains("\"done\": false") || saved.contains("\"done\":false"), "the load was cut short: {saved}");
+    assert!(saved().await.is_some(), "the load was cut short: {:?}", pipeline::saved_state(&polling_config).await);
 
     env.extra_env.push(("PG2ES_SOURCE".into(), "replication".into()));
     let out = common::pg2es_command(&env.env_vars(), &["run", "--once"]).output().unwrap();
