@@ -493,8 +493,21 @@ impl<'a> DocumentPages<'a> {
         if self.done || !out.is_empty() {
             return Ok(());
         }
-        let page = self.sink.documents_after(self.after.as_deref(), self.size, self.shutdown).await?;
+        let mut page = self.sink.documents_after(self.after.as_deref(), self.size, self.shutdown).await?;
         self.done = page.len() < self.size;
+        // The next page starts after the last `id`: documents beyond this page that share it (a
+        // copy under another `_id`) are read with this page, or they would never be seen.
+        let last = page.last().and_then(|d| d.sort.first()).and_then(Value::as_str).map(str::to_string);
+        if let (false, Some(last)) = (self.done, last) {
+            let read: std::collections::HashSet<String> = page.iter().map(|d| d.id.clone()).collect();
+            for mut doc in self.sink.documents_with_id(&last, MAX_SEARCH_SIZE, self.shutdown).await? {
+                if !read.contains(&doc.id) {
+                    doc.sort = vec![Value::String(last.clone())];
+                    page.push(doc);
+                }
+            }
+            // Of these, the one whose `_id` is its `id` (if any) is placed below, the others are extra.
+        }
         for doc in page {
             let out_of_order = |why: String| Error::ElasticsearchStatus { context: "read documents", status: 200, body: why };
             let Some(Value::String(key)) = doc.sort.first() else {

@@ -97,6 +97,36 @@ async fn small_pages_find_each_difference_by_id() {
     env.cleanup().await;
 }
 
+/// Copies of a document under other `_id`s (written by another tool, say) share its `id`: paging
+/// by `id`, a page that ends on that `id` stepped over the copies beyond it, and verify found the
+/// index consistent. They are extra, and repair deletes them and keeps the document.
+#[tokio::test]
+async fn copies_sharing_an_id_across_a_page_boundary_are_extra() {
+    let mut env = TestEnv::new("verify_copies").await;
+    env.extra_env.push(("ETL_BATCH_SIZE".into(), "7".into()));
+    env.run_once().await;
+    let end_of_page = film_id(&env, "SELECT id::text FROM content.film_work ORDER BY id LIMIT 1 OFFSET 6").await;
+    let real = env.doc(&end_of_page).await;
+    let mut copies = vec![random_uuid(&env).await, random_uuid(&env).await];
+    for copy in &copies {
+        es(&env, reqwest::Method::PUT, &format!("_doc/{copy}"), Some(real.clone())).await;
+    }
+    env.refresh().await;
+    let report = check(&env).await;
+    assert_eq!((report.missing.count, report.stale.count, report.extra.count), (0, 0, 2), "{report:?}");
+    let mut extra = report.extra.first.clone();
+    extra.sort();
+    copies.sort();
+    assert_eq!(extra, copies);
+
+    let out = run(&env, &["verify", "--repair"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = check(&env).await;
+    assert!(after.is_consistent(), "{after:?}");
+    assert_eq!(env.doc(&end_of_page).await, real);
+    env.cleanup().await;
+}
+
 /// Without the delete capture triggers (and before reconciliation is due), a film deleted in
 /// Postgres stays in the index, and a person taken off a film stays in its document. Verify finds
 /// both and says why.

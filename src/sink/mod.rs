@@ -505,6 +505,13 @@ impl ElasticsearchSink {
         Ok(self.search(&query, "read documents", shutdown).await?.hits.hits)
     }
 
+    /// Up to `limit` documents whose `id` is `id`. Paging by `id` with `search_after` steps over
+    /// every document after the first whose `id` is the page's last.
+    pub async fn documents_with_id(&self, id: &str, limit: usize, shutdown: &Shutdown) -> Result<Vec<StoredDocument>> {
+        let query = serde_json::json!({ "size": limit, "_source": true, "track_total_hits": false, "query": { "term": { "id": id } } });
+        Ok(self.search(&query, "read documents of one id", shutdown).await?.hits.hits)
+    }
+
     /// How many documents have no `id` (they cannot be sorted by it), and the `_id` of the first
     /// `limit` of them.
     pub async fn documents_without_id(&self, limit: usize, shutdown: &Shutdown) -> Result<(u64, Vec<String>)> {
