@@ -207,13 +207,20 @@ fn try_main() -> pg2es::Result<ExitCode> {
                     }
                     let tables = doc.tables().join(", ");
                     let untimed = doc.untimed();
-                    let note = if untimed.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            "; no timestamp column: {} (polling needs the write capture, `delete-capture install --writes`; replication needs none)",
-                            untimed.join(", ")
-                        )
+                    let note = match (untimed.is_empty(), replication) {
+                        (true, _) => String::new(),
+                        (false, true) => format!("; no timestamp column: {} (replication needs none)", untimed.join(", ")),
+                        (false, false) => {
+                            // What run would refuse: polling without the write capture's log.
+                            let set = pg2es::catalog::triggers::capture(&config.postgres.schema, std::slice::from_ref(&doc));
+                            if !delete_log::status(&client, &set).await?.with_legacy_for(spec.first).writes_complete() {
+                                let e = pg2es::source::untimed_without_capture(&config.postgres.schema, &untimed);
+                                println!("{}: {e}", doc.name);
+                                conflicts.push(e);
+                                continue;
+                            }
+                            format!("; no timestamp column: {} (its changes are read from the write capture's log)", untimed.join(", "))
+                        }
                     };
                     // The index as run would find it: its mapping must be the index schema's.
                     let sink = pg2es::sink::ElasticsearchSink::new(&c.sink_settings())?;

@@ -493,6 +493,15 @@ async fn run_cycle<S: ChangeSource, K: IndexSink>(
         sink.claim(&IndexOwner::new(identity, &doc.name), shutdown).await?;
     }
     checkpoint.commit(&plan.before)?;
+    if let Some(columns) = plan.columns.as_ref().filter(|c| checkpoint.state().columns.as_ref() != Some(*c)) {
+        let changed = checkpoint.state().columns_changed(columns);
+        checkpoint.commit(&[PositionDelta::Columns { columns: columns.clone() }])?;
+        if !changed.is_empty() {
+            tracing::warn!(document = %doc.name, changed = %changed.join("; "), "a column the documents were read from was dropped and added again, or its type altered: they hold the values read before; every record is loaded again, over the index as it is");
+            // The next cycle, at once, is the full load.
+            return Ok(CycleReport { document: doc.name.clone(), root: doc.root.clone(), more: true, ..CycleReport::default() });
+        }
+    }
     let progress = if plan.full_load {
         tune_for_full_load(sink, checkpoint, shutdown).await?;
         Some(Progress::for_stderr())

@@ -143,18 +143,18 @@ impl VerifyReport {
         if self.missing.count > 0 {
             let n = self.missing.count;
             let why = if replication {
-                "records not loaded yet; pg2es loads them at its next cycle (the replication stream carries every committed write). One still missing after that: reload (README, 'Running pg2es')"
+                "records not loaded yet; pg2es loads them at its next cycle (the replication stream carries every committed write). One still missing after that: run `pg2es verify --repair`, which writes those documents again from Postgres as it is (README, 'The bad day: what to run')"
             } else {
-                "records not loaded yet; `pg2es run` loads them at its next cycle. One still missing after that was written with a change column that is NULL or older than what pg2es had read (an import that keeps old timestamps), which polling does not see: set the column in such writes (UPDATE ... SET updated_at = now() on those rows), or reload (README, 'Running pg2es')"
+                "records not loaded yet; `pg2es run` loads them at its next cycle. One still missing after that was written with a change column that is NULL or older than what pg2es had read (an import that keeps old timestamps), which polling does not see: set the column in such writes (UPDATE ... SET updated_at = now() on those rows), or run `pg2es verify --repair`, which writes those documents again from Postgres as it is (README, 'The bad day: what to run')"
             };
             hints.push(format!("{n} missing {}: {why}", documents(n)));
         }
         if self.stale.count > 0 {
             let n = self.stale.count;
             let why = match (replication, delete_capture) {
-                (true, _) => "a change not loaded yet: run verify again after pg2es's next cycle (the replication stream carries every committed write and delete). One still stale after that: reload (README, 'Running pg2es')",
-                (false, true) => "a change not loaded yet: run verify again after pg2es's next cycle. One still stale after that was changed by a write that left the change column as it was (an UPDATE that does not set updated_at, such as Django's QuerySet.update()), which polling never sees: set the column in such writes (UPDATE ... SET updated_at = now() on those rows), or reload (README, 'Running pg2es')",
-                (false, false) => "a change not loaded yet: run verify again after pg2es's next cycle. One still stale after that lost a related row or a link deleted in Postgres, which polling sees only with the delete capture triggers (README, 'Deletes': `pg2es delete-capture install`), or was changed by a write that left the change column as it was (an UPDATE that does not set updated_at, such as Django's QuerySet.update()), which polling never sees: set the column in such writes, or reload (README, 'Running pg2es')",
+                (true, _) => "a change not loaded yet: run verify again after pg2es's next cycle (the replication stream carries every committed write and delete). One still stale after that: run `pg2es verify --repair`, which writes those documents again from Postgres as it is (README, 'The bad day: what to run')",
+                (false, true) => "a change not loaded yet: run verify again after pg2es's next cycle. One still stale after that was changed by a write that left the change column as it was (an UPDATE that does not set updated_at, such as Django's QuerySet.update()), which polling never sees: set the column in such writes (UPDATE ... SET updated_at = now() on those rows), or run `pg2es verify --repair`, which writes those documents again from Postgres as it is (README, 'The bad day: what to run')",
+                (false, false) => "a change not loaded yet: run verify again after pg2es's next cycle. One still stale after that lost a related row or a link deleted in Postgres, which polling sees only with the delete capture triggers (README, 'Deletes': `pg2es delete-capture install`), or was changed by a write that left the change column as it was (an UPDATE that does not set updated_at, such as Django's QuerySet.update()), which polling never sees: set the column in such writes, or run `pg2es verify --repair`, which writes those documents again from Postgres as it is (README, 'The bad day: what to run')",
             };
             hints.push(format!("{n} stale {}: {why}", documents(n)));
         }

@@ -135,6 +135,11 @@ async fn every_path_reaches_the_index(env: TestEnv, mode: &str, log_shows: Optio
 async fn polling_with_the_write_capture_sees_every_orm_write_of_django_defaults() {
     let env = shelf_env("polling", Some("0001")).await;
     assert_django_defaults(&env).await;
+    // Before the write capture, check refuses what run would: the link table has no timestamp.
+    let o = common::pg2es_command(&env.env_vars(), &["check"]).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "{said}");
+    assert!(said.contains("shelf_book_tags has no timestamp column") && said.contains("delete-capture install --writes"), "{said}");
     install_delete_capture(&env, &["--writes"]);
     every_path_reaches_the_index(env, "polling with the write capture", Some("write capture found")).await;
 }

@@ -197,6 +197,14 @@ async fn a_column_renamed_and_back_stops_with_the_fix_and_the_next_start_heals()
     env.cleanup().await;
 }
 
+/// A column dropped and added again, or altered, in place: the next pass loads every record.
+#[tokio::test]
+async fn a_column_changed_in_place_reloads_every_record() {
+    let env = TestEnv::replicated("mig_column_in_place").await;
+    common::columns_changed_in_place_reload_every_record(&env).await;
+    env.cleanup().await;
+}
+
 /// A publication that stops publishing deletes: pg2es stops with the fix; after it, the next
 /// start sees the publication was altered and takes a fresh position.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,6 +85,14 @@ fn spawn_writer(dsn: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u
 /// the triggers on it are gone, links deleted meanwhile are not logged. pg2es says so (WARN, which
 /// tables lack which triggers, the fix); after `pg2es delete-capture install` it loads every film
 /// again and reconciles, and the index converges with no other step.
+/// A column dropped and added again, or altered, in place: the next pass loads every record.
+#[tokio::test]
+async fn a_column_changed_in_place_reloads_every_record() {
+    let env = TestEnv::new("migp_column_in_place").await;
+    common::columns_changed_in_place_reload_every_record(&env).await;
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_migration_that_recreates_a_table_is_warned_about_and_healed_after_install() {
     let env = TestEnv::new("dc_mig_recreate").await;

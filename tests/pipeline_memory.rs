@@ -68,7 +68,7 @@ struct MemorySource {
 impl ChangeSource for MemorySource {
     async fn prepare(&mut self, state: &State) -> Result<CyclePlan> {
         let before = if state.needs_full_load() { vec![PositionDelta::BeginFullLoad { heads: vec![] }] } else { vec![] };
-        Ok(CyclePlan { identity: None, wal: None, before, full_load: state.needs_full_load() || state.snapshot_in_progress().is_some() })
+        Ok(CyclePlan { identity: None, wal: None, before, full_load: state.needs_full_load() || state.snapshot_in_progress().is_some(), columns: None })
     }
 
     async fn read(&self, state: &State, tx: mpsc::Sender<ChangeBatch>, _: &Shutdown, _: Option<&Progress>) -> Result<ReadReport> {

@@ -95,6 +95,10 @@ pub struct State {
     /// before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal_seen: Option<u64>,
+    /// The columns of the document's tables when its documents were read (`table.column`: its
+    /// place in the table and its type). Absent in files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<BTreeMap<String, String>>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -170,6 +174,10 @@ pub enum PositionDelta {
     /// so every record is loaded again from the first (a full load under way starts over),
     /// the streams kept.
     Definition { fingerprint: String },
+    /// The columns of the document's tables now: a column read before that was dropped and added
+    /// again, or whose type was altered, holds other values than the documents were built from,
+    /// and every record is loaded again.
+    Columns { columns: BTreeMap<String, String> },
 }
 
 /// Which database a state belongs to. Watermarks and the full load's position mean nothing in
@@ -205,6 +213,14 @@ impl State {
     /// True before anything was ever loaded: the next cycle starts the full load.
     pub fn needs_full_load(&self) -> bool {
         self.snapshot.is_none() && self.watermarks.is_empty()
+    }
+
+    /// The columns recorded with the documents that are not the same column of the same type in
+    /// `now` (`table.column: was -> now`). One gone or added is none: a column the document reads
+    /// that is gone stops the source, and one it does not read changes nothing.
+    pub fn columns_changed(&self, now: &BTreeMap<String, String>) -> Vec<String> {
+        let Some(was) = &self.columns else { return Vec::new() };
+        was.iter().filter_map(|(name, was)| now.get(name).filter(|now| *now != was).map(|now| format!("{name}: {was} -> {now}"))).collect()
     }
 
     /// Whether documents were built from another definition than `fingerprint`: some are loaded,
@@ -314,6 +330,13 @@ impl State {
                     self.snapshot = Some(Snapshot::default());
                 }
                 self.definition = Some(fingerprint.clone());
+                Ok(())
+            }
+            PositionDelta::Columns { columns } => {
+                if !self.needs_full_load() && !self.columns_changed(columns).is_empty() {
+                    self.snapshot = Some(Snapshot::default());
+                }
+                self.columns = Some(columns.clone());
                 Ok(())
             }
         }
@@ -754,6 +777,31 @@ mod tests {
         c.commit(&[PositionDelta::BeginFullLoad { heads: vec![] }]).unwrap();
         assert_eq!(c.state().snapshot_in_progress(), Some(Snapshot::default()));
         assert_eq!(c.state().watermark("genre"), Some(wm(5, 2)));
+    }
+
+    #[test]
+    fn a_column_changed_in_place_loads_every_record_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Checkpoint::open(&dir.path().join("s.json"), "movies").unwrap();
+        let cols = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+        let before = cols(&[("film.id", "column 1, uuid"), ("film.title", "column 2, text")]);
+        // Recorded with the first full load still to come.
+        c.commit(&[PositionDelta::Columns { columns: before.clone() }]).unwrap();
+        assert!(c.state().needs_full_load());
+        c.commit(&[PositionDelta::BeginFullLoad { heads: vec![("genre".to_string(), wm(5, 2))] }]).unwrap();
+        c.commit(&[PositionDelta::FullLoad(Snapshot { after: Some(Key::int(9)), done: true })]).unwrap();
+        // A column added, or one gone: nothing read before changed.
+        let added = cols(&[("film.id", "column 1, uuid"), ("film.title", "column 2, text"), ("film.rating", "column 3, real")]);
+        assert!(c.state().columns_changed(&added).is_empty());
+        c.commit(&[PositionDelta::Columns { columns: added.clone() }]).unwrap();
+        assert_eq!(c.state().snapshot_in_progress(), None);
+        // Dropped and added again: another place in the table; every record again, streams kept.
+        let again = cols(&[("film.id", "column 1, uuid"), ("film.title", "column 4, text"), ("film.rating", "column 3, real")]);
+        assert_eq!(c.state().columns_changed(&again), ["film.title: column 2, text -> column 4, text"]);
+        c.commit(&[PositionDelta::Columns { columns: again.clone() }]).unwrap();
+        assert_eq!(c.state().snapshot_in_progress(), Some(Snapshot::default()));
+        assert_eq!(c.state().watermark("genre"), Some(wm(5, 2)));
+        assert_eq!(c.state().columns, Some(again));
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub struct CyclePlan {
     pub before: Vec<PositionDelta>,
     /// Whether this cycle reads the whole catalog (the index is tuned for it).
     pub full_load: bool,
+    /// The columns of the document's tables as the connection read them
+    /// ([`crate::source::PgSource::columns`]): one changed in place reloads every record.
+    pub columns: Option<BTreeMap<String, String>>,
 }
 
 /// What one cycle read, for the cycle's log line.

@@ -18,7 +18,7 @@ mod tls;
 mod version;
 
 pub use change::{Change, ChangeBatch, ChangeSource, CyclePlan, ReadReport, Receipt};
-pub use polling::PollingSource;
+pub use polling::{untimed_without_capture, PollingSource};
 pub use recent::{RecentlyLoaded, RowVersion};
 pub use replication::{replica_identities, role_may_replicate, ReplicationSource, ReplicationStream};
 pub use settings::{HorizonPolicy, PgSslMode, ReplicationSettings, SourceSettings};
@@ -29,6 +29,7 @@ use futures_util::StreamExt;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::catalog::{Cell, ColumnType, Document, Record, Selection, Source, Value};
@@ -82,6 +83,8 @@ pub struct PgSource {
     version: PgVersion,
     doc: Arc<Document>,
     statements: queries::Statements,
+    /// The columns of the document's tables as they were at connect ([`queries::column_identities`]).
+    columns: BTreeMap<String, String>,
 }
 
 /// One page of changed rows of one stream.
@@ -105,7 +108,20 @@ impl PgSource {
         let version = server_version(&client).await?;
         let doc = Arc::new(spec.resolve(&client, schema).await?);
         let statements = queries::Statements::prepare(&client, &doc).await?;
-        Ok(PgSource { client, version, doc, statements })
+        let columns = queries::column_identities(&client, schema, &doc.tables()).await?;
+        Ok(PgSource { client, version, doc, statements, columns })
+    }
+
+    /// The columns of the document's tables as they were when this connection read them.
+    pub fn columns(&self) -> &BTreeMap<String, String> {
+        &self.columns
+    }
+
+    /// Whether a column of the document's tables was dropped and added again, or its type
+    /// altered, since this connection read them: its statements and decoders are of the old
+    /// ones, so the source connects again.
+    pub async fn columns_moved(&self, schema: &str) -> Result<bool> {
+        Ok(queries::column_identities(&self.client, schema, &self.doc.tables()).await? != self.columns)
     }
 
     pub fn version(&self) -> PgVersion {

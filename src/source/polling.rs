@@ -75,6 +75,12 @@ impl PollingSource {
     }
 
     async fn connect(&mut self) -> Result<&PgSource> {
+        if let Some(pg) = self.pg.as_ref().filter(|pg| !pg.is_closed()) {
+            if pg.columns_moved(&self.settings.schema).await? {
+                tracing::info!(document = %self.spec.name, "a column of the document's tables was dropped and added again, or its type altered: connecting again");
+                self.pg = None;
+            }
+        }
         if self.pg.as_ref().is_none_or(PgSource::is_closed) {
             let c = &self.settings;
             let pg = PgSource::connect(&c.pg, &self.tls, &c.schema, &self.spec).await?;
@@ -359,6 +365,19 @@ fn log_horizon(h: &Horizon) {
     }
 }
 
+/// Polling finds changes of tables without a timestamp column only in the write capture's log:
+/// without it, what `run` (and `check`) refuse.
+pub fn untimed_without_capture(schema: &str, untimed: &[&str]) -> Error {
+    let tables: Vec<String> = untimed.iter().map(|t| format!("{schema}.{t}")).collect();
+    Error::SourceSetup(format!(
+        "{} {} no timestamp column, so polling finds its changes only in the write capture's log, which is not complete on {schema}: \
+         install it (pg2es delete-capture install --writes), or read the replication stream ({PG2ES_SOURCE}=replication), or give the table a \
+         change column and name it with `timestamp = \"...\"`",
+        tables.join(", "),
+        if tables.len() == 1 { "has" } else { "have" }
+    ))
+}
+
 impl ChangeSource for PollingSource {
     async fn prepare(&mut self, state: &State) -> Result<CyclePlan> {
         let (schema, consumer, policy) = (self.settings.schema.clone(), self.settings.consumer.clone(), self.settings.horizon);
@@ -384,14 +403,7 @@ impl ChangeSource for PollingSource {
         let writes_logged = window.is_some_and(|w| w.writes);
         let untimed = pg.document().untimed();
         if !writes_logged && !untimed.is_empty() {
-            let tables: Vec<String> = untimed.iter().map(|t| format!("{schema}.{t}")).collect();
-            return Err(Error::SourceSetup(format!(
-                "{} {} no timestamp column, so polling finds its changes only in the write capture's log, which is not complete on {schema}: \
-                 install it (pg2es delete-capture install --writes), or read the replication stream ({PG2ES_SOURCE}=replication), or give the table a \
-                 change column and name it with `timestamp = \"...\"`",
-                tables.join(", "),
-                if tables.len() == 1 { "has" } else { "have" }
-            )));
+            return Err(untimed_without_capture(&schema, &untimed));
         }
         let notices_partial = self.notices.partial_writes_said;
         if writes_logged != self.writes_logged {
@@ -421,7 +433,7 @@ impl ChangeSource for PollingSource {
         // reconciliation follows it.
         let reload = before.iter().any(|d| matches!(d, PositionDelta::BeginFullLoad { .. }));
         let full_load = state.needs_full_load() || state.snapshot_in_progress().is_some() || reload;
-        Ok(CyclePlan { identity: Some(identity), wal: Some(wal), before, full_load })
+        Ok(CyclePlan { identity: Some(identity), wal: Some(wal), before, full_load, columns: Some(pg.columns().clone()) })
     }
 
     async fn read(&self, state: &State, tx: mpsc::Sender<ChangeBatch>, shutdown: &Shutdown, progress: Option<&Progress>) -> Result<ReadReport> {

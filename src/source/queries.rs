@@ -21,6 +21,27 @@ pub const HORIZON_SQL: &str = "SELECT clock_timestamp(), a.xact_start, a.pid, \
                         WHERE pid <> pg_backend_pid() AND datname = current_database() AND xact_start IS NOT NULL AND backend_type = 'client backend' \
                         ORDER BY xact_start LIMIT 1) a ON true";
 
+/// Each column of these tables as it is now, by `table.column`: its place in the table (a column
+/// dropped and added again has a new one) and its type. Values read before either changed are
+/// not the column's values any more: [`crate::checkpoint::State::columns_changed`].
+pub async fn column_identities(client: &Client, schema: &str, tables: &[&str]) -> Result<BTreeMap<String, String>> {
+    let rows = client
+        .query(
+            "SELECT table_name::text, column_name::text, ordinal_position::int, data_type::text, udt_schema::text, udt_name::text \
+             FROM information_schema.columns WHERE table_schema = $1 AND table_name = ANY($2)",
+            &[&schema, &tables],
+        )
+        .await
+        .map_err(Error::postgres("read table columns"))?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let (table, column, at, ty, udt_schema, udt): (String, String, i32, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        out.insert(format!("{table}.{column}"), format!("column {at}, {ty} ({udt_schema}.{udt})"));
+    }
+    Ok(out)
+}
+
 /// The schema's tables and columns, and its single-column foreign keys: what a definition is
 /// resolved against.
 pub async fn live_schema(client: &Client, schema: &str) -> Result<LiveSchema> {

@@ -98,9 +98,12 @@ impl ReplicationSource {
     async fn check_setup(&self, pg: &PgSource, schema: &str, recorded: Option<&StreamSetup>) -> Result<StreamSetup> {
         check_identities(pg, schema).await?;
         self.spec.resolve(pg.client(), schema).await.map_err(|e| match e {
-            Error::Definition(why) | Error::SourceSchema(why) => Error::SourceSchema(format!(
-                "{why} (renamed or dropped by a migration?): pg2es reads it; restore it, then start pg2es again (changes made meanwhile are loaded again)"
-            )),
+            Error::Definition(why) | Error::SourceSchema(why) => {
+                let what = if why.contains("not found") { "renamed or dropped" } else { "changed" };
+                Error::SourceSchema(format!(
+                    "{why} ({what} by a migration?): pg2es reads it; restore it, or change the definition to match, then start pg2es again (changes made meanwhile are loaded again)"
+                ))
+            }
             other => other,
         })?;
         let objects = ensure_publication(pg, schema, &self.settings.publication, &pg.document().tables(), recorded.map(|r| &r.objects)).await?;
@@ -165,6 +168,13 @@ impl ReplicationSource {
 
 impl ChangeSource for ReplicationSource {
     async fn prepare(&mut self, state: &State) -> Result<CyclePlan> {
+        let check_due = self.setup.as_ref().is_none_or(|(_, at)| at.elapsed() >= SETUP_CHECK_EVERY);
+        if let Some(pg) = self.pg.as_ref().filter(|pg| check_due && !pg.is_closed()) {
+            if pg.columns_moved(&self.base.schema).await? {
+                tracing::info!(document = %self.spec.name, "a column of the document's tables was dropped and added again, or its type altered: connecting again");
+                self.pg = None;
+            }
+        }
         if self.pg.as_ref().is_none_or(PgSource::is_closed) {
             let c = &self.base;
             let pg = PgSource::connect(&c.pg, &self.tls, &c.schema, &self.spec).await?;
@@ -295,7 +305,7 @@ impl ChangeSource for ReplicationSource {
             report_slot(pg, &self.settings, lag_sec).await?;
         }
         let full_load = state.needs_full_load() || reload || resync.is_some() || state.snapshot_in_progress().is_some();
-        Ok(CyclePlan { identity: Some(identity), wal: Some(wal), before, full_load })
+        Ok(CyclePlan { identity: Some(identity), wal: Some(wal), before, full_load, columns: Some(pg.columns().clone()) })
     }
 
     async fn read(&self, state: &State, tx: mpsc::Sender<ChangeBatch>, shutdown: &Shutdown, progress: Option<&Progress>) -> Result<ReadReport> {
