@@ -412,8 +412,8 @@ impl Config {
     pub fn from_sources(src: &Sources) -> Result<Config> {
         let postgres = dsn::postgres(src)?;
         // Unset: each document's index is its definition's ([`Config::for_document`] sets it).
-        let es_index_explicit = src.text(&ES_INDEX)?;
-        let es_index = es_index_explicit.clone().unwrap_or_default();
+        let es_index_set = src.text(&ES_INDEX)?;
+        let es_index = es_index_set.clone().unwrap_or_default();
         let auth = match (src.text(&ES_API_KEY)?, src.text(&ES_USERNAME)?, src.text(&ES_PASSWORD)?) {
             (Some(_), Some(_), _) => return Err(Error::Config(format!("{ES_API_KEY} and {ES_USERNAME} are both set: choose one way to authenticate"))),
             (Some(key), None, _) => EsAuth::ApiKey(Secret::new(key)),
@@ -479,7 +479,7 @@ impl Config {
                     max_transaction: Duration::from_secs(src.number::<u64>(&ETL_MAX_TX_SEC)?),
                 },
             },
-            es_index_explicit: es_index_explicit.is_some(),
+            es_index_explicit: es_index_set.is_some(),
             es_index,
             es_index_prefix: src.text(&ES_INDEX_PREFIX)?.unwrap_or_default(),
             definition: src.text(&PG2ES_DEFINITION)?.map(PathBuf::from),

@@ -125,6 +125,9 @@ impl<T> Discrepancies<T> {
     }
 }
 
+/// The last resort of a missing or stale document's hint.
+const REPAIR: &str = "run `pg2es verify --repair`, which writes those documents again from Postgres as it is (README, 'The bad day: what to run')";
+
 impl VerifyReport {
     pub fn is_consistent(&self) -> bool {
         self.missing.count == 0 && self.stale.count == 0 && self.extra.count == 0
@@ -143,20 +146,20 @@ impl VerifyReport {
         if self.missing.count > 0 {
             let n = self.missing.count;
             let why = if replication {
-                "records not loaded yet; pg2es loads them at its next cycle (the replication stream carries every committed write). One still missing after that: run `pg2es verify --repair`, which writes those documents again from Postgres as it is (README, 'The bad day: what to run')"
+                "records not loaded yet; pg2es loads them at its next cycle (the replication stream carries every committed write). One still missing after that: "
             } else {
-                "records not loaded yet; `pg2es run` loads them at its next cycle. One still missing after that was written with a change column that is NULL or older than what pg2es had read (an import that keeps old timestamps), which polling does not see: set the column in such writes (UPDATE ... SET updated_at = now() on those rows), or run `pg2es verify --repair`, which writes those documents again from Postgres as it is (README, 'The bad day: what to run')"
+                "records not loaded yet; `pg2es run` loads them at its next cycle. One still missing after that was written with a change column that is NULL or older than what pg2es had read (an import that keeps old timestamps), which polling does not see: set the column in such writes (UPDATE ... SET updated_at = now() on those rows), or "
             };
-            hints.push(format!("{n} missing {}: {why}", documents(n)));
+            hints.push(format!("{n} missing {}: {why}{REPAIR}", documents(n)));
         }
         if self.stale.count > 0 {
             let n = self.stale.count;
             let why = match (replication, delete_capture) {
-                (true, _) => "a change not loaded yet: run verify again after pg2es's next cycle (the replication stream carries every committed write and delete). One still stale after that: run `pg2es verify --repair`, which writes those documents again from Postgres as it is (README, 'The bad day: what to run')",
-                (false, true) => "a change not loaded yet: run verify again after pg2es's next cycle. One still stale after that was changed by a write that left the change column as it was (an UPDATE that does not set updated_at, such as Django's QuerySet.update()), which polling never sees: set the column in such writes (UPDATE ... SET updated_at = now() on those rows), or run `pg2es verify --repair`, which writes those documents again from Postgres as it is (README, 'The bad day: what to run')",
-                (false, false) => "a change not loaded yet: run verify again after pg2es's next cycle. One still stale after that lost a related row or a link deleted in Postgres, which polling sees only with the delete capture triggers (README, 'Deletes': `pg2es delete-capture install`), or was changed by a write that left the change column as it was (an UPDATE that does not set updated_at, such as Django's QuerySet.update()), which polling never sees: set the column in such writes, or run `pg2es verify --repair`, which writes those documents again from Postgres as it is (README, 'The bad day: what to run')",
+                (true, _) => "a change not loaded yet: run verify again after pg2es's next cycle (the replication stream carries every committed write and delete). One still stale after that: ",
+                (false, true) => "a change not loaded yet: run verify again after pg2es's next cycle. One still stale after that was changed by a write that left the change column as it was (an UPDATE that does not set updated_at, such as Django's QuerySet.update()), which polling never sees: set the column in such writes (UPDATE ... SET updated_at = now() on those rows), or ",
+                (false, false) => "a change not loaded yet: run verify again after pg2es's next cycle. One still stale after that lost a related row or a link deleted in Postgres, which polling sees only with the delete capture triggers (README, 'Deletes': `pg2es delete-capture install`), or was changed by a write that left the change column as it was (an UPDATE that does not set updated_at, such as Django's QuerySet.update()), which polling never sees: set the column in such writes, or ",
             };
-            hints.push(format!("{n} stale {}: {why}", documents(n)));
+            hints.push(format!("{n} stale {}: {why}{REPAIR}", documents(n)));
         }
         if let Some(r) = self.repaired.filter(|r| r.older_than_index > 0) {
             hints.push(format!(
@@ -499,7 +502,8 @@ impl<'a> DocumentPages<'a> {
         // copy under another `_id`) are read with this page, or they would never be seen.
         let last = page.last().and_then(|d| d.sort.first()).and_then(Value::as_str).map(str::to_string);
         if let (false, Some(last)) = (self.done, last) {
-            let read: std::collections::HashSet<String> = page.iter().map(|d| d.id.clone()).collect();
+            let read: Vec<String> =
+                page.iter().rev().take_while(|d| d.sort.first().and_then(Value::as_str) == Some(last.as_str())).map(|d| d.id.clone()).collect();
             for mut doc in self.sink.documents_with_id(&last, MAX_SEARCH_SIZE, self.shutdown).await? {
                 if !read.contains(&doc.id) {
                     doc.sort = vec![Value::String(last.clone())];

@@ -101,6 +101,12 @@ pub struct State {
     pub columns: Option<BTreeMap<String, String>>,
 }
 
+/// The columns of `was` that are in `now` as another column or of another type
+/// (`table.column: was -> now`); one gone or added is not among them.
+pub fn changed_columns(was: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Vec<String> {
+    was.iter().filter_map(|(name, was)| now.get(name).filter(|now| *now != was).map(|now| format!("{name}: {was} -> {now}"))).collect()
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -219,8 +225,7 @@ impl State {
     /// `now` (`table.column: was -> now`). One gone or added is none: a column the document reads
     /// that is gone stops the source, and one it does not read changes nothing.
     pub fn columns_changed(&self, now: &BTreeMap<String, String>) -> Vec<String> {
-        let Some(was) = &self.columns else { return Vec::new() };
-        was.iter().filter_map(|(name, was)| now.get(name).filter(|now| *now != was).map(|now| format!("{name}: {was} -> {now}"))).collect()
+        self.columns.as_ref().map_or_else(Vec::new, |was| changed_columns(was, now))
     }
 
     /// Whether documents were built from another definition than `fingerprint`: some are loaded,

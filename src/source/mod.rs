@@ -119,9 +119,14 @@ impl PgSource {
 
     /// Whether a column of the document's tables was dropped and added again, or its type
     /// altered, since this connection read them: its statements and decoders are of the old
-    /// ones, so the source connects again.
+    /// ones, so the source connects again (a column added or dropped elsewhere changes nothing).
     pub async fn columns_moved(&self, schema: &str) -> Result<bool> {
-        Ok(queries::column_identities(&self.client, schema, &self.doc.tables()).await? != self.columns)
+        let now = queries::column_identities(&self.client, schema, &self.doc.tables()).await?;
+        let changed = crate::checkpoint::changed_columns(&self.columns, &now);
+        if !changed.is_empty() {
+            tracing::info!(document = %self.doc.name, changed = %changed.join("; "), "a column of the document's tables was dropped and added again, or its type altered: connecting again");
+        }
+        Ok(!changed.is_empty())
     }
 
     pub fn version(&self) -> PgVersion {

@@ -77,7 +77,6 @@ impl PollingSource {
     async fn connect(&mut self) -> Result<&PgSource> {
         if let Some(pg) = self.pg.as_ref().filter(|pg| !pg.is_closed()) {
             if pg.columns_moved(&self.settings.schema).await? {
-                tracing::info!(document = %self.spec.name, "a column of the document's tables was dropped and added again, or its type altered: connecting again");
                 self.pg = None;
             }
         }
@@ -272,7 +271,7 @@ async fn plan_delete_log(
     let reload = match (state.needs_full_load(), state.snapshot_in_progress()) {
         // The first load reads every record after this point.
         (true, _) => false,
-        // Films this load already has may have lost links before the log started: load again once it is done.
+        // Records this load already has may have lost links before the log started: load again once it is done.
         (false, Some(load)) if load.after.is_some() => {
             if !notices.deferred_said {
                 notices.deferred_said = true;

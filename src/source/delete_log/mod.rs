@@ -2,7 +2,7 @@
 //!
 //! Polling by timestamp cannot see a row that is gone. The triggers generated from the documents
 //! (`catalog/triggers.rs`, their functions in `sql/capture.sql`)
-//! record, in `pg2es.film_changes`, the key of every record to rebuild (a deleted root, a root that
+//! record, in `pg2es.changes` (`pg2es.film_changes` in releases before it), the key of every record to rebuild (a deleted root, a root that
 //! lost a link, every root of a deleted related row; NULL after a `TRUNCATE`), stamped with
 //! the writing transaction's id. A reader takes the log by transaction-id window
 //! `[from, boundary)`: every transaction below [`boundary`] has ended, so that part of the log is

@@ -55,7 +55,7 @@ impl Capture {
         self.missing.len() == self.deletes_wanted
     }
 
-    /// What is missing, for a log line: `table pg2es.changes; genre_film_work: pg2es_movies_deleted, pg2es_movies_truncated`.
+    /// What is missing, for a log line: `table pg2es.changes; <table>: pg2es_<document>_deleted, pg2es_<document>_truncated`.
     pub fn describe_missing(&self) -> String {
         let mut parts = Vec::new();
         if !self.log_table {

@@ -171,7 +171,6 @@ impl ChangeSource for ReplicationSource {
         let check_due = self.setup.as_ref().is_none_or(|(_, at)| at.elapsed() >= SETUP_CHECK_EVERY);
         if let Some(pg) = self.pg.as_ref().filter(|pg| check_due && !pg.is_closed()) {
             if pg.columns_moved(&self.base.schema).await? {
-                tracing::info!(document = %self.spec.name, "a column of the document's tables was dropped and added again, or its type altered: connecting again");
                 self.pg = None;
             }
         }
